@@ -1,0 +1,1 @@
+"""Model layers shared by the supported architectures."""

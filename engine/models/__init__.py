@@ -1,0 +1,1 @@
+"""Model families, registered by the `architectures` field of config.json."""
