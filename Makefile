@@ -6,13 +6,20 @@ MODEL ?= models/tiny-llama
 ARCH ?= llama
 PORT ?= 8000
 
+# Targets and test prerequisites contributed by each half of the project
+# (operator, local cluster, e2e) live in mk/*.mk; they may append to
+# EXTRAS (pip extras of the venv) and TEST_PREREQS.
+EXTRAS := engine,test
+TEST_PREREQS :=
+-include mk/*.mk
+
 .PHONY: venv run test bench clean
 
 # One virtual environment at the repository root; torch comes from PyPI only.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(wildcard mk/*.mk)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[engine,test]'
+	$(PY) -m pip install -e '.[$(EXTRAS)]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -22,7 +29,7 @@ run: venv
 	@test -f $(MODEL)/config.json || $(VENV)/bin/pagoda make-tiny-model $(MODEL) --arch $(ARCH)
 	$(VENV)/bin/pagoda generate $(MODEL) --prompt "Hello, my name is" --max-tokens 32
 
-test: venv
+test: venv $(TEST_PREREQS)
 	$(VENV)/bin/pytest -q
 
 bench: venv
