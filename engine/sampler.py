@@ -1,0 +1,303 @@
+"""Batched sampling of one token per sequence for one engine step.
+
+The engine hands over the last-position logits of every sequence that samples
+this step, requests with different parameters mixed in one batch. Logits are
+processed in this order (vLLM's semantics):
+
+    logit_bias -> suppressed tokens -> repetition penalty -> presence and
+    frequency penalties -> [greedy rows: argmax] -> temperature -> top-k ->
+    top-p -> min-p -> sample
+
+Work is vectorized over the rows that need each stage; Python loops over rows
+only gather per-row parameters, sparse logit_bias entries and seeded draws.
+
+Sampling uses the exponential race (Gumbel-max): the token is
+``argmax(logits / T - log(E))`` with ``E ~ Exp(1)`` per vocabulary entry,
+which equals a draw from ``softmax(logits / T)`` and needs no cumulative sums.
+A seeded row draws its ``E`` from its own generator, exactly one vocab-sized
+draw per step, so its tokens depend only on its seed and its own history,
+never on what else is in the batch or where it sits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+from typing import Sequence
+
+import torch
+
+from pagoda.engine.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    """One sequence that samples a token this step."""
+
+    params: SamplingParams
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int]
+    generator: torch.Generator | None
+    """The request's own generator when ``params.seed`` is set; None otherwise."""
+    suppressed_token_ids: Sequence[int] = ()
+    """Tokens that must not be sampled now (eos and stop tokens before min_tokens)."""
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[float | None]
+    """Raw-distribution logprob of each sampled token; None where not asked."""
+    top_logprobs: list[list[tuple[int, float]] | None]
+    """The ``params.logprobs`` most likely (token, logprob), best first; None where not asked."""
+
+
+class _Batch:
+    """Index lists and parameter columns of one call, gathered in a single pass
+    over the rows so every later stage is a tensor operation."""
+
+    def __init__(self, rows: Sequence[SamplingRow]) -> None:
+        self.greedy: list[int] = []
+        unseeded: list[int] = []
+        seeded: list[int] = []
+        self.penalized: list[int] = []
+        self.logprob_rows: list[int] = []
+        self.bias: tuple[list[int], list[int], list[float]] = ([], [], [])
+        self.suppressed: tuple[list[int], list[int]] = ([], [])
+        for i, row in enumerate(rows):
+            p = row.params
+            if p.greedy:
+                self.greedy.append(i)
+            elif row.generator is None:
+                unseeded.append(i)
+            else:
+                seeded.append(i)
+            if p.needs_penalties:
+                self.penalized.append(i)
+            if p.logprobs is not None:
+                self.logprob_rows.append(i)
+            if p.logit_bias:
+                self.bias[0].extend([i] * len(p.logit_bias))
+                self.bias[1].extend(p.logit_bias.keys())
+                self.bias[2].extend(p.logit_bias.values())
+            if row.suppressed_token_ids:
+                self.suppressed[0].extend([i] * len(row.suppressed_token_ids))
+                self.suppressed[1].extend(row.suppressed_token_ids)
+        # Unseeded rows first: they share one contiguous batched draw.
+        self.num_unseeded = len(unseeded)
+        self.random = unseeded + seeded
+        self.generators = [rows[i].generator for i in seeded]
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.penalized or self.bias[0] or self.suppressed[0])
+
+
+def _flat_token_indices(
+    token_lists: Sequence[Sequence[int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, token) index pairs of ragged token lists, for scatter-style ops."""
+    lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(len(token_lists)), lengths)
+    tokens = torch.tensor(list(chain.from_iterable(token_lists)), dtype=torch.long)
+    return rows.to(device), tokens.to(device)
+
+
+def _column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """Per-row parameters as an [R, 1] column that broadcasts over the vocab."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(1)
+
+
+def _apply_penalties(
+    x: torch.Tensor, rows: Sequence[SamplingRow], idx: list[int]
+) -> None:
+    """Repetition (prompt + output tokens), presence and frequency (output
+    tokens) penalties, in place on rows ``idx`` of ``x``."""
+    index = torch.tensor(idx, device=x.device)
+    sub = x.index_select(0, index)
+    params = [rows[i].params for i in idx]
+
+    counts = torch.zeros_like(sub)
+    r, t = _flat_token_indices([rows[i].output_token_ids for i in idx], x.device)
+    counts.index_put_((r, t), torch.ones_like(t, dtype=sub.dtype), accumulate=True)
+    generated = counts > 0
+
+    rep = _column([p.repetition_penalty for p in params], sub)
+    # Rows without a repetition penalty skip their (possibly long) prompts.
+    seen = generated.clone()
+    r, t = _flat_token_indices(
+        [rows[i].prompt_token_ids if p.repetition_penalty != 1.0 else () for i, p in zip(idx, params)],
+        x.device,
+    )
+    seen[r, t] = True
+    sub = torch.where(seen, torch.where(sub > 0, sub / rep, sub * rep), sub)
+
+    presence = _column([p.presence_penalty for p in params], sub)
+    frequency = _column([p.frequency_penalty for p in params], sub)
+    sub -= presence * generated + frequency * counts
+    x.index_copy_(0, index, sub)
+
+
+def _adjust(logits: torch.Tensor, rows: Sequence[SamplingRow], batch: _Batch) -> torch.Tensor:
+    """float32 logits after bias, suppression and penalties. May return
+    ``logits`` itself when nothing applies; never modifies it."""
+    if not batch.adjusts_logits:
+        return logits.float()
+    x = logits.to(torch.float32, copy=True)
+    device = x.device
+    if batch.bias[0]:
+        r, t, v = batch.bias
+        x.index_put_(
+            (torch.tensor(r, device=device), torch.tensor(t, device=device)),
+            torch.tensor(v, dtype=x.dtype, device=device),
+            accumulate=True,
+        )
+    if batch.suppressed[0]:
+        r, t = batch.suppressed
+        x[torch.tensor(r, device=device), torch.tensor(t, device=device)] = float("-inf")
+    if batch.penalized:
+        _apply_penalties(x, rows, batch.penalized)
+    return x
+
+
+def apply_logit_adjustments(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    """The logits greedy rows take the argmax of: float32, after logit_bias,
+    suppressed tokens and penalties (before temperature and truncation).
+    Never modifies ``logits``."""
+    return _adjust(logits, rows, _Batch(rows))
+
+
+def _truncate_(
+    scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
+) -> None:
+    """Set to -inf, in place, what top-k then top-p then min-p remove, with a
+    single sort. ``top_k`` is [R, 1] with the vocab size where disabled,
+    ``top_p`` [R, 1] with inf where disabled, ``min_p`` [R, 1]."""
+    sorted_logits, order = scaled.sort(dim=-1, descending=True)
+    ranks = torch.arange(scaled.shape[-1], device=scaled.device)
+    sorted_logits.masked_fill_(ranks >= top_k, float("-inf"))
+    # Top-p keeps the smallest prefix reaching the mass, renormalized after
+    # top-k: a token stays while the mass strictly ahead of it is below top_p.
+    probs = sorted_logits.softmax(dim=-1)
+    drop = probs.cumsum(dim=-1) - probs >= top_p
+    # Min-p compares to the best token, which top-k/top-p never remove, and a
+    # probability ratio is a logit difference: no renormalization needed.
+    drop |= sorted_logits < sorted_logits[:, :1] + min_p.log()
+    sorted_logits.masked_fill_(drop, float("-inf"))
+    scaled.scatter_(-1, order, sorted_logits)
+
+
+class Sampler:
+    """Samples one token per row; stateless apart from the shared generator."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        """``seed`` seeds the generator of unseeded random rows; None uses
+        torch's default generator of the logits' device (so torch.manual_seed
+        governs it)."""
+        self._seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def _shared_generator(self, device: torch.device) -> torch.Generator | None:
+        if self._seed is None:
+            return None
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self._seed)
+            self._generators[device] = generator
+        return generator
+
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+        if logits.dim() != 2 or logits.shape[0] != len(rows):
+            raise ValueError(
+                f"logits must be [num_rows={len(rows)}, vocab], got {tuple(logits.shape)}"
+            )
+        batch = _Batch(rows)
+        x = _adjust(logits, rows, batch)
+        if not batch.random:
+            tokens = x.argmax(dim=-1)
+        else:
+            tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
+            if batch.greedy:
+                greedy = torch.tensor(batch.greedy, device=x.device)
+                tokens[greedy] = x.index_select(0, greedy).argmax(dim=-1)
+            random = torch.tensor(batch.random, device=x.device)
+            tokens[random] = self._sample(x, rows, batch, random)
+        token_ids = tokens.tolist()
+        logprobs, top_logprobs = _requested_logprobs(logits, rows, batch, tokens)
+        return SamplerOutput(token_ids, logprobs, top_logprobs)
+
+    def _sample(
+        self, x: torch.Tensor, rows: Sequence[SamplingRow], batch: _Batch, random: torch.Tensor
+    ) -> torch.Tensor:
+        """Tokens of the random rows, in ``batch.random`` order."""
+        params = [rows[i].params for i in batch.random]
+        temperature = _column([p.temperature for p in params], x)
+        scaled = x.index_select(0, random).div_(temperature)  # a copy: x may be the caller's
+
+        truncated = [j for j, p in enumerate(params) if p.needs_truncation]
+        if truncated:
+            vocab = x.shape[-1]
+            kept = [params[j] for j in truncated]
+            index = torch.tensor(truncated, device=x.device)
+            sub = scaled.index_select(0, index)
+            _truncate_(
+                sub,
+                _column([p.top_k if p.top_k > 0 else vocab for p in kept], sub),
+                _column([p.top_p if p.top_p < 1.0 else float("inf") for p in kept], sub),
+                _column([p.min_p for p in kept], sub),
+            )
+            scaled.index_copy_(0, index, sub)
+
+        noise = torch.empty_like(scaled)
+        if batch.num_unseeded:
+            noise[: batch.num_unseeded].exponential_(
+                generator=self._shared_generator(x.device)
+            )
+        for j, generator in enumerate(batch.generators, start=batch.num_unseeded):
+            if generator.device != x.device:
+                raise ValueError(
+                    f"seeded row generator is on {generator.device}, logits on {x.device}"
+                )
+            noise[j].exponential_(generator=generator)
+        # log(0) would give +inf and could pick a removed token (-inf + inf = nan).
+        noise.clamp_min_(torch.finfo(noise.dtype).tiny)
+        return scaled.sub_(noise.log_()).argmax(dim=-1)
+
+
+def _requested_logprobs(
+    logits: torch.Tensor, rows: Sequence[SamplingRow], batch: _Batch, tokens: torch.Tensor
+) -> tuple[list[float | None], list[list[tuple[int, float]] | None]]:
+    """Raw-distribution logprobs for the rows that asked, None elsewhere."""
+    logprobs: list[float | None] = [None] * len(rows)
+    top_logprobs: list[list[tuple[int, float]] | None] = [None] * len(rows)
+    if not batch.logprob_rows:
+        return logprobs, top_logprobs
+    wanted = [rows[i].params.logprobs for i in batch.logprob_rows]
+    index = torch.tensor(batch.logprob_rows, device=logits.device)
+    values, tops = token_logprobs(
+        logits.index_select(0, index), tokens.index_select(0, index), max(wanted)
+    )
+    for i, value, top, k in zip(batch.logprob_rows, values, tops, wanted):
+        logprobs[i] = value
+        top_logprobs[i] = top[:k]
+    return logprobs, top_logprobs
+
+
+def token_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, num_top: int
+) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Logprob of ``token_ids[i]`` under ``log_softmax(logits[i])`` and the
+    ``num_top`` most likely (token, logprob) of each row, best first.
+
+    Shared by output logprobs and prompt_logprobs (where ``token_ids`` are the
+    next prompt tokens)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(-1, token_ids.to(logprobs.device, torch.long).view(-1, 1))
+    values = chosen.view(-1).tolist()
+    num_top = min(num_top, logprobs.shape[-1])
+    if num_top <= 0:
+        return values, [[] for _ in values]
+    top_values, top_ids = logprobs.topk(num_top, dim=-1)
+    tops = [list(zip(ids, vals)) for ids, vals in zip(top_ids.tolist(), top_values.tolist())]
+    return values, tops
