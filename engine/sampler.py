@@ -167,21 +167,29 @@ def apply_logit_adjustments(logits: torch.Tensor, rows: Sequence[SamplingRow]) -
     return _adjust(logits, rows, _Batch(rows))
 
 
-def _truncate_(
-    scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
-) -> None:
-    """Set to -inf, in place, what top-k then top-p then min-p remove, with a
-    single sort. ``top_k`` is [R, 1] with the vocab size where disabled,
-    ``top_p`` [R, 1] with inf where disabled, ``min_p`` [R, 1]."""
-    sorted_logits, order = scaled.sort(dim=-1, descending=True)
-    ranks = torch.arange(scaled.shape[-1], device=scaled.device)
-    sorted_logits.masked_fill_(ranks >= top_k, float("-inf"))
+def _truncate_(scaled: torch.Tensor, params: Sequence[SamplingParams]) -> None:
+    """Set to -inf, in place, what top-k then top-p then min-p remove from the
+    rows of ``scaled`` (one per entry of ``params``), with a single sort."""
+    vocab = scaled.shape[-1]
+    top_ks = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+    max_k = max(top_ks)
+    if max_k < vocab:
+        # Every row keeps at most max_k tokens: a partial sort suffices and
+        # everything outside it is removed.
+        sorted_logits, order = scaled.topk(max_k, dim=-1)
+        scaled.fill_(float("-inf"))
+    else:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+    ranks = torch.arange(max_k, device=scaled.device)
+    sorted_logits.masked_fill_(ranks >= _column(top_ks, ranks), float("-inf"))
     # Top-p keeps the smallest prefix reaching the mass, renormalized after
     # top-k: a token stays while the mass strictly ahead of it is below top_p.
     probs = sorted_logits.softmax(dim=-1)
+    top_p = _column([p.top_p if p.top_p < 1.0 else float("inf") for p in params], probs)
     drop = probs.cumsum(dim=-1) - probs >= top_p
     # Min-p compares to the best token, which top-k/top-p never remove, and a
     # probability ratio is a logit difference: no renormalization needed.
+    min_p = _column([p.min_p for p in params], probs)
     drop |= sorted_logits < sorted_logits[:, :1] + min_p.log()
     sorted_logits.masked_fill_(drop, float("-inf"))
     scaled.scatter_(-1, order, sorted_logits)
@@ -237,32 +245,24 @@ class Sampler:
 
         truncated = [j for j, p in enumerate(params) if p.needs_truncation]
         if truncated:
-            vocab = x.shape[-1]
-            kept = [params[j] for j in truncated]
             index = torch.tensor(truncated, device=x.device)
             sub = scaled.index_select(0, index)
-            _truncate_(
-                sub,
-                _column([p.top_k if p.top_k > 0 else vocab for p in kept], sub),
-                _column([p.top_p if p.top_p < 1.0 else float("inf") for p in kept], sub),
-                _column([p.min_p for p in kept], sub),
-            )
+            _truncate_(sub, [params[j] for j in truncated])
             scaled.index_copy_(0, index, sub)
 
         noise = torch.empty_like(scaled)
         if batch.num_unseeded:
-            noise[: batch.num_unseeded].exponential_(
-                generator=self._shared_generator(x.device)
-            )
+            noise[: batch.num_unseeded].uniform_(generator=self._shared_generator(x.device))
         for j, generator in enumerate(batch.generators, start=batch.num_unseeded):
             if generator.device != x.device:
                 raise ValueError(
                     f"seeded row generator is on {generator.device}, logits on {x.device}"
                 )
-            noise[j].exponential_(generator=generator)
-        # log(0) would give +inf and could pick a removed token (-inf + inf = nan).
-        noise.clamp_min_(torch.finfo(noise.dtype).tiny)
-        return scaled.sub_(noise.log_()).argmax(dim=-1)
+            noise[j].uniform_(generator=generator)
+        # E = -log(U) ~ Exp(1); uniform draws are several times cheaper than
+        # exponential_ on CPU. U = 0 gives log(E) = inf: that token just loses.
+        log_e = noise.log_().neg_().log_()
+        return scaled.sub_(log_e).argmax(dim=-1)
 
 
 def _requested_logprobs(

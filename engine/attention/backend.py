@@ -1,0 +1,37 @@
+"""Attention backends: store the step's new K/V, then attend over the paged cache.
+
+The order is part of the contract: every backend writes all new K/V of the
+layer before any attention reads, because prefix-cache hits within one batch
+may read blocks another sequence of the same batch is writing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from pagoda.engine.attention.metadata import AttentionMetadata
+
+
+class AttentionBackend(Protocol):
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+    ) -> torch.Tensor:
+        """q: [T, Hq, D], k/v: [T, Hkv, D], caches: [blocks, block_size, Hkv, D] -> [T, Hq, D]."""
+        ...
+
+
+def select_backend(device: torch.device) -> AttentionBackend:
+    """The PyTorch reference everywhere for now; CUDA will select the Triton backend."""
+    from pagoda.engine.attention.torch_backend import TorchAttentionBackend
+
+    return TorchAttentionBackend()

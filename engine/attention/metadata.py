@@ -1,0 +1,35 @@
+"""Per-step attention metadata, shared by every layer of one forward pass.
+
+The batch is ordered decodes first (one new token each), then prefill
+chunks, so a backend can run a single decode kernel over a contiguous prefix
+of the batch and a varlen prefill kernel over the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [num_tokens] int64: cache slot of each new token (-1: padding)
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32: offsets of each sequence's new tokens
+    seq_lens: torch.Tensor  # [num_seqs] int32: context length after this step
+    block_tables: torch.Tensor  # [num_seqs, max_blocks] int32: physical blocks, padded
+    num_decodes: int  # the first num_decodes sequences have exactly one new token
+    max_query_len: int
+    max_seq_len: int
+    # Host copies for backends that loop on the host (the PyTorch reference);
+    # built from the same lists, so no device synchronisation is needed.
+    query_lens_host: list[int]
+    seq_lens_host: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_host)
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return self.num_decodes

@@ -1,0 +1,364 @@
+"""Small random-weight Hugging Face model directories for tests, benchmarks and `make run`.
+
+The engine has to load real checkpoints, so its fixtures are real checkpoints too:
+written by transformers' own model classes, with the config.json layout, sharding,
+tied embeddings and tokenizer files that hub checkpoints of each family ship. No
+model hub is reachable, hence weights are random and the tokenizer is a byte-level
+BPE trained here, in a few milliseconds, on the small corpus below.
+
+Everything is deterministic: the same arguments give byte-identical files, so a
+test can rebuild a fixture in memory (`build_tiny_model`) and compare it with what
+was loaded from disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+FIXTURE_ARCHS: tuple[str, ...] = ("llama", "llama3", "mistral", "qwen2", "qwen3")
+FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+
+# Ids are fixed by the order of this list (the trainer puts special tokens first).
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<s>", "</s>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, IM_START, IM_END)
+PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID = 0, 1, 2
+
+TOKENIZER_VOCAB_SIZE = 400
+# Real checkpoints pad the embedding matrix beyond the tokenizer (to a multiple of
+# 64 or 128); the engine must cope with ids the tokenizer does not know.
+MODEL_VOCAB_SIZE = 416
+
+# Varied enough that the 400-token vocabulary learns whole English words but keeps
+# many accented, CJK and emoji characters split over several byte tokens, some of
+# them merged across character boundaries: the cases incremental detokenization
+# must get right.
+_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Hello, my name is Pagoda, and I "
+    "serve language models on a cluster of machines. The scheduler batches requests "
+    "together so that the accelerator is never idle, and the cache keeps the keys and "
+    "values of every token that was already seen.",
+    "Once upon a time there was a little model that wanted to write stories. It read "
+    "every book in the library, and then it wrote its own: short ones, long ones, "
+    "funny ones, and a few that nobody understood.",
+    "Un café crème, s'il vous plaît. Ça coûte trois euros à la fenêtre. "
+    "Über den Straßen von München schien die Sonne; Ärger gab es nicht. "
+    "El niño comió jalapeños en la montaña. Ångström, naïve façade, déjà vu, résumé.",
+    "東京は日本の首都です。今日はとても良い天気ですね。"
+    "我喜欢学习中文，也喜欢喝茶。北京的秋天很美。"
+    "한국어도 조금 할 수 있습니다. 감사합니다!",
+    "Emoji: 🚀 launch, 🔥 fire, 😀 smile, 👍🏽 thumbs up, 🇯🇵 flag, ❤️ love, ✨ sparkle, "
+    "🦀 crab, 🐍 snake. Math: ∑ ∫ √ π ≈ 3.14 ≤ ∞.",
+    "def fib(n: int) -> int:\n"
+    "    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\n"
+    "for i in range(10):\n"
+    '    print(f"{i}: {fib(i)}")  # {"key": [1, 2, 3]}\n',
+    "Numbers: 0123456789, 3.14159, 2.71828, 2024-05-17, 1e-9, $42.00, 100%, "
+    "+49 30 1234567, #7, 12:30, 6 * 7 = 42.",
+)
+
+# ChatML, as Qwen ships it. Llama-like fixtures start the conversation with BOS in
+# the template (as Llama 3 does) because apply_chat_template encodes the rendered
+# text without special tokens.
+_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{- raise_exception('Unsupported role: ' + message['role']) }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+# Qwen2/3's pre-tokenization: GPT-2's pattern with single digits and no leading
+# space before punctuation runs.
+_QWEN_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Family:
+    """What distinguishes one fixture architecture from another."""
+
+    model_type: str
+    architecture: str
+    adds_bos: bool  # Llama-like tokenizers prepend BOS, Qwen-like ones do not.
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None = None
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_FAMILIES: dict[str, _Family] = {
+    "llama": _Family("llama", "LlamaForCausalLM", adds_bos=True, rope_theta=10000.0),
+    "llama3": _Family(
+        "llama",
+        "LlamaForCausalLM",
+        adds_bos=True,
+        rope_theta=500000.0,
+        # A tiny original context (64) makes the scaling change most frequencies,
+        # so a loader that ignores it fails at any test length.
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ),
+    # Mistral 7B v0.2 and later ship without a sliding window.
+    "mistral": _Family(
+        "mistral", "MistralForCausalLM", adds_bos=True, rope_theta=1000000.0, config={"sliding_window": None}
+    ),
+    "qwen2": _Family("qwen2", "Qwen2ForCausalLM", adds_bos=False, rope_theta=1000000.0),
+    # head_dim 32 on purpose: hidden_size / num_attention_heads would be 16.
+    "qwen3": _Family("qwen3", "Qwen3ForCausalLM", adds_bos=False, rope_theta=1000000.0, config={"head_dim": 32}),
+}
+
+_BASE_CONFIG: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "vocab_size": MODEL_VOCAB_SIZE,
+    # Large enough that logits spread over several units, so greedy decoding has
+    # clear winners and reduced-precision engines agree with the fp32 reference.
+    "initializer_range": 0.15,
+    "rms_norm_eps": 1e-6,
+    "bos_token_id": BOS_TOKEN_ID,
+    "eos_token_id": EOS_TOKEN_ID,
+    "pad_token_id": PAD_TOKEN_ID,
+}
+
+
+def _family(arch: str) -> _Family:
+    try:
+        return _FAMILIES[arch]
+    except KeyError:
+        raise ValueError(f"unknown fixture arch {arch!r}; choose one of {FIXTURE_ARCHS}") from None
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    if dtype not in FIXTURE_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {FIXTURE_DTYPES}")
+    return getattr(torch, dtype)
+
+
+@functools.cache
+def _trained_tokenizer_json() -> str:
+    """Train the byte-level BPE once per process; callers get fresh copies from the JSON."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    return tokenizer.to_str(pretty=True)
+
+
+def build_tokenizer(arch: str = "llama") -> Tokenizer:
+    """The fixture tokenizer of `arch`, as `tokenizer.json` stores it.
+
+    Llama-like ones prepend BOS through the post-processor, as Llama 3's does.
+    Qwen-like ones use exactly the pipeline transformers' Qwen2Tokenizer rebuilds
+    on load (NFC, Qwen's split pattern, no BOS): anything else would make
+    AutoTokenizer encode differently from tokenizer.json.
+    """
+    tokenizer = Tokenizer.from_str(_trained_tokenizer_json())
+    if _family(arch).adds_bos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{BOS_TOKEN} $A:0",
+            pair=f"{BOS_TOKEN} $A:0 {BOS_TOKEN}:1 $B:1",
+            special_tokens=[(BOS_TOKEN, BOS_TOKEN_ID)],
+        )
+    else:
+        tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(_QWEN_SPLIT_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tokenizer
+
+
+def tiny_config(arch: str = "llama", *, tie_word_embeddings: bool = False, **overrides: Any) -> PretrainedConfig:
+    """The transformers config of a fixture; `overrides` replace any default (e.g. num_hidden_layers=4)."""
+    family = _family(arch)
+    rope = {"rope_type": "default", **(family.rope_scaling or {}), "rope_theta": family.rope_theta}
+    kwargs = {
+        **_BASE_CONFIG,
+        **family.config,
+        "rope_parameters": rope,
+        "architectures": [family.architecture],
+        "tie_word_embeddings": tie_word_embeddings,
+        **overrides,
+    }
+    if kwargs["vocab_size"] < TOKENIZER_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be at least the tokenizer's {TOKENIZER_VOCAB_SIZE}")
+    return AutoConfig.for_model(family.model_type, **kwargs)
+
+
+def build_tiny_model(
+    arch: str = "llama",
+    *,
+    dtype: str = "float32",
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+    **config_overrides: Any,
+) -> PreTrainedModel:
+    """The in-memory model that `make_tiny_model` saves, for comparing against what a loader reads back."""
+    config = tiny_config(arch, tie_word_embeddings=tie_word_embeddings, **config_overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        # transformers initialises norms to ones and biases to zeros, which would let
+        # an engine that forgets to apply them pass; give them random values too.
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, config.initializer_range)
+            elif "norm" in name:
+                param.uniform_(0.5, 1.5)
+        # Rows past the tokenizer are padding: trained models never pick them, and a
+        # zero row keeps their logit at 0, well below the random winners.
+        model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
+        model.get_output_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
+        # Cast parameters only: rotary buffers stay float32, as from_pretrained builds them.
+        for param in model.parameters():
+            param.data = param.data.to(_torch_dtype(dtype))
+    model.config.dtype = dtype
+    return model.eval()
+
+
+def _hub_style_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """Rewrite transformers 5's `rope_parameters` into the `rope_theta`/`rope_scaling` keys hub checkpoints have."""
+    config = dict(config)
+    rope = dict(config.pop("rope_parameters"))
+    config["rope_theta"] = rope.pop("rope_theta")
+    config["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else rope
+    # Older checkpoints say torch_dtype, newer ones dtype; loaders read either.
+    config["torch_dtype"] = config["dtype"] = dtype
+    return config
+
+
+def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_tokenizer(out_dir: pathlib.Path, arch: str, model_max_length: int) -> None:
+    build_tokenizer(arch).save(str(out_dir / "tokenizer.json"), pretty=True)
+    chat_template = ("{{- bos_token }}" if _family(arch).adds_bos else "") + _CHAT_TEMPLATE
+    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
+    added_tokens = {
+        str(token_id): {
+            "content": content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for token_id, content in enumerate(SPECIAL_TOKENS)
+    }
+    _write_json(
+        out_dir / "tokenizer_config.json",
+        {
+            **special,
+            # What hub checkpoints of each family name; transformers picks its loader by it.
+            "tokenizer_class": "PreTrainedTokenizerFast" if _family(arch).adds_bos else "Qwen2Tokenizer",
+            "unk_token": None,
+            "added_tokens_decoder": added_tokens,
+            "additional_special_tokens": [IM_START, IM_END],
+            "chat_template": chat_template,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": model_max_length,
+        },
+    )
+    _write_json(out_dir / "special_tokens_map.json", {**special, "additional_special_tokens": [IM_START, IM_END]})
+
+
+def make_tiny_model(
+    out_dir: str | pathlib.Path,
+    arch: str = "llama",
+    *,
+    dtype: str = "float32",
+    sharded: bool = False,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+    **config_overrides: Any,
+) -> pathlib.Path:
+    """Write a random-weight checkpoint of `arch` with its tokenizer to `out_dir` and return the directory.
+
+    `sharded=True` splits the weights into at least two safetensors files plus
+    `model.safetensors.index.json`, as large checkpoints are stored.
+    """
+    out_dir = pathlib.Path(out_dir)
+    model = build_tiny_model(
+        arch, dtype=dtype, tie_word_embeddings=tie_word_embeddings, seed=seed, **config_overrides
+    )
+    total_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    max_shard_size = total_bytes // 3 if sharded else 2 * total_bytes
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out_dir, max_shard_size=max_shard_size)
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
+
+    config_path = out_dir / "config.json"
+    _write_json(config_path, _hub_style_config(json.loads(config_path.read_text()), dtype))
+    _write_json(
+        out_dir / "generation_config.json",
+        {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID},
+    )
+    _write_tokenizer(out_dir, arch, model.config.max_position_embeddings)
+    return out_dir
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register `make-tiny-model`; its handler is stored as the parsed namespace's `func`."""
+    parser = subparsers.add_parser(
+        "make-tiny-model",
+        help="write a small random-weight Hugging Face model directory",
+        description=make_tiny_model.__doc__,
+    )
+    parser.add_argument("out_dir", type=pathlib.Path, metavar="OUT_DIR")
+    parser.add_argument("--arch", choices=FIXTURE_ARCHS, default="llama")
+    parser.add_argument("--dtype", choices=FIXTURE_DTYPES, default="float32")
+    parser.add_argument("--sharded", action="store_true")
+    parser.add_argument("--tie-word-embeddings", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_cli_make_tiny_model)
+
+
+def _cli_make_tiny_model(args: argparse.Namespace) -> int:
+    path = make_tiny_model(
+        args.out_dir,
+        args.arch,
+        dtype=args.dtype,
+        sharded=args.sharded,
+        tie_word_embeddings=args.tie_word_embeddings,
+        seed=args.seed,
+    )
+    print(path)
+    return 0

@@ -1,0 +1,49 @@
+"""The attention layer: owns its slice of the paged KV cache, delegates the math to a backend."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pagoda.engine.attention import AttentionBackend, AttentionMetadata
+
+
+class Attention(nn.Module):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None = None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+        self.sliding_window = sliding_window
+        # Bound by the model runner once the cache is allocated (see bind_kv_cache).
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+        self.backend: AttentionBackend | None = None
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """q: [T, Hq*D], k/v: [T, Hkv*D] -> [T, Hq*D]."""
+        t = q.shape[0]
+        out = self.backend.forward(
+            q.view(t, self.num_heads, self.head_dim),
+            k.view(t, self.num_kv_heads, self.head_dim),
+            v.view(t, self.num_kv_heads, self.head_dim),
+            self.k_cache,
+            self.v_cache,
+            meta,
+            self.scale,
+            self.sliding_window,
+        )
+        return out.view(t, self.num_heads * self.head_dim)
+
+
+def bind_kv_cache(model: nn.Module, kv_cache: torch.Tensor, backend: AttentionBackend) -> int:
+    """Hands layer i the views kv_cache[0, i] (K) and kv_cache[1, i] (V); returns the layer count."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    if len(layers) != kv_cache.shape[1]:
+        raise ValueError(f"KV cache has {kv_cache.shape[1]} layers, model has {len(layers)}")
+    for i, layer in enumerate(layers):
+        layer.k_cache, layer.v_cache, layer.backend = kv_cache[0, i], kv_cache[1, i], backend
+    return len(layers)

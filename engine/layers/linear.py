@@ -1,0 +1,113 @@
+"""Linear layers that shard over the tensor-parallel group.
+
+Column-parallel layers split the output features (no communication);
+row-parallel layers split the input features and all-reduce. Each parameter
+carries a `weight_loader` so the checkpoint loader can place Hugging Face
+tensors (q/k/v or gate/up stored separately) into our fused parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
+from pagoda.engine.layers.weights import copy_into, read_shard
+
+
+def _divide(numerator: int, denominator: int, what: str) -> int:
+    if numerator % denominator:
+        raise ValueError(f"{what} ({numerator}) is not divisible by tensor_parallel_size {denominator}")
+    return numerator // denominator
+
+
+class ColumnParallelLinear(nn.Module):
+    """y = x W^T + b with W's rows (output features) split across ranks."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features_per_rank = _divide(out_features, tp_size(), "output features")
+        self.weight = nn.Parameter(torch.empty(self.out_features_per_rank, in_features), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features_per_rank), requires_grad=False)
+            self.bias.weight_loader = self.weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def weight_loader(self, param: nn.Parameter, src: Any) -> None:
+        size = param.shape[0]
+        copy_into(param, read_shard(src, 0, tp_rank() * size, size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel projections of one input fused into one matmul (gate+up)."""
+
+    def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False) -> None:
+        self.output_sizes = output_sizes
+        super().__init__(in_features, sum(output_sizes), bias)
+
+    def weight_loader(self, param: nn.Parameter, src: Any, shard_id: int) -> None:  # type: ignore[override]
+        size = self.output_sizes[shard_id] // tp_size()
+        offset = sum(self.output_sizes[:shard_id]) // tp_size()
+        copy_into(param.data.narrow(0, offset, size), read_shard(src, 0, tp_rank() * size, size))
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """The fused q/k/v projection; heads split across ranks, KV heads replicated when fewer than ranks."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False) -> None:
+        tp = tp_size()
+        self.head_dim = head_dim
+        self.num_heads = _divide(num_heads, tp, "attention heads")
+        if num_kv_heads >= tp:
+            self.num_kv_heads = _divide(num_kv_heads, tp, "key/value heads")
+            self.kv_replicas = 1
+        else:
+            self.num_kv_heads = 1
+            self.kv_replicas = _divide(tp, num_kv_heads, "tensor_parallel_size over key/value heads")
+        out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
+        super().__init__(hidden_size, out, bias)
+
+    def weight_loader(self, param: nn.Parameter, src: Any, shard_id: str) -> None:  # type: ignore[override]
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        if shard_id == "q":
+            offset, size, start = 0, q_size, tp_rank() * q_size
+        else:
+            offset = q_size if shard_id == "k" else q_size + kv_size
+            size, start = kv_size, (tp_rank() // self.kv_replicas) * kv_size
+        copy_into(param.data.narrow(0, offset, size), read_shard(src, 0, start, size))
+
+
+class RowParallelLinear(nn.Module):
+    """y = x W^T + b with W's columns (input features) split; partial sums all-reduced."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.in_features_per_rank = _divide(in_features, tp_size(), "input features")
+        self.weight = nn.Parameter(torch.empty(out_features, self.in_features_per_rank), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
+            self.bias.weight_loader = self._bias_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def weight_loader(self, param: nn.Parameter, src: Any) -> None:
+        size = param.shape[1]
+        copy_into(param, read_shard(src, 1, tp_rank() * size, size))
+
+    def _bias_loader(self, param: nn.Parameter, src: Any) -> None:
+        copy_into(param, read_shard(src, 0, 0, param.shape[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = all_reduce(nn.functional.linear(x, self.weight))
+        # The bias is added once, after the reduction, not once per rank.
+        return y if self.bias is None else y + self.bias

@@ -1,0 +1,265 @@
+"""The engine loop: requests in, one scheduled step at a time, outputs out.
+
+Everything about a request is checked in add_request, before it can touch
+the scheduler, so a bad request raises ValueError and the rest of the batch
+never notices. step() is synchronous and single-threaded; the async server
+front drives it from its own loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+from pagoda.engine.block_manager import BlockManager
+from pagoda.engine.config import EngineConfig
+from pagoda.engine.detokenizer import IncrementalDetokenizer
+from pagoda.engine.model_config import load_model_config
+from pagoda.engine.model_runner import ModelRunner, PromptLogprobs, StepResult
+from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pagoda.engine.sampling_params import SamplingParams
+from pagoda.engine.scheduler import Scheduler
+from pagoda.engine.sequence import FinishReason, Sequence
+from pagoda.engine.tokenizer import load_tokenizer
+
+# A prompt is text, token ids, or a dict with either ("prompt" / "prompt_token_ids").
+PromptType = Union[str, list[int], dict[str, Any]]
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seqs: list[Sequence]
+    arrival_time: float
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+    finished_time: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(s.is_finished for s in self.seqs)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        if config.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size > 1 is not supported by this build yet")
+        self.config = config
+        self.model_config = load_model_config(config.model, config.dtype, config.max_model_len)
+        self.tokenizer = load_tokenizer(config.tokenizer or config.model)
+        self.eos_token_ids = self._eos_token_ids()
+        self.runner = ModelRunner(config, self.model_config, self.eos_token_ids)
+        num_blocks = self.runner.num_blocks
+        if num_blocks * config.block_size < self.model_config.max_model_len:
+            raise ValueError(
+                f"the KV cache holds {num_blocks * config.block_size} tokens ({num_blocks} blocks of "
+                f"{config.block_size}), fewer than max_model_len={self.model_config.max_model_len}: "
+                "raise the cache budget or lower max_model_len"
+            )
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.requests: dict[str, _Request] = {}
+        self._seq_ids = itertools.count()
+
+    def _eos_token_ids(self) -> tuple[int, ...]:
+        ids = list(self.model_config.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return tuple(ids)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.model_config.max_model_len
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        """(text or None, token ids) of a prompt in any accepted form."""
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            if "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, list):
+            return None, list(prompt)
+        raise ValueError(f"a prompt must be a string, a list of token ids or a dict, not {type(prompt).__name__}")
+
+    def validate_prompt(self, token_ids: list[int], params: SamplingParams) -> None:
+        vocab = self.model_config.vocab_size
+        if not token_ids:
+            raise ValueError("the prompt is empty")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
+            raise ValueError("prompt token ids must be integers")
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        if len(token_ids) > self.max_model_len:
+            raise ValueError(
+                f"the prompt has {len(token_ids)} tokens, more than the maximum model length {self.max_model_len}"
+            )
+        params.validate_for_vocab(vocab)
+
+    def add_request(
+        self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
+        arrival_time: float | None = None,
+    ) -> None:
+        params = params or SamplingParams()
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text, token_ids = self.tokenize(prompt)
+        self.validate_prompt(token_ids, params)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        seqs = [self._new_sequence(request_id, i, token_ids, params, arrival) for i in range(params.n)]
+        self.requests[request_id] = _Request(request_id, text, token_ids, params, seqs, arrival)
+        for seq in seqs:
+            self.scheduler.add(seq)
+
+    def _new_sequence(
+        self, request_id: str, index: int, token_ids: list[int], params: SamplingParams, arrival: float
+    ) -> Sequence:
+        generator = None
+        if params.seed is not None:
+            # Each of the n completions gets its own stream, derived from the request's seed.
+            generator = torch.Generator(device=self.runner.device)
+            generator.manual_seed((params.seed + index) % (1 << 64))
+        detok = IncrementalDetokenizer(
+            self.tokenizer, token_ids, skip_special_tokens=params.skip_special_tokens,
+            stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
+        )
+        return Sequence(next(self._seq_ids), request_id, index, token_ids, params, generator, detok, arrival)
+
+    def abort_request(self, request_id: str) -> bool:
+        """Ends a request at any point, freeing its KV blocks now; False if it is unknown."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return False
+        for seq in req.seqs:
+            self.scheduler.finish(seq, FinishReason.ABORT)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Runs one scheduled step; returns an output for every request that advanced."""
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        now = time.monotonic()
+        for seq, _ in sched.scheduled:
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = now
+        result = self.runner.execute(sched)
+        for seq, n in sched.scheduled:
+            seq.num_computed_tokens += n
+        touched: dict[str, _Request] = {}
+        self._record_prompt_logprobs(result)
+        now = time.monotonic()
+        for seq, token, logprob, top in result.sampled:
+            seq.append_token(token)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            if seq.params.logprobs is not None:
+                seq.output_logprobs.append(self._logprob_entry(token, logprob, top))
+            reason = self._check_stop(seq, token)
+            if reason is not None:
+                self.scheduler.finish(seq, reason)
+            touched[seq.request_id] = self.requests[seq.request_id]
+        return [self._make_output(req, now) for req in touched.values()]
+
+    def _record_prompt_logprobs(self, result: StepResult) -> None:
+        for seq, chunk in result.prompt_logprobs:
+            req = self.requests[seq.request_id]
+            if req.prompt_logprobs is None:
+                req.prompt_logprobs = [None] * req_len(req)
+            for i, (value, top) in enumerate(zip(chunk.token_logprobs, chunk.top)):
+                pos = chunk.start + i
+                req.prompt_logprobs[pos] = self._logprob_entry(req.prompt_token_ids[pos], value, top)
+            if seq.num_computed_tokens >= seq.num_prompt_tokens:
+                for s in req.seqs:  # computed once, shared by the request's n completions
+                    s.prompt_logprobs = req.prompt_logprobs
+
+    def _logprob_entry(self, token: int, logprob: float | None, top: list[tuple[int, float]] | None) -> dict[int, Logprob]:
+        entry: dict[int, Logprob] = {}
+        for rank, (tid, value) in enumerate(top or (), start=1):
+            entry[tid] = Logprob(value, rank, self.tokenizer.decode([tid]))
+        if token not in entry:
+            entry[token] = Logprob(logprob if logprob is not None else float("nan"), None, self.tokenizer.decode([token]))
+        return entry
+
+    def _check_stop(self, seq: Sequence, token: int) -> FinishReason | None:
+        params = seq.params
+        is_eos = not params.ignore_eos and token in self.eos_token_ids
+        if (is_eos or token in params.stop_token_ids) and seq.num_output_tokens > params.min_tokens:
+            if params.include_stop_str_in_output:
+                seq.detokenizer.update([token])
+            seq.stop_reason = None if is_eos else token
+            return FinishReason.STOP
+        stop_str = seq.detokenizer.update([token])
+        if stop_str is not None and seq.num_output_tokens >= params.min_tokens:
+            seq.stop_reason = stop_str
+            return FinishReason.STOP
+        if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
+            return FinishReason.LENGTH
+        if seq.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _make_output(self, req: _Request, now: float) -> RequestOutput:
+        finished = req.finished
+        if finished:
+            req.finished_time = now
+            del self.requests[req.request_id]
+        outputs = []
+        for seq in req.seqs:
+            done = seq.is_finished
+            cumulative = None
+            if seq.params.logprobs is not None:
+                cumulative = sum(e[t].logprob for e, t in zip(seq.output_logprobs, seq.output_token_ids))
+            outputs.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=seq.detokenizer.output_text,
+                    token_ids=seq.output_token_ids,
+                    cumulative_logprob=cumulative,
+                    logprobs=seq.output_logprobs if seq.params.logprobs is not None else None,
+                    finish_reason=seq.finish_reason.value if done else None,
+                    stop_reason=seq.stop_reason,
+                    delta_text=seq.detokenizer.get_delta(done),
+                )
+            )
+        first = req.seqs[0]
+        metrics = RequestMetrics(
+            arrival_time=req.arrival_time,
+            first_scheduled_time=first.first_scheduled_time,
+            first_token_time=min((s.first_token_time for s in req.seqs if s.first_token_time), default=None),
+            finished_time=req.finished_time,
+            num_cached_tokens=first.num_cached_tokens,
+            num_preemptions=sum(s.num_preemptions for s in req.seqs),
+        )
+        return RequestOutput(
+            request_id=req.request_id,
+            prompt=req.prompt,
+            prompt_token_ids=req.prompt_token_ids,
+            outputs=outputs,
+            finished=finished,
+            prompt_logprobs=req.prompt_logprobs,
+            metrics=metrics,
+            num_cached_tokens=first.num_cached_tokens,
+        )
+
+
+def req_len(req: _Request) -> int:
+    return len(req.prompt_token_ids)

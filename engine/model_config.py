@@ -1,0 +1,161 @@
+"""What the engine needs to know about a Hugging Face model directory.
+
+config.json files in the wild come in two generations: the classic one
+(`rope_theta` and `rope_scaling` at the top level) and the transformers-5 one
+(`rope_parameters`). Both are read here, once, so no model file has to care.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Turns a user or config dtype name into a torch dtype, with a clear error."""
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return _DTYPES[str(name).removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"unsupported dtype {name!r}; choose one of {sorted(set(_DTYPES))} or 'auto'") from None
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Rotary embedding settings: base, the scaling rule and its parameters."""
+
+    theta: float = 10000.0
+    scaling_type: str = "default"
+    scaling: dict[str, Any] = field(default_factory=dict)
+    partial_rotary_factor: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture-level facts of one model directory."""
+
+    path: Path
+    architecture: str
+    hf_config: dict[str, Any]
+    dtype: torch.dtype
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    max_model_len: int
+    rope: RopeConfig
+    tie_word_embeddings: bool
+    attention_bias: bool
+    sliding_window: int | None
+    eos_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V one token occupies across all layers (one TP rank sees a share)."""
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
+
+
+def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
+    params = dict(cfg.get("rope_parameters") or {})
+    scaling = dict(cfg.get("rope_scaling") or {})
+    merged = {**scaling, **params}
+    theta = float(merged.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+    kind = merged.pop("rope_type", None) or merged.pop("type", None) or "default"
+    merged.pop("type", None)
+    partial = float(merged.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
+    return RopeConfig(theta=theta, scaling_type=str(kind), scaling=merged, partial_rotary_factor=partial)
+
+
+def _eos_ids(path: Path, cfg: dict[str, Any]) -> tuple[int, ...]:
+    """EOS ids come from generation_config.json first (it lists every stop id), then config.json."""
+    ids: list[int] = []
+    gen_path = path / "generation_config.json"
+    sources = [cfg]
+    if gen_path.exists():
+        sources.insert(0, json.loads(gen_path.read_text()))
+    for src in sources:
+        eos = src.get("eos_token_id")
+        if eos is None:
+            continue
+        for tok in eos if isinstance(eos, list) else [eos]:
+            if tok not in ids:
+                ids.append(int(tok))
+    return tuple(ids)
+
+
+def load_model_config(
+    model: str | Path, dtype: str | torch.dtype = "auto", max_model_len: int | None = None
+) -> ModelConfig:
+    """Reads config.json of a model directory; refuses what the engine cannot serve."""
+    path = Path(model)
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"{path} is not a model directory: no config.json")
+    cfg = json.loads(cfg_path.read_text())
+    archs = cfg.get("architectures") or []
+    from pagoda.engine.models.registry import resolve_architecture
+
+    architecture = resolve_architecture(archs)
+    if dtype == "auto":
+        torch_dtype = parse_dtype(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+    else:
+        torch_dtype = parse_dtype(dtype)
+    num_heads = int(cfg["num_attention_heads"])
+    hidden = int(cfg["hidden_size"])
+    max_pos = int(cfg.get("max_position_embeddings", 2048))
+    if max_model_len is None:
+        max_model_len = max_pos
+    elif max_model_len < 1:
+        raise ValueError(f"max_model_len must be positive, got {max_model_len}")
+    elif max_model_len > max_pos:
+        raise ValueError(
+            f"max_model_len {max_model_len} exceeds the model's max_position_embeddings {max_pos}"
+        )
+    sliding = cfg.get("sliding_window")
+    if cfg.get("use_sliding_window") is False:
+        sliding = None
+    return ModelConfig(
+        path=path,
+        architecture=architecture,
+        hf_config=cfg,
+        dtype=torch_dtype,
+        vocab_size=int(cfg["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(cfg["intermediate_size"]),
+        num_layers=int(cfg["num_hidden_layers"]),
+        num_heads=num_heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
+        head_dim=int(cfg.get("head_dim") or hidden // num_heads),
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        max_position_embeddings=max_pos,
+        max_model_len=max_model_len,
+        rope=_rope_config(cfg),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        attention_bias=bool(cfg.get("attention_bias", False)),
+        sliding_window=int(sliding) if sliding else None,
+        eos_token_ids=_eos_ids(path, cfg),
+        bos_token_id=cfg.get("bos_token_id"),
+    )

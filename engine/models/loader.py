@@ -1,0 +1,88 @@
+"""Builds a model from a Hugging Face directory: config -> module -> safetensors weights.
+
+Weights stream tensor by tensor from (possibly sharded) safetensors files,
+each parameter's `weight_loader` reading only the part its rank owns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from pagoda.engine.layers.weights import default_weight_loader
+from pagoda.engine.model_config import ModelConfig
+from pagoda.engine.models.registry import model_class
+
+# Tensors some checkpoints carry that are recomputed here, never loaded.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The safetensors files of a model directory, sharded (via the index) or single."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [path / name for name in sorted(set(weight_map.values()))]
+    single = path / "model.safetensors"
+    if single.exists():
+        return [single]
+    found = sorted(path.glob("*.safetensors"))
+    if not found:
+        raise ValueError(f"no safetensors weights in {path} (only safetensors checkpoints are supported)")
+    return found
+
+
+def iter_checkpoint(path: Path) -> Iterator[tuple[str, Any]]:
+    """(name, lazy slice) for every tensor; slices read from disk only when indexed."""
+    for file in checkpoint_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_slice(name)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    packed: dict[str, tuple[str, Any]] = getattr(model, "packed_modules", {})
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    loaded: set[str] = set()
+    for name, src in iter_checkpoint(path):
+        if name.endswith(_IGNORED_SUFFIXES) or (tied and name.startswith("lm_head.")):
+            continue
+        target, shard = name, None
+        for ckpt_name, (ours, shard_id) in packed.items():
+            if f".{ckpt_name}." in name:
+                target, shard = name.replace(ckpt_name, ours), shard_id
+                break
+        param = params.get(target)
+        if param is None:
+            raise ValueError(f"checkpoint tensor {name!r} has no counterpart in {type(model).__name__}")
+        loader = getattr(param, "weight_loader", default_weight_loader)
+        if shard is None:
+            loader(param, src)
+        else:
+            loader(param, src, shard)
+        loaded.add(target)
+    if tied:
+        loaded.add("lm_head.weight")
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks weights for: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+
+
+def build_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
+    """Instantiates the registered class for the config on `device` and loads its weights."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(cfg.dtype)
+    try:
+        with torch.device(device):
+            model = model_class(cfg.architecture)(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    load_weights(model, cfg.path)
+    return model.eval()

@@ -1,0 +1,33 @@
+"""Which model class serves which `architectures` entry of config.json."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch.nn as nn
+
+# architecture name -> (module, class); imported lazily so reading a config stays cheap.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "LlamaForCausalLM": ("pagoda.engine.models.llama", "LlamaForCausalLM"),
+    "MistralForCausalLM": ("pagoda.engine.models.llama", "LlamaForCausalLM"),
+    "Qwen2ForCausalLM": ("pagoda.engine.models.llama", "Qwen2ForCausalLM"),
+    "Qwen3ForCausalLM": ("pagoda.engine.models.llama", "Qwen3ForCausalLM"),
+}
+
+SUPPORTED_ARCHITECTURES = tuple(sorted(_REGISTRY))
+
+
+def resolve_architecture(architectures: list[str]) -> str:
+    """The first supported entry, or a ValueError listing what is supported."""
+    for name in architectures:
+        if name in _REGISTRY:
+            return name
+    raise ValueError(
+        f"model architecture {architectures or '(none given)'} is not supported; "
+        f"supported architectures: {', '.join(SUPPORTED_ARCHITECTURES)}"
+    )
+
+
+def model_class(architecture: str) -> type[nn.Module]:
+    module, cls = _REGISTRY[resolve_architecture([architecture])]
+    return getattr(importlib.import_module(module), cls)

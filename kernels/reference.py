@@ -1,0 +1,129 @@
+"""PyTorch reference implementations of every kernel the engine calls.
+
+They define the semantics the Triton kernels must reproduce, run on any
+device, and are what the engine uses on CPU. Numerics follow the Hugging Face
+implementations of the supported families (norms in fp32, results cast back)
+so that outputs agree token for token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (rms_norm(x + residual), x + residual)."""
+    residual = x + residual
+    return rms_norm(residual, weight, eps), residual
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    x1, x2 = rot[..., :half], rot[..., half:]
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    return out if rest.numel() == 0 else torch.cat([out, rest], dim=-1)
+
+
+def rotary_embedding(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor, rotary_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox-layout rotary embedding. q: [T, Hq, D], k: [T, Hkv, D]; cos_sin_cache: [max_pos, rotary_dim]."""
+    cos, sin = cos_sin_cache[positions].chunk(2, dim=-1)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return _rotate(q, cos, sin, rotary_dim), _rotate(k, cos, sin, rotary_dim)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
+def store_kv_cache(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Writes each token's K/V into its slot. Caches: [num_blocks, block_size, Hkv, D]; slot -1 = skip."""
+    valid = slot_mapping >= 0
+    if not bool(valid.all()):
+        k, v, slot_mapping = k[valid], v[valid], slot_mapping[valid]
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v)
+
+
+def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` cached tokens of sequences, in order: [B, length, Hkv, D]."""
+    block_size = cache.shape[1]
+    pos = torch.arange(length, device=cache.device)
+    slots = block_table[:, pos // block_size].long() * block_size + pos % block_size
+    return cache.view(-1, *cache.shape[2:])[slots]
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """q: [B, Q, Hq, D]; k, v: [B, L, Hkv, D]; mask: [B, Q, L] (True = attend). fp32 softmax."""
+    b, nq, hq, d = q.shape
+    hkv = k.shape[2]
+    qg = q.float().view(b, nq, hkv, hq // hkv, d)
+    scores = torch.einsum("bqhgd,blhd->bhgql", qg, k.float()) * scale
+    scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.einsum("bhgql,blhd->bqhgd", probs, v.float())
+    return out.reshape(b, nq, hq, d).to(q.dtype)
+
+
+def paged_attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_seq_len: int,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """One query token per sequence against its cached context. q: [B, Hq, D] -> [B, Hq, D]."""
+    k = _gather_context(k_cache, block_tables, max_seq_len)
+    v = _gather_context(v_cache, block_tables, max_seq_len)
+    pos = torch.arange(max_seq_len, device=q.device)
+    lens = seq_lens.to(q.device).long()[:, None]
+    mask = pos[None, :] < lens
+    if sliding_window is not None:
+        mask &= pos[None, :] > lens - 1 - sliding_window
+    return _attend(q[:, None], k, v, mask[:, None, :], scale)[:, 0]
+
+
+def paged_attention_prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_len: int,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of one sequence's new tokens (the last q_len of seq_len) over its whole context.
+
+    q: [q_len, Hq, D]. The context may begin with prefix-cached or earlier-chunk
+    blocks; all of it is read from the cache, which already holds the new K/V.
+    """
+    q_len = q.shape[0]
+    k = _gather_context(k_cache, block_table[None], seq_len)
+    v = _gather_context(v_cache, block_table[None], seq_len)
+    q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)[:, None]
+    k_pos = torch.arange(seq_len, device=q.device)[None, :]
+    mask = k_pos <= q_pos
+    if sliding_window is not None:
+        mask &= k_pos > q_pos - sliding_window
+    return _attend(q[None], k, v, mask[None], scale)[0]
