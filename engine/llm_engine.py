@@ -175,6 +175,8 @@ class LLMEngine:
                 seq.output_logprobs.append(self._logprob_entry(token, logprob, top))
             reason = self._check_stop(seq, token)
             if reason is not None:
+                if not isinstance(seq.stop_reason, str):
+                    seq.detokenizer.finish()
                 self.scheduler.finish(seq, reason)
             touched[seq.request_id] = self.requests[seq.request_id]
         return [self._make_output(req, now) for req in touched.values()]
@@ -183,7 +185,7 @@ class LLMEngine:
         for seq, chunk in result.prompt_logprobs:
             req = self.requests[seq.request_id]
             if req.prompt_logprobs is None:
-                req.prompt_logprobs = [None] * req_len(req)
+                req.prompt_logprobs = [None] * len(req.prompt_token_ids)
             for i, (value, top) in enumerate(zip(chunk.token_logprobs, chunk.top)):
                 pos = chunk.start + i
                 req.prompt_logprobs[pos] = self._logprob_entry(req.prompt_token_ids[pos], value, top)
@@ -202,7 +204,7 @@ class LLMEngine:
     def _check_stop(self, seq: Sequence, token: int) -> FinishReason | None:
         params = seq.params
         is_eos = not params.ignore_eos and token in self.eos_token_ids
-        if (is_eos or token in params.stop_token_ids) and seq.num_output_tokens > params.min_tokens:
+        if (is_eos or token in params.stop_token_ids) and seq.num_output_tokens >= params.min_tokens:
             if params.include_stop_str_in_output:
                 seq.detokenizer.update([token])
             seq.stop_reason = None if is_eos else token
@@ -259,7 +261,3 @@ class LLMEngine:
             metrics=metrics,
             num_cached_tokens=first.num_cached_tokens,
         )
-
-
-def req_len(req: _Request) -> int:
-    return len(req.prompt_token_ids)

@@ -1,0 +1,114 @@
+"""The offline API: `LLM(model).generate(prompts, params)`, as in vLLM.
+
+Every prompt of a call is tokenized and validated before any is queued, so one
+bad prompt raises ValueError and leaves the engine exactly as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from pagoda.engine.config import EngineConfig
+from pagoda.engine.llm_engine import LLMEngine, PromptType
+from pagoda.engine.outputs import RequestOutput
+from pagoda.engine.sampling_params import SamplingParams
+
+Message = dict[str, Any]
+
+
+class LLM:
+    """Runs batches of prompts to completion with continuous batching.
+
+    Keyword arguments are the fields of EngineConfig (max_num_seqs, dtype,
+    enable_prefix_caching, kv_cache_memory_bytes, ...).
+    """
+
+    def __init__(self, model: str, **engine_kwargs: Any) -> None:
+        known = {f.name for f in dataclasses.fields(EngineConfig)}
+        unknown = sorted(set(engine_kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown engine option(s) {unknown}; known: {sorted(known - {'model'})}")
+        self.engine = LLMEngine(EngineConfig(model=str(model), **engine_kwargs))
+        self._request_ids = itertools.count()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Final outputs, in the order of `prompts` (a string, token ids, or a list of either)."""
+        if isinstance(prompts, (str, dict)) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
+            prompts = [prompts]
+        prompts = list(prompts)
+        params_list = self._params_per_prompt(sampling_params, len(prompts))
+        tokenized = []
+        for prompt, params in zip(prompts, params_list):
+            text, ids = self.engine.tokenize(prompt)
+            self.engine.validate_prompt(ids, params)
+            tokenized.append({"prompt": text, "prompt_token_ids": ids})
+        request_ids = [f"offline-{next(self._request_ids)}" for _ in prompts]
+        for request_id, prompt, params in zip(request_ids, tokenized, params_list):
+            self.engine.add_request(request_id, prompt, params)
+        return self._run(request_ids)
+
+    def chat(
+        self,
+        messages: list[Message] | list[list[Message]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[RequestOutput]:
+        """Generate replies to one conversation or a list of them, rendered by the model's chat template."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts: list[PromptType] = [
+            {"prompt_token_ids": self.apply_chat_template(c, add_generation_prompt, chat_template_kwargs)}
+            for c in conversations
+        ]
+        return self.generate(prompts, sampling_params)
+
+    def apply_chat_template(
+        self, conversation: list[Message], add_generation_prompt: bool = True, kwargs: dict[str, Any] | None = None
+    ) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("the model's tokenizer has no chat template")
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=add_generation_prompt, tokenize=True, **(kwargs or {})
+            )
+        except Exception as exc:  # jinja raises its own types for a bad conversation
+            raise ValueError(f"cannot apply the chat template: {exc}") from exc
+        # transformers 5 returns a BatchEncoding-like mapping; older versions a list.
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    @staticmethod
+    def _params_per_prompt(
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None, count: int
+    ) -> list[SamplingParams]:
+        if sampling_params is None:
+            return [SamplingParams()] * count
+        if isinstance(sampling_params, SamplingParams):
+            return [sampling_params] * count
+        params = list(sampling_params)
+        if len(params) != count:
+            raise ValueError(f"got {len(params)} sampling params for {count} prompts")
+        return params
+
+    def _run(self, request_ids: list[str]) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        pending = set(request_ids)
+        while pending:
+            for output in self.engine.step():
+                if output.finished and output.request_id in pending:
+                    finished[output.request_id] = output
+                    pending.discard(output.request_id)
+        return [finished[r] for r in request_ids]

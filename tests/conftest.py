@@ -1,0 +1,25 @@
+"""Shared fixtures: small random-weight model directories, built once per session."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., pathlib.Path]:
+    """tiny_model(arch, **make_tiny_model kwargs) -> model directory, cached per argument set."""
+    from pagoda.engine.fixtures import make_tiny_model
+
+    cache: dict[tuple[Any, ...], pathlib.Path] = {}
+
+    def make(arch: str = "llama", **kwargs: Any) -> pathlib.Path:
+        key = (arch, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = make_tiny_model(tmp_path_factory.mktemp(f"model-{arch}"), arch, **kwargs)
+        return cache[key]
+
+    return make

@@ -1,0 +1,35 @@
+"""Hugging Face transformers as the reference: greedy continuations and logprobs on the same weights."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+
+@functools.cache
+def hf_model(path: pathlib.Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+
+
+@torch.inference_mode()
+def hf_greedy(path: pathlib.Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation with transformers' own KV cache, never stopping at EOS."""
+    model = hf_model(path)
+    ids = torch.tensor([prompt_ids])
+    out = model(ids, use_cache=True)
+    generated: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(out.logits[0, -1].argmax())
+        generated.append(token)
+        out = model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+    return generated
+
+
+@torch.inference_mode()
+def hf_logprobs(path: pathlib.Path, token_ids: list[int]) -> torch.Tensor:
+    """[len-1, vocab] log-softmax of the next-token logits at every position but the last."""
+    logits = hf_model(path)(torch.tensor([token_ids])).logits[0, :-1].float()
+    return torch.log_softmax(logits, dim=-1)

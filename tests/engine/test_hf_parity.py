@@ -1,0 +1,92 @@
+"""Token-for-token agreement with Hugging Face transformers, under every scheduling regime.
+
+Greedy decoding on fp32 weights must reproduce transformers exactly, whatever
+the batch looks like: mixed prompt lengths, shared prefixes served from the
+prefix cache, prompts chunked over many steps by a tiny token budget, and a
+block pool so small that sequences are preempted and recomputed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pagoda.engine.fixtures import FIXTURE_ARCHS
+from pagoda.engine.llm import LLM
+from pagoda.engine.sampling_params import SamplingParams
+from tests.engine.hf_reference import hf_greedy
+
+SHARED = "The quick brown fox jumps over the lazy dog. Hello, my name is Pagoda, and I serve"
+PROMPTS = [
+    "Hello",
+    "Once upon a time there was a little model",
+    SHARED + " language models",
+    SHARED + " tea in the morning",
+    "東京は日本の首都です。🚀 launch",
+    "def fib(n: int) -> int:\n    return",
+    SHARED,
+]
+MAX_TOKENS = 12
+
+REGIMES = {
+    "default": {},
+    "no-prefix-cache-tiny-budget": {"enable_prefix_caching": False, "max_num_batched_tokens": 5, "block_size": 4},
+    "chunked-with-prefix-cache": {"max_num_batched_tokens": 9, "block_size": 4, "max_num_seqs": 3},
+    # 20 blocks of 4 tokens cannot hold all the sequences at once: preemption must happen.
+    "preemption": {"num_kv_blocks": 20, "block_size": 4, "max_model_len": 80},
+}
+
+
+def _greedy() -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+
+@pytest.mark.parametrize("arch", FIXTURE_ARCHS)
+@pytest.mark.parametrize("regime", REGIMES)
+def test_greedy_matches_transformers(tiny_model, arch: str, regime: str) -> None:
+    path = tiny_model(arch)
+    llm = LLM(str(path), dtype="float32", **REGIMES[regime])
+    outputs = llm.generate(PROMPTS, _greedy())
+    for out in outputs:
+        expected = hf_greedy(path, out.prompt_token_ids, MAX_TOKENS)
+        assert out.outputs[0].token_ids == expected, (regime, out.prompt)
+        assert out.outputs[0].finish_reason == "length"
+    if regime == "preemption":
+        assert llm.engine.scheduler.num_preemptions > 0
+        assert sum(o.metrics.num_preemptions for o in outputs) > 0
+    # Every block is back in the pool once all requests are done.
+    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
+
+
+def test_prefix_cache_hits_and_same_output(tiny_model) -> None:
+    path = tiny_model("llama")
+    llm = LLM(str(path), dtype="float32", block_size=4)
+    first = llm.generate([SHARED + " language models"], _greedy())[0]
+    second = llm.generate([SHARED + " tea in the morning"], _greedy())[0]
+    assert first.num_cached_tokens == 0
+    # The shared text covers several full blocks; all but the unshared tail are hits.
+    assert second.num_cached_tokens >= 4 * (len(llm.tokenizer.encode(SHARED)) // 4 - 1)
+    stats = llm.engine.block_manager.stats
+    assert stats.hits == second.num_cached_tokens and stats.queries > stats.hits
+    assert second.outputs[0].token_ids == hf_greedy(path, second.prompt_token_ids, MAX_TOKENS)
+
+
+@pytest.mark.parametrize("variant", [{"sharded": True}, {"tie_word_embeddings": True}, {"sharded": True, "tie_word_embeddings": True}])
+def test_checkpoint_variants(tiny_model, variant: dict) -> None:
+    path = tiny_model("qwen2", **variant)
+    llm = LLM(str(path), dtype="float32")
+    out = llm.generate(PROMPTS[:3], _greedy())
+    for o in out:
+        assert o.outputs[0].token_ids == hf_greedy(path, o.prompt_token_ids, MAX_TOKENS)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_reduced_precision_checkpoints_load_and_agree(tiny_model, dtype: str) -> None:
+    """Checkpoints stored in fp16/bf16 run in their own dtype ('auto') and track the fp32 reference."""
+    path = tiny_model("llama3", dtype=dtype)
+    llm = LLM(str(path))
+    assert str(llm.engine.model_config.dtype) == f"torch.{dtype}"
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    outs = llm.generate(PROMPTS, params)
+    agree = sum(o.outputs[0].token_ids[0] == hf_greedy(path, o.prompt_token_ids, 1)[0] for o in outs)
+    # Rounding may flip a near-tie, but nearly every first token must agree.
+    assert agree >= len(PROMPTS) - 1
