@@ -1,15 +1,47 @@
 """The kernel entry points the engine calls, dispatched by device.
 
-CPU tensors run the PyTorch references; CUDA tensors will run the Triton
-kernels once they exist, behind these same signatures.
+CUDA tensors run the Triton kernels of `pagoda.kernels.triton`, anything
+else the PyTorch references, behind one signature per op (the reference's).
+Triton is imported on the first CUDA call only: CPU processes never compile
+or load it, and a test suite that interprets the kernels on the CPU decides
+the mode before any import happens (see tests/kernels/conftest.py).
 """
 
-from pagoda.kernels.reference import (  # noqa: F401  (re-exported entry points)
-    fused_add_rms_norm,
-    paged_attention_decode,
-    paged_attention_prefill,
-    rms_norm,
-    rotary_embedding,
-    silu_and_mul,
-    store_kv_cache,
-)
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from pagoda.kernels import reference
+
+
+@functools.cache
+def _triton() -> ModuleType:
+    import pagoda.kernels.triton as kernels
+
+    return kernels
+
+
+def _dispatch(name: str) -> Callable[..., Any]:
+    """An entry point that runs Triton's `name` when its first tensor argument lives on a CUDA device."""
+    ref = getattr(reference, name)
+
+    @functools.wraps(ref)
+    def op(first: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        impl = getattr(_triton(), name) if first.is_cuda else ref
+        return impl(first, *args, **kwargs)
+
+    return op
+
+
+rms_norm = _dispatch("rms_norm")
+fused_add_rms_norm = _dispatch("fused_add_rms_norm")
+rotary_embedding = _dispatch("rotary_embedding")
+silu_and_mul = _dispatch("silu_and_mul")
+store_kv_cache = _dispatch("store_kv_cache")
+paged_attention_decode = _dispatch("paged_attention_decode")
+paged_attention_prefill = _dispatch("paged_attention_prefill")

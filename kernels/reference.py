@@ -27,22 +27,35 @@ def fused_add_rms_norm(
     return rms_norm(residual, weight, eps), residual
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int, is_neox: bool) -> torch.Tensor:
+    """Rotates pairs (x1, x2) of the first rotary_dim elements: (i, i + half) for neox, (2i, 2i + 1) for gpt-j."""
     rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
-    half = rotary_dim // 2
-    x1, x2 = rot[..., :half], rot[..., half:]
     c, s = cos.to(x.dtype), sin.to(x.dtype)
-    out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    if is_neox:
+        x1, x2 = rot.chunk(2, dim=-1)
+        out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    else:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        out = torch.stack([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).flatten(-2)
     return out if rest.numel() == 0 else torch.cat([out, rest], dim=-1)
 
 
 def rotary_embedding(
-    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor, rotary_dim: int
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    rotary_dim: int,
+    is_neox: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neox-layout rotary embedding. q: [T, Hq, D], k: [T, Hkv, D]; cos_sin_cache: [max_pos, rotary_dim]."""
+    """Rotary embedding in the neox (rotate-half) or gpt-j (interleaved) layout.
+
+    q: [T, Hq, D], k: [T, Hkv, D]; cos_sin_cache: [max_pos, rotary_dim], cos
+    then sin; scaling rules (linear, llama3) live in how the table is built.
+    """
     cos, sin = cos_sin_cache[positions].chunk(2, dim=-1)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return _rotate(q, cos, sin, rotary_dim), _rotate(k, cos, sin, rotary_dim)
+    return _rotate(q, cos, sin, rotary_dim, is_neox), _rotate(k, cos, sin, rotary_dim, is_neox)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

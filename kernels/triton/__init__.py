@@ -1,0 +1,26 @@
+"""Triton kernels behind the entry points of `pagoda.kernels.ops`.
+
+Each module owns one kernel (or one kernel family) and a host wrapper whose
+signature matches its PyTorch reference in `pagoda.kernels.reference`, so the
+references define what every kernel must compute. Importing this package
+decides, once, whether the kernels are compiled or interpreted: Triton reads
+TRITON_INTERPRET when a kernel is decorated.
+"""
+
+from pagoda.kernels.triton.activation import silu_and_mul
+from pagoda.kernels.triton.kv_cache import store_kv_cache
+from pagoda.kernels.triton.norm import fused_add_rms_norm, rms_norm
+from pagoda.kernels.triton.paged_decode import paged_attention_decode
+from pagoda.kernels.triton.paged_prefill import paged_attention_prefill, paged_attention_prefill_varlen
+from pagoda.kernels.triton.rotary import rotary_embedding
+
+__all__ = [
+    "fused_add_rms_norm",
+    "paged_attention_decode",
+    "paged_attention_prefill",
+    "paged_attention_prefill_varlen",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "store_kv_cache",
+]

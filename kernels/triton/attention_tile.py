@@ -1,0 +1,76 @@
+"""The inner loop that both paged-attention kernels share: one tile of query rows over a range of cached keys.
+
+A tile's rows are (query token, query head) pairs that all read the same KV
+head, so each K/V tile is loaded once for the whole GQA group instead of once
+per query head: for decode that divides the dominant traffic, the cache
+reads, by the group size. Keys are gathered token by token through the block
+table, so any block size works (the memory profiler even uses one block as
+long as the whole batch) and a tile may straddle blocks.
+
+Softmax is online (running max m and sum l per row, in base 2 so exp2 is a
+single instruction), accumulators fp32. The running max starts at a large
+finite negative instead of -inf, so a row that sees only masked keys in a
+tile (sliding windows, padding rows) gets exp2(0) = 1 as its rescale factor
+rather than NaN, and l stays 0 until a real key arrives.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+NEG_LARGE = -1.0e30
+
+
+@triton.jit
+def mma(a, b, acc, EXACT: tl.constexpr):
+    """acc + a @ b; EXACT runs it on fp32 operands at IEEE precision (see launch.exact_dot)."""
+    if EXACT:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def attend_range(
+    acc, m_i, l_i, q, q_pos,
+    k_cache_ptr, v_cache_ptr, table_ptr, kv_head_offset, start, stop, block_size,
+    stride_cb, stride_ct, head_dim, qk_scale_log2, window,
+    MASK_ROWS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
+):
+    """Folds keys [start, stop) into (acc, m_i, l_i).
+
+    q: [M, BLOCK_D] in the cache dtype; q_pos: [M] absolute position of each
+    row's token, used when MASK_ROWS (causal, and the sliding window when
+    HAS_WINDOW); without it every key in range is visible to every row.
+    """
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < head_dim
+    for n0 in range(start, stop, BLOCK_N):
+        pos = n0 + tl.arange(0, BLOCK_N)
+        in_range = pos < stop
+        block = tl.load(table_ptr + pos // block_size, mask=in_range, other=0).to(tl.int64)
+        offs = block * stride_cb + (pos % block_size) * stride_ct + kv_head_offset
+        kv_mask = in_range[:, None] & dim_mask[None, :]
+        k = tl.load(k_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        s = mma(q, tl.trans(k), tl.zeros((q.shape[0], BLOCK_N), tl.float32), EXACT) * qk_scale_log2
+        visible = in_range[None, :]
+        if MASK_ROWS:
+            visible = visible & (pos[None, :] <= q_pos[:, None])
+            if HAS_WINDOW:
+                visible = visible & (pos[None, :] > q_pos[:, None] - window)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        acc = mma(p.to(v.dtype), v, acc * alpha[:, None], EXACT)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def finish(acc, l_i):
+    """acc / l, with rows that saw no key (padding) giving 0 instead of 0/0."""
+    return acc / tl.where(l_i > 0, l_i, 1.0)[:, None]

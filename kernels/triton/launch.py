@@ -1,0 +1,56 @@
+"""Host-side helpers shared by the kernel wrappers: block sizes and launch facts."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+
+
+def block_for(n: int, minimum: int = 1) -> int:
+    """The power-of-two tile that covers n elements (Triton tiles must be powers of two)."""
+    return max(minimum, triton.next_power_of_2(n))
+
+
+def interpreting() -> bool:
+    """True when kernels run under TRITON_INTERPRET (numpy on the CPU), as in the CPU test suite."""
+    return bool(triton.knobs.runtime.interpret)
+
+
+def exact_dot(dtype: torch.dtype) -> bool:
+    """Whether tl.dot must take fp32 operands at full (IEEE) precision.
+
+    fp32 models need it: Triton's default for an fp32 dot is TF32 (10-bit
+    mantissa), far outside fp32 tolerances. The interpreter needs it too: it
+    emulates bf16 as raw 16-bit integers in numpy and returns garbage from a
+    bf16 dot, whereas an fp32 dot of bf16 values is exact (every bf16 product
+    fits in fp32), so the interpreted result is the tensor-core result up to
+    summation order.
+    """
+    return dtype == torch.float32 or interpreting()
+
+
+@functools.cache
+def num_sms(device_index: int) -> int:
+    """Streaming multiprocessors of a CUDA device: the unit of parallelism a grid must fill."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def as_3d(x: torch.Tensor) -> torch.Tensor:
+    """x as a [outer, inner, last dim] view with unit stride along the last dim; copies only when unavoidable.
+
+    Kernels index rows by two strides instead of requiring contiguity: the
+    models hand over views of fused projections (q and k are slices of the
+    qkv output, reshaped to heads), whose tokens are strided but whose heads
+    are evenly spaced. Copying those would add a full read and write.
+    """
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if x.dim() == 1:
+        return x.view(1, 1, -1)
+    if x.dim() == 2:
+        return x.unsqueeze(1)
+    if x.dim() == 3:
+        return x
+    return x.reshape(-1, x.shape[-2], x.shape[-1])

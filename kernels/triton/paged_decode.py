@@ -1,0 +1,167 @@
+"""Paged attention for decode: one query token per sequence against its cached context.
+
+Decode is memory-bound: per sequence it reads the whole context's K and V
+(2 * L * Hkv * D elements) to do ~4 * L * Hq * D FLOPs, an arithmetic
+intensity of 2 * Hq/Hkv FLOPs per element, far under any GPU's
+FLOP-to-byte ratio. So the design goals are bytes and parallelism:
+
+- GQA: one program serves all query heads of one KV head (the rows of the
+  tile), so each K/V element is read from memory exactly once.
+- Split-K (flash-decoding): batch * Hkv programs cannot fill a GPU of 132 SMs
+  at small batch, and a single program streaming 32k tokens is latency-bound.
+  The context is cut into `num_splits` chunks processed in parallel; each
+  writes an unnormalised partial (acc, m, l) and a second small kernel merges
+  them. The partials cost B * Hq * splits * (D + 2) fp32 writes and reads,
+  negligible next to the cache when each split covers >= 256 tokens.
+
+The split count depends only on the batch shape, never on the data: a chunk
+is cdiv(seq_len, num_splits) tokens of each sequence, computed on the
+device, so one launch configuration serves every step of a captured CUDA
+graph whatever the sequence lengths (empty chunks contribute l = 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pagoda.kernels.triton.attention_tile import NEG_LARGE, attend_range, finish
+from pagoda.kernels.triton.launch import block_for, exact_dot, num_sms
+
+# A split shorter than this spends more on its partial and the merge than it saves.
+MIN_TOKENS_PER_SPLIT = 256
+MAX_SPLITS = 64
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, seq_lens_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
+    stride_qb, stride_qh, stride_ob, stride_oh, stride_tb, stride_cb, stride_ct, stride_ch,
+    block_size, head_dim, num_splits, qk_scale_log2, window,
+    GROUP: tl.constexpr, SPLIT: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    lo = 0
+    if HAS_WINDOW:
+        lo = tl.maximum(seq_len - window, 0)
+    chunk = tl.cdiv(tl.cdiv(seq_len - lo, num_splits), BLOCK_N) * BLOCK_N
+    start = lo + split * chunk
+    stop = tl.minimum(seq_len, start + chunk)
+
+    rows = tl.arange(0, BLOCK_M)
+    heads = kv_head * GROUP + rows
+    dims = tl.arange(0, BLOCK_D)
+    io_mask = (rows < GROUP)[:, None] & (dims < head_dim)[None, :]
+    q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :], mask=io_mask, other=0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    m_i = tl.full((BLOCK_M,), NEG_LARGE, tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc, m_i, l_i = attend_range(
+        acc, m_i, l_i, q.to(k_cache_ptr.dtype.element_ty), rows,
+        k_cache_ptr, v_cache_ptr, tables_ptr + seq.to(tl.int64) * stride_tb, kv_head * stride_ch,
+        start, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window,
+        False, False, BLOCK_N, BLOCK_D, EXACT,
+    )
+    if SPLIT:
+        # Partials laid out [seq, head, split, ...] so the merge reads each (seq, head) contiguously.
+        part = (seq * tl.num_programs(1) * GROUP + heads) * num_splits + split
+        tl.store(part_acc_ptr + part[:, None] * head_dim + dims[None, :], acc, mask=io_mask)
+        tl.store(part_ml_ptr + part * 2, m_i, mask=rows < GROUP)
+        tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=rows < GROUP)
+    else:
+        out = finish(acc, l_i).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :], out, mask=io_mask)
+
+
+@triton.jit
+def _merge_kernel(
+    part_acc_ptr, part_ml_ptr, out_ptr, stride_ob, stride_oh, num_splits, head_dim,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    splits = tl.arange(0, BLOCK_S)
+    dims = tl.arange(0, BLOCK_D)
+    part = (seq * tl.num_programs(1) + head) * num_splits + splits
+    m = tl.load(part_ml_ptr + part * 2, mask=splits < num_splits, other=NEG_LARGE)
+    l_s = tl.load(part_ml_ptr + part * 2 + 1, mask=splits < num_splits, other=0.0)
+    mask = (splits < num_splits)[:, None] & (dims < head_dim)[None, :]
+    acc = tl.load(part_acc_ptr + part[:, None] * head_dim + dims[None, :], mask=mask, other=0.0)
+    w = tl.exp2(m - tl.max(m, axis=0))
+    num = tl.sum(acc * w[:, None], axis=0)
+    den = tl.sum(l_s * w, axis=0)
+    out = num / tl.where(den > 0, den, 1.0)
+    tl.store(out_ptr + seq * stride_ob + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty), mask=dims < head_dim)
+
+
+def choose_num_splits(batch: int, num_kv_heads: int, max_seq_len: int, device: torch.device) -> int:
+    """Enough programs for about two waves over the SMs, no split under MIN_TOKENS_PER_SPLIT; a power of two.
+
+    Depends on max_seq_len only as an upper bound, so a CUDA graph captured
+    with the longest allowed context stays correct (if over-split) for shorter ones.
+    """
+    if device.type != "cuda":
+        return 1
+    wanted = triton.cdiv(2 * num_sms(device.index or 0), batch * num_kv_heads)
+    useful = triton.cdiv(max_seq_len, MIN_TOKENS_PER_SPLIT)
+    return min(MAX_SPLITS, triton.next_power_of_2(max(1, min(wanted, useful))))
+
+
+def paged_attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_seq_len: int,
+    scale: float,
+    sliding_window: int | None = None,
+    *,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+    block_n: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> torch.Tensor:
+    """q: [B, Hq, D] -> [B, Hq, D]; caches [num_blocks, block_size, Hkv, D]; seq_lens [B] on the device.
+
+    max_seq_len only bounds the split count (see choose_num_splits); `out`
+    may be a view into a larger output (the backend's decode rows).
+    """
+    batch, num_q_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
+        raise ValueError("caches must share one layout, and q and the caches need contiguous head dims")
+    group = num_q_heads // num_kv_heads
+    if out is None:
+        out = torch.empty_like(q)
+    if batch == 0:
+        return out
+    if num_splits is None:
+        num_splits = choose_num_splits(batch, num_kv_heads, max_seq_len, q.device)
+    part_acc = part_ml = out  # unused placeholders when there is a single split
+    if num_splits > 1:
+        part_acc = torch.empty(batch, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
+        part_ml = torch.empty(batch, num_q_heads, num_splits, 2, dtype=torch.float32, device=q.device)
+    block_d = block_for(head_dim)
+    _decode_kernel[(batch, num_kv_heads, num_splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, out, part_acc, part_ml,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_size, head_dim, num_splits, scale * _LOG2E, sliding_window or 0,
+        GROUP=group, SPLIT=num_splits > 1, HAS_WINDOW=sliding_window is not None,
+        BLOCK_M=block_for(group, 16), BLOCK_N=block_n, BLOCK_D=block_d, EXACT=exact_dot(k_cache.dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if num_splits > 1:
+        _merge_kernel[(batch, num_q_heads)](
+            part_acc, part_ml, out, out.stride(0), out.stride(1), num_splits, head_dim,
+            BLOCK_S=block_for(num_splits), BLOCK_D=block_d, num_warps=4,
+        )
+    return out

@@ -1,0 +1,142 @@
+"""Paged attention for prefill and extend: causal varlen attention of new tokens over their whole context.
+
+A sequence's new tokens are the last q_len of its seq_len; the first
+seq_len - q_len keys are already in the cache (prefix-cache hits, earlier
+chunks of a chunked prefill) and the new ones were just stored, so one
+kernel reads all keys through the block table and covers fresh prefills,
+prefix hits and chunked prefill alike.
+
+A tile packs (token, head) pairs: TOKENS consecutive new tokens times the
+GROUP query heads of one KV head, so each K/V tile loaded serves the whole
+GQA group. Prefill is compute-bound at useful lengths (intensity ~ the tile
+height in FLOPs per byte), so what matters is keeping tensor cores busy:
+tiles of 64 rows, keys only up to the causal frontier of the tile's last
+token (about half the score matrix), and the heaviest tiles (last ones of a
+sequence, which see the most keys) launched first.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pagoda.kernels.triton.attention_tile import NEG_LARGE, attend_range, finish
+from pagoda.kernels.triton.launch import block_for, exact_dot
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, query_start_ptr, seq_lens_ptr, out_ptr,
+    stride_qt, stride_qh, stride_ot, stride_oh, stride_tb, stride_cb, stride_ct, stride_ch,
+    first_seq, block_size, head_dim, qk_scale_log2, window,
+    GROUP: tl.constexpr, TOKENS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
+):
+    tile = tl.num_programs(0) - 1 - tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = first_seq + tl.program_id(2)
+    q_start = tl.load(query_start_ptr + seq)
+    q_len = tl.load(query_start_ptr + seq + 1) - q_start
+    seq_len = tl.load(seq_lens_ptr + seq)
+
+    rows = tl.arange(0, BLOCK_M)
+    token = tile * TOKENS + rows // GROUP
+    heads = kv_head * GROUP + rows % GROUP
+    row_mask = (rows < TOKENS * GROUP) & (token < q_len)
+    q_pos = seq_len - q_len + token
+    first_pos = seq_len - q_len + tile * TOKENS
+    stop = tl.minimum(first_pos + TOKENS, seq_len)
+    start = 0
+    if HAS_WINDOW:
+        start = tl.maximum(first_pos - window + 1, 0)
+    # A tile past this sequence's tokens (grids cover the longest one) has nothing to do.
+    stop = tl.where(tile * TOKENS < q_len, stop, start)
+
+    dims = tl.arange(0, BLOCK_D)
+    io_mask = row_mask[:, None] & (dims < head_dim)[None, :]
+    q_rows = (q_start + token).to(tl.int64)
+    q = tl.load(q_ptr + q_rows[:, None] * stride_qt + heads[:, None] * stride_qh + dims[None, :], mask=io_mask, other=0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    m_i = tl.full((BLOCK_M,), NEG_LARGE, tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc, m_i, l_i = attend_range(
+        acc, m_i, l_i, q.to(k_cache_ptr.dtype.element_ty), q_pos,
+        k_cache_ptr, v_cache_ptr, tables_ptr + seq.to(tl.int64) * stride_tb, kv_head * stride_ch,
+        start, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window,
+        True, HAS_WINDOW, BLOCK_N, BLOCK_D, EXACT,
+    )
+    out = finish(acc, l_i).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + q_rows[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :], out, mask=io_mask)
+
+
+def paged_attention_prefill_varlen(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_query_len: int,
+    scale: float,
+    sliding_window: int | None = None,
+    *,
+    first_seq: int = 0,
+    num_seqs: int | None = None,
+    out: torch.Tensor | None = None,
+    block_m: int = 64,
+    block_n: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> torch.Tensor:
+    """Sequences first_seq .. first_seq + num_seqs of a batch; their tokens' rows of out are written.
+
+    q: [T, Hq, D] holds the whole batch's new tokens, sequence i's at rows
+    query_start_loc[i] .. query_start_loc[i + 1]; seq_lens [S] are context
+    lengths including the new tokens; block_tables [S, max_blocks].
+    """
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
+        raise ValueError("caches must share one layout, and q and the caches need contiguous head dims")
+    group = num_q_heads // num_kv_heads
+    if num_seqs is None:
+        num_seqs = seq_lens.shape[0] - first_seq
+    if out is None:
+        out = torch.empty_like(q)
+    block_m = max(block_m, block_for(group, 16))
+    tokens = block_m // group
+    if num_seqs == 0 or max_query_len == 0:
+        return out
+    _prefill_kernel[(triton.cdiv(max_query_len, tokens), num_kv_heads, num_seqs)](
+        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        first_seq, block_size, head_dim, scale * _LOG2E, sliding_window or 0,
+        GROUP=group, TOKENS=tokens, HAS_WINDOW=sliding_window is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_for(head_dim), EXACT=exact_dot(k_cache.dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
+
+
+def paged_attention_prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_len: int,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """One sequence, with the reference's signature: q [q_len, Hq, D], block_table [max_blocks]."""
+    q_len = q.shape[0]
+    dev = q.device
+    return paged_attention_prefill_varlen(
+        q, k_cache, v_cache, block_table.view(1, -1),
+        torch.tensor([0, q_len], dtype=torch.int32, device=dev),
+        torch.tensor([seq_len], dtype=torch.int32, device=dev),
+        q_len, scale, sliding_window,
+    )
