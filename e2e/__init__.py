@@ -1,0 +1,1 @@
+"""pagoda end-to-end suite and the local Kubernetes control plane it runs on."""
