@@ -1,11 +1,39 @@
-"""The PyTorch reference attention backend (CPU, and any device as a fallback)."""
+"""The PyTorch attention backend: CPU, and any device without Triton.
+
+It uses torch's fused scaled_dot_product_attention (flash/memory-efficient
+kernels on CPU) rather than the step-by-step reference in kernels/reference.py,
+which exists to check kernels, not to serve. A prefill whose whole context is
+new in this step attends straight over its fresh K/V with a causal mask; any
+other sequence gathers its context from the paged cache first.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from pagoda.engine.attention.metadata import AttentionMetadata
 from pagoda.kernels import ops
+
+
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` cached tokens of each table's sequence: [B, Hkv, length, D]."""
+    block_size = cache.shape[1]
+    pos = torch.arange(length, device=cache.device)
+    slots = block_tables[:, pos // block_size].long() * block_size + pos % block_size
+    return cache.view(-1, *cache.shape[2:])[slots].transpose(1, 2)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, **kwargs) -> torch.Tensor:
+    """q: [B, Hq, Q, D], k/v: [B, Hkv, L, D]; grouped-query heads share their KV head."""
+    return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1], **kwargs)
+
+
+def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    mask = k_pos <= q_pos
+    if sliding_window is not None:
+        mask &= k_pos > q_pos - sliding_window
+    return mask
 
 
 class TorchAttentionBackend:
@@ -20,20 +48,30 @@ class TorchAttentionBackend:
         scale: float,
         sliding_window: int | None,
     ) -> torch.Tensor:
-        num_tokens = meta.slot_mapping.shape[0]
-        ops.store_kv_cache(k[:num_tokens], v[:num_tokens], k_cache, v_cache, meta.slot_mapping)
+        ops.store_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         nd = meta.num_decodes
         if nd:
             max_len = max(meta.seq_lens_host[:nd])
-            out[:nd] = ops.paged_attention_decode(
-                q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.seq_lens[:nd], max_len, scale, sliding_window
-            )
+            keys = _gather(k_cache, meta.block_tables[:nd], max_len)
+            values = _gather(v_cache, meta.block_tables[:nd], max_len)
+            q_pos = meta.seq_lens[:nd, None].long() - 1
+            mask = _window_mask(q_pos, torch.arange(max_len, device=q.device)[None, :], sliding_window)
+            out[:nd] = _sdpa(q[:nd, :, None], keys, values, scale, attn_mask=mask[:, None, None, :])[:, :, 0]
         start = nd
         for i in range(nd, meta.num_seqs):
-            q_len = meta.query_lens_host[i]
-            out[start : start + q_len] = ops.paged_attention_prefill(
-                q[start : start + q_len], k_cache, v_cache, meta.block_tables[i], meta.seq_lens_host[i], scale, sliding_window
-            )
+            q_len, seq_len = meta.query_lens_host[i], meta.seq_lens_host[i]
+            qi = q[start : start + q_len].transpose(0, 1)[None]
+            if q_len == seq_len and sliding_window is None:
+                ki = k[start : start + q_len].transpose(0, 1)[None]
+                vi = v[start : start + q_len].transpose(0, 1)[None]
+                res = _sdpa(qi, ki, vi, scale, is_causal=True)
+            else:
+                ki = _gather(k_cache, meta.block_tables[i : i + 1], seq_len)
+                vi = _gather(v_cache, meta.block_tables[i : i + 1], seq_len)
+                q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)[:, None]
+                mask = _window_mask(q_pos, torch.arange(seq_len, device=q.device)[None, :], sliding_window)
+                res = _sdpa(qi, ki, vi, scale, attn_mask=mask)
+            out[start : start + q_len] = res[0].transpose(0, 1)
             start += q_len
         return out

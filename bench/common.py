@@ -1,0 +1,41 @@
+"""Shared pieces of the benchmarks: environment facts and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+from typing import Any
+
+RESULTS_DIR = pathlib.Path(__file__).with_name("results")
+
+
+def environment() -> dict[str, Any]:
+    """Device and versions, recorded with every result so numbers stay comparable."""
+    import tokenizers
+    import torch
+    import transformers
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return {
+        "device": device,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+        },
+        "torch_threads": torch.get_num_threads(),
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_result(name: str, result: dict[str, Any]) -> pathlib.Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({**environment(), **result}, indent=2) + "\n")
+    return path
