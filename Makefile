@@ -1,4 +1,6 @@
 # The two entry points of the README live here: `make run` and `make test`.
+# `make` alone sets up and runs the engine, like `make run`.
+.DEFAULT_GOAL := run
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -33,8 +35,8 @@ test: venv $(TEST_PREREQS)
 	$(VENV)/bin/pytest -q
 
 bench: venv
-	$(PY) bench/engine_overhead.py
-	$(PY) bench/cpu_throughput.py
+	$(PY) -m bench.engine_overhead
+	$(PY) -m bench.cpu_throughput
 
 clean:
 	rm -rf $(VENV) models
