@@ -1,0 +1,18 @@
+"""Comparison bounds for kernels against their PyTorch references."""
+
+from __future__ import annotations
+
+import torch
+
+# ‖out − ref‖ / ‖ref‖ bounds: fp32 arithmetic lands far under 1e-5; half
+# precisions are bounded by their rounding (fp16: 11-bit mantissa, bf16: 8).
+REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """Every element written and finite, and the relative error norm within the dtype's bound."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype, (out.shape, out.dtype, ref.shape, ref.dtype)
+    bad = ~torch.isfinite(out.float())
+    assert not bad.any(), f"{int(bad.sum())} of {out.numel()} elements unwritten or not finite, first at {bad.nonzero()[0].tolist()}"
+    err = (out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)
+    assert err <= REL_TOL[ref.dtype], f"relative error {err:.3g} > {REL_TOL[ref.dtype]:g} for {ref.dtype}"

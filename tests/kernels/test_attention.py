@@ -1,0 +1,153 @@
+"""Paged attention kernels (decode with split-K, varlen prefill/extend) against the PyTorch reference.
+
+Cases cover every GQA ratio (1, 2, 4, 7) with every head dim the models use
+(32 for the tiny fixtures, 64, 80, 96, 128), the three dtypes, block sizes
+that do and do not divide the key tile, ragged block tables, partially
+filled last blocks, prefix blocks shared between sequences, sliding windows,
+and split counts from none to more splits than there are key tiles.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import pagoda.kernels.triton as kernels
+from pagoda.kernels import reference
+from tests.kernels.conftest import DEVICE
+from tests.kernels.numerics import assert_close
+from tests.kernels.paged import PagedBatch, make_paged_batch
+
+pytestmark = pytest.mark.usefixtures("poisoned")
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+GROUPS = [1, 2, 4, 7]
+HEAD_DIMS = [32, 64, 80, 96, 128]
+# One case per (group, head dim); dtype, block size, KV heads and split count rotate through their values.
+CASES = [
+    (group, head_dim, DTYPES[i % 3], [16, 4, 8][i % 3], [1, 2][i % 2], [1, 2, 5, 8][i % 4])
+    for i, (group, head_dim) in enumerate(itertools.product(GROUPS, HEAD_DIMS))
+]
+CASE_IDS = [f"g{g}-d{d}-{str(t).removeprefix('torch.')}-bs{b}-kv{h}-s{s}" for g, d, t, b, h, s in CASES]
+
+
+def _q(tokens: int, heads: int, head_dim: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(tokens, heads, head_dim, generator=g).to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize(("group", "head_dim", "dtype", "block_size", "kv_heads", "num_splits"), CASES, ids=CASE_IDS)
+def test_decode(group: int, head_dim: int, dtype: torch.dtype, block_size: int, kv_heads: int, num_splits: int) -> None:
+    g = torch.Generator().manual_seed(len(CASE_IDS) * group + head_dim)
+    # Ragged lengths, none a multiple of the block size; sequence 1 shares two blocks with sequence 0.
+    lens = [2 * block_size + 3, 3 * block_size + 1, 1, 5 * block_size - 1]
+    batch = make_paged_batch(
+        lens, kv_heads=kv_heads, head_dim=head_dim, block_size=block_size, dtype=dtype, device=DEVICE, g=g,
+        shared_prefix_blocks=2,
+    )
+    q = _q(len(lens), kv_heads * group, head_dim, dtype, g)
+    args = (batch.block_tables, batch.seq_lens_tensor(), max(lens), head_dim**-0.5)
+    out = kernels.paged_attention_decode(q, batch.k_cache, batch.v_cache, *args, num_splits=num_splits, block_n=16)
+    ref = batch.finite()
+    assert_close(out, reference.paged_attention_decode(q, ref.k_cache, ref.v_cache, *args))
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("window", [1, 5, 40])
+def test_decode_sliding_window(num_splits: int, window: int) -> None:
+    g = torch.Generator().manual_seed(window)
+    lens = [37, 4, 19]
+    batch = make_paged_batch(lens, kv_heads=2, head_dim=64, block_size=8, dtype=torch.float32, device=DEVICE, g=g)
+    q = _q(3, 4, 64, torch.float32, g)
+    args = (batch.block_tables, batch.seq_lens_tensor(), max(lens), 0.125, window)
+    out = kernels.paged_attention_decode(q, batch.k_cache, batch.v_cache, *args, num_splits=num_splits, block_n=16)
+    ref = batch.finite()
+    assert_close(out, reference.paged_attention_decode(q, ref.k_cache, ref.v_cache, *args))
+
+
+def test_decode_writes_into_a_view_of_a_larger_output() -> None:
+    """The backend hands the decode rows of the step's output; rows past them must stay untouched."""
+    g = torch.Generator().manual_seed(1)
+    batch = make_paged_batch([9, 30], kv_heads=1, head_dim=32, block_size=4, dtype=torch.float16, device=DEVICE, g=g)
+    q = _q(2, 2, 32, torch.float16, g)
+    out = torch.full((5, 2, 32), 7.0, dtype=torch.float16, device=DEVICE)
+    args = (batch.block_tables, batch.seq_lens_tensor(), 30, 0.2)
+    kernels.paged_attention_decode(q, batch.k_cache, batch.v_cache, *args, num_splits=2, block_n=16, out=out[:2])
+    ref = batch.finite()
+    assert_close(out[:2], reference.paged_attention_decode(q, ref.k_cache, ref.v_cache, *args))
+    assert bool((out[2:] == 7.0).all())
+
+
+def _reference_varlen(q: torch.Tensor, batch: PagedBatch, q_lens: list[int], scale: float, window: int | None) -> torch.Tensor:
+    parts, start = [], 0
+    batch = batch.finite()
+    for i, (q_len, seq_len) in enumerate(zip(q_lens, batch.seq_lens)):
+        parts.append(
+            reference.paged_attention_prefill(
+                q[start : start + q_len], batch.k_cache, batch.v_cache, batch.block_tables[i], seq_len, scale, window
+            )
+        )
+        start += q_len
+    return torch.cat(parts)
+
+
+@pytest.mark.parametrize(("group", "head_dim", "dtype", "block_size", "kv_heads", "_splits"), CASES, ids=CASE_IDS)
+def test_prefill_varlen(group: int, head_dim: int, dtype: torch.dtype, block_size: int, kv_heads: int, _splits: int) -> None:
+    g = torch.Generator().manual_seed(7 * group + head_dim)
+    # A fresh prefill; an extension whose first two blocks are a prefix-cache hit on sequence 0;
+    # a later chunk of a chunked prefill (cached part ends mid-block); a one-token chunk.
+    seq_lens = [3 * block_size + 5, 2 * block_size + 9, 4 * block_size + 2, 2 * block_size + 1]
+    q_lens = [seq_lens[0], 9, block_size + 3, 1]
+    batch = make_paged_batch(
+        seq_lens, kv_heads=kv_heads, head_dim=head_dim, block_size=block_size, dtype=dtype, device=DEVICE, g=g,
+        shared_prefix_blocks=2,
+    )
+    q = _q(sum(q_lens), kv_heads * group, head_dim, dtype, g)
+    starts = torch.tensor([0, *itertools.accumulate(q_lens)], dtype=torch.int32, device=DEVICE)
+    scale = head_dim**-0.5
+    out = kernels.paged_attention_prefill_varlen(
+        q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), max(q_lens), scale,
+        block_m=32, block_n=16,
+    )
+    assert_close(out, _reference_varlen(q, batch, q_lens, scale, None))
+
+
+@pytest.mark.parametrize("window", [1, 6, 100])
+@pytest.mark.parametrize("group", [1, 4])
+def test_prefill_sliding_window(window: int, group: int) -> None:
+    g = torch.Generator().manual_seed(window + group)
+    seq_lens, q_lens = [45, 30], [45, 12]
+    batch = make_paged_batch(seq_lens, kv_heads=1, head_dim=32, block_size=8, dtype=torch.float32, device=DEVICE, g=g)
+    q = _q(sum(q_lens), group, 32, torch.float32, g)
+    starts = torch.tensor([0, 45, 57], dtype=torch.int32, device=DEVICE)
+    out = kernels.paged_attention_prefill_varlen(
+        q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), 45, 0.2, window,
+        block_m=32, block_n=16,
+    )
+    assert_close(out, _reference_varlen(q, batch, q_lens, 0.2, window))
+
+
+def test_prefill_subset_of_a_batch_leaves_other_rows_alone() -> None:
+    """The backend runs prefill over sequences first_seq.. of a batch whose first rows are decodes."""
+    g = torch.Generator().manual_seed(2)
+    seq_lens, q_lens = [10, 20, 13], [1, 20, 4]
+    batch = make_paged_batch(seq_lens, kv_heads=2, head_dim=32, block_size=4, dtype=torch.bfloat16, device=DEVICE, g=g)
+    q = _q(25, 4, 32, torch.bfloat16, g)
+    starts = torch.tensor([0, 1, 21, 25], dtype=torch.int32, device=DEVICE)
+    out = torch.full_like(q, 3.0)
+    kernels.paged_attention_prefill_varlen(
+        q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), 20, 0.2,
+        first_seq=1, num_seqs=2, out=out, block_n=16,
+    )
+    assert bool((out[:1] == 3.0).all())
+    assert_close(out[1:], _reference_varlen(q, batch, q_lens, 0.2, None)[1:])
+
+
+def test_single_sequence_prefill_matches_reference_signature() -> None:
+    g = torch.Generator().manual_seed(3)
+    batch = make_paged_batch([21], kv_heads=2, head_dim=64, block_size=16, dtype=torch.float16, device=DEVICE, g=g)
+    q = _q(6, 4, 64, torch.float16, g)
+    out = kernels.paged_attention_prefill(q, batch.k_cache, batch.v_cache, batch.block_tables[0], 21, 0.125)
+    ref = batch.finite()
+    assert_close(out, reference.paged_attention_prefill(q, ref.k_cache, ref.v_cache, ref.block_tables[0], 21, 0.125))

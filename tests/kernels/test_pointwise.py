@@ -1,0 +1,133 @@
+"""The row-wise kernels (norms, rotary, activation, KV store) against their references, on fresh random inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pagoda.kernels.triton as kernels
+from pagoda.engine.layers.rotary import RotaryEmbedding
+from pagoda.engine.model_config import RopeConfig
+from pagoda.kernels import reference
+from tests.kernels.conftest import DEVICE
+from tests.kernels.numerics import assert_close
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+pytestmark = pytest.mark.usefixtures("poisoned")
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(*shape: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(*shape, generator=g).to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [32, 80, 2048])
+def test_rms_norm(dtype: torch.dtype, hidden: int) -> None:
+    g = _gen(hidden)
+    x = _randn(7, hidden, dtype=dtype, g=g)
+    w = (torch.rand(hidden, generator=g) + 0.5).to(DEVICE, dtype)
+    assert_close(kernels.rms_norm(x, w, 1e-6), reference.rms_norm(x, w, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_over_strided_heads(dtype: torch.dtype) -> None:
+    """Qwen3's per-head q/k norm gets heads of a fused qkv projection: strided tokens, not viewable as rows."""
+    g = _gen(3)
+    qkv = _randn(5, 6 * 32 + 40, dtype=dtype, g=g)
+    q = qkv[:, 8 : 8 + 6 * 32].reshape(5, 6, 32)
+    w = (torch.rand(32, generator=g) + 0.5).to(DEVICE, dtype)
+    assert_close(kernels.rms_norm(q, w, 1e-5), reference.rms_norm(q, w, 1e-5))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [48, 1024])
+def test_fused_add_rms_norm(dtype: torch.dtype, hidden: int) -> None:
+    g = _gen(hidden + 1)
+    x, residual = _randn(9, hidden, dtype=dtype, g=g), _randn(9, hidden, dtype=dtype, g=g)
+    w = (torch.rand(hidden, generator=g) + 0.5).to(DEVICE, dtype)
+    x_before, residual_before = x.clone(), residual.clone()
+    out, summed = kernels.fused_add_rms_norm(x, residual, w, 1e-6)
+    ref_out, ref_summed = reference.fused_add_rms_norm(x, residual, w, 1e-6)
+    assert_close(summed, ref_summed)
+    assert_close(out, ref_out)
+    assert torch.equal(x, x_before) and torch.equal(residual, residual_before), "inputs must be left alone"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [11, 64, 1400])
+def test_silu_and_mul(dtype: torch.dtype, d: int) -> None:
+    x = _randn(6, 2 * d, dtype=dtype, g=_gen(d))
+    assert_close(kernels.silu_and_mul(x), reference.silu_and_mul(x))
+
+
+def _rope_table(head_dim: int, rope: RopeConfig, partial: float = 1.0, max_pos: int = 4096) -> tuple[torch.Tensor, int]:
+    rope = RopeConfig(rope.theta, rope.scaling_type, rope.scaling, partial)
+    layer = RotaryEmbedding(head_dim, max_pos, rope)
+    return layer.cos_sin_cache.to(DEVICE), layer.rotary_dim
+
+
+LLAMA3 = RopeConfig(
+    500000.0, "llama3",
+    {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 512},
+)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+@pytest.mark.parametrize(
+    ("head_dim", "heads", "rope", "partial"),
+    [
+        (32, (4, 2), RopeConfig(), 1.0),
+        (64, (8, 1), LLAMA3, 1.0),
+        (80, (7, 1), RopeConfig(theta=1e6), 0.5),  # partial rotary: the tail passes through
+        (128, (4, 4), LLAMA3, 1.0),
+    ],
+    ids=["d32", "d64-llama3", "d80-partial", "d128-llama3"],
+)
+def test_rotary(dtype: torch.dtype, is_neox: bool, head_dim: int, heads: tuple[int, int], rope: RopeConfig, partial: float) -> None:
+    g = _gen(head_dim + is_neox)
+    hq, hkv = heads
+    table, rotary_dim = _rope_table(head_dim, rope, partial)
+    # q and k as the model hands them over: strided slices of one fused projection.
+    qkv = _randn(6, (hq + 2 * hkv) * head_dim, dtype=dtype, g=g)
+    q = qkv[:, : hq * head_dim].view(6, hq, head_dim)
+    k = qkv[:, hq * head_dim : (hq + hkv) * head_dim].view(6, hkv, head_dim)
+    positions = torch.randint(0, table.shape[0], (6,), generator=g).to(DEVICE)
+    q_out, k_out = kernels.rotary_embedding(positions, q, k, table, rotary_dim, is_neox)
+    q_ref, k_ref = reference.rotary_embedding(positions, q, k, table, rotary_dim, is_neox)
+    assert_close(q_out, q_ref)
+    assert_close(k_out, k_ref)
+
+
+def test_rotary_layouts_differ() -> None:
+    """Guards the layout switch itself: the same input must rotate differently in the two layouts."""
+    table, rotary_dim = _rope_table(32, RopeConfig())
+    q, k = torch.randn(3, 2, 32).to(DEVICE), torch.randn(3, 1, 32).to(DEVICE)
+    positions = torch.tensor([1, 7, 300], device=DEVICE)
+    neox = kernels.rotary_embedding(positions, q, k, table, rotary_dim, True)[0]
+    gptj = kernels.rotary_embedding(positions, q, k, table, rotary_dim, False)[0]
+    assert not torch.allclose(neox, gptj)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("kv_heads", "head_dim", "block_size"), [(2, 32, 4), (1, 80, 16), (4, 128, 16)])
+def test_store_kv_cache(dtype: torch.dtype, kv_heads: int, head_dim: int, block_size: int) -> None:
+    g = _gen(kv_heads * head_dim)
+    num_blocks, tokens = 6, 11
+    kv = _randn(tokens, 3 * kv_heads * head_dim, dtype=dtype, g=g)  # strided rows, as sliced from qkv
+    k = kv[:, kv_heads * head_dim : 2 * kv_heads * head_dim].view(tokens, kv_heads, head_dim)
+    v = kv[:, 2 * kv_heads * head_dim :].view(tokens, kv_heads, head_dim)
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:tokens]
+    slots[3] = -1  # padding: must not be written
+    slots = slots.to(DEVICE)
+    # Untouched slots keep NaN, so a stray write would show as a finite value where the reference has NaN.
+    cache = torch.full((2, num_blocks, block_size, kv_heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    ref = cache.clone()
+    kernels.store_kv_cache(k, v, cache[0], cache[1], slots)
+    reference.store_kv_cache(k, v, ref[0], ref[1], slots)
+    assert torch.equal(cache.isnan(), ref.isnan())
+    assert torch.equal(cache.nan_to_num(), ref.nan_to_num())
