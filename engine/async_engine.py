@@ -163,6 +163,8 @@ class AsyncLLMEngine:
         for request_id in list(engine.requests):
             self._abort_in_engine(request_id)
         self.stats = self._snapshot()
+        self._error = EngineDeadError("the engine was shut down")
+        self._loop.call_soon_threadsafe(self._fail_all, self._error)
 
     def _apply_inbox(self, block: bool) -> bool:
         """Applies every pending add and abort; False once asked to stop."""
@@ -218,7 +220,7 @@ class AsyncLLMEngine:
             stream._put(request_id, item)
 
     def _fail_all(self, exc: BaseException) -> None:
-        error = EngineDeadError(f"the engine loop failed: {exc!r}")
+        error = exc if isinstance(exc, EngineDeadError) else EngineDeadError(f"the engine loop failed: {exc!r}")
         for request_id in list(self._streams):
             self._deliver(request_id, error)
 

@@ -15,6 +15,7 @@ from pagoda.engine.config import EngineConfig
 from pagoda.engine.llm_engine import LLMEngine, PromptType
 from pagoda.engine.outputs import RequestOutput
 from pagoda.engine.sampling_params import SamplingParams
+from pagoda.engine.tokenizer import apply_chat_template
 
 Message = dict[str, Any]
 
@@ -79,16 +80,7 @@ class LLM:
     def apply_chat_template(
         self, conversation: list[Message], add_generation_prompt: bool = True, kwargs: dict[str, Any] | None = None
     ) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError("the model's tokenizer has no chat template")
-        try:
-            ids = self.tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=add_generation_prompt, tokenize=True, **(kwargs or {})
-            )
-        except Exception as exc:  # jinja raises its own types for a bad conversation
-            raise ValueError(f"cannot apply the chat template: {exc}") from exc
-        # transformers 5 returns a BatchEncoding-like mapping; older versions a list.
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return apply_chat_template(self.tokenizer, conversation, add_generation_prompt, kwargs)
 
     @staticmethod
     def _params_per_prompt(

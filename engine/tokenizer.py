@@ -8,6 +8,7 @@ included), loaded from local files only: nothing may reach a model hub.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -18,3 +19,24 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot load a tokenizer from {str(path)!r}: {exc}") from exc
+
+
+def apply_chat_template(
+    tokenizer: PreTrainedTokenizerBase, conversation: list[dict[str, Any]],
+    add_generation_prompt: bool = True, kwargs: dict[str, Any] | None = None,
+) -> list[int]:
+    """Token ids of a conversation rendered by the tokenizer's chat template.
+
+    Any failure of the template (a role it refuses, a malformed message) is a
+    ValueError, so the offline API and the server report it as bad input.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the model's tokenizer has no chat template")
+    try:
+        ids = tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=add_generation_prompt, tokenize=True, **(kwargs or {})
+        )
+    except Exception as exc:  # jinja raises its own types for a bad conversation
+        raise ValueError(f"cannot apply the chat template: {exc}") from exc
+    # transformers 5 returns a BatchEncoding-like mapping; older versions a list.
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)

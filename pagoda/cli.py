@@ -10,6 +10,7 @@ import sys
 # so the operator image (no torch) still gets a working `pagoda`.
 _COMMAND_MODULES = (
     "pagoda.engine.cli",
+    "pagoda.engine.entrypoints.cli",
     "pagoda.engine.fixtures",
     "pagoda.operator.cli",
 )

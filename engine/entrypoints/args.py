@@ -1,0 +1,140 @@
+"""`pagoda serve` settings: every flag, its environment variable and its default, in one table.
+
+Containers are configured through the environment, so each flag `--foo-bar`
+also reads `PAGODA_FOO_BAR` (the model directory reads `PAGODA_MODEL`); a
+flag on the command line wins over the environment. Engine flags take their
+defaults from EngineConfig, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pagoda.engine.config import EngineConfig
+
+ENV_PREFIX = "PAGODA_"
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass
+class ServeSettings:
+    engine: EngineConfig
+    served_model_name: str
+    host: str = "0.0.0.0"
+    port: int = 8000
+    api_key: str | None = None
+    max_queue_len: int = 1024
+    log_level: str = "info"
+    # Seconds SIGTERM waits for in-flight requests before cancelling them
+    # (Kubernetes' default terminationGracePeriodSeconds is 30).
+    drain_timeout: float = 25.0
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+@dataclass(frozen=True)
+class _Flag:
+    name: str  # without the leading dashes
+    type: Callable[[str], Any]
+    help: str
+    choices: tuple[str, ...] | None = None
+    # Where the value goes: a ServeSettings field, or "engine.<EngineConfig field>".
+    dest: str = ""
+
+    @property
+    def target(self) -> str:
+        return self.dest or self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+
+_ENGINE = "engine."
+_SERVE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServeSettings) if f.default is not dataclasses.MISSING}
+_ENGINE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EngineConfig) if f.default is not dataclasses.MISSING}
+
+FLAGS: tuple[_Flag, ...] = (
+    _Flag("host", str, "address to listen on"),
+    _Flag("port", int, "port to listen on"),
+    _Flag("served-model-name", str, "the model name clients send (default: the model directory)"),
+    _Flag("api-key", str, "require this key as 'Authorization: Bearer <key>' on the API"),
+    _Flag("dtype", str, "weights and activations dtype", DTYPES, _ENGINE + "dtype"),
+    _Flag("max-model-len", int, "context length (default: the model's)", dest=_ENGINE + "max_model_len"),
+    _Flag("max-num-seqs", int, "most sequences in a batch", dest=_ENGINE + "max_num_seqs"),
+    _Flag("max-num-batched-tokens", int, "token budget of one step", dest=_ENGINE + "max_num_batched_tokens"),
+    _Flag("block-size", int, "tokens per KV-cache block", dest=_ENGINE + "block_size"),
+    _Flag("enable-prefix-caching", _parse_bool, "share KV blocks of equal prompt prefixes",
+          dest=_ENGINE + "enable_prefix_caching"),
+    _Flag("gpu-memory-utilization", float, "fraction of GPU memory for weights and KV cache",
+          dest=_ENGINE + "gpu_memory_utilization"),
+    _Flag("tensor-parallel-size", int, "GPUs to shard the model over", dest=_ENGINE + "tensor_parallel_size"),
+    _Flag("max-queue-len", int, "most requests waiting for the batch; beyond it, 503 with Retry-After"),
+    _Flag("log-level", str, "log level", LOG_LEVELS),
+    _Flag("drain-timeout", float, "seconds SIGTERM waits for in-flight requests"),
+)
+
+
+def _default(flag: _Flag) -> Any:
+    if flag.target.startswith(_ENGINE):
+        return _ENGINE_DEFAULTS[flag.target[len(_ENGINE):]]
+    return _SERVE_DEFAULTS.get(flag.target)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+    """Adds the model directory and every flag, with defaults taken from `environ` first."""
+    environ = os.environ if environ is None else environ
+    model = environ.get(ENV_PREFIX + "MODEL")
+    parser.add_argument("model", nargs="?" if model else None, default=model,
+                        help=f"a Hugging Face model directory (env {ENV_PREFIX}MODEL)")
+    for flag in FLAGS:
+        default = _default(flag)
+        if flag.env in environ:
+            try:
+                default = flag.type(environ[flag.env])
+            except ValueError as exc:
+                parser.error(f"{flag.env}: {exc}")
+            if flag.choices and default not in flag.choices:
+                parser.error(f"{flag.env} must be one of {', '.join(flag.choices)}, got {default!r}")
+        kwargs: dict[str, Any] = {"default": default, "dest": flag.target.replace(".", "__"),
+                                  "help": f"{flag.help} (env {flag.env}; default: {default})"}
+        if flag.type is _parse_bool:
+            parser.add_argument(f"--{flag.name}", action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            parser.add_argument(f"--{flag.name}", type=flag.type, choices=flag.choices, **kwargs)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    engine_kwargs: dict[str, Any] = {}
+    serve_kwargs: dict[str, Any] = {}
+    for flag in FLAGS:
+        value = getattr(args, flag.target.replace(".", "__"))
+        if flag.target.startswith(_ENGINE):
+            engine_kwargs[flag.target[len(_ENGINE):]] = value
+        else:
+            serve_kwargs[flag.target] = value
+    model = str(args.model)
+    serve_kwargs["served_model_name"] = serve_kwargs["served_model_name"] or model
+    if serve_kwargs["max_queue_len"] < 1:
+        raise ValueError("--max-queue-len must be >= 1")
+    return ServeSettings(engine=EngineConfig(model=model, **engine_kwargs), **serve_kwargs)
+
+
+def parse_serve_args(argv: list[str], environ: Mapping[str, str] | None = None) -> ServeSettings:
+    """Settings from a command line (without `pagoda serve`); what tests and the CLI share."""
+    parser = argparse.ArgumentParser(prog="pagoda serve")
+    add_serve_arguments(parser, environ)
+    return settings_from_args(parser.parse_args(argv))

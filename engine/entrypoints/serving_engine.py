@@ -1,0 +1,289 @@
+"""What completions and chat share: validation, admission, streaming, disconnects, logs.
+
+A request is fully checked here before the engine hears of it: the model
+name, the prompt (tokenized off the event loop), the sampling values, the
+context length and the queue's room. The endpoint subclasses only say how
+prompts are made and how outputs look on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from pagoda.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineRequest, OutputStream, QueueFullError
+from pagoda.engine.entrypoints.protocol import ErrorInfo, ErrorResponse, UsageInfo, _SamplingRequest
+from pagoda.engine.outputs import RequestOutput
+from pagoda.engine.tokenizer import apply_chat_template
+
+logger = logging.getLogger("pagoda.requests")
+
+T = TypeVar("T")
+
+RETRY_AFTER_S = 1
+"""What a 503 for a full queue tells clients to wait; a step frees room within milliseconds to seconds."""
+
+# Status of a request whose client went away; never seen by that client (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's format: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+        code: str | None = None, headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorResponse(error=ErrorInfo(message=message, type=type, param=param, code=code))
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body.model_dump(), status_code=self.status, headers=self.headers)
+
+
+def bad_request(exc: ValueError, request: BaseModel | None = None, default_param: str | None = None) -> APIError:
+    """A 400 for a ValueError; its message starts with the offending field's name when there is one."""
+    message = str(exc)
+    match = re.match(r"(\w+)", message)
+    fields = type(request).model_fields if request is not None else {}
+    param = match.group(1) if match and match.group(1) in fields else default_param
+    return APIError(400, message, param=param)
+
+
+def sse(payload: BaseModel | str) -> str:
+    data = payload if isinstance(payload, str) else payload.model_dump_json()
+    return f"data: {data}\n\n"
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
+    """Runs `work` unless the client disconnects first (then it is cancelled and None returned)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        return None
+    return task.result()
+
+
+@dataclass
+class Prompt:
+    token_ids: list[int]
+    text: str | None = None
+
+
+@dataclass
+class ChoiceState:
+    """What a stream has already sent of one choice."""
+
+    logprobs_sent: int = 0
+    text_offset: int = 0
+    started: bool = False
+    finished: bool = False
+
+
+@dataclass
+class RequestContext:
+    """One HTTP request while it runs: its engine requests and what they produced so far."""
+
+    request_id: str
+    endpoint: str
+    model: str
+    request: _SamplingRequest
+    prompts: list[Prompt]
+    arrival: float
+    created: int = field(default_factory=lambda: int(time.time()))
+    stream: OutputStream | None = None
+    last: dict[int, RequestOutput] = field(default_factory=dict)
+    status: str = "aborted"
+
+    def usage(self) -> UsageInfo:
+        prompt = sum(len(p.token_ids) for p in self.prompts)
+        completion = sum(len(c.token_ids) for out in self.last.values() for c in out.outputs)
+        return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def choice_index(self, prompt_index: int, completion_index: int) -> int:
+        return prompt_index * self.request.n + completion_index
+
+    def log(self) -> None:
+        """One structured line per request; never the prompt or the completion text."""
+        usage = self.usage()
+        first = [o.metrics.first_token_time for o in self.last.values() if o.metrics and o.metrics.first_token_time]
+        record = {
+            "event": "request", "request_id": self.request_id, "endpoint": self.endpoint,
+            "status": self.status, "stream": self.request.stream, "n": self.request.n,
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "finish_reasons": sorted({c.finish_reason for o in self.last.values() for c in o.outputs
+                                      if c.finish_reason}),
+            "ttft_s": round(min(first) - self.arrival, 6) if first else None,
+            "latency_s": round(time.monotonic() - self.arrival, 6),
+        }
+        logger.info(json.dumps(record))
+
+
+class OpenAIServing:
+    """Base of the generation endpoints; subclasses format outputs."""
+
+    endpoint = ""
+    id_prefix = ""
+
+    def __init__(
+        self, engine: AsyncLLMEngine, tokenizer: Any, served_model_name: str, tokenizer_pool: ThreadPoolExecutor,
+    ) -> None:
+        self.engine = engine
+        # The front's own tokenizer: the engine thread detokenizes with the
+        # engine's, and HF tokenizers must not be shared across threads.
+        self.tokenizer = tokenizer
+        self.served_model_name = served_model_name
+        self.tokenizer_pool = tokenizer_pool
+        self.max_model_len = engine.engine.max_model_len
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.served_model_name:
+            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+
+    async def run_tokenizer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs tokenizer work on its single thread: off the event loop, never concurrent."""
+        return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, fn, *args)
+
+    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return await self.run_tokenizer(lambda: self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    async def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> list[int]:
+        return await self.run_tokenizer(apply_chat_template, self.tokenizer, messages, add_generation_prompt)
+
+    def _max_tokens(self, request: _SamplingRequest, num_prompt_tokens: int, prompt_field: str) -> int:
+        room = self.max_model_len - num_prompt_tokens
+        requested = request.requested_max_tokens()
+        if room <= 0 or (isinstance(requested, int) and requested > room):
+            wanted = f", {requested} for the completion" if requested is not None else ""
+            raise APIError(
+                400,
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{num_prompt_tokens + (requested or 0)} tokens ({num_prompt_tokens} in the prompt{wanted}). "
+                "Please reduce the length of the prompt or completion.",
+                param=prompt_field if room <= 0 else "max_tokens", code="context_length_exceeded",
+            )
+        return requested if requested is not None else room
+
+    def _engine_requests(
+        self, ctx: RequestContext, prompt_field: str,
+    ) -> list[EngineRequest]:
+        requests = []
+        for i, prompt in enumerate(ctx.prompts):
+            max_tokens = self._max_tokens(ctx.request, len(prompt.token_ids), prompt_field)
+            try:
+                params = ctx.request.to_sampling_params(max_tokens)
+                self.engine.engine.validate_prompt(prompt.token_ids, params)
+            except ValueError as exc:
+                raise bad_request(exc, ctx.request, prompt_field) from None
+            requests.append(EngineRequest(f"{ctx.request_id}-{i}", prompt.token_ids, params, prompt.text, ctx.arrival))
+        return requests
+
+    def _submit(self, requests: list[EngineRequest]) -> OutputStream:
+        if len(requests) > self.engine.max_queue_len:
+            raise APIError(400, f"at most {self.engine.max_queue_len} prompts per request", param="prompt")
+        try:
+            return self.engine.add_requests(requests)
+        except QueueFullError as exc:
+            raise APIError(503, str(exc), type="server_error", code="queue_full",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except EngineDeadError as exc:
+            raise APIError(503, str(exc), type="server_error", code="engine_unavailable") from None
+
+    # ---- running ------------------------------------------------------------------------------
+
+    async def generate(
+        self, raw_request: Request, request: _SamplingRequest, prompts: list[Prompt], arrival: float,
+        prompt_field: str,
+    ) -> Response:
+        """Validates, queues, and answers with a JSON body or an SSE stream."""
+        ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", self.endpoint, self.served_model_name,
+                             request, prompts, arrival)
+        engine_requests = self._engine_requests(ctx, prompt_field)
+        ctx.stream = self._submit(engine_requests)
+        if request.stream:
+            return StreamingResponse(self._event_stream(ctx), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        try:
+            body = await until_disconnect(raw_request, self._collect(ctx))
+        finally:
+            ctx.stream.close()
+            ctx.log()
+        if body is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        # pydantic's JSON writes a non-finite logprob as null; json.dumps would write -Infinity.
+        return Response(body.model_dump_json(), media_type="application/json")
+
+    async def _outputs(self, ctx: RequestContext) -> AsyncIterator[tuple[int, RequestOutput]]:
+        async for index, out in ctx.stream:
+            ctx.last[index] = out
+            yield index, out
+
+    async def _collect(self, ctx: RequestContext) -> BaseModel:
+        try:
+            async for _ in self._outputs(ctx):
+                pass
+        except EngineDeadError as exc:
+            ctx.status = "error"
+            raise APIError(503, str(exc), type="server_error", code="engine_unavailable") from None
+        ctx.status = "finished"
+        return self.full_response(ctx, [ctx.last[i] for i in range(len(ctx.prompts))])
+
+    async def _event_stream(self, ctx: RequestContext) -> AsyncIterator[str]:
+        # Starlette cancels this generator when the client disconnects; the
+        # finally then aborts whatever is unfinished.
+        state: dict[int, ChoiceState] = {}
+        try:
+            async for index, out in self._outputs(ctx):
+                for chunk in self.stream_chunks(ctx, index, out, state):
+                    yield sse(chunk)
+            if ctx.request.include_usage:
+                yield sse(self.usage_chunk(ctx))
+            ctx.status = "finished"
+        except EngineDeadError as exc:
+            ctx.status = "error"
+            yield sse(ErrorResponse(error=ErrorInfo(message=str(exc), type="server_error", code="engine_unavailable")))
+        finally:
+            ctx.stream.close()
+            ctx.log()
+        yield sse("[DONE]")
+
+    # ---- formatting, per endpoint -----------------------------------------------------------
+
+    def full_response(self, ctx: RequestContext, outputs: list[RequestOutput]) -> BaseModel:
+        raise NotImplementedError
+
+    def stream_chunks(
+        self, ctx: RequestContext, prompt_index: int, output: RequestOutput, state: dict[int, ChoiceState],
+    ) -> list[BaseModel]:
+        """Chunks for one engine output; `state` is this stream's per-choice memory."""
+        raise NotImplementedError
+
+    def usage_chunk(self, ctx: RequestContext) -> BaseModel:
+        raise NotImplementedError
