@@ -31,7 +31,11 @@ class AttentionBackend(Protocol):
 
 
 def select_backend(device: torch.device) -> AttentionBackend:
-    """The PyTorch reference everywhere for now; CUDA will select the Triton backend."""
+    """The Triton kernels on CUDA, the PyTorch reference elsewhere (imported lazily: CPU never loads Triton)."""
+    if device.type == "cuda":
+        from pagoda.engine.attention.triton_backend import TritonAttentionBackend
+
+        return TritonAttentionBackend()
     from pagoda.engine.attention.torch_backend import TorchAttentionBackend
 
     return TorchAttentionBackend()
