@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 VERSIONS_FILE = Path(__file__).with_name("versions.env")
 
@@ -189,25 +190,34 @@ def _go(args: list[str], workdir: Path, capture: bool = False) -> str:
     return done.stdout or ""
 
 
+def replacements(upstream_gomod: dict[str, Any], component: Component) -> list[str]:
+    """`go mod edit` flags that stand a published release in for each module
+    the upstream go.mod (as `go mod edit -json` prints it) replaces with a
+    relative path; replacements of modules it does not require (etcd's
+    FORBIDDEN_DEPENDENCY guards) are left out."""
+    required = {req["Path"] for req in upstream_gomod.get("Require") or []}
+    edits = []
+    for rep in upstream_gomod.get("Replace") or []:
+        old, new = rep["Old"]["Path"], rep["New"]
+        if old not in required:
+            continue
+        if new.get("Version"):
+            edits.append(f"-replace={old}={new['Path']}@{new['Version']}")
+        else:
+            edits.append(f"-replace={old}={old}@{component.sibling_version or component.version}")
+    return edits
+
+
 def _write_wrapper(component: Component, workdir: Path) -> None:
-    """Writes go.mod of a module that requires the upstream one and stands in
-    published releases for the siblings it replaces by relative path."""
+    """Writes go.mod of a module that requires the upstream one with its
+    relative replacements turned into published versions."""
     _go(["mod", "init", f"pagoda.local/build/{component.name}"], workdir, capture=True)
     _go(["mod", "edit", f"-require={component.module}@{component.version}"], workdir)
     info = json.loads(
         _go(["mod", "download", "-json", f"{component.module}@{component.version}"], workdir, capture=True)
     )
     upstream = json.loads(_go(["mod", "edit", "-json", info["GoMod"]], workdir, capture=True))
-    required = {req["Path"] for req in upstream.get("Require") or []}
-    edits = []
-    for rep in upstream.get("Replace") or []:
-        old, new = rep["Old"]["Path"], rep["New"]
-        if old not in required:
-            continue  # e.g. etcd's FORBIDDEN_DEPENDENCY guards
-        if new.get("Version"):
-            edits.append(f"-replace={old}={new['Path']}@{new['Version']}")
-        else:
-            edits.append(f"-replace={old}={old}@{component.sibling_version or component.version}")
+    edits = replacements(upstream, component)
     if edits:
         _go(["mod", "edit", *edits], workdir)
 

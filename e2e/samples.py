@@ -1,0 +1,57 @@
+"""LLMDeployment manifests the e2e scenarios apply: one good sample and a
+list of bad ones with the words their refusal must contain.
+
+The field names follow the CRD of crds/ (issue 5); this is the one place to
+change when the schema moves.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+API_VERSION = "pagoda.dev/v1alpha1"
+KIND = "LLMDeployment"
+PLURAL = "llmdeployments.pagoda.dev"
+
+
+def llm_deployment(name: str, *, tensor_parallel_size: int = 1, max_model_len: int = 2048,
+                   autoscaling: bool = True, cache_size: str = "10Gi") -> dict[str, Any]:
+    """A small model on `tensor_parallel_size` GPUs with a model cache and,
+    by default, queue-depth autoscaling between 1 and 3 replicas."""
+    spec: dict[str, Any] = {
+        "model": {"source": "hf://Qwen/Qwen2.5-0.5B-Instruct", "servedName": "qwen-0.5b"},
+        "engine": {"tensorParallelSize": tensor_parallel_size, "maxModelLen": max_model_len},
+        "replicas": 1,
+        "modelCache": {"size": cache_size},
+    }
+    if autoscaling:
+        spec["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetQueueDepth": 4}
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec}
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    """The good sample with one field (dotted path under spec) replaced."""
+    manifest = llm_deployment("bad")
+    node = manifest["spec"]
+    *parents, leaf = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = copy.deepcopy(value)
+    return manifest
+
+
+#: (case id, manifest, text the API server's refusal must contain). The text
+#: is the field the rule is about, so a reworded message still matches.
+BAD_MANIFESTS: list[tuple[str, dict[str, Any], str]] = [
+    ("min-above-max", _with("autoscaling", {"enabled": True, "minReplicas": 4, "maxReplicas": 2,
+                                            "targetQueueDepth": 4}), "minReplicas"),
+    ("tp-not-power-of-two", _with("engine.tensorParallelSize", 3), "tensorParallelSize"),
+    ("malformed-source", _with("model.source", "ftp://example.com/model"), "source"),
+    ("gpu-utilization-above-one", _with("engine.gpuMemoryUtilization", 1.5), "gpuMemoryUtilization"),
+    ("gpu-utilization-zero", _with("engine.gpuMemoryUtilization", 0), "gpuMemoryUtilization"),
+    ("negative-replicas", _with("replicas", -1), "replicas"),
+    ("negative-cache-size", _with("modelCache.size", "-10Gi"), "size"),
+    ("autoscaling-without-bounds", _with("autoscaling", {"enabled": True}), "maxReplicas"),
+    ("managed-flag-in-extra-args", _with("engine.extraArgs", ["--port", "9000"]), "extraArgs"),
+]

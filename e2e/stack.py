@@ -1,0 +1,141 @@
+"""The pagoda stack as the e2e suite drives it: the Helm release of
+charts/pagoda, and the operator run as a local process under the release's
+ServiceAccount.
+
+No image registry is reachable here, so the chart's operator Deployment is
+scaled to zero and the operator runs from this checkout instead, with the
+command-line arguments and environment the chart gives its container and a
+token of the chart's ServiceAccount: the chart's RBAC is exactly what the
+operator is allowed to do.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.cluster.client import Cluster
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "pagoda"
+
+
+@dataclass
+class Release:
+    """An installed release and what its manifest says about the operator."""
+
+    cluster: Cluster
+    name: str
+    namespace: str
+    objects: list[dict[str, Any]]
+
+    @classmethod
+    def install(cls, cluster: Cluster, name: str = "pagoda", namespace: str = "pagoda-system",
+                values: dict[str, Any] | None = None) -> Release:
+        """`helm install --wait` of the chart, then the operator Deployment is
+        scaled to zero (its image could not be pulled anyway)."""
+        args = ["install", name, str(CHART), "-n", namespace, "--create-namespace", "--wait", "--timeout=120s"]
+        for key, value in (values or {}).items():
+            args += ["--set-json", f"{key}={json.dumps(value)}"]
+        cluster.helm(*args)
+        manifest = cluster.helm("get", "manifest", name, "-n", namespace).stdout
+        release = cls(cluster, name, namespace, [o for o in yaml.safe_load_all(manifest) if o])
+        cluster.kubectl("scale", f"deployment/{release.operator_deployment['metadata']['name']}",
+                        "--replicas=0", "-n", namespace)
+        return release
+
+    def uninstall(self) -> None:
+        self.cluster.helm("uninstall", self.name, "-n", self.namespace, "--wait", check=False)
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o.get("kind") == kind]
+
+    @property
+    def operator_deployment(self) -> dict[str, Any]:
+        [deployment] = self.of_kind("Deployment")
+        return deployment
+
+    @property
+    def operator_container(self) -> dict[str, Any]:
+        return self.operator_deployment["spec"]["template"]["spec"]["containers"][0]
+
+    @property
+    def service_account(self) -> str:
+        return self.operator_deployment["spec"]["template"]["spec"]["serviceAccountName"]
+
+    def operator_args(self) -> list[str]:
+        """What the container runs after `pagoda operator`."""
+        argv = [*self.operator_container.get("command", []), *self.operator_container.get("args", [])]
+        return argv[argv.index("operator") + 1:] if "operator" in argv else []
+
+    def operator_env(self) -> dict[str, str]:
+        """The container's environment with ConfigMap references and the
+        downward API resolved as the kubelet would."""
+        env: dict[str, str] = {}
+        for source in self.operator_container.get("envFrom", []):
+            if "configMapRef" in source:
+                env.update(self._config_map(source["configMapRef"]["name"]))
+        field_values = {"metadata.namespace": self.namespace, "metadata.name": "pagoda-operator-e2e",
+                        "spec.serviceAccountName": self.service_account}
+        for var in self.operator_container.get("env", []):
+            ref = var.get("valueFrom", {})
+            if "value" in var:
+                env[var["name"]] = str(var["value"])
+            elif "configMapKeyRef" in ref:
+                env[var["name"]] = self._config_map(ref["configMapKeyRef"]["name"])[ref["configMapKeyRef"]["key"]]
+            elif "fieldRef" in ref:
+                env[var["name"]] = field_values[ref["fieldRef"]["fieldPath"]]
+        return env
+
+    def _config_map(self, name: str) -> dict[str, str]:
+        return (self.cluster.get("configmap", name, self.namespace) or {}).get("data", {})
+
+
+@dataclass
+class OperatorProcess:
+    """`pagoda operator` from this checkout, authenticated as the release's
+    ServiceAccount; killable and restartable like a pod."""
+
+    release: Release
+    log: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        cluster = self.release.cluster
+        kubeconfig = cluster.service_account_kubeconfig(self.release.service_account, self.release.namespace)
+        env = {**cluster.env, **self.release.operator_env(), "KUBECONFIG": str(kubeconfig)}
+        pagoda = Path(sys.executable).with_name("pagoda")
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen([str(pagoda), "operator", *self.release.operator_args()],
+                                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                            env=env, cwd=REPO)
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as when a node dies mid-reconcile."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""

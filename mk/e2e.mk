@@ -1,0 +1,12 @@
+# The e2e suite (e2e/): the chart installed with helm, the operator run as a
+# local process with the chart's ServiceAccount, scenarios on simulated GPU
+# nodes. Local control plane by default; PAGODA_CLUSTER=external runs it on
+# the cluster of KUBECONFIG instead. `make test` (and so .ci/run) runs it first.
+
+EXTRAS := $(EXTRAS),operator
+TEST_PREREQS += e2e
+
+.PHONY: e2e
+
+e2e: venv cluster-binaries
+	$(VENV)/bin/pytest -q e2e
