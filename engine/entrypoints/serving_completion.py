@@ -27,7 +27,10 @@ def completion_logprobs(
         token = chosen.decoded_token or ""
         result.tokens.append(token)
         result.token_logprobs.append(chosen.logprob)
-        result.top_logprobs.append({lp.decoded_token or "": lp.logprob for lp in entry.values()})
+        top: dict[str, float] = {}
+        for lp in entry.values():  # best first; byte tokens may share a string, keep the likelier
+            top.setdefault(lp.decoded_token or "", lp.logprob)
+        result.top_logprobs.append(top)
         result.text_offset.append(text_offset)
         text_offset += len(token)
     return result, text_offset

@@ -1,0 +1,170 @@
+"""The official openai client against the server: what every OpenAI user will do first."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.server.conftest import API_KEY, MODEL_NAME, RunningServer
+
+openai = pytest.importorskip("openai")
+
+PROMPT = "Hello, my name is"
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Tell me a story."}]
+# Random weights rarely sample EOS, but ignore_eos makes lengths exact.
+EXACT = {"ignore_eos": True}
+
+
+@pytest.fixture
+def client(idle_server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=idle_server.url + "/v1", api_key=API_KEY, max_retries=0)
+
+
+def _prompt_len(server: RunningServer, text: str) -> int:
+    return server.request("POST", "/tokenize", {"prompt": text}).json()["count"]
+
+
+def test_models(client: openai.OpenAI) -> None:
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL_NAME]
+
+
+def test_completion_usage_is_exact(client: openai.OpenAI, idle_server: RunningServer) -> None:
+    out = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=7, temperature=0, extra_body=EXACT)
+    assert out.object == "text_completion" and len(out.choices) == 1
+    assert out.choices[0].finish_reason == "length"
+    assert out.usage.prompt_tokens == _prompt_len(idle_server, PROMPT)
+    assert out.usage.completion_tokens == 7
+    assert out.usage.total_tokens == out.usage.prompt_tokens + 7
+
+
+def test_completion_stream_equals_non_stream(client: openai.OpenAI) -> None:
+    kwargs = dict(model=MODEL_NAME, prompt=PROMPT, max_tokens=24, temperature=0, extra_body=EXACT)
+    full = client.completions.create(**kwargs)
+    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == full.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage == full.usage
+
+
+def test_chat_stream_equals_non_stream(client: openai.OpenAI) -> None:
+    kwargs = dict(model=MODEL_NAME, messages=MESSAGES, max_tokens=20, temperature=0, extra_body=EXACT)
+    full = client.chat.completions.create(**kwargs)
+    assert full.choices[0].message.role == "assistant"
+    assert full.usage.completion_tokens == 20
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert chunks[-1].usage == full.usage
+
+
+def test_max_completion_tokens_and_default_length(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_completion_tokens=3,
+                                         extra_body=EXACT)
+    assert out.usage.completion_tokens == 3
+    # Without any limit, a chat completion may fill the rest of the context.
+    out = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, extra_body=EXACT)
+    assert out.usage.total_tokens == 256 and out.choices[0].finish_reason == "length"
+
+
+def test_n_with_seed_is_reproducible(client: openai.OpenAI) -> None:
+    kwargs = dict(model=MODEL_NAME, prompt=PROMPT, max_tokens=12, n=3, temperature=1.0, seed=1234, extra_body=EXACT)
+    first = client.completions.create(**kwargs)
+    second = client.completions.create(**kwargs)
+    texts = [c.text for c in sorted(first.choices, key=lambda c: c.index)]
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    assert texts == [c.text for c in sorted(second.choices, key=lambda c: c.index)]
+    assert len(set(texts)) > 1  # each choice has its own stream of random numbers
+    assert first.usage.completion_tokens == 36
+    streamed = {}
+    for chunk in client.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + choice.text
+    assert [streamed[i] for i in range(3)] == texts
+    other = client.completions.create(**{**kwargs, "seed": 4321})
+    assert [c.text for c in sorted(other.choices, key=lambda c: c.index)] != texts
+
+
+def test_stop_strings(client: openai.OpenAI) -> None:
+    kwargs = dict(model=MODEL_NAME, prompt=PROMPT, max_tokens=40, temperature=0, extra_body=EXACT)
+    text = client.completions.create(**kwargs).choices[0].text
+    stop = text[10:13]
+    assert stop.strip() and stop in text
+    out = client.completions.create(stop=[stop, "never-there"], **kwargs)
+    choice = out.choices[0]
+    assert choice.text == text[: text.index(stop)]
+    assert choice.finish_reason == "stop" and choice.model_extra["stop_reason"] == stop
+    streamed = "".join(c.choices[0].text for c in client.completions.create(stop=stop, stream=True, **kwargs)
+                       if c.choices)
+    assert streamed == choice.text
+
+
+def test_completion_logprobs(client: openai.OpenAI) -> None:
+    out = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3,
+                                    extra_body=EXACT)
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert value <= 0.0
+        # Distinct byte tokens can decode to the same string (U+FFFD), which shares a key.
+        assert 1 <= len(top) <= 4 and top[token] == value
+        assert value == pytest.approx(max(top.values()))  # greedy picks the most likely token
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+
+
+def test_chat_logprobs_streamed_and_not(client: openai.OpenAI) -> None:
+    kwargs = dict(model=MODEL_NAME, messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2,
+                  extra_body=EXACT)
+    full = client.chat.completions.create(**kwargs).choices[0].logprobs.content
+    assert len(full) == 5
+    for entry in full:
+        assert [t.token for t in entry.top_logprobs][:1] == [entry.token]
+        assert len(entry.top_logprobs) == 2 and entry.bytes == list(entry.token.encode())
+    streamed = [e for c in client.chat.completions.create(stream=True, **kwargs) if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in full]
+
+
+def test_prompt_shapes_and_batch_usage(client: openai.OpenAI, idle_server: RunningServer) -> None:
+    ids = idle_server.request("POST", "/tokenize", {"prompt": PROMPT}).json()["tokens"]
+    by_text = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=5, temperature=0)
+    by_ids = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=5, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    batch = client.completions.create(model=MODEL_NAME, prompt=[PROMPT, "Once upon a time"], max_tokens=4, n=2,
+                                      temperature=0, extra_body=EXACT)
+    assert sorted(c.index for c in batch.choices) == [0, 1, 2, 3]
+    assert batch.usage.prompt_tokens == len(ids) + _prompt_len(idle_server, "Once upon a time")
+    assert batch.usage.completion_tokens == 16
+    batch_ids = client.completions.create(model=MODEL_NAME, prompt=[ids, ids[:2]], max_tokens=2, temperature=0)
+    assert len(batch_ids.choices) == 2
+
+
+def idle_server_decode(client: openai.OpenAI, tokens: list[int]) -> str:
+    return client.post("/../detokenize", body={"tokens": tokens}, cast_to=object)["prompt"]
+
+
+def test_sampling_extras_are_honored(client: openai.OpenAI) -> None:
+    out = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=8, temperature=0.8, top_p=0.9, presence_penalty=0.5,
+        frequency_penalty=0.5, seed=7, user="someone",
+        extra_body={"top_k": 5, "min_p": 0.05, "repetition_penalty": 1.2, "min_tokens": 8, "ignore_eos": False},
+    )
+    assert out.usage.completion_tokens == 8
+    # A maximal bias forces one token everywhere, even when sampling.
+    forced = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=4, logit_bias={"44": 100},
+                                       logprobs=0, extra_body=EXACT)
+    token = idle_server_decode(client, [44])
+    assert forced.choices[0].logprobs.tokens == [token] * 4
+
+
+def test_tokenize_detokenize_version_probes(idle_server: RunningServer) -> None:
+    tokens = idle_server.request("POST", "/tokenize", {"prompt": PROMPT}).json()
+    assert tokens["count"] == len(tokens["tokens"]) and tokens["max_model_len"] == 256
+    text = idle_server.request("POST", "/detokenize", {"tokens": tokens["tokens"]}).json()["prompt"]
+    assert PROMPT in text
+    chat = idle_server.request("POST", "/tokenize", {"messages": MESSAGES}).json()
+    assert chat["count"] > tokens["count"]
+    assert idle_server.request("GET", "/version", auth=False).json()["version"]
+    assert idle_server.request("GET", "/health", auth=False).status == 200
+    assert idle_server.request("GET", "/ready", auth=False).status == 200
