@@ -14,6 +14,7 @@ import torch
 
 from pagoda.engine.attention import AttentionMetadata, select_backend
 from pagoda.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+from pagoda.engine.cuda_graphs import decode_forward
 from pagoda.engine.distributed import tp_size
 from pagoda.engine.layers.attention import bind_kv_cache
 from pagoda.engine.model_config import ModelConfig
@@ -56,6 +57,11 @@ class ModelRunner:
         )
         bind_kv_cache(self.model, self.kv_cache, self.backend)
         self.sampler = Sampler(config.seed)
+        # Decode steps replay CUDA graphs on GPU (unless enforce_eager); everything else runs the model.
+        self.forward = decode_forward(
+            self.model, self.device, config.enforce_eager, config.max_num_seqs,
+            model_config.max_model_len, self.block_size,
+        )
 
     def _block_bytes(self) -> int:
         return self.model_config.kv_bytes_per_token // tp_size() * self.block_size
@@ -153,7 +159,7 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> StepResult:
         ids, pos, meta = self._build_inputs(sched)
-        hidden = self.model(ids, pos, meta)
+        hidden = self.forward(ids, pos, meta)
         sample_idx: list[int] = []
         samplers: list[Sequence] = []
         prompt_lp: list[tuple[Sequence, PromptLogprobs]] = []
