@@ -1,0 +1,57 @@
+"""The contract between the operator and `pagoda serve`: its flags and endpoints.
+
+The engine defines these flags on its side; this module is the operator's one
+copy of their names, so a test can cross-check the two and a rename on either
+side fails loudly instead of producing pods that exit on an unknown flag.
+"""
+
+from __future__ import annotations
+
+#: `pagoda serve MODEL_DIR [flags]`: the subcommand and its positional argument.
+SERVE_COMMAND = ("pagoda", "serve")
+
+HOST = "--host"
+PORT = "--port"
+SERVED_MODEL_NAME = "--served-model-name"
+API_KEY = "--api-key"
+DTYPE = "--dtype"
+MAX_MODEL_LEN = "--max-model-len"
+MAX_NUM_SEQS = "--max-num-seqs"
+MAX_NUM_BATCHED_TOKENS = "--max-num-batched-tokens"
+BLOCK_SIZE = "--block-size"
+ENABLE_PREFIX_CACHING = "--enable-prefix-caching"
+NO_ENABLE_PREFIX_CACHING = "--no-enable-prefix-caching"
+GPU_MEMORY_UTILIZATION = "--gpu-memory-utilization"
+TENSOR_PARALLEL_SIZE = "--tensor-parallel-size"
+MAX_QUEUE_LEN = "--max-queue-len"
+LOG_LEVEL = "--log-level"
+
+#: Every flag of `pagoda serve` the operator knows.
+ALL_FLAGS = (
+    HOST, PORT, SERVED_MODEL_NAME, API_KEY, DTYPE, MAX_MODEL_LEN, MAX_NUM_SEQS,
+    MAX_NUM_BATCHED_TOKENS, BLOCK_SIZE, ENABLE_PREFIX_CACHING, NO_ENABLE_PREFIX_CACHING,
+    GPU_MEMORY_UTILIZATION, TENSOR_PARALLEL_SIZE, MAX_QUEUE_LEN, LOG_LEVEL,
+)
+
+#: Flags whose value the operator derives from the resource itself (wiring,
+#: not tuning); `spec.engine.extraArgs` may not set them, which a CEL rule
+#: enforces, because a second value would silently break probes, the Service
+#: or authentication.
+MANAGED_FLAGS = (HOST, PORT, SERVED_MODEL_NAME, API_KEY, TENSOR_PARALLEL_SIZE)
+
+#: Environment variable `pagoda serve` reads its API key from; the operator
+#: fills it from a Secret so the key never shows in the pod's command line.
+API_KEY_ENV = "PAGODA_API_KEY"
+
+#: The server's port and endpoints.
+DEFAULT_PORT = 8000
+LIVENESS_PATH = "/health"
+READINESS_PATH = "/ready"
+METRICS_PATH = "/metrics"
+
+#: Per-pod gauge of requests queued in the engine: the HPA's metric.
+QUEUE_METRIC = "pagoda_requests_waiting"
+
+#: Seconds `pagoda serve` keeps finishing in-flight requests after SIGTERM;
+#: the pod's termination grace period is sized from it.
+DRAIN_SECONDS = 30

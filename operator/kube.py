@@ -1,0 +1,136 @@
+"""The operator's few calls to the Kubernetes API, on plain dicts.
+
+Manifests are dicts from end to end, so this thin layer speaks raw REST with
+the kubernetes client's transport (auth, TLS, kubeconfig or in-cluster
+config) rather than its typed models; each kind the operator touches is
+listed once in `PLURALS`, which also makes the RBAC rules derivable.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client, config
+
+#: (apiVersion, kind) -> resource name, for every kind the operator reads or writes.
+PLURALS = {
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Event"): "events",
+    ("apps/v1", "Deployment"): "deployments",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
+    ("pagoda.dev/v1alpha1", "LLMDeployment"): "llmdeployments",
+}
+
+#: The field manager of every server-side apply by the operator.
+FIELD_MANAGER = "pagoda-operator"
+
+
+class ApiError(Exception):
+    """A refused API call, with the server's HTTP status and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def path(api_version: str, kind: str, namespace: str | None = None, name: str | None = None,
+         subresource: str | None = None) -> str:
+    """The REST path of a collection or an object."""
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    parts = [prefix]
+    if namespace:
+        parts.append(f"namespaces/{namespace}")
+    parts.append(PLURALS[(api_version, kind)])
+    if name:
+        parts.append(name)
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+class Kube:
+    """A connection to one API server."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    @classmethod
+    def connect(cls) -> Kube:
+        """In-cluster credentials when running in a pod, else the kubeconfig."""
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        return cls(client.ApiClient())
+
+    def request(self, method: str, url: str, *, query: dict[str, str] | None = None,
+                body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
+        method, full_url, headers, body, _ = self.api.param_serialize(
+            method, url, query_params=list((query or {}).items()),
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body, auth_settings=["BearerToken"])
+        response = self.api.call_api(method, full_url, headers, body, _request_timeout=30)
+        data = response.read()
+        payload = json.loads(data) if data else {}
+        if response.status >= 400:
+            raise ApiError(response.status, payload.get("reason", ""), payload.get("message", data.decode()))
+        return payload
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self.request("GET", path(api_version, kind, namespace, name))
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list(self, api_version: str, kind: str, namespace: str, *, labels: dict[str, str] | None = None,
+             fields: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        query = {}
+        if labels:
+            query["labelSelector"] = ",".join(f"{k}={v}" for k, v in labels.items())
+        if fields:
+            query["fieldSelector"] = ",".join(f"{k}={v}" for k, v in fields.items())
+        return self.request("GET", path(api_version, kind, namespace), query=query).get("items", [])
+
+    def apply(self, obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply, taking over fields others changed (drift repair)."""
+        meta = obj["metadata"]
+        return self.request(
+            "PATCH", path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]),
+            query={"fieldManager": field_manager, "force": "true"},
+            body=obj, content_type="application/apply-patch+yaml")
+
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
+                     status: dict[str, Any]) -> dict[str, Any]:
+        """Replaces the fields of `.status` given (merge patch on the status subresource)."""
+        return self.request("PATCH", path(api_version, kind, namespace, name, "status"),
+                            body={"status": status}, content_type="application/merge-patch+json")
+
+    def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the cluster serves this kind (discovery needs no RBAC)."""
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        try:
+            resources = self.request("GET", prefix).get("resources", [])
+        except ApiError as err:
+            if err.status == 404:
+                return False
+            raise
+        return any(r.get("kind") == kind for r in resources)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Deletes the object; already gone is fine."""
+        try:
+            self.request("DELETE", path(api_version, kind, namespace, name))
+        except ApiError as err:
+            if err.status != 404:
+                raise

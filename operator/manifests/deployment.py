@@ -1,0 +1,200 @@
+"""The engine Deployment: `pagoda serve` with GPUs, probes and a hardened pod."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import fetch, flags
+from ..config import OperatorConfig
+from ..v1alpha1 import EngineSpec, LLMDeployment
+from .meta import labels, metadata, selector_labels
+from .model import MOUNT_PATH, ModelVolume, model_volume
+
+CONTAINER = "engine"
+FETCH_CONTAINER = "fetch-model"
+#: Seconds a rollout may take before the Deployment reports
+#: ProgressDeadlineExceeded (and the resource Degraded): pulling a large
+#: image and loading weights is slow, so well above the default ten minutes.
+PROGRESS_DEADLINE_SECONDS = 3600
+#: The startup probe allows this long for loading weights before liveness
+#: checks start killing the pod.
+STARTUP_SECONDS = 1800
+#: Pause before SIGTERM so Service endpoints drop the pod before it drains.
+PRE_STOP_SECONDS = 5
+
+
+def serve_args(engine: EngineSpec, served_name: str, model_dir: str) -> list[str]:
+    """The `pagoda serve` command line for one replica.
+
+    Optional settings are passed only when set, so the engine's own defaults
+    apply otherwise; the API key comes from the environment (`flags.API_KEY_ENV`),
+    never argv, where any process on the node could read it.
+    """
+    args = [*flags.SERVE_COMMAND, model_dir,
+            flags.HOST, "0.0.0.0", flags.PORT, str(flags.DEFAULT_PORT),
+            flags.SERVED_MODEL_NAME, served_name,
+            flags.TENSOR_PARALLEL_SIZE, str(engine.tensor_parallel_size),
+            flags.DTYPE, engine.dtype,
+            flags.GPU_MEMORY_UTILIZATION, str(engine.gpu_memory_utilization),
+            flags.ENABLE_PREFIX_CACHING if engine.enable_prefix_caching else flags.NO_ENABLE_PREFIX_CACHING]
+    optional = ((flags.MAX_MODEL_LEN, engine.max_model_len), (flags.MAX_NUM_SEQS, engine.max_num_seqs),
+                (flags.MAX_NUM_BATCHED_TOKENS, engine.max_num_batched_tokens),
+                (flags.BLOCK_SIZE, engine.block_size), (flags.MAX_QUEUE_LEN, engine.max_queue_len),
+                (flags.LOG_LEVEL, engine.log_level))
+    for flag, value in optional:
+        if value is not None:
+            args += [flag, str(value)]
+    return args + list(engine.extra_args)
+
+
+def _secret_env(name: str, ref: Any) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _resources(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]:
+    """User cpu/memory plus the GPUs of one replica (requests equal limits,
+    as extended resources require)."""
+    spec = resource.spec
+    requests = {k: str(v) for k, v in spec.resources.requests.items()}
+    limits = {k: str(v) for k, v in spec.resources.limits.items()}
+    if spec.gpus:
+        gpu = spec.resources.gpu_resource_name or config.gpu_resource_name
+        requests[gpu] = limits[gpu] = str(spec.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _fetch_container(resource: LLMDeployment, image: str, volume: ModelVolume) -> dict[str, Any]:
+    """Downloads the model into the cache once; a no-op when already there."""
+    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
+    if resource.spec.model.token_secret_ref:
+        env.append(_secret_env("HF_TOKEN", resource.spec.model.token_secret_ref))
+    return {
+        "name": FETCH_CONTAINER,
+        "image": image,
+        "command": [*fetch.COMMAND, resource.spec.model.source, volume.model_dir],
+        "env": env,
+        "volumeMounts": [{"name": volume.volume["name"], "mountPath": MOUNT_PATH},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": _container_security(),
+    }
+
+
+def _engine_container(resource: LLMDeployment, config: OperatorConfig, image: str,
+                      volume: ModelVolume) -> dict[str, Any]:
+    spec = resource.spec
+    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
+    if spec.api_key_secret_ref:
+        env.append(_secret_env(flags.API_KEY_ENV, spec.api_key_secret_ref))
+    env += [dict(e) for e in spec.env]
+    probe = {"httpGet": {"path": flags.LIVENESS_PATH, "port": "http"}}
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "command": serve_args(spec.engine, spec.served_name, volume.model_dir),
+        "ports": [{"name": "http", "containerPort": flags.DEFAULT_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": _resources(resource, config),
+        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": STARTUP_SECONDS // 10},
+        "livenessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": flags.READINESS_PATH, "port": "http"},
+                           "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+        "volumeMounts": [
+            {"name": volume.volume["name"], "mountPath": MOUNT_PATH, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": _container_security(),
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    return container
+
+
+def _pod_spec(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]:
+    spec = resource.spec
+    image = spec.image or config.default_image
+    volume = model_volume(resource)
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": PRE_STOP_SECONDS + flags.DRAIN_SECONDS + 5,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": config.run_as_user,
+            "runAsGroup": config.run_as_user,
+            "fsGroup": config.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_engine_container(resource, config, image, volume)],
+        "volumes": [
+            volume.volume,
+            # NCCL and torch's shared-memory tensors need a real /dev/shm.
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    if volume.fetch:
+        pod["initContainers"] = [_fetch_container(resource, image, volume)]
+    scheduling = spec.scheduling
+    tolerations = [dict(t) for t in scheduling.tolerations]
+    if spec.gpus:
+        # GPU nodes are commonly tainted with their resource name.
+        gpu = spec.resources.gpu_resource_name or config.gpu_resource_name
+        tolerations.append({"key": gpu, "operator": "Exists", "effect": "NoSchedule"})
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if scheduling.node_selector:
+        pod["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.affinity:
+        pod["affinity"] = dict(scheduling.affinity)
+    if scheduling.priority_class_name:
+        pod["priorityClassName"] = scheduling.priority_class_name
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
+    return pod
+
+
+def render(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]:
+    """The Deployment; `.spec.replicas` is left out under autoscaling so the
+    HPA alone owns it and the operator never fights it."""
+    spec = resource.spec
+    pod_annotations = {
+        **spec.pod_annotations,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(flags.DEFAULT_PORT),
+        "prometheus.io/path": flags.METRICS_PATH,
+    }
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(resource)},
+        # Surge instead of taking a replica down: an endpoint keeps its capacity
+        # during a rollout, at the price of one replica's GPUs.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+        "revisionHistoryLimit": 3,
+        "template": {
+            "metadata": {"labels": {**spec.pod_labels, **labels(resource)}, "annotations": pod_annotations},
+            "spec": _pod_spec(resource, config),
+        },
+    }
+    if not spec.autoscaling.enabled:
+        deployment_spec["replicas"] = spec.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(resource),
+        "spec": deployment_spec,
+    }

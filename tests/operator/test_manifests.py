@@ -1,0 +1,202 @@
+"""Spec to manifests: pure functions, every object valid for Kubernetes 1.37."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pagoda.operator import flags
+from pagoda.operator.config import OperatorConfig
+from pagoda.operator.manifests import deployment, hpa, meta, render
+from pagoda.operator.v1alpha1 import LLMDeployment
+
+from .kube_schemas import validate
+
+CONFIG = OperatorConfig()
+
+
+def resource(spec: dict[str, Any], name: str = "chat") -> LLMDeployment:
+    return LLMDeployment.from_body({
+        "metadata": {"name": name, "namespace": "ml", "uid": "0000-1111", "generation": 3},
+        "spec": {"model": {"source": "hf://acme/chat-7b"}} | spec,
+    })
+
+
+def by_kind(spec: dict[str, Any], **kwargs: Any) -> dict[str, dict[str, Any]]:
+    return {obj["kind"]: obj for obj in render(resource(spec), CONFIG, **kwargs)}
+
+
+def engine_container(spec: dict[str, Any]) -> dict[str, Any]:
+    return by_kind(spec)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+
+
+SPECS = {
+    "minimal": {},
+    "cpu-only tiny model": {"resources": {"gpus": 0, "requests": {"cpu": 1, "memory": "2Gi"}},
+                            "cache": {"enabled": False, "size": "2Gi"}},
+    "tp2 autoscaled": {
+        "engine": {"tensorParallelSize": 2, "maxModelLen": 8192, "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,
+                   "blockSize": 16, "maxQueueLen": 100, "dtype": "bfloat16", "enablePrefixCaching": False,
+                   "logLevel": "debug", "extraArgs": ["--seed=1"]},
+        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4, "targetQueueDepth": 2.5,
+                        "scaleUp": {"stabilizationWindowSeconds": 0,
+                                    "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}]},
+                        "scaleDown": {"stabilizationWindowSeconds": 600, "selectPolicy": "Min"}},
+        "resources": {"gpuResourceName": "amd.com/gpu", "requests": {"memory": "64Gi"}, "limits": {"memory": "64Gi"}},
+    },
+    "pvc source": {"model": {"source": "pvc://weights/llama/8b", "servedName": "llama"}},
+    "existing cache, retained": {"cache": {"existingClaim": "shared-models", "reclaimPolicy": "Retain"}},
+    "everything else": {
+        "model": {"source": "hf://acme/gated@refs/pr/1", "tokenSecretRef": {"name": "hf", "key": "token"}},
+        "image": "registry.local/pagoda:dev", "imagePullPolicy": "Always", "imagePullSecrets": ["regcred"],
+        "replicas": 3, "apiKeySecretRef": {"name": "api", "key": "key"},
+        "cache": {"size": "200Gi", "storageClassName": "fast", "accessModes": ["ReadWriteMany"]},
+        "service": {"type": "LoadBalancer", "port": 8080, "annotations": {"lb": "internal"}},
+        "scheduling": {"nodeSelector": {"gpu": "h100"},
+                       "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}],
+                       "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                           {"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}},
+                       "priorityClassName": "inference"},
+        "podLabels": {"team": "nlp"}, "podAnnotations": {"note": "x"},
+        "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
+    },
+}
+
+
+@pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
+def test_every_rendered_object_is_valid_owned_and_labelled(spec: dict[str, Any]) -> None:
+    objects = render(resource(spec), CONFIG, service_monitor=True)
+    for obj in objects:
+        if obj["kind"] != "ServiceMonitor":  # not a core kind: no published schema
+            validate(obj)
+        assert obj["metadata"]["namespace"] == "ml"
+        assert obj["metadata"]["labels"][meta.OWNER_LABEL] == "chat"
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "pagoda-operator"
+    owned = [o for o in objects if o["metadata"].get("ownerReferences")]
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == "0000-1111" for o in owned)
+    assert len(owned) >= len(objects) - 1  # only a retained claim is left unowned
+
+
+def test_minimal_spec_defaults() -> None:
+    objects = by_kind({})
+    assert set(objects) == {"PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget"}
+    dep = objects["Deployment"]["spec"]
+    pod = dep["template"]["spec"]
+    assert dep["replicas"] == 1
+    assert pod["containers"][0]["resources"] == {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
+    assert pod["initContainers"][0]["command"] == [
+        "pagoda", "fetch-model", "hf://acme/chat-7b", "/models/hf/acme/chat-7b/main"]
+    assert objects["PersistentVolumeClaim"]["spec"] == {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}}}
+    assert objects["Service"]["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert meta.endpoint(resource({}), "cluster.local") == "http://chat.ml.svc.cluster.local/v1"
+
+
+def test_pod_is_hardened_and_probed() -> None:
+    pod = by_kind({})["Deployment"]["spec"]["template"]["spec"]
+    engine = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] and engine["securityContext"]["readOnlyRootFilesystem"]
+    assert engine["readinessProbe"]["httpGet"]["path"] == flags.READINESS_PATH
+    assert engine["livenessProbe"]["httpGet"]["path"] == flags.LIVENESS_PATH
+    startup = engine["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert pod["terminationGracePeriodSeconds"] > flags.DRAIN_SECONDS + deployment.PRE_STOP_SECONDS
+    annotations = by_kind({})["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == flags.METRICS_PATH
+
+
+def test_autoscaling_hands_replicas_to_the_hpa() -> None:
+    objects = by_kind(SPECS["tp2 autoscaled"])
+    assert "replicas" not in objects["Deployment"]["spec"]
+    spec = objects["HorizontalPodAutoscaler"]["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat"}
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (1, 4)
+    assert spec["metrics"][0]["pods"] == {"metric": {"name": "pagoda_requests_waiting"},
+                                          "target": {"type": "AverageValue", "averageValue": "2500m"}}
+    assert spec["behavior"]["scaleDown"] == {"stabilizationWindowSeconds": 600, "selectPolicy": "Min"}
+
+
+def test_gpus_follow_tensor_parallel_size_and_resource_name() -> None:
+    engine = engine_container(SPECS["tp2 autoscaled"])
+    assert engine["resources"]["limits"] == {"memory": "64Gi", "amd.com/gpu": "2"}
+    assert engine["command"][engine["command"].index("--tensor-parallel-size") + 1] == "2"
+    tolerations = by_kind(SPECS["tp2 autoscaled"])["Deployment"]["spec"]["template"]["spec"]["tolerations"]
+    assert {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+
+
+def test_cpu_only_has_no_gpus_and_a_pod_local_cache() -> None:
+    objects = by_kind(SPECS["cpu-only tiny model"])
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    assert "PersistentVolumeClaim" not in objects
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}
+    assert "tolerations" not in pod
+    assert pod["volumes"][0] == {"name": "models", "emptyDir": {"sizeLimit": "2Gi"}}
+
+
+def test_pvc_source_is_mounted_read_only_without_fetching() -> None:
+    objects = by_kind(SPECS["pvc source"])
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    assert "PersistentVolumeClaim" not in objects and "initContainers" not in pod
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
+    command = pod["containers"][0]["command"]
+    assert command[2] == "/models/llama/8b"
+    assert command[command.index("--served-model-name") + 1] == "llama"
+
+
+def test_existing_claim_is_used_not_created() -> None:
+    objects = by_kind(SPECS["existing cache, retained"])
+    assert "PersistentVolumeClaim" not in objects
+    volume = objects["Deployment"]["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["persistentVolumeClaim"]["claimName"] == "shared-models"
+
+
+def test_retained_cache_claim_has_no_owner() -> None:
+    claim = by_kind({"cache": {"reclaimPolicy": "Retain"}})["PersistentVolumeClaim"]
+    assert "ownerReferences" not in claim["metadata"]
+    assert claim["metadata"]["name"] == "chat-model-cache"
+
+
+def test_serve_args_cover_every_engine_flag() -> None:
+    command = engine_container(SPECS["tp2 autoscaled"])["command"]
+    assert command[:2] == list(flags.SERVE_COMMAND)
+    used = {arg for arg in command if arg.startswith("--")}
+    assert set(flags.ALL_FLAGS) - used == {flags.API_KEY, flags.ENABLE_PREFIX_CACHING}
+    assert command[-1] == "--seed=1"
+    assert "--enable-prefix-caching" in engine_container({})["command"]
+
+
+def test_secrets_reach_the_pod_only_through_the_environment() -> None:
+    objects = by_kind(SPECS["everything else"])
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    engine, fetcher = pod["containers"][0], pod["initContainers"][0]
+    assert {"name": flags.API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": "api", "key": "key"}}} in engine["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in fetcher["env"]
+    assert not any("api" == a or "key" == a for a in engine["command"])
+    assert {"name": "NCCL_DEBUG", "value": "INFO"} in engine["env"]
+    assert fetcher["command"][-1] == "/models/hf/acme/gated/refs/pr/1"
+
+
+def test_user_labels_never_override_the_selector() -> None:
+    dep = by_kind({"podLabels": {meta.OWNER_LABEL: "other", "team": "a"}})["Deployment"]["spec"]
+    labels = dep["template"]["metadata"]["labels"]
+    assert labels[meta.OWNER_LABEL] == "chat" and labels["team"] == "a"
+    assert dep["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_service_monitor_only_when_asked() -> None:
+    assert "ServiceMonitor" not in by_kind({})
+    monitor = by_kind({}, service_monitor=True)["ServiceMonitor"]
+    assert monitor["spec"]["endpoints"][0] == {"port": "http", "path": "/metrics", "interval": "15s"}
+
+
+def test_served_name_defaults() -> None:
+    assert resource({}).spec.served_name == "acme/chat-7b"
+    assert resource({"model": {"source": "pvc://weights/a/b/"}}).spec.served_name == "b"
+    assert resource({"model": {"source": "pvc://weights"}}).spec.served_name == "weights"
+
+
+@pytest.mark.parametrize(("value", "text"), [(4, "4"), (4.0, "4"), (0.5, "500m"), (2.25, "2250m")])
+def test_quantity(value: float, text: str) -> None:
+    assert hpa.quantity(value) == text
