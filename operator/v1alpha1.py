@@ -193,7 +193,7 @@ class ResourcesSpec(_Model):
     limits: dict[str, Quantity] = Field(default_factory=dict, description="cpu and memory limits.")
 
 
-class CacheSpec(_Model):
+class ModelCacheSpec(_Model):
     """Where hf:// models are downloaded to: a PersistentVolumeClaim shared by replicas."""
 
     enabled: bool = Field(True, description="false: each pod downloads into its own emptyDir.")
@@ -236,7 +236,7 @@ class LLMDeploymentSpec(_Model):
     replicas: int = Field(1, ge=0, le=1000, description="Replicas when autoscaling is disabled.")
     autoscaling: AutoscalingSpec = _nested(AutoscalingSpec)
     resources: ResourcesSpec = _nested(ResourcesSpec)
-    cache: CacheSpec = _nested(CacheSpec)
+    model_cache: ModelCacheSpec = _nested(ModelCacheSpec)
     service: ServiceSpec = _nested(ServiceSpec)
     api_key_secret_ref: SecretKeyRef | None = Field(
         None, description="Secret holding the API key clients must send as a Bearer token.")

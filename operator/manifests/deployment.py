@@ -24,13 +24,13 @@ PRE_STOP_SECONDS = 5
 
 
 def serve_args(engine: EngineSpec, served_name: str, model_dir: str) -> list[str]:
-    """The `pagoda serve` command line for one replica.
+    """The arguments of `pagoda serve` for one replica.
 
     Optional settings are passed only when set, so the engine's own defaults
     apply otherwise; the API key comes from the environment (`flags.API_KEY_ENV`),
     never argv, where any process on the node could read it.
     """
-    args = [*flags.SERVE_COMMAND, model_dir,
+    args = [model_dir,
             flags.HOST, "0.0.0.0", flags.PORT, str(flags.DEFAULT_PORT),
             flags.SERVED_MODEL_NAME, served_name,
             flags.TENSOR_PARALLEL_SIZE, str(engine.tensor_parallel_size),
@@ -103,7 +103,10 @@ def _engine_container(resource: LLMDeployment, config: OperatorConfig, image: st
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
-        "command": serve_args(spec.engine, spec.served_name, volume.model_dir),
+        # The command is explicit, so any image with pagoda on its PATH works
+        # whatever its entrypoint; the settings are the arguments.
+        "command": list(flags.SERVE_COMMAND),
+        "args": serve_args(spec.engine, spec.served_name, volume.model_dir),
         "ports": [{"name": "http", "containerPort": flags.DEFAULT_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": _resources(resource, config),

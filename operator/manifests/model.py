@@ -40,9 +40,9 @@ def model_volume(resource: LLMDeployment) -> ModelVolume:
         model_dir = f"{MOUNT_PATH}/{source.path}".rstrip("/")
         return ModelVolume(volume, model_dir, fetch=False, claim=source.claim, creates_claim=False)
     model_dir = f"{MOUNT_PATH}/hf/{source.repo}/{source.revision or 'main'}"
-    if not spec.cache.enabled:
-        volume = {"name": VOLUME_NAME, "emptyDir": {"sizeLimit": str(spec.cache.size)}}
+    if not spec.model_cache.enabled:
+        volume = {"name": VOLUME_NAME, "emptyDir": {"sizeLimit": str(spec.model_cache.size)}}
         return ModelVolume(volume, model_dir, fetch=True, claim=None, creates_claim=False)
-    claim = spec.cache.existing_claim or cache_claim_name(resource)
+    claim = spec.model_cache.existing_claim or cache_claim_name(resource)
     volume = {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim}}
-    return ModelVolume(volume, model_dir, fetch=True, claim=claim, creates_claim=not spec.cache.existing_claim)
+    return ModelVolume(volume, model_dir, fetch=True, claim=claim, creates_claim=not spec.model_cache.existing_claim)

@@ -18,7 +18,7 @@ def render(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any] | 
     """
     if not model_volume(resource).creates_claim:
         return None
-    cache = resource.spec.cache
+    cache = resource.spec.model_cache
     spec: dict[str, Any] = {
         "accessModes": list(cache.access_modes),
         "resources": {"requests": {"storage": str(cache.size)}},

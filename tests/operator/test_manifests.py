@@ -34,7 +34,7 @@ def engine_container(spec: dict[str, Any]) -> dict[str, Any]:
 SPECS = {
     "minimal": {},
     "cpu-only tiny model": {"resources": {"gpus": 0, "requests": {"cpu": 1, "memory": "2Gi"}},
-                            "cache": {"enabled": False, "size": "2Gi"}},
+                            "modelCache": {"enabled": False, "size": "2Gi"}},
     "tp2 autoscaled": {
         "engine": {"tensorParallelSize": 2, "maxModelLen": 8192, "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,
                    "blockSize": 16, "maxQueueLen": 100, "dtype": "bfloat16", "enablePrefixCaching": False,
@@ -46,12 +46,12 @@ SPECS = {
         "resources": {"gpuResourceName": "amd.com/gpu", "requests": {"memory": "64Gi"}, "limits": {"memory": "64Gi"}},
     },
     "pvc source": {"model": {"source": "pvc://weights/llama/8b", "servedName": "llama"}},
-    "existing cache, retained": {"cache": {"existingClaim": "shared-models", "reclaimPolicy": "Retain"}},
+    "existing cache, retained": {"modelCache": {"existingClaim": "shared-models", "reclaimPolicy": "Retain"}},
     "everything else": {
         "model": {"source": "hf://acme/gated@refs/pr/1", "tokenSecretRef": {"name": "hf", "key": "token"}},
         "image": "registry.local/pagoda:dev", "imagePullPolicy": "Always", "imagePullSecrets": ["regcred"],
         "replicas": 3, "apiKeySecretRef": {"name": "api", "key": "key"},
-        "cache": {"size": "200Gi", "storageClassName": "fast", "accessModes": ["ReadWriteMany"]},
+        "modelCache": {"size": "200Gi", "storageClassName": "fast", "accessModes": ["ReadWriteMany"]},
         "service": {"type": "LoadBalancer", "port": 8080, "annotations": {"lb": "internal"}},
         "scheduling": {"nodeSelector": {"gpu": "h100"},
                        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}],
@@ -121,7 +121,7 @@ def test_autoscaling_hands_replicas_to_the_hpa() -> None:
 def test_gpus_follow_tensor_parallel_size_and_resource_name() -> None:
     engine = engine_container(SPECS["tp2 autoscaled"])
     assert engine["resources"]["limits"] == {"memory": "64Gi", "amd.com/gpu": "2"}
-    assert engine["command"][engine["command"].index("--tensor-parallel-size") + 1] == "2"
+    assert engine["args"][engine["args"].index("--tensor-parallel-size") + 1] == "2"
     tolerations = by_kind(SPECS["tp2 autoscaled"])["Deployment"]["spec"]["template"]["spec"]["tolerations"]
     assert {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
 
@@ -140,8 +140,8 @@ def test_pvc_source_is_mounted_read_only_without_fetching() -> None:
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     assert "PersistentVolumeClaim" not in objects and "initContainers" not in pod
     assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
-    command = pod["containers"][0]["command"]
-    assert command[2] == "/models/llama/8b"
+    command = pod["containers"][0]["args"]
+    assert command[0] == "/models/llama/8b"
     assert command[command.index("--served-model-name") + 1] == "llama"
 
 
@@ -153,18 +153,19 @@ def test_existing_claim_is_used_not_created() -> None:
 
 
 def test_retained_cache_claim_has_no_owner() -> None:
-    claim = by_kind({"cache": {"reclaimPolicy": "Retain"}})["PersistentVolumeClaim"]
+    claim = by_kind({"modelCache": {"reclaimPolicy": "Retain"}})["PersistentVolumeClaim"]
     assert "ownerReferences" not in claim["metadata"]
     assert claim["metadata"]["name"] == "chat-model-cache"
 
 
 def test_serve_args_cover_every_engine_flag() -> None:
-    command = engine_container(SPECS["tp2 autoscaled"])["command"]
-    assert command[:2] == list(flags.SERVE_COMMAND)
+    engine = engine_container(SPECS["tp2 autoscaled"])
+    assert engine["command"] == list(flags.SERVE_COMMAND)
+    command = engine["args"]
     used = {arg for arg in command if arg.startswith("--")}
     assert set(flags.ALL_FLAGS) - used == {flags.API_KEY, flags.ENABLE_PREFIX_CACHING}
     assert command[-1] == "--seed=1"
-    assert "--enable-prefix-caching" in engine_container({})["command"]
+    assert "--enable-prefix-caching" in engine_container({})["args"]
 
 
 def test_secrets_reach_the_pod_only_through_the_environment() -> None:
@@ -173,7 +174,7 @@ def test_secrets_reach_the_pod_only_through_the_environment() -> None:
     engine, fetcher = pod["containers"][0], pod["initContainers"][0]
     assert {"name": flags.API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": "api", "key": "key"}}} in engine["env"]
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in fetcher["env"]
-    assert not any("api" == a or "key" == a for a in engine["command"])
+    assert not any("api" == a or "key" == a for a in engine["args"])
     assert {"name": "NCCL_DEBUG", "value": "INFO"} in engine["env"]
     assert fetcher["command"][-1] == "/models/hf/acme/gated/refs/pr/1"
 
