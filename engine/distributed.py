@@ -51,3 +51,12 @@ def all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(_state.size)]
     dist.all_gather(parts, x.contiguous(), group=_state.group)
     return torch.cat(parts, dim=dim)
+
+
+def agree_min(value: int, device: torch.device) -> int:
+    """The smallest of every rank's value (e.g. KV blocks that fit), so all ranks size alike."""
+    if _state.size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_state.group)
+    return int(t.item())

@@ -24,6 +24,7 @@ from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, Req
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.sequence import FinishReason, Sequence
+from pagoda.engine.tensor_parallel import TensorParallelGroup
 from pagoda.engine.tokenizer import load_tokenizer
 
 # A prompt is text, token ids, or a dict with either ("prompt" / "prompt_token_ids").
@@ -48,13 +49,12 @@ class _Request:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
-        if config.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size > 1 is not supported by this build yet")
         self.config = config
         self.model_config = load_model_config(config.model, config.dtype, config.max_model_len)
         self.tokenizer = load_tokenizer(config.tokenizer or config.model)
         self.eos_token_ids = self._eos_token_ids()
-        self.runner = ModelRunner(config, self.model_config, self.eos_token_ids)
+        self.tp_group = TensorParallelGroup(config, self.model_config) if config.tensor_parallel_size > 1 else None
+        self.runner = ModelRunner(config, self.model_config, self.eos_token_ids, tp_group=self.tp_group)
         num_blocks = self.runner.num_blocks
         if num_blocks * config.block_size < self.model_config.max_model_len:
             raise ValueError(
@@ -149,6 +149,16 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
+
+    def check_health(self) -> None:
+        """Raises if the engine can no longer run steps (a tensor-parallel worker died)."""
+        if self.tp_group is not None:
+            self.tp_group.check_health()
+
+    def shutdown(self) -> None:
+        """Stops tensor-parallel workers; the engine is unusable afterwards."""
+        if self.tp_group is not None:
+            self.tp_group.shutdown()
 
     # ---- the step -------------------------------------------------------------------------
 

@@ -9,19 +9,24 @@ requests asking for prompt logprobs), never for the whole batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from pagoda.engine.attention import AttentionMetadata, select_backend
 from pagoda.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from pagoda.engine.cuda_graphs import decode_forward
-from pagoda.engine.distributed import tp_size
+from pagoda.engine.distributed import agree_min, tp_size
 from pagoda.engine.layers.attention import bind_kv_cache
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.loader import build_model
 from pagoda.engine.sampler import Sampler, SamplingRow, token_logprobs
 from pagoda.engine.scheduler import SchedulerOutput
 from pagoda.engine.sequence import Sequence
+from pagoda.engine.step_inputs import StepInputs
+
+if TYPE_CHECKING:
+    from pagoda.engine.tensor_parallel import TensorParallelGroup
 
 
 @dataclass
@@ -41,18 +46,28 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model_config: ModelConfig, eos_token_ids: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model_config: ModelConfig,
+        eos_token_ids: tuple[int, ...],
+        device: torch.device | None = None,
+        tp_group: TensorParallelGroup | None = None,
+    ) -> None:
         self.config = config
         self.model_config = model_config
-        self.device = config.resolve_device()
+        self.device = device or config.resolve_device()
+        # Set on the driver (rank 0) of a tensor-parallel engine: steps are shipped to the workers.
+        self.tp_group = tp_group
         self.block_size = config.block_size
         self.eos_token_ids = eos_token_ids
         self.model = build_model(model_config, self.device)
         self.backend = select_backend(self.device)
+        # KV heads are split across ranks, or replicated when there are fewer heads than ranks.
+        self.num_kv_heads = max(1, model_config.num_kv_heads // tp_size())
         self.num_blocks = self._num_kv_blocks()
-        kv_heads = max(1, model_config.num_kv_heads // tp_size())
         self.kv_cache = torch.zeros(
-            2, model_config.num_layers, self.num_blocks, self.block_size, kv_heads, model_config.head_dim,
+            2, model_config.num_layers, self.num_blocks, self.block_size, self.num_kv_heads, model_config.head_dim,
             dtype=model_config.dtype, device=self.device,
         )
         bind_kv_cache(self.model, self.kv_cache, self.backend)
@@ -64,7 +79,8 @@ class ModelRunner:
         )
 
     def _block_bytes(self) -> int:
-        return self.model_config.kv_bytes_per_token // tp_size() * self.block_size
+        per_head = self.model_config.kv_bytes_per_token // self.model_config.num_kv_heads
+        return per_head * self.num_kv_heads * self.block_size
 
     def _num_kv_blocks(self) -> int:
         if self.config.num_kv_blocks is not None:
@@ -73,7 +89,8 @@ class ModelRunner:
             budget = self._profile_free_gpu_memory()
         else:
             budget = self.config.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES
-        blocks = budget // self._block_bytes()
+        # Every rank must hold the same blocks: take the smallest budget of any rank.
+        blocks = agree_min(budget // self._block_bytes(), self.device)
         if blocks < 1:
             raise ValueError(f"the KV-cache budget of {budget} bytes holds no block of {self._block_bytes()} bytes")
         return int(blocks)
@@ -85,7 +102,7 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         n = min(self.config.max_num_batched_tokens, self.model_config.max_model_len)
         one_block_cache = torch.zeros(
-            2, self.model_config.num_layers, 1, n, max(1, self.model_config.num_kv_heads // tp_size()),
+            2, self.model_config.num_layers, 1, n, self.num_kv_heads,
             self.model_config.head_dim, dtype=self.model_config.dtype, device=self.device,
         )
         bind_kv_cache(self.model, one_block_cache, self.backend)
@@ -106,18 +123,27 @@ class ModelRunner:
         total = torch.cuda.get_device_properties(self.device).total_memory
         return int(total * self.config.gpu_memory_utilization) - peak
 
-    def _build_inputs(self, sched: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    def _build_inputs(self, sched: SchedulerOutput) -> tuple[StepInputs, list[Sequence], list[tuple[Sequence, int, int]]]:
+        """The step's inputs, the sequences that sample, and the (seq, first position, rows) of prompt-logprob chunks.
+
+        Logit rows list the prompt-logprob rows first, then one row per sampling sequence.
+        """
         bs = self.block_size
-        input_ids: list[int] = []
+        ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         query_lens: list[int] = []
         seq_lens: list[int] = []
+        prompt_rows: list[int] = []
+        sample_rows: list[int] = []
+        samplers: list[Sequence] = []
+        prompt_chunks: list[tuple[Sequence, int, int]] = []
         num_decodes = 0
         for seq, n in sched.scheduled:
             start = seq.num_computed_tokens
             end = start + n
-            input_ids.extend(seq.token_ids[start:end])
+            offset = len(ids)
+            ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
             table = seq.block_table
             if n == 1:
@@ -127,26 +153,18 @@ class ModelRunner:
                 slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             query_lens.append(n)
             seq_lens.append(end)
-        max_blocks = max(len(seq.block_table) for seq, _ in sched.scheduled)
-        tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq, _ in sched.scheduled]
-        qsl = [0]
-        for q in query_lens:
-            qsl.append(qsl[-1] + q)
-        dev = self.device
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-            num_decodes=num_decodes,
-            max_query_len=max(query_lens),
-            max_seq_len=max(seq_lens),
-            query_lens_host=query_lens,
-            seq_lens_host=seq_lens,
-        )
-        ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
-        pos = torch.tensor(positions, dtype=torch.long, device=dev)
-        return ids, pos, meta
+            # Position p's logits score prompt token p + 1: the chunk covers p < num_prompt - 1.
+            if seq.wants_prompt_logprobs and start < seq.num_prompt_tokens - 1:
+                rows = min(end, seq.num_prompt_tokens - 1) - start
+                prompt_rows.extend(range(offset, offset + rows))
+                prompt_chunks.append((seq, start, rows))
+            if end == seq.num_tokens:
+                sample_rows.append(offset + n - 1)
+                samplers.append(seq)
+        width = max(len(seq.block_table) for seq, _ in sched.scheduled)
+        tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq, _ in sched.scheduled]
+        inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows)
+        return inputs, samplers, prompt_chunks
 
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
         params = seq.params
@@ -157,33 +175,34 @@ class ModelRunner:
         return SamplingRow(params, seq.prompt_token_ids, seq.output_token_ids, seq.generator, suppressed)
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> StepResult:
-        ids, pos, meta = self._build_inputs(sched)
+    def forward_logits(self, inputs: StepInputs) -> torch.Tensor | None:
+        """Runs the model on a step and returns float32 logits of its logit rows (every rank runs this)."""
+        ids, pos, meta = inputs.to_device(self.device)
         hidden = self.forward(ids, pos, meta)
-        sample_idx: list[int] = []
-        samplers: list[Sequence] = []
+        if not inputs.logit_rows:
+            return None
+        rows = torch.tensor(inputs.logit_rows, dtype=torch.long, device=self.device)
+        return self.model.compute_logits(hidden[rows]).float()
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> StepResult:
+        inputs, samplers, prompt_chunks = self._build_inputs(sched)
+        if self.tp_group is not None:
+            self.tp_group.broadcast(inputs)
+        logits = self.forward_logits(inputs)
         prompt_lp: list[tuple[Sequence, PromptLogprobs]] = []
-        offset = 0
-        for seq, n in sched.scheduled:
-            end = seq.num_computed_tokens + n
-            if seq.wants_prompt_logprobs and seq.num_computed_tokens < seq.num_prompt_tokens - 1:
-                prompt_lp.append((seq, self._prompt_logprobs(seq, hidden[offset : offset + n])))
-            offset += n
-            if end == seq.num_tokens:
-                sample_idx.append(offset - 1)
-                samplers.append(seq)
+        row = 0
+        for seq, start, rows in prompt_chunks:
+            prompt_lp.append((seq, self._prompt_logprobs(seq, start, logits[row : row + rows])))
+            row += rows
         sampled: list[tuple[Sequence, int, float | None, list[tuple[int, float]] | None]] = []
         if samplers:
-            logits = self.model.compute_logits(hidden[sample_idx]).float()
-            out = self.sampler(logits, [self._sampling_row(s) for s in samplers])
+            out = self.sampler(logits[row:], [self._sampling_row(s) for s in samplers])
             sampled = list(zip(samplers, out.token_ids, out.logprobs, out.top_logprobs))
         return StepResult(sampled, prompt_lp)
 
-    def _prompt_logprobs(self, seq: Sequence, hidden: torch.Tensor) -> PromptLogprobs:
-        """Logprob of prompt token p+1 given tokens up to p, for this chunk's positions p."""
-        start = seq.num_computed_tokens
-        stop = min(start + hidden.shape[0], seq.num_prompt_tokens - 1)
-        logits = self.model.compute_logits(hidden[: stop - start]).float()
-        targets = torch.tensor(seq.prompt_token_ids[start + 1 : stop + 1], device=logits.device)
+    def _prompt_logprobs(self, seq: Sequence, start: int, logits: torch.Tensor) -> PromptLogprobs:
+        """Logprob of prompt token p + 1 given tokens up to p, for the chunk's positions p >= start."""
+        targets = torch.tensor(seq.prompt_token_ids[start + 1 : start + 1 + logits.shape[0]], device=logits.device)
         values, top = token_logprobs(logits, targets, seq.params.prompt_logprobs or 0)
         return PromptLogprobs(start + 1, values, top)

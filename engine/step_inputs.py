@@ -1,0 +1,77 @@
+"""What one model step needs, as plain host lists: built once, shipped to every rank.
+
+The scheduler's decisions become flat token/position/slot lists plus the
+attention metadata lists. Keeping them as host lists until the last moment
+lets the tensor-parallel driver ship a step to its workers as one int64
+tensor (`pack`/`unpack`) instead of pickling sequences, and lets each rank
+build its device tensors itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagoda.engine.attention import AttentionMetadata
+
+_HEADER = 5  # num_tokens, num_seqs, max_blocks, num_decodes, num_logit_rows
+
+
+@dataclass
+class StepInputs:
+    input_ids: list[int]
+    positions: list[int]
+    slots: list[int]
+    query_lens: list[int]
+    seq_lens: list[int]
+    block_tables: list[list[int]]  # padded to one width
+    num_decodes: int
+    # Rows of the step's hidden states whose logits are needed: sampling rows and
+    # prompt-logprob rows, in the order the runner consumes them.
+    logit_rows: list[int]
+
+    def to_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        qsl = [0]
+        for q in self.query_lens:
+            qsl.append(qsl[-1] + q)
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(self.slots, dtype=torch.long, device=device),
+            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=device),
+            seq_lens=torch.tensor(self.seq_lens, dtype=torch.int32, device=device),
+            block_tables=torch.tensor(self.block_tables, dtype=torch.int32, device=device),
+            num_decodes=self.num_decodes,
+            max_query_len=max(self.query_lens),
+            max_seq_len=max(self.seq_lens),
+            query_lens_host=self.query_lens,
+            seq_lens_host=self.seq_lens,
+        )
+        ids = torch.tensor(self.input_ids, dtype=torch.long, device=device)
+        pos = torch.tensor(self.positions, dtype=torch.long, device=device)
+        return ids, pos, meta
+
+    def pack(self) -> torch.Tensor:
+        """One flat int64 CPU tensor: a header of sizes, then every list."""
+        max_blocks = len(self.block_tables[0]) if self.block_tables else 0
+        header = [len(self.input_ids), len(self.seq_lens), max_blocks, self.num_decodes, len(self.logit_rows)]
+        flat = [*header, *self.input_ids, *self.positions, *self.slots, *self.query_lens, *self.seq_lens]
+        for row in self.block_tables:
+            flat.extend(row)
+        flat.extend(self.logit_rows)
+        return torch.tensor(flat, dtype=torch.long)
+
+    @classmethod
+    def unpack(cls, packed: torch.Tensor) -> StepInputs:
+        values = packed.tolist()
+        num_tokens, num_seqs, max_blocks, num_decodes, num_rows = values[:_HEADER]
+        pos = _HEADER
+
+        def take(n: int) -> list[int]:
+            nonlocal pos
+            pos += n
+            return values[pos - n : pos]
+
+        input_ids, positions, slots = take(num_tokens), take(num_tokens), take(num_tokens)
+        query_lens, seq_lens = take(num_seqs), take(num_seqs)
+        tables = [take(max_blocks) for _ in range(num_seqs)]
+        return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, take(num_rows))

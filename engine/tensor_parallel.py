@@ -1,0 +1,160 @@
+"""Tensor-parallel execution: one worker process per rank, driven by the engine's process.
+
+The engine process is rank 0: it schedules, builds each step's inputs, ships
+them to the other ranks as one packed int64 tensor over a gloo control group
+(cheap, CPU-side, whatever the compute backend), runs its own shard of the
+model and samples from the gathered logits. Ranks 1..N-1 are spawned worker
+processes that loop: receive a step, run their shard (joining every
+all-reduce/all-gather of the compute group: NCCL on GPU, gloo on CPU),
+repeat until told to stop.
+
+A worker that dies must take the engine down, not hang it: a monitor thread
+watches the worker processes and marks the executor failed, every step checks
+that mark first, and collectives run under a timeout so a step already waiting
+on a dead peer fails too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import multiprocessing as mp
+import os
+import socket
+import threading
+from multiprocessing.connection import wait
+
+import torch
+import torch.distributed as dist
+
+from pagoda.engine.config import EngineConfig
+from pagoda.engine.distributed import init_tensor_parallel
+from pagoda.engine.model_config import ModelConfig
+from pagoda.engine.step_inputs import StepInputs
+
+logger = logging.getLogger(__name__)
+
+_STEP, _STOP = 0, 1
+# A step longer than this on any rank is treated as a dead peer.
+COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("PAGODA_TP_TIMEOUT_S", "300")))
+
+
+class WorkerDiedError(RuntimeError):
+    """A tensor-parallel worker exited; the engine cannot continue."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _device_for_rank(config: EngineConfig, rank: int) -> torch.device:
+    device = config.resolve_device()
+    return torch.device("cuda", rank) if device.type == "cuda" else device
+
+
+def _init_process(rank: int, size: int, port: int, device: torch.device) -> dist.ProcessGroup:
+    """Joins the default (compute) group and returns the gloo control group."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        # Ranks share the host's cores: oversubscribing them makes every rank slower.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=size,
+        timeout=COLLECTIVE_TIMEOUT,
+    )
+    control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
+    init_tensor_parallel(rank, size, None)
+    return control
+
+
+def _broadcast_step(payload: torch.Tensor | None, control: dist.ProcessGroup) -> torch.Tensor | None:
+    """Rank 0 sends (kind, length) then the payload; other ranks receive. None means stop."""
+    if dist.get_rank() == 0:
+        header = torch.tensor([_STOP, 0] if payload is None else [_STEP, payload.numel()], dtype=torch.long)
+    else:
+        header = torch.zeros(2, dtype=torch.long)
+    dist.broadcast(header, src=0, group=control)
+    if int(header[0]) == _STOP:
+        return None
+    if dist.get_rank() != 0:
+        payload = torch.empty(int(header[1]), dtype=torch.long)
+    dist.broadcast(payload, src=0, group=control)
+    return payload
+
+
+def _worker_main(rank: int, size: int, port: int, config: EngineConfig, model_config: ModelConfig) -> None:
+    from pagoda.engine.model_runner import ModelRunner
+
+    control = _init_process(rank, size, port, _device_for_rank(config, rank))
+    runner = ModelRunner(config, model_config, eos_token_ids=(), device=_device_for_rank(config, rank))
+    while (payload := _broadcast_step(None, control)) is not None:
+        runner.forward_logits(StepInputs.unpack(payload))
+    dist.destroy_process_group()
+
+
+class TensorParallelGroup:
+    """Spawns and supervises ranks 1..N-1 and makes this process rank 0."""
+
+    def __init__(self, config: EngineConfig, model_config: ModelConfig) -> None:
+        size = config.tensor_parallel_size
+        device = config.resolve_device()
+        if device.type == "cuda" and torch.cuda.device_count() < size:
+            raise ValueError(f"tensor_parallel_size {size} needs {size} GPUs, found {torch.cuda.device_count()}")
+        self.size = size
+        self.device = _device_for_rank(config, 0)
+        self.failure: str | None = None
+        self._closed = False
+        port = _free_port()
+        ctx = mp.get_context("spawn")
+        self.workers = [
+            ctx.Process(target=_worker_main, args=(r, size, port, config, model_config), name=f"pagoda-tp-{r}", daemon=True)
+            for r in range(1, size)
+        ]
+        for w in self.workers:
+            w.start()
+        self.control = _init_process(0, size, port, self.device)
+        self._monitor = threading.Thread(target=self._watch, name="pagoda-tp-monitor", daemon=True)
+        self._monitor.start()
+
+    def _watch(self) -> None:
+        sentinels = {w.sentinel: w for w in self.workers}
+        ready = wait(list(sentinels))
+        if self._closed:
+            return
+        dead = sentinels[ready[0]]
+        self.failure = f"tensor-parallel worker {dead.name} exited with code {dead.exitcode}"
+        logger.error("%s; the engine cannot continue", self.failure)
+
+    def check_health(self) -> None:
+        if self.failure is not None:
+            raise WorkerDiedError(self.failure)
+
+    def broadcast(self, inputs: StepInputs) -> None:
+        self.check_health()
+        try:
+            _broadcast_step(inputs.pack(), self.control)
+        except RuntimeError as exc:
+            raise WorkerDiedError(self.failure or f"tensor-parallel broadcast failed: {exc}") from exc
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.failure is None:
+            try:
+                _broadcast_step(None, self.control)
+            except RuntimeError:
+                pass
+        for w in self.workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                w.kill()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        init_tensor_parallel(0, 1, None)
