@@ -1,0 +1,50 @@
+"""Bad LLMDeployments, each with the message its CEL rule answers with.
+
+Shared by the integration test that applies them to a real API server and by
+the unit test that checks every rule of the CRD has a case here.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .integration.stack import llm_deployment
+
+
+def manifest(name: str = "bad", **spec: Any) -> dict[str, Any]:
+    return llm_deployment(name, **copy.deepcopy(spec))
+
+
+AUTO = {"enabled": True, "minReplicas": 1, "maxReplicas": 2}
+
+#: (case, manifest, the message the API server answers with)
+CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("malformed-source", manifest(model={"source": "s3://bucket/model"}),
+     "model.source must be hf://ORG/NAME[@REVISION] or pvc://CLAIM[/PATH]"),
+    ("tp-not-power-of-two", manifest(engine={"tensorParallelSize": 3}),
+     "engine.tensorParallelSize must be a power of two between 1 and 64"),
+    ("gpu-utilization-zero", manifest(engine={"gpuMemoryUtilization": 0}),
+     "engine.gpuMemoryUtilization must be greater than 0 and at most 1"),
+    ("gpu-utilization-above-one", manifest(engine={"gpuMemoryUtilization": 1.5}),
+     "engine.gpuMemoryUtilization must be greater than 0 and at most 1"),
+    ("batched-below-model-len", manifest(engine={"maxModelLen": 4096, "maxNumBatchedTokens": 1024}),
+     "engine.maxNumBatchedTokens must be at least engine.maxModelLen, or a full-length prompt never fits a batch"),
+    ("managed-flag-in-extra-args", manifest(engine={"extraArgs": ["--port=9000"]}),
+     "engine.extraArgs must not set --host, --port, --served-model-name, --api-key, --tensor-parallel-size: "
+     "the operator sets them from the resource"),
+    ("autoscaling-without-bounds", manifest(autoscaling={"enabled": True}),
+     "autoscaling.enabled requires both autoscaling.minReplicas and autoscaling.maxReplicas"),
+    ("min-above-max", manifest(autoscaling={"enabled": True, "minReplicas": 4, "maxReplicas": 2}),
+     "autoscaling.minReplicas (4) must not exceed autoscaling.maxReplicas (2)"),
+    ("zero-queue-target", manifest(autoscaling=AUTO | {"targetQueueDepth": 0}),
+     "autoscaling.targetQueueDepth must be greater than 0"),
+    ("negative-cache-size", manifest(modelCache={"size": "-10Gi"}),
+     "must be a positive quantity, such as 4, 500m or 50Gi"),
+    ("gpus-not-tp", manifest(engine={"tensorParallelSize": 2}, resources={"gpus": 1}),
+     "resources.gpus must be 0 (CPU only) or equal engine.tensorParallelSize"),
+    ("name-not-dns-label", manifest("7b-model"), "metadata.name must be at most 50 characters of a-z, 0-9 and '-', "
+     "starting with a letter: it names the Service and the other children"),
+]
+
+
