@@ -165,7 +165,8 @@ class TextContentPart(_Request):
 
 
 class ChatMessage(_Request):
-    role: str
+    # The model's chat template decides which of these it accepts.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
 
