@@ -1,0 +1,95 @@
+"""Every GPU check of the Triton fast path, in one command.
+
+    python -m bench.gpu_all [PART ...] [--copy-to DIR]
+
+Parts, in order (default: all):
+  tests             tests/kernels natively on the GPU, then the engine's HF parity
+                    tests (now on CUDA: Triton kernels and decode CUDA graphs end to end)
+  decode_attention  bench.gpu_decode_attention --sweep
+  decode_step       bench.gpu_decode_step
+  throughput        bench.gpu_throughput (both models; the longest part)
+
+Each part runs in its own process, so one failing leaves the others' results;
+each writes bench/results/gpu_*.json. --copy-to copies those files and the
+test logs to DIR, e.g. $OUT on the device machine. About 15 minutes in all on
+an H100; split the parts over several calls where a call is limited to 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PARTS = ("tests", "decode_attention", "decode_step", "throughput")
+LOGS = pathlib.Path(tempfile.mkdtemp(prefix="pagoda-gpu-"))
+_PYTEST = "import sys, bench.gpu_env, pytest; sys.exit(pytest.main(sys.argv[1:]))"
+
+
+def _pytest(name: str, paths: list[str]) -> dict:
+    """Runs pytest (with pagoda importable from the bare checkout) and summarises its junit report."""
+    xml = LOGS / f"gpu_{name}.xml"
+    log = LOGS / f"gpu_{name}.log"
+    start = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run([sys.executable, "-c", _PYTEST, "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *paths],
+                              cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    suite = ET.parse(xml).getroot().find("testsuite") if xml.exists() else None
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")} if suite is not None else {}
+    print(f"{name}: exit {proc.returncode}, {counts}, {time.perf_counter() - start:.0f}s; log in {log}")
+    return {"paths": paths, "exit_status": proc.returncode, **counts, "seconds": time.perf_counter() - start}
+
+
+def run_tests() -> None:
+    import torch
+
+    summary = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU",
+        "kernel_tests": _pytest("kernel_tests", ["tests/kernels"]),
+        "hf_parity_tests": _pytest("hf_parity_tests", ["tests/engine/test_hf_parity.py"]),
+    }
+    (RESULTS / "gpu_tests.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _module(name: str, *args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", name, *args], cwd=ROOT)
+    if proc.returncode:
+        print(f"{name} exited with status {proc.returncode}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", metavar="PART", help=f"any of {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--copy-to", type=pathlib.Path, help="also copy the results and test logs here")
+    args = parser.parse_args()
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}; choose from {PARTS}")
+    RESULTS.mkdir(exist_ok=True)
+    actions = {
+        "tests": run_tests,
+        "decode_attention": lambda: _module("bench.gpu_decode_attention", "--sweep"),
+        "decode_step": lambda: _module("bench.gpu_decode_step"),
+        "throughput": lambda: _module("bench.gpu_throughput"),
+    }
+    for part in args.parts or PARTS:
+        start = time.perf_counter()
+        print(f"=== {part}", flush=True)
+        actions[part]()
+        print(f"=== {part} done in {time.perf_counter() - start:.0f}s", flush=True)
+    if args.copy_to:
+        args.copy_to.mkdir(parents=True, exist_ok=True)
+        for path in [*sorted(RESULTS.glob("gpu_*.json")), *sorted(LOGS.glob("*.log"))]:
+            shutil.copy(path, args.copy_to / path.name)
+
+
+if __name__ == "__main__":
+    main()

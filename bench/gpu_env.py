@@ -1,0 +1,78 @@
+"""What every GPU benchmark shares: importing pagoda from a bare checkout, the copy-bandwidth ceiling, results.
+
+The device machine has PyTorch, Triton and transformers but no pagoda
+install; the repository maps its folders (engine/, kernels/) under the
+import root `pagoda` through pyproject's package-dir, which is replayed here
+when pagoda is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+import tomllib
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _ensure_pagoda_importable() -> None:
+    try:
+        import pagoda.engine  # noqa: F401
+        return
+    except ImportError:
+        pass
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for name in sorted(package_dirs):  # parents sort before their children
+        init = ROOT / package_dirs[name] / "__init__.py"
+        if not init.exists():  # namespace portions (operator/) are not needed here
+            continue
+        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+
+
+_ensure_pagoda_importable()
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from bench.common import environment, write_result  # noqa: E402
+
+
+def versions() -> dict[str, str]:
+    return {**environment()["versions"], "triton": triton.__version__, "cuda": str(torch.version.cuda)}
+
+
+def device_facts() -> dict[str, Any]:
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "sms": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1)}
+
+
+def bench_ms(fn: Any) -> float:
+    """Median milliseconds of fn, timed with CUDA events; do_bench clears L2 before every run."""
+    return float(triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median"))
+
+
+def copy_bandwidth(gib: float = 2.0) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written.
+
+    The practical HBM ceiling every memory-bound figure here is a fraction of.
+    """
+    n = int(gib * 2**30) // 2
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def record(name: str, result: dict[str, Any]) -> pathlib.Path:
+    """bench/results/<name>.json with device, versions (triton included) and command."""
+    path = write_result(name, {"versions": versions(), **result})
+    print(f"recorded in {path}")
+    return path

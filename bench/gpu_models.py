@@ -1,0 +1,43 @@
+"""Random-weight bf16 checkpoints shaped like the models the GPU benchmarks are compared on.
+
+No hub is reachable from the device machine, so the shapes are written out
+here (from the public config.json of each model) and the checkpoints are
+built by the engine's own fixture writer: real transformers checkpoints that
+pagoda and Hugging Face load identically.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from pagoda.engine.fixtures import make_tiny_model
+
+# name -> (fixture arch, config overrides)
+MODEL_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "qwen3-0.6b": ("qwen3", dict(
+        hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6,
+    )),
+    "llama-3.2-1b": ("llama3", dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        rms_norm_eps=1e-5,
+    )),
+}
+# Both checkpoints tie the LM head to the embeddings.
+TIED = True
+
+
+def build_model_dir(name: str, out_dir: pathlib.Path) -> pathlib.Path:
+    arch, overrides = MODEL_SHAPES[name]
+    return make_tiny_model(out_dir, arch, dtype="bfloat16", tie_word_embeddings=TIED, **overrides)
+
+
+def describe(name: str) -> dict[str, Any]:
+    arch, overrides = MODEL_SHAPES[name]
+    return {"name": f"{name} shaped, random weights", "arch": arch, "dtype": "bfloat16",
+            "tie_word_embeddings": TIED, **overrides}

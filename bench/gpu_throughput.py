@@ -1,0 +1,198 @@
+"""Throughput on the nano-vllm workload: pagoda against Hugging Face transformers on the same GPU.
+
+Workload (nano-vllm's bench.py): 256 sequences, random-token prompts of
+uniform length in 100..1024, output lengths uniform in 100..1024, EOS
+ignored, temperature 0.6. Models: Qwen3-0.6B- and Llama-3.2-1B-shaped,
+random bf16 weights. Systems, each in its own process (pagoda takes most of
+the GPU memory for its KV cache):
+
+- pagoda: the offline LLM (Triton kernels, CUDA graphs, continuous batching);
+- hf_generate: `generate` on static, left-padded batches, each running to
+  its longest request (the classic serving loop of the PagedAttention paper);
+- hf_generate_batch: transformers' continuous batching (paged cache), each
+  request with its own max_new_tokens.
+
+Only requested tokens count as output, so all systems do the same useful
+work. Hugging Face runs the first --hf-num-seqs requests of the same
+workload (its full run would not fit a lease); rates are per second either
+way. Targets: >= 24x hf_generate and >= 3x hf_generate_batch.
+
+    python -m bench.gpu_throughput [--models qwen3-0.6b llama-3.2-1b] [--hf-num-seqs 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from bench.gpu_env import device_facts, record
+from bench.gpu_models import MODEL_SHAPES, build_model_dir, describe
+from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE
+
+SYSTEMS = ("pagoda", "hf_generate", "hf_generate_batch")
+TEMPERATURE = 0.6
+MAX_MODEL_LEN = 4096
+
+
+def workload(num_seqs: int, seed: int = 0) -> tuple[list[list[int]], list[int]]:
+    """Prompts and output lengths; token ids stay inside the fixture tokenizer so detokenizing is real work."""
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(5, TOKENIZER_VOCAB_SIZE) for _ in range(rng.randint(100, 1024))] for _ in range(num_seqs)]
+    outputs = [rng.randint(100, 1024) for _ in range(num_seqs)]
+    return prompts, outputs
+
+
+def _result(useful: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    return {"num_seqs": extra.pop("num_seqs"), "output_tokens": useful, "seconds": seconds,
+            "output_tokens_per_s": useful / seconds, **extra}
+
+
+def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int]) -> dict[str, Any]:
+    from pagoda.engine.llm import LLM
+    from pagoda.engine.sampling_params import SamplingParams
+
+    llm = LLM(path, dtype="bfloat16", max_model_len=MAX_MODEL_LEN, max_num_seqs=256, max_num_batched_tokens=16384)
+    llm.generate([{"prompt_token_ids": p} for p in prompts[:2]], SamplingParams(max_tokens=16, ignore_eos=True))
+    llm.engine.block_manager.reset_prefix_cache()
+    params = [SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True) for n in outputs]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    results = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    seconds = time.perf_counter() - start
+    generated = sum(len(r.outputs[0].token_ids) for r in results)
+    return _result(generated, seconds, num_seqs=len(prompts), requested_tokens=sum(outputs),
+                   engine={"max_num_seqs": 256, "max_num_batched_tokens": 16384, "num_kv_blocks": llm.engine.runner.num_blocks,
+                           "cuda_graphs": not llm.engine.config.enforce_eager})
+
+
+def _hf_config(max_new_tokens: int, min_new_tokens: int = 0) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                            min_new_tokens=min_new_tokens, eos_token_id=None, pad_token_id=0)
+
+
+@torch.inference_mode()
+def run_hf_generate(path: str, prompts: list[list[int]], outputs: list[int], batch_size: int) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
+    model.generate(torch.tensor([prompts[0][:16]], device="cuda"), generation_config=_hf_config(4, 4))
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    generated = 0
+    for i in range(0, len(prompts), batch_size):
+        batch, lens = prompts[i : i + batch_size], outputs[i : i + batch_size]
+        width = max(map(len, batch))
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in batch], device="cuda")
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device="cuda")
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=_hf_config(max(lens), max(lens)))
+        generated += (out.shape[1] - width) * len(batch)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return _result(sum(outputs), seconds, num_seqs=len(prompts), batch_size=batch_size, generated_tokens=generated)
+
+
+def run_hf_generate_batch(path: str, prompts: list[list[int]], outputs: list[int]) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="paged|sdpa").cuda().eval()
+    manager = model.init_continuous_batching(generation_config=_hf_config(max(outputs)))
+    manager.start()
+    try:
+        def run(batch: list[list[int]], lens: list[int]) -> int:
+            ids = {manager.add_request(p, request_id=f"r{i}-{time.monotonic_ns()}", max_new_tokens=n): n
+                   for i, (p, n) in enumerate(zip(batch, lens))}
+            generated = 0
+            while ids:
+                result = manager.get_result(timeout=1)
+                if result is None:
+                    if not manager.is_running():
+                        raise RuntimeError("transformers' continuous batching thread died")
+                    continue
+                if result.is_finished() and result.request_id in ids:
+                    ids.pop(result.request_id)
+                    generated += len(result.generated_tokens)
+            return generated
+
+        run([p[:32] for p in prompts[:4]], [8] * 4)  # warm-up
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        generated = run(prompts, outputs)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    finally:
+        manager.stop(block=True)
+    return _result(sum(outputs), seconds, num_seqs=len(prompts), generated_tokens=generated)
+
+
+def _run_one(args: argparse.Namespace) -> None:
+    prompts, outputs = workload(args.num_seqs)
+    if args.system != "pagoda":
+        prompts, outputs = prompts[: args.hf_num_seqs], outputs[: args.hf_num_seqs]
+    runners = {
+        "pagoda": lambda: run_pagoda(args.model_dir, prompts, outputs),
+        "hf_generate": lambda: run_hf_generate(args.model_dir, prompts, outputs, args.hf_batch_size),
+        "hf_generate_batch": lambda: run_hf_generate_batch(args.model_dir, prompts, outputs),
+    }
+    pathlib.Path(args.out).write_text(json.dumps(runners[args.system]()))
+
+
+def _spawn(system: str, model_dir: pathlib.Path, out: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.gpu_throughput", "--system", system, "--model-dir", str(model_dir),
+           "--out", str(out), "--num-seqs", str(args.num_seqs), "--hf-num-seqs", str(args.hf_num_seqs),
+           "--hf-batch-size", str(args.hf_batch_size)]
+    proc = subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1])
+    if proc.returncode != 0 or not out.exists():
+        return {"error": f"exit status {proc.returncode}"}
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODEL_SHAPES), choices=list(MODEL_SHAPES))
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--num-seqs", type=int, default=256)
+    parser.add_argument("--hf-num-seqs", type=int, default=64)
+    parser.add_argument("--hf-batch-size", type=int, default=64)
+    # Internal: run one system in this process and write its result to --out.
+    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.system:
+        _run_one(args)
+        return
+    for name in args.models:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = build_model_dir(name, pathlib.Path(tmp) / "model")
+            systems = {s: _spawn(s, model_dir, pathlib.Path(tmp) / f"{s}.json", args) for s in args.systems}
+        pagoda = systems.get("pagoda", {}).get("output_tokens_per_s")
+        print(f"== {name}")
+        for system, result in systems.items():
+            rate = result.get("output_tokens_per_s")
+            if pagoda and rate:
+                result["pagoda_speedup"] = pagoda / rate
+            print(f"{system:18s} " + (f"{rate:9.0f} tok/s  pagoda is {pagoda / rate:.2f}x" if rate and pagoda else str(result)))
+        record(f"gpu_throughput_{name}", {
+            "device_facts": device_facts(),
+            "workload": {"name": "nano-vllm", "num_seqs": args.num_seqs, "hf_num_seqs": args.hf_num_seqs,
+                         "prompt_len": [100, 1024], "output_len": [100, 1024], "ignore_eos": True,
+                         "temperature": TEMPERATURE, "prompts": "random tokens"},
+            "model": describe(name),
+            "systems": systems,
+            "targets": {"hf_generate": ">= 24x", "hf_generate_batch": ">= 3x"},
+        })
+
+
+if __name__ == "__main__":
+    main()
