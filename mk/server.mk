@@ -10,4 +10,4 @@ serve: venv
 
 bench-serving: venv
 	@test -f $(MODEL)/config.json || $(VENV)/bin/pagoda make-tiny-model $(MODEL) --arch $(ARCH)
-	$(PY) bench/serving.py --model $(MODEL)
+	$(PY) -m bench.serving --model $(MODEL)
