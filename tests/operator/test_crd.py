@@ -100,3 +100,10 @@ def test_every_rule_has_a_case() -> None:
     expected = [re.sub(r" \(\d+\)", "", message) for _, _, message in CASES]
     for rule_message in (r["message"] for _, node in _walk(_root()) for r in node.get("x-kubernetes-validations", [])):
         assert any(rule_message in text for text in expected), rule_message
+
+
+def test_peering_crds_are_valid() -> None:
+    documents = list(yaml.safe_load_all((crd.CRD_PATH.parent / "kopf-peering.yaml").read_text()))
+    assert [d["spec"]["names"]["kind"] for d in documents] == ["ClusterKopfPeering", "KopfPeering"]
+    for document in documents:
+        validate(document)
