@@ -244,9 +244,10 @@ class LLMEngine:
                 CompletionOutput(
                     index=seq.index,
                     text=seq.detokenizer.output_text,
-                    token_ids=seq.output_token_ids,
+                    # Snapshots: a consumer on another thread (the server) must not see later tokens.
+                    token_ids=list(seq.output_token_ids),
                     cumulative_logprob=cumulative,
-                    logprobs=seq.output_logprobs if seq.params.logprobs is not None else None,
+                    logprobs=list(seq.output_logprobs) if seq.params.logprobs is not None else None,
                     finish_reason=seq.finish_reason.value if done else None,
                     stop_reason=seq.stop_reason,
                     delta_text=seq.detokenizer.get_delta(done),
