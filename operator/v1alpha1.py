@@ -38,12 +38,13 @@ TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 16, 32, 64)
 MAX_NAME_LENGTH = 50
 
 
-def rule(expression: str, message: str, message_expression: str | None = None) -> dict[str, str]:
-    """One CEL validation rule as the CRD schema spells it."""
-    entry = {"rule": expression, "message": message}
-    if message_expression:
-        entry["messageExpression"] = message_expression
-    return entry
+def rule(expression: str, message: str) -> dict[str, str]:
+    """One CEL validation rule as the CRD schema spells it.
+
+    Messages are static: the API server prefixes them with the field path and
+    value, and a messageExpression quoting values exceeds the CEL cost budget.
+    """
+    return {"rule": expression, "message": message}
 
 
 def _rules(*rules: dict[str, str]) -> dict[str, Any]:
@@ -56,8 +57,9 @@ Quantity = Annotated[
     WithJsonSchema({
         "x-kubernetes-int-or-string": True,
         "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "maxLength": 64,
         "x-kubernetes-validations": [rule(
-            "type(self) == int ? self > 0 : (isQuantity(self) && quantity(self).sign() == 1)",
+            "type(self) == int ? self > 0 : (isQuantity(self) && quantity(self).isGreaterThan(quantity('0')))",
             "must be a positive quantity, such as 4, 500m or 50Gi",
         )],
     }),
@@ -164,12 +166,10 @@ class AutoscalingSpec(_Model):
     """Queue-depth autoscaling: an HPA on the per-pod `pagoda_requests_waiting`."""
 
     model_config = ConfigDict(json_schema_extra=_rules(
-        rule("!self.enabled || (has(self.minReplicas) && has(self.maxReplicas))",
+        rule("!has(self.enabled) || !self.enabled || (has(self.minReplicas) && has(self.maxReplicas))",
              "autoscaling.enabled requires both autoscaling.minReplicas and autoscaling.maxReplicas"),
         rule("!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
-             "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
-             "'autoscaling.minReplicas (' + string(self.minReplicas) + ') must not exceed "
-             "autoscaling.maxReplicas (' + string(self.maxReplicas) + ')'"),
+             "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
     ))
 
     enabled: bool = False
@@ -189,8 +189,8 @@ class ResourcesSpec(_Model):
         None, ge=0, description="GPUs per replica: 0 for CPU only; default engine.tensorParallelSize.")
     gpu_resource_name: str | None = Field(
         None, max_length=253, description="Extended resource counting GPUs; default from the operator.")
-    requests: dict[str, Quantity] = Field(default_factory=dict, description="cpu and memory requests.")
-    limits: dict[str, Quantity] = Field(default_factory=dict, description="cpu and memory limits.")
+    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=8, description="cpu and memory requests.")
+    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=8, description="cpu and memory limits.")
 
 
 class ModelCacheSpec(_Model):

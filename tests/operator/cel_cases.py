@@ -36,7 +36,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("autoscaling-without-bounds", manifest(autoscaling={"enabled": True}),
      "autoscaling.enabled requires both autoscaling.minReplicas and autoscaling.maxReplicas"),
     ("min-above-max", manifest(autoscaling={"enabled": True, "minReplicas": 4, "maxReplicas": 2}),
-     "autoscaling.minReplicas (4) must not exceed autoscaling.maxReplicas (2)"),
+     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
     ("zero-queue-target", manifest(autoscaling=AUTO | {"targetQueueDepth": 0}),
      "autoscaling.targetQueueDepth must be greater than 0"),
     ("negative-cache-size", manifest(modelCache={"size": "-10Gi"}),
