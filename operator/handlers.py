@@ -107,6 +107,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Registers the operator's handlers into `registry`."""
     resource = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """kopf's own watches use the same credentials as `Kube.connect`."""
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
         # kopf's bookkeeping lives in annotations of our own prefix, so

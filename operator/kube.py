@@ -79,10 +79,13 @@ class Kube:
             body=body, auth_settings=["BearerToken"])
         response = self.api.call_api(method, full_url, headers, body, _request_timeout=30)
         data = response.read()
-        payload = json.loads(data) if data else {}
         if response.status >= 400:
-            raise ApiError(response.status, payload.get("reason", ""), payload.get("message", data.decode()))
-        return payload
+            try:  # a Status object, or plain text for paths the server does not serve
+                status = json.loads(data)
+            except ValueError:
+                status = {"message": data.decode(errors="replace").strip()}
+            raise ApiError(response.status, status.get("reason", ""), status.get("message", ""))
+        return json.loads(data) if data else {}
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""

@@ -20,6 +20,9 @@ from .v1alpha1 import LLMDeployment
 #: Container waiting reasons that will not resolve by waiting.
 STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
                  "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+#: The scheduler's words while the model cache claim is still being bound:
+#: progress, not a fault (a claim that never binds shows in its events).
+UNBOUND_CLAIM = "unbound immediate PersistentVolumeClaims"
 #: Pod events that explain a pod stuck in Pending.
 STUCK_EVENTS = ("FailedScheduling", "FailedMount", "FailedAttachVolume", "FailedCreatePodSandBox")
 
@@ -68,7 +71,8 @@ def pod_problem(pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> Pro
     for pod in pods:
         name = pod["metadata"]["name"]
         for cond in pod.get("status", {}).get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable" \
+                    and UNBOUND_CLAIM not in cond.get("message", ""):
                 return Problem("Unschedulable", f"pod {name}: {cond.get('message', 'unschedulable')}")
         for key in ("initContainerStatuses", "containerStatuses"):
             for cs in _statuses(pod, key):
@@ -137,6 +141,9 @@ def compute(resource: LLMDeployment, observed: Observed, previous: dict[str, Any
     updated = dep_status.get("updatedReplicas", 0)
     if dep is None:
         progressing = _condition("Progressing", True, "Creating", "creating the engine Deployment")
+    elif observed.claim is not None and observed.claim.get("status", {}).get("phase") == "Pending":
+        progressing = _condition("Progressing", True, "WaitingForClaim",
+                                 f"PersistentVolumeClaim {volume.claim} is not bound yet")
     elif cached["reason"] == "Downloading":
         progressing = _condition("Progressing", True, "DownloadingModel", cached["message"])
     elif not generation_seen or updated < desired or ready < desired or dep_status.get("replicas", 0) > desired:

@@ -144,3 +144,12 @@ def test_transition_times_change_only_with_the_status() -> None:
     assert set(times.values()) == {NOW}
     ready = next(c for c in changed["conditions"] if c["type"] == "Ready")
     assert ready["lastTransitionTime"] == LATER
+
+
+def test_a_claim_being_bound_is_progress_not_a_fault() -> None:
+    message = "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. not found"
+    pending = pod(phase="Pending", conditions=[{"type": "PodScheduled", "status": "False",
+                                                "reason": "Unschedulable", "message": message}])
+    result = compute(Observed(deployment=deployment(ready=0), pods=[pending], claim={"status": {"phase": "Pending"}}))
+    assert conditions(result)["Degraded"] == ("False", "AsExpected")
+    assert conditions(result)["Progressing"] == ("True", "WaitingForClaim")
