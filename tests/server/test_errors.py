@@ -210,3 +210,26 @@ def test_full_queue_is_503_with_retry_after(one_seat_server: RunningServer) -> N
     server.wait_idle()
     assert server.request("GET", "/ready").status == 200
     assert_still_serving(server)
+
+
+def test_null_fields_mean_unset(idle_server: RunningServer) -> None:
+    body = {**GOOD, "n": None, "stream": None, "temperature": None, "stop": None, "logit_bias": None, "user": None}
+    assert idle_server.request("POST", "/v1/completions", body).json()["usage"]["completion_tokens"] >= 1
+    chat = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi", "name": None}], "logprobs": None,
+            "max_tokens": 2, "stream_options": None}
+    assert idle_server.request("POST", "/v1/chat/completions", chat).status == 200
+
+
+def test_a_dead_engine_fails_requests_and_liveness(model_dir: pathlib.Path) -> None:
+    with serve_in_thread([str(model_dir), "--served-model-name", MODEL_NAME]) as server:
+        engine = server.state.engine.engine
+
+        def broken_step() -> list:
+            raise RuntimeError("simulated device failure")
+
+        engine.step = broken_step
+        error = assert_error(server.request("POST", "/v1/completions", GOOD), 503, None, "engine_unavailable")
+        assert "simulated device failure" in error["message"]
+        assert server.request("GET", "/health").status == 503
+        assert server.request("GET", "/ready").status == 503
+        assert_error(server.request("POST", "/v1/completions", GOOD), 503, None, "engine_unavailable")
