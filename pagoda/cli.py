@@ -21,12 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in _COMMAND_MODULES:
         try:
-            module = importlib.import_module(name)
+            # add_cli may import its extra's dependencies itself, so it is guarded too.
+            importlib.import_module(name).add_cli(subparsers)
         except ModuleNotFoundError as exc:
             if exc.name and (name.startswith(exc.name) or not exc.name.startswith("pagoda")):
                 continue  # that part, or a dependency of its extra, is not installed
             raise
-        module.add_cli(subparsers)
     return parser
 
 
