@@ -92,8 +92,10 @@ class EngineMetrics:
             "pagoda_requests_waiting", "Requests queued for admission to the batch (the autoscaling target)."
         )
         self.kv_cache_usage = gauge("pagoda_kv_cache_usage_ratio", "Fraction of KV-cache blocks held by live sequences.")
-        self.prefix_queries = counter("pagoda_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.")
-        self.prefix_hits = counter("pagoda_prefix_cache_hits_total", "Prompt tokens served from the prefix cache.")
+        self.prefix_queries = counter("pagoda_prefix_cache_queries_total",
+                                      "Prompt tokens looked up in the prefix cache.")
+        self.prefix_hits = counter("pagoda_prefix_cache_hits_total",
+                                   "Prompt tokens served from the prefix cache.")
         self.preemptions = counter("pagoda_preemptions_total", "Sequences preempted for lack of KV-cache blocks.")
         self.prompt_tokens = counter("pagoda_prompt_tokens_total", "Prompt tokens of requests that started generating.")
         self.generation_tokens = counter("pagoda_generation_tokens_total", "Tokens generated.")

@@ -55,8 +55,11 @@ class OpenAIServingCompletion(OpenAIServing):
             items = [prompt]
         else:
             items = list(prompt)
-        return [Prompt(await self.encode(item), item) if isinstance(item, str) else Prompt(list(item))
-                for item in items]
+        try:
+            return [Prompt(await self.encode(item), item) if isinstance(item, str) else Prompt(list(item))
+                    for item in items]
+        except ValueError as exc:
+            raise APIError(400, f"prompt is not valid text: {exc}", param="prompt") from None
 
     def _choice(self, ctx: RequestContext, prompt_index: int, c: CompletionOutput, text: str,
                 logprobs: CompletionLogprobs | None) -> CompletionChoice:

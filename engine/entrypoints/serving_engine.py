@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from pagoda.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineRequest, OutputStream, QueueFullError
@@ -51,8 +51,10 @@ class APIError(Exception):
         self.body = ErrorResponse(error=ErrorInfo(message=message, type=type, param=param, code=code))
         self.headers = headers
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body.model_dump(), status_code=self.status, headers=self.headers)
+    def response(self) -> Response:
+        # ASCII-escaped: a message may quote client input, lone surrogates included.
+        return Response(json.dumps(self.body.model_dump()), status_code=self.status, headers=self.headers,
+                        media_type="application/json")
 
 
 def bad_request(exc: ValueError, request: BaseModel | None = None, default_param: str | None = None) -> APIError:
@@ -172,6 +174,8 @@ class OpenAIServing:
         return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, fn, *args)
 
     async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        # JSON can carry lone surrogates, which the tokenizer refuses with a TypeError.
+        text.encode("utf-8")  # UnicodeEncodeError, a ValueError: a 400
         return await self.run_tokenizer(lambda: self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     async def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> list[int]:

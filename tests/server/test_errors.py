@@ -190,8 +190,8 @@ def test_full_queue_is_503_with_retry_after(one_seat_server: RunningServer) -> N
     streams = []
     for expected_waiting in (0, 1, 2):  # one running, then two waiting
         streams.append(_open_stream(server))
-        wait_for(lambda: server.state.engine.stats.num_running == 1
-                 and server.state.engine.stats.num_waiting == expected_waiting)
+        wait_for(lambda waiting=expected_waiting: server.state.engine.stats.num_running == 1
+                 and server.state.engine.stats.num_waiting == waiting)
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda _: server.request("POST", "/v1/completions", GOOD), range(4)))
@@ -233,3 +233,24 @@ def test_a_dead_engine_fails_requests_and_liveness(model_dir: pathlib.Path) -> N
         assert server.request("GET", "/health").status == 503
         assert server.request("GET", "/ready").status == 503
         assert_error(server.request("POST", "/v1/completions", GOOD), 503, None, "engine_unavailable")
+
+
+# Valid JSON that Python parses into values no tokenizer or JSON encoder takes as they are.
+HOSTILE = [
+    ("/v1/completions", rb'{"prompt": "\ud800 hi", "max_tokens": 2}', "prompt"),
+    ("/v1/chat/completions", rb'{"messages": [{"role": "user", "content": "\udfff"}], "max_tokens": 2}', "messages"),
+    ("/tokenize", rb'{"prompt": "\ud800"}', "prompt"),
+    ("/v1/completions", rb'{"prompt": "hi", "model": "\ud800"}', "model"),
+    ("/v1/completions", rb'{"prompt": "hi", "logit_bias": {"\ud800": 1}}', "logit_bias"),
+    ("/v1/completions", rb'{"prompt": "hi", "temperature": NaN}', "temperature"),
+    ("/v1/completions", rb'{"prompt": "hi", "top_p": Infinity}', "top_p"),
+    ("/v1/completions", rb'{"prompt": "hi", "max_tokens": 1e400}', "max_tokens"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), HOSTILE, ids=[b.decode() for _, b, _ in HOSTILE])
+def test_hostile_values_are_4xx(idle_server: RunningServer, path: str, body: bytes, param: str) -> None:
+    result = idle_server.request("POST", path, body)
+    assert result.status in (400, 404), result.body
+    assert result.json()["error"]["param"] == param
+    assert_still_serving(idle_server)
