@@ -53,6 +53,7 @@ class _Flag:
     choices: tuple[str, ...] | None = None
     # Where the value goes: a ServeSettings field, or "engine.<EngineConfig field>".
     dest: str = ""
+    secret: bool = False
 
     @property
     def target(self) -> str:
@@ -71,7 +72,7 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("host", str, "address to listen on"),
     _Flag("port", int, "port to listen on"),
     _Flag("served-model-name", str, "the model name clients send (default: the model directory)"),
-    _Flag("api-key", str, "require this key as 'Authorization: Bearer <key>' on the API"),
+    _Flag("api-key", str, "require this key as 'Authorization: Bearer <key>' on the API", secret=True),
     _Flag("dtype", str, "weights and activations dtype", DTYPES, _ENGINE + "dtype"),
     _Flag("max-model-len", int, "context length (default: the model's)", dest=_ENGINE + "max_model_len"),
     _Flag("max-num-seqs", int, "most sequences in a batch", dest=_ENGINE + "max_num_seqs"),
@@ -109,12 +110,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
                 parser.error(f"{flag.env}: {exc}")
             if flag.choices and default not in flag.choices:
                 parser.error(f"{flag.env} must be one of {', '.join(flag.choices)}, got {default!r}")
+        shown = "set" if flag.secret and default else default  # --help must not print a key from the env
         kwargs: dict[str, Any] = {"default": default, "dest": flag.target.replace(".", "__"),
-                                  "help": f"{flag.help} (env {flag.env}; default: {default})"}
+                                  "help": f"{flag.help} (env {flag.env}; default: {shown})"}
         if flag.type is _parse_bool:
             parser.add_argument(f"--{flag.name}", action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            parser.add_argument(f"--{flag.name}", type=flag.type, choices=flag.choices, **kwargs)
+            parser.add_argument(f"--{flag.name}", type=flag.type, choices=flag.choices,
+                                metavar=None if flag.choices else flag.name.upper().replace("-", "_"), **kwargs)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
