@@ -117,8 +117,9 @@ class AsyncLLMEngine:
         """Queues requests (an HTTP request's prompts) at once; their outputs come on one stream.
 
         All or none are accepted: QueueFullError if they would not all fit in
-        the waiting queue (checked and registered without yielding to the
-        loop, so the limit is exact).
+        the waiting queue. The check and the registration happen without
+        yielding to the loop, so concurrent requests cannot slip past the
+        limit together (the running count it uses is at most one step old).
         """
         if self._error is not None:
             raise EngineDeadError("the engine has stopped") from self._error
