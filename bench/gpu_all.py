@@ -31,7 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 PARTS = ("tests", "decode_attention", "decode_step", "throughput")
 LOGS = pathlib.Path(tempfile.mkdtemp(prefix="pagoda-gpu-"))
-_PYTEST = "import sys, bench.gpu_env, pytest; sys.exit(pytest.main(sys.argv[1:]))"
+_PYTEST = "import sys, bench.gpu_import, pytest; sys.exit(pytest.main(sys.argv[1:]))"
 
 
 def _pytest(name: str, paths: list[str]) -> dict:

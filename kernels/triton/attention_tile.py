@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-NEG_LARGE = -1.0e30
+NEG_LARGE = tl.constexpr(-1.0e30)
 
 
 @triton.jit

@@ -86,8 +86,8 @@ def paged_attention_prefill_varlen(
     first_seq: int = 0,
     num_seqs: int | None = None,
     out: torch.Tensor | None = None,
-    block_m: int = 64,
-    block_n: int = 64,
+    block_m: int | None = None,
+    block_n: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
 ) -> torch.Tensor:
@@ -96,6 +96,9 @@ def paged_attention_prefill_varlen(
     q: [T, Hq, D] holds the whole batch's new tokens, sequence i's at rows
     query_start_loc[i] .. query_start_loc[i + 1]; seq_lens [S] are context
     lengths including the new tokens; block_tables [S, max_blocks].
+    Tiles default to 64 x 64 for 16-bit caches; fp32 runs its dots on FMA
+    units (see launch.exact_dot), whose operands live in registers, so it gets
+    32 x 32 to stay clear of register spills.
     """
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -106,7 +109,10 @@ def paged_attention_prefill_varlen(
         num_seqs = seq_lens.shape[0] - first_seq
     if out is None:
         out = torch.empty_like(q)
-    block_m = max(block_m, block_for(group, 16))
+    exact = exact_dot(k_cache.dtype)
+    default_tile = 32 if k_cache.dtype == torch.float32 else 64
+    block_m = max(block_m or default_tile, block_for(group, 16))
+    block_n = block_n or default_tile
     tokens = block_m // group
     if num_seqs == 0 or max_query_len == 0:
         return out
@@ -116,7 +122,7 @@ def paged_attention_prefill_varlen(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         first_seq, block_size, head_dim, scale * _LOG2E, sliding_window or 0,
         GROUP=group, TOKENS=tokens, HAS_WINDOW=sliding_window is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_for(head_dim), EXACT=exact_dot(k_cache.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_for(head_dim), EXACT=exact,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -1,11 +1,12 @@
 """Runs the Triton kernels natively on a GPU, or interpreted on the CPU (TRITON_INTERPRET=1).
 
-Triton fixes a kernel's mode when the kernel is decorated, so the variable is
-set while `pagoda.kernels.triton` is first imported, here, and then put back:
-other test modules never see it. During these tests it is set again (some
-interpreter paths read it at run time). Nothing else imports the Triton
-kernels on a CPU machine (`pagoda.kernels.ops` imports them on the first
-CUDA call only), which the check below makes sure of.
+Triton fixes a function's mode when it is decorated, its own library's
+included, so the variable is set while Triton and `pagoda.kernels.triton`
+are first imported, here, and then put back: other test modules never see
+it. During these tests it is set again (some interpreter paths read it at
+run time). Nothing else imports Triton on a CPU machine (`pagoda.kernels.ops`
+imports the kernels on the first CUDA call only), which the check below
+makes sure of.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
 if not ON_GPU:
-    if "pagoda.kernels.triton" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
-        raise RuntimeError("pagoda.kernels.triton was imported compiled before the interpreter could be set up")
+    if "triton" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
+        # Triton's own library functions (tl.cdiv, tl.sum, ...) were then decorated for
+        # compilation, and interpreted kernels cannot call them.
+        raise RuntimeError("triton was imported before tests/kernels could select its interpreter; import it later")
     _saved = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:

@@ -1,0 +1,146 @@
+"""Compiles every Triton kernel for Hopper (sm_90) on a machine without a GPU, and reads ptxas' resource report.
+
+The interpreter proves what the kernels compute, not that they compile:
+typing of control flow, constexpr rules and shape constraints are only
+checked by the compiler. Triton ships ptxas, so the full pipeline down to a
+cubin runs on the CPU. Launches are recorded from the real host wrappers
+(called on CPU tensors, with each kernel swapped for a recorder), so the
+argument lists compiled are exactly those the wrappers pass.
+
+Run as `python -m tests.kernels.sm90`: it must import the kernels in compiled
+mode, hence outside the interpreted test process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia import compiler as nvidia_compiler
+from triton.compiler import ASTSource
+
+import pagoda.kernels.triton as kernels
+from pagoda.kernels.triton import activation, kv_cache, norm, paged_decode, paged_prefill, rotary
+
+TARGET = GPUTarget("cuda", 90, 32)
+_POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}
+
+
+class _Recorder:
+    """Stands in for a @triton.jit kernel: `kernel[grid](*args, **kwargs)` is recorded, not launched."""
+
+    def __init__(self, fn: triton.JITFunction, sink: list) -> None:
+        self.fn, self.sink = fn, sink
+
+    def __getitem__(self, grid: Any) -> Callable[..., None]:
+        return lambda *args, **kwargs: self.sink.append((self.fn, args, kwargs))
+
+
+def _signature(fn: triton.JITFunction, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:
+    """Types, constexprs and the 16-divisibility hints Triton's JIT derives from a launch's arguments.
+
+    The hints matter: they are what lets the compiler prove 16-byte
+    alignment and issue vector loads, so leaving them out would report the
+    register pressure of scalar code the real launches never run.
+    """
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    values = {**dict(zip(fn.arg_names, args)), **kwargs}
+    signature, constexprs, attrs = {}, {}, {}
+    for i, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
+        value = values[name]
+        if param.is_constexpr:
+            signature[name], constexprs[(i,)] = "constexpr", value
+            continue
+        if isinstance(value, torch.Tensor):
+            signature[name] = _POINTER[value.dtype]
+            aligned = True  # PyTorch allocations are at least 16-byte aligned
+        elif isinstance(value, float):
+            signature[name], aligned = "fp32", False
+        else:
+            signature[name] = "i32" if -(2**31) <= int(value) < 2**31 else "i64"
+            aligned = int(value) % 16 == 0
+        if aligned:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs, options
+
+
+def _ptxas_report(ptx: str) -> dict[str, int]:
+    """Registers and spill bytes per thread, from ptxas -v (the compiler's own resource report)."""
+    ptxas = nvidia_compiler.get_ptxas(TARGET.arch).path  # the one Triton itself assembles with
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        out = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.o")],
+                             capture_output=True, text=True, check=True).stderr
+    numbers = lambda pattern: sum(int(x) for x in re.findall(pattern, out))  # noqa: E731
+    return {"registers": numbers(r"Used (\d+) registers"),
+            "spill_bytes": numbers(r"(\d+) bytes spill stores") + numbers(r"(\d+) bytes spill loads")}
+
+
+def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict]]:
+    """The wrappers called on the shapes the served models use; one record per kernel launch."""
+    records: list = []
+    modules = {activation: "_silu_and_mul_kernel", kv_cache: "_store_kv_kernel", norm: "_rms_norm_kernel",
+               paged_decode: "_decode_kernel", rotary: "_rotary_kernel", paged_prefill: "_prefill_kernel"}
+    originals = {m: getattr(m, n) for m, n in modules.items()}
+    originals[paged_decode, "merge"] = paged_decode._merge_kernel
+    for module, name in modules.items():
+        setattr(module, name, _Recorder(originals[module], records))
+    paged_decode._merge_kernel = _Recorder(originals[paged_decode, "merge"], records)
+    labels: list[str] = []
+
+    def call(label: str, f: Callable[[], Any]) -> None:
+        before = len(records)
+        f()
+        labels.extend(f"{label}/{i}" for i in range(len(records) - before))
+
+    try:
+        for dtype, heads, kv_heads, d, window in [(torch.bfloat16, 32, 8, 128, None), (torch.float16, 14, 2, 64, 4096),
+                                                  (torch.float32, 8, 8, 80, None)]:
+            tag = f"{str(dtype).removeprefix('torch.')}-d{d}-g{heads // kv_heads}"
+            cache = torch.empty(8, 16, kv_heads, d, dtype=dtype)
+            tables = torch.zeros(4, 2, dtype=torch.int32)
+            lens = torch.ones(4, dtype=torch.int32)
+            q = torch.empty(4, heads, d, dtype=dtype)
+            call(f"decode-split-{tag}", lambda: kernels.paged_attention_decode(
+                q, cache, cache, tables, lens, 32, 0.1, window, num_splits=4))
+            call(f"decode-{tag}", lambda: kernels.paged_attention_decode(q, cache, cache, tables, lens, 32, 0.1, num_splits=1))
+            starts = torch.arange(5, dtype=torch.int32)
+            call(f"prefill-{tag}", lambda: kernels.paged_attention_prefill_varlen(
+                q, cache, cache, tables, starts, lens, 1, 0.1, window))
+            call(f"store-{tag}", lambda: kernels.store_kv_cache(q[:, :kv_heads], q[:, :kv_heads], cache, cache, lens.long()))
+            call(f"rotary-{tag}", lambda: kernels.rotary_embedding(
+                lens.long(), q, q[:, :kv_heads], torch.empty(64, d), d // (2 if d == 80 else 1), d != 64))
+        x = torch.empty(4, 2048, dtype=torch.bfloat16)
+        w = torch.empty(2048, dtype=torch.bfloat16)
+        call("rms_norm", lambda: kernels.rms_norm(x, w, 1e-6))
+        call("fused_add_rms_norm", lambda: kernels.fused_add_rms_norm(x, x, w, 1e-6))
+        call("silu_and_mul", lambda: kernels.silu_and_mul(torch.empty(4, 2 * 8192, dtype=torch.bfloat16)))
+    finally:
+        for module, name in modules.items():
+            setattr(module, name, originals[module])
+        paged_decode._merge_kernel = originals[paged_decode, "merge"]
+    return [(label, fn, args, kwargs) for label, (fn, args, kwargs) in zip(labels, records)]
+
+
+def main() -> int:
+    report = {}
+    for label, fn, args, kwargs in representative_launches():
+        signature, constexprs, attrs, options = _signature(fn, args, dict(kwargs))
+        compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=options)
+        report[label] = {"kernel": fn.__name__, "shared_bytes": compiled.metadata.shared, **_ptxas_report(compiled.asm["ptx"])}
+    json.dump(report, sys.stdout, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
