@@ -85,7 +85,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 continue
             logprobs = None
             if c.logprobs is not None:
-                # The engine thread may have appended since: take what exists, once.
+                # Outputs carry every token so far: send only the ones this stream has not.
                 new = c.logprobs[st.logprobs_sent:]
                 logprobs, st.text_offset = completion_logprobs(new, c.token_ids[st.logprobs_sent:], st.text_offset)
                 st.logprobs_sent += len(new)
