@@ -23,8 +23,9 @@ STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashL
 #: The scheduler's words while the model cache claim is still being bound:
 #: progress, not a fault (a claim that never binds shows in its events).
 UNBOUND_CLAIM = "unbound immediate PersistentVolumeClaims"
-#: Pod events that explain a pod stuck in Pending.
-STUCK_EVENTS = ("FailedScheduling", "FailedMount", "FailedAttachVolume", "FailedCreatePodSandBox")
+#: Pod events that explain a pod stuck in Pending -> the Degraded reason.
+STUCK_EVENTS = {"FailedScheduling": "Unschedulable", "FailedMount": "FailedMount",
+                "FailedAttachVolume": "FailedAttachVolume", "FailedCreatePodSandBox": "FailedCreatePodSandBox"}
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,9 @@ def pod_problem(pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> Pro
     pending = {p["metadata"]["name"] for p in pods if p.get("status", {}).get("phase") == "Pending"}
     for event in reversed(events):
         involved = event.get("involvedObject", {}).get("name")
-        if involved in pending and event.get("reason") in STUCK_EVENTS:
-            return Problem(event["reason"], f"pod {involved}: {event.get('message', '')}")
+        message = event.get("message", "")
+        if involved in pending and event.get("reason") in STUCK_EVENTS and UNBOUND_CLAIM not in message:
+            return Problem(STUCK_EVENTS[event["reason"]], f"pod {involved}: {message}")
     return None
 
 

@@ -103,9 +103,18 @@ def test_image_pull_and_crash_loop_and_failed_fetch() -> None:
 
 
 def test_warning_event_explains_a_pending_pod() -> None:
-    event = {"involvedObject": {"name": "chat-1"}, "reason": "FailedMount", "message": "volume not found"}
-    result = compute(Observed(deployment=deployment(ready=0), pods=[pod(phase="Pending")], events=[event]))
-    assert conditions(result)["Degraded"] == ("True", "FailedMount")
+    def event(reason: str, message: str) -> dict[str, Any]:
+        return {"involvedObject": {"name": "chat-1"}, "reason": reason, "message": message}
+
+    def degraded(*events: dict[str, Any]) -> tuple[str, str]:
+        return conditions(compute(Observed(deployment=deployment(ready=0), pods=[pod(phase="Pending")],
+                                           events=list(events))))["Degraded"]
+
+    assert degraded(event("FailedMount", "volume not found")) == ("True", "FailedMount")
+    assert degraded(event("FailedScheduling", "3 Insufficient nvidia.com/gpu"),
+                    event("FailedScheduling", "pod has unbound immediate PersistentVolumeClaims")) == \
+        ("True", "Unschedulable")
+    assert degraded(event("FailedScheduling", "pod has unbound immediate PersistentVolumeClaims"))[0] == "False"
 
 
 def test_problems_found_by_the_operator_come_first() -> None:

@@ -89,13 +89,13 @@ def test_deleted_and_edited_children_are_restored(cluster: Cluster, namespace: s
     cluster.kubectl("delete", "service", "heal", "-n", namespace)
     cluster.wait_for("service restored", lambda: (cluster.get("service", "heal", namespace) or {})
                      .get("metadata", {}).get("uid") not in (None, service_uid), timeout=CONVERGE_S)
-    cluster.kubectl("patch", "service", "heal", "-n", namespace, "--type=json",
-                    "-p", json.dumps([{"op": "replace", "path": "/spec/ports/0/port", "value": 9999}]))
+    cluster.kubectl("patch", "service", "heal", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"selector": {"pagoda.dev/llmdeployment": "other"}}}))
     cluster.kubectl("patch", "deployment", "heal", "-n", namespace, "--type=json",
                     "-p", json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/image",
                                        "value": "evil:latest"}]))
-    cluster.wait_for("port repaired", lambda: cluster.get("service", "heal", namespace)["spec"]["ports"][0]["port"]
-                     == 80, timeout=CONVERGE_S)
+    cluster.wait_for("selector repaired", lambda: cluster.get("service", "heal", namespace)["spec"]["selector"]
+                     ["pagoda.dev/llmdeployment"] == "heal", timeout=CONVERGE_S)
     cluster.wait_for("image repaired", lambda: deployment(cluster, namespace, "heal")["spec"]["template"]["spec"]
                      ["containers"][0]["image"] != "evil:latest", timeout=CONVERGE_S)
     assert "Restored" in events(cluster, namespace, "heal")
