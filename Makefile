@@ -1,5 +1,5 @@
 # The two entry points of the README live here: `make run` and `make test`.
-# `make` alone sets up and runs the engine, like `make run`.
+# `make` alone sets up and serves the engine, like `make run`.
 .DEFAULT_GOAL := run
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +15,7 @@ EXTRAS := engine,test
 TEST_PREREQS :=
 -include mk/*.mk
 
-.PHONY: venv run test bench clean
+.PHONY: venv run generate test bench clean
 
 # One virtual environment at the repository root; torch comes from PyPI only.
 $(VENV)/.installed: pyproject.toml $(wildcard mk/*.mk)
@@ -26,9 +26,16 @@ $(VENV)/.installed: pyproject.toml $(wildcard mk/*.mk)
 
 venv: $(VENV)/.installed
 
-# Builds a small random-weight model when none is given, then runs the engine on it.
-run: venv
-	@test -f $(MODEL)/config.json || $(VENV)/bin/pagoda make-tiny-model $(MODEL) --arch $(ARCH)
+# A small random-weight model, built when MODEL names none.
+$(MODEL)/config.json: | venv
+	$(VENV)/bin/pagoda make-tiny-model $(MODEL) --arch $(ARCH)
+
+# Serves MODEL (the tiny one by default) on an OpenAI-compatible API at $(PORT).
+run: venv $(MODEL)/config.json
+	$(VENV)/bin/pagoda serve $(MODEL) --port $(PORT)
+
+# One offline batch through the engine, printed: no server.
+generate: venv $(MODEL)/config.json
 	$(VENV)/bin/pagoda generate $(MODEL) --prompt "Hello, my name is" --max-tokens 32
 
 test: venv $(TEST_PREREQS)

@@ -8,7 +8,7 @@ Every request has its own random-token prompt (uniform lengths) and the same num
 of output tokens with EOS ignored, so all three do exactly the same useful work;
 the reported figure is useful output tokens per second and the ratios between them.
 
-    python bench/cpu_throughput.py [--num-seqs 32] [--output-len 32]
+    python -m bench.cpu_throughput [--num-seqs 32] [--output-len 32]
 """
 
 from __future__ import annotations

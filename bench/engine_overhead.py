@@ -6,7 +6,7 @@ input preparation, sampling, stop checks and detokenization cost: the
 overhead a faster model (a GPU) would expose. Each part is timed by wrapping
 the engine's own methods; "other" is the rest of step().
 
-    python bench/engine_overhead.py [--num-seqs 256] [--output-len 64]
+    python -m bench.engine_overhead [--num-seqs 256] [--output-len 64]
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-# The OpenAI-compatible server (issue 4): its extra, and `make serve` / `make bench-serving`.
+# The OpenAI-compatible server (issue 4): its extra, and `make bench-serving`
+# (`make run` in the Makefile serves the model).
 EXTRAS := $(EXTRAS),server
 
-.PHONY: serve bench-serving
+.PHONY: bench-serving
 
-# Serves the model of `make run` (built if missing) on $(PORT).
-serve: venv
-	@test -f $(MODEL)/config.json || $(VENV)/bin/pagoda make-tiny-model $(MODEL) --arch $(ARCH)
-	$(VENV)/bin/pagoda serve $(MODEL) --port $(PORT)
-
-bench-serving: venv
-	@test -f $(MODEL)/config.json || $(VENV)/bin/pagoda make-tiny-model $(MODEL) --arch $(ARCH)
+bench-serving: venv $(MODEL)/config.json
 	$(PY) -m bench.serving --model $(MODEL)
