@@ -162,13 +162,16 @@ class LocalCluster(_Supervisor):
         return [str(build.binary("kube-apiserver")),
                 f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
                 "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-                f"--secure-port={ports['apiserver']}", f"--cert-dir={self.workdir / 'pki'}",
+                f"--secure-port={ports['apiserver']}",
                 f"--tls-cert-file={certs.apiserver.cert}", f"--tls-private-key-file={certs.apiserver.key}",
                 f"--client-ca-file={certs.ca.cert}",
                 f"--service-account-issuer={ISSUER}",
                 f"--service-account-key-file={certs.service_account_pub}",
                 f"--service-account-signing-key-file={certs.service_account_key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # Loopback may not back the `kubernetes` Service; nothing in a
+                # simulated pod dials it, so its endpoints are not kept.
+                "--endpoint-reconciler-type=none",
                 "--authorization-mode=RBAC", "--allow-privileged=true", "--profiling=false"]
 
     def _controller_manager_args(self, ports: dict[str, int], certs: pki.ClusterPKI, config: Path) -> list[str]:
@@ -176,6 +179,7 @@ class LocalCluster(_Supervisor):
                 f"--kubeconfig={config}", f"--authentication-kubeconfig={config}",
                 f"--authorization-kubeconfig={config}",
                 "--bind-address=127.0.0.1", f"--secure-port={ports['controller-manager']}",
+                f"--cert-dir={self.workdir / 'pki' / 'controller-manager-serving'}",
                 "--leader-elect=false", "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={certs.service_account_key}",
                 f"--root-ca-file={certs.ca.cert}",
@@ -188,6 +192,7 @@ class LocalCluster(_Supervisor):
                 f"--kubeconfig={config}", f"--authentication-kubeconfig={config}",
                 f"--authorization-kubeconfig={config}",
                 "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}",
+                f"--cert-dir={self.workdir / 'pki' / 'scheduler-serving'}",
                 "--leader-elect=false", "--profiling=false"]
 
 
