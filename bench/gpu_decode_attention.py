@@ -16,6 +16,7 @@ import argparse
 import itertools
 
 import torch
+import triton
 
 from bench.gpu_env import bench_ms, copy_bandwidth, device_facts, record
 from pagoda.kernels import reference
@@ -75,10 +76,14 @@ def main() -> None:
         settings = SWEEP if args.sweep and context >= 8192 else [(64, 4, 2)]
         timed = []
         for block_n, warps, stages in settings:
-            ms = bench_ms(lambda: paged_attention_decode(
-                q, k_cache, v_cache, tables, lens, context, HEAD_DIM**-0.5, out=out,
-                block_n=block_n, num_warps=warps, num_stages=stages,
-            ))
+            try:
+                ms = bench_ms(lambda: paged_attention_decode(
+                    q, k_cache, v_cache, tables, lens, context, HEAD_DIM**-0.5, out=out,
+                    block_n=block_n, num_warps=warps, num_stages=stages,
+                ))
+            except triton.runtime.errors.OutOfResources as exc:  # a sweep point may not fit in shared memory
+                ms = float("inf")
+                print(f"  block_n={block_n} warps={warps} stages={stages}: {exc}")
             timed.append({"block_n": block_n, "num_warps": warps, "num_stages": stages, "ms": ms})
         best = min(timed, key=lambda t: t["ms"])
         bw = _bytes_moved(batch, context) / (best["ms"] * 1e-3)
