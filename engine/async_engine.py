@@ -149,6 +149,8 @@ class AsyncLLMEngine:
             while True:
                 if not self._apply_inbox(block=not engine.has_unfinished_requests()):
                     break
+                # A dead tensor-parallel worker fails the loop even while idle, so /health reports it.
+                engine.check_health()
                 outputs = engine.step() if engine.has_unfinished_requests() else []
                 stats = self._snapshot()
                 if self.metrics is not None:
@@ -163,6 +165,7 @@ class AsyncLLMEngine:
             return
         for request_id in list(engine.requests):
             self._abort_in_engine(request_id)
+        engine.shutdown()
         self.stats = self._snapshot()
         self._error = EngineDeadError("the engine was shut down")
         self._loop.call_soon_threadsafe(self._fail_all, self._error)
