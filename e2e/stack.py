@@ -39,12 +39,13 @@ class Release:
     @classmethod
     def install(cls, cluster: Cluster, name: str = "pagoda", namespace: str = "pagoda-system",
                 values: dict[str, Any] | None = None) -> Release:
-        """`helm install --wait` of the chart, then the operator Deployment is
-        scaled to zero (its image could not be pulled anyway)."""
-        args = ["install", name, str(CHART), "-n", namespace, "--create-namespace", "--wait", "--timeout=120s"]
+        """`helm install` of the chart; once its CRDs are served, the operator
+        Deployment is scaled to zero (no registry serves its image here)."""
+        args = ["install", name, str(CHART), "-n", namespace, "--create-namespace", "--timeout=120s"]
         for key, value in (values or {}).items():
             args += ["--set-json", f"{key}={json.dumps(value)}"]
         cluster.helm(*args)
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         manifest = cluster.helm("get", "manifest", name, "-n", namespace).stdout
         release = cls(cluster, name, namespace, [o for o in yaml.safe_load_all(manifest) if o])
         cluster.kubectl("scale", f"deployment/{release.operator_deployment['metadata']['name']}",
