@@ -82,8 +82,9 @@ def test_graph_replay_matches_eager_decoding(arch: str, tiny_model) -> None:
     path = str(tiny_model(arch))
     prompts = ["Hello", "Once upon a time there was", "The quick brown fox", "東京は日本の首都です。", "def fib(n):"]
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
-    graphed = LLM(path, max_num_seqs=16)
+    # Fixed cache sizes: two engines share the GPU, and each would otherwise claim 90% of it.
+    graphed = LLM(path, max_num_seqs=16, num_kv_blocks=512)
     assert isinstance(graphed.engine.runner.forward, DecodeCudaGraphs)
-    eager = LLM(path, max_num_seqs=16, enforce_eager=True)
+    eager = LLM(path, max_num_seqs=16, num_kv_blocks=512, enforce_eager=True)
     for a, b in zip(graphed.generate(prompts, params), eager.generate(prompts, params)):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
