@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from . import build, launcher
+from .client import KubectlError
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / ".cluster"
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (build.BuildError, launcher.ClusterError) as exc:
+    except (build.BuildError, launcher.ClusterError, KubectlError, TimeoutError) as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         return 1
 

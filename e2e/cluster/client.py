@@ -120,6 +120,8 @@ class Cluster:
     def add_gpu_nodes(self, count: int, gpus: int, prefix: str = "gpu-node") -> list[str]:
         """Creates `count` more simulated GPU nodes and waits until they are Ready."""
         names = [f"{prefix}-{i}" for i in range(len(self.gpu_nodes), len(self.gpu_nodes) + count)]
+        if not names:
+            return names
         self.apply(*(manifests.gpu_node(name, gpus) for name in names))
         self.kubectl("wait", "--for=condition=Ready", "--timeout=60s", *(f"node/{n}" for n in names))
         self.gpu_nodes += names
