@@ -11,7 +11,8 @@ GROUP query heads of one KV head, so each K/V tile loaded serves the whole
 GQA group. Prefill is compute-bound at useful lengths (intensity ~ the tile
 height in FLOPs per byte), so what matters is keeping tensor cores busy:
 tiles of 64 rows, keys only up to the causal frontier of the tile's last
-token (about half the score matrix), and the heaviest tiles (last ones of a
+token (about half the score matrix), the causal mask computed only on the
+key tiles that cross the diagonal, and the heaviest tiles (last ones of a
 sequence, which see the most keys) launched first.
 """
 
@@ -62,10 +63,21 @@ def _prefill_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     m_i = tl.full((BLOCK_M,), NEG_LARGE, tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
+    q = q.to(k_cache_ptr.dtype.element_ty)
+    table = tables_ptr + seq.to(tl.int64) * stride_tb
+    masked_from = start
+    if not HAS_WINDOW:
+        # Key tiles wholly at or before the tile's first token are visible to every row: no mask work.
+        masked_from = start + tl.maximum(first_pos + 1 - start, 0) // BLOCK_N * BLOCK_N
+        masked_from = tl.minimum(masked_from, stop)
+        acc, m_i, l_i = attend_range(
+            acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table, kv_head * stride_ch,
+            start, masked_from, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window,
+            False, False, BLOCK_N, BLOCK_D, EXACT,
+        )
     acc, m_i, l_i = attend_range(
-        acc, m_i, l_i, q.to(k_cache_ptr.dtype.element_ty), q_pos,
-        k_cache_ptr, v_cache_ptr, tables_ptr + seq.to(tl.int64) * stride_tb, kv_head * stride_ch,
-        start, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window,
+        acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table, kv_head * stride_ch,
+        masked_from, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window,
         True, HAS_WINDOW, BLOCK_N, BLOCK_D, EXACT,
     )
     out = finish(acc, l_i).to(out_ptr.dtype.element_ty)
