@@ -172,11 +172,17 @@ def _go_env(workdir: Path) -> dict[str, str]:
     return env
 
 
+def _go_command() -> str:
+    """`go` from PATH, else the official install location (a non-login
+    shell, as CI's may be, can lack /usr/local/go/bin on PATH)."""
+    return shutil.which("go") or "/usr/local/go/bin/go"
+
+
 def _go(args: list[str], workdir: Path, capture: bool = False) -> str:
     """Runs one go command; streams its output unless captured."""
     try:
         done = subprocess.run(
-            ["go", *args],
+            [_go_command(), *args],
             cwd=workdir,
             env=_go_env(workdir),
             check=False,
@@ -184,7 +190,7 @@ def _go(args: list[str], workdir: Path, capture: bool = False) -> str:
             stdout=subprocess.PIPE if capture else None,
         )
     except FileNotFoundError as exc:
-        raise BuildError("the `go` command is not on PATH; install Go >= 1.26") from exc
+        raise BuildError("the `go` command was not found; install Go >= 1.26") from exc
     if done.returncode != 0:
         raise BuildError(f"`go {' '.join(args)}` failed with exit code {done.returncode}")
     return done.stdout or ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -74,3 +75,15 @@ def test_component_counts_as_built_only_with_binaries_and_assets(
 def test_failed_go_command_raises_build_error(tmp_path: Path) -> None:
     with pytest.raises(build.BuildError, match="failed with exit code"):
         build._go(["mod", "edit", "-json", str(tmp_path / "missing.mod")], tmp_path, capture=True)
+
+
+def test_a_failed_build_leaves_nothing_behind_and_exits_non_zero(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("GOPROXY", "off")  # fail at once, offline
+    monkeypatch.setattr(os, "nice", lambda _: 0)
+    bogus = build.Component("bogus", "example.invalid/nothing", "v0.0.1", {"x": "example.invalid/nothing"})
+    monkeypatch.setattr(build, "components", lambda versions=None: [bogus])
+    assert build.main() == 1
+    assert "cluster-binaries: FAILED: `go mod download" in capsys.readouterr().err
+    assert list(build.cache_root().iterdir()) == []
