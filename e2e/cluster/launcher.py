@@ -248,7 +248,8 @@ def stop_detached(workdir: Path) -> bool:
         return False
     state = json.loads(state_file.read_text())
     for entry in reversed(state["processes"]):
-        processes.terminate_pid(entry["pid"])
+        if processes.runs(entry["pid"], entry["name"]):
+            processes.terminate_pid(entry["pid"])
     state_file.unlink()
     shutil.rmtree(workdir / "etcd", ignore_errors=True)
     return True
@@ -260,7 +261,7 @@ def read_state(workdir: Path) -> dict | None:
     if not state_file.exists():
         return None
     state = json.loads(state_file.read_text())
-    return state if all(processes.pid_alive(p["pid"]) for p in state["processes"]) else None
+    return state if all(processes.runs(p["pid"], p["name"]) for p in state["processes"]) else None
 
 
 def _http_ok(url: str) -> bool:

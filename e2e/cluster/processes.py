@@ -86,6 +86,16 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def runs(pid: int, name: str) -> bool:
+    """Whether `pid` is alive and still the component `name` (its command
+    line names it), not an unrelated process that reused a stale pid."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return name.encode() in cmdline and pid_alive(pid)
+
+
 def terminate_pid(pid: int, timeout: float = 10.0) -> None:
     """Stops a process that is not our child (a detached cluster's component)."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):

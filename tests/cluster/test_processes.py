@@ -42,6 +42,7 @@ def test_detached_process_is_stopped_by_pid(tmp_path: Path) -> None:
     proc = processes.start("daemon", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path, detached=True)
     stranger = processes.Process("daemon", proc.pid, proc.log)  # as read back from a state file
     assert stranger.alive()
+    assert processes.runs(proc.pid, "time.sleep") and not processes.runs(proc.pid, "kube-apiserver")
     stranger.stop(timeout=5)
     proc.popen.wait(5)  # reap our own child so its pid is really gone
     assert not processes.pid_alive(proc.pid)
