@@ -16,15 +16,21 @@ PLURAL = "llmdeployments.pagoda.dev"
 
 
 def llm_deployment(name: str, *, tensor_parallel_size: int = 1, max_model_len: int = 2048,
-                   autoscaling: bool = True, cache_size: str = "10Gi") -> dict[str, Any]:
+                   autoscaling: bool = True, cache_size: str = "10Gi",
+                   storage_class: str | None = None) -> dict[str, Any]:
     """A small model on `tensor_parallel_size` GPUs with a model cache and,
-    by default, queue-depth autoscaling between 1 and 3 replicas."""
+    by default, queue-depth autoscaling between 1 and 3 replicas.
+
+    `storage_class` names the cluster's bindable class: on an external
+    cluster the default class may provision only on real nodes."""
     spec: dict[str, Any] = {
         "model": {"source": "hf://Qwen/Qwen2.5-0.5B-Instruct", "servedName": "qwen-0.5b"},
         "engine": {"tensorParallelSize": tensor_parallel_size, "maxModelLen": max_model_len},
         "replicas": 1,
         "modelCache": {"size": cache_size},
     }
+    if storage_class:
+        spec["modelCache"]["storageClassName"] = storage_class
     if autoscaling:
         spec["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetQueueDepth": 4}
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec}

@@ -34,6 +34,10 @@ def _condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     return {}
 
 
+def _sample(cluster: Cluster, name: str, **options: Any) -> dict[str, Any]:
+    return samples.llm_deployment(name, storage_class=cluster.storage_class, **options)
+
+
 def _apply(cluster: Cluster, namespace: str, manifest: dict[str, Any]) -> str:
     cluster.apply(manifest, namespace=namespace)
     return cluster.get(samples.PLURAL, manifest["metadata"]["name"], namespace)["metadata"]["uid"]
@@ -54,7 +58,7 @@ def _wait_ready(cluster: Cluster, namespace: str, name: str, operator: OperatorP
 
 def test_sample_gets_its_children_and_becomes_ready(kube_cluster: Cluster, namespace: str,
                                                     operator: OperatorProcess) -> None:
-    uid = _apply(kube_cluster, namespace, samples.llm_deployment("chat"))
+    uid = _apply(kube_cluster, namespace, _sample(kube_cluster, "chat"))
     obj = _wait_ready(kube_cluster, namespace, "chat", operator)
 
     claim = _one_owned(kube_cluster, "persistentvolumeclaims", namespace, uid)
@@ -90,7 +94,7 @@ def test_sample_gets_its_children_and_becomes_ready(kube_cluster: Cluster, names
 def test_too_few_gpus_leave_pods_pending_and_status_degraded(kube_cluster: Cluster, namespace: str,
                                                              operator: OperatorProcess) -> None:
     too_many = 2 * kube_cluster.gpus_per_node  # a power of two no simulated node has
-    _apply(kube_cluster, namespace, samples.llm_deployment("huge", tensor_parallel_size=too_many))
+    _apply(kube_cluster, namespace, _sample(kube_cluster, "huge", tensor_parallel_size=too_many))
 
     def degraded() -> dict[str, Any] | None:
         cond = _condition(kube_cluster.get(samples.PLURAL, "huge", namespace), "Degraded")
@@ -105,15 +109,15 @@ def test_too_few_gpus_leave_pods_pending_and_status_degraded(kube_cluster: Clust
 
 def test_spec_change_rolls_the_deployment(kube_cluster: Cluster, namespace: str,
                                           operator: OperatorProcess) -> None:
-    uid = _apply(kube_cluster, namespace, samples.llm_deployment("roll"))
+    uid = _apply(kube_cluster, namespace, _sample(kube_cluster, "roll"))
     _wait_ready(kube_cluster, namespace, "roll", operator)
     before = _one_owned(kube_cluster, "deployments.apps", namespace, uid)
 
-    _apply(kube_cluster, namespace, samples.llm_deployment("roll", max_model_len=4096))
+    _apply(kube_cluster, namespace, _sample(kube_cluster, "roll", max_model_len=4096))
     _wait_ready(kube_cluster, namespace, "roll", operator)
     after = _one_owned(kube_cluster, "deployments.apps", namespace, uid)
     assert after["metadata"]["generation"] > before["metadata"]["generation"]
-    assert "4096" in str(after["spec"]["template"]["spec"]["containers"][0].get("args", []))
+    assert "4096" in str(after["spec"]["template"]["spec"]["containers"][0])
     kube_cluster.kubectl("rollout", "status", f"deployment/{after['metadata']['name']}", "-n", namespace,
                          "--timeout=60s")
 
@@ -121,7 +125,7 @@ def test_spec_change_rolls_the_deployment(kube_cluster: Cluster, namespace: str,
 @pytest.mark.parametrize("kind", ["services", "deployments.apps"])
 def test_deleted_child_is_restored(kube_cluster: Cluster, namespace: str, operator: OperatorProcess,
                                    kind: str) -> None:
-    uid = _apply(kube_cluster, namespace, samples.llm_deployment("heal"))
+    uid = _apply(kube_cluster, namespace, _sample(kube_cluster, "heal"))
     _wait_ready(kube_cluster, namespace, "heal", operator)
     child = _one_owned(kube_cluster, kind, namespace, uid)
     kube_cluster.kubectl("delete", kind, child["metadata"]["name"], "-n", namespace)
@@ -136,7 +140,7 @@ def test_deleted_child_is_restored(kube_cluster: Cluster, namespace: str, operat
 
 def test_deleting_the_resource_collects_its_children(kube_cluster: Cluster, namespace: str,
                                                      operator: OperatorProcess) -> None:
-    uid = _apply(kube_cluster, namespace, samples.llm_deployment("gone"))
+    uid = _apply(kube_cluster, namespace, _sample(kube_cluster, "gone"))
     _wait_ready(kube_cluster, namespace, "gone", operator)
     kube_cluster.kubectl("delete", samples.PLURAL, "gone", "-n", namespace, "--timeout=60s")
     kinds = ("deployments.apps", "services", "horizontalpodautoscalers.autoscaling")
@@ -155,7 +159,7 @@ def test_invalid_manifest_is_refused_with_its_message(kube_cluster: Cluster, nam
 
 def test_operator_killed_mid_reconcile_converges_after_restart(kube_cluster: Cluster, namespace: str,
                                                                operator: OperatorProcess) -> None:
-    uid = _apply(kube_cluster, namespace, samples.llm_deployment("crash"))
+    uid = _apply(kube_cluster, namespace, _sample(kube_cluster, "crash"))
     kube_cluster.wait_for("the first child", lambda: any(
         _owned(kube_cluster, kind, namespace, uid) for kind in CHILD_KINDS), timeout=CONVERGE_S, interval=0.05)
     operator.kill()
