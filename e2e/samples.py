@@ -1,8 +1,8 @@
 """LLMDeployment manifests the e2e scenarios apply: one good sample and a
 list of bad ones with the words their refusal must contain.
 
-The field names follow the CRD of crds/ (issue 5); this is the one place to
-change when the schema moves.
+The field names and messages are those of the CRD in crds/ (issue 5); this
+is the one place to change when the schema moves.
 """
 
 from __future__ import annotations
@@ -47,17 +47,27 @@ def _with(path: str, value: Any) -> dict[str, Any]:
     return manifest
 
 
-#: (case id, manifest, text the API server's refusal must contain). The text
-#: is the field the rule is about, so a reworded message still matches.
+#: (case id, manifest, text the API server's refusal must contain): the
+#: CRD's own CEL or schema message for that input.
 BAD_MANIFESTS: list[tuple[str, dict[str, Any], str]] = [
-    ("min-above-max", _with("autoscaling", {"enabled": True, "minReplicas": 4, "maxReplicas": 2,
-                                            "targetQueueDepth": 4}), "minReplicas"),
-    ("tp-not-power-of-two", _with("engine.tensorParallelSize", 3), "tensorParallelSize"),
-    ("malformed-source", _with("model.source", "ftp://example.com/model"), "source"),
-    ("gpu-utilization-above-one", _with("engine.gpuMemoryUtilization", 1.5), "gpuMemoryUtilization"),
-    ("gpu-utilization-zero", _with("engine.gpuMemoryUtilization", 0), "gpuMemoryUtilization"),
-    ("negative-replicas", _with("replicas", -1), "replicas"),
-    ("negative-cache-size", _with("modelCache.size", "-10Gi"), "size"),
-    ("autoscaling-without-bounds", _with("autoscaling", {"enabled": True}), "maxReplicas"),
-    ("managed-flag-in-extra-args", _with("engine.extraArgs", ["--port", "9000"]), "extraArgs"),
+    ("min-above-max", _with("autoscaling", {"enabled": True, "minReplicas": 4, "maxReplicas": 2}),
+     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
+    ("tp-not-power-of-two", _with("engine.tensorParallelSize", 3),
+     "engine.tensorParallelSize must be a power of two"),
+    ("malformed-source", _with("model.source", "ftp://example.com/model"),
+     "model.source must be hf://ORG/NAME[@REVISION] or pvc://CLAIM"),
+    ("gpu-utilization-above-one", _with("engine.gpuMemoryUtilization", 1.5),
+     "engine.gpuMemoryUtilization must be greater than 0 and at most 1"),
+    ("gpu-utilization-zero", _with("engine.gpuMemoryUtilization", 0),
+     "engine.gpuMemoryUtilization must be greater than 0 and at most 1"),
+    ("negative-replicas", _with("replicas", -1), "spec.replicas in body should be greater than or equal to 0"),
+    ("negative-cache-size", _with("modelCache.size", "-10Gi"), "spec.modelCache.size: Invalid value"),
+    ("autoscaling-without-bounds", _with("autoscaling", {"enabled": True}),
+     "autoscaling.enabled requires both autoscaling.minReplicas and autoscaling.maxReplicas"),
+    ("managed-flag-in-extra-args", _with("engine.extraArgs", ["--port", "9000"]),
+     "engine.extraArgs must not set --host, --port"),
+    ("zero-queue-depth", _with("autoscaling", {"enabled": True, "minReplicas": 1, "maxReplicas": 2,
+                                               "targetQueueDepth": 0}),
+     "autoscaling.targetQueueDepth must be greater than 0"),
+    ("gpus-differ-from-tp", _with("resources.gpus", 2), "resources.gpus must be 0 (CPU only) or equal"),
 ]
