@@ -6,7 +6,10 @@ an inbox (adds and aborts, applied between steps, so an abort frees its KV
 blocks before the next step at the latest) and gets outputs back through
 `call_soon_threadsafe`, one callback per step, which fans them out to
 per-request asyncio queues. A step, prefill or decode, therefore never blocks
-the loop, and detokenization (done inside step) stays off the loop as well.
+the loop. Detokenization and stop strings (the engine's output processor) run
+on the loop as outputs arrive, overlapping the next step instead of
+lengthening it; a stop string found there goes back through the inbox to stop
+its sequence.
 
 Requests arrive here already tokenized and validated by the server: the
 engine thread should never see a bad request, and if it does anyway the error
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.metrics import EngineMetrics, EngineStats
+from pagoda.engine.output_processor import StopRequest
 from pagoda.engine.outputs import RequestOutput
 from pagoda.engine.sampling_params import SamplingParams
 
@@ -58,6 +62,11 @@ class _Abort:
     request_id: str
 
 
+@dataclass
+class _StopSequence:
+    stop: StopRequest
+
+
 class _Stop:
     pass
 
@@ -70,7 +79,7 @@ class AsyncLLMEngine:
         self.max_queue_len = max_queue_len
         self.metrics = metrics
         self.stats = EngineStats()  # replaced (never mutated) by the engine thread after each iteration
-        self._inbox: queue.SimpleQueue[EngineRequest | _Abort | _Stop] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[EngineRequest | _Abort | _StopSequence | _Stop] = queue.SimpleQueue()
         # Weak values: a stream dropped without close() (its consumer never started) is
         # collected, and its __del__ aborts what it had left.
         self._streams: weakref.WeakValueDictionary[str, OutputStream] = weakref.WeakValueDictionary()
@@ -151,7 +160,7 @@ class AsyncLLMEngine:
                     break
                 # A dead tensor-parallel worker fails the loop even while idle, so /health reports it.
                 engine.check_health()
-                outputs = engine.step() if engine.has_unfinished_requests() else []
+                outputs = engine.core_step() if engine.has_unfinished_requests() else []
                 stats = self._snapshot()
                 if self.metrics is not None:
                     self.metrics.record_step(stats, outputs)
@@ -181,6 +190,8 @@ class AsyncLLMEngine:
                 return False
             if isinstance(item, _Abort):
                 self._abort_in_engine(item.request_id)
+            elif isinstance(item, _StopSequence):
+                self._stop_in_engine(item.stop)
             else:
                 self._add_to_engine(item)
             try:
@@ -194,6 +205,11 @@ class AsyncLLMEngine:
             self.engine.add_request(add.request_id, prompt, add.params, arrival_time=add.arrival_time)
         except ValueError as exc:
             self._loop.call_soon_threadsafe(self._deliver, add.request_id, exc)
+
+    def _stop_in_engine(self, stop: StopRequest) -> None:
+        final = self.engine.stop_sequence(stop.request_id, stop.index, stop.stop)
+        if final is not None and self.metrics is not None:
+            self.metrics.record_step(self._snapshot(), [final])
 
     def _abort_in_engine(self, request_id: str) -> None:
         if self.engine.abort_request(request_id) and self.metrics is not None:
@@ -215,6 +231,9 @@ class AsyncLLMEngine:
     # ---- back on the event loop -----------------------------------------------------------
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        outputs, stops = self.engine.output_processor.process(outputs)
+        for stop in stops:
+            self._inbox.put(_StopSequence(stop))
         for out in outputs:
             self._deliver(out.request_id, out)
 

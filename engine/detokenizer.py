@@ -50,8 +50,11 @@ class IncrementalDetokenizer:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
-    def update(self, new_token_ids: list[int]) -> str | None:
-        """Append tokens; returns the stop string they completed, if any (then the text is final)."""
+    def update(self, new_token_ids: list[int], check_stop: bool = True) -> str | None:
+        """Append tokens; returns the stop string they completed, if any (then the text is final).
+
+        ``check_stop`` is False while the sequence is below its min_tokens.
+        """
         if self._stopped:
             return None
         self._token_ids.extend(new_token_ids)
@@ -63,7 +66,7 @@ class IncrementalDetokenizer:
         self.output_text += full_text[len(prefix_text) :]
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._token_ids)
-        return self._find_stop(previous_len)
+        return self._find_stop(previous_len) if check_stop else None
 
     def _find_stop(self, previous_len: int) -> str | None:
         best: tuple[int, str] | None = None

@@ -17,9 +17,9 @@ import torch
 
 from pagoda.engine.block_manager import BlockManager
 from pagoda.engine.config import EngineConfig
-from pagoda.engine.detokenizer import IncrementalDetokenizer
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.model_runner import ModelRunner, PromptLogprobs, StepResult
+from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.engine.scheduler import Scheduler
@@ -65,6 +65,8 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.requests: dict[str, _Request] = {}
+        # Text and stop strings, applied to the core's token-level outputs (see step()).
+        self.output_processor = OutputProcessor(self.tokenizer)
         self._seq_ids = itertools.count()
 
     def _eos_token_ids(self) -> tuple[int, ...]:
@@ -121,6 +123,7 @@ class LLMEngine:
         arrival = time.monotonic() if arrival_time is None else arrival_time
         seqs = [self._new_sequence(request_id, i, token_ids, params, arrival) for i in range(params.n)]
         self.requests[request_id] = _Request(request_id, text, token_ids, params, seqs, arrival)
+        self.output_processor.add_request(request_id, token_ids, params)
         for seq in seqs:
             self.scheduler.add(seq)
 
@@ -132,14 +135,11 @@ class LLMEngine:
             # Each of the n completions gets its own stream, derived from the request's seed.
             generator = torch.Generator(device=self.runner.device)
             generator.manual_seed((params.seed + index) % (1 << 64))
-        detok = IncrementalDetokenizer(
-            self.tokenizer, token_ids, skip_special_tokens=params.skip_special_tokens,
-            stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
-        )
-        return Sequence(next(self._seq_ids), request_id, index, token_ids, params, generator, detok, arrival)
+        return Sequence(next(self._seq_ids), request_id, index, token_ids, params, generator, arrival)
 
     def abort_request(self, request_id: str) -> bool:
         """Ends a request at any point, freeing its KV blocks now; False if it is unknown."""
+        self.output_processor.abort_request(request_id)
         req = self.requests.pop(request_id, None)
         if req is None:
             return False
@@ -163,7 +163,28 @@ class LLMEngine:
     # ---- the step -------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Runs one scheduled step; returns an output for every request that advanced."""
+        """Runs one step and returns its outputs with their text; stop strings end sequences at once."""
+        outputs, stops = self.output_processor.process(self.core_step())
+        for stop in stops:
+            self.stop_sequence(stop.request_id, stop.index, stop.stop)
+        return outputs
+
+    def stop_sequence(self, request_id: str, index: int, stop: str) -> RequestOutput | None:
+        """Ends completion `index` of a request on a stop string found in its text.
+
+        Returns the request's final token-level output if that was its last
+        running completion, None otherwise (or if it had ended already).
+        """
+        req = self.requests.get(request_id)
+        if req is None or req.seqs[index].is_finished:
+            return None
+        seq = req.seqs[index]
+        seq.stop_reason = stop
+        self.scheduler.finish(seq, FinishReason.STOP)
+        return self._make_output(req, time.monotonic()) if req.finished else None
+
+    def core_step(self) -> list[RequestOutput]:
+        """Runs one scheduled step; a token-level output (no text yet) for every request that advanced."""
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
@@ -185,8 +206,6 @@ class LLMEngine:
                 seq.output_logprobs.append(self._logprob_entry(token, logprob, top))
             reason = self._check_stop(seq, token)
             if reason is not None:
-                if not isinstance(seq.stop_reason, str):
-                    seq.detokenizer.finish()
                 self.scheduler.finish(seq, reason)
             touched[seq.request_id] = self.requests[seq.request_id]
         return [self._make_output(req, now) for req in touched.values()]
@@ -215,13 +234,7 @@ class LLMEngine:
         params = seq.params
         is_eos = not params.ignore_eos and token in self.eos_token_ids
         if (is_eos or token in params.stop_token_ids) and seq.num_output_tokens >= params.min_tokens:
-            if params.include_stop_str_in_output:
-                seq.detokenizer.update([token])
             seq.stop_reason = None if is_eos else token
-            return FinishReason.STOP
-        stop_str = seq.detokenizer.update([token])
-        if stop_str is not None and seq.num_output_tokens >= params.min_tokens:
-            seq.stop_reason = stop_str
             return FinishReason.STOP
         if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
             return FinishReason.LENGTH
@@ -243,14 +256,13 @@ class LLMEngine:
             outputs.append(
                 CompletionOutput(
                     index=seq.index,
-                    text=seq.detokenizer.output_text,
+                    text="",  # filled by the output processor
                     # Snapshots: a consumer on another thread (the server) must not see later tokens.
                     token_ids=list(seq.output_token_ids),
                     cumulative_logprob=cumulative,
                     logprobs=list(seq.output_logprobs) if seq.params.logprobs is not None else None,
                     finish_reason=seq.finish_reason.value if done else None,
                     stop_reason=seq.stop_reason,
-                    delta_text=seq.detokenizer.get_delta(done),
                 )
             )
         first = req.seqs[0]

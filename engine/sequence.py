@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from pagoda.engine.detokenizer import IncrementalDetokenizer
     from pagoda.engine.sampling_params import SamplingParams
 
 
@@ -38,7 +37,6 @@ class Sequence:
     prompt_token_ids: list[int]
     params: SamplingParams
     generator: torch.Generator | None = None
-    detokenizer: IncrementalDetokenizer | None = None
     arrival_time: float = field(default_factory=time.monotonic)
 
     token_ids: list[int] = field(init=False)

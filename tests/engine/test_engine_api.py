@@ -220,3 +220,25 @@ def test_request_metrics_are_ordered(llm: LLM) -> None:
     out = llm.generate(PROMPTS[0], SamplingParams(max_tokens=3, ignore_eos=True))[0]
     m = out.metrics
     assert m.arrival_time <= m.first_scheduled_time <= m.first_token_time <= m.finished_time
+
+
+def test_stop_strings_applied_a_step_late_change_nothing_visible(llm: LLM) -> None:
+    """As the server does it: text is made after the step and the stop reaches the engine one step later."""
+    text, ids = _greedy_text(llm, PROMPTS[2])
+    stop = text[8:11]
+    engine = llm.engine
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop=stop)
+    engine.add_request("late", PROMPTS[2], params)
+    pending, final, streamed = [], None, ""
+    while engine.has_unfinished_requests():
+        raw = engine.core_step()
+        for s in pending:  # last step's stops arrive only now
+            engine.stop_sequence(s.request_id, s.index, s.stop)
+        outputs, pending = engine.output_processor.process(raw)
+        for out in outputs:
+            streamed += out.outputs[0].delta_text
+            final = out if out.finished else final
+    assert final is not None and final.outputs[0].text == streamed == text[: text.index(stop)]
+    assert final.outputs[0].finish_reason == "stop" and final.outputs[0].stop_reason == stop
+    assert final.outputs[0].token_ids == ids[: len(final.outputs[0].token_ids)]
+    _assert_idle(llm)

@@ -227,7 +227,7 @@ def test_a_dead_engine_fails_requests_and_liveness(model_dir: pathlib.Path) -> N
         def broken_step() -> list:
             raise RuntimeError("simulated device failure")
 
-        engine.step = broken_step
+        engine.core_step = broken_step
         error = assert_error(server.request("POST", "/v1/completions", GOOD), 503, None, "engine_unavailable")
         assert "simulated device failure" in error["message"]
         assert server.request("GET", "/health").status == 503
