@@ -3,10 +3,9 @@
 Decoding the whole output at every step costs O(n^2); decoding each token alone
 breaks words whose bytes span several tokens (byte-level BPE splits accented,
 CJK and emoji characters) and loses the leading spaces SentencePiece attaches
-to context. So each step decodes a short window: the text of tokens
-[prefix_offset, read_offset) is what was already shown, and the text of
-[prefix_offset, end) minus it is new, unless it ends in an incomplete UTF-8
-character (U+FFFD), in which case we wait for the next token.
+to context. The tokenizers library's DecodeStream does it right in Rust: seeded
+with the last prompt tokens as context, it returns each new piece of text once
+it is complete UTF-8, and None while a character is still incomplete.
 
 Stop strings are searched only in the region the new text can complete, the
 output is truncated at the first match, and `get_delta` holds back a tail that
@@ -16,11 +15,11 @@ is later cut off.
 
 from __future__ import annotations
 
+from tokenizers.decoders import DecodeStream
 from transformers import PreTrainedTokenizerBase
 
 # Prompt tokens kept as decoding context for the first output tokens.
 _CONTEXT_TOKENS = 5
-_REPLACEMENT = "\ufffd"
 
 
 class IncrementalDetokenizer:
@@ -37,18 +36,15 @@ class IncrementalDetokenizer:
         self.skip_special_tokens = skip_special_tokens
         self.stop = tuple(stop)
         self.include_stop_str_in_output = include_stop_str_in_output
-        self._token_ids = list(prompt_token_ids)
-        self._prefix_offset = max(len(prompt_token_ids) - _CONTEXT_TOKENS, 0)
-        self._read_offset = len(prompt_token_ids)
+        self._backend = tokenizer.backend_tokenizer  # the Rust tokenizer of a fast tokenizer
+        self._stream = DecodeStream(ids=list(prompt_token_ids[-_CONTEXT_TOKENS:]), skip_special_tokens=skip_special_tokens)
+        self._pending: list[int] = []  # tokens of a character not complete yet
         self._stopped = False
         self._emitted = 0  # characters of output_text already returned by get_delta
         self.output_text = ""
         # Without include_stop_str_in_output a stop string is cut from the text,
         # so up to len(longest) - 1 trailing characters might still vanish.
         self._holdback = 0 if include_stop_str_in_output else max((len(s) for s in self.stop), default=1) - 1
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
     def update(self, new_token_ids: list[int], check_stop: bool = True) -> str | None:
         """Append tokens; returns the stop string they completed, if any (then the text is final).
@@ -57,16 +53,17 @@ class IncrementalDetokenizer:
         """
         if self._stopped:
             return None
-        self._token_ids.extend(new_token_ids)
-        prefix_text = self._decode(self._token_ids[self._prefix_offset : self._read_offset])
-        full_text = self._decode(self._token_ids[self._prefix_offset :])
-        if len(full_text) <= len(prefix_text) or full_text.endswith(_REPLACEMENT):
-            return None  # an incomplete character, or tokens that decode to nothing
         previous_len = len(self.output_text)
-        self.output_text += full_text[len(prefix_text) :]
-        self._prefix_offset = self._read_offset
-        self._read_offset = len(self._token_ids)
-        return self._find_stop(previous_len) if check_stop else None
+        for token in new_token_ids:
+            piece = self._stream.step(self._backend, token)
+            if piece is None:
+                self._pending.append(token)
+            else:
+                self._pending.clear()
+                self.output_text += piece
+        if len(self.output_text) == previous_len or not check_stop:
+            return None
+        return self._find_stop(previous_len)
 
     def _find_stop(self, previous_len: int) -> str | None:
         best: tuple[int, str] | None = None
@@ -85,12 +82,9 @@ class IncrementalDetokenizer:
 
     def finish(self) -> None:
         """The sequence ended: show whatever is pending, incomplete characters included."""
-        if self._stopped or self._read_offset == len(self._token_ids):
-            return
-        prefix_text = self._decode(self._token_ids[self._prefix_offset : self._read_offset])
-        full_text = self._decode(self._token_ids[self._prefix_offset :])
-        self.output_text += full_text[len(prefix_text) :]
-        self._read_offset = len(self._token_ids)
+        if not self._stopped and self._pending:
+            self.output_text += self.tokenizer.decode(self._pending, skip_special_tokens=self.skip_special_tokens)
+            self._pending.clear()
 
     def get_delta(self, finished: bool) -> str:
         """Text not returned before; while running, minus a tail that a stop string could still claim."""
