@@ -11,16 +11,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from e2e.cluster.client import Cluster
-from e2e.cluster.pytest_plugin import kube_cluster  # noqa: F401
-from e2e.stack import CHART, OperatorProcess, Release
+from tests.operator import namespace_shim
+
+namespace_shim.install()  # `pagoda.operator` in the editable venv, before test modules import it
+
+from e2e.cluster.client import Cluster  # noqa: E402
+from e2e.cluster.pytest_plugin import kube_cluster  # noqa: E402,F401
+from e2e.stack import CHART, OperatorProcess, Release  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
 def chart() -> None:
     """Skips before any cluster is started when there is no chart to install."""
     if not (CHART / "Chart.yaml").is_file():
-        pytest.skip(f"{CHART.relative_to(CHART.parents[1])} does not exist yet (the Helm chart, issue 7)")
+        pytest.skip(f"no chart at {CHART} yet (charts/pagoda: the Helm chart, issue 7)")
 
 
 @pytest.fixture(scope="session")

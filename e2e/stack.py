@@ -12,6 +12,7 @@ operator is allowed to do.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,7 +25,15 @@ import yaml
 from e2e.cluster.client import Cluster
 
 REPO = Path(__file__).resolve().parents[1]
-CHART = REPO / "charts" / "pagoda"
+#: The chart under test; PAGODA_E2E_CHART points at another copy (an
+#: unpacked release, a branch's) to run the same suite on it.
+CHART = Path(os.environ.get("PAGODA_E2E_CHART") or REPO / "charts" / "pagoda").resolve()
+#: `pagoda` as the image runs it. The development venv's editable install
+#: cannot import the namespace portion `pagoda.operator` (see
+#: tests/operator/namespace_shim.py), so the operator's shim registers it
+#: first; with a regular install the shim does nothing.
+BOOT = ("import sys; from tests.operator import namespace_shim; namespace_shim.install(); "
+        "from pagoda.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 @dataclass
@@ -112,9 +121,8 @@ class OperatorProcess:
         cluster = self.release.cluster
         kubeconfig = cluster.service_account_kubeconfig(self.release.service_account, self.release.namespace)
         env = {**cluster.env, **self.release.operator_env(), "KUBECONFIG": str(kubeconfig)}
-        pagoda = Path(sys.executable).with_name("pagoda")
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen([str(pagoda), "operator", *self.release.operator_args()],
+            self.process = subprocess.Popen([sys.executable, "-c", BOOT, "operator", *self.release.operator_args()],
                                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                             env=env, cwd=REPO)
 
