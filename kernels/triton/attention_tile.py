@@ -16,10 +16,19 @@ rather than NaN, and l stays 0 until a real key arrives.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 NEG_LARGE = tl.constexpr(-1.0e30)
+# Scores are scaled by softmax_scale * log2(e) once, so the softmax runs on exp2.
+LOG2E = 1.4426950408889634
+
+
+def check_layout(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """The kernels index K and V with one set of strides and load head dims as contiguous vectors."""
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
+        raise ValueError("caches must share one layout, and q and the caches need contiguous head dims")
 
 
 @triton.jit

@@ -26,13 +26,12 @@ import torch
 import triton
 import triton.language as tl
 
-from pagoda.kernels.triton.attention_tile import NEG_LARGE, attend_range, finish
+from pagoda.kernels.triton.attention_tile import LOG2E, NEG_LARGE, attend_range, check_layout, finish
 from pagoda.kernels.triton.launch import block_for, exact_dot, num_sms
 
 # A split shorter than this spends more on its partial and the merge than it saves.
 MIN_TOKENS_PER_SPLIT = 256
 MAX_SPLITS = 64
-_LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -136,8 +135,7 @@ def paged_attention_decode(
     """
     batch, num_q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
-    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
-        raise ValueError("caches must share one layout, and q and the caches need contiguous head dims")
+    check_layout(q, k_cache, v_cache)
     group = num_q_heads // num_kv_heads
     if out is None:
         out = torch.empty_like(q)
@@ -154,7 +152,7 @@ def paged_attention_decode(
         q, k_cache, v_cache, block_tables, seq_lens, out, part_acc, part_ml,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_size, head_dim, num_splits, scale * _LOG2E, sliding_window or 0,
+        block_size, head_dim, num_splits, scale * LOG2E, sliding_window or 0,
         GROUP=group, SPLIT=num_splits > 1, HAS_WINDOW=sliding_window is not None,
         BLOCK_M=block_for(group, 16), BLOCK_N=block_n, BLOCK_D=block_d, EXACT=exact_dot(k_cache.dtype),
         num_warps=num_warps, num_stages=num_stages,

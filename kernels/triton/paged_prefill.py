@@ -22,10 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from pagoda.kernels.triton.attention_tile import NEG_LARGE, attend_range, finish
+from pagoda.kernels.triton.attention_tile import LOG2E, NEG_LARGE, attend_range, check_layout, finish
 from pagoda.kernels.triton.launch import block_for, exact_dot
-
-_LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -114,8 +112,7 @@ def paged_attention_prefill_varlen(
     """
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     _, block_size, num_kv_heads, _ = k_cache.shape
-    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
-        raise ValueError("caches must share one layout, and q and the caches need contiguous head dims")
+    check_layout(q, k_cache, v_cache)
     group = num_q_heads // num_kv_heads
     if num_seqs is None:
         num_seqs = seq_lens.shape[0] - first_seq
@@ -132,7 +129,7 @@ def paged_attention_prefill_varlen(
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        first_seq, block_size, head_dim, scale * _LOG2E, sliding_window or 0,
+        first_seq, block_size, head_dim, scale * LOG2E, sliding_window or 0,
         GROUP=group, TOKENS=tokens, HAS_WINDOW=sliding_window is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_for(head_dim), EXACT=exact,
         num_warps=num_warps, num_stages=num_stages,
