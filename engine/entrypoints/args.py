@@ -101,15 +101,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     model = environ.get(ENV_PREFIX + "MODEL")
     parser.add_argument("model", nargs="?" if model else None, default=model,
                         help=f"a Hugging Face model directory (env {ENV_PREFIX}MODEL)")
+    # A bad environment value is reported when `serve` runs, not when the parser is
+    # built: other `pagoda` subcommands share the parser and must not fail on it.
+    env_errors: list[str] = []
     for flag in FLAGS:
         default = _default(flag)
         if flag.env in environ:
             try:
-                default = flag.type(environ[flag.env])
+                value = flag.type(environ[flag.env])
             except ValueError as exc:
-                parser.error(f"{flag.env}: {exc}")
-            if flag.choices and default not in flag.choices:
-                parser.error(f"{flag.env} must be one of {', '.join(flag.choices)}, got {default!r}")
+                env_errors.append(f"{flag.env}: {exc}")
+            else:
+                if flag.choices and value not in flag.choices:
+                    env_errors.append(f"{flag.env} must be one of {', '.join(flag.choices)}, got {value!r}")
+                else:
+                    default = value
         shown = "set" if flag.secret and default else default  # --help must not print a key from the env
         kwargs: dict[str, Any] = {"default": default, "dest": flag.target.replace(".", "__"),
                                   "help": f"{flag.help} (env {flag.env}; default: {shown})"}
@@ -118,9 +124,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         else:
             parser.add_argument(f"--{flag.name}", type=flag.type, choices=flag.choices,
                                 metavar=None if flag.choices else flag.name.upper().replace("-", "_"), **kwargs)
+    parser.set_defaults(env_errors=env_errors)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """ServeSettings from parsed flags; ValueError for a bad value (from the environment too)."""
+    if args.env_errors:
+        raise ValueError("; ".join(args.env_errors))
     engine_kwargs: dict[str, Any] = {}
     serve_kwargs: dict[str, Any] = {}
     for flag in FLAGS:
@@ -140,4 +150,7 @@ def parse_serve_args(argv: list[str], environ: Mapping[str, str] | None = None) 
     """Settings from a command line (without `pagoda serve`); what tests and the CLI share."""
     parser = argparse.ArgumentParser(prog="pagoda serve")
     add_serve_arguments(parser, environ)
-    return settings_from_args(parser.parse_args(argv))
+    try:
+        return settings_from_args(parser.parse_args(argv))
+    except ValueError as exc:
+        parser.error(str(exc))

@@ -101,3 +101,13 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(model_dir: pathlib.Path) 
     assert [r["status"] for r in request_lines] == ["finished"]
     assert request_lines[0]["completion_tokens"] == 1500
     assert "Hello" not in log  # no prompt text in the logs
+
+
+def test_a_bad_serve_variable_does_not_break_other_subcommands(tmp_path: pathlib.Path) -> None:
+    env = {**os.environ, "PAGODA_PORT": "eighty"}
+    made = subprocess.run([sys.executable, "-m", "pagoda.cli", "make-tiny-model", str(tmp_path / "m")],
+                          env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    served = subprocess.run([sys.executable, "-m", "pagoda.cli", "serve", str(tmp_path / "m")],
+                            env=env, capture_output=True, text=True)
+    assert served.returncode != 0 and "PAGODA_PORT" in served.stderr
