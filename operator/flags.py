@@ -25,19 +25,20 @@ GPU_MEMORY_UTILIZATION = "--gpu-memory-utilization"
 TENSOR_PARALLEL_SIZE = "--tensor-parallel-size"
 MAX_QUEUE_LEN = "--max-queue-len"
 LOG_LEVEL = "--log-level"
+DRAIN_TIMEOUT = "--drain-timeout"
 
 #: Every flag of `pagoda serve` the operator knows.
 ALL_FLAGS = (
     HOST, PORT, SERVED_MODEL_NAME, API_KEY, DTYPE, MAX_MODEL_LEN, MAX_NUM_SEQS,
     MAX_NUM_BATCHED_TOKENS, BLOCK_SIZE, ENABLE_PREFIX_CACHING, NO_ENABLE_PREFIX_CACHING,
-    GPU_MEMORY_UTILIZATION, TENSOR_PARALLEL_SIZE, MAX_QUEUE_LEN, LOG_LEVEL,
+    GPU_MEMORY_UTILIZATION, TENSOR_PARALLEL_SIZE, MAX_QUEUE_LEN, LOG_LEVEL, DRAIN_TIMEOUT,
 )
 
 #: Flags whose value the operator derives from the resource itself (wiring,
 #: not tuning); `spec.engine.extraArgs` may not set them, which a CEL rule
 #: enforces, because a second value would silently break probes, the Service
 #: or authentication.
-MANAGED_FLAGS = (HOST, PORT, SERVED_MODEL_NAME, API_KEY, TENSOR_PARALLEL_SIZE)
+MANAGED_FLAGS = (HOST, PORT, SERVED_MODEL_NAME, API_KEY, TENSOR_PARALLEL_SIZE, DRAIN_TIMEOUT)
 
 #: Environment variable `pagoda serve` reads its API key from; the operator
 #: fills it from a Secret so the key never shows in the pod's command line.
@@ -52,6 +53,6 @@ METRICS_PATH = "/metrics"
 #: Per-pod gauge of requests queued in the engine: the HPA's metric.
 QUEUE_METRIC = "pagoda_requests_waiting"
 
-#: Seconds `pagoda serve` keeps finishing in-flight requests after SIGTERM;
-#: the pod's termination grace period is sized from it.
+#: Seconds `pagoda serve` keeps finishing in-flight requests after SIGTERM
+#: (passed as DRAIN_TIMEOUT); the pod's termination grace period covers it.
 DRAIN_SECONDS = 30

@@ -137,7 +137,7 @@ class EngineSpec(_Model):
         )))
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     enable_prefix_caching: bool = True
-    log_level: Literal["debug", "info", "warning", "error"] | None = None
+    log_level: Literal["debug", "info", "warning", "error", "critical"] | None = None
     extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list, max_length=64,
         description="More `pagoda serve` arguments, appended verbatim.",

@@ -34,6 +34,7 @@ def serve_args(engine: EngineSpec, served_name: str, model_dir: str) -> list[str
             flags.HOST, "0.0.0.0", flags.PORT, str(flags.DEFAULT_PORT),
             flags.SERVED_MODEL_NAME, served_name,
             flags.TENSOR_PARALLEL_SIZE, str(engine.tensor_parallel_size),
+            flags.DRAIN_TIMEOUT, str(flags.DRAIN_SECONDS),
             flags.DTYPE, engine.dtype,
             flags.GPU_MEMORY_UTILIZATION, str(engine.gpu_memory_utilization),
             flags.ENABLE_PREFIX_CACHING if engine.enable_prefix_caching else flags.NO_ENABLE_PREFIX_CACHING]

@@ -31,7 +31,8 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("batched-below-model-len", manifest(engine={"maxModelLen": 4096, "maxNumBatchedTokens": 1024}),
      "engine.maxNumBatchedTokens must be at least engine.maxModelLen, or a full-length prompt never fits a batch"),
     ("managed-flag-in-extra-args", manifest(engine={"extraArgs": ["--port=9000"]}),
-     "engine.extraArgs must not set --host, --port, --served-model-name, --api-key, --tensor-parallel-size: "
+     "engine.extraArgs must not set --host, --port, --served-model-name, --api-key, --tensor-parallel-size, "
+     "--drain-timeout: "
      "the operator sets them from the resource"),
     ("autoscaling-without-bounds", manifest(autoscaling={"enabled": True}),
      "autoscaling.enabled requires both autoscaling.minReplicas and autoscaling.maxReplicas"),

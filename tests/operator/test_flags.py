@@ -1,0 +1,19 @@
+"""The operator's copy of the `pagoda serve` contract agrees with the server's."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagoda.operator import flags
+
+
+def test_managed_flags_are_flags() -> None:
+    assert set(flags.MANAGED_FLAGS) <= set(flags.ALL_FLAGS)
+
+
+def test_every_flag_the_operator_passes_is_one_the_server_defines() -> None:
+    args = pytest.importorskip("pagoda.engine.entrypoints.args", reason="the server is not installed")
+    served = {f"--{flag.name}" for flag in args.FLAGS}
+    # Boolean flags also have their --no- form (argparse.BooleanOptionalAction).
+    assert set(flags.ALL_FLAGS) <= served | {f"--no-{name[2:]}" for name in served}
+    assert flags.API_KEY_ENV == args.ENV_PREFIX + "API_KEY"
