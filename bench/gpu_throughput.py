@@ -57,6 +57,7 @@ def _result(useful: int, seconds: float, **extra: Any) -> dict[str, Any]:
 
 
 def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int]) -> dict[str, Any]:
+    from pagoda.engine.cuda_graphs import DecodeCudaGraphs
     from pagoda.engine.llm import LLM
     from pagoda.engine.sampling_params import SamplingParams
 
@@ -71,7 +72,7 @@ def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int]) -> dict[
     generated = sum(len(r.outputs[0].token_ids) for r in results)
     return _result(generated, seconds, num_seqs=len(prompts), requested_tokens=sum(outputs),
                    engine={"max_num_seqs": 256, "max_num_batched_tokens": 16384, "num_kv_blocks": llm.engine.runner.num_blocks,
-                           "cuda_graphs": not llm.engine.config.enforce_eager})
+                           "cuda_graphs": isinstance(llm.engine.runner.forward, DecodeCudaGraphs)})
 
 
 def _hf_config(max_new_tokens: int, min_new_tokens: int = 0) -> Any:
