@@ -53,14 +53,15 @@ class Operator:
     kubeconfig: Path
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: `pagoda operator` arguments; by default it watches the tests' namespaces.
+    args: list[str] = field(default_factory=lambda: ["--namespace", WATCHED])
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
         env = {**self.cluster.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(REPO), **self.env}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", BOOT, "operator", "--namespace", WATCHED, "--log-format", "plain",
-                 "--liveness", ""],
+                [sys.executable, "-c", BOOT, "operator", *self.args, "--log-format", "plain", "--liveness", ""],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
     def kill(self) -> None:
