@@ -110,7 +110,7 @@ def _secret_problems(kube: Kube, resource: LLMDeployment) -> list[Problem]:
         secret = kube.get("v1", "Secret", resource.namespace, ref.name)
         if secret is None:
             problems.append(Problem("SecretNotFound", f"{what} Secret {ref.name!r} does not exist"))
-        elif ref.key not in (secret.get("data") or {}) and ref.key not in (secret.get("stringData") or {}):
+        elif ref.key not in (secret.get("data") or {}):
             problems.append(Problem("SecretKeyNotFound", f"{what} Secret {ref.name!r} has no key {ref.key!r}"))
     return problems
 
@@ -134,7 +134,8 @@ def reconcile(kube: Kube, body: dict[str, Any], config: OperatorConfig, *, servi
     pods = kube.list("v1", "Pod", resource.namespace, labels=selector_labels(resource))
     events = []
     if any(p.get("status", {}).get("phase") == "Pending" for p in pods):
-        events = sorted(kube.list("v1", "Event", resource.namespace, fields={"type": "Warning"}),
+        events = sorted(kube.list("v1", "Event", resource.namespace,
+                                  fields={"type": "Warning", "involvedObject.kind": "Pod"}),
                         key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
     observed = Observed(deployment=applied.get(("apps/v1", "Deployment")), claim=claim, pods=pods,
                         events=events, problems=outcome.problems)
