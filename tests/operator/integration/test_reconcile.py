@@ -6,7 +6,6 @@ import json
 import time
 from typing import Any
 
-import pytest
 
 from e2e.cluster.client import Cluster
 
