@@ -6,7 +6,6 @@ import json
 import time
 from typing import Any
 
-
 from e2e.cluster.client import Cluster
 
 from .stack import Operator, llm_deployment
