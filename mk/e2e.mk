@@ -2,8 +2,8 @@
 # local process with the chart's ServiceAccount, scenarios on simulated GPU
 # nodes. Local control plane by default; PAGODA_CLUSTER=external runs it on
 # the cluster of KUBECONFIG instead. `make test` (and so .ci/run) runs it first.
+# The operator extra it needs is added to the venv by mk/operator.mk.
 
-EXTRAS := $(EXTRAS),operator
 TEST_PREREQS += e2e
 
 .PHONY: e2e
