@@ -20,10 +20,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.operator import namespace_shim  # noqa: E402
-
-namespace_shim.install()
-
 from e2e.cluster.build import read_versions  # noqa: E402
 from e2e.cluster.client import Cluster  # noqa: E402
 from e2e.cluster.launcher import LocalCluster  # noqa: E402

@@ -20,10 +20,6 @@ ACCOUNT = "pagoda-operator"
 #: Namespaces the operator under test watches (a kopf glob pattern): tests
 #: make theirs with this prefix, so operators of other suites never collide.
 WATCHED = "pagoda-it-*"
-#: `pagoda` with the namespace-portion shim of the development venv (see
-#: tests/operator/namespace_shim.py).
-BOOT = ("import sys; from tests.operator import namespace_shim; namespace_shim.install(); "
-        "from pagoda.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def install_crd(cluster: Cluster) -> None:
@@ -61,7 +57,7 @@ class Operator:
         env = {**self.cluster.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(REPO), **self.env}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", BOOT, "operator", *self.args, "--log-format", "plain", "--liveness", ""],
+                [sys.executable, "-m", "pagoda.cli", "operator", *self.args, "--log-format", "plain", "--liveness", ""],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
     def kill(self) -> None:
