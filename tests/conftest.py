@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels can only run interpreted, and Triton fixes the mode
+# when a function is decorated: possibly at the first `import triton`, which
+# torch._dynamo performs on its own (transformers reaches it). So the variable is set
+# for the whole session, before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
