@@ -21,6 +21,8 @@ PROGRESS_DEADLINE_SECONDS = 3600
 STARTUP_SECONDS = 1800
 #: Pause before SIGTERM so Service endpoints drop the pod before it drains.
 PRE_STOP_SECONDS = 5
+#: Shared memory per GPU of a replica (NCCL keeps per-peer buffers there).
+SHM_GIB_PER_GPU = 2
 
 
 def serve_args(engine: EngineSpec, served_name: str, model_dir: str) -> list[str]:
@@ -128,6 +130,15 @@ def _engine_container(resource: LLMDeployment, config: OperatorConfig, image: st
     return container
 
 
+def _shm_volume(gpus: int) -> dict[str, Any]:
+    """/dev/shm in memory, for NCCL's intra-node buffers and torch's shared tensors.
+
+    Its size grows with the tensor-parallel ranks that share it; it counts
+    against the pod's memory, so it is bounded rather than left unlimited.
+    """
+    return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{max(gpus, 1) * SHM_GIB_PER_GPU}Gi"}}
+
+
 def _pod_spec(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]:
     spec = resource.spec
     image = spec.image or config.default_image
@@ -146,8 +157,7 @@ def _pod_spec(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]
         "containers": [_engine_container(resource, config, image, volume)],
         "volumes": [
             volume.volume,
-            # NCCL and torch's shared-memory tensors need a real /dev/shm.
-            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            _shm_volume(spec.gpus),
             {"name": "tmp", "emptyDir": {}},
         ],
     }

@@ -101,7 +101,7 @@ def test_pod_is_hardened_and_probed() -> None:
     assert engine["livenessProbe"]["httpGet"]["path"] == flags.LIVENESS_PATH
     startup = engine["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in pod["volumes"]
     assert pod["terminationGracePeriodSeconds"] > flags.DRAIN_SECONDS + deployment.PRE_STOP_SECONDS
     annotations = by_kind({})["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == flags.METRICS_PATH
@@ -201,3 +201,12 @@ def test_served_name_defaults() -> None:
 @pytest.mark.parametrize(("value", "text"), [(4, "4"), (4.0, "4"), (0.5, "500m"), (2.25, "2250m")])
 def test_quantity(value: float, text: str) -> None:
     assert hpa.quantity(value) == text
+
+
+def test_tensor_parallel_replica_gets_its_gpus_and_shared_memory() -> None:
+    pod = by_kind({"engine": {"tensorParallelSize": 4}})["Deployment"]["spec"]["template"]["spec"]
+    engine = pod["containers"][0]
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert engine["args"][engine["args"].index(flags.TENSOR_PARALLEL_SIZE) + 1] == "4"
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": f"{4 * deployment.SHM_GIB_PER_GPU}Gi"}
