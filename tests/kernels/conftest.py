@@ -1,19 +1,14 @@
 """Runs the Triton kernels natively on a GPU, or interpreted on the CPU (TRITON_INTERPRET=1).
 
 Triton fixes a function's mode when it is decorated, its own library's
-included, so the variable is set while Triton and `pagoda.kernels.triton`
-are first imported, here, and then put back: other test modules never see
-it. During these tests it is set again (some interpreter paths read it at
-run time). Nothing else imports Triton on a CPU machine (`pagoda.kernels.ops`
-imports the kernels on the first CUDA call only), which the check below
-makes sure of.
+included, and torch._dynamo may import Triton long before these tests do;
+so without a GPU tests/conftest.py sets the variable for the whole session,
+before any test module is imported. This module only makes sure of it.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,27 +16,8 @@ import torch
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
-if not ON_GPU:
-    if "triton" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
-        # Triton's own library functions (tl.cdiv, tl.sum, ...) were then decorated for
-        # compilation, and interpreted kernels cannot call them.
-        raise RuntimeError("triton was imported before tests/kernels could select its interpreter; import it later")
-    _saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import pagoda.kernels.triton  # noqa: F401  (decorates the kernels as interpreted)
-    finally:
-        if _saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = _saved
-
-
-@pytest.fixture(autouse=True)
-def _triton_mode(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    if not ON_GPU:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    yield
+if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
+    raise RuntimeError("without a GPU the kernel tests need TRITON_INTERPRET=1 from before Triton's first import")
 
 
 @pytest.fixture
