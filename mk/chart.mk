@@ -4,7 +4,7 @@
 
 TEST_PREREQS += chart-prereqs
 
-.PHONY: chart-prereqs chart-crds chart-lint
+.PHONY: chart-prereqs chart-crds chart-test
 
 chart-prereqs: cluster-binaries
 	@command -v prometheus >/dev/null || { \
@@ -16,5 +16,5 @@ chart-prereqs: cluster-binaries
 chart-crds:
 	rm -f charts/pagoda/crds/*.yaml && cp crds/*.yaml charts/pagoda/crds/
 
-chart-lint: venv chart-prereqs
+chart-test: venv chart-prereqs
 	$(VENV)/bin/pytest -q tests/chart
