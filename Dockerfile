@@ -5,8 +5,10 @@
 #   podman build --format docker --target engine -t pagoda-engine .
 #   podman build --format docker --target operator -t pagoda-operator .
 #
-# The bases are arguments (a mirror, a pinned digest, another CUDA release);
-# ENGINE_BASE must provide python3 (3.10+) with torch.
+# The bases are arguments (a mirror, a pinned digest, another CUDA release):
+# PYTHON_IMAGE must provide python3 (3.11+) with venv, ENGINE_BASE python3
+# (3.10+) with venv and torch. Each image installs into its own venv, so
+# bases whose system Python is externally managed (Debian's) work too.
 ARG PYTHON_IMAGE=docker.io/library/python:3.12-slim-bookworm
 ARG ENGINE_BASE=docker.io/pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 # Numeric, so bases without useradd work; the operator's default run_as_user.
@@ -17,19 +19,21 @@ ARG UID=1000
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml ./
-RUN python -c "import tomllib; extras = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; \
+RUN python3 -c "import tomllib; extras = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; \
 [open(f'/{name}.txt', 'w').write('\n'.join(r for e in groups for r in extras[e]) + '\n') \
  for name, groups in (('engine', ('engine', 'server')), ('operator', ('operator',)))]"
+RUN python3 -m venv /opt/build
 COPY README.md ./
 COPY pagoda pagoda
 COPY engine engine
 COPY kernels kernels
 COPY operator operator
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 FROM ${PYTHON_IMAGE} AS operator
 ARG UID
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
+ENV VIRTUAL_ENV=/opt/pagoda PATH=/opt/pagoda/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
+RUN python3 -m venv /opt/pagoda
 COPY --from=wheel /operator.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements.txt
 COPY --from=wheel /dist/ /tmp/dist/
