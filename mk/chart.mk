@@ -1,16 +1,19 @@
-# The Helm chart, images and dashboards (charts/pagoda, Dockerfile): their
-# tests (tests/chart) need helm (built by cluster-binaries) and Prometheus,
-# which this installs from Debian's package on a fresh machine.
+# The Helm chart, images and dashboards (charts/pagoda, Dockerfile). Their
+# tests (tests/chart) need helm (built by cluster-binaries), Prometheus and
+# podman (daemonless, with runc and debootstrap for local base images): this
+# installs the Debian packages on a fresh machine, as root or through sudo.
 
 TEST_PREREQS += chart-prereqs
+CHART_DEBS := prometheus podman runc debootstrap
 
 .PHONY: chart-prereqs chart-crds chart-test
 
 chart-prereqs: cluster-binaries
-	@command -v prometheus >/dev/null || { \
+	@missing=$$(for p in $(CHART_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
-	  else echo "chart tests need Debian's prometheus package: apt-get install prometheus" >&2; exit 1; fi; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends prometheus; }
+	  else echo "chart tests need Debian packages: apt-get install $$missing" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; }
 
 # Copies the project's CRDs into the chart (a test checks that they are equal).
 chart-crds:
