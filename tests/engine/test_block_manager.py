@@ -70,7 +70,9 @@ def test_random_workloads_keep_the_pool_exact(w: dict) -> None:
     stem = [5, 6, 7, 8, 9, 10, 11]
     seqs = []
     for i, (tail, max_tokens) in enumerate(w["prompts"]):
-        prompt = (stem + tail)[: capacity - max_tokens] or [1]
+        # As the engine guarantees (max_model_len <= pool), every sequence fits the pool alone.
+        max_tokens = min(max_tokens, capacity - 1)
+        prompt = (stem + tail)[: capacity - max_tokens]
         seqs.append(_new_seq(i, prompt, max_tokens))
         sched.add(seqs[-1])
     aborts = dict(w["abort_at"])

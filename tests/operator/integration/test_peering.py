@@ -43,14 +43,14 @@ def test_only_the_highest_priority_replica_reconciles(cluster: Cluster, peer_nam
     low.start()
     high.start()
     try:
-        cluster.wait_for("the low-priority replica to pause", lambda: _log_has(low, "Pausing operations"), timeout=60)
+        cluster.wait_for("the low-priority replica to pause", lambda: _log_has(low, "Pausing operations"), timeout=180)
         cluster.apply(llm_deployment("first"), namespace=peer_namespace)
         cluster.wait_for("children of first", lambda: cluster.get("deployment.apps", "first", peer_namespace),
                          timeout=60)
         assert _log_has(high, f"[{peer_namespace}/first]") and not _log_has(low, f"[{peer_namespace}/first]")
 
         high.stop()  # a rolling update takes the active replica away
-        cluster.wait_for("the other replica to resume", lambda: _log_has(low, "Resuming operations"), timeout=90)
+        cluster.wait_for("the other replica to resume", lambda: _log_has(low, "Resuming operations"), timeout=180)
         cluster.apply(llm_deployment("second"), namespace=peer_namespace)
         cluster.wait_for("children of second", lambda: cluster.get("deployment.apps", "second", peer_namespace),
                          timeout=60)
