@@ -54,6 +54,7 @@ RUN pip install --no-cache-dir --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist /tm
 USER ${UID}:${UID}
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10m \
-  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
-# The model directory is the argument (or PAGODA_MODEL); every flag also reads PAGODA_<FLAG>.
+  CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PAGODA_PORT', 8000)}/health\", timeout=4)"]
+# The model directory is the argument (or PAGODA_MODEL); every flag also reads
+# PAGODA_<FLAG>; set the port as PAGODA_PORT, which the healthcheck reads too.
 ENTRYPOINT ["pagoda", "serve"]

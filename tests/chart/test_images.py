@@ -58,8 +58,8 @@ def engine_container(images: dict[str, str], tiny_model: Callable[..., Path], tm
         port = s.getsockname()[1]
     name = f"pagoda-engine-test-{port}"
     podman("run", "-d", "--name", name, "--network=host", "--read-only", "--tmpfs", "/tmp",
-           "-v", f"{model}:/models/tiny:ro", images["engine"],
-           "/models/tiny", "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny")
+           "-v", f"{model}:/models/tiny:ro", "-e", f"PAGODA_PORT={port}", images["engine"],
+           "/models/tiny", "--host", "127.0.0.1", "--served-model-name", "tiny")
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
