@@ -30,6 +30,7 @@ def images() -> dict[str, str]:
         built[target] = f"localhost/pagoda-{target}:test"
         podman("build", "--format", "docker", "--target", target, "--build-arg", f"PYTHON_IMAGE={python_base}",
                "--build-arg", f"ENGINE_BASE={torch_base}", "-t", built[target], str(REPO))
+    podman("image", "prune", "-f")  # the previous builds' layers
     return built
 
 
