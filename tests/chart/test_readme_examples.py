@@ -1,9 +1,11 @@
-"""The README's LLMDeployment examples are valid resources of the CRD's model."""
+"""The README's LLMDeployment examples are valid resources: against the CRD's
+schema (unknown fields refused, as strict field validation would) and its model."""
 
 from __future__ import annotations
 
 import re
 
+import jsonschema
 import pytest
 import yaml
 
@@ -12,6 +14,7 @@ from pagoda.operator import v1alpha1
 from .helm import REPO
 
 _SECTION = (REPO / "README.md").read_text().partition("## Installing on Kubernetes")[2]
+_CRD = yaml.safe_load((REPO / "crds" / "llmdeployment.yaml").read_text())
 EXAMPLES = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", _SECTION, re.S)]
 
 
@@ -25,3 +28,17 @@ def test_the_three_examples_are_there() -> None:
 def test_example_is_a_valid_llmdeployment(example: dict) -> None:
     assert (example["apiVersion"], example["kind"]) == (v1alpha1.API_VERSION, v1alpha1.KIND)
     v1alpha1.LLMDeploymentSpec.model_validate(example["spec"])
+    [version] = [v for v in _CRD["spec"]["versions"] if v["name"] == example["apiVersion"].split("/")[1]]
+    jsonschema.validate(example["spec"], _strict(version["schema"]["openAPIV3Schema"]["properties"]["spec"]))
+
+
+def _strict(schema: dict) -> dict:
+    """The schema with unknown fields refused wherever it lists the known ones."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {k: _strict(v) for k, v in out["properties"].items()}
+        if not out.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+    if isinstance(out.get("items"), dict):
+        out["items"] = _strict(out["items"])
+    return out
