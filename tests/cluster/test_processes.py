@@ -42,7 +42,10 @@ def test_detached_process_is_stopped_by_pid(tmp_path: Path) -> None:
     proc = processes.start("daemon", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path, detached=True)
     stranger = processes.Process("daemon", proc.pid, proc.log)  # as read back from a state file
     assert stranger.alive()
-    assert processes.runs(proc.pid, "time.sleep") and not processes.runs(proc.pid, "kube-apiserver")
+    # Popen can return while the kernel is still setting up the new
+    # program's argv (vfork): its command line may read empty for a moment.
+    assert processes.wait_until(lambda: processes.runs(proc.pid, "time.sleep"), 5)
+    assert not processes.runs(proc.pid, "kube-apiserver")
     stranger.stop(timeout=5)
     proc.popen.wait(5)  # reap our own child so its pid is really gone
     assert not processes.pid_alive(proc.pid)
