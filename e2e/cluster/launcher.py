@@ -228,6 +228,7 @@ class ExternalCluster(_Supervisor):
             cluster.kubectl("delete", "node", "-l", "=".join(manifests.NODE_LABEL),
                             "--ignore-not-found", check=False)
             cluster.kubectl("delete", "storageclass", manifests.STORAGE_CLASS, "--ignore-not-found", check=False)
+            self.connected = None
         super().stop()
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from e2e.cluster import manifests, processes
 from e2e.cluster.client import Cluster, KubectlError
+from e2e.cluster.launcher import ExternalCluster, LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -174,3 +175,28 @@ def test_command_line_starts_a_detached_cluster_and_stops_it(tmp_path: Path) -> 
     assert down.returncode == 0
     assert not any(processes.pid_alive(p["pid"]) for p in state["processes"])
     assert subprocess.run([*cli, "status"], env=env, cwd=REPO, capture_output=True).returncode == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PAGODA_CLUSTER") == "external", reason="starts a local control plane")
+def test_external_mode_adds_its_nodes_and_class_to_a_cluster_and_removes_them(tmp_path: Path) -> None:
+    """PAGODA_CLUSTER=external, with a bare local control plane standing in
+    for kind: only the kubeconfig is shared."""
+    bare = LocalCluster(tmp_path / "bare", gpu_nodes=0)
+    target = bare.start()
+    for name in ("kwok", "provisioner"):  # a bare cluster has neither
+        bare._process(name).stop()
+    external = ExternalCluster(tmp_path / "external", gpu_nodes=1, gpus_per_node=2)
+    try:
+        cluster = external.start(target.kubeconfig)
+        assert cluster.external and cluster.server == target.server
+        [node] = target.get("nodes")["items"]
+        assert node["status"]["allocatable"][manifests.GPU_RESOURCE] == "2"
+        annotations = target.get("storageclass", manifests.STORAGE_CLASS)["metadata"].get("annotations", {})
+        assert "storageclass.kubernetes.io/is-default-class" not in annotations
+        external.stop()
+        assert target.get("nodes")["items"] == []
+        assert target.get("storageclass", manifests.STORAGE_CLASS) is None
+    finally:
+        external.stop()
+        bare.stop()
