@@ -53,8 +53,8 @@ COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-cache-dir --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist /tmp/requirements.txt
 USER ${UID}:${UID}
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10m \
-  CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PAGODA_PORT', 8000)}/health\", timeout=4)"]
+HEALTHCHECK --interval=30s --timeout=30s --start-period=10m \
+  CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PAGODA_PORT', 8000)}/health\", timeout=25)"]
 # The model directory is the argument (or PAGODA_MODEL); every flag also reads
 # PAGODA_<FLAG>; set the port as PAGODA_PORT, which the healthcheck reads too.
 ENTRYPOINT ["pagoda", "serve"]

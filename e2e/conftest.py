@@ -11,13 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.operator import namespace_shim
-
-namespace_shim.install()  # `pagoda.operator` in the editable venv, before test modules import it
-
-from e2e.cluster.client import Cluster  # noqa: E402
-from e2e.cluster.pytest_plugin import kube_cluster  # noqa: E402,F401
-from e2e.stack import CHART, OperatorProcess, Release  # noqa: E402
+from e2e.cluster.client import Cluster
+from e2e.cluster.pytest_plugin import kube_cluster  # noqa: F401
+from e2e.stack import CHART, OperatorProcess, Release
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -28,12 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 #: The chart under test; PAGODA_E2E_CHART points at another copy (an
 #: unpacked release, a branch's) to run the same suite on it.
 CHART = Path(os.environ.get("PAGODA_E2E_CHART") or REPO / "charts" / "pagoda").resolve()
-#: `pagoda` as the image runs it. The development venv's editable install
-#: cannot import the namespace portion `pagoda.operator` (see
-#: tests/operator/namespace_shim.py), so the operator's shim registers it
-#: first; with a regular install the shim does nothing.
-BOOT = ("import sys; from tests.operator import namespace_shim; namespace_shim.install(); "
-        "from pagoda.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 @dataclass
@@ -122,7 +116,7 @@ class OperatorProcess:
         kubeconfig = cluster.service_account_kubeconfig(self.release.service_account, self.release.namespace)
         env = {**cluster.env, **self.release.operator_env(), "KUBECONFIG": str(kubeconfig)}
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-c", BOOT, "operator", *self.release.operator_args()],
+            self.process = subprocess.Popen([sys.executable, "-m", "pagoda.cli", "operator", *self.release.operator_args()],
                                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                             env=env, cwd=REPO)
 
