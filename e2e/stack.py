@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import yaml
 
 from e2e.cluster.client import Cluster
+from e2e.cluster.operator_process import OperatorChild
 
 REPO = Path(__file__).resolve().parents[1]
 #: The chart under test; PAGODA_E2E_CHART points at another copy (an
@@ -103,7 +102,7 @@ class Release:
 
 
 @dataclass
-class OperatorProcess:
+class OperatorProcess(OperatorChild):
     """`pagoda operator` from this checkout, authenticated as the release's
     ServiceAccount; killable and restartable like a pod."""
 
@@ -115,30 +114,4 @@ class OperatorProcess:
         cluster = self.release.cluster
         kubeconfig = cluster.service_account_kubeconfig(self.release.service_account, self.release.namespace)
         env = {**cluster.env, **self.release.operator_env(), "KUBECONFIG": str(kubeconfig)}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "pagoda.cli", "operator", *self.release.operator_args()],
-                                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                            env=env, cwd=REPO)
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful shutdown, as when a node dies mid-reconcile."""
-        self._signal(signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+        self.launch(self.release.operator_args(), env)

@@ -4,17 +4,15 @@ authenticated as a ServiceAccount bound to exactly those rules."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from e2e.cluster.client import Cluster
+from e2e.cluster.operator_process import OperatorChild
 from pagoda.operator import crd, rbac
 
-REPO = Path(__file__).resolve().parents[3]
 SYSTEM_NAMESPACE = "pagoda-it-system"
 ACCOUNT = "pagoda-operator"
 #: Namespaces the operator under test watches (a kopf glob pattern): tests
@@ -42,7 +40,7 @@ def operator_kubeconfig(cluster: Cluster) -> Path:
 
 
 @dataclass
-class Operator:
+class Operator(OperatorChild):
     """`pagoda operator` as a child process; killable and restartable like a pod."""
 
     cluster: Cluster
@@ -54,31 +52,8 @@ class Operator:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        env = {**self.cluster.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(REPO), **self.env}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pagoda.cli", "operator", *self.args, "--log-format", "plain", "--liveness", ""],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful shutdown, as when the operator's node dies."""
-        self._signal(signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+        env = {**self.cluster.env, "KUBECONFIG": str(self.kubeconfig), **self.env}
+        self.launch([*self.args, "--log-format", "plain", "--liveness", ""], env)
 
 
 def llm_deployment(name: str, **spec: Any) -> dict[str, Any]:
