@@ -36,9 +36,9 @@ def _log_has(operator: Operator, text: str) -> bool:
     return text in operator.log.read_text(errors="replace")
 
 
-@pytest.mark.skip(reason="known failure: inside this suite's shared cluster the low-priority replica never sees "
-                         "its peer (both log 'Resuming operations'), while the same two processes started by hand "
-                         "against a fresh control plane pause as expected; open until the cause is found")
+@pytest.mark.skip(reason="known failure: while another, standalone operator process runs against the same "
+                         "cluster (the session's `operator` fixture), the low-priority replica never sees its peer "
+                         "and never pauses; without it the same test passes in about 30 s. Cause not found yet")
 def test_only_the_highest_priority_replica_reconciles(cluster: Cluster, peer_namespace: str, operator: Operator,
                                                       tmp_path: Path) -> None:
     def replica(priority: int) -> Operator:
