@@ -203,7 +203,9 @@ class LLMEngine:
             if seq.first_token_time is None:
                 seq.first_token_time = now
             if seq.params.logprobs is not None:
-                seq.output_logprobs.append(self._logprob_entry(token, logprob, top))
+                entry = self._logprob_entry(token, logprob, top)
+                seq.output_logprobs.append(entry)
+                seq.cumulative_logprob += entry[token].logprob
             reason = self._check_stop(seq, token)
             if reason is not None:
                 self.scheduler.finish(seq, reason)
@@ -250,17 +252,15 @@ class LLMEngine:
         outputs = []
         for seq in req.seqs:
             done = seq.is_finished
-            cumulative = None
-            if seq.params.logprobs is not None:
-                cumulative = sum(e[t].logprob for e, t in zip(seq.output_logprobs, seq.output_token_ids))
+            wants_logprobs = seq.params.logprobs is not None
             outputs.append(
                 CompletionOutput(
                     index=seq.index,
                     text="",  # filled by the output processor
                     # Snapshots: a consumer on another thread (the server) must not see later tokens.
                     token_ids=list(seq.output_token_ids),
-                    cumulative_logprob=cumulative,
-                    logprobs=list(seq.output_logprobs) if seq.params.logprobs is not None else None,
+                    cumulative_logprob=seq.cumulative_logprob if wants_logprobs else None,
+                    logprobs=list(seq.output_logprobs) if wants_logprobs else None,
                     finish_reason=seq.finish_reason.value if done else None,
                     stop_reason=seq.stop_reason,
                 )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pagoda.engine.attention import AttentionMetadata, select_backend
+from pagoda.engine.attention import select_backend
 from pagoda.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from pagoda.engine.cuda_graphs import decode_forward
 from pagoda.engine.distributed import agree_min, tp_size
@@ -106,15 +106,13 @@ class ModelRunner:
             self.model_config.head_dim, dtype=self.model_config.dtype, device=self.device,
         )
         bind_kv_cache(self.model, one_block_cache, self.backend)
-        meta = AttentionMetadata(
-            slot_mapping=torch.arange(n, device=self.device),
-            query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor([n], dtype=torch.int32, device=self.device),
-            block_tables=torch.zeros(1, 1, dtype=torch.int32, device=self.device),
-            num_decodes=0, max_query_len=n, max_seq_len=n, query_lens_host=[n], seq_lens_host=[n],
+        # One prefill of n tokens in that single block, with logits for as many rows as a step samples.
+        inputs = StepInputs(
+            input_ids=[0] * n, positions=list(range(n)), slots=list(range(n)), query_lens=[n], seq_lens=[n],
+            block_tables=[[0]], num_decodes=0, logit_rows=[],
         )
-        ids = torch.zeros(n, dtype=torch.long, device=self.device)
-        hidden = self.model(ids, torch.arange(n, device=self.device), meta)
+        ids, pos, meta = inputs.to_device(self.device)
+        hidden = self.model(ids, pos, meta)
         self.model.compute_logits(hidden[-min(n, self.config.max_num_seqs):])
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)

@@ -24,10 +24,6 @@ class CompletionOutput:
     # Text added since the previous output of this request, with a possible
     # stop-string prefix held back: what a streaming server sends.
     delta_text: str = ""
-    num_new_tokens: int = 0
-
-    def finished(self) -> bool:
-        return self.finish_reason is not None
 
 
 @dataclass

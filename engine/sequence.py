@@ -51,6 +51,7 @@ class Sequence:
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
     output_logprobs: list[dict[int, Any]] = field(default_factory=list)
+    cumulative_logprob: float = 0.0  # kept as tokens arrive, not re-summed every step
     prompt_logprobs: list[dict[int, Any] | None] | None = None
     first_scheduled_time: float | None = None
     first_token_time: float | None = None

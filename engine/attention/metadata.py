@@ -29,7 +29,3 @@ class AttentionMetadata:
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens_host)
-
-    @property
-    def num_decode_tokens(self) -> int:
-        return self.num_decodes
