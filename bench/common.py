@@ -8,6 +8,8 @@ import pathlib
 import platform
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 RESULTS_DIR = pathlib.Path(__file__).with_name("results")
@@ -39,3 +41,22 @@ def write_result(name: str, result: dict[str, Any]) -> pathlib.Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps({**environment(), **result}, indent=2) + "\n")
     return path
+
+
+class Timers:
+    """Wall time and call count per name, gathered by wrapping the methods a benchmark measures."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+                self.calls[name] += 1
+
+        return timed

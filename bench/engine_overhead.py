@@ -12,32 +12,16 @@ the engine's own methods; "other" is the rest of step().
 from __future__ import annotations
 
 import argparse
-import functools
 import random
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
 
-from bench.common import write_result
+from bench.common import Timers, write_result
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE, make_tiny_model
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
 
 NEAR_ZERO_MODEL = dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
-
-
-def _timed(totals: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            totals[name] += time.perf_counter() - start
-
-    return wrapper
 
 
 def main() -> None:
@@ -53,16 +37,17 @@ def main() -> None:
         llm = LLM(str(make_tiny_model(tmp, "llama", **NEAR_ZERO_MODEL)), dtype="float32", max_num_seqs=args.num_seqs)
     llm.generate(prompts[:4], params)  # warm-up
     engine, runner = llm.engine, llm.engine.runner
-    totals: dict[str, float] = defaultdict(float)
-    engine.scheduler.schedule = _timed(totals, "schedule", engine.scheduler.schedule)
-    runner._build_inputs = _timed(totals, "prepare_inputs", runner._build_inputs)
-    runner.model.forward = _timed(totals, "model_forward", runner.model.forward)
-    runner.model.compute_logits = _timed(totals, "model_forward", runner.model.compute_logits)
-    runner.sampler.__class__.__call__ = _timed(totals, "sample", runner.sampler.__class__.__call__)
-    engine._check_stop = _timed(totals, "stop_check", engine._check_stop)
-    engine.output_processor.process = _timed(totals, "detokenize_and_stop_strings", engine.output_processor.process)
-    engine._make_output = _timed(totals, "make_outputs", engine._make_output)
-    engine.step = _timed(totals, "step_total", engine.step)
+    timers = Timers()
+    totals = timers.seconds
+    engine.scheduler.schedule = timers.wrap("schedule", engine.scheduler.schedule)
+    runner._build_inputs = timers.wrap("prepare_inputs", runner._build_inputs)
+    runner.model.forward = timers.wrap("model_forward", runner.model.forward)
+    runner.model.compute_logits = timers.wrap("model_forward", runner.model.compute_logits)
+    runner.sampler.__class__.__call__ = timers.wrap("sample", runner.sampler.__class__.__call__)
+    engine._check_stop = timers.wrap("stop_check", engine._check_stop)
+    engine.output_processor.process = timers.wrap("detokenize_and_stop_strings", engine.output_processor.process)
+    engine._make_output = timers.wrap("make_outputs", engine._make_output)
+    engine.step = timers.wrap("step_total", engine.step)
     start = time.perf_counter()
     outputs = llm.generate(prompts, params)
     wall = time.perf_counter() - start

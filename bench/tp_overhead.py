@@ -16,7 +16,7 @@ import random
 import tempfile
 import time
 
-from bench.common import write_result
+from bench.common import Timers, write_result
 from bench.engine_overhead import NEAR_ZERO_MODEL
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE, make_tiny_model
 from pagoda.engine.llm import LLM
@@ -27,33 +27,18 @@ def measure(path: str, tp: int, prompts: list[dict], params: SamplingParams) -> 
     llm = LLM(path, dtype="float32", tensor_parallel_size=tp, max_num_seqs=len(prompts))
     try:
         llm.generate(prompts[:2], params)
-        broadcast_s = 0.0
-        group = llm.engine.tp_group
-        if group is not None:
-            original = group.broadcast
-
-            def timed(inputs):
-                nonlocal broadcast_s
-                start = time.perf_counter()
-                original(inputs)
-                broadcast_s += time.perf_counter() - start
-
-            group.broadcast = timed
-        steps = 0
-        original_step = llm.engine.step
-
-        def counted():
-            nonlocal steps
-            steps += 1
-            return original_step()
-
-        llm.engine.step = counted
+        timers = Timers()
+        if llm.engine.tp_group is not None:
+            llm.engine.tp_group.broadcast = timers.wrap("broadcast", llm.engine.tp_group.broadcast)
+        llm.engine.step = timers.wrap("step", llm.engine.step)
         start = time.perf_counter()
         llm.generate(prompts, params)
         elapsed = time.perf_counter() - start
     finally:
         llm.engine.shutdown()
-    return {"steps": steps, "ms_per_step": 1e3 * elapsed / steps, "broadcast_ms_per_step": 1e3 * broadcast_s / steps}
+    steps = timers.calls["step"]
+    return {"steps": steps, "ms_per_step": 1e3 * elapsed / steps,
+            "broadcast_ms_per_step": 1e3 * timers.seconds["broadcast"] / steps}
 
 
 def main() -> None:
