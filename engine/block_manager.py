@@ -58,7 +58,11 @@ class BlockManager:
             hashes.append(hash((parent, tuple(seq.token_ids[i * bs : (i + 1) * bs]))))
 
     def match_prefix(self, seq: Sequence) -> list[int]:
-        """Cached blocks holding seq's leading tokens; the last token is always left to compute."""
+        """Cached blocks holding seq's leading tokens; the last token is always left to compute.
+
+        Nothing for a request asking for prompt logprobs: those need the logits of
+        every prompt position, so it computes its whole prompt.
+        """
         if not self.enable_prefix_caching or seq.wants_prompt_logprobs:
             return []
         self._update_hashes(seq, seq.num_tokens)

@@ -72,10 +72,7 @@ class Scheduler:
         # Admitting new work while preempting would only thrash the cache.
         while not out.preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            # Prompt logprobs need the logits of every prompt position, so such a
-            # request computes its whole prompt instead of reusing cached blocks.
-            fresh = seq.num_computed_tokens == 0 and not seq.wants_prompt_logprobs
-            hits = self.block_manager.match_prefix(seq) if fresh else []
+            hits = self.block_manager.match_prefix(seq) if seq.num_computed_tokens == 0 else []
             num_new = min(seq.num_tokens - seq.num_computed_tokens - len(hits) * self.block_manager.block_size, budget)
             if not self.block_manager.allocate(seq, num_new, hits):
                 break

@@ -91,8 +91,9 @@ def _broadcast_step(payload: torch.Tensor | None, control: dist.ProcessGroup) ->
 def _worker_main(rank: int, size: int, port: int, config: EngineConfig, model_config: ModelConfig) -> None:
     from pagoda.engine.model_runner import ModelRunner
 
-    control = _init_process(rank, size, port, _device_for_rank(config, rank))
-    runner = ModelRunner(config, model_config, eos_token_ids=(), device=_device_for_rank(config, rank))
+    device = _device_for_rank(config, rank)
+    control = _init_process(rank, size, port, device)
+    runner = ModelRunner(config, model_config, eos_token_ids=(), device=device)
     while (payload := _broadcast_step(None, control)) is not None:
         runner.forward_logits(StepInputs.unpack(payload))
     dist.destroy_process_group()
