@@ -39,7 +39,7 @@ def test_operator_service_account_holds_every_rule_the_operator_needs(kube_clust
                                                                       release: Release) -> None:
     missing = [
         f"{verb} {resource}{'.' + group if group else ''}"
-        for group, resources, verbs, _ in rbac.RULES
+        for group, resources, verbs, *_ in rbac.RULES
         for resource in resources
         for verb in verbs
         if not _can(kube_cluster, release, verb, resource, group)

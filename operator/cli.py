@@ -12,6 +12,8 @@ import logging
 from . import fetch
 
 LOG_FORMATS = ("json", "full", "plain")
+#: Beside kopf's liveness endpoint (8080).
+METRICS_PORT = 8081
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +32,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         help="peering priority: the highest-priority replica is active, the others wait")
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
                         help="serve a liveness endpoint here ('' to disable)")
+    parser.add_argument("--metrics-port", type=int, default=METRICS_PORT, metavar="PORT",
+                        help="serve Prometheus metrics (pagoda.operator.metrics) at /metrics on this port "
+                             "(0 to disable)")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="json")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     parser.set_defaults(func=run)
@@ -42,13 +47,17 @@ def run(args: argparse.Namespace) -> int:
 
     from .config import OperatorConfig
     from .handlers import register
+    from .metrics import OperatorMetrics
 
     config = OperatorConfig.from_env()
+    metrics = OperatorMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
     kopf.configure(verbose=args.verbose, log_format=getattr(kopf.LogFormat, args.log_format.upper()),
                    log_prefix=True)
     logging.getLogger("pagoda").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     registry = kopf.OperatorRegistry()
-    register(registry, config)
+    register(registry, config, metrics)
     kopf.run(
         registry=registry,
         clusterwide=not args.namespaces,

@@ -21,6 +21,7 @@ from .config import OperatorConfig
 from .kube import Kube
 from .manifests import servicemonitor
 from .manifests.meta import MANAGED_BY, OWNER_LABEL
+from .metrics import OperatorMetrics
 from .reconcile import Outcome, reconcile
 
 T = TypeVar("T")
@@ -71,25 +72,30 @@ class Serializer:
 
 
 class Runtime:
-    """What the handlers share: the API connection, configuration, serializer."""
+    """What the handlers share: the API connection, configuration, metrics, serializer."""
 
-    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+    def __init__(self, kube: Kube, config: OperatorConfig, metrics: OperatorMetrics) -> None:
         self.kube = kube
         self.config = config
+        self.metrics = metrics
         self.serializer = Serializer()
         self.service_monitor = kube.serves(servicemonitor.API_VERSION, servicemonitor.KIND)
 
     def converge(self, namespace: str, name: str, *, coalesce: bool) -> Outcome | None:
         """Reconciles the resource as it is now (None when gone or folded into a running reconcile)."""
+        key = f"{namespace}/{name}"
+
         def once() -> Outcome | None:
             body = self.kube.get(v1alpha1.API_VERSION, v1alpha1.KIND, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
+                self.metrics.forget(key)
                 return None  # garbage collection takes the children
-            outcome = reconcile(self.kube, body, self.config, service_monitor=self.service_monitor)
+            outcome = self.metrics.reconciled(key, lambda: reconcile(self.kube, body, self.config,
+                                                                     service_monitor=self.service_monitor))
             _post_events(body, outcome)
             return outcome
 
-        return self.serializer.run(f"{namespace}/{name}", once, coalesce=coalesce)
+        return self.serializer.run(key, once, coalesce=coalesce)
 
 
 def _post_events(body: dict[str, Any], outcome: Outcome) -> None:
@@ -103,8 +109,8 @@ def _post_events(body: dict[str, Any], outcome: Outcome) -> None:
         kopf.event(ref, type="Warning", reason=degraded["reason"], message=degraded["message"])
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Registers the operator's handlers into `registry`."""
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig, metrics: OperatorMetrics) -> None:
+    """Registers the operator's handlers into `registry`; their reconciles are counted in `metrics`."""
     resource = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 
     @kopf.on.login(registry=registry)
@@ -120,7 +126,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
         settings.posting.reporting_component = MANAGED_BY
         settings.watching.server_timeout = 300
-        memo.runtime = Runtime(Kube.connect(), config)
+        memo.runtime = Runtime(Kube.connect(), config, metrics)
         logger.info("ServiceMonitor support: %s", memo.runtime.service_monitor)
 
     @kopf.on.create(*resource, registry=registry)

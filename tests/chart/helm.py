@@ -17,8 +17,8 @@ CHART = REPO / "charts" / "pagoda"
 RELEASE, NAMESPACE = "pagoda", "pagoda-system"
 
 #: Values that switch every optional object on.
-ALL_ON: dict[str, Any] = {"monitoring": {"podMonitor": {"enabled": True}, "dashboards": {"enabled": True},
-                                         "prometheusAdapter": {"enabled": True}}}
+ALL_ON: dict[str, Any] = {"monitoring": {"operatorServiceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                                         "dashboards": {"enabled": True}, "prometheusAdapter": {"enabled": True}}}
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import json
+from typing import Any
 
 import pytest
 import yaml
@@ -30,7 +32,8 @@ def test_lint_is_clean(values: dict | None) -> None:
     {"operator": {"watchNamespaces": ["team-a", "ml-*"], "logLevel": "debug",
                   "imagePullSecrets": ["regcred"], "tolerations": [{"key": "k", "operator": "Exists"}]},
      "config": {"defaultImage": "registry.local/pagoda-engine:dev", "resyncSeconds": 30.5}},
-], ids=["defaults", "all-on", "customised"])
+    {"operator": {"watchNamespaces": ["team-a", "team-b"], "metricsPort": 0}},
+], ids=["defaults", "all-on", "customised", "named-namespaces"])
 def test_rendered_objects_are_valid_kubernetes_objects(values: dict | None) -> None:
     objects = render(values)
     assert objects
@@ -43,7 +46,7 @@ def test_rendered_objects_are_valid_kubernetes_objects(values: dict | None) -> N
 
 def test_optional_objects_follow_their_switches() -> None:
     kinds = [o["kind"] for o in render()]
-    assert "PodMonitor" not in kinds and kinds.count("ConfigMap") == 1
+    assert not {"PodMonitor", "ServiceMonitor", "Service"} & set(kinds) and kinds.count("ConfigMap") == 1
     objects = render(ALL_ON)
     names = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
     assert names == {"pagoda-operator", "pagoda-dashboard-engine", "pagoda-dashboard-fleet",
@@ -61,19 +64,72 @@ def test_chart_crds_are_the_projects() -> None:
     assert not mismatch, f"charts/pagoda/crds differs from crds/ ({mismatch}): run `make chart-crds`"
 
 
-def test_cluster_role_grants_exactly_the_operators_rules() -> None:
-    rendered = one(render(), "ClusterRole")["rules"]
-    expected = rbac.cluster_role()["rules"]
-    assert rendered == expected, "templates/rbac.yaml must list pagoda.operator.rbac.RULES:\n" + yaml.safe_dump(expected)
+def _roles(objects: list[dict[str, Any]]) -> list[tuple[str, str | None, list[str]]]:
+    """(kind, namespace, rules) of each role; rule order means nothing to RBAC."""
+    return sorted((o["kind"], o["metadata"].get("namespace"), sorted(json.dumps(r, sort_keys=True) for r in o["rules"]))
+                  for o in objects if o["kind"] in ("ClusterRole", "Role"))
 
 
-def test_binding_names_the_operators_service_account() -> None:
-    objects = render()
+#: watchNamespaces: every namespace, or glob patterns among them.
+CLUSTER_WIDE = [[], ["team-*"], ["team-a", "ml-*"], ["team-?"]]
+
+
+@pytest.mark.parametrize("watch", CLUSTER_WIDE, ids=lambda w: ",".join(w) or "all")
+def test_cluster_role_grants_exactly_the_operators_rules(watch: list[str]) -> None:
+    rendered = _roles(render({"operator": {"watchNamespaces": watch}}))
+    expected = rbac.cluster_role()
+    assert rendered == _roles([expected]), \
+        "templates/rbac.yaml must list pagoda.operator.rbac.RULES:\n" + yaml.safe_dump(expected["rules"])
+
+
+def test_named_namespaces_get_roles_and_a_cluster_role_of_the_cluster_scoped_rules() -> None:
+    watch = ["team-a", "team-b"]
+    rendered = _roles(render({"operator": {"watchNamespaces": watch}}))
+    expected = rbac.namespaced_roles(watch)
+    assert rendered == _roles(expected), \
+        "templates/rbac.yaml must split pagoda.operator.rbac.RULES by scope:\n" + yaml.safe_dump_all(expected)
+
+
+@pytest.mark.parametrize("watch", [[], ["team-a", "team-b"]], ids=["all", "named"])
+def test_bindings_name_the_operators_service_account_and_role(watch: list[str]) -> None:
+    objects = render({"operator": {"watchNamespaces": watch}})
     account = one(objects, "ServiceAccount")["metadata"]
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
-    [subject] = one(objects, "ClusterRoleBinding")["subjects"]
-    assert pod["serviceAccountName"] == account["name"] == subject["name"]
-    assert subject["namespace"] == account["namespace"] == NAMESPACE
+    assert pod["serviceAccountName"] == account["name"] and account["namespace"] == NAMESPACE
+    bindings = [o for o in objects if o["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+    assert sorted(b["metadata"].get("namespace", "") for b in bindings) == ["", *watch]
+    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects
+             if o["kind"] in ("ClusterRole", "Role")}
+    for binding in bindings:
+        [subject] = binding["subjects"]
+        assert (subject["kind"], subject["name"], subject["namespace"]) == ("ServiceAccount", account["name"], NAMESPACE)
+        ref = binding["roleRef"]
+        assert (ref["kind"], binding["metadata"].get("namespace"), ref["name"]) in roles
+
+
+def test_operator_service_monitor_scrapes_the_operators_metrics_port() -> None:
+    values = {**ALL_ON, "operator": {"metricsPort": 9102}}
+    objects = render(values)
+    [container] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    [port] = [p for p in container["ports"] if p["name"] == "metrics"]
+    assert port["containerPort"] == 9102 and "--metrics-port=9102" in container["args"]
+    [service] = [o for o in objects if o["kind"] == "Service"]
+    [service_port] = service["spec"]["ports"]
+    assert service_port["targetPort"] == "metrics" and service_port["port"] == 9102
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [(service_port["name"], "/metrics")]
+
+
+def test_operator_metrics_can_be_turned_off() -> None:
+    [container] = one(render({"operator": {"metricsPort": 0}}), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "--metrics-port=0" in container["args"] and [p["name"] for p in container["ports"]] == ["health"]
+    refused = helm("template", "pagoda", str(CHART), *value_args({**ALL_ON, "operator": {"metricsPort": 0}}),
+                   check=False)
+    assert refused.returncode != 0 and "needs operator.metricsPort" in refused.stderr
 
 
 def test_config_values_are_exactly_the_operators_settings() -> None:
@@ -95,5 +151,6 @@ def test_operator_arguments() -> None:
     values = {"operator": {"watchNamespaces": ["team-a", "ml-*"], "logLevel": "debug", "logFormat": "plain"}}
     [container] = one(render(values), "Deployment")["spec"]["template"]["spec"]["containers"]
     assert [*container["command"], *container["args"]] == [
-        "pagoda", "operator", "--liveness=http://0.0.0.0:8080/healthz", "--log-format=plain", "--verbose",
+        "pagoda", "operator", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8081", "--log-format=plain",
+        "--verbose",
         "--namespace=team-a", "--namespace=ml-*"]

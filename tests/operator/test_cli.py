@@ -14,6 +14,12 @@ def test_operator_defaults_to_all_namespaces_standalone_with_liveness() -> None:
     assert args.func is cli.run
     assert args.namespaces is None and args.peering is None
     assert args.liveness == "http://0.0.0.0:8080/healthz" and args.log_format == "json"
+    assert args.metrics_port == cli.METRICS_PORT != 8080
+
+
+def test_operator_metrics_port_or_none() -> None:
+    assert build_parser().parse_args(["operator", "--metrics-port", "9100"]).metrics_port == 9100
+    assert build_parser().parse_args(["operator", "--metrics-port", "0"]).metrics_port == 0
 
 
 def test_operator_namespaces_and_peering() -> None:

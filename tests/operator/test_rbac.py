@@ -1,8 +1,11 @@
-"""The RBAC rules: valid, least privilege."""
+"""The RBAC rules: valid, least privilege, each granted where it must hold."""
 
 from __future__ import annotations
 
+import pytest
+
 from pagoda.operator import kube, rbac
+from pagoda.operator.rbac import Scope
 
 from .kube_schemas import validate
 
@@ -12,12 +15,38 @@ def test_cluster_role_is_valid() -> None:
 
 
 def test_no_wildcards_and_secrets_are_never_listed() -> None:
-    for group, resources, verbs, why in rbac.RULES:
-        assert "*" not in resources and "*" not in verbs and why
-        if "secrets" in resources:
-            assert verbs == ["get"]
+    for rule in rbac.RULES:
+        assert "*" not in rule.resources and "*" not in rule.verbs and rule.why
+        if "secrets" in rule.resources:
+            assert rule.verbs == ["get"]
 
 
-def test_every_kind_the_operator_touches_is_granted() -> None:
-    granted = {resource for _, resources, _, _ in rbac.RULES for resource in resources}
+def test_every_kind_the_operator_touches_is_granted_in_its_namespaces() -> None:
+    granted = {resource for rule in rbac.RULES if rule.scope is Scope.NAMESPACE for resource in rule.resources}
     assert set(kube.PLURALS.values()) <= granted
+
+
+def test_cluster_role_holds_every_rule() -> None:
+    assert rbac.cluster_role()["rules"] == [rule.policy_rule() for rule in rbac.RULES]
+
+
+@pytest.mark.parametrize("namespaces", [["team-a"], ["team-a", "team-b"]])
+def test_namespaced_roles_split_the_rules_by_scope(namespaces: list[str]) -> None:
+    cluster, *roles = rbac.namespaced_roles(namespaces)
+    for obj in (cluster, *roles):
+        validate(obj)
+    assert cluster["kind"] == "ClusterRole" and "namespace" not in cluster["metadata"]
+    assert [r["metadata"]["namespace"] for r in roles] == namespaces and {r["kind"] for r in roles} == {"Role"}
+    by_scope = {scope: [r.policy_rule() for r in rbac.RULES if r.scope is scope] for scope in Scope}
+    assert cluster["rules"] == by_scope[Scope.CLUSTER]
+    assert all(role["rules"] == by_scope[Scope.NAMESPACE] for role in roles)
+    # Peering across the whole cluster is granted to none of them.
+    assert not any(rule in obj["rules"] for rule in by_scope[Scope.CLUSTERWIDE] for obj in (cluster, *roles))
+
+
+def test_only_kopfs_discovery_is_cluster_wide_for_named_namespaces() -> None:
+    """kopf 1.45 with `namespaces=` lists and watches Namespaces and CRDs
+    (kopf._core.reactor.observation); nothing of ours is cluster-scoped."""
+    cluster = {(rule.group, resource) for rule in rbac.RULES if rule.scope is Scope.CLUSTER
+               for resource in rule.resources}
+    assert cluster == {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}

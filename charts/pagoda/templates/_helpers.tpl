@@ -25,3 +25,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ .Values.serviceAccount.name | default (include "pagoda.operatorName" .) }}
 {{- end }}
 
+
+{{- /* "true" when the operator watches namespaces all named exactly (no kopf
+glob pattern): its RBAC is then a Role in each of them. */}}
+{{- define "pagoda.watchesExactNamespaces" -}}
+{{- $exact := true }}
+{{- range .Values.operator.watchNamespaces }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" .) }}{{ $exact = false }}{{ end }}
+{{- end }}
+{{- if and .Values.operator.watchNamespaces $exact }}true{{ end }}
+{{- end }}

@@ -49,11 +49,14 @@ class Operator(OperatorChild):
     env: dict[str, str] = field(default_factory=dict)
     #: `pagoda operator` arguments; by default it watches the tests' namespaces.
     args: list[str] = field(default_factory=lambda: ["--namespace", WATCHED])
+    #: Where it serves its metrics; 0, none: replicas on one machine never contend for a port.
+    metrics_port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
         env = {**self.cluster.env, "KUBECONFIG": str(self.kubeconfig), **self.env}
-        self.launch([*self.args, "--log-format", "plain", "--liveness", ""], env)
+        self.launch([*self.args, "--log-format", "plain", "--liveness", "", "--metrics-port", str(self.metrics_port)],
+                    env)
 
 
 def llm_deployment(name: str, **spec: Any) -> dict[str, Any]:
