@@ -25,7 +25,9 @@ def chart() -> None:
 
 @pytest.fixture(scope="session")
 def release(kube_cluster: Cluster) -> Iterator[Release]:  # noqa: F811
-    installed = Release.install(kube_cluster)
+    # With the prometheus-adapter rules ConfigMap, which the autoscaling
+    # scenario serves through a real prometheus-adapter.
+    installed = Release.install(kube_cluster, values={"monitoring.prometheusAdapter.enabled": True})
     yield installed
     installed.uninstall()
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from e2e.cluster.client import Cluster
+from e2e.cluster.launcher import free_port
 from e2e.cluster.operator_process import OperatorChild
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,4 +115,7 @@ class OperatorProcess(OperatorChild):
         cluster = self.release.cluster
         kubeconfig = cluster.service_account_kubeconfig(self.release.service_account, self.release.namespace)
         env = {**cluster.env, **self.release.operator_env(), "KUBECONFIG": str(kubeconfig)}
-        self.launch(self.release.operator_args(), env)
+        # A pod has a network namespace of its own; here the machine's is
+        # shared with other runs, so the chart's metrics port becomes a free
+        # one (the last --metrics-port given wins).
+        self.launch([*self.release.operator_args(), f"--metrics-port={free_port()}"], env)

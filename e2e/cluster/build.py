@@ -123,6 +123,12 @@ def components(versions: dict[str, str] | None = None) -> list[Component]:
             stamps={"helm.sh/helm/v3/internal/version.version": v["HELM_VERSION"]},
         ),
         Component(
+            name="prometheus-adapter",
+            module="sigs.k8s.io/prometheus-adapter",
+            version=v["PROMETHEUS_ADAPTER_VERSION"],
+            binaries={"prometheus-adapter": "sigs.k8s.io/prometheus-adapter/cmd/adapter"},
+        ),
+        Component(
             name="kubernetes",
             module="k8s.io/kubernetes",
             version=kube,

@@ -29,6 +29,9 @@ from .processes import Process
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
+#: How often the HPA controller re-reads metrics (upstream: 15s), so that an
+#: autoscaling scenario sees a scale decision within seconds.
+HPA_SYNC_PERIOD = "3s"
 STATE_FILE = "state.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,7 +134,7 @@ class LocalCluster(_Supervisor):
                    for name, pair in certs.clients.items()}
 
         etcd = self._spawn("etcd", self._etcd_args(ports))
-        self._await(etcd, lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), deadline)
+        self._await(etcd, lambda: http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), deadline)
         apiserver = self._spawn("kube-apiserver", self._apiserver_args(ports, certs))
         self._await(apiserver, _https_probe(f"{server}/readyz", certs.ca.cert, certs.clients["admin"]), deadline)
 
@@ -172,6 +175,22 @@ class LocalCluster(_Supervisor):
                 # Loopback may not back the `kubernetes` Service; nothing in a
                 # simulated pod dials it, so its endpoints are not kept.
                 "--endpoint-reconciler-type=none",
+                # The aggregation layer, for extension API servers such as
+                # prometheus-adapter: requests are proxied with the front-proxy
+                # client certificate and the user in X-Remote-* headers.
+                f"--requestheader-client-ca-file={certs.front_proxy_ca.cert}",
+                f"--requestheader-allowed-names={pki.FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={certs.front_proxy_client.cert}",
+                f"--proxy-client-key-file={certs.front_proxy_client.key}",
+                # An APIService's Service is dialled by its ClusterIP or, for
+                # an ExternalName Service, by that name. With no kube-proxy a
+                # ClusterIP leads nowhere, and endpoint routing (=true) refuses
+                # loopback endpoints, so a local extension server is reached
+                # through an ExternalName Service naming localhost.
+                "--enable-aggregator-routing=false",
                 "--authorization-mode=RBAC", "--allow-privileged=true", "--profiling=false"]
 
     def _controller_manager_args(self, ports: dict[str, int], certs: pki.ClusterPKI, config: Path) -> list[str]:
@@ -185,6 +204,7 @@ class LocalCluster(_Supervisor):
                 f"--root-ca-file={certs.ca.cert}",
                 f"--cluster-signing-cert-file={certs.ca.cert}", f"--cluster-signing-key-file={certs.ca.key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}", f"--cluster-cidr={POD_CIDR}",
+                f"--horizontal-pod-autoscaler-sync-period={HPA_SYNC_PERIOD}",
                 "--cluster-name=pagoda-e2e", "--profiling=false"]
 
     def _scheduler_args(self, ports: dict[str, int], config: Path) -> list[str]:
@@ -265,7 +285,8 @@ def read_state(workdir: Path) -> dict | None:
     return state if all(processes.runs(p["pid"], p["name"]) for p in state["processes"]) else None
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
+    """Whether a plain-HTTP health or readiness endpoint answers 200 now."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200

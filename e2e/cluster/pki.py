@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,11 @@ class ClusterPKI:
     clients: dict[str, KeyPair]
     service_account_key: Path
     service_account_pub: Path
+    # The aggregation layer: a CA of its own (the request-header CA, so that
+    # no ordinary client certificate can assert a user in headers) and the
+    # client certificate the API server proxies to extension API servers with.
+    front_proxy_ca: KeyPair
+    front_proxy_client: KeyPair
 
 
 # name -> (CN, O): RBAC's bootstrap policy already grants the controllers'
@@ -52,6 +58,8 @@ CLIENT_IDENTITIES = {
     "controller-manager": ("system:kube-controller-manager", ""),
     "scheduler": ("system:kube-scheduler", ""),
 }
+#: The one name the API server's request-header authenticator accepts.
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 
 def _openssl(args: list[str], stdin: bytes | None = None) -> bytes:
@@ -73,12 +81,12 @@ def _subject(cn: str, org: str = "") -> str:
     return (f"/O={org}" if org else "") + f"/CN={cn}"
 
 
-def _make_ca(directory: Path) -> KeyPair:
-    pair = KeyPair(directory / "ca.crt", directory / "ca.key")
+def _make_ca(directory: Path, name: str = "ca") -> KeyPair:
+    pair = KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
     _new_key(pair.key)
     _openssl([
         "req", "-x509", "-new", "-key", str(pair.key), "-out", str(pair.cert), "-days", "3650",
-        "-subj", _subject("pagoda-e2e-ca"),
+        "-subj", _subject(f"pagoda-e2e-{name}"),
         "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
     ])
@@ -117,4 +125,17 @@ def generate(directory: Path) -> ClusterPKI:
     sa_key, sa_pub = directory / "sa.key", directory / "sa.pub"
     _new_key(sa_key)
     sa_pub.write_bytes(_openssl(["pkey", "-in", str(sa_key), "-pubout"]))
-    return ClusterPKI(ca, apiserver, clients, sa_key, sa_pub)
+    front_proxy_ca = _make_ca(directory, "front-proxy-ca")
+    front_proxy_client = _issue(front_proxy_ca, directory, FRONT_PROXY_CLIENT, _subject(FRONT_PROXY_CLIENT),
+                                ["extendedKeyUsage=clientAuth"])
+    return ClusterPKI(ca, apiserver, clients, sa_key, sa_pub, front_proxy_ca, front_proxy_client)
+
+
+def serving_certificate(directory: Path, name: str, dns_names: Sequence[str]) -> tuple[KeyPair, KeyPair]:
+    """A CA of its own and the serving certificate it signs for `dns_names`:
+    what an extension API server presents, and what its APIService's
+    caBundle trusts, without access to the cluster's CA (an external one)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = _make_ca(directory, f"{name}-ca")
+    sans = ",".join(f"DNS:{d}" for d in dns_names)
+    return ca, _issue(ca, directory, name, _subject(name), ["extendedKeyUsage=serverAuth", f"subjectAltName={sans}"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import json
 import math
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from e2e.cluster import prometheus as prometheus_server
 
 from . import kube_state_metrics
 from .promql import adapter_rules, panel_queries, substitute, variable_queries
@@ -111,27 +111,12 @@ def kube_state_metrics_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def prometheus(engine: str, kube_state_metrics_endpoint: str,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
-    assert Path(binary).is_file(), "no prometheus binary: `make test` installs Debian's package (mk/chart.mk)"
-    work = tmp_path_factory.mktemp("prometheus")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": "engine", "static_configs": [{
-                "targets": [urllib.parse.urlsplit(engine).netloc],
-                "labels": {"namespace": NAMESPACE, "service": LLMDEPLOYMENT, "pod": POD}}]},
-            {"job_name": "kube-state-metrics", "honor_labels": True,
-             "static_configs": [{"targets": [kube_state_metrics_endpoint]}]},
-        ],
-    }
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port, log = _free_port(), work / "prometheus.log"
-    process = _start([binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
-                      f"--web.listen-address=127.0.0.1:{port}"], log)
-    url = f"http://127.0.0.1:{port}"
-    _wait("prometheus", lambda: b"Ready" in _get(url + "/-/ready"), process, log, timeout=60)
-    yield url
-    _stop(process)
+    server = prometheus_server.start(tmp_path_factory.mktemp("prometheus"), [
+        prometheus_server.scrape_config("engine", urllib.parse.urlsplit(engine).netloc,
+                                        {"namespace": NAMESPACE, "service": LLMDEPLOYMENT, "pod": POD}),
+        prometheus_server.scrape_config("kube-state-metrics", kube_state_metrics_endpoint, honor_labels=True)])
+    yield server.url
+    server.stop()
 
 
 def _complete(engine: str, i: int) -> None:

@@ -13,10 +13,12 @@ from e2e.cluster import build
 
 def test_versions_file_pins_every_component() -> None:
     versions = build.read_versions()
-    assert set(versions) == {"KUBERNETES_VERSION", "ETCD_VERSION", "KWOK_VERSION", "HELM_VERSION"}
+    assert set(versions) == {"KUBERNETES_VERSION", "ETCD_VERSION", "KWOK_VERSION", "HELM_VERSION",
+                             "PROMETHEUS_ADAPTER_VERSION"}
     assert all(v.startswith("v") and v.count(".") == 2 for v in versions.values())
     assert [c.version for c in build.components()] == [
-        versions["ETCD_VERSION"], versions["KWOK_VERSION"], versions["HELM_VERSION"], versions["KUBERNETES_VERSION"]]
+        versions["ETCD_VERSION"], versions["KWOK_VERSION"], versions["HELM_VERSION"],
+        versions["PROMETHEUS_ADAPTER_VERSION"], versions["KUBERNETES_VERSION"]]
 
 
 def test_versions_file_is_also_shell_syntax() -> None:
@@ -26,8 +28,8 @@ def test_versions_file_is_also_shell_syntax() -> None:
 
 
 def test_kubernetes_staging_modules_use_the_matching_v0_release() -> None:
-    kube = build.components({"KUBERNETES_VERSION": "v1.37.2", "ETCD_VERSION": "v3.6.16",
-                             "KWOK_VERSION": "v0.8.0", "HELM_VERSION": "v3.22.0"})[-1]
+    kube = build.components({"KUBERNETES_VERSION": "v1.37.2", "ETCD_VERSION": "v3.6.16", "KWOK_VERSION": "v0.8.0",
+                             "HELM_VERSION": "v3.22.0", "PROMETHEUS_ADAPTER_VERSION": "v0.12.0"})[-1]
     upstream = {
         "Require": [{"Path": "k8s.io/api"}, {"Path": "k8s.io/client-go"}, {"Path": "github.com/x/y"}],
         "Replace": [

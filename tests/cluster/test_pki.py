@@ -20,6 +20,22 @@ def test_every_certificate_chains_to_the_ca(tmp_path: Path) -> None:
         assert (pair.key.stat().st_mode & 0o077) == 0
 
 
+def test_front_proxy_client_chains_only_to_the_request_header_ca(tmp_path: Path) -> None:
+    certs = pki.generate(tmp_path)
+    client = str(certs.front_proxy_client.cert)
+    assert _openssl("verify", "-CAfile", str(certs.front_proxy_ca.cert), client).strip().endswith("OK")
+    refused = subprocess.run(["openssl", "verify", "-CAfile", str(certs.ca.cert), client], capture_output=True)
+    assert refused.returncode != 0
+    assert f"CN = {pki.FRONT_PROXY_CLIENT}" in _openssl("x509", "-noout", "-subject", "-in", client)
+
+
+def test_extension_server_certificate_names_its_service(tmp_path: Path) -> None:
+    ca, serving = pki.serving_certificate(tmp_path, "adapter", ["adapter.metrics.svc"])
+    assert _openssl("verify", "-CAfile", str(ca.cert), str(serving.cert)).strip().endswith("OK")
+    text = _openssl("x509", "-noout", "-text", "-in", str(serving.cert))
+    assert "DNS:adapter.metrics.svc" in text and "TLS Web Server Authentication" in text
+
+
 def test_serving_certificate_covers_loopback_and_in_cluster_names(tmp_path: Path) -> None:
     text = _openssl("x509", "-noout", "-text", "-in", str(pki.generate(tmp_path).apiserver.cert))
     for name in ["DNS:localhost", "IP Address:127.0.0.1", "DNS:kubernetes.default.svc"]:
