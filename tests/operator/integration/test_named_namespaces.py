@@ -6,7 +6,6 @@ permission warning from kopf; its metrics endpoint counts what it did."""
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.cluster.client import Cluster
+from e2e.cluster.launcher import free_port
 from e2e.stack import Release
 from pagoda.operator import rbac
 from pagoda.operator.rbac import Scope
@@ -25,12 +25,6 @@ PLURAL = "llmdeployments.pagoda.dev"
 #: Objects nobody else in this session uses.
 SUFFIX = uuid.uuid4().hex[:8]
 WATCHED, ELSEWHERE = f"pagoda-named-{SUFFIX}", f"pagoda-other-{SUFFIX}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +46,7 @@ def operator(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Iter
     cluster = release.cluster
     process = Operator(cluster, cluster.service_account_kubeconfig(release.service_account, release.namespace),
                        tmp_path_factory.mktemp("named-operator") / "operator.log", env=release.operator_env(),
-                       args=release.operator_args(), metrics_port=_free_port())
+                       args=release.operator_args(), metrics_port=free_port())
     process.start()
     yield process
     process.stop()
