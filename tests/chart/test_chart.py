@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pagoda.operator import rbac
+from pagoda.operator import cli, rbac
 from pagoda.operator.config import OperatorConfig
 from tests.operator.kube_schemas import validate
 
@@ -151,6 +151,5 @@ def test_operator_arguments() -> None:
     values = {"operator": {"watchNamespaces": ["team-a", "ml-*"], "logLevel": "debug", "logFormat": "plain"}}
     [container] = one(render(values), "Deployment")["spec"]["template"]["spec"]["containers"]
     assert [*container["command"], *container["args"]] == [
-        "pagoda", "operator", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8081", "--log-format=plain",
-        "--verbose",
-        "--namespace=team-a", "--namespace=ml-*"]
+        "pagoda", "operator", "--liveness=http://0.0.0.0:8080/healthz", f"--metrics-port={cli.METRICS_PORT}",
+        "--log-format=plain", "--verbose", "--namespace=team-a", "--namespace=ml-*"]
