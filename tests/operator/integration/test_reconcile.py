@@ -42,6 +42,12 @@ def deployment(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return cluster.get("deployment.apps", name, namespace)
 
 
+def replicas(cluster: Cluster, namespace: str, name: str) -> int | None:
+    """The Deployment's spec.replicas; None until the operator has created it."""
+    found = deployment(cluster, namespace, name)
+    return found["spec"]["replicas"] if found else None
+
+
 def events(cluster: Cluster, namespace: str, name: str) -> list[str]:
     items = cluster.get("events", namespace=namespace)["items"]
     return [e["reason"] for e in items if e["involvedObject"].get("name") == name
@@ -117,7 +123,7 @@ def test_deletion_garbage_collects_children_but_a_retained_cache(cluster: Cluste
 
 def test_hpa_owns_replicas(cluster: Cluster, namespace: str) -> None:
     cluster.apply(llm_deployment("auto", replicas=2), namespace=namespace)
-    cluster.wait_for("2 replicas", lambda: deployment(cluster, namespace, "auto")["spec"]["replicas"] == 2,
+    cluster.wait_for("2 replicas", lambda: replicas(cluster, namespace, "auto") == 2,
                      timeout=CONVERGE_S)
     auto = {"enabled": True, "minReplicas": 1, "maxReplicas": 5, "targetQueueDepth": 3}
     cluster.apply(llm_deployment("auto", replicas=2, autoscaling=auto), namespace=namespace)
@@ -137,7 +143,7 @@ def test_hpa_owns_replicas(cluster: Cluster, namespace: str) -> None:
     cluster.apply(llm_deployment("auto", replicas=2), namespace=namespace)
     cluster.wait_for("HPA removed", lambda: cluster.get("horizontalpodautoscaler.autoscaling", "auto", namespace)
                      is None, timeout=CONVERGE_S)
-    cluster.wait_for("replicas back", lambda: deployment(cluster, namespace, "auto")["spec"]["replicas"] == 2,
+    cluster.wait_for("replicas back", lambda: replicas(cluster, namespace, "auto") == 2,
                      timeout=CONVERGE_S)
 
 
