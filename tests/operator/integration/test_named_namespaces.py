@@ -137,7 +137,9 @@ def test_it_reconciles_its_namespace_and_counts_in_its_metrics(release: Release,
     assert after[("pagoda_operator_reconcile_duration_seconds_count", ())] >= 1
     assert after[("pagoda_operator_child_changes_total", (("action", "Created"),))] >= 4
     assert "status" not in cluster.get(PLURAL, "ignored", ELSEWHERE)
-    assert "Not enough permissions" not in operator.log.read_text(errors="replace"), operator.log_tail()
+    log = operator.log.read_text(errors="replace")
+    # kopf's words when RBAC stops its discovery, its watches or its events.
+    assert not [w for w in ("Not enough permissions", "Forbidden", "Failed to post") if w in log], operator.log_tail()
 
     cluster.kubectl("delete", PLURAL, "chat", "-n", WATCHED)
     cluster.wait_for("the deleted resource uncounted", lambda: _phase_count(operator, "Ready") == 0 or None)
