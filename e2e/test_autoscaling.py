@@ -19,9 +19,9 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import pytest
 
@@ -46,6 +46,8 @@ CLIENTS = 16
 #: Upper bound of the load, whatever happens.
 LOAD_LIMIT_S = 150
 SCALE_TIMEOUT_S = 90
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +133,12 @@ class Load:
             thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, failure: type[BaseException] | None, *_: object) -> None:
         self.stopping.set()
         for thread in self.threads:
             thread.join(60)
-        assert not self.errors, f"requests failed under load: {self.errors[:3]}"
+        if failure is None:
+            assert not self.errors, f"requests failed under load: {self.errors[:3]}"
 
     def _client(self, i: int) -> None:
         body = json.dumps({"model": MODEL, "prompt": f"Request {i}: the quick brown fox", "max_tokens": 64,
@@ -161,9 +164,9 @@ def _served(cluster: Cluster, namespace: str) -> dict[str, float]:
     controller does; empty until the adapter has listed the pod's series."""
     raw = cluster.kubectl("get", "--raw", f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/*/{METRIC}",
                           check=False)
-    if raw.returncode != 0 and f"could not find the metric {METRIC}" in raw.stderr:
-        return {}
     if raw.returncode != 0:
+        if f"could not find the metric {METRIC}" in raw.stderr:
+            return {}
         raise KubectlError(["get", "--raw"], raw.returncode, raw.stderr)
     answer = json.loads(raw.stdout)
     assert all(item["metricName"] == METRIC and item["describedObject"]["kind"] == "Pod" for item in answer["items"])
@@ -177,7 +180,9 @@ def _replicas(cluster: Cluster, namespace: str) -> tuple[int, int]:
     return deployment.get("spec", {}).get("replicas", 0), hpa.get("status", {}).get("currentReplicas", 0)
 
 
-def _wait(cluster: Cluster, what: str, condition: Any, adapter: PrometheusAdapter, namespace: str) -> Any:
+def _wait(cluster: Cluster, what: str, condition: Callable[[], T | None], adapter: PrometheusAdapter,
+          namespace: str) -> T:
+    """`cluster.wait_for`, failing with what the HPA and the adapter said."""
     try:
         return cluster.wait_for(what, condition, timeout=SCALE_TIMEOUT_S, interval=1)
     except TimeoutError as exc:
