@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 
 from . import fetch
 
 LOG_FORMATS = ("json", "full", "plain")
+#: A crashed active replica is replaced after at most this long (kopf's
+#: default is 60 s; controller-runtime's lease is 15 s). Replicas re-announce
+#: themselves 5–10 s before it runs out.
+PEERING_LIFETIME_S = 20
 #: Beside kopf's liveness endpoint (8080).
 METRICS_PORT = 8081
 
@@ -28,8 +33,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--peering", metavar="NAME",
                         help="coordinate replicas through this kopf peering object (leader election); "
                              "without it the operator runs standalone")
-    parser.add_argument("--priority", type=int, default=0,
-                        help="peering priority: the highest-priority replica is active, the others wait")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority: the highest-priority replica is active, the others wait; "
+                             "default: a random one, so identical replicas of one Deployment elect one")
+    parser.add_argument("--peering-lifetime", type=int, default=PEERING_LIFETIME_S, metavar="SECONDS",
+                        help="how long a replica that stopped announcing itself (crashed, partitioned) "
+                             "keeps the others waiting; a replica that exits cleanly leaves at once")
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
                         help="serve a liveness endpoint here ('' to disable)")
     parser.add_argument("--metrics-port", type=int, default=METRICS_PORT, metavar="PORT",
@@ -58,13 +67,23 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("pagoda").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     registry = kopf.OperatorRegistry()
     register(registry, config, metrics)
+    settings = kopf.OperatorSettings()
+    settings.peering.lifetime = args.peering_lifetime
     kopf.run(
         registry=registry,
+        settings=settings,
         clusterwide=not args.namespaces,
         namespaces=args.namespaces or (),
         standalone=args.peering is None,
         peering_name=args.peering,
-        priority=args.priority,
+        priority=peering_priority(args.priority),
         liveness_endpoint=args.liveness or None,
     )
     return 0
+
+
+def peering_priority(given: int | None) -> int:
+    """`given`, or a random priority: kopf pauses every replica when two share
+    the highest priority, so the replicas of one Deployment (one pod template,
+    one set of arguments) must each draw their own to elect a single active one."""
+    return given if given is not None else random.SystemRandom().randrange(1, 2**31)

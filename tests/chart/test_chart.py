@@ -17,8 +17,8 @@ from tests.operator.kube_schemas import validate
 
 from .helm import ALL_ON, CHART, NAMESPACE, REPO, helm, one, render, value_args
 
-#: Kinds of prometheus-operator, whose schemas kubernetes-validate does not carry.
-_MONITORING = "monitoring.coreos.com/v1"
+#: Kinds of prometheus-operator and kopf, whose schemas kubernetes-validate does not carry.
+_CUSTOM = ("monitoring.coreos.com/v1", "kopf.dev/v1")
 
 
 @pytest.mark.parametrize("values", [None, ALL_ON], ids=["defaults", "all-on"])
@@ -33,12 +33,13 @@ def test_lint_is_clean(values: dict | None) -> None:
                   "imagePullSecrets": ["regcred"], "tolerations": [{"key": "k", "operator": "Exists"}]},
      "config": {"defaultImage": "registry.local/pagoda-engine:dev", "resyncSeconds": 30.5}},
     {"operator": {"watchNamespaces": ["team-a", "team-b"], "metricsPort": 0}},
-], ids=["defaults", "all-on", "customised", "named-namespaces"])
+    {"operator": {"replicas": 3, "watchNamespaces": ["team-a"]}},
+], ids=["defaults", "all-on", "customised", "named-namespaces", "replicas"])
 def test_rendered_objects_are_valid_kubernetes_objects(values: dict | None) -> None:
     objects = render(values)
     assert objects
     for obj in objects:
-        if obj["apiVersion"] != _MONITORING:
+        if obj["apiVersion"] not in _CUSTOM:
             validate(obj)
     assert {o["kind"] for o in objects} >= {"CustomResourceDefinition", "ServiceAccount", "ClusterRole",
                                             "ClusterRoleBinding", "ConfigMap", "Deployment"}
@@ -130,6 +131,47 @@ def test_operator_metrics_can_be_turned_off() -> None:
     refused = helm("template", "pagoda", str(CHART), *value_args({**ALL_ON, "operator": {"metricsPort": 0}}),
                    check=False)
     assert refused.returncode != 0 and "needs operator.metricsPort" in refused.stderr
+
+
+def _operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    [container] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_one_replica_runs_standalone() -> None:
+    objects = render()
+    deployment = one(objects, "Deployment")["spec"]
+    assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
+    assert not [a for a in _operator_container(objects)["args"] if a.startswith("--peering")]
+    assert not [o for o in objects if o["apiVersion"] == "kopf.dev/v1"]
+
+
+@pytest.mark.parametrize("watch", [[], ["team-a", "team-b"]], ids=["all", "named"])
+def test_replicas_peer_through_the_objects_the_chart_creates(watch: list[str]) -> None:
+    """kopf pauses a peered replica until it finds its peering object: one
+    cluster-wide for an operator of every namespace, else one per namespace."""
+    objects = render({"operator": {"replicas": 2, "watchNamespaces": watch, "peeringLifetimeSeconds": 15}})
+    deployment = one(objects, "Deployment")["spec"]
+    assert deployment["replicas"] == 2 and deployment["strategy"]["type"] == "RollingUpdate"
+    container = _operator_container(objects)
+    [name] = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--peering=")]
+    assert "--peering-lifetime=15" in container["args"] and "--priority" not in " ".join(container["args"])
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    peerings = [(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace"))
+                for o in objects if o["apiVersion"] == "kopf.dev/v1"]
+    expected = [("KopfPeering", name, ns) for ns in watch] if watch else [("ClusterKopfPeering", name, None)]
+    assert sorted(peerings) == expected
+
+
+def test_replicas_refuse_glob_namespaces() -> None:
+    refused = helm("template", "pagoda", str(CHART),
+                   *value_args({"operator": {"replicas": 2, "watchNamespaces": ["team-*"]}}), check=False)
+    assert refused.returncode != 0 and "operator.replicas > 1 needs operator.watchNamespaces" in refused.stderr
+
+
+def test_peering_lifetime_default_is_the_operators() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["operator"]["peeringLifetimeSeconds"] == cli.PEERING_LIFETIME_S
 
 
 def test_config_values_are_exactly_the_operators_settings() -> None:

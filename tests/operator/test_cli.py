@@ -26,6 +26,16 @@ def test_operator_namespaces_and_peering() -> None:
     args = build_parser().parse_args(["operator", "-n", "a", "--namespace", "team-*", "--peering", "pagoda",
                                       "--priority", "10"])
     assert args.namespaces == ["a", "team-*"] and (args.peering, args.priority) == ("pagoda", 10)
+    assert cli.peering_priority(args.priority) == 10
+
+
+def test_identical_replicas_draw_distinct_priorities() -> None:
+    """kopf pauses every replica that shares the highest priority: replicas
+    started with the same arguments must not collide."""
+    args = build_parser().parse_args(["operator", "--peering", "pagoda"])
+    assert args.priority is None and args.peering_lifetime == cli.PEERING_LIFETIME_S
+    drawn = {cli.peering_priority(args.priority) for _ in range(1000)}
+    assert len(drawn) == 1000 and all(0 < p < 2**31 for p in drawn)
 
 
 def test_namespaces_and_all_namespaces_exclude_each_other() -> None:

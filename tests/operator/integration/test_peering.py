@@ -1,5 +1,7 @@
-"""Several operator replicas: only the one of highest priority reconciles
-(kopf peering); when it goes away, the next one takes over."""
+"""More than one operator replica, as the chart runs them (`operator.replicas:
+2`): identical pods, each drawing its own kopf peering priority, elect one
+active replica through the peering object the chart creates, under the
+chart's RBAC; when the active one goes, the other takes over."""
 
 from __future__ import annotations
 
@@ -10,68 +12,90 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster.client import Cluster
-from pagoda.operator import crd
+from e2e.stack import Release
 
 from .stack import Operator, llm_deployment
 
-PEERING = "pagoda-it"
+SUFFIX = uuid.uuid4().hex[:8]
+WATCHED = f"pagoda-peer-{SUFFIX}"
+LIFETIME_S = 10
 
 
-@pytest.fixture
-def peer_namespace(cluster: Cluster) -> Iterator[str]:
-    """A namespace the shared operator fixture does not watch, with its peering object."""
-    name = f"pagoda-peer-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("apply", "--server-side", "-f", str(crd.CRD_PATH.parent / "kopf-peering.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev")
-    # Operators discover resources once, at start: the group must be served by then.
+@pytest.fixture(scope="module")
+def release(cluster: Cluster) -> Iterator[Release]:
+    cluster.kubectl("create", "namespace", WATCHED)
+    installed = Release.install(cluster, name="pagoda-peer", namespace=f"pagoda-peer-system-{SUFFIX}", values={
+        "operator": {"replicas": 2, "peeringLifetimeSeconds": LIFETIME_S, "watchNamespaces": [WATCHED]}})
+    # Operators discover resources once, at start: kopf.dev must be served by then.
     cluster.wait_for("kopf.dev in API discovery",
                      lambda: "kopfpeerings" in cluster.kubectl("api-resources", "--api-group=kopf.dev").stdout, timeout=60)
-    cluster.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}, namespace=name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
+    yield installed
+    installed.uninstall()
+    for namespace in (WATCHED, installed.namespace):
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def _peering_name(release: Release) -> str:
+    [name] = [arg.split("=", 1)[1] for arg in release.operator_args() if arg.startswith("--peering=")]
+    return name
 
 
 def _log_has(operator: Operator, text: str) -> bool:
     return text in operator.log.read_text(errors="replace")
 
 
-def _peer_priorities(cluster: Cluster, namespace: str) -> list[int]:
-    """The priorities of the replicas announced in the peering object."""
-    peering = cluster.get("kopfpeerings.kopf.dev", PEERING, namespace) or {}
-    return sorted(peer.get("priority", 0) for peer in (peering.get("status") or {}).values())
+def _active(operator: Operator) -> bool:
+    """Whether the replica's last peering transition resumed it. kopf starts
+    a peered replica paused and logs only transitions: a replica that saw a
+    higher-priority peer in its first view of the peering object never logs."""
+    log = operator.log.read_text(errors="replace")
+    return log.rfind("Resuming operations") > log.rfind("Pausing operations")
 
 
-def test_only_the_highest_priority_replica_reconciles(cluster: Cluster, peer_namespace: str, operator: Operator,
-                                                      tmp_path: Path) -> None:
-    """A replica starts paused and resumes only when no peer of higher priority
-    is alive; kopf logs only the transitions. The active replica is started
-    first, so the standby one sees it in its very first view of the peering
-    object and never resumes (starting both at once makes the standby either
-    resume then pause, or stay paused silently: a race, not a property)."""
-    def replica(priority: int) -> Operator:
-        return Operator(cluster, operator.kubeconfig, tmp_path / f"operator-{priority}.log",
-                        args=["--namespace", peer_namespace, "--peering", PEERING, "--priority", str(priority)])
+def _peer_priorities(release: Release) -> dict[str, int]:
+    """Replica identity -> priority, as the replicas announce themselves in the peering object."""
+    peering = release.cluster.get("kopfpeerings.kopf.dev", _peering_name(release), WATCHED) or {}
+    return {identity: peer.get("priority", 0) for identity, peer in (peering.get("status") or {}).items()}
 
-    high, low = replica(2), replica(1)
-    high.start()
+
+@pytest.mark.parametrize("leave", ["stop", "kill"])
+def test_one_of_identical_replicas_reconciles_and_the_other_takes_over(
+        cluster: Cluster, release: Release, tmp_path: Path, leave: str) -> None:
+    """Exactly one replica reconciles. When it leaves, cleanly (a rolling
+    update: it withdraws from the peering at once) or by a crash (its
+    announcement runs out after the peering lifetime), the other resumes."""
+    kubeconfig = cluster.service_account_kubeconfig(release.service_account, release.namespace)
+
+    def replica(pod: str) -> Operator:
+        """A pod of the chart's Deployment: its arguments, settings and name (POD_ID from the downward API)."""
+        return Operator(cluster, kubeconfig, tmp_path / f"{pod}.log", env={**release.operator_env(), "POD_ID": pod},
+                        args=release.operator_args())
+
+    replicas = {pod: replica(pod) for pod in ("operator-a", "operator-b")}
+    replicas["operator-a"].start()
     try:
-        cluster.wait_for("the high-priority replica to resume", lambda: _log_has(high, "Resuming operations"),
-                         timeout=120)
-        low.start()
-        cluster.wait_for("both replicas in the peering object",
-                         lambda: _peer_priorities(cluster, peer_namespace) == [1, 2], timeout=120)
-        cluster.apply(llm_deployment("first"), namespace=peer_namespace)
-        cluster.wait_for("the active replica to handle first",
-                         lambda: _log_has(high, f"[{peer_namespace}/first] Creation is processed"), timeout=60)
-        assert cluster.get("deployment.apps", "first", peer_namespace)
-        assert not _log_has(low, f"[{peer_namespace}/first]") and not _log_has(low, "Resuming operations")
+        cluster.wait_for("the first replica to resume", lambda: _active(replicas["operator-a"]), timeout=120)
+        replicas["operator-b"].start()
+        priorities = cluster.wait_for("both replicas in the peering object",
+                                      lambda: len(found := _peer_priorities(release)) == 2 and found, timeout=120)
+        assert set(priorities) == set(replicas) and len(set(priorities.values())) == 2
+        leader_pod = max(priorities, key=priorities.__getitem__)
+        leader = replicas[leader_pod]
+        [standby] = [process for pod, process in replicas.items() if pod != leader_pod]
+        cluster.wait_for("one active replica", lambda: _active(leader) and not _active(standby), timeout=60)
 
-        high.stop()  # a rolling update takes the active replica away; it leaves the peering on exit
-        cluster.wait_for("the standby replica to resume", lambda: _log_has(low, "Resuming operations"), timeout=120)
-        cluster.apply(llm_deployment("second"), namespace=peer_namespace)
-        cluster.wait_for("children of second", lambda: cluster.get("deployment.apps", "second", peer_namespace),
-                         timeout=60)
+        cluster.apply(llm_deployment(f"first-{leave}"), namespace=WATCHED)
+        cluster.wait_for("the active replica to handle it",
+                         lambda: _log_has(leader, f"[{WATCHED}/first-{leave}] Creation is processed"), timeout=60)
+        assert cluster.get("deployment.apps", f"first-{leave}", WATCHED)
+        assert not _log_has(standby, f"[{WATCHED}/first-{leave}]") and not _active(standby)
+
+        leader.stop() if leave == "stop" else leader.kill()
+        cluster.wait_for("the standby replica to resume", lambda: _active(standby), timeout=LIFETIME_S + 60)
+        cluster.apply(llm_deployment(f"second-{leave}"), namespace=WATCHED)
+        cluster.wait_for("the standby replica to reconcile",
+                         lambda: cluster.get("deployment.apps", f"second-{leave}", WATCHED), timeout=60)
+        assert not _log_has(leader, f"[{WATCHED}/second-{leave}]")
     finally:
-        high.stop()
-        low.stop()
+        for process in replicas.values():
+            process.stop()
