@@ -18,7 +18,7 @@ import torch
 from pagoda.engine.block_manager import BlockManager
 from pagoda.engine.config import EngineConfig
 from pagoda.engine.model_config import load_model_config
-from pagoda.engine.model_runner import ModelRunner, PromptLogprobs, StepResult
+from pagoda.engine.model_runner import ModelRunner, StepResult
 from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagoda.engine.sampling_params import SamplingParams
@@ -224,12 +224,12 @@ class LLMEngine:
                 for s in req.seqs:  # computed once, shared by the request's n completions
                     s.prompt_logprobs = req.prompt_logprobs
 
-    def _logprob_entry(self, token: int, logprob: float | None, top: list[tuple[int, float]] | None) -> dict[int, Logprob]:
-        entry: dict[int, Logprob] = {}
-        for rank, (tid, value) in enumerate(top or (), start=1):
-            entry[tid] = Logprob(value, rank, self.tokenizer.decode([tid]))
+    @staticmethod
+    def _logprob_entry(token: int, logprob: float | None, top: list[tuple[int, float]] | None) -> dict[int, Logprob]:
+        """The top tokens and the chosen one; their text is the output processor's work, off the step."""
+        entry = {tid: Logprob(value, rank) for rank, (tid, value) in enumerate(top or (), start=1)}
         if token not in entry:
-            entry[token] = Logprob(logprob if logprob is not None else float("nan"), None, self.tokenizer.decode([token]))
+            entry[token] = Logprob(logprob if logprob is not None else float("nan"), None)
         return entry
 
     def _check_stop(self, seq: Sequence, token: int) -> FinishReason | None:

@@ -109,6 +109,13 @@ def test_logprobs_match_transformers(llm: LLM, model_path) -> None:
         token = out.prompt_token_ids[pos]
         assert out.prompt_logprobs[pos][token].logprob == pytest.approx(ref[pos - 1][token].item(), abs=1e-4)
         assert len(out.prompt_logprobs[pos]) >= 2
+    _assert_tokens_named(llm, [*completion.logprobs, *out.prompt_logprobs[1:]])
+
+
+def _assert_tokens_named(llm: LLM, entries: list[dict]) -> None:
+    """Every logprob carries its token's text (named by the output processor)."""
+    tokenizer = llm.engine.tokenizer
+    assert all(lp.decoded_token == tokenizer.decode([tid]) for entry in entries for tid, lp in entry.items())
 
 
 def test_prompt_logprobs_survive_prefix_cache_and_chunking(model_path) -> None:
@@ -120,6 +127,7 @@ def test_prompt_logprobs_survive_prefix_cache_and_chunking(model_path) -> None:
     for pos in range(1, len(out.prompt_token_ids)):
         token = out.prompt_token_ids[pos]
         assert out.prompt_logprobs[pos][token].logprob == pytest.approx(ref[pos - 1][token].item(), abs=1e-4)
+    _assert_tokens_named(llm, out.prompt_logprobs[1:])  # filled over several prefill chunks
 
 
 def test_streamed_deltas_add_up_to_the_text(llm: LLM) -> None:
