@@ -2,8 +2,9 @@
 
 Every trigger ends in the same idempotent `reconcile.reconcile`:
 create/update/resume of the resource, a periodic resync, and any change to a
-child it owns (found by the owner label), so a child deleted or edited by
-hand is restored within moments.  Reconciles of one resource never overlap;
+child it owns (found by the owner label) that a reconcile depends on
+(`child_events`), so a child deleted or edited by hand is restored within
+moments while controllers' status churn costs nothing.  Reconciles of one resource never overlap;
 child events arriving during one fold into a single rerun.
 """
 
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import kopf
 
 from . import v1alpha1
+from .child_events import ChildEventFilter
 from .config import OperatorConfig
 from .kube import Kube
 from .manifests import servicemonitor
@@ -72,13 +74,14 @@ class Serializer:
 
 
 class Runtime:
-    """What the handlers share: the API connection, configuration, metrics, serializer."""
+    """What the handlers share: the API connection, configuration, metrics, serializer, child event filter."""
 
     def __init__(self, kube: Kube, config: OperatorConfig, metrics: OperatorMetrics) -> None:
         self.kube = kube
         self.config = config
         self.metrics = metrics
         self.serializer = Serializer()
+        self.child_events = ChildEventFilter()
         self.service_monitor = kube.serves(servicemonitor.API_VERSION, servicemonitor.KIND)
 
     def converge(self, namespace: str, name: str, *, coalesce: bool) -> Outcome | None:
@@ -145,7 +148,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, metrics: O
     def on_child(event: dict[str, Any], labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
         if event.get("type") is None:
             return  # the initial listing: `resume` covers start-up
-        memo.runtime.converge(namespace, labels[OWNER_LABEL], coalesce=True)
+        if memo.runtime.child_events.matters(event["type"], event["object"]):
+            memo.runtime.converge(namespace, labels[OWNER_LABEL], coalesce=True)
 
     for group, version, plural in CHILD_KINDS:
         kopf.on.event(group=group, version=version, plural=plural, registry=registry, id=f"child-{plural}",
