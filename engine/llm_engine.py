@@ -24,6 +24,7 @@ from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, Req
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.sequence import FinishReason, Sequence
+from pagoda.engine.structured_output import Grammar, GrammarCompiler
 from pagoda.engine.tensor_parallel import TensorParallelGroup
 from pagoda.engine.tokenizer import load_tokenizer
 
@@ -67,6 +68,7 @@ class LLMEngine:
         self.requests: dict[str, _Request] = {}
         # Text and stop strings, applied to the core's token-level outputs (see step()).
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
         self._seq_ids = itertools.count()
 
     def _eos_token_ids(self) -> tuple[int, ...]:
@@ -120,8 +122,12 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, token_ids = self.tokenize(prompt)
         self.validate_prompt(token_ids, params)
+        constraint = self.grammars.compile(params.structured_output) if params.structured_output else None
         arrival = time.monotonic() if arrival_time is None else arrival_time
         seqs = [self._new_sequence(request_id, i, token_ids, params, arrival) for i in range(params.n)]
+        if constraint is not None:
+            for seq in seqs:
+                seq.grammar = Grammar(constraint, self.grammars.vocab_size)
         self.requests[request_id] = _Request(request_id, text, token_ids, params, seqs, arrival)
         self.output_processor.add_request(request_id, token_ids, params)
         for seq in seqs:
@@ -234,6 +240,12 @@ class LLMEngine:
 
     def _check_stop(self, seq: Sequence, token: int) -> FinishReason | None:
         params = seq.params
+        # A structured output ends with its constraint: on its stop token, even
+        # under ignore_eos, or when nothing was left to allow (the text was
+        # complete but min_tokens suppressed the stop tokens).
+        if seq.grammar is not None and (not seq.grammar.accept(token) or seq.grammar.is_terminated):
+            seq.stop_reason = None
+            return FinishReason.STOP
         is_eos = not params.ignore_eos and token in self.eos_token_ids
         if (is_eos or token in params.stop_token_ids) and seq.num_output_tokens >= params.min_tokens:
             seq.stop_reason = None if is_eos else token

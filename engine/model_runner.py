@@ -170,7 +170,8 @@ class ModelRunner:
         if seq.num_output_tokens < params.min_tokens:
             eos = () if params.ignore_eos else self.eos_token_ids
             suppressed = (*eos, *params.stop_token_ids)
-        return SamplingRow(params, seq.prompt_token_ids, seq.output_token_ids, seq.generator, suppressed)
+        allowed = seq.grammar.allowed_tokens() if seq.grammar is not None else None
+        return SamplingRow(params, seq.prompt_token_ids, seq.output_token_ids, seq.generator, suppressed, allowed)
 
     @torch.inference_mode()
     def forward_logits(self, inputs: StepInputs) -> torch.Tensor | None:

@@ -4,7 +4,7 @@ The engine hands over the last-position logits of every sequence that samples
 this step, requests with different parameters mixed in one batch. Logits are
 processed in this order (vLLM's semantics):
 
-    logit_bias -> suppressed tokens -> repetition penalty -> presence and
+    structured-output mask -> logit_bias -> suppressed tokens -> repetition penalty -> presence and
     frequency penalties -> [greedy rows: argmax] -> temperature -> top-k ->
     top-p -> min-p -> sample
 
@@ -41,6 +41,8 @@ class SamplingRow:
     """The request's own generator when ``params.seed`` is set; None otherwise."""
     suppressed_token_ids: Sequence[int] = ()
     """Tokens that must not be sampled now (eos and stop tokens before min_tokens)."""
+    allowed_tokens: torch.Tensor | None = None
+    """A structured output's packed bitmask (int32 words; bit t set: token t allowed); None: no constraint."""
 
 
 @dataclass
@@ -64,6 +66,7 @@ class _Batch:
         self.logprob_rows: list[int] = []
         self.bias: tuple[list[int], list[int], list[float]] = ([], [], [])
         self.suppressed: tuple[list[int], list[int]] = ([], [])
+        self.constrained: list[int] = []
         for i, row in enumerate(rows):
             p = row.params
             if p.greedy:
@@ -83,6 +86,8 @@ class _Batch:
             if row.suppressed_token_ids:
                 self.suppressed[0].extend([i] * len(row.suppressed_token_ids))
                 self.suppressed[1].extend(row.suppressed_token_ids)
+            if row.allowed_tokens is not None:
+                self.constrained.append(i)
         # Unseeded rows first: they share one contiguous batched draw.
         self.num_unseeded = len(unseeded)
         self.random = unseeded + seeded
@@ -90,7 +95,14 @@ class _Batch:
 
     @property
     def adjusts_logits(self) -> bool:
-        return bool(self.penalized or self.bias[0] or self.suppressed[0])
+        return bool(self.penalized or self.bias[0] or self.suppressed[0] or self.constrained)
+
+
+def unpack_bitmask(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Bool [..., vocab_size] from packed int32 words (bit b of word w: token 32 * w + b)."""
+    shifts = torch.arange(32, dtype=torch.int32, device=words.device)
+    bits = (words.unsqueeze(-1) >> shifts) & 1
+    return bits.flatten(-2)[..., :vocab_size].bool()
 
 
 def _flat_token_indices(
@@ -145,6 +157,11 @@ def _adjust(logits: torch.Tensor, rows: Sequence[SamplingRow], batch: _Batch) ->
         return logits.float()
     x = logits.to(torch.float32, copy=True)
     device = x.device
+    if batch.constrained:
+        index = torch.tensor(batch.constrained, device=device)
+        words = torch.stack([rows[i].allowed_tokens for i in batch.constrained]).to(device)
+        allowed = unpack_bitmask(words, x.shape[-1])
+        x.index_copy_(0, index, x.index_select(0, index).masked_fill(~allowed, float("-inf")))
     if batch.bias[0]:
         r, t, v = batch.bias
         x.index_put_(

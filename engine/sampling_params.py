@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 MAX_LOGPROBS = 20
 """Most alternatives a request may ask for per position (OpenAI's limit)."""
@@ -78,6 +79,28 @@ def _normalize_stop(stop: str | list[str] | None) -> list[str]:
     return stops
 
 
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the completion's text (vLLM's structured outputs):
+    exactly one of a JSON Schema, any JSON object, a regular expression, one
+    of a list of strings, or an EBNF grammar (GBNF, as xgrammar reads it)."""
+
+    json: dict[str, Any] | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("json", "regex", "choice", "grammar") if getattr(self, name) is not None]
+        given += ["json_object"] if self.json_object else []
+        if len(given) != 1:
+            raise ValueError("structured output takes exactly one of json, json_object, regex, choice, grammar; "
+                             f"got {', '.join(given) or 'none'}")
+        if self.choice is not None and (not self.choice or not all(isinstance(c, str) and c for c in self.choice)):
+            raise ValueError("structured output choice must be a non-empty list of non-empty strings")
+
+
 @dataclass
 class SamplingParams:
     """How to sample one request's completion (see vLLM's SamplingParams).
@@ -105,6 +128,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    structured_output: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         self.stop = _normalize_stop(self.stop)

@@ -15,6 +15,7 @@ import torch
 
 if TYPE_CHECKING:
     from pagoda.engine.sampling_params import SamplingParams
+    from pagoda.engine.structured_output import Grammar
 
 
 class SequenceStatus(enum.Enum):
@@ -38,6 +39,7 @@ class Sequence:
     params: SamplingParams
     generator: torch.Generator | None = None
     arrival_time: float = field(default_factory=time.monotonic)
+    grammar: Grammar | None = None  # where a structured output's constraint stands
 
     token_ids: list[int] = field(init=False)
     output_token_ids: list[int] = field(default_factory=list)
