@@ -112,6 +112,8 @@ class LLMEngine:
                 f"the prompt has {len(token_ids)} tokens, more than the maximum model length {self.max_model_len}"
             )
         params.validate_for_vocab(vocab)
+        if params.structured_output is not None:
+            self.grammars.compile(params.structured_output)  # refused here, before queuing; then cached
 
     def add_request(
         self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,

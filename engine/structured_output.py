@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     import xgrammar as xgr
 
 
+class InvalidConstraint(ValueError):
+    """A structured output's schema, regex or grammar that cannot be compiled."""
+
+
 class Grammar:
     """One sequence's place in its constraint."""
 
@@ -79,8 +83,8 @@ class GrammarCompiler:
             return self._compiler
 
     def compile(self, spec: StructuredOutput) -> xgr.CompiledGrammar:
-        """The compiled constraint; ValueError, naming what is wrong, for a
-        schema, regex or grammar that xgrammar cannot read."""
+        """The compiled constraint (xgrammar caches it by its text); InvalidConstraint,
+        naming what is wrong, for a schema, regex or grammar that xgrammar cannot read."""
         compiler = self._get()
         try:
             if spec.json is not None:
@@ -95,7 +99,7 @@ class GrammarCompiler:
             return compiler.compile_grammar(spec.grammar or "")
         except (RuntimeError, ValueError, TypeError) as err:
             kind = next(k for k in ("json", "json_object", "regex", "choice", "grammar") if getattr(spec, k))
-            raise ValueError(f"structured output {kind} is invalid: {str(err).splitlines()[0]}") from None
+            raise InvalidConstraint(f"structured output {kind} is invalid: {str(err).splitlines()[0]}") from None
 
 
 def _choice_grammar(choices: Seq[str]) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pagoda.engine.sampling_params import SamplingParams
+from pagoda.engine.sampling_params import SamplingParams, StructuredOutput
 
 MAX_N = 128
 """Most choices per request (OpenAI's limit); each is a sequence in the batch."""
@@ -53,6 +53,30 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Request):
+    name: str = "response"
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    """OpenAI's response_format: free text, any JSON object, or JSON following a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Request):
+    """vLLM's structured_outputs: exactly one constraint on the text."""
+
+    json_value: dict[str, Any] | str | None = Field(None, alias="json")
+    json_object: bool = False
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+
 class _SamplingRequest(_Request):
     """OpenAI sampling fields, plus the engine's extras under their vLLM names."""
 
@@ -77,9 +101,36 @@ class _SamplingRequest(_Request):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     def requested_max_tokens(self) -> int | None:
         raise NotImplementedError
+
+    @property
+    def constraint_field(self) -> str:
+        """The field a structured output came from, for errors about it."""
+        return "structured_outputs" if self.structured_outputs is not None else "response_format"
+
+    def requested_constraint(self) -> StructuredOutput | None:
+        """The structured output asked for by response_format or structured_outputs, if any."""
+        wants_format = self.response_format is not None and self.response_format.type != "text"
+        if wants_format and self.structured_outputs is not None:
+            raise ValueError("response_format and structured_outputs cannot be combined: use one")
+        if self.structured_outputs is not None:
+            so = self.structured_outputs
+            try:
+                return StructuredOutput(json=so.json_value, json_object=so.json_object, regex=so.regex,
+                                        choice=so.choice, grammar=so.grammar)
+            except ValueError as exc:
+                raise ValueError(f"structured_outputs: {exc}") from None
+        if not wants_format:
+            return None
+        if self.response_format.type == "json_object":
+            return StructuredOutput(json_object=True)
+        if self.response_format.json_schema is None:
+            raise ValueError("response_format of type json_schema needs json_schema.schema")
+        return StructuredOutput(json=self.response_format.json_schema.json_schema)
 
     def requested_logprobs(self) -> int | None:
         """Top alternatives to return per token, or None for no logprobs."""
@@ -105,7 +156,7 @@ class _SamplingRequest(_Request):
             n=self.n, max_tokens=max_tokens, stop=self.stop, seed=self.seed, logit_bias=bias,
             ignore_eos=self.ignore_eos, min_tokens=self.min_tokens, stop_token_ids=self.stop_token_ids,
             skip_special_tokens=self.skip_special_tokens, include_stop_str_in_output=self.include_stop_str_in_output,
-            logprobs=self.requested_logprobs(), **given,
+            logprobs=self.requested_logprobs(), structured_output=self.requested_constraint(), **given,
         )
 
     @property
@@ -196,6 +247,20 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
+    # Tool calling is not served: accepted only as "none", refused otherwise
+    # (silently ignoring tools would answer a different question).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+
+    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
+        for field, choice in (("tools", self.tool_choice), ("functions", self.function_call)):
+            if getattr(self, field) and choice != "none":
+                raise ValueError(f"{field}: tool calling is not supported by this server; send the request "
+                                 f"without {field}, or with {'tool_choice' if field == 'tools' else 'function_call'} "
+                                 '"none"')
+        return super().to_sampling_params(max_tokens)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

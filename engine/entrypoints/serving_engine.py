@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from pagoda.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineRequest, OutputStream, QueueFullError
 from pagoda.engine.entrypoints.protocol import ErrorInfo, ErrorResponse, UsageInfo, _SamplingRequest
 from pagoda.engine.outputs import RequestOutput
+from pagoda.engine.structured_output import InvalidConstraint
 from pagoda.engine.tokenizer import apply_chat_template
 
 logger = logging.getLogger("pagoda.requests")
@@ -204,6 +205,8 @@ class OpenAIServing:
             try:
                 params = ctx.request.to_sampling_params(max_tokens)
                 self.engine.engine.validate_prompt(prompt.token_ids, params)
+            except InvalidConstraint as exc:
+                raise bad_request(exc, ctx.request, ctx.request.constraint_field) from None
             except ValueError as exc:
                 raise bad_request(exc, ctx.request, prompt_field) from None
             requests.append(EngineRequest(f"{ctx.request_id}-{i}", prompt.token_ids, params, prompt.text, ctx.arrival))

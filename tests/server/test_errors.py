@@ -64,6 +64,15 @@ BAD_FIELDS = [
     ({"prompt": [[]]}, "prompt"),
     ({"prompt": None}, "prompt"),
     ({"stream_options": {"include_usage": "maybe"}}, "stream_options"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
+     "response_format"),
+    ({"structured_outputs": {"regex": "([a-z"}}, "structured_outputs"),
+    ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
+    ({"structured_outputs": {"choice": []}}, "structured_outputs"),
+    ({"structured_outputs": {"grammar": "root ::= undefined_rule"}}, "structured_outputs"),
+    ({"structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}, "response_format"),
 ]
 
 
@@ -81,6 +90,9 @@ BAD_CHAT = [
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"logprobs": True, "top_logprobs": 30}, "logprobs"),
     ({"max_completion_tokens": 0}, "max_tokens"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"}, "tools"),
+    ({"functions": [{"name": "f"}]}, "functions"),
 ]
 
 

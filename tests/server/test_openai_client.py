@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from tests.server.conftest import API_KEY, MODEL_NAME, RunningServer
@@ -168,3 +171,37 @@ def test_tokenize_detokenize_version_probes(idle_server: RunningServer) -> None:
     assert idle_server.request("GET", "/version", auth=False).json()["version"]
     assert idle_server.request("GET", "/health", auth=False).status == 200
     assert idle_server.request("GET", "/ready", auth=False).status == 200
+
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["answer", "confidence"],
+          "properties": {"answer": {"enum": ["yes", "no"]}, "confidence": {"type": "integer", "minimum": 0,
+                                                                           "maximum": 100}}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_chat_response_format_json_schema(client: openai.OpenAI, stream: bool) -> None:
+    """OpenAI's structured outputs: the reply parses and follows the schema,
+    whatever the random-weight model would have said."""
+    response_format = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA, "strict": True}}
+    kwargs = dict(model=MODEL_NAME, messages=MESSAGES, max_tokens=64, temperature=1.0, seed=5,
+                  response_format=response_format)
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs)
+                       if c.choices)
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        assert choice.finish_reason == "stop"
+        text = choice.message.content
+    value = json.loads(text)
+    assert value["answer"] in {"yes", "no"} and 0 <= value["confidence"] <= 100 and set(value) == set(SCHEMA["required"])
+
+
+def test_completion_structured_outputs_choice_and_regex(client: openai.OpenAI) -> None:
+    """vLLM's structured_outputs, on the completions endpoint too."""
+    choices = ["positive", "negative"]
+    out = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=16, n=4, temperature=1.0, seed=2,
+                                    extra_body={"structured_outputs": {"choice": choices}})
+    assert {c.text for c in out.choices} <= set(choices) and all(c.finish_reason == "stop" for c in out.choices)
+    out = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=16, temperature=0,
+                                    extra_body={"structured_outputs": {"regex": r"\d{4}-\d{2}-\d{2}"}})
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", out.choices[0].text)
