@@ -108,6 +108,12 @@ class _SamplingRequest(_Request):
         raise NotImplementedError
 
     @property
+    def has_constraint(self) -> bool:
+        """Whether a structured output is asked for (by either field)."""
+        wants_format = self.response_format is not None and self.response_format.type != "text"
+        return wants_format or self.structured_outputs is not None
+
+    @property
     def constraint_field(self) -> str:
         """The field a structured output came from, for errors about it."""
         return "structured_outputs" if self.structured_outputs is not None else "response_format"

@@ -232,7 +232,11 @@ class OpenAIServing:
         """Validates, queues, and answers with a JSON body or an SSE stream."""
         ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", self.endpoint, self.served_model_name,
                              request, prompts, arrival)
-        engine_requests = self._engine_requests(ctx, prompt_field)
+        if request.has_constraint:
+            # Compiling a constraint (a large JSON Schema: many milliseconds) must not stall other streams.
+            engine_requests = await self.run_tokenizer(self._engine_requests, ctx, prompt_field)
+        else:
+            engine_requests = self._engine_requests(ctx, prompt_field)
         ctx.stream = self._submit(engine_requests)
         if request.stream:
             return StreamingResponse(self._event_stream(ctx), media_type="text/event-stream",
