@@ -68,11 +68,14 @@ class LLM:
         *,
         add_generation_prompt: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
-        """Generate replies to one conversation or a list of them, rendered by the model's chat template."""
+        """Generate replies to one conversation or a list of them, rendered by the model's chat template
+        (with `tools`, OpenAI-style function definitions, shown to the model by the template)."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        kwargs = {**(chat_template_kwargs or {}), **({"tools": tools} if tools else {})}
         prompts: list[PromptType] = [
-            {"prompt_token_ids": self.apply_chat_template(c, add_generation_prompt, chat_template_kwargs)}
+            {"prompt_token_ids": self.apply_chat_template(c, add_generation_prompt, kwargs)}
             for c in conversations
         ]
         return self.generate(prompts, sampling_params)

@@ -7,6 +7,7 @@ included), loaded from local files only: nothing may reach a model hub.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -21,17 +22,27 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
         raise ValueError(f"cannot load a tokenizer from {str(path)!r}: {exc}") from exc
 
 
+# apply_chat_template's own parameters: variables for the template must not
+# reach them (a client could swap the template or its output format).
+_RESERVED_KWARGS = frozenset(inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters) - {
+    "self", "tools", "documents", "kwargs"}
+
+
 def apply_chat_template(
     tokenizer: PreTrainedTokenizerBase, conversation: list[dict[str, Any]],
     add_generation_prompt: bool = True, kwargs: dict[str, Any] | None = None,
 ) -> list[int]:
     """Token ids of a conversation rendered by the tokenizer's chat template.
 
+    `kwargs` are variables for the template (tools, enable_thinking, ...).
     Any failure of the template (a role it refuses, a malformed message) is a
     ValueError, so the offline API and the server report it as bad input.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the model's tokenizer has no chat template")
+    reserved = sorted(_RESERVED_KWARGS.intersection(kwargs or {}))
+    if reserved:
+        raise ValueError(f"chat_template_kwargs cannot set {', '.join(reserved)}")
     try:
         ids = tokenizer.apply_chat_template(
             conversation, add_generation_prompt=add_generation_prompt, tokenize=True, **(kwargs or {})

@@ -17,6 +17,7 @@ import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -46,6 +47,7 @@ from pagoda.engine.entrypoints.protocol import (
 from pagoda.engine.entrypoints.serving_chat import OpenAIServingChat
 from pagoda.engine.entrypoints.serving_completion import OpenAIServingCompletion
 from pagoda.engine.entrypoints.serving_engine import APIError, bad_request
+from pagoda.engine.entrypoints.tool_parsers import detect_tool_parser
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.metrics import EngineMetrics
 from pagoda.engine.tokenizer import load_tokenizer
@@ -165,7 +167,8 @@ def _add_routes(app: FastAPI) -> None:
             raise APIError(400, "give exactly one of prompt and messages", param="prompt")
         try:
             if body.messages is not None:
-                ids = await serving.render_chat([m.to_template() for m in body.messages], body.add_generation_prompt)
+                ids = await serving.render_chat([m.to_template() for m in body.messages], body.add_generation_prompt,
+                                                body.template_kwargs())
             else:
                 ids = await serving.encode(body.prompt, body.add_special_tokens)
         except ValueError as exc:
@@ -184,6 +187,13 @@ def _add_routes(app: FastAPI) -> None:
         return DetokenizeResponse(prompt=text)
 
 
+def _tool_parser(setting: str, tokenizer: Any) -> str | None:
+    """The --tool-call-parser in effect: "auto" reads the chat template, "none" turns auto tool choice off."""
+    if setting == "auto":
+        return detect_tool_parser(getattr(tokenizer, "chat_template", None))
+    return None if setting == "none" else setting
+
+
 def build_app(settings: ServeSettings, engine: LLMEngine | None = None) -> FastAPI:
     """The ASGI app; it loads the model at startup unless given an engine (tests share one)."""
 
@@ -195,11 +205,12 @@ def build_app(settings: ServeSettings, engine: LLMEngine | None = None) -> FastA
         tokenizer = load_tokenizer(settings.engine.tokenizer or settings.engine.model)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagoda-tokenizer")
         args = (async_engine, tokenizer, settings.served_model_name, pool)
+        tool_parser = _tool_parser(settings.tool_call_parser, tokenizer)
         app.state.server = ServerState(settings, async_engine, metrics, OpenAIServingCompletion(*args),
-                                       OpenAIServingChat(*args))
+                                       OpenAIServingChat(*args, tool_parser=tool_parser))
         async_engine.start()
-        logger.info("serving %s as %r (max_model_len %d)", settings.engine.model, settings.served_model_name,
-                    llm_engine.max_model_len)
+        logger.info("serving %s as %r (max_model_len %d, tool-call parser %s)", settings.engine.model,
+                    settings.served_model_name, llm_engine.max_model_len, tool_parser)
         try:
             yield
         finally:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagoda.engine.config import EngineConfig
+from pagoda.engine.entrypoints.tool_parsers import AUTO_PARSERS
 
 ENV_PREFIX = "PAGODA_"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+TOOL_CALL_PARSERS = ("auto", *AUTO_PARSERS, "none")
 
 
 @dataclass
@@ -34,6 +36,8 @@ class ServeSettings:
     # Seconds SIGTERM waits for in-flight requests before cancelling them
     # (Kubernetes' default terminationGracePeriodSeconds is 30).
     drain_timeout: float = 25.0
+    # How tool_choice "auto" reads calls from the text; "auto": the format the chat template teaches.
+    tool_call_parser: str = "auto"
 
 
 def _parse_bool(text: str) -> bool:
@@ -86,6 +90,8 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("max-queue-len", int, "most requests waiting for the batch; beyond it, 503 with Retry-After"),
     _Flag("log-level", str, "log level", LOG_LEVELS),
     _Flag("drain-timeout", float, "seconds SIGTERM waits for in-flight requests"),
+    _Flag("tool-call-parser", str, 'the tool-call format of tool_choice "auto" replies ("auto": the one the chat '
+          'template teaches; "none": refuse tool_choice "auto")', TOOL_CALL_PARSERS),
 )
 
 

@@ -9,10 +9,11 @@ publishes and the fuzz tests generate requests from.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from pagoda.engine.sampling_params import SamplingParams, StructuredOutput
 
@@ -229,11 +230,55 @@ class TextContentPart(_Request):
     text: str
 
 
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema of the arguments object
+    strict: bool | None = None
+
+
+class ChatTool(_Request):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as text (OpenAI's format)
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+def _template_arguments(arguments: str) -> dict[str, Any] | str:
+    """Arguments as chat templates expect them: most render a mapping with tojson,
+    so a JSON object given as text is decoded; anything else stays text."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    return value if isinstance(value, dict) else arguments
+
+
 class ChatMessage(_Request):
     # The model's chat template decides which of these it accepts.
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # the call a tool message answers
 
     def to_template(self) -> dict[str, Any]:
         """The message as chat templates expect it: content flattened to one string."""
@@ -243,30 +288,99 @@ class ChatMessage(_Request):
         message: dict[str, Any] = {"role": self.role, "content": content or ""}
         if self.name is not None:
             message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"id": call.id, "type": call.type,
+                 "function": {"name": call.function.name, "arguments": _template_arguments(call.function.arguments)}}
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
         return message
 
 
-class ChatCompletionRequest(_SamplingRequest):
+def tool_call_schema(tools: list[ChatTool], parallel: bool) -> dict[str, Any]:
+    """The JSON Schema that tool_choice "required" holds the reply to: an array of
+    one or more calls, each {"name": one of the tools, "arguments": its parameters}."""
+    calls = [
+        {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+         "properties": {"name": {"const": tool.function.name}, "arguments": tool.function.parameters or {"type": "object"}}}
+        for tool in tools
+    ]
+    return {"type": "array", "minItems": 1, **({} if parallel else {"maxItems": 1}), "items": {"anyOf": calls}}
+
+
+class _ChatTemplateInput(_Request):
+    """What a chat template renders besides the messages (chat completions and /tokenize)."""
+
+    add_generation_prompt: bool = True
+    tools: list[ChatTool] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # extra variables for the template
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """The template's variables: the client's extras, and the tools."""
+        kwargs = dict(self.chat_template_kwargs or {})
+        if self.tools:
+            kwargs["tools"] = [tool.model_dump(exclude_none=True) for tool in self.tools]
+        return kwargs
+
+
+ToolMode = Literal["none", "auto", "required", "named"]
+
+
+class ChatCompletionRequest(_SamplingRequest, _ChatTemplateInput):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    add_generation_prompt: bool = True
-    # Tool calling is not served: accepted only as "none", refused otherwise
-    # (silently ignoring tools would answer a different question).
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    # The deprecated function-calling fields are refused unless "none"
+    # (silently ignoring them would answer a different question).
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
 
-    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
-        for field, choice in (("tools", self.tool_choice), ("functions", self.function_call)):
-            if getattr(self, field) and choice != "none":
-                raise ValueError(f"{field}: tool calling is not supported by this server; send the request "
-                                 f"without {field}, or with {'tool_choice' if field == 'tools' else 'function_call'} "
-                                 '"none"')
-        return super().to_sampling_params(max_tokens)
+    @property
+    def tool_mode(self) -> ToolMode:
+        """How the reply may call tools: not at all, as the model decides, at least once, or one named function."""
+        if not self.tools or self.tool_choice == "none":
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return self.tool_choice or "auto"  # OpenAI's default when tools are given
+
+    def check_tools(self) -> None:
+        """ValueError, naming the field, for tools and tool_choice that do not fit together."""
+        if self.functions and self.function_call != "none":
+            raise ValueError('functions: the deprecated function calling is not served; send tools instead '
+                             '(or function_call "none")')
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools to choose from")
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: function names must be unique")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names function {self.tool_choice.function.name!r}, which is not in tools")
+        if self.tool_mode in ("named", "required") and super().has_constraint:
+            raise ValueError(f"tool_choice {self.tool_mode} fixes the reply's format; it cannot be combined with "
+                             f"{super().constraint_field}")
+
+    @property
+    def has_constraint(self) -> bool:
+        return self.tool_mode in ("named", "required") or super().has_constraint
+
+    @property
+    def constraint_field(self) -> str:
+        return "tools" if self.tool_mode in ("named", "required") else super().constraint_field
+
+    def requested_constraint(self) -> StructuredOutput | None:
+        if self.tool_mode == "named":
+            chosen = next(t for t in self.tools if t.function.name == self.tool_choice.function.name)
+            return StructuredOutput(json=chosen.function.parameters or {"type": "object"})
+        if self.tool_mode == "required":
+            return StructuredOutput(json=tool_call_schema(self.tools, self.parallel_tool_calls))
+        return super().requested_constraint()
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -296,6 +410,7 @@ class ChatLogprobs(BaseModel):
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatCompletionChoice(BaseModel):
@@ -315,9 +430,31 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo | None = None
 
 
+class _OmitUnset(BaseModel):
+    """Written without its null fields: a streamed tool call names its id and
+    function once, and clients that concatenate deltas must not meet nulls."""
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class DeltaFunctionCall(_OmitUnset):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(_OmitUnset):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatStreamChoice(BaseModel):
@@ -353,12 +490,11 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class TokenizeRequest(_Request):
+class TokenizeRequest(_ChatTemplateInput):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
-    add_generation_prompt: bool = True
 
 
 class TokenizeResponse(BaseModel):

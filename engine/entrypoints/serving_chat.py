@@ -1,8 +1,16 @@
-"""POST /v1/chat/completions: the conversation rendered by the tokenizer's chat template."""
+"""POST /v1/chat/completions: the conversation rendered by the tokenizer's chat template.
+
+With tools, the reply is read by a tool-call parser: for tool_choice naming a
+function or "required" the server itself constrained the reply's format; for
+"auto" the parser matches the format the chat template taught the model.
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -18,15 +26,28 @@ from pagoda.engine.entrypoints.protocol import (
     ChatStreamChoice,
     ChatTokenLogprob,
     ChatTopLogprob,
+    DeltaFunctionCall,
+    DeltaToolCall,
+    FunctionCall,
+    ToolCall,
 )
+from pagoda.engine.async_engine import AsyncLLMEngine
 from pagoda.engine.entrypoints.serving_engine import (
+    APIError,
     ChoiceState,
     OpenAIServing,
     Prompt,
     RequestContext,
     bad_request,
 )
-from pagoda.engine.outputs import Logprob, RequestOutput
+from pagoda.engine.entrypoints.tool_parsers import (
+    AUTO_PARSERS,
+    CallPiece,
+    JsonArrayParser,
+    NamedCallParser,
+    ToolCallParser,
+)
+from pagoda.engine.outputs import CompletionOutput, Logprob, RequestOutput
 
 
 def _top(lp: Logprob) -> ChatTopLogprob:
@@ -43,31 +64,87 @@ def chat_logprobs(entries: list[dict[int, Logprob]], token_ids: list[int], num_t
     return ChatLogprobs(content=content)
 
 
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _finish_reason(request: ChatCompletionRequest, output: CompletionOutput, made_calls: bool) -> str | None:
+    """OpenAI's: "tool_calls" when the model chose to call (auto or required),
+    "stop" when the request named the function."""
+    if made_calls and output.finish_reason == "stop" and request.tool_mode in ("auto", "required"):
+        return "tool_calls"
+    return output.finish_reason
+
+
+def _tool_calls(pieces: list[CallPiece]) -> list[ToolCall]:
+    calls: dict[int, ToolCall] = {}
+    for piece in pieces:
+        if piece.index not in calls:
+            calls[piece.index] = ToolCall(id=_call_id(), function=FunctionCall(name=piece.name or "", arguments=""))
+        calls[piece.index].function.arguments += piece.arguments
+    return list(calls.values())
+
+
 class OpenAIServingChat(OpenAIServing):
     endpoint = "chat.completions"
     id_prefix = "chatcmpl"
 
+    def __init__(
+        self, engine: AsyncLLMEngine, tokenizer: Any, served_model_name: str, tokenizer_pool: ThreadPoolExecutor,
+        tool_parser: str | None = None,
+    ) -> None:
+        super().__init__(engine, tokenizer, served_model_name, tokenizer_pool)
+        self.tool_parser = tool_parser  # the format of tool_choice "auto" calls; None: auto is refused
+
     async def create_chat_completion(self, request: ChatCompletionRequest, raw_request: Request) -> Response:
         arrival = time.monotonic()
         self.check_model(request.model)
+        try:
+            request.check_tools()
+        except ValueError as exc:
+            raise bad_request(exc, request, "tools") from None
+        if request.tool_mode == "auto" and self.tool_parser is None:
+            raise APIError(400, 'tool_choice "auto" needs a tool-call format, and this model\'s chat template teaches '
+                                'none that the server knows: start it with --tool-call-parser, or send tool_choice '
+                                '"required", "none" or a named function', param="tool_choice")
         messages = [m.to_template() for m in request.messages]
         try:
-            token_ids = await self.render_chat(messages, request.add_generation_prompt)
+            token_ids = await self.render_chat(messages, request.add_generation_prompt, request.template_kwargs())
         except ValueError as exc:
             raise bad_request(exc, request, "messages") from None
         return await self.generate(raw_request, request, [Prompt(token_ids)], arrival, "messages")
+
+    def _new_tool_parser(self, request: ChatCompletionRequest) -> ToolCallParser | None:
+        mode = request.tool_mode
+        if mode == "named":
+            return NamedCallParser(request.tool_choice.function.name)
+        if mode == "required":
+            return JsonArrayParser()
+        if mode == "auto":
+            return AUTO_PARSERS[self.tool_parser](max_calls=None if request.parallel_tool_calls else 1)
+        return None
 
     def _logprobs(self, request: ChatCompletionRequest, entries: list[dict[int, Logprob]],
                   token_ids: list[int]) -> ChatLogprobs:
         return chat_logprobs(entries, token_ids, request.top_logprobs or 0)
 
+    def _message(self, request: ChatCompletionRequest, c: CompletionOutput) -> tuple[ChatResponseMessage, str | None]:
+        parser = self._new_tool_parser(request)
+        if parser is None:
+            return ChatResponseMessage(content=c.text), c.finish_reason
+        parsed = parser.parse(c.text)
+        calls = _tool_calls(parsed.calls)
+        content = parsed.content if parsed.content.strip() or not calls else None
+        return ChatResponseMessage(content=content, tool_calls=calls or None), _finish_reason(request, c, bool(calls))
+
     def full_response(self, ctx: RequestContext, outputs: list[RequestOutput]) -> ChatCompletionResponse:
         choices = []
         for c in outputs[0].outputs:
             logprobs = None if c.logprobs is None else self._logprobs(ctx.request, c.logprobs, c.token_ids)
+            message, finish_reason = self._message(ctx.request, c)
             choices.append(ChatCompletionChoice(
-                index=c.index, message=ChatResponseMessage(content=c.text), logprobs=logprobs,
-                finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                index=c.index, message=message, logprobs=logprobs, finish_reason=finish_reason,
+                stop_reason=c.stop_reason,
             ))
         return ChatCompletionResponse(id=ctx.request_id, created=ctx.created, model=ctx.model, choices=choices,
                                       usage=ctx.usage())
@@ -75,12 +152,30 @@ class OpenAIServingChat(OpenAIServing):
     def _chunk(self, ctx: RequestContext, choice: ChatStreamChoice) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=ctx.request_id, created=ctx.created, model=ctx.model, choices=[choice])
 
+    @staticmethod
+    def _delta(st: ChoiceState, c: CompletionOutput, finished: bool) -> ChatDelta:
+        """This output's new text as content and tool-call deltas."""
+        if st.tool_parser is None:
+            return ChatDelta(content=c.delta_text or None)
+        parsed = st.tool_parser.feed(c.delta_text)
+        if finished:
+            parsed += st.tool_parser.finish()
+        calls = [
+            DeltaToolCall(index=p.index, id=_call_id() if p.name is not None else None,
+                          type="function" if p.name is not None else None,
+                          function=DeltaFunctionCall(name=p.name, arguments=p.arguments))
+            for p in parsed.calls
+        ]
+        return ChatDelta(content=parsed.content or None, tool_calls=calls or None)
+
     def stream_chunks(
         self, ctx: RequestContext, prompt_index: int, output: RequestOutput, state: dict[int, ChoiceState],
     ) -> list[ChatCompletionChunk]:
         chunks = []
         for c in output.outputs:
-            st = state.setdefault(c.index, ChoiceState())
+            st = state.get(c.index)
+            if st is None:
+                st = state[c.index] = ChoiceState(tool_parser=self._new_tool_parser(ctx.request))
             if st.finished:
                 continue
             if not st.started:  # OpenAI opens every choice with the role and empty content
@@ -93,10 +188,13 @@ class OpenAIServingChat(OpenAIServing):
                 logprobs = self._logprobs(ctx.request, new, c.token_ids[st.logprobs_sent:])
                 st.logprobs_sent += len(new)
             st.finished = c.finish_reason is not None
-            if c.delta_text or st.finished or (logprobs is not None and logprobs.content):
+            delta = self._delta(st, c, st.finished)
+            if delta.content or delta.tool_calls or st.finished or (logprobs is not None and logprobs.content):
+                made_calls = st.tool_parser is not None and st.tool_parser.num_calls > 0
+                finish_reason = _finish_reason(ctx.request, c, made_calls) if st.finished else None
                 chunks.append(self._chunk(ctx, ChatStreamChoice(
-                    index=c.index, delta=ChatDelta(content=c.delta_text or None), logprobs=logprobs,
-                    finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                    index=c.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason,
+                    stop_reason=c.stop_reason,
                 )))
         return chunks
 

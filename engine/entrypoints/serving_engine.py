@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from pagoda.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineRequest, OutputStream, QueueFullError
 from pagoda.engine.entrypoints.protocol import ErrorInfo, ErrorResponse, UsageInfo, _SamplingRequest
+from pagoda.engine.entrypoints.tool_parsers import ToolCallParser
 from pagoda.engine.outputs import RequestOutput
 from pagoda.engine.structured_output import InvalidConstraint
 from pagoda.engine.tokenizer import apply_chat_template
@@ -106,6 +107,7 @@ class ChoiceState:
     text_offset: int = 0
     started: bool = False
     finished: bool = False
+    tool_parser: ToolCallParser | None = None  # chat with tools: what the text has shown of calls so far
 
 
 @dataclass
@@ -179,8 +181,10 @@ class OpenAIServing:
         text.encode("utf-8")  # UnicodeEncodeError, a ValueError: a 400
         return await self.run_tokenizer(lambda: self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    async def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> list[int]:
-        return await self.run_tokenizer(apply_chat_template, self.tokenizer, messages, add_generation_prompt)
+    async def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool,
+                          template_kwargs: dict[str, Any] | None = None) -> list[int]:
+        return await self.run_tokenizer(apply_chat_template, self.tokenizer, messages, add_generation_prompt,
+                                        template_kwargs)
 
     def _max_tokens(self, request: _SamplingRequest, num_prompt_tokens: int, prompt_field: str) -> int:
         room = self.max_model_len - num_prompt_tokens

@@ -1,0 +1,301 @@
+"""Finding tool calls in a model's text, token by token as it streams.
+
+A parser is fed the completion's text in whatever pieces the detokenizer
+produces and answers with the text that is ordinary content and the tool
+calls it has found. The same parser builds the whole response (one feed,
+then finish) and the stream, so the two can never disagree. Whatever cannot
+be read as a call (malformed JSON, an unterminated tag cut by max_tokens) is
+given back as content, never dropped.
+
+- ``named`` and ``required`` read what the server itself forced through a
+  constraint (tool_choice naming a function, or "required"): the arguments
+  object, or a JSON array of {"name", "arguments"} objects.
+- ``hermes`` reads ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``
+  blocks (Qwen2.5, Qwen3, Hermes); ``llama3_json`` reads the bare
+  ``{"name": ..., "parameters": ...}`` objects of Llama 3.1+, separated by
+  semicolons. These two serve tool_choice "auto".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class CallPiece:
+    """Part of tool call `index`: its name when the call opens, then argument text."""
+
+    index: int
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass
+class Parsed:
+    """What one feed or finish yields: content text and pieces of tool calls."""
+
+    content: str = ""
+    calls: list[CallPiece] = field(default_factory=list)
+
+    def __iadd__(self, other: Parsed) -> Parsed:
+        self.content += other.content
+        self.calls += other.calls
+        return self
+
+
+class ToolCallParser:
+    """Base: the text arrives by `feed`, `finish` flushes what was held back."""
+
+    def __init__(self, max_calls: int | None = None) -> None:
+        self.num_calls = 0
+        self._max_calls = max_calls
+
+    def feed(self, text: str) -> Parsed:
+        raise NotImplementedError
+
+    def finish(self) -> Parsed:
+        raise NotImplementedError
+
+    def parse(self, text: str) -> Parsed:
+        """A whole completion at once."""
+        parsed = self.feed(text)
+        parsed += self.finish()
+        return parsed
+
+    def _call(self, name: str, arguments: Any) -> list[CallPiece]:
+        """A complete call as one piece; none once parallel calls are exhausted."""
+        if self._max_calls is not None and self.num_calls >= self._max_calls:
+            return []
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        self.num_calls += 1
+        return [CallPiece(self.num_calls - 1, name, text)]
+
+
+# Models write control characters raw inside strings (and a constraint's
+# length-bounded string may let them through): read them, as JSON text
+# re-encoded for the client escapes them.
+_DECODER = json.JSONDecoder(strict=False)
+
+
+def _decode_call(text: str) -> tuple[str, Any] | None:
+    """(name, arguments) of a call object written as JSON, or None when `text` is not one."""
+    try:
+        return _call_fields(_DECODER.decode(text), ("arguments", "parameters"))
+    except ValueError:
+        return None
+
+
+def _call_fields(value: Any, argument_keys: tuple[str, ...]) -> tuple[str, Any] | None:
+    """(name, arguments) of a decoded call object, or None when it is not shaped like one."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    for key in argument_keys:
+        if key in value:
+            arguments = value[key]
+            return (value["name"], arguments) if isinstance(arguments, (dict, str)) else None
+    return value["name"], {}
+
+
+class NamedCallParser(ToolCallParser):
+    """The whole text is the arguments of one call to `name` (tool_choice naming a function)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+
+    def feed(self, text: str) -> Parsed:
+        if self.num_calls == 0:
+            self.num_calls = 1
+            return Parsed(calls=[CallPiece(0, self._name, text)])
+        return Parsed(calls=[CallPiece(0, None, text)] if text else [])
+
+    def finish(self) -> Parsed:
+        return self.feed("") if self.num_calls == 0 else Parsed()
+
+
+class JsonArrayParser(ToolCallParser):
+    """A JSON array of {"name", "arguments"} objects (tool_choice "required");
+    each call is given as soon as its object closes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._text = ""
+        self._scanned = 0
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        self._start = -1  # where the current element object began
+        self._consumed = 0  # text up to here has become calls
+
+    def feed(self, text: str) -> Parsed:
+        self._text += text
+        calls: list[CallPiece] = []
+        for i in range(self._scanned, len(self._text)):
+            ch = self._text[i]
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif ch == "\\":
+                    self._escaped = True
+                elif ch == '"':
+                    self._in_string = False
+            elif ch == '"':
+                self._in_string = True
+            elif ch in "[{":
+                self._depth += 1
+                if self._depth == 2 and ch == "{":
+                    self._start = i
+            elif ch in "]}":
+                self._depth -= 1
+                if self._depth == 1 and ch == "}" and self._start >= 0:
+                    calls += self._element(self._text[self._start:i + 1])
+                    self._consumed, self._start = i + 1, -1
+        self._scanned = len(self._text)
+        return Parsed(calls=calls)
+
+    def _element(self, text: str) -> list[CallPiece]:
+        fields = _decode_call(text)
+        return self._call(*fields) if fields else []
+
+    def finish(self) -> Parsed:
+        # Only a cut-off array leaves text behind: it is returned as it was written.
+        rest = self._text[self._consumed:].strip().strip(",]").strip()
+        return Parsed(content=rest if rest else "")
+
+
+class HermesParser(ToolCallParser):
+    """Content with calls inside <tool_call> tags; text that may be the start of a tag is held back."""
+
+    start_tag = "<tool_call>"
+    end_tag = "</tool_call>"
+
+    def __init__(self, max_calls: int | None = None) -> None:
+        super().__init__(max_calls)
+        self._buffer = ""
+        self._in_call = False
+        # Trailing blank text, held until more content follows: blank lines
+        # next to a call are the call's layout, not content.
+        self._held_space = ""
+
+    def _content(self, text: str) -> str:
+        text = self._held_space + text
+        kept = text.rstrip()
+        self._held_space = text[len(kept):]
+        return kept
+
+    def feed(self, text: str) -> Parsed:
+        self._buffer += text
+        out = Parsed()
+        while True:
+            if not self._in_call:
+                at = self._buffer.find(self.start_tag)
+                if at < 0:
+                    keep = _partial_suffix(self._buffer, self.start_tag)
+                    out.content += self._content(self._buffer[:len(self._buffer) - keep])
+                    self._buffer = self._buffer[len(self._buffer) - keep:]
+                    return out
+                out.content += self._content(self._buffer[:at])
+                self._buffer = self._buffer[at + len(self.start_tag):]
+                self._in_call = True
+            at = self._buffer.find(self.end_tag)
+            if at < 0:
+                return out
+            out += self._block(self._buffer[:at], self.end_tag)
+            self._buffer = self._buffer[at + len(self.end_tag):]
+            self._in_call = False
+
+    def _block(self, inner: str, closing: str) -> Parsed:
+        """One tag's text as a call, or as content (tags included) when it is not one."""
+        fields = _decode_call(inner)
+        if fields is None:
+            return Parsed(content=self._content(self.start_tag + inner + closing))
+        self._held_space = ""
+        return Parsed(calls=self._call(*fields))
+
+    def finish(self) -> Parsed:
+        rest, self._buffer = self._buffer, ""
+        if self._in_call:  # a block the model never closed (EOS right after the JSON, or max_tokens)
+            self._in_call = False
+            out = self._block(rest, "")
+        else:
+            out = Parsed(content=self._content(rest))
+        if self.num_calls == 0:  # a reply without calls keeps every character
+            out.content += self._held_space
+        self._held_space = ""
+        return out
+
+
+class Llama3JsonParser(ToolCallParser):
+    """Llama 3.1+'s JSON calls: the reply is one or more {"name", "parameters"}
+    objects separated by semicolons, perhaps after <|python_tag|>; a reply that
+    does not open with one is plain content."""
+
+    PYTHON_TAG = "<|python_tag|>"
+
+    def __init__(self, max_calls: int | None = None) -> None:
+        super().__init__(max_calls)
+        self._buffer = ""
+        self._mode: str | None = None  # "text" or "json", decided by the first visible characters
+
+    def feed(self, text: str) -> Parsed:
+        self._buffer += text
+        if self._mode is None:
+            head = self._buffer.lstrip()
+            if not head or _partial_suffix(head, self.PYTHON_TAG) == len(head):
+                return Parsed()
+            self._mode = "json" if head.startswith(("{", self.PYTHON_TAG)) else "text"
+        if self._mode == "text":
+            out, self._buffer = self._buffer, ""
+            return Parsed(content=out)
+        return Parsed(calls=self._decode_calls())
+
+    def _decode_calls(self) -> list[CallPiece]:
+        calls: list[CallPiece] = []
+        while True:
+            rest = self._buffer.lstrip().removeprefix(self.PYTHON_TAG).lstrip().lstrip(";").lstrip()
+            if not rest.startswith("{"):
+                return calls
+            try:
+                value, end = _DECODER.raw_decode(rest)
+            except ValueError:
+                return calls  # not complete yet, or not JSON: finish decides
+            fields = _call_fields(value, ("parameters", "arguments"))
+            if fields is None:
+                return calls
+            calls += self._call(*fields)
+            self._buffer = rest[end:]
+
+    def finish(self) -> Parsed:
+        if self._mode == "json":
+            rest = self._buffer.strip().removeprefix(self.PYTHON_TAG).strip().strip(";").strip()
+        else:
+            rest = self._buffer
+        self._buffer = ""
+        return Parsed(content=rest)
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that is a proper start of `tag`."""
+    for size in range(min(len(text), len(tag) - 1), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
+
+
+AUTO_PARSERS: dict[str, type[ToolCallParser]] = {"hermes": HermesParser, "llama3_json": Llama3JsonParser}
+"""The parsers tool_choice "auto" can use, by their --tool-call-parser name."""
+
+
+def detect_tool_parser(chat_template: str | dict[str, str] | None) -> str | None:
+    """The parser for the tool-call format a chat template teaches the model, if it teaches one."""
+    if isinstance(chat_template, dict):
+        chat_template = "\n".join(chat_template.values())
+    if not chat_template:
+        return None
+    if "<tool_call>" in chat_template:
+        return "hermes"
+    if "<|python_tag|>" in chat_template or "Environment: ipython" in chat_template:
+        return "llama3_json"
+    return None

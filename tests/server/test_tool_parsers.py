@@ -1,0 +1,146 @@
+"""Tool-call parsers: the whole text and any split of it into stream pieces read the same."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from pagoda.engine.entrypoints.tool_parsers import (
+    HermesParser,
+    JsonArrayParser,
+    Llama3JsonParser,
+    NamedCallParser,
+    Parsed,
+    ToolCallParser,
+    detect_tool_parser,
+)
+from pagoda.engine.fixtures import make_tiny_model
+
+
+def calls_of(parsed: Parsed) -> list[tuple[str, dict]]:
+    """(name, decoded arguments) per call, the pieces of each joined as a client joins deltas."""
+    names: dict[int, str] = {}
+    arguments: dict[int, str] = {}
+    for piece in parsed.calls:
+        if piece.name is not None:
+            assert piece.index not in names, "a call opens once"
+            names[piece.index] = piece.name
+        assert piece.index in names, "arguments follow the name"
+        arguments[piece.index] = arguments.get(piece.index, "") + piece.arguments
+    assert sorted(names) == list(range(len(names))), "calls are numbered from 0 in order"
+    return [(names[i], json.loads(arguments[i])) for i in sorted(names)]
+
+
+def streamed(parser: ToolCallParser, text: str, rng: random.Random) -> Parsed:
+    """`text` fed in random pieces (empty ones included), then finished."""
+    out = Parsed()
+    at = 0
+    while at < len(text):
+        size = rng.choice([0, 1, 1, 2, 3, 7])
+        out += parser.feed(text[at:at + size])
+        at += size
+    out += parser.finish()
+    return out
+
+
+HERMES = [
+    # (text, content, calls)
+    ("plain answer, no calls", "plain answer, no calls", []),
+    ('Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+     '<tool_call>\n{"name": "time", "arguments": {}}\n</tool_call>\n',
+     "Let me look.", [("get_weather", {"city": "Paris"}), ("time", {})]),
+    # A string holding the closing tag's characters inside JSON does not end the call early.
+    ('<tool_call>{"name": "echo", "arguments": {"text": "a < b, </tool \\"x\\""}}</tool_call>', "",
+     [("echo", {"text": 'a < b, </tool "x"'})]),
+    # Malformed JSON, or not a call: the block stays content, tags and all.
+    ("<tool_call>{not json}</tool_call> after", "<tool_call>{not json}</tool_call> after", []),
+    ('<tool_call>{"arguments": {}}</tool_call>', '<tool_call>{"arguments": {}}</tool_call>', []),
+    # Never closed (EOS right after the JSON): still a call; cut mid-JSON: content.
+    ('<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n', "", [("f", {"x": 1})]),
+    ('I will <tool_call>\n{"name": "f", "argu', 'I will <tool_call>\n{"name": "f", "argu', []),
+    # Text that only looks like the start of a tag is content once it is clearly not one.
+    ("a <tool_ca", "a <tool_ca", []),
+    ("x < y <tool <b>", "x < y <tool <b>", []),
+    # Text after a call is content; blank text around calls is not.
+    ('<tool_call>{"name": "f", "arguments": {}}</tool_call>\n\nDone.', "\n\nDone.", [("f", {})]),
+    ('Hm.  \n<tool_call>{"name": "f", "arguments": {}}</tool_call> \n', "Hm.", [("f", {})]),
+    ("  padded answer \n\n", "  padded answer \n\n", []),
+]
+
+
+@pytest.mark.parametrize(("text", "content", "calls"), HERMES, ids=range(len(HERMES)))
+def test_hermes(text: str, content: str, calls: list) -> None:
+    whole = HermesParser().parse(text)
+    assert (whole.content, calls_of(whole)) == (content, calls)
+    for seed in range(20):
+        pieces = streamed(HermesParser(), text, random.Random(seed))
+        assert (pieces.content, calls_of(pieces)) == (content, calls), seed
+
+
+def test_hermes_without_parallel_calls_keeps_the_first() -> None:
+    text = '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arguments": {}}</tool_call>'
+    parsed = HermesParser(max_calls=1).parse(text)
+    assert calls_of(parsed) == [("a", {})] and parsed.content == ""
+
+
+LLAMA3 = [
+    ('{"name": "get_weather", "parameters": {"city": "Oslo"}}', "", [("get_weather", {"city": "Oslo"})]),
+    ('<|python_tag|>{"name": "a", "parameters": {"n": 1}}; {"name": "b", "parameters": {}}', "",
+     [("a", {"n": 1}), ("b", {})]),
+    ('  {"name": "a", "arguments": {"s": "}{"}}', "", [("a", {"s": "}{"})]),
+    ("The answer is 42.", "The answer is 42.", []),
+    ('{"answer": 42}', '{"answer": 42}', []),
+    ('{"name": "a", "parameters": {"n": 1', '{"name": "a", "parameters": {"n": 1', []),
+]
+
+
+@pytest.mark.parametrize(("text", "content", "calls"), LLAMA3, ids=range(len(LLAMA3)))
+def test_llama3_json(text: str, content: str, calls: list) -> None:
+    whole = Llama3JsonParser().parse(text)
+    assert (whole.content, calls_of(whole)) == (content, calls)
+    for seed in range(20):
+        pieces = streamed(Llama3JsonParser(), text, random.Random(seed))
+        assert (pieces.content, calls_of(pieces)) == (content, calls), seed
+
+
+JSON_ARRAYS = [
+    ('[{"name": "f", "arguments": {"x": "a]}, {"}}, {"name": "g", "arguments": {}}]', "",
+     [("f", {"x": "a]}, {"}), ("g", {})]),
+    ('[ {"name": "f", "arguments": {"nested": [{"k": [1, 2]}]}} ]', "", [("f", {"nested": [{"k": [1, 2]}]})]),
+    # Cut by max_tokens: the finished calls, then the rest as it was written.
+    ('[{"name": "f", "arguments": {}}, {"name": "g", "argu', '{"name": "g", "argu', [("f", {})]),
+    ('[{"name": "f", "argu', '[{"name": "f", "argu', []),
+]
+
+
+@pytest.mark.parametrize(("text", "content", "calls"), JSON_ARRAYS, ids=range(len(JSON_ARRAYS)))
+def test_json_array(text: str, content: str, calls: list) -> None:
+    whole = JsonArrayParser().parse(text)
+    assert (whole.content, calls_of(whole)) == (content, calls)
+    for seed in range(20):
+        pieces = streamed(JsonArrayParser(), text, random.Random(seed))
+        assert (pieces.content, calls_of(pieces)) == (content, calls), seed
+
+
+def test_named_call_streams_its_arguments() -> None:
+    text = '{"city": "Rome", "days": [1, 2]}'
+    parser = NamedCallParser("forecast")
+    pieces = streamed(parser, text, random.Random(0))
+    assert calls_of(pieces) == [("forecast", json.loads(text))] and pieces.content == ""
+    assert len(pieces.calls) > 1, "arguments arrive piece by piece"
+    # Even an empty reply (max_tokens reached at once) names the call.
+    assert [(p.name, p.arguments) for p in NamedCallParser("f").parse("").calls] == [("f", "")]
+
+
+def test_detect_tool_parser(tmp_path) -> None:
+    """The fixture's Qwen-style template teaches <tool_call> blocks; Llama 3's teaches bare JSON."""
+    model = make_tiny_model(tmp_path / "m", arch="qwen3")
+    template = json.loads((model / "tokenizer_config.json").read_text())["chat_template"]
+    assert detect_tool_parser(template) == "hermes"
+    llama = ('{%- if tools is not none %}{{- "Environment: ipython\\n" }}{%- endif %}'
+             '{{- \'{"name": function name, "parameters": dictionary of argument name and its value}\' }}')
+    assert detect_tool_parser(llama) == "llama3_json"
+    assert detect_tool_parser({"default": "{{ messages }}", "tool_use": template}) == "hermes"
+    assert detect_tool_parser("{{ messages }}") is None and detect_tool_parser(None) is None
