@@ -209,6 +209,14 @@ def test_chat_uses_the_template(llm: LLM) -> None:
     assert out.prompt_token_ids == expected
     with pytest.raises(ValueError, match="chat template"):
         llm.chat([{"role": "wizard", "content": "x"}])
+    # Tools reach the template, as HF passes them; the template's own parameters may not be overridden.
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    out = llm.chat(messages, SamplingParams(max_tokens=1), tools=tools)[0]
+    expected = llm.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
+    assert out.prompt_token_ids == list(expected["input_ids"] if hasattr(expected, "keys") else expected)
+    assert len(out.prompt_token_ids) > len(llm.chat(messages, SamplingParams(max_tokens=1))[0].prompt_token_ids)
+    with pytest.raises(ValueError, match="chat_template_kwargs cannot set chat_template"):
+        llm.chat(messages, chat_template_kwargs={"chat_template": "{{ 1 }}"})
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path, model_path) -> None:
