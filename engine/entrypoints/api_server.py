@@ -206,8 +206,9 @@ def build_app(settings: ServeSettings, engine: LLMEngine | None = None) -> FastA
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagoda-tokenizer")
         args = (async_engine, tokenizer, settings.served_model_name, pool)
         tool_parser = _tool_parser(settings.tool_call_parser, tokenizer)
+        reasoning = None if settings.reasoning_parser == "none" else settings.reasoning_parser
         app.state.server = ServerState(settings, async_engine, metrics, OpenAIServingCompletion(*args),
-                                       OpenAIServingChat(*args, tool_parser=tool_parser))
+                                       OpenAIServingChat(*args, tool_parser=tool_parser, reasoning_parser=reasoning))
         async_engine.start()
         logger.info("serving %s as %r (max_model_len %d, tool-call parser %s)", settings.engine.model,
                     settings.served_model_name, llm_engine.max_model_len, tool_parser)

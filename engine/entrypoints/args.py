@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagoda.engine.config import EngineConfig
+from pagoda.engine.entrypoints.reply import REASONING_PARSERS
 from pagoda.engine.entrypoints.tool_parsers import AUTO_PARSERS
 
 ENV_PREFIX = "PAGODA_"
@@ -38,6 +39,8 @@ class ServeSettings:
     drain_timeout: float = 25.0
     # How tool_choice "auto" reads calls from the text; "auto": the format the chat template teaches.
     tool_call_parser: str = "auto"
+    # Returns a reasoning model's <think> text apart from the content ("none": left in the content).
+    reasoning_parser: str = "none"
 
 
 def _parse_bool(text: str) -> bool:
@@ -92,6 +95,8 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("drain-timeout", float, "seconds SIGTERM waits for in-flight requests"),
     _Flag("tool-call-parser", str, 'the tool-call format of tool_choice "auto" replies ("auto": the one the chat '
           'template teaches; "none": refuse tool_choice "auto")', TOOL_CALL_PARSERS),
+    _Flag("reasoning-parser", str, "return a reasoning model's thinking as `reasoning`, apart from the content",
+          ("none", *REASONING_PARSERS)),
 )
 
 

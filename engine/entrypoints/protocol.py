@@ -410,6 +410,9 @@ class ChatLogprobs(BaseModel):
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    # With --reasoning-parser: the thinking, under vLLM's name and its older one.
+    reasoning: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
 
 
@@ -431,8 +434,9 @@ class ChatCompletionResponse(BaseModel):
 
 
 class _OmitUnset(BaseModel):
-    """Written without its null fields: a streamed tool call names its id and
-    function once, and clients that concatenate deltas must not meet nulls."""
+    """Written without its null fields, as OpenAI writes deltas: a streamed tool
+    call names its id and function once, and clients that join deltas must not
+    meet nulls."""
 
     @model_serializer(mode="wrap")
     def _omit_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -451,9 +455,11 @@ class DeltaToolCall(_OmitUnset):
     function: DeltaFunctionCall
 
 
-class ChatDelta(BaseModel):
+class ChatDelta(_OmitUnset):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
 
 

@@ -2,7 +2,8 @@
 
 With tools, the reply is read by a tool-call parser: for tool_choice naming a
 function or "required" the server itself constrained the reply's format; for
-"auto" the parser matches the format the chat template taught the model.
+"auto" the parser matches the format the chat template taught the model. With
+--reasoning-parser, the thinking before the answer is returned apart.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pagoda.engine.entrypoints.serving_engine import (
     RequestContext,
     bad_request,
 )
+from pagoda.engine.entrypoints.reply import ReplyParser, ThinkParser, prompt_opens_reasoning
 from pagoda.engine.entrypoints.tool_parsers import (
     AUTO_PARSERS,
     CallPiece,
@@ -91,10 +93,11 @@ class OpenAIServingChat(OpenAIServing):
 
     def __init__(
         self, engine: AsyncLLMEngine, tokenizer: Any, served_model_name: str, tokenizer_pool: ThreadPoolExecutor,
-        tool_parser: str | None = None,
+        tool_parser: str | None = None, reasoning_parser: str | None = None,
     ) -> None:
         super().__init__(engine, tokenizer, served_model_name, tokenizer_pool)
         self.tool_parser = tool_parser  # the format of tool_choice "auto" calls; None: auto is refused
+        self.reasoning_parser = reasoning_parser  # None: thinking stays in the content
 
     async def create_chat_completion(self, request: ChatCompletionRequest, raw_request: Request) -> Response:
         arrival = time.monotonic()
@@ -112,7 +115,22 @@ class OpenAIServingChat(OpenAIServing):
             token_ids = await self.render_chat(messages, request.add_generation_prompt, request.template_kwargs())
         except ValueError as exc:
             raise bad_request(exc, request, "messages") from None
-        return await self.generate(raw_request, request, [Prompt(token_ids)], arrival, "messages")
+        in_reasoning = False
+        if self.reasoning_parser is not None:
+            tail = await self.run_tokenizer(self.tokenizer.decode, token_ids[-8:])
+            in_reasoning = prompt_opens_reasoning(tail)
+
+        def new_choice() -> ChoiceState:
+            return ChoiceState(reply=self._new_reply(request, in_reasoning))
+
+        return await self.generate(raw_request, request, [Prompt(token_ids)], arrival, "messages", new_choice)
+
+    def _new_reply(self, request: ChatCompletionRequest, in_reasoning: bool) -> ReplyParser | None:
+        """The reader of one choice's reply; None when the text is all content."""
+        tools = self._new_tool_parser(request)
+        if tools is None and self.reasoning_parser is None:
+            return None
+        return ReplyParser(ThinkParser(in_reasoning) if self.reasoning_parser is not None else None, tools)
 
     def _new_tool_parser(self, request: ChatCompletionRequest) -> ToolCallParser | None:
         mode = request.tool_mode
@@ -128,20 +146,24 @@ class OpenAIServingChat(OpenAIServing):
                   token_ids: list[int]) -> ChatLogprobs:
         return chat_logprobs(entries, token_ids, request.top_logprobs or 0)
 
-    def _message(self, request: ChatCompletionRequest, c: CompletionOutput) -> tuple[ChatResponseMessage, str | None]:
-        parser = self._new_tool_parser(request)
-        if parser is None:
+    @staticmethod
+    def _message(request: ChatCompletionRequest, reply: ReplyParser | None,
+                 c: CompletionOutput) -> tuple[ChatResponseMessage, str | None]:
+        if reply is None:
             return ChatResponseMessage(content=c.text), c.finish_reason
-        parsed = parser.parse(c.text)
-        calls = _tool_calls(parsed.calls)
-        content = parsed.content if parsed.content.strip() or not calls else None
-        return ChatResponseMessage(content=content, tool_calls=calls or None), _finish_reason(request, c, bool(calls))
+        piece = reply.parse(c.text)
+        calls = _tool_calls(piece.calls)
+        content = piece.content if piece.content.strip() or not calls else None
+        reasoning = piece.reasoning or None
+        return (ChatResponseMessage(content=content, reasoning=reasoning, reasoning_content=reasoning,
+                                    tool_calls=calls or None),
+                _finish_reason(request, c, bool(calls)))
 
     def full_response(self, ctx: RequestContext, outputs: list[RequestOutput]) -> ChatCompletionResponse:
         choices = []
         for c in outputs[0].outputs:
             logprobs = None if c.logprobs is None else self._logprobs(ctx.request, c.logprobs, c.token_ids)
-            message, finish_reason = self._message(ctx.request, c)
+            message, finish_reason = self._message(ctx.request, ctx.new_choice().reply, c)
             choices.append(ChatCompletionChoice(
                 index=c.index, message=message, logprobs=logprobs, finish_reason=finish_reason,
                 stop_reason=c.stop_reason,
@@ -154,19 +176,19 @@ class OpenAIServingChat(OpenAIServing):
 
     @staticmethod
     def _delta(st: ChoiceState, c: CompletionOutput, finished: bool) -> ChatDelta:
-        """This output's new text as content and tool-call deltas."""
-        if st.tool_parser is None:
+        """This output's new text as reasoning, content and tool-call deltas."""
+        if st.reply is None:
             return ChatDelta(content=c.delta_text or None)
-        parsed = st.tool_parser.feed(c.delta_text)
-        if finished:
-            parsed += st.tool_parser.finish()
+        piece = st.reply.feed(c.delta_text, final=finished)
         calls = [
             DeltaToolCall(index=p.index, id=_call_id() if p.name is not None else None,
                           type="function" if p.name is not None else None,
                           function=DeltaFunctionCall(name=p.name, arguments=p.arguments))
-            for p in parsed.calls
+            for p in piece.calls
         ]
-        return ChatDelta(content=parsed.content or None, tool_calls=calls or None)
+        reasoning = piece.reasoning or None
+        return ChatDelta(content=piece.content or None, reasoning=reasoning, reasoning_content=reasoning,
+                         tool_calls=calls or None)
 
     def stream_chunks(
         self, ctx: RequestContext, prompt_index: int, output: RequestOutput, state: dict[int, ChoiceState],
@@ -175,7 +197,7 @@ class OpenAIServingChat(OpenAIServing):
         for c in output.outputs:
             st = state.get(c.index)
             if st is None:
-                st = state[c.index] = ChoiceState(tool_parser=self._new_tool_parser(ctx.request))
+                st = state[c.index] = ctx.new_choice()
             if st.finished:
                 continue
             if not st.started:  # OpenAI opens every choice with the role and empty content
@@ -189,8 +211,9 @@ class OpenAIServingChat(OpenAIServing):
                 st.logprobs_sent += len(new)
             st.finished = c.finish_reason is not None
             delta = self._delta(st, c, st.finished)
-            if delta.content or delta.tool_calls or st.finished or (logprobs is not None and logprobs.content):
-                made_calls = st.tool_parser is not None and st.tool_parser.num_calls > 0
+            if (delta.content or delta.reasoning or delta.tool_calls or st.finished
+                    or (logprobs is not None and logprobs.content)):
+                made_calls = st.reply is not None and st.reply.num_calls > 0
                 finish_reason = _finish_reason(ctx.request, c, made_calls) if st.finished else None
                 chunks.append(self._chunk(ctx, ChatStreamChoice(
                     index=c.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason,

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from pagoda.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineRequest, OutputStream, QueueFullError
 from pagoda.engine.entrypoints.protocol import ErrorInfo, ErrorResponse, UsageInfo, _SamplingRequest
-from pagoda.engine.entrypoints.tool_parsers import ToolCallParser
+from pagoda.engine.entrypoints.reply import ReplyParser
 from pagoda.engine.outputs import RequestOutput
 from pagoda.engine.structured_output import InvalidConstraint
 from pagoda.engine.tokenizer import apply_chat_template
@@ -107,7 +107,7 @@ class ChoiceState:
     text_offset: int = 0
     started: bool = False
     finished: bool = False
-    tool_parser: ToolCallParser | None = None  # chat with tools: what the text has shown of calls so far
+    reply: ReplyParser | None = None  # chat with tools or reasoning: the reply's reading so far
 
 
 @dataclass
@@ -124,6 +124,7 @@ class RequestContext:
     stream: OutputStream | None = None
     last: dict[int, RequestOutput] = field(default_factory=dict)
     status: str = "aborted"
+    new_choice: Callable[[], ChoiceState] = ChoiceState  # each choice's state, as the endpoint sets it up
 
     def usage(self) -> UsageInfo:
         prompt = sum(len(p.token_ids) for p in self.prompts)
@@ -231,11 +232,11 @@ class OpenAIServing:
 
     async def generate(
         self, raw_request: Request, request: _SamplingRequest, prompts: list[Prompt], arrival: float,
-        prompt_field: str,
+        prompt_field: str, new_choice: Callable[[], ChoiceState] = ChoiceState,
     ) -> Response:
         """Validates, queues, and answers with a JSON body or an SSE stream."""
         ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", self.endpoint, self.served_model_name,
-                             request, prompts, arrival)
+                             request, prompts, arrival, new_choice=new_choice)
         if request.has_constraint:
             # Compiling a constraint (a large JSON Schema: many milliseconds) must not stall other streams.
             engine_requests = await self.run_tokenizer(self._engine_requests, ctx, prompt_field)

@@ -192,7 +192,7 @@ class HermesParser(ToolCallParser):
             if not self._in_call:
                 at = self._buffer.find(self.start_tag)
                 if at < 0:
-                    keep = _partial_suffix(self._buffer, self.start_tag)
+                    keep = partial_suffix(self._buffer, self.start_tag)
                     out.content += self._content(self._buffer[:len(self._buffer) - keep])
                     self._buffer = self._buffer[len(self._buffer) - keep:]
                     return out
@@ -243,7 +243,7 @@ class Llama3JsonParser(ToolCallParser):
         self._buffer += text
         if self._mode is None:
             head = self._buffer.lstrip()
-            if not head or _partial_suffix(head, self.PYTHON_TAG) == len(head):
+            if not head or partial_suffix(head, self.PYTHON_TAG) == len(head):
                 return Parsed()
             self._mode = "json" if head.startswith(("{", self.PYTHON_TAG)) else "text"
         if self._mode == "text":
@@ -276,7 +276,7 @@ class Llama3JsonParser(ToolCallParser):
         return Parsed(content=rest)
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a proper start of `tag`."""
     for size in range(min(len(text), len(tag) - 1), 0, -1):
         if tag.startswith(text[-size:]):

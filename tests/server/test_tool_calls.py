@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import pathlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -67,16 +67,26 @@ def follows(name: str, arguments: dict[str, Any]) -> bool:
                for k, prop in spec["properties"].items())
 
 
-def create(client: openai.OpenAI, stream: bool, **kwargs: Any) -> tuple[str | None, list[tuple[str, str, str]], str]:
-    """(content, [(id, name, arguments)], finish_reason) of choice 0, from the whole response
+class Reply(NamedTuple):
+    content: str | None
+    calls: list[tuple[str, str, str]]  # (id, name, arguments)
+    finish: str
+    reasoning: str | None
+
+
+def create_reply(client: openai.OpenAI, stream: bool, **kwargs: Any) -> Reply:
+    """Choice 0 of a chat completion (with TOOLS unless told otherwise), from the whole response
     or from the stream's deltas joined the way OpenAI's clients join them."""
     kwargs = {"model": MODEL_NAME, "messages": MESSAGES, "tools": TOOLS, "max_tokens": 96, "temperature": 0,
               **kwargs}
     if not stream:
         choice = client.chat.completions.create(**kwargs).choices[0]
         calls = [(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
-        return choice.message.content, calls, choice.finish_reason
+        reasoning = getattr(choice.message, "reasoning", None)
+        assert reasoning == getattr(choice.message, "reasoning_content", None), "both names carry the same text"
+        return Reply(choice.message.content, calls, choice.finish_reason, reasoning)
     content: str | None = None
+    reasoning = None
     calls: dict[int, list[str]] = {}
     finish = ""
     for chunk in client.chat.completions.create(stream=True, **kwargs):
@@ -85,13 +95,20 @@ def create(client: openai.OpenAI, stream: bool, **kwargs: Any) -> tuple[str | No
         delta = chunk.choices[0].delta
         if delta.content:
             content = (content or "") + delta.content
+        if getattr(delta, "reasoning", None):
+            reasoning = (reasoning or "") + delta.reasoning
         for call in delta.tool_calls or []:
             if call.id is not None:
                 assert call.index not in calls and call.function.name, "a call opens once, with its id and name"
                 calls[call.index] = [call.id, call.function.name, ""]
             calls[call.index][2] += call.function.arguments or ""
         finish = chunk.choices[0].finish_reason or finish
-    return content, [tuple(calls[i]) for i in sorted(calls)], finish
+    return Reply(content, [tuple(calls[i]) for i in sorted(calls)], finish, reasoning)
+
+
+def create(client: openai.OpenAI, stream: bool, **kwargs: Any) -> tuple[str | None, list[tuple[str, str, str]], str]:
+    """(content, calls, finish_reason) of `create_reply`."""
+    return create_reply(client, stream, **kwargs)[:3]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
