@@ -27,6 +27,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from pagoda.engine.llm_engine import LLMEngine
+from pagoda.engine.lora import LoRARequest
 from pagoda.engine.metrics import EngineMetrics, EngineStats
 from pagoda.engine.output_processor import StopRequest
 from pagoda.engine.outputs import RequestOutput
@@ -55,6 +56,7 @@ class EngineRequest:
     params: SamplingParams
     prompt: str | None = None
     arrival_time: float = field(default_factory=time.monotonic)
+    lora_request: LoRARequest | None = None
 
 
 @dataclass
@@ -202,7 +204,8 @@ class AsyncLLMEngine:
     def _add_to_engine(self, add: EngineRequest) -> None:
         prompt = {"prompt": add.prompt, "prompt_token_ids": add.prompt_token_ids}
         try:
-            self.engine.add_request(add.request_id, prompt, add.params, arrival_time=add.arrival_time)
+            self.engine.add_request(add.request_id, prompt, add.params, arrival_time=add.arrival_time,
+                                    lora_request=add.lora_request)
         except ValueError as exc:
             self._loop.call_soon_threadsafe(self._deliver, add.request_id, exc)
 

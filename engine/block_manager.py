@@ -54,7 +54,7 @@ class BlockManager:
         bs = self.block_size
         hashes = seq.block_hashes
         for i in range(len(hashes), num_tokens // bs):
-            parent = hashes[-1] if hashes else None
+            parent = hashes[-1] if hashes else seq.cache_salt
             hashes.append(hash((parent, tuple(seq.token_ids[i * bs : (i + 1) * bs]))))
 
     def match_prefix(self, seq: Sequence) -> list[int]:

@@ -28,6 +28,10 @@ class EngineConfig:
     device: str = "auto"
     seed: int = 0
     enforce_eager: bool = False
+    # LoRA adapters served beside the base model: how many can run in one batch, and their largest rank.
+    enable_lora: bool = False
+    max_loras: int = 4
+    max_lora_rank: int = 16
 
     def __post_init__(self) -> None:
         checks = [
@@ -38,6 +42,9 @@ class EngineConfig:
             (self.kv_cache_memory_bytes is None or self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes must be positive"),
             (self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks must be >= 1"),
             (self.tensor_parallel_size >= 1, "tensor_parallel_size must be >= 1"),
+            (self.max_loras >= 1 and self.max_lora_rank >= 1, "max_loras and max_lora_rank must be >= 1"),
+            (not (self.enable_lora and self.tensor_parallel_size > 1),
+             "LoRA adapters are not served with tensor parallelism yet: use tensor_parallel_size 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -21,6 +21,7 @@ import pathlib
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
@@ -357,6 +358,51 @@ def make_tiny_model(
         {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID},
     )
     _write_tokenizer(out_dir, arch, model.config.max_position_embeddings)
+    return out_dir
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def make_tiny_lora(
+    model_dir: str | pathlib.Path,
+    out_dir: str | pathlib.Path,
+    *,
+    rank: int = 8,
+    alpha: float = 16.0,
+    targets: tuple[str, ...] = LORA_TARGETS,
+    seed: int = 0,
+) -> pathlib.Path:
+    """Write a random LoRA adapter for the model in `model_dir`, in PEFT's format, to `out_dir`.
+
+    Unlike a freshly initialized PEFT adapter (B = 0), both matrices are random,
+    so the adapter visibly changes the model's outputs.
+    """
+    config = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
+    q_out = config["num_attention_heads"] * head_dim
+    kv_out = config.get("num_key_value_heads", config["num_attention_heads"]) * head_dim
+    shapes = {  # (in, out) of each projection
+        "q_proj": (hidden, q_out), "k_proj": (hidden, kv_out), "v_proj": (hidden, kv_out), "o_proj": (q_out, hidden),
+        "gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden),
+    }
+    groups = {name: "self_attn" if name in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp" for name in shapes}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for name in targets:
+            fan_in, fan_out = shapes[name]
+            prefix = f"base_model.model.model.layers.{layer}.{groups[name]}.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(fan_out, rank, generator=generator) / rank**0.5
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"))
+    _write_json(out_dir / "adapter_config.json", {
+        "peft_type": "LORA", "base_model_name_or_path": str(model_dir), "r": rank, "lora_alpha": alpha,
+        "target_modules": list(targets), "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM",
+    })
     return out_dir
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pagoda.engine.config import EngineConfig
 from pagoda.engine.llm_engine import LLMEngine, PromptType
+from pagoda.engine.lora import LoRARequest
 from pagoda.engine.outputs import RequestOutput
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.engine.tokenizer import apply_chat_template
@@ -43,8 +44,10 @@ class LLM:
         self,
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> list[RequestOutput]:
-        """Final outputs, in the order of `prompts` (a string, token ids, or a list of either)."""
+        """Final outputs, in the order of `prompts` (a string, token ids, or a list of either),
+        generated with the LoRA adapter of `lora_request` if one is given."""
         if isinstance(prompts, (str, dict)) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
@@ -56,9 +59,11 @@ class LLM:
             text, ids = self.engine.tokenize(prompt)
             self.engine.validate_prompt(ids, params)
             tokenized.append({"prompt": text, "prompt_token_ids": ids})
+        if lora_request is not None:
+            self.engine.add_lora(lora_request)  # a bad adapter is refused before anything is queued
         request_ids = [f"offline-{next(self._request_ids)}" for _ in prompts]
         for request_id, prompt, params in zip(request_ids, tokenized, params_list):
-            self.engine.add_request(request_id, prompt, params)
+            self.engine.add_request(request_id, prompt, params, lora_request=lora_request)
         return self._run(request_ids)
 
     def chat(

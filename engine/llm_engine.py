@@ -17,6 +17,7 @@ import torch
 
 from pagoda.engine.block_manager import BlockManager
 from pagoda.engine.config import EngineConfig
+from pagoda.engine.lora import LoRAAdapter, LoRARequest, read_adapter
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.model_runner import ModelRunner, StepResult
 from pagoda.engine.output_processor import OutputProcessor
@@ -64,7 +65,9 @@ class LLMEngine:
                 "raise the cache budget or lower max_model_len"
             )
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
+                                   config.max_loras)
+        self.loras: dict[str, LoRAAdapter] = {}  # the adapters served, by name
         self.requests: dict[str, _Request] = {}
         # Text and stop strings, applied to the core's token-level outputs (see step()).
         self.output_processor = OutputProcessor(self.tokenizer)
@@ -115,18 +118,49 @@ class LLMEngine:
         if params.structured_output is not None:
             self.grammars.compile(params.structured_output)  # refused here, before queuing; then cached
 
+    # ---- LoRA adapters ----------------------------------------------------------------------
+
+    def add_lora(self, request: LoRARequest) -> LoRAAdapter:
+        """Reads and checks an adapter and serves it under its name (again if the path is the same)."""
+        if self.runner.lora is None:
+            raise ValueError("LoRA adapters are not enabled: start the engine with enable_lora")
+        known = self.loras.get(request.name)
+        if known is not None:
+            if known.path != request.path:
+                raise ValueError(f"a LoRA adapter named {request.name!r} is already served from {known.path}")
+            return known
+        adapter = read_adapter(request, getattr(self.runner.model, "packed_modules", {}))
+        self.runner.lora.check(adapter)
+        self.loras[request.name] = adapter
+        return adapter
+
+    def remove_lora(self, name: str) -> None:
+        """Stops serving an adapter; refused while requests still run with it."""
+        adapter = self.loras.get(name)
+        if adapter is None:
+            raise ValueError(f"no LoRA adapter named {name!r} is served")
+        if any(seq.lora is adapter for req in self.requests.values() for seq in req.seqs):
+            raise ValueError(f"LoRA adapter {name!r} is in use by running requests")
+        del self.loras[name]
+        self.runner.lora.forget(adapter)
+
+    # ---- requests (continued) ---------------------------------------------------------------
+
     def add_request(
         self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
-        arrival_time: float | None = None,
+        arrival_time: float | None = None, lora_request: LoRARequest | None = None,
     ) -> None:
         params = params or SamplingParams()
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, token_ids = self.tokenize(prompt)
         self.validate_prompt(token_ids, params)
+        lora = self.add_lora(lora_request) if lora_request is not None else None
         constraint = self.grammars.compile(params.structured_output) if params.structured_output else None
         arrival = time.monotonic() if arrival_time is None else arrival_time
         seqs = [self._new_sequence(request_id, i, token_ids, params, arrival) for i in range(params.n)]
+        for seq in seqs:
+            seq.lora = lora
         if constraint is not None:
             for seq in seqs:
                 seq.grammar = Grammar(constraint, self.grammars.vocab_size)

@@ -18,6 +18,7 @@ from pagoda.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from pagoda.engine.cuda_graphs import decode_forward
 from pagoda.engine.distributed import agree_min, tp_size
 from pagoda.engine.layers.attention import bind_kv_cache
+from pagoda.engine.lora import LoRASlots
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.loader import build_model
 from pagoda.engine.sampler import Sampler, SamplingRow, token_logprobs
@@ -72,6 +73,8 @@ class ModelRunner:
         )
         bind_kv_cache(self.model, self.kv_cache, self.backend)
         self.sampler = Sampler(config.seed)
+        self.lora = (LoRASlots(self.model, config.max_loras, config.max_lora_rank, model_config.dtype, self.device)
+                     if config.enable_lora else None)
         # Decode steps replay CUDA graphs on GPU (unless enforce_eager); everything else runs the model.
         self.forward = decode_forward(
             self.model, self.device, config.enforce_eager, config.max_num_seqs,
@@ -177,7 +180,9 @@ class ModelRunner:
     def forward_logits(self, inputs: StepInputs) -> torch.Tensor | None:
         """Runs the model on a step and returns float32 logits of its logit rows (every rank runs this)."""
         ids, pos, meta = inputs.to_device(self.device)
-        hidden = self.forward(ids, pos, meta)
+        # Steps with adapters run eagerly: the decode graphs were captured without them.
+        eager = self.lora is not None and self.lora.mask is not None
+        hidden = self.model(ids, pos, meta) if eager else self.forward(ids, pos, meta)
         if not inputs.logit_rows:
             return None
         rows = torch.tensor(inputs.logit_rows, dtype=torch.long, device=self.device)
@@ -186,6 +191,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> StepResult:
         inputs, samplers, prompt_chunks = self._build_inputs(sched)
+        if self.lora is not None:
+            self.lora.prepare([(seq.lora, n) for seq, n in sched.scheduled])
         if self.tp_group is not None:
             self.tp_group.broadcast(inputs)
         logits = self.forward_logits(inputs)

@@ -34,12 +34,15 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(
+        self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int, max_loras: int = 1,
+    ) -> None:
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_loras = max_loras  # distinct LoRA adapters among the running sequences
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -69,9 +72,15 @@ class Scheduler:
             out.scheduled.append((seq, num_new))
             budget -= num_new
             i += 1
-        # Admitting new work while preempting would only thrash the cache.
+        # Admitting new work while preempting would only thrash the cache. A
+        # sequence whose adapter finds no free slot waits, without holding up the others.
+        adapters = {seq.lora for seq in self.running if seq.lora is not None}
+        passed: list[Sequence] = []
         while not out.preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if seq.lora is not None and seq.lora not in adapters and len(adapters) >= self.max_loras:
+                passed.append(self.waiting.popleft())
+                continue
             hits = self.block_manager.match_prefix(seq) if seq.num_computed_tokens == 0 else []
             num_new = min(seq.num_tokens - seq.num_computed_tokens - len(hits) * self.block_manager.block_size, budget)
             if not self.block_manager.allocate(seq, num_new, hits):
@@ -79,8 +88,11 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
+            if seq.lora is not None:
+                adapters.add(seq.lora)
             out.scheduled.append((seq, num_new))
             budget -= num_new
+        self.waiting.extendleft(reversed(passed))
         out.scheduled.sort(key=lambda item: item[1] != 1)
         return out
 

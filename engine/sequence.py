@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from pagoda.engine.lora import LoRAAdapter
     from pagoda.engine.sampling_params import SamplingParams
     from pagoda.engine.structured_output import Grammar
 
@@ -40,6 +41,7 @@ class Sequence:
     generator: torch.Generator | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     grammar: Grammar | None = None  # where a structured output's constraint stands
+    lora: LoRAAdapter | None = None  # the adapter it runs with, if any
 
     token_ids: list[int] = field(init=False)
     output_token_ids: list[int] = field(default_factory=list)
@@ -61,6 +63,11 @@ class Sequence:
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def cache_salt(self) -> int | None:
+        """What its prefix-cache hashes start from: KV blocks are shared only under the same adapter."""
+        return self.lora.cache_salt if self.lora is not None else None
 
     @property
     def num_prompt_tokens(self) -> int:

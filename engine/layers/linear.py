@@ -4,17 +4,22 @@ Column-parallel layers split the output features (no communication);
 row-parallel layers split the input features and all-reduce. Each parameter
 carries a `weight_loader` so the checkpoint loader can place Hugging Face
 tensors (q/k/v or gate/up stored separately) into our fused parameters.
+Each layer also names its parts (`lora_parts`) so LoRA adapters, which
+target q/k/v or gate/up one by one, can add to the right columns.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
 from pagoda.engine.layers.weights import copy_into, read_shard
+
+if TYPE_CHECKING:
+    from pagoda.engine.lora import LayerLoRA, Part
 
 
 def _divide(numerator: int, denominator: int, what: str) -> int:
@@ -37,13 +42,19 @@ class ColumnParallelLinear(nn.Module):
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
+        self.lora_in_features = in_features
+        self.lora: LayerLoRA | None = None
+
+    def lora_parts(self) -> list[Part]:
+        return [(None, 0, self.out_features_per_rank)]
 
     def weight_loader(self, param: nn.Parameter, src: Any) -> None:
         size = param.shape[0]
         copy_into(param, read_shard(src, 0, tp_rank() * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight, self.bias)
+        y = nn.functional.linear(x, self.weight, self.bias)
+        return y if self.lora is None else self.lora.apply(x, y)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -52,6 +63,10 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False) -> None:
         self.output_sizes = output_sizes
         super().__init__(in_features, sum(output_sizes), bias)
+
+    def lora_parts(self) -> list[Part]:
+        sizes = [size // tp_size() for size in self.output_sizes]
+        return [(i, sum(sizes[:i]), size) for i, size in enumerate(sizes)]
 
     def weight_loader(self, param: nn.Parameter, src: Any, shard_id: int) -> None:  # type: ignore[override]
         size = self.output_sizes[shard_id] // tp_size()
@@ -74,6 +89,10 @@ class QKVParallelLinear(ColumnParallelLinear):
             self.kv_replicas = _divide(tp, num_kv_heads, "tensor_parallel_size over key/value heads")
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, out, bias)
+
+    def lora_parts(self) -> list[Part]:
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return [("q", 0, q_size), ("k", q_size, kv_size), ("v", q_size + kv_size, kv_size)]
 
     def weight_loader(self, param: nn.Parameter, src: Any, shard_id: str) -> None:  # type: ignore[override]
         q_size = self.num_heads * self.head_dim
@@ -99,6 +118,11 @@ class RowParallelLinear(nn.Module):
             self.bias.weight_loader = self._bias_loader
         else:
             self.register_parameter("bias", None)
+        self.lora_in_features = self.in_features_per_rank
+        self.lora: LayerLoRA | None = None
+
+    def lora_parts(self) -> list[Part]:
+        return [(None, 0, self.weight.shape[0])]
 
     def weight_loader(self, param: nn.Parameter, src: Any) -> None:
         size = param.shape[1]
@@ -108,6 +132,9 @@ class RowParallelLinear(nn.Module):
         copy_into(param, read_shard(src, 0, 0, param.shape[0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = all_reduce(nn.functional.linear(x, self.weight))
+        y = nn.functional.linear(x, self.weight)
+        if self.lora is not None:  # a partial sum like the rest: reduced with it
+            y = self.lora.apply(x, y)
+        y = all_reduce(y)
         # The bias is added once, after the reduction, not once per rank.
         return y if self.bias is None else y + self.bias
