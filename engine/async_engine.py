@@ -24,7 +24,9 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.lora import LoRARequest
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # How long the idle engine thread sleeps on its inbox before checking for shutdown.
 _IDLE_POLL_S = 0.5
+
+T = TypeVar("T")
 
 
 class EngineDeadError(RuntimeError):
@@ -69,6 +73,12 @@ class _StopSequence:
     stop: StopRequest
 
 
+@dataclass
+class _Call:
+    fn: Callable[[LLMEngine], Any]
+    future: asyncio.Future[Any]
+
+
 class _Stop:
     pass
 
@@ -81,7 +91,7 @@ class AsyncLLMEngine:
         self.max_queue_len = max_queue_len
         self.metrics = metrics
         self.stats = EngineStats()  # replaced (never mutated) by the engine thread after each iteration
-        self._inbox: queue.SimpleQueue[EngineRequest | _Abort | _StopSequence | _Stop] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[EngineRequest | _Abort | _StopSequence | _Call | _Stop] = queue.SimpleQueue()
         # Weak values: a stream dropped without close() (its consumer never started) is
         # collected, and its __del__ aborts what it had left.
         self._streams: weakref.WeakValueDictionary[str, OutputStream] = weakref.WeakValueDictionary()
@@ -145,6 +155,15 @@ class AsyncLLMEngine:
             self._inbox.put(request)
         return stream
 
+    async def call(self, fn: Callable[[LLMEngine], T]) -> T:
+        """fn(engine), run on the engine thread between two steps: how the front changes the
+        engine's state (LoRA adapters) without racing its loop. A ValueError is raised here."""
+        if self._error is not None:
+            raise EngineDeadError("the engine has stopped") from self._error
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._inbox.put(_Call(fn, future))
+        return await future
+
     def abort(self, request_id: str) -> None:
         self._streams.pop(request_id, None)
         self._inbox.put(_Abort(request_id))
@@ -194,6 +213,8 @@ class AsyncLLMEngine:
                 self._abort_in_engine(item.request_id)
             elif isinstance(item, _StopSequence):
                 self._stop_in_engine(item.stop)
+            elif isinstance(item, _Call):
+                self._call_in_engine(item)
             else:
                 self._add_to_engine(item)
             try:
@@ -208,6 +229,17 @@ class AsyncLLMEngine:
                                     lora_request=add.lora_request)
         except ValueError as exc:
             self._loop.call_soon_threadsafe(self._deliver, add.request_id, exc)
+
+    def _call_in_engine(self, call: _Call) -> None:
+        def settle(outcome: Any, failed: bool) -> None:
+            if not call.future.done():
+                (call.future.set_exception if failed else call.future.set_result)(outcome)
+
+        try:
+            result, failed = call.fn(self.engine), False
+        except ValueError as exc:
+            result, failed = exc, True
+        self._loop.call_soon_threadsafe(settle, result, failed)
 
     def _stop_in_engine(self, stop: StopRequest) -> None:
         final = self.engine.stop_sequence(stop.request_id, stop.index, stop.stop)

@@ -120,19 +120,29 @@ class LLMEngine:
 
     # ---- LoRA adapters ----------------------------------------------------------------------
 
-    def add_lora(self, request: LoRARequest) -> LoRAAdapter:
-        """Reads and checks an adapter and serves it under its name (again if the path is the same)."""
+    def read_lora(self, request: LoRARequest) -> LoRAAdapter:
+        """An adapter read from disk for this model (any thread may do it: nothing is served yet)."""
         if self.runner.lora is None:
-            raise ValueError("LoRA adapters are not enabled: start the engine with enable_lora")
-        known = self.loras.get(request.name)
+            raise ValueError("LoRA adapters are not enabled: start the engine with enable_lora (pagoda serve --enable-lora)")
+        return read_adapter(request, getattr(self.runner.model, "packed_modules", {}))
+
+    def install_lora(self, adapter: LoRAAdapter) -> LoRAAdapter:
+        """Checks an adapter against the model and serves it under its name (a no-op for the same path)."""
+        known = self.loras.get(adapter.name)
         if known is not None:
-            if known.path != request.path:
-                raise ValueError(f"a LoRA adapter named {request.name!r} is already served from {known.path}")
+            if known.path != adapter.path:
+                raise ValueError(f"a LoRA adapter named {adapter.name!r} is already served from {known.path}")
             return known
-        adapter = read_adapter(request, getattr(self.runner.model, "packed_modules", {}))
         self.runner.lora.check(adapter)
-        self.loras[request.name] = adapter
+        self.loras[adapter.name] = adapter
         return adapter
+
+    def add_lora(self, request: LoRARequest) -> LoRAAdapter:
+        """Reads, checks and serves an adapter; the one already served under that name if the path is the same."""
+        known = self.loras.get(request.name)
+        if known is not None and known.path == request.path:
+            return known
+        return self.install_lora(self.read_lora(request))
 
     def remove_lora(self, name: str) -> None:
         """Stops serving an adapter; refused while requests still run with it."""

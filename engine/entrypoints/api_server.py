@@ -10,6 +10,7 @@ requests up to --drain-timeout, then the engine stops and the process exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -38,10 +39,12 @@ from pagoda.engine.entrypoints.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
     ErrorResponse,
+    LoadLoRAAdapterRequest,
     ModelCard,
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
+    UnloadLoRAAdapterRequest,
     VersionResponse,
 )
 from pagoda.engine.entrypoints.serving_chat import OpenAIServingChat
@@ -49,6 +52,7 @@ from pagoda.engine.entrypoints.serving_completion import OpenAIServingCompletion
 from pagoda.engine.entrypoints.serving_engine import APIError, bad_request
 from pagoda.engine.entrypoints.tool_parsers import detect_tool_parser
 from pagoda.engine.llm_engine import LLMEngine
+from pagoda.engine.lora import LoRARequest
 from pagoda.engine.metrics import EngineMetrics
 from pagoda.engine.tokenizer import load_tokenizer
 
@@ -149,7 +153,35 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/v1/models", responses=_ERRORS)
     async def models(request: Request) -> ModelList:
         s = state(request)
-        return ModelList(data=[ModelCard(id=s.settings.served_model_name, max_model_len=s.completion.max_model_len)])
+        base = s.settings.served_model_name
+        cards = [ModelCard(id=base, root=s.settings.engine.model, max_model_len=s.completion.max_model_len)]
+        cards += [ModelCard(id=name, root=adapter.path, parent=base, max_model_len=s.completion.max_model_len)
+                  for name, adapter in sorted(s.engine.engine.loras.items())]
+        return ModelList(data=cards)
+
+    @app.post("/v1/load_lora_adapter", responses=_ERRORS)
+    async def load_lora_adapter(body: LoadLoRAAdapterRequest, request: Request) -> Response:
+        """Serves another adapter (vLLM's endpoint, which KubeAI and AIBrix drive)."""
+        s = state(request)
+        if body.lora_name == s.settings.served_model_name:
+            raise APIError(400, "a LoRA adapter cannot have the served model's name", param="lora_name")
+        engine = s.engine.engine
+        lora = LoRARequest(body.lora_name, body.lora_path)
+        try:
+            adapter = await asyncio.to_thread(engine.read_lora, lora)  # disk reads stay off both loops
+            await s.engine.call(lambda e: e.install_lora(adapter))
+        except ValueError as exc:
+            raise bad_request(exc, body, "lora_path") from None
+        return Response(f"Success: LoRA adapter '{body.lora_name}' added successfully.", media_type="text/plain")
+
+    @app.post("/v1/unload_lora_adapter", responses=_ERRORS)
+    async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, request: Request) -> Response:
+        s = state(request)
+        try:
+            await s.engine.call(lambda e: e.remove_lora(body.lora_name))
+        except ValueError as exc:
+            raise bad_request(exc, body, "lora_name") from None
+        return Response(f"Success: LoRA adapter '{body.lora_name}' removed successfully.", media_type="text/plain")
 
     @app.post("/v1/completions", response_model=CompletionResponse, responses=_ERRORS)
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -200,6 +232,8 @@ def build_app(settings: ServeSettings, engine: LLMEngine | None = None) -> FastA
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         llm_engine = engine or LLMEngine(settings.engine)
+        for name, path in settings.lora_modules:
+            llm_engine.add_lora(LoRARequest(name, path))
         metrics = EngineMetrics(settings.served_model_name)
         async_engine = AsyncLLMEngine(llm_engine, max_queue_len=settings.max_queue_len, metrics=metrics)
         tokenizer = load_tokenizer(settings.engine.tokenizer or settings.engine.model)

@@ -41,6 +41,22 @@ class ServeSettings:
     tool_call_parser: str = "auto"
     # Returns a reasoning model's <think> text apart from the content ("none": left in the content).
     reasoning_parser: str = "none"
+    # LoRA adapters served from the start, (name, directory); requests select one by its name as `model`.
+    lora_modules: tuple[tuple[str, str], ...] = ()
+
+
+def _parse_lora_modules(text: str) -> tuple[tuple[str, str], ...]:
+    """NAME=PATH[,NAME=PATH...] (an empty string: none)."""
+    modules = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"expected NAME=PATH, got {item!r}")
+        modules.append((name.strip(), path.strip()))
+    names = [name for name, _ in modules]
+    if len(set(names)) != len(names):
+        raise ValueError("LoRA adapter names must be unique")
+    return tuple(modules)
 
 
 def _parse_bool(text: str) -> bool:
@@ -95,6 +111,12 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("drain-timeout", float, "seconds SIGTERM waits for in-flight requests"),
     _Flag("tool-call-parser", str, 'the tool-call format of tool_choice "auto" replies ("auto": the one the chat '
           'template teaches; "none": refuse tool_choice "auto")', TOOL_CALL_PARSERS),
+    _Flag("lora-modules", _parse_lora_modules, "LoRA adapters to serve, NAME=PATH[,NAME=PATH...]; a request "
+          "selects one by sending its NAME as the model (implies --enable-lora)"),
+    _Flag("enable-lora", _parse_bool, "serve LoRA adapters (also loaded at run time by /v1/load_lora_adapter)",
+          dest=_ENGINE + "enable_lora"),
+    _Flag("max-loras", int, "most LoRA adapters in one batch", dest=_ENGINE + "max_loras"),
+    _Flag("max-lora-rank", int, "largest LoRA rank served", dest=_ENGINE + "max_lora_rank"),
     _Flag("reasoning-parser", str, "return a reasoning model's thinking as `reasoning`, apart from the content",
           ("none", *REASONING_PARSERS)),
 )
@@ -152,6 +174,10 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
             serve_kwargs[flag.target] = value
     model = str(args.model)
     serve_kwargs["served_model_name"] = serve_kwargs["served_model_name"] or model
+    if serve_kwargs["lora_modules"]:
+        engine_kwargs["enable_lora"] = True
+        if serve_kwargs["served_model_name"] in dict(serve_kwargs["lora_modules"]):
+            raise ValueError("a LoRA adapter cannot have the served model's name")
     if serve_kwargs["max_queue_len"] < 1:
         raise ValueError("--max-queue-len must be >= 1")
     return ServeSettings(engine=EngineConfig(model=model, **engine_kwargs), **serve_kwargs)

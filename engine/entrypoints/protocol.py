@@ -489,6 +489,8 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=_now)
     owned_by: str = "pagoda"
     max_model_len: int | None = None
+    root: str | None = None  # where it was loaded from
+    parent: str | None = None  # a LoRA adapter's base model
 
 
 class ModelList(BaseModel):
@@ -516,6 +518,15 @@ class DetokenizeRequest(_Request):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+class LoadLoRAAdapterRequest(_Request):
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1)
+
+
+class UnloadLoRAAdapterRequest(_Request):
+    lora_name: str = Field(min_length=1)
 
 
 class VersionResponse(BaseModel):

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from pagoda.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineRequest, OutputStream, QueueFullError
 from pagoda.engine.entrypoints.protocol import ErrorInfo, ErrorResponse, UsageInfo, _SamplingRequest
 from pagoda.engine.entrypoints.reply import ReplyParser
+from pagoda.engine.lora import LoRARequest
 from pagoda.engine.outputs import RequestOutput
 from pagoda.engine.structured_output import InvalidConstraint
 from pagoda.engine.tokenizer import apply_chat_template
@@ -125,6 +126,7 @@ class RequestContext:
     last: dict[int, RequestOutput] = field(default_factory=dict)
     status: str = "aborted"
     new_choice: Callable[[], ChoiceState] = ChoiceState  # each choice's state, as the endpoint sets it up
+    lora_request: LoRARequest | None = None  # the adapter the request named as its model
 
     def usage(self) -> UsageInfo:
         prompt = sum(len(p.token_ids) for p in self.prompts)
@@ -169,9 +171,14 @@ class OpenAIServing:
 
     # ---- checks -------------------------------------------------------------------------------
 
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.served_model_name:
+    def check_model(self, model: str | None) -> LoRARequest | None:
+        """The LoRA adapter a request's model names (None: the base model); 404 for an unknown name."""
+        if model is None or model == self.served_model_name:
+            return None
+        adapter = self.engine.engine.loras.get(model)
+        if adapter is None:
             raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        return LoRARequest(adapter.name, adapter.path)
 
     async def run_tokenizer(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs tokenizer work on its single thread: off the event loop, never concurrent."""
@@ -214,7 +221,8 @@ class OpenAIServing:
                 raise bad_request(exc, ctx.request, ctx.request.constraint_field) from None
             except ValueError as exc:
                 raise bad_request(exc, ctx.request, prompt_field) from None
-            requests.append(EngineRequest(f"{ctx.request_id}-{i}", prompt.token_ids, params, prompt.text, ctx.arrival))
+            requests.append(EngineRequest(f"{ctx.request_id}-{i}", prompt.token_ids, params, prompt.text, ctx.arrival,
+                                          ctx.lora_request))
         return requests
 
     def _submit(self, requests: list[EngineRequest]) -> OutputStream:
@@ -235,8 +243,10 @@ class OpenAIServing:
         prompt_field: str, new_choice: Callable[[], ChoiceState] = ChoiceState,
     ) -> Response:
         """Validates, queues, and answers with a JSON body or an SSE stream."""
-        ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", self.endpoint, self.served_model_name,
-                             request, prompts, arrival, new_choice=new_choice)
+        lora = self.check_model(request.model)
+        ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", self.endpoint,
+                             lora.name if lora else self.served_model_name, request, prompts, arrival,
+                             new_choice=new_choice, lora_request=lora)
         if request.has_constraint:
             # Compiling a constraint (a large JSON Schema: many milliseconds) must not stall other streams.
             engine_requests = await self.run_tokenizer(self._engine_requests, ctx, prompt_field)

@@ -27,6 +27,7 @@ EXAMPLES = 40  # per operation and mode
 OPERATIONS = [
     ("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics"), ("GET", "/version"), ("GET", "/v1/models"),
     ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("POST", "/tokenize"), ("POST", "/detokenize"),
+    ("POST", "/v1/load_lora_adapter"), ("POST", "/v1/unload_lora_adapter"),
 ]
 
 
@@ -34,7 +35,7 @@ OPERATIONS = [
 def fuzz_server(model_dir: pathlib.Path) -> Iterator[RunningServer]:
     # A short context keeps fuzzed generations short; requests come one by one, so the queue never fills.
     with serve_in_thread([str(model_dir), "--served-model-name", MODEL_NAME, "--api-key", API_KEY,
-                          "--max-model-len", "48"]) as running:
+                          "--max-model-len", "48", "--enable-lora"]) as running:
         yield running
 
 
