@@ -26,19 +26,23 @@ TENSOR_PARALLEL_SIZE = "--tensor-parallel-size"
 MAX_QUEUE_LEN = "--max-queue-len"
 LOG_LEVEL = "--log-level"
 DRAIN_TIMEOUT = "--drain-timeout"
+LORA_MODULES = "--lora-modules"
+MAX_LORAS = "--max-loras"
+MAX_LORA_RANK = "--max-lora-rank"
 
 #: Every flag of `pagoda serve` the operator knows.
 ALL_FLAGS = (
     HOST, PORT, SERVED_MODEL_NAME, API_KEY, DTYPE, MAX_MODEL_LEN, MAX_NUM_SEQS,
     MAX_NUM_BATCHED_TOKENS, BLOCK_SIZE, ENABLE_PREFIX_CACHING, NO_ENABLE_PREFIX_CACHING,
     GPU_MEMORY_UTILIZATION, TENSOR_PARALLEL_SIZE, MAX_QUEUE_LEN, LOG_LEVEL, DRAIN_TIMEOUT,
+    LORA_MODULES, MAX_LORAS, MAX_LORA_RANK,
 )
 
 #: Flags whose value the operator derives from the resource itself (wiring,
 #: not tuning); `spec.engine.extraArgs` may not set them, which a CEL rule
 #: enforces, because a second value would silently break probes, the Service
 #: or authentication.
-MANAGED_FLAGS = (HOST, PORT, SERVED_MODEL_NAME, API_KEY, TENSOR_PARALLEL_SIZE, DRAIN_TIMEOUT)
+MANAGED_FLAGS = (HOST, PORT, SERVED_MODEL_NAME, API_KEY, TENSOR_PARALLEL_SIZE, DRAIN_TIMEOUT, LORA_MODULES)
 
 #: Environment variable `pagoda serve` reads its API key from; the operator
 #: fills it from a Secret so the key never shows in the pod's command line.

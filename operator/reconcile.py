@@ -18,7 +18,7 @@ from .config import OperatorConfig
 from .kube import FIELD_MANAGER, ApiError, Kube
 from .manifests import servicemonitor
 from .manifests.meta import OWNER_LABEL, selector_labels
-from .manifests.model import model_volume
+from .manifests.model import adapter_placement, model_volume
 from .status import Observed, Problem
 from .v1alpha1 import API_VERSION, KIND, LLMDeployment
 
@@ -131,6 +131,10 @@ def reconcile(kube: Kube, body: dict[str, Any], config: OperatorConfig, *, servi
         claim = kube.get("v1", "PersistentVolumeClaim", resource.namespace, volume.claim)
         if claim is None:
             outcome.problems.append(Problem("ClaimNotFound", f"PersistentVolumeClaim {volume.claim!r} does not exist"))
+    for adapter_claim in adapter_placement(resource).claims:
+        if kube.get("v1", "PersistentVolumeClaim", resource.namespace, adapter_claim) is None:
+            outcome.problems.append(Problem("ClaimNotFound", f"PersistentVolumeClaim {adapter_claim!r} of a LoRA "
+                                                             "adapter does not exist"))
     pods = kube.list("v1", "Pod", resource.namespace, labels=selector_labels(resource))
     events = []
     if any(p.get("status", {}).get("phase") == "Pending" for p in pods):

@@ -14,7 +14,7 @@ from typing import Any
 
 from .manifests.deployment import FETCH_CONTAINER
 from .manifests.meta import endpoint, selector_labels
-from .manifests.model import model_volume
+from .manifests.model import ADAPTER_FETCH_PREFIX, model_volume
 from .v1alpha1 import LLMDeployment
 
 #: Container waiting reasons that will not resolve by waiting.
@@ -82,6 +82,8 @@ def pod_problem(pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> Pro
                     reason = waiting["reason"]
                     if cs.get("name") == FETCH_CONTAINER and reason == "CrashLoopBackOff":
                         reason = "ModelFetchFailed"
+                    elif cs.get("name", "").startswith(ADAPTER_FETCH_PREFIX) and reason == "CrashLoopBackOff":
+                        reason = "AdapterFetchFailed"
                     return Problem(reason, f"pod {name}, container {cs.get('name')}: "
                                            f"{waiting.get('message') or waiting['reason']}")
     pending = {p["metadata"]["name"] for p in pods if p.get("status", {}).get("phase") == "Pending"}

@@ -33,6 +33,10 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 #: Powers of two up to the largest tensor-parallel group of one node.
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 16, 32, 64)
+#: LoRA adapter names are what clients send as `model`; without "/" they
+#: never clash with the ORG/NAME default name of an hf:// model.
+ADAPTER_NAME_PATTERN = "^[A-Za-z0-9][-A-Za-z0-9_.]*$"
+MAX_ADAPTERS = 32
 #: Children carry the resource's name plus a suffix; a Service name is a
 #: DNS-1035 label of at most 63 characters.
 MAX_NAME_LENGTH = 50
@@ -138,6 +142,8 @@ class EngineSpec(_Model):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     enable_prefix_caching: bool = True
     log_level: Literal["debug", "info", "warning", "error", "critical"] | None = None
+    max_loras: int | None = Field(None, ge=1, le=64, description="Most LoRA adapters in one batch.")
+    max_lora_rank: int | None = Field(None, ge=1, le=512, description="Largest LoRA adapter rank served.")
     extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list, max_length=64,
         description="More `pagoda serve` arguments, appended verbatim.",
@@ -146,6 +152,27 @@ class EngineSpec(_Model):
             "engine.extraArgs must not set " + ", ".join(flags.MANAGED_FLAGS)
             + ": the operator sets them from the resource",
         )))
+
+
+class AdapterSpec(_Model):
+    """A LoRA adapter (a PEFT directory) served beside the model, in the same batches."""
+
+    name: str = Field(
+        min_length=1, max_length=128,
+        description="Name clients send as the OpenAI `model` to use the adapter.",
+        json_schema_extra=_rules(rule(
+            f"self.matches('{ADAPTER_NAME_PATTERN}')",
+            "adapters[].name must start with a letter or digit and hold only letters, digits, '-', '_' and '.'",
+        )),
+    )
+    source: str = Field(
+        max_length=512,
+        description="hf://ORG/NAME[@REVISION] (fetched with the model) or pvc://CLAIM[/PATH] (read in place).",
+        json_schema_extra=_rules(rule(
+            f"self.matches('{SOURCE_PATTERN}')",
+            "adapters[].source must be hf://ORG/NAME[@REVISION] or pvc://CLAIM[/PATH]",
+        )),
+    )
 
 
 class ScalingPolicy(_Model):
@@ -223,12 +250,23 @@ class SchedulingSpec(_Model):
 class LLMDeploymentSpec(_Model):
     """What a platform engineer writes: a model and how to serve it."""
 
-    model_config = ConfigDict(json_schema_extra=_rules(rule(
-        "!has(self.resources.gpus) || self.resources.gpus == 0 || self.resources.gpus == self.engine.tensorParallelSize",
-        "resources.gpus must be 0 (CPU only) or equal engine.tensorParallelSize",
-    )))
+    model_config = ConfigDict(json_schema_extra=_rules(
+        rule("!has(self.resources.gpus) || self.resources.gpus == 0 "
+             "|| self.resources.gpus == self.engine.tensorParallelSize",
+             "resources.gpus must be 0 (CPU only) or equal engine.tensorParallelSize"),
+        rule("!has(self.adapters) || !has(self.model.servedName) "
+             "|| self.adapters.all(a, a.name != self.model.servedName)",
+             "adapters[].name must differ from model.servedName"),
+        rule("!has(self.adapters) || size(self.adapters) == 0 || self.engine.tensorParallelSize == 1",
+             "adapters are served with engine.tensorParallelSize 1 only"),
+    ))
 
     model: ModelSpec
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list, max_length=MAX_ADAPTERS,
+        description="LoRA adapters of the model, each served under its own name.",
+        json_schema_extra=_rules(rule("self.all(a, self.exists_one(b, b.name == a.name))",
+                                      "adapters[].name must be unique")))
     engine: EngineSpec = _nested(EngineSpec)
     image: str | None = Field(None, max_length=512, description="Engine image; default from the operator.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None

@@ -8,7 +8,7 @@ from .. import fetch, flags
 from ..config import OperatorConfig
 from ..v1alpha1 import EngineSpec, LLMDeployment
 from .meta import labels, metadata, selector_labels
-from .model import MOUNT_PATH, ModelVolume, model_volume
+from .model import MOUNT_PATH, VOLUME_NAME, AdapterPlacement, adapter_placement, model_volume
 
 CONTAINER = "engine"
 FETCH_CONTAINER = "fetch-model"
@@ -25,8 +25,9 @@ PRE_STOP_SECONDS = 5
 SHM_GIB_PER_GPU = 2
 
 
-def serve_args(engine: EngineSpec, served_name: str, model_dir: str) -> list[str]:
-    """The arguments of `pagoda serve` for one replica.
+def serve_args(engine: EngineSpec, served_name: str, model_dir: str,
+               adapters: list[tuple[str, str]] = ()) -> list[str]:
+    """The arguments of `pagoda serve` for one replica; `adapters` are (name, directory) of its LoRA adapters.
 
     Optional settings are passed only when set, so the engine's own defaults
     apply otherwise; the API key comes from the environment (`flags.API_KEY_ENV`),
@@ -43,10 +44,13 @@ def serve_args(engine: EngineSpec, served_name: str, model_dir: str) -> list[str
     optional = ((flags.MAX_MODEL_LEN, engine.max_model_len), (flags.MAX_NUM_SEQS, engine.max_num_seqs),
                 (flags.MAX_NUM_BATCHED_TOKENS, engine.max_num_batched_tokens),
                 (flags.BLOCK_SIZE, engine.block_size), (flags.MAX_QUEUE_LEN, engine.max_queue_len),
-                (flags.LOG_LEVEL, engine.log_level))
+                (flags.LOG_LEVEL, engine.log_level), (flags.MAX_LORAS, engine.max_loras),
+                (flags.MAX_LORA_RANK, engine.max_lora_rank))
     for flag, value in optional:
         if value is not None:
             args += [flag, str(value)]
+    if adapters:
+        args += [flags.LORA_MODULES, ",".join(f"{name}={path}" for name, path in adapters)]
     return args + list(engine.extra_args)
 
 
@@ -79,24 +83,24 @@ def _resources(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any
     return out
 
 
-def _fetch_container(resource: LLMDeployment, image: str, volume: ModelVolume) -> dict[str, Any]:
-    """Downloads the model into the cache once; a no-op when already there."""
+def _fetch_container(resource: LLMDeployment, image: str, name: str, source: str, dest: str,
+                     volume_name: str, mount_path: str) -> dict[str, Any]:
+    """Downloads a model or an adapter into its volume once; a no-op when already there."""
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
     if resource.spec.model.token_secret_ref:
         env.append(_secret_env("HF_TOKEN", resource.spec.model.token_secret_ref))
     return {
-        "name": FETCH_CONTAINER,
+        "name": name,
         "image": image,
-        "command": [*fetch.COMMAND, resource.spec.model.source, volume.model_dir],
+        "command": [*fetch.COMMAND, source, dest],
         "env": env,
-        "volumeMounts": [{"name": volume.volume["name"], "mountPath": MOUNT_PATH},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": volume_name, "mountPath": mount_path}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": _container_security(),
     }
 
 
-def _engine_container(resource: LLMDeployment, config: OperatorConfig, image: str,
-                      volume: ModelVolume) -> dict[str, Any]:
+def _engine_container(resource: LLMDeployment, config: OperatorConfig, image: str, model_dir: str,
+                      adapters: AdapterPlacement) -> dict[str, Any]:
     spec = resource.spec
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
     if spec.api_key_secret_ref:
@@ -109,7 +113,7 @@ def _engine_container(resource: LLMDeployment, config: OperatorConfig, image: st
         # The command is explicit, so any image with pagoda on its PATH works
         # whatever its entrypoint; the settings are the arguments.
         "command": list(flags.SERVE_COMMAND),
-        "args": serve_args(spec.engine, spec.served_name, volume.model_dir),
+        "args": serve_args(spec.engine, spec.served_name, model_dir, adapters.modules),
         "ports": [{"name": "http", "containerPort": flags.DEFAULT_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": _resources(resource, config),
@@ -119,9 +123,10 @@ def _engine_container(resource: LLMDeployment, config: OperatorConfig, image: st
                            "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "volumeMounts": [
-            {"name": volume.volume["name"], "mountPath": MOUNT_PATH, "readOnly": True},
+            {"name": VOLUME_NAME, "mountPath": MOUNT_PATH, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "tmp", "mountPath": "/tmp"},
+            *adapters.mounts,
         ],
         "securityContext": _container_security(),
     }
@@ -143,6 +148,7 @@ def _pod_spec(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]
     spec = resource.spec
     image = spec.image or config.default_image
     volume = model_volume(resource)
+    adapters = adapter_placement(resource)
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -154,15 +160,20 @@ def _pod_spec(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]
             "fsGroup": config.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_engine_container(resource, config, image, volume)],
+        "containers": [_engine_container(resource, config, image, volume.model_dir, adapters)],
         "volumes": [
             volume.volume,
             _shm_volume(spec.gpus),
             {"name": "tmp", "emptyDir": {}},
+            *adapters.volumes,
         ],
     }
-    if volume.fetch:
-        pod["initContainers"] = [_fetch_container(resource, image, volume)]
+    init = [_fetch_container(resource, image, FETCH_CONTAINER, spec.model.source, volume.model_dir, VOLUME_NAME,
+                             MOUNT_PATH)] if volume.fetch else []
+    init += [_fetch_container(resource, image, f.container, f.source, f.dest, f.volume_name, f.mount_path)
+             for f in adapters.fetches]
+    if init:
+        pod["initContainers"] = init
     scheduling = spec.scheduling
     tolerations = [dict(t) for t in scheduling.tolerations]
     if spec.gpus:

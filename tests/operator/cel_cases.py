@@ -32,8 +32,21 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
      "engine.maxNumBatchedTokens must be at least engine.maxModelLen, or a full-length prompt never fits a batch"),
     ("managed-flag-in-extra-args", manifest(engine={"extraArgs": ["--port=9000"]}),
      "engine.extraArgs must not set --host, --port, --served-model-name, --api-key, --tensor-parallel-size, "
-     "--drain-timeout: "
+     "--drain-timeout, --lora-modules: "
      "the operator sets them from the resource"),
+    ("adapter-name", manifest(adapters=[{"name": "org/sql", "source": "hf://org/sql-lora"}]),
+     "adapters[].name must start with a letter or digit and hold only letters, digits, '-', '_' and '.'"),
+    ("adapter-source", manifest(adapters=[{"name": "sql", "source": "s3://bucket/sql-lora"}]),
+     "adapters[].source must be hf://ORG/NAME[@REVISION] or pvc://CLAIM[/PATH]"),
+    ("adapter-names-unique", manifest(adapters=[{"name": "sql", "source": "hf://org/a"},
+                                                {"name": "sql", "source": "hf://org/b"}]),
+     "adapters[].name must be unique"),
+    ("adapter-named-like-the-model", manifest(model={"source": "hf://org/m", "servedName": "m"},
+                                              adapters=[{"name": "m", "source": "hf://org/a"}]),
+     "adapters[].name must differ from model.servedName"),
+    ("adapters-with-tensor-parallelism", manifest(engine={"tensorParallelSize": 2},
+                                                  adapters=[{"name": "sql", "source": "hf://org/a"}]),
+     "adapters are served with engine.tensorParallelSize 1 only"),
     ("autoscaling-without-bounds", manifest(autoscaling={"enabled": True}),
      "autoscaling.enabled requires both autoscaling.minReplicas and autoscaling.maxReplicas"),
     ("min-above-max", manifest(autoscaling={"enabled": True, "minReplicas": 4, "maxReplicas": 2}),

@@ -61,6 +61,15 @@ SPECS = {
         "podLabels": {"team": "nlp"}, "podAnnotations": {"note": "x"},
         "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
     },
+    "lora adapters": {
+        "adapters": [{"name": "sql", "source": "hf://acme/sql-lora@v2"}, {"name": "chat-fr", "source": "pvc://loras/fr"},
+                     {"name": "chat-de", "source": "pvc://loras/de"}],
+        "engine": {"maxLoras": 2, "maxLoraRank": 64},
+    },
+    "lora adapters, pvc model": {
+        "model": {"source": "pvc://weights/llama/8b", "servedName": "llama"},
+        "adapters": [{"name": "sql", "source": "hf://acme/sql-lora"}, {"name": "own", "source": "pvc://weights/loras/own"}],
+    },
 }
 
 
@@ -162,8 +171,8 @@ def test_serve_args_cover_every_engine_flag() -> None:
     engine = engine_container(SPECS["tp2 autoscaled"])
     assert engine["command"] == list(flags.SERVE_COMMAND)
     command = engine["args"]
-    used = {arg for arg in command if arg.startswith("--")}
-    assert set(flags.ALL_FLAGS) - used == {flags.API_KEY, flags.ENABLE_PREFIX_CACHING}
+    used = {arg for spec in SPECS.values() for arg in engine_container(spec)["args"] if arg.startswith("--")}
+    assert set(flags.ALL_FLAGS) - used == {flags.API_KEY}
     assert command[-1] == "--seed=1"
     assert "--enable-prefix-caching" in engine_container({})["args"]
 
@@ -210,3 +219,43 @@ def test_tensor_parallel_replica_gets_its_gpus_and_shared_memory() -> None:
     assert engine["args"][engine["args"].index(flags.TENSOR_PARALLEL_SIZE) + 1] == "4"
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": f"{4 * deployment.SHM_GIB_PER_GPU}Gi"}
+
+
+def _pod(spec: dict[str, Any]) -> dict[str, Any]:
+    return by_kind(spec)["Deployment"]["spec"]["template"]["spec"]
+
+
+def _arg(container: dict[str, Any], flag: str) -> str:
+    return container["args"][container["args"].index(flag) + 1]
+
+
+def test_adapters_are_fetched_beside_the_model_or_read_in_place() -> None:
+    pod = _pod(SPECS["lora adapters"])
+    init = {c["name"]: c for c in pod["initContainers"]}
+    assert list(init) == ["fetch-model", "fetch-adapter-0"]
+    assert init["fetch-adapter-0"]["command"][-2:] == ["hf://acme/sql-lora@v2", "/models/hf/acme/sql-lora/v2"]
+    assert init["fetch-adapter-0"]["volumeMounts"][0] == {"name": "models", "mountPath": "/models"}
+    # One volume for the other claim, however many adapters it holds; read-only everywhere.
+    claims = [v for v in pod["volumes"] if v["name"].startswith("adapter-claim-")]
+    assert claims == [{"name": "adapter-claim-0", "persistentVolumeClaim": {"claimName": "loras", "readOnly": True}}]
+    engine = pod["containers"][0]
+    assert {"name": "adapter-claim-0", "mountPath": "/adapter-claims/0", "readOnly": True} in engine["volumeMounts"]
+    assert _arg(engine, flags.LORA_MODULES) == \
+        "sql=/models/hf/acme/sql-lora/v2,chat-fr=/adapter-claims/0/fr,chat-de=/adapter-claims/0/de"
+    assert (_arg(engine, flags.MAX_LORAS), _arg(engine, flags.MAX_LORA_RANK)) == ("2", "64")
+
+
+def test_adapters_of_a_model_read_from_a_claim() -> None:
+    """The model's claim is read-only: hf:// adapters go to a per-pod emptyDir; an adapter on
+    the model's own claim is read from its mount."""
+    pod = _pod(SPECS["lora adapters, pvc model"])
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-adapter-0"]
+    fetch = pod["initContainers"][0]
+    assert fetch["command"][-1] == "/adapters/hf/acme/sql-lora/main"
+    assert fetch["volumeMounts"][0] == {"name": "adapters", "mountPath": "/adapters"}
+    assert {"name": "adapters", "emptyDir": {}} in pod["volumes"]
+    engine = pod["containers"][0]
+    assert {"name": "adapters", "mountPath": "/adapters", "readOnly": True} in engine["volumeMounts"]
+    assert _arg(engine, flags.LORA_MODULES) == "sql=/adapters/hf/acme/sql-lora/main,own=/models/loras/own"
+    assert flags.MAX_LORAS not in engine["args"]
+    assert "--lora-modules" not in engine_container({})["args"]

@@ -149,6 +149,15 @@ def test_absent_claim_of_a_pvc_source_is_a_problem() -> None:
     assert [p.reason for p in outcome.problems] == ["ClaimNotFound"]
 
 
+def test_absent_claim_of_an_adapter_is_a_problem() -> None:
+    kube = FakeKube()
+    spec = {"adapters": [{"name": "sql", "source": "pvc://loras/sql"}]}
+    outcome = run(kube, spec)
+    assert [(p.reason, "'loras'" in p.message) for p in outcome.problems] == [("ClaimNotFound", True)]
+    kube.objects[("PersistentVolumeClaim", "ml", "loras")] = {"metadata": {"name": "loras"}}
+    assert run(kube, spec).problems == []
+
+
 def test_serializer_folds_child_events_into_one_rerun() -> None:
     serializer, calls, gate = Serializer(), [], threading.Event()
 

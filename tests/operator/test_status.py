@@ -97,6 +97,7 @@ def test_image_pull_and_crash_loop_and_failed_fetch() -> None:
         ("containerStatuses", "engine", "ImagePullBackOff", "ImagePullBackOff"),
         ("containerStatuses", "engine", "CrashLoopBackOff", "CrashLoopBackOff"),
         ("initContainerStatuses", "fetch-model", "CrashLoopBackOff", "ModelFetchFailed"),
+        ("initContainerStatuses", "fetch-adapter-1", "CrashLoopBackOff", "AdapterFetchFailed"),
     ]:
         result = compute(Observed(deployment=deployment(ready=0), pods=[waiting(key, name, reason)]))
         assert conditions(result)["Degraded"] == ("True", expected)
