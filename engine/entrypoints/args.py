@@ -45,17 +45,21 @@ class ServeSettings:
     lora_modules: tuple[tuple[str, str], ...] = ()
 
 
+class _BadValue(argparse.ArgumentTypeError, ValueError):
+    """A flag value argparse reports with this message (not just "invalid value")."""
+
+
 def _parse_lora_modules(text: str) -> tuple[tuple[str, str], ...]:
     """NAME=PATH[,NAME=PATH...] (an empty string: none)."""
     modules = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"expected NAME=PATH, got {item!r}")
+            raise _BadValue(f"expected NAME=PATH, got {item!r}")
         modules.append((name.strip(), path.strip()))
     names = [name for name, _ in modules]
     if len(set(names)) != len(names):
-        raise ValueError("LoRA adapter names must be unique")
+        raise _BadValue("LoRA adapter names must be unique")
     return tuple(modules)
 
 

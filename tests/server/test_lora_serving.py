@@ -106,3 +106,17 @@ def test_without_lora_loading_is_refused(idle_server: RunningServer) -> None:
     error = assert_error(idle_server.request("POST", "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "/x"}),
                          400, "lora_path")
     assert "--enable-lora" in error["message"] or "not enabled" in error["message"]
+
+
+def test_lora_module_flags(capsys) -> None:
+    from pagoda.engine.entrypoints.args import parse_serve_args
+
+    settings = parse_serve_args(["m", "--lora-modules", "a=/x, b=/y/z"], environ={})
+    assert settings.lora_modules == (("a", "/x"), ("b", "/y/z")) and settings.engine.enable_lora
+    assert parse_serve_args(["m"], environ={"PAGODA_LORA_MODULES": "a=/x"}).lora_modules == (("a", "/x"),)
+    assert not parse_serve_args(["m"], environ={}).engine.enable_lora
+    for bad, message in [("a", "expected NAME=PATH"), ("a=/x,a=/y", "must be unique"),
+                         ("m=/x", "served model's name")]:
+        with pytest.raises(SystemExit):
+            parse_serve_args(["m", "--lora-modules", bad], environ={})
+        assert message in capsys.readouterr().err
