@@ -64,6 +64,9 @@ class ModelRunner:
         self.eos_token_ids = eos_token_ids
         self.model = build_model(model_config, self.device)
         self.backend = select_backend(self.device)
+        # LoRA slots before the KV cache is sized, so the cache takes only what they leave.
+        self.lora = (LoRASlots(self.model, config.max_loras, config.max_lora_rank, model_config.dtype, self.device)
+                     if config.enable_lora else None)
         # KV heads are split across ranks, or replicated when there are fewer heads than ranks.
         self.num_kv_heads = max(1, model_config.num_kv_heads // tp_size())
         self.num_blocks = self._num_kv_blocks()
@@ -73,8 +76,6 @@ class ModelRunner:
         )
         bind_kv_cache(self.model, self.kv_cache, self.backend)
         self.sampler = Sampler(config.seed)
-        self.lora = (LoRASlots(self.model, config.max_loras, config.max_lora_rank, model_config.dtype, self.device)
-                     if config.enable_lora else None)
         # Decode steps replay CUDA graphs on GPU (unless enforce_eager); everything else runs the model.
         self.forward = decode_forward(
             self.model, self.device, config.enforce_eager, config.max_num_seqs,
