@@ -61,6 +61,7 @@ class EngineRequest:
     prompt: str | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     lora_request: LoRARequest | None = None
+    cache_salt: str | None = None
 
 
 @dataclass
@@ -226,7 +227,7 @@ class AsyncLLMEngine:
         prompt = {"prompt": add.prompt, "prompt_token_ids": add.prompt_token_ids}
         try:
             self.engine.add_request(add.request_id, prompt, add.params, arrival_time=add.arrival_time,
-                                    lora_request=add.lora_request)
+                                    lora_request=add.lora_request, cache_salt=add.cache_salt)
         except ValueError as exc:
             self._loop.call_soon_threadsafe(self._deliver, add.request_id, exc)
 

@@ -159,7 +159,10 @@ class LLMEngine:
     def add_request(
         self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
         arrival_time: float | None = None, lora_request: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> None:
+        """Queues a request. `cache_salt` keeps its prompt's KV blocks from being shared with requests
+        of another salt (tenants that must not learn of each other's prompts through cache timing)."""
         params = params or SamplingParams()
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -169,8 +172,11 @@ class LLMEngine:
         constraint = self.grammars.compile(params.structured_output) if params.structured_output else None
         arrival = time.monotonic() if arrival_time is None else arrival_time
         seqs = [self._new_sequence(request_id, i, token_ids, params, arrival) for i in range(params.n)]
+        salt = None
+        if lora is not None or cache_salt is not None:
+            salt = hash((lora.cache_salt if lora is not None else None, cache_salt))
         for seq in seqs:
-            seq.lora = lora
+            seq.lora, seq.cache_salt = lora, salt
         if constraint is not None:
             for seq in seqs:
                 seq.grammar = Grammar(constraint, self.grammars.vocab_size)

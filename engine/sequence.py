@@ -42,6 +42,9 @@ class Sequence:
     arrival_time: float = field(default_factory=time.monotonic)
     grammar: Grammar | None = None  # where a structured output's constraint stands
     lora: LoRAAdapter | None = None  # the adapter it runs with, if any
+    # Where its prefix-cache hash chain starts: None, or a value of its adapter and
+    # its request's cache_salt, so KV blocks are shared only under both alike.
+    cache_salt: int | None = None
 
     token_ids: list[int] = field(init=False)
     output_token_ids: list[int] = field(default_factory=list)
@@ -63,11 +66,6 @@ class Sequence:
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
-
-    @property
-    def cache_salt(self) -> int | None:
-        """What its prefix-cache hashes start from: KV blocks are shared only under the same adapter."""
-        return self.lora.cache_salt if self.lora is not None else None
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -104,6 +104,8 @@ class _SamplingRequest(_Request):
     include_stop_str_in_output: bool = False
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
+    # Requests share prefix-cache blocks only with requests of the same salt (vLLM's multi-tenant isolation).
+    cache_salt: str | None = Field(None, min_length=1, max_length=256)
 
     def requested_max_tokens(self) -> int | None:
         raise NotImplementedError
@@ -171,10 +173,15 @@ class _SamplingRequest(_Request):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 def _now() -> int:

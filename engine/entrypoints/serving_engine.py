@@ -24,7 +24,13 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from pagoda.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineRequest, OutputStream, QueueFullError
-from pagoda.engine.entrypoints.protocol import ErrorInfo, ErrorResponse, UsageInfo, _SamplingRequest
+from pagoda.engine.entrypoints.protocol import (
+    ErrorInfo,
+    ErrorResponse,
+    PromptTokensDetails,
+    UsageInfo,
+    _SamplingRequest,
+)
 from pagoda.engine.entrypoints.reply import ReplyParser
 from pagoda.engine.lora import LoRARequest
 from pagoda.engine.outputs import RequestOutput
@@ -131,7 +137,9 @@ class RequestContext:
     def usage(self) -> UsageInfo:
         prompt = sum(len(p.token_ids) for p in self.prompts)
         completion = sum(len(c.token_ids) for out in self.last.values() for c in out.outputs)
-        return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        cached = sum(out.num_cached_tokens for out in self.last.values())
+        return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                         prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
 
     def choice_index(self, prompt_index: int, completion_index: int) -> int:
         return prompt_index * self.request.n + completion_index
@@ -222,7 +230,7 @@ class OpenAIServing:
             except ValueError as exc:
                 raise bad_request(exc, ctx.request, prompt_field) from None
             requests.append(EngineRequest(f"{ctx.request_id}-{i}", prompt.token_ids, params, prompt.text, ctx.arrival,
-                                          ctx.lora_request))
+                                          ctx.lora_request, ctx.request.cache_salt))
         return requests
 
     def _submit(self, requests: list[EngineRequest]) -> OutputStream:

@@ -59,7 +59,10 @@ def test_chat_stream_equals_non_stream(client: openai.OpenAI) -> None:
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
-    assert chunks[-1].usage == full.usage
+    counts = lambda u: (u.prompt_tokens, u.completion_tokens, u.total_tokens)  # noqa: E731
+    assert counts(chunks[-1].usage) == counts(full.usage)
+    # The second request found the first one's prompt blocks in the prefix cache.
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens >= full.usage.prompt_tokens_details.cached_tokens
 
 
 def test_max_completion_tokens_and_default_length(client: openai.OpenAI) -> None:
@@ -205,3 +208,20 @@ def test_completion_structured_outputs_choice_and_regex(client: openai.OpenAI) -
     out = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=16, temperature=0,
                                     extra_body={"structured_outputs": {"regex": r"\d{4}-\d{2}-\d{2}"}})
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", out.choices[0].text)
+
+
+def test_cached_tokens_and_cache_salt(client: openai.OpenAI) -> None:
+    """usage reports the prompt tokens served from the prefix cache; a cache_salt keeps a
+    request from sharing KV blocks with requests of another salt (or none)."""
+    prompt = [1] + [(7 * i + 11) % 380 + 10 for i in range(70)]  # a prompt no other test sends
+
+    def cached(**extra: str) -> int:
+        out = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=1,
+                                        extra_body=extra)
+        return out.usage.prompt_tokens_details.cached_tokens
+
+    assert cached() == 0
+    assert cached() >= 64  # every full block but the last token's
+    assert cached(cache_salt="tenant-a") == 0
+    assert cached(cache_salt="tenant-a") >= 64
+    assert cached(cache_salt="tenant-b") == 0
