@@ -10,7 +10,10 @@ the GPU memory for its KV cache):
 - hf_generate: `generate` on static, left-padded batches, each running to
   its longest request (the classic serving loop of the PagedAttention paper);
 - hf_generate_batch: transformers' continuous batching (paged cache), each
-  request with its own max_new_tokens.
+  request with its own max_new_tokens;
+- pagoda_lora: pagoda again, the requests spread round-robin over
+  LORA_ADAPTERS random rank-LORA_RANK adapters on every projection (all in
+  the batch at once): what serving adapters costs.
 
 Only requested tokens count as output, so all systems do the same useful
 work. Hugging Face runs the first --hf-num-seqs requests of the same
@@ -38,7 +41,9 @@ from bench.gpu_env import device_facts, record
 from bench.gpu_models import MODEL_SHAPES, build_model_dir, describe
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE
 
-SYSTEMS = ("pagoda", "hf_generate", "hf_generate_batch")
+SYSTEMS = ("pagoda", "hf_generate", "hf_generate_batch", "pagoda_lora")
+LORA_ADAPTERS = 4
+LORA_RANK = 16
 TEMPERATURE = 0.6
 MAX_MODEL_LEN = 4096
 
@@ -56,23 +61,33 @@ def _result(useful: int, seconds: float, **extra: Any) -> dict[str, Any]:
             "output_tokens_per_s": useful / seconds, **extra}
 
 
-def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int]) -> dict[str, Any]:
+def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int], adapters: int = 0) -> dict[str, Any]:
     from pagoda.engine.cuda_graphs import DecodeCudaGraphs
+    from pagoda.engine.fixtures import make_tiny_lora
     from pagoda.engine.llm import LLM
+    from pagoda.engine.lora import LoRARequest
     from pagoda.engine.sampling_params import SamplingParams
 
-    llm = LLM(path, dtype="bfloat16", max_model_len=MAX_MODEL_LEN, max_num_seqs=256, max_num_batched_tokens=16384)
-    llm.generate([{"prompt_token_ids": p} for p in prompts[:2]], SamplingParams(max_tokens=16, ignore_eos=True))
+    lora_kwargs = {"enable_lora": True, "max_loras": adapters, "max_lora_rank": LORA_RANK} if adapters else {}
+    llm = LLM(path, dtype="bfloat16", max_model_len=MAX_MODEL_LEN, max_num_seqs=256, max_num_batched_tokens=16384,
+              **lora_kwargs)
+    loras = [LoRARequest(f"lora{i}", str(make_tiny_lora(path, pathlib.Path(path).parent / f"lora{i}", rank=LORA_RANK,
+                                                        seed=i)))
+             for i in range(adapters)]
+    per_prompt = [loras[i % adapters] for i in range(len(prompts))] if adapters else None
+    llm.generate([{"prompt_token_ids": p} for p in prompts[:2]], SamplingParams(max_tokens=16, ignore_eos=True),
+                 lora_request=per_prompt[:2] if per_prompt else None)
     llm.engine.block_manager.reset_prefix_cache()
     params = [SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True) for n in outputs]
     torch.cuda.synchronize()
     start = time.perf_counter()
-    results = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    results = llm.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=per_prompt)
     seconds = time.perf_counter() - start
     generated = sum(len(r.outputs[0].token_ids) for r in results)
     return _result(generated, seconds, num_seqs=len(prompts), requested_tokens=sum(outputs),
                    engine={"max_num_seqs": 256, "max_num_batched_tokens": 16384, "num_kv_blocks": llm.engine.runner.num_blocks,
-                           "cuda_graphs": isinstance(llm.engine.runner.forward, DecodeCudaGraphs)})
+                           "cuda_graphs": isinstance(llm.engine.runner.forward, DecodeCudaGraphs),
+                           "lora_adapters": adapters, "lora_rank": LORA_RANK if adapters else None})
 
 
 def _hf_config(max_new_tokens: int, min_new_tokens: int = 0) -> Any:
@@ -138,10 +153,11 @@ def run_hf_generate_batch(path: str, prompts: list[list[int]], outputs: list[int
 
 def _run_one(args: argparse.Namespace) -> None:
     prompts, outputs = workload(args.num_seqs)
-    if args.system != "pagoda":
+    if args.system.startswith("hf_"):
         prompts, outputs = prompts[: args.hf_num_seqs], outputs[: args.hf_num_seqs]
     runners = {
         "pagoda": lambda: run_pagoda(args.model_dir, prompts, outputs),
+        "pagoda_lora": lambda: run_pagoda(args.model_dir, prompts, outputs, adapters=LORA_ADAPTERS),
         "hf_generate": lambda: run_hf_generate(args.model_dir, prompts, outputs, args.hf_batch_size),
         "hf_generate_batch": lambda: run_hf_generate_batch(args.model_dir, prompts, outputs),
     }
@@ -192,6 +208,7 @@ def main() -> None:
             "model": describe(name),
             "systems": systems,
             "targets": {"hf_generate": ">= 24x", "hf_generate_batch": ">= 3x"},
+            "lora": {"adapters": LORA_ADAPTERS, "rank": LORA_RANK, "targets": "every attention and MLP projection"},
         })
 
 

@@ -44,10 +44,10 @@ class LLM:
         self,
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-        lora_request: LoRARequest | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Final outputs, in the order of `prompts` (a string, token ids, or a list of either),
-        generated with the LoRA adapter of `lora_request` if one is given."""
+        generated with the LoRA adapter of `lora_request` if one is given (or one per prompt)."""
         if isinstance(prompts, (str, dict)) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
@@ -59,11 +59,14 @@ class LLM:
             text, ids = self.engine.tokenize(prompt)
             self.engine.validate_prompt(ids, params)
             tokenized.append({"prompt": text, "prompt_token_ids": ids})
-        if lora_request is not None:
-            self.engine.add_lora(lora_request)  # a bad adapter is refused before anything is queued
+        loras = list(lora_request) if isinstance(lora_request, Sequence) else [lora_request] * len(prompts)
+        if len(loras) != len(prompts):
+            raise ValueError(f"got {len(loras)} LoRA requests for {len(prompts)} prompts")
+        for lora in set(loras) - {None}:
+            self.engine.add_lora(lora)  # a bad adapter is refused before anything is queued
         request_ids = [f"offline-{next(self._request_ids)}" for _ in prompts]
-        for request_id, prompt, params in zip(request_ids, tokenized, params_list):
-            self.engine.add_request(request_id, prompt, params, lora_request=lora_request)
+        for request_id, prompt, params, lora in zip(request_ids, tokenized, params_list, loras):
+            self.engine.add_request(request_id, prompt, params, lora_request=lora)
         return self._run(request_ids)
 
     def chat(

@@ -73,6 +73,11 @@ def test_adapter_equals_merged_weights(setup) -> None:
         assert got[0][0] == hf_greedy(merged[name], PROMPTS[0], GREEDY.max_tokens)
     # The base model is unchanged by the adapters resident in the slots.
     assert_same(run(llm, None), plain)
+    # One adapter per prompt, in one call.
+    per_prompt = [LoRARequest("full", str(adapters["full"])), None, LoRARequest("attn", str(adapters["attn"]))]
+    outs = llm.generate(PROMPTS, GREEDY, lora_request=per_prompt)
+    assert [o.outputs[0].token_ids for o in outs] == [
+        run(llm, per_prompt[0])[0][0], plain[1][0], run(llm, per_prompt[2])[2][0]]
 
 
 @pytest.mark.parametrize("max_loras", [1, 2])
