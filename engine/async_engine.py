@@ -62,6 +62,7 @@ class EngineRequest:
     arrival_time: float = field(default_factory=time.monotonic)
     lora_request: LoRARequest | None = None
     cache_salt: str | None = None
+    embed: bool = False
 
 
 @dataclass
@@ -227,7 +228,7 @@ class AsyncLLMEngine:
         prompt = {"prompt": add.prompt, "prompt_token_ids": add.prompt_token_ids}
         try:
             self.engine.add_request(add.request_id, prompt, add.params, arrival_time=add.arrival_time,
-                                    lora_request=add.lora_request, cache_salt=add.cache_salt)
+                                    lora_request=add.lora_request, cache_salt=add.cache_salt, embed=add.embed)
         except ValueError as exc:
             self._loop.call_soon_threadsafe(self._deliver, add.request_id, exc)
 

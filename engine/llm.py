@@ -48,17 +48,9 @@ class LLM:
     ) -> list[RequestOutput]:
         """Final outputs, in the order of `prompts` (a string, token ids, or a list of either),
         generated with the LoRA adapter of `lora_request` if one is given (or one per prompt)."""
-        if isinstance(prompts, (str, dict)) or (
-            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
-        ):
-            prompts = [prompts]
-        prompts = list(prompts)
+        prompts = self._prompt_list(prompts)
         params_list = self._params_per_prompt(sampling_params, len(prompts))
-        tokenized = []
-        for prompt, params in zip(prompts, params_list):
-            text, ids = self.engine.tokenize(prompt)
-            self.engine.validate_prompt(ids, params)
-            tokenized.append({"prompt": text, "prompt_token_ids": ids})
+        tokenized = self._validated(prompts, params_list)
         loras = list(lora_request) if isinstance(lora_request, Sequence) else [lora_request] * len(prompts)
         if len(loras) != len(prompts):
             raise ValueError(f"got {len(loras)} LoRA requests for {len(prompts)} prompts")
@@ -68,6 +60,18 @@ class LLM:
         for request_id, prompt, params, lora in zip(request_ids, tokenized, params_list, loras):
             self.engine.add_request(request_id, prompt, params, lora_request=lora)
         return self._run(request_ids)
+
+    def embed(
+        self, prompts: PromptType | Sequence[PromptType], lora_request: LoRARequest | None = None,
+    ) -> list[list[float]]:
+        """Unit-length embeddings of the prompts, in their order (see LLMEngine.add_request's `embed`)."""
+        prompts = self._prompt_list(prompts)
+        params = SamplingParams(max_tokens=1)
+        tokenized = self._validated(prompts, [params] * len(prompts))
+        request_ids = [f"offline-{next(self._request_ids)}" for _ in tokenized]
+        for request_id, prompt in zip(request_ids, tokenized):
+            self.engine.add_request(request_id, prompt, params, lora_request=lora_request, embed=True)
+        return [out.embedding for out in self._run(request_ids)]
 
     def chat(
         self,
@@ -105,6 +109,22 @@ class LLM:
         if len(params) != count:
             raise ValueError(f"got {len(params)} sampling params for {count} prompts")
         return params
+
+    @staticmethod
+    def _prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
+        """One prompt (text, token ids, a dict) or a list of them, as a list."""
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            return [prompts]
+        return list(prompts)
+
+    def _validated(self, prompts: list[PromptType], params_list: list[SamplingParams]) -> list[dict[str, Any]]:
+        """Every prompt tokenized and checked before any is queued: a bad one fails the call, not the batch."""
+        tokenized = []
+        for prompt, params in zip(prompts, params_list):
+            text, ids = self.engine.tokenize(prompt)
+            self.engine.validate_prompt(ids, params)
+            tokenized.append({"prompt": text, "prompt_token_ids": ids})
+        return tokenized
 
     def _run(self, request_ids: list[str]) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}

@@ -159,16 +159,20 @@ class LLMEngine:
     def add_request(
         self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
         arrival_time: float | None = None, lora_request: LoRARequest | None = None,
-        cache_salt: str | None = None,
+        cache_salt: str | None = None, embed: bool = False,
     ) -> None:
         """Queues a request. `cache_salt` keeps its prompt's KV blocks from being shared with requests
-        of another salt (tenants that must not learn of each other's prompts through cache timing)."""
+        of another salt (tenants that must not learn of each other's prompts through cache timing).
+        With `embed`, nothing is generated: the output carries the prompt's embedding (its last
+        token's final hidden state, of unit length, as decoder embedding models are trained)."""
         params = params or SamplingParams()
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, token_ids = self.tokenize(prompt)
         self.validate_prompt(token_ids, params)
         lora = self.add_lora(lora_request) if lora_request is not None else None
+        if embed and (params.n != 1 or params.structured_output is not None or params.prompt_logprobs is not None):
+            raise ValueError("an embedding request takes one prompt and no sampling options")
         constraint = self.grammars.compile(params.structured_output) if params.structured_output else None
         arrival = time.monotonic() if arrival_time is None else arrival_time
         seqs = [self._new_sequence(request_id, i, token_ids, params, arrival) for i in range(params.n)]
@@ -176,7 +180,7 @@ class LLMEngine:
         if lora is not None or cache_salt is not None:
             salt = hash((lora.cache_salt if lora is not None else None, cache_salt))
         for seq in seqs:
-            seq.lora, seq.cache_salt = lora, salt
+            seq.lora, seq.cache_salt, seq.embed = lora, salt, embed
         if constraint is not None:
             for seq in seqs:
                 seq.grammar = Grammar(constraint, self.grammars.vocab_size)
@@ -256,6 +260,10 @@ class LLMEngine:
         touched: dict[str, _Request] = {}
         self._record_prompt_logprobs(result)
         now = time.monotonic()
+        for seq, embedding in result.embeddings:
+            seq.embedding, seq.first_token_time = embedding, now
+            self.scheduler.finish(seq, FinishReason.STOP)
+            touched[seq.request_id] = self.requests[seq.request_id]
         for seq, token, logprob, top in result.sampled:
             seq.append_token(token)
             if seq.first_token_time is None:
@@ -347,4 +355,5 @@ class LLMEngine:
             prompt_logprobs=req.prompt_logprobs,
             metrics=metrics,
             num_cached_tokens=first.num_cached_tokens,
+            embedding=first.embedding,
         )

@@ -3,12 +3,13 @@
 It owns the device-side state: the model, the paged KV cache (sized from a
 memory budget) and the sampler. Logits are computed only for rows that need
 them (the last token of each sequence that samples, plus prompt positions of
-requests asking for prompt logprobs), never for the whole batch.
+requests asking for prompt logprobs), never for the whole batch. An embedding
+request takes no logits at all: its prompt's last hidden state, normalized.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,6 +45,8 @@ class StepResult:
     # One entry per scheduled sequence that reached the end of its tokens: (seq, token, logprob, top).
     sampled: list[tuple[Sequence, int, float | None, list[tuple[int, float]] | None]]
     prompt_logprobs: list[tuple[Sequence, PromptLogprobs]]
+    # Embedding requests whose prompt is complete: (seq, unit-length embedding).
+    embeddings: list[tuple[Sequence, list[float]]] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -125,8 +128,11 @@ class ModelRunner:
         total = torch.cuda.get_device_properties(self.device).total_memory
         return int(total * self.config.gpu_memory_utilization) - peak
 
-    def _build_inputs(self, sched: SchedulerOutput) -> tuple[StepInputs, list[Sequence], list[tuple[Sequence, int, int]]]:
-        """The step's inputs, the sequences that sample, and the (seq, first position, rows) of prompt-logprob chunks.
+    def _build_inputs(
+        self, sched: SchedulerOutput,
+    ) -> tuple[StepInputs, list[Sequence], list[tuple[Sequence, int, int]], list[tuple[Sequence, int]]]:
+        """The step's inputs, the sequences that sample, the (seq, first position, rows) of prompt-logprob
+        chunks, and the (seq, hidden row) of embedding requests whose prompt this step completes.
 
         Logit rows list the prompt-logprob rows first, then one row per sampling sequence.
         """
@@ -140,6 +146,7 @@ class ModelRunner:
         sample_rows: list[int] = []
         samplers: list[Sequence] = []
         prompt_chunks: list[tuple[Sequence, int, int]] = []
+        pooled: list[tuple[Sequence, int]] = []
         num_decodes = 0
         for seq, n in sched.scheduled:
             start = seq.num_computed_tokens
@@ -160,13 +167,15 @@ class ModelRunner:
                 rows = min(end, seq.num_prompt_tokens - 1) - start
                 prompt_rows.extend(range(offset, offset + rows))
                 prompt_chunks.append((seq, start, rows))
-            if end == seq.num_tokens:
+            if end == seq.num_tokens and seq.embed:
+                pooled.append((seq, offset + n - 1))
+            elif end == seq.num_tokens:
                 sample_rows.append(offset + n - 1)
                 samplers.append(seq)
         width = max(len(seq.block_table) for seq, _ in sched.scheduled)
         tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq, _ in sched.scheduled]
         inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows)
-        return inputs, samplers, prompt_chunks
+        return inputs, samplers, prompt_chunks, pooled
 
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
         params = seq.params
@@ -178,25 +187,31 @@ class ModelRunner:
         return SamplingRow(params, seq.prompt_token_ids, seq.output_token_ids, seq.generator, suppressed, allowed)
 
     @torch.inference_mode()
-    def forward_logits(self, inputs: StepInputs) -> torch.Tensor | None:
-        """Runs the model on a step and returns float32 logits of its logit rows (every rank runs this)."""
+    def forward_logits(self, inputs: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Runs the model on a step: float32 logits of its logit rows, and every row's final hidden
+        state (every rank runs this)."""
         ids, pos, meta = inputs.to_device(self.device)
         # Steps with adapters run eagerly: the decode graphs were captured without them.
         eager = self.lora is not None and self.lora.mask is not None
         hidden = self.model(ids, pos, meta) if eager else self.forward(ids, pos, meta)
         if not inputs.logit_rows:
-            return None
+            return None, hidden
         rows = torch.tensor(inputs.logit_rows, dtype=torch.long, device=self.device)
-        return self.model.compute_logits(hidden[rows]).float()
+        return self.model.compute_logits(hidden[rows]).float(), hidden
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> StepResult:
-        inputs, samplers, prompt_chunks = self._build_inputs(sched)
+        inputs, samplers, prompt_chunks, pooled = self._build_inputs(sched)
         if self.lora is not None:
             self.lora.prepare([(seq.lora, n) for seq, n in sched.scheduled])
         if self.tp_group is not None:
             self.tp_group.broadcast(inputs)
-        logits = self.forward_logits(inputs)
+        logits, hidden = self.forward_logits(inputs)
+        embeddings = []
+        if pooled:
+            rows = torch.tensor([row for _, row in pooled], dtype=torch.long, device=self.device)
+            vectors = torch.nn.functional.normalize(hidden[rows].float(), dim=-1).cpu().tolist()
+            embeddings = [(seq, vector) for (seq, _), vector in zip(pooled, vectors)]
         prompt_lp: list[tuple[Sequence, PromptLogprobs]] = []
         row = 0
         for seq, start, rows in prompt_chunks:
@@ -206,7 +221,7 @@ class ModelRunner:
         if samplers:
             out = self.sampler(logits[row:], [self._sampling_row(s) for s in samplers])
             sampled = list(zip(samplers, out.token_ids, out.logprobs, out.top_logprobs))
-        return StepResult(sampled, prompt_lp)
+        return StepResult(sampled, prompt_lp, embeddings)
 
     def _prompt_logprobs(self, seq: Sequence, start: int, logits: torch.Tensor) -> PromptLogprobs:
         """Logprob of prompt token p + 1 given tokens up to p, for the chunk's positions p >= start."""

@@ -46,3 +46,4 @@ class RequestOutput:
     prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
+    embedding: list[float] | None = None  # an embedding request's result: the prompt's, of unit length

@@ -42,6 +42,8 @@ class Sequence:
     arrival_time: float = field(default_factory=time.monotonic)
     grammar: Grammar | None = None  # where a structured output's constraint stands
     lora: LoRAAdapter | None = None  # the adapter it runs with, if any
+    embed: bool = False  # an embedding request: its prompt is run, nothing is generated
+    embedding: list[float] | None = None
     # Where its prefix-cache hash chain starts: None, or a value of its adapter and
     # its request's cache_salt, so KV blocks are shared only under both alike.
     cache_salt: int | None = None

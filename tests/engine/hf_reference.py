@@ -33,3 +33,10 @@ def hf_logprobs(path: pathlib.Path, token_ids: list[int]) -> torch.Tensor:
     """[len-1, vocab] log-softmax of the next-token logits at every position but the last."""
     logits = hf_model(path)(torch.tensor([token_ids])).logits[0, :-1].float()
     return torch.log_softmax(logits, dim=-1)
+
+
+@torch.inference_mode()
+def hf_embedding(path: pathlib.Path, token_ids: list[int]) -> torch.Tensor:
+    """The last token's final hidden state (after the last norm), of unit length."""
+    hidden = hf_model(path).model(torch.tensor([token_ids])).last_hidden_state[0, -1].float()
+    return torch.nn.functional.normalize(hidden, dim=-1)
