@@ -38,6 +38,8 @@ from pagoda.engine.entrypoints.protocol import (
     CompletionResponse,
     DetokenizeRequest,
     DetokenizeResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     ErrorResponse,
     LoadLoRAAdapterRequest,
     ModelCard,
@@ -49,6 +51,7 @@ from pagoda.engine.entrypoints.protocol import (
 )
 from pagoda.engine.entrypoints.serving_chat import OpenAIServingChat
 from pagoda.engine.entrypoints.serving_completion import OpenAIServingCompletion
+from pagoda.engine.entrypoints.serving_embedding import OpenAIServingEmbedding
 from pagoda.engine.entrypoints.serving_engine import APIError, bad_request
 from pagoda.engine.entrypoints.tool_parsers import detect_tool_parser
 from pagoda.engine.llm_engine import LLMEngine
@@ -71,6 +74,7 @@ class ServerState:
     metrics: EngineMetrics
     completion: OpenAIServingCompletion
     chat: OpenAIServingChat
+    embedding: OpenAIServingEmbedding
     draining: bool = False
 
 
@@ -191,6 +195,10 @@ def _add_routes(app: FastAPI) -> None:
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await state(request).chat.create_chat_completion(body, request)
 
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        return await state(request).embedding.create_embedding(body, request)
+
     @app.post("/tokenize", responses=_ERRORS)
     async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
         serving = state(request).completion
@@ -242,7 +250,8 @@ def build_app(settings: ServeSettings, engine: LLMEngine | None = None) -> FastA
         tool_parser = _tool_parser(settings.tool_call_parser, tokenizer)
         reasoning = None if settings.reasoning_parser == "none" else settings.reasoning_parser
         app.state.server = ServerState(settings, async_engine, metrics, OpenAIServingCompletion(*args),
-                                       OpenAIServingChat(*args, tool_parser=tool_parser, reasoning_parser=reasoning))
+                                       OpenAIServingChat(*args, tool_parser=tool_parser, reasoning_parser=reasoning),
+                                       OpenAIServingEmbedding(*args))
         async_engine.start()
         logger.info("serving %s as %r (max_model_len %d, tool-call parser %s)", settings.engine.model,
                     settings.served_model_name, llm_engine.max_model_len, tool_parser)

@@ -487,6 +487,31 @@ class ChatCompletionChunk(BaseModel):
     usage: UsageInfo | None = None
 
 
+# ---- embeddings -------------------------------------------------------------------------------
+
+
+class EmbeddingRequest(_Request):
+    model: str | None = None
+    # A string, a list of strings, token ids, or a list of token-id lists.
+    input: Union[str, list[str], list[int], list[list[int]]]
+    encoding_format: Literal["float", "base64"] = "float"  # base64: little-endian float32
+    dimensions: int | None = Field(None, ge=1)  # keep the first dimensions, then renormalize
+    user: str | None = None
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: UsageInfo
+
+
 # ---- models, tokenizer, version -----------------------------------------------------------
 
 

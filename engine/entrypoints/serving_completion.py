@@ -13,7 +13,7 @@ from pagoda.engine.entrypoints.protocol import (
     CompletionRequest,
     CompletionResponse,
 )
-from pagoda.engine.entrypoints.serving_engine import APIError, ChoiceState, OpenAIServing, Prompt, RequestContext
+from pagoda.engine.entrypoints.serving_engine import ChoiceState, OpenAIServing, RequestContext
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestOutput
 
 
@@ -43,23 +43,8 @@ class OpenAIServingCompletion(OpenAIServing):
     async def create_completion(self, request: CompletionRequest, raw_request: Request) -> Response:
         arrival = time.monotonic()
         self.check_model(request.model)
-        prompts = await self._prompts(request.prompt)
+        prompts = await self.prompts_of(request.prompt, "prompt")
         return await self.generate(raw_request, request, prompts, arrival, "prompt")
-
-    async def _prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[Prompt]:
-        if isinstance(prompt, str):
-            items: list[str | list[int]] = [prompt]
-        elif not prompt:
-            raise APIError(400, "prompt must not be empty", param="prompt")
-        elif all(isinstance(x, int) for x in prompt):
-            items = [prompt]
-        else:
-            items = list(prompt)
-        try:
-            return [Prompt(await self.encode(item), item) if isinstance(item, str) else Prompt(list(item))
-                    for item in items]
-        except ValueError as exc:
-            raise APIError(400, f"prompt is not valid text: {exc}", param="prompt") from None
 
     def _choice(self, ctx: RequestContext, prompt_index: int, c: CompletionOutput, text: str,
                 logprobs: CompletionLogprobs | None) -> CompletionChoice:

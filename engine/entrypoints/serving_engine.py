@@ -197,6 +197,22 @@ class OpenAIServing:
         text.encode("utf-8")  # UnicodeEncodeError, a ValueError: a 400
         return await self.run_tokenizer(lambda: self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
+    async def prompts_of(self, prompt: str | list[str] | list[int] | list[list[int]], field: str) -> list[Prompt]:
+        """The prompts of a request field that holds text, token ids, or a list of either (tokenized off the loop)."""
+        if isinstance(prompt, str):
+            items: list[str | list[int]] = [prompt]
+        elif not prompt:
+            raise APIError(400, f"{field} must not be empty", param=field)
+        elif all(isinstance(x, int) for x in prompt):
+            items = [prompt]
+        else:
+            items = list(prompt)
+        try:
+            return [Prompt(await self.encode(item), item) if isinstance(item, str) else Prompt(list(item))
+                    for item in items]
+        except ValueError as exc:
+            raise APIError(400, f"{field} is not valid text: {exc}", param=field) from None
+
     async def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool,
                           template_kwargs: dict[str, Any] | None = None) -> list[int]:
         return await self.run_tokenizer(apply_chat_template, self.tokenizer, messages, add_generation_prompt,
@@ -206,15 +222,19 @@ class OpenAIServing:
         room = self.max_model_len - num_prompt_tokens
         requested = request.requested_max_tokens()
         if room <= 0 or (isinstance(requested, int) and requested > room):
-            wanted = f", {requested} for the completion" if requested is not None else ""
-            raise APIError(
-                400,
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{num_prompt_tokens + (requested or 0)} tokens ({num_prompt_tokens} in the prompt{wanted}). "
-                "Please reduce the length of the prompt or completion.",
-                param=prompt_field if room <= 0 else "max_tokens", code="context_length_exceeded",
-            )
+            raise self.too_long(num_prompt_tokens, requested, prompt_field if room <= 0 else "max_tokens")
         return requested if requested is not None else room
+
+    def too_long(self, num_prompt_tokens: int, requested: int | None, param: str) -> APIError:
+        """OpenAI's context_length_exceeded error."""
+        wanted = f", {requested} for the completion" if requested is not None else ""
+        return APIError(
+            400,
+            f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+            f"{num_prompt_tokens + (requested or 0)} tokens ({num_prompt_tokens} in the prompt{wanted}). "
+            "Please reduce the length of the prompt or completion.",
+            param=param, code="context_length_exceeded",
+        )
 
     def _engine_requests(
         self, ctx: RequestContext, prompt_field: str,
