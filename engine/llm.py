@@ -67,7 +67,7 @@ class LLM:
         """Unit-length embeddings of the prompts, in their order (see LLMEngine.add_request's `embed`)."""
         prompts = self._prompt_list(prompts)
         params = SamplingParams(max_tokens=1)
-        tokenized = self._validated(prompts, [params] * len(prompts))
+        tokenized = self._validated(prompts, [params] * len(prompts), embed=True)
         request_ids = [f"offline-{next(self._request_ids)}" for _ in tokenized]
         for request_id, prompt in zip(request_ids, tokenized):
             self.engine.add_request(request_id, prompt, params, lora_request=lora_request, embed=True)
@@ -117,12 +117,13 @@ class LLM:
             return [prompts]
         return list(prompts)
 
-    def _validated(self, prompts: list[PromptType], params_list: list[SamplingParams]) -> list[dict[str, Any]]:
+    def _validated(self, prompts: list[PromptType], params_list: list[SamplingParams],
+                   embed: bool = False) -> list[dict[str, Any]]:
         """Every prompt tokenized and checked before any is queued: a bad one fails the call, not the batch."""
         tokenized = []
         for prompt, params in zip(prompts, params_list):
             text, ids = self.engine.tokenize(prompt)
-            self.engine.validate_prompt(ids, params)
+            self.engine.validate_prompt(ids, params, embed)
             tokenized.append({"prompt": text, "prompt_token_ids": ids})
         return tokenized
 

@@ -101,7 +101,10 @@ class LLMEngine:
             return None, list(prompt)
         raise ValueError(f"a prompt must be a string, a list of token ids or a dict, not {type(prompt).__name__}")
 
-    def validate_prompt(self, token_ids: list[int], params: SamplingParams) -> None:
+    def validate_prompt(self, token_ids: list[int], params: SamplingParams, embed: bool = False) -> None:
+        if not embed and not getattr(self.runner.model, "generates", True):
+            raise ValueError(f"this model ({self.model_config.architecture}) has no language-model head: "
+                             "it serves embeddings only")
         vocab = self.model_config.vocab_size
         if not token_ids:
             raise ValueError("the prompt is empty")
@@ -169,7 +172,7 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, token_ids = self.tokenize(prompt)
-        self.validate_prompt(token_ids, params)
+        self.validate_prompt(token_ids, params, embed)
         lora = self.add_lora(lora_request) if lora_request is not None else None
         if embed and (params.n != 1 or params.structured_output is not None or params.prompt_logprobs is not None):
             raise ValueError("an embedding request takes one prompt and no sampling options")

@@ -120,7 +120,8 @@ class ModelRunner:
         )
         ids, pos, meta = inputs.to_device(self.device)
         hidden = self.model(ids, pos, meta)
-        self.model.compute_logits(hidden[-min(n, self.config.max_num_seqs):])
+        if self.model.lm_head is not None:
+            self.model.compute_logits(hidden[-min(n, self.config.max_num_seqs):])
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         del one_block_cache, hidden

@@ -59,7 +59,7 @@ class OpenAIServingEmbedding(OpenAIServing):
             if len(prompt.token_ids) > self.max_model_len:
                 raise self.too_long(len(prompt.token_ids), None, "input")
             try:
-                self.engine.engine.validate_prompt(prompt.token_ids, params)
+                self.engine.engine.validate_prompt(prompt.token_ids, params, embed=True)
             except ValueError as exc:
                 raise bad_request(exc, request, "input") from None
             engine_requests.append(EngineRequest(f"{request_id}-{i}", prompt.token_ids, params, prompt.text, arrival,

@@ -101,6 +101,10 @@ class LlamaForCausalLM(nn.Module):
 
     qkv_bias = False
     qk_norm = False
+    # Whether it has an LM head (generation); decoder-only checkpoints serve embeddings only.
+    generates = True
+    # What checkpoint tensor names lack before ours ("model." for decoder-only checkpoints).
+    checkpoint_prefix = ""
     # Checkpoint names of separately stored projections -> (our fused parameter, shard id).
     packed_modules = {
         "q_proj": ("qkv_proj", "q"),
@@ -115,8 +119,8 @@ class LlamaForCausalLM(nn.Module):
         self.config = cfg
         bias = self.qkv_bias or cfg.attention_bias
         self.model = DecoderModel(cfg, bias, self.qk_norm)
-        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
-        if cfg.tie_word_embeddings:
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size) if self.generates else None
+        if cfg.tie_word_embeddings and self.lm_head is not None:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -137,3 +141,23 @@ class Qwen2ForCausalLM(LlamaForCausalLM):
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
     qk_norm = True
+
+
+class _DecoderOnly:
+    """A checkpoint of the decoder alone (LlamaModel, Qwen3Model, ...), as embedding models
+    ship: no LM head, tensors named without the `model.` prefix. It serves embeddings only."""
+
+    generates = False
+    checkpoint_prefix = "model."
+
+
+class LlamaModel(_DecoderOnly, LlamaForCausalLM):
+    pass
+
+
+class Qwen2Model(_DecoderOnly, Qwen2ForCausalLM):
+    pass
+
+
+class Qwen3Model(_DecoderOnly, Qwen3ForCausalLM):
+    pass

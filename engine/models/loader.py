@@ -49,9 +49,12 @@ def iter_checkpoint(path: Path) -> Iterator[tuple[str, Any]]:
 def load_weights(model: nn.Module, path: Path) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     packed: dict[str, tuple[str, Any]] = getattr(model, "packed_modules", {})
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    generates = getattr(model, "generates", True)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False)) and generates
+    prefix = getattr(model, "checkpoint_prefix", "")
     loaded: set[str] = set()
     for name, src in iter_checkpoint(path):
+        name = name if name.startswith(prefix) else prefix + name
         if name.endswith(_IGNORED_SUFFIXES) or (tied and name.startswith("lm_head.")):
             continue
         target, shard = name, None

@@ -12,6 +12,11 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "MistralForCausalLM": ("pagoda.engine.models.llama", "LlamaForCausalLM"),
     "Qwen2ForCausalLM": ("pagoda.engine.models.llama", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("pagoda.engine.models.llama", "Qwen3ForCausalLM"),
+    # Decoder-only checkpoints (embedding models): embeddings only.
+    "LlamaModel": ("pagoda.engine.models.llama", "LlamaModel"),
+    "MistralModel": ("pagoda.engine.models.llama", "LlamaModel"),
+    "Qwen2Model": ("pagoda.engine.models.llama", "Qwen2Model"),
+    "Qwen3Model": ("pagoda.engine.models.llama", "Qwen3Model"),
 }
 
 SUPPORTED_ARCHITECTURES = tuple(sorted(_REGISTRY))

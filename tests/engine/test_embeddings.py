@@ -3,8 +3,12 @@ on the same weights, whether the prompt is chunked, cached or batched with gener
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
@@ -50,3 +54,18 @@ def test_embeddings_batched_with_generation(tiny_model) -> None:
         assert close(out.embedding, hf_embedding(path, prompt))
     with pytest.raises(ValueError, match="no sampling options"):
         engine.add_request("bad", PROMPTS[0], SamplingParams(n=2), embed=True)
+
+
+def test_decoder_only_checkpoint_serves_embeddings(tiny_model, tmp_path) -> None:
+    """Embedding models ship the decoder alone (Qwen3Model: no LM head, no `model.` prefix)."""
+    causal = tiny_model("qwen3")
+    base_dir = tmp_path / "qwen3-embedding"
+    AutoModelForCausalLM.from_pretrained(str(causal), dtype=torch.float32).model.save_pretrained(base_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(causal / name, base_dir / name)
+    assert json.loads((base_dir / "config.json").read_text())["architectures"] == ["Qwen3Model"]
+    llm = LLM(str(base_dir), dtype="float32", block_size=4)
+    for vector, prompt in zip(llm.embed(PROMPTS), PROMPTS):
+        assert close(vector, hf_embedding(causal, prompt))
+    with pytest.raises(ValueError, match="serves embeddings only"):
+        llm.generate(PROMPTS[0], SamplingParams(max_tokens=2))
