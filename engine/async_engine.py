@@ -63,6 +63,7 @@ class EngineRequest:
     lora_request: LoRARequest | None = None
     cache_salt: str | None = None
     embed: bool = False
+    priority: int = 0
 
 
 @dataclass
@@ -228,7 +229,8 @@ class AsyncLLMEngine:
         prompt = {"prompt": add.prompt, "prompt_token_ids": add.prompt_token_ids}
         try:
             self.engine.add_request(add.request_id, prompt, add.params, arrival_time=add.arrival_time,
-                                    lora_request=add.lora_request, cache_salt=add.cache_salt, embed=add.embed)
+                                    lora_request=add.lora_request, cache_salt=add.cache_salt, embed=add.embed,
+                                    priority=add.priority)
         except ValueError as exc:
             self._loop.call_soon_threadsafe(self._deliver, add.request_id, exc)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+SCHEDULING_POLICIES = ("fcfs", "priority")
 
 
 @dataclass
@@ -28,6 +29,8 @@ class EngineConfig:
     device: str = "auto"
     seed: int = 0
     enforce_eager: bool = False
+    # "fcfs", or "priority": requests carry a priority (lower runs first) that orders waiting and preemption.
+    scheduling_policy: str = "fcfs"
     # LoRA adapters served beside the base model: how many can run in one batch, and their largest rank.
     enable_lora: bool = False
     max_loras: int = 4
@@ -42,6 +45,8 @@ class EngineConfig:
             (self.kv_cache_memory_bytes is None or self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes must be positive"),
             (self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks must be >= 1"),
             (self.tensor_parallel_size >= 1, "tensor_parallel_size must be >= 1"),
+            (self.scheduling_policy in SCHEDULING_POLICIES,
+             f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}"),
             (self.max_loras >= 1 and self.max_lora_rank >= 1, "max_loras and max_lora_rank must be >= 1"),
             (not (self.enable_lora and self.tensor_parallel_size > 1),
              "LoRA adapters are not served with tensor parallelism yet: use tensor_parallel_size 1"),

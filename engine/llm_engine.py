@@ -66,7 +66,7 @@ class LLMEngine:
             )
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   config.max_loras)
+                                   config.max_loras, config.scheduling_policy)
         self.loras: dict[str, LoRAAdapter] = {}  # the adapters served, by name
         self.requests: dict[str, _Request] = {}
         # Text and stop strings, applied to the core's token-level outputs (see step()).
@@ -162,17 +162,20 @@ class LLMEngine:
     def add_request(
         self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
         arrival_time: float | None = None, lora_request: LoRARequest | None = None,
-        cache_salt: str | None = None, embed: bool = False,
+        cache_salt: str | None = None, embed: bool = False, priority: int = 0,
     ) -> None:
         """Queues a request. `cache_salt` keeps its prompt's KV blocks from being shared with requests
         of another salt (tenants that must not learn of each other's prompts through cache timing).
         With `embed`, nothing is generated: the output carries the prompt's embedding (its last
-        token's final hidden state, of unit length, as decoder embedding models are trained)."""
+        token's final hidden state, of unit length, as decoder embedding models are trained).
+        `priority` (lower runs first) needs the "priority" scheduling policy."""
         params = params or SamplingParams()
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, token_ids = self.tokenize(prompt)
         self.validate_prompt(token_ids, params, embed)
+        if priority != 0 and self.config.scheduling_policy != "priority":
+            raise ValueError("priority needs the priority scheduling policy (pagoda serve --scheduling-policy priority)")
         lora = self.add_lora(lora_request) if lora_request is not None else None
         if embed and (params.n != 1 or params.structured_output is not None or params.prompt_logprobs is not None):
             raise ValueError("an embedding request takes one prompt and no sampling options")
@@ -183,7 +186,7 @@ class LLMEngine:
         if lora is not None or cache_salt is not None:
             salt = hash((lora.cache_salt if lora is not None else None, cache_salt))
         for seq in seqs:
-            seq.lora, seq.cache_salt, seq.embed = lora, salt, embed
+            seq.lora, seq.cache_salt, seq.embed, seq.priority = lora, salt, embed, priority
         if constraint is not None:
             for seq in seqs:
                 seq.grammar = Grammar(constraint, self.grammars.vocab_size)

@@ -7,14 +7,20 @@ max_num_seqs allow. A long prompt is thus prefilled across steps while the
 decodes keep going (chunked prefill). When blocks run out, the most recently
 admitted sequence is preempted: its blocks are freed and it will recompute,
 keeping the tokens it has generated, so no request is lost.
+
+Under the "priority" policy (vLLM's), requests wait in order of their
+priority (lower first), then arrival, and the victim of a preemption is the
+running sequence of the lowest priority, latest arrival.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
 from pagoda.engine.block_manager import BlockManager
+from pagoda.engine.config import SCHEDULING_POLICIES
 from pagoda.engine.sequence import FinishReason, Sequence, SequenceStatus
 
 
@@ -33,12 +39,21 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+def _rank(seq: Sequence) -> tuple[int, float, int]:
+    """Priority order: lower priority value first, then earlier arrival."""
+    return seq.priority, seq.arrival_time, seq.seq_id
+
+
 class Scheduler:
     def __init__(
         self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int, max_loras: int = 1,
+        policy: str = "fcfs",
     ) -> None:
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"scheduling policy must be one of {', '.join(SCHEDULING_POLICIES)}, got {policy!r}")
+        self.policy = policy
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -52,7 +67,16 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+        self._enqueue(seq, front=False)
+
+    def _enqueue(self, seq: Sequence, front: bool) -> None:
+        """FCFS: at the back, or the front for a preempted sequence; priority: in priority order."""
+        if self.policy == "priority":
+            self.waiting.insert(bisect.bisect_right([_rank(s) for s in self.waiting], _rank(seq)), seq)
+        elif front:
+            self.waiting.appendleft(seq)
+        else:
+            self.waiting.append(seq)
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -62,13 +86,15 @@ class Scheduler:
             seq = self.running[i]
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.block_manager.allocate(seq, num_new):
-                victim = self.running.pop()
+                # Only a sequence not yet scheduled in this step can give its blocks back.
+                victim = max(self.running[i:], key=_rank) if self.policy == "priority" else self.running[-1]
+                self.running.remove(victim)
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
                     break
             if seq.status is not SequenceStatus.RUNNING:
-                break
+                continue  # it gave its own blocks back; running[i] is now the next one
             out.scheduled.append((seq, num_new))
             budget -= num_new
             i += 1
@@ -101,7 +127,7 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(seq)
+        self._enqueue(seq, front=True)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """Ends seq (done, stopped or aborted) wherever it is, returning its blocks at once."""

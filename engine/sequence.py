@@ -43,6 +43,7 @@ class Sequence:
     grammar: Grammar | None = None  # where a structured output's constraint stands
     lora: LoRAAdapter | None = None  # the adapter it runs with, if any
     embed: bool = False  # an embedding request: its prompt is run, nothing is generated
+    priority: int = 0  # under the priority policy: lower runs first
     embedding: list[float] | None = None
     # Where its prefix-cache hash chain starts: None, or a value of its adapter and
     # its request's cache_salt, so KV blocks are shared only under both alike.

@@ -142,6 +142,8 @@ class EngineSpec(_Model):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     enable_prefix_caching: bool = True
     log_level: Literal["debug", "info", "warning", "error", "critical"] | None = None
+    scheduling_policy: Literal["fcfs", "priority"] | None = Field(
+        None, description="priority: requests' `priority` field (lower first) orders waiting and preemption.")
     max_loras: int | None = Field(None, ge=1, le=64, description="Most LoRA adapters in one batch.")
     max_lora_rank: int | None = Field(None, ge=1, le=512, description="Largest LoRA adapter rank served.")
     extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(

@@ -106,6 +106,8 @@ class _SamplingRequest(_Request):
     structured_outputs: StructuredOutputs | None = None
     # Requests share prefix-cache blocks only with requests of the same salt (vLLM's multi-tenant isolation).
     cache_salt: str | None = Field(None, min_length=1, max_length=256)
+    # Under --scheduling-policy priority: lower runs first, and is preempted last.
+    priority: int = Field(0, ge=-(2**31), lt=2**31)
 
     def requested_max_tokens(self) -> int | None:
         raise NotImplementedError

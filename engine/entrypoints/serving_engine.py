@@ -239,6 +239,9 @@ class OpenAIServing:
     def _engine_requests(
         self, ctx: RequestContext, prompt_field: str,
     ) -> list[EngineRequest]:
+        if ctx.request.priority != 0 and self.engine.engine.config.scheduling_policy != "priority":
+            raise APIError(400, "priority needs the server started with --scheduling-policy priority",
+                           param="priority")
         requests = []
         for i, prompt in enumerate(ctx.prompts):
             max_tokens = self._max_tokens(ctx.request, len(prompt.token_ids), prompt_field)
@@ -250,7 +253,8 @@ class OpenAIServing:
             except ValueError as exc:
                 raise bad_request(exc, ctx.request, prompt_field) from None
             requests.append(EngineRequest(f"{ctx.request_id}-{i}", prompt.token_ids, params, prompt.text, ctx.arrival,
-                                          ctx.lora_request, ctx.request.cache_salt))
+                                          ctx.lora_request, ctx.request.cache_salt,
+                                          priority=ctx.request.priority))
         return requests
 
     def _submit(self, requests: list[EngineRequest]) -> OutputStream:

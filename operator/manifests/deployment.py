@@ -44,7 +44,8 @@ def serve_args(engine: EngineSpec, served_name: str, model_dir: str,
     optional = ((flags.MAX_MODEL_LEN, engine.max_model_len), (flags.MAX_NUM_SEQS, engine.max_num_seqs),
                 (flags.MAX_NUM_BATCHED_TOKENS, engine.max_num_batched_tokens),
                 (flags.BLOCK_SIZE, engine.block_size), (flags.MAX_QUEUE_LEN, engine.max_queue_len),
-                (flags.LOG_LEVEL, engine.log_level), (flags.MAX_LORAS, engine.max_loras),
+                (flags.LOG_LEVEL, engine.log_level), (flags.SCHEDULING_POLICY, engine.scheduling_policy),
+                (flags.MAX_LORAS, engine.max_loras),
                 (flags.MAX_LORA_RANK, engine.max_lora_rank))
     for flag, value in optional:
         if value is not None:

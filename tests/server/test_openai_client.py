@@ -225,3 +225,10 @@ def test_cached_tokens_and_cache_salt(client: openai.OpenAI) -> None:
     assert cached(cache_salt="tenant-a") == 0
     assert cached(cache_salt="tenant-a") >= 64
     assert cached(cache_salt="tenant-b") == 0
+
+
+def test_priority_needs_the_policy(idle_server: RunningServer) -> None:
+    body = {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 2, "priority": 1}
+    result = idle_server.request("POST", "/v1/completions", body)
+    assert result.status == 400 and result.json()["error"]["param"] == "priority"
+    assert idle_server.request("POST", "/v1/completions", {**body, "priority": 0}).status == 200
