@@ -34,6 +34,7 @@ from pagoda.engine.metrics import EngineMetrics, EngineStats
 from pagoda.engine.output_processor import StopRequest
 from pagoda.engine.outputs import RequestOutput
 from pagoda.engine.sampling_params import SamplingParams
+from pagoda.engine.structured_output import Thinking
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class EngineRequest:
     cache_salt: str | None = None
     embed: bool = False
     priority: int = 0
+    thinking: Thinking | None = None
 
 
 @dataclass
@@ -230,7 +232,7 @@ class AsyncLLMEngine:
         try:
             self.engine.add_request(add.request_id, prompt, add.params, arrival_time=add.arrival_time,
                                     lora_request=add.lora_request, cache_salt=add.cache_salt, embed=add.embed,
-                                    priority=add.priority)
+                                    priority=add.priority, thinking=add.thinking)
         except ValueError as exc:
             self._loop.call_soon_threadsafe(self._deliver, add.request_id, exc)
 

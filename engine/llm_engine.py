@@ -25,7 +25,7 @@ from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, Req
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.sequence import FinishReason, Sequence
-from pagoda.engine.structured_output import Grammar, GrammarCompiler
+from pagoda.engine.structured_output import Grammar, GrammarCompiler, Thinking
 from pagoda.engine.tensor_parallel import TensorParallelGroup
 from pagoda.engine.tokenizer import load_tokenizer
 
@@ -162,13 +162,14 @@ class LLMEngine:
     def add_request(
         self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
         arrival_time: float | None = None, lora_request: LoRARequest | None = None,
-        cache_salt: str | None = None, embed: bool = False, priority: int = 0,
+        cache_salt: str | None = None, embed: bool = False, priority: int = 0, thinking: Thinking | None = None,
     ) -> None:
         """Queues a request. `cache_salt` keeps its prompt's KV blocks from being shared with requests
         of another salt (tenants that must not learn of each other's prompts through cache timing).
         With `embed`, nothing is generated: the output carries the prompt's embedding (its last
         token's final hidden state, of unit length, as decoder embedding models are trained).
-        `priority` (lower runs first) needs the "priority" scheduling policy."""
+        `priority` (lower runs first) needs the "priority" scheduling policy. With `thinking`, a
+        structured output's constraint starts after the model's thinking."""
         params = params or SamplingParams()
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -189,7 +190,7 @@ class LLMEngine:
             seq.lora, seq.cache_salt, seq.embed, seq.priority = lora, salt, embed, priority
         if constraint is not None:
             for seq in seqs:
-                seq.grammar = Grammar(constraint, self.grammars.vocab_size)
+                seq.grammar = Grammar(constraint, self.grammars.vocab_size, thinking)
         self.requests[request_id] = _Request(request_id, text, token_ids, params, seqs, arrival)
         self.output_processor.add_request(request_id, token_ids, params)
         for seq in seqs:

@@ -8,6 +8,11 @@ matcher fills a packed bitmask of the tokens allowed next (one bit per
 vocabulary entry, int32 words), which the sampler applies with the other
 logit adjustments; when the grammar is complete only stop tokens remain, so
 the sequence ends with EOS (or is ended, under ignore_eos).
+
+A reasoning model thinks first: with `Thinking`, the constraint waits until
+</think> (a reply that may open with <think> gets that token allowed beside
+the constraint's first ones), so the model reasons freely and only its answer
+is held to the format.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence as Seq
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -32,33 +38,59 @@ class InvalidConstraint(ValueError):
     """A structured output's schema, regex or grammar that cannot be compiled."""
 
 
-class Grammar:
-    """One sequence's place in its constraint."""
+@dataclass(frozen=True)
+class Thinking:
+    """A reasoning model's thinking, which a constraint waits out: the ids of its <think> and
+    </think> tokens, and where the reply starts: inside it (the prompt opened it), where it
+    may open it, or after it (the prompt closed it, as enable_thinking=False templates do)."""
 
-    def __init__(self, compiled: xgr.CompiledGrammar, vocab_size: int) -> None:
+    start_token: int
+    end_token: int
+    state: Literal["inside", "may_open", "done"]
+
+
+class Grammar:
+    """One sequence's place in its constraint (and in its thinking, which comes first)."""
+
+    def __init__(self, compiled: xgr.CompiledGrammar, vocab_size: int, thinking: Thinking | None = None) -> None:
         import xgrammar as xgr
 
         self._matcher = xgr.GrammarMatcher(compiled)
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+        self._thinking = thinking
+        self._phase = thinking.state if thinking is not None else "done"
 
-    def allowed_tokens(self) -> torch.Tensor:
-        """The packed bitmask (int32 words, bit t of the vocabulary) of the tokens allowed next."""
+    def allowed_tokens(self) -> torch.Tensor | None:
+        """The packed bitmask (int32 words, bit t of the vocabulary) of the tokens allowed next;
+        None while the model thinks (anything goes)."""
+        if self._phase == "inside":
+            return None
         self._matcher.fill_next_token_bitmask(self._bitmask, 0)
-        return self._bitmask[0]
+        words = self._bitmask[0]
+        if self._phase == "may_open":
+            token = self._thinking.start_token
+            words = words.clone()
+            bit = 1 << (token % 32)
+            words[token // 32] |= bit - (1 << 32) if bit >= 1 << 31 else bit  # int32 words: bit 31 is the sign
+        return words
 
     def accept(self, token: int) -> bool:
         """Advances past `token`; False if the grammar does not allow it."""
+        if self._phase == "may_open":
+            if token == self._thinking.start_token:
+                self._phase = "inside"
+                return True
+            self._phase = "done"
+        if self._phase == "inside":
+            if token == self._thinking.end_token:
+                self._phase = "done"
+            return True
         return self._matcher.accept_token(token)
 
     @property
     def is_terminated(self) -> bool:
         """The text is complete and a stop token was accepted."""
-        return self._matcher.is_terminated()
-
-    @property
-    def is_complete(self) -> bool:
-        """The text so far is a whole sentence of the language (only stop tokens may follow)."""
-        return self._matcher.is_completed()
+        return self._phase == "done" and self._matcher.is_terminated()
 
 
 class GrammarCompiler:

@@ -21,6 +21,18 @@ REASONING_PARSERS = ("qwen3", "deepseek_r1")
 """--reasoning-parser names; both families write the same tags, so one reader serves them."""
 
 
+def think_tokens(vocab: dict[str, int]) -> tuple[int, int] | None:
+    """The ids of <think> and </think> when the vocabulary has each as one token (Qwen3, R1)."""
+    if THINK_START in vocab and THINK_END in vocab:
+        return vocab[THINK_START], vocab[THINK_END]
+    return None
+
+
+def prompt_closes_reasoning(prompt_tail: str) -> bool:
+    """Whether the template closed an empty thinking block (enable_thinking=False): the reply is the answer."""
+    return prompt_tail.rstrip().endswith(THINK_END)
+
+
 def prompt_opens_reasoning(prompt_tail: str) -> bool:
     """Whether the rendered prompt already opened the thinking (newer Qwen3 and
     R1 templates end the generation prompt with <think>), so the reply starts

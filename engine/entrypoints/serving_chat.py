@@ -41,7 +41,13 @@ from pagoda.engine.entrypoints.serving_engine import (
     RequestContext,
     bad_request,
 )
-from pagoda.engine.entrypoints.reply import ReplyParser, ThinkParser, prompt_opens_reasoning
+from pagoda.engine.entrypoints.reply import (
+    ReplyParser,
+    ThinkParser,
+    prompt_closes_reasoning,
+    prompt_opens_reasoning,
+    think_tokens,
+)
 from pagoda.engine.entrypoints.tool_parsers import (
     AUTO_PARSERS,
     CallPiece,
@@ -50,6 +56,7 @@ from pagoda.engine.entrypoints.tool_parsers import (
     ToolCallParser,
 )
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from pagoda.engine.structured_output import Thinking
 
 
 def _top(lp: Logprob) -> ChatTopLogprob:
@@ -98,6 +105,8 @@ class OpenAIServingChat(OpenAIServing):
         super().__init__(engine, tokenizer, served_model_name, tokenizer_pool)
         self.tool_parser = tool_parser  # the format of tool_choice "auto" calls; None: auto is refused
         self.reasoning_parser = reasoning_parser  # None: thinking stays in the content
+        # With a reasoning parser, constraints wait for the end of the thinking (when its tags are tokens).
+        self.think_tokens = think_tokens(tokenizer.get_vocab()) if reasoning_parser is not None else None
 
     async def create_chat_completion(self, request: ChatCompletionRequest, raw_request: Request) -> Response:
         arrival = time.monotonic()
@@ -115,15 +124,19 @@ class OpenAIServingChat(OpenAIServing):
             token_ids = await self.render_chat(messages, request.add_generation_prompt, request.template_kwargs())
         except ValueError as exc:
             raise bad_request(exc, request, "messages") from None
-        in_reasoning = False
+        in_reasoning, thinking = False, None
         if self.reasoning_parser is not None:
             tail = await self.run_tokenizer(self.tokenizer.decode, token_ids[-8:])
             in_reasoning = prompt_opens_reasoning(tail)
+            if self.think_tokens is not None:
+                state = "inside" if in_reasoning else "done" if prompt_closes_reasoning(tail) else "may_open"
+                thinking = Thinking(*self.think_tokens, state)
 
         def new_choice() -> ChoiceState:
             return ChoiceState(reply=self._new_reply(request, in_reasoning))
 
-        return await self.generate(raw_request, request, [Prompt(token_ids)], arrival, "messages", new_choice)
+        return await self.generate(raw_request, request, [Prompt(token_ids)], arrival, "messages", new_choice,
+                                   thinking)
 
     def _new_reply(self, request: ChatCompletionRequest, in_reasoning: bool) -> ReplyParser | None:
         """The reader of one choice's reply; None when the text is all content."""

@@ -34,7 +34,7 @@ from pagoda.engine.entrypoints.protocol import (
 from pagoda.engine.entrypoints.reply import ReplyParser
 from pagoda.engine.lora import LoRARequest
 from pagoda.engine.outputs import RequestOutput
-from pagoda.engine.structured_output import InvalidConstraint
+from pagoda.engine.structured_output import InvalidConstraint, Thinking
 from pagoda.engine.tokenizer import apply_chat_template
 
 logger = logging.getLogger("pagoda.requests")
@@ -133,6 +133,7 @@ class RequestContext:
     status: str = "aborted"
     new_choice: Callable[[], ChoiceState] = ChoiceState  # each choice's state, as the endpoint sets it up
     lora_request: LoRARequest | None = None  # the adapter the request named as its model
+    thinking: Thinking | None = None  # a reasoning model's thinking, which a constraint waits out
 
     def usage(self) -> UsageInfo:
         prompt = sum(len(p.token_ids) for p in self.prompts)
@@ -254,7 +255,7 @@ class OpenAIServing:
                 raise bad_request(exc, ctx.request, prompt_field) from None
             requests.append(EngineRequest(f"{ctx.request_id}-{i}", prompt.token_ids, params, prompt.text, ctx.arrival,
                                           ctx.lora_request, ctx.request.cache_salt,
-                                          priority=ctx.request.priority))
+                                          priority=ctx.request.priority, thinking=ctx.thinking))
         return requests
 
     def _submit(self, requests: list[EngineRequest]) -> OutputStream:
@@ -272,13 +273,13 @@ class OpenAIServing:
 
     async def generate(
         self, raw_request: Request, request: _SamplingRequest, prompts: list[Prompt], arrival: float,
-        prompt_field: str, new_choice: Callable[[], ChoiceState] = ChoiceState,
+        prompt_field: str, new_choice: Callable[[], ChoiceState] = ChoiceState, thinking: Thinking | None = None,
     ) -> Response:
         """Validates, queues, and answers with a JSON body or an SSE stream."""
         lora = self.check_model(request.model)
         ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", self.endpoint,
                              lora.name if lora else self.served_model_name, request, prompts, arrival,
-                             new_choice=new_choice, lora_request=lora)
+                             new_choice=new_choice, lora_request=lora, thinking=thinking)
         if request.has_constraint:
             # Compiling a constraint (a large JSON Schema: many milliseconds) must not stall other streams.
             engine_requests = await self.run_tokenizer(self._engine_requests, ctx, prompt_field)

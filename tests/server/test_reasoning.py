@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pathlib
 import random
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -95,3 +96,57 @@ def test_without_a_reasoning_parser_thinking_is_content(model_dir: pathlib.Path)
         reply = create_reply(client_of(plain), False, tools=None, max_tokens=256,
                              extra_body={"structured_outputs": {"regex": THOUGHT + r"It is sunny\."}})
     assert reply == ("<think>\nThe user asks about Paris.\n</think>\n\nIt is sunny.", [], "stop", None)
+
+
+# ---- structured outputs wait for the thinking ----------------------------------------------------
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["answer"],
+          "properties": {"answer": {"enum": ["yes", "no"]}}}
+JSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA}}
+
+
+@pytest.fixture(scope="module")
+def thinking_model(model_dir: pathlib.Path, tmp_path_factory) -> tuple[pathlib.Path, int, int]:
+    """The fixture model with <think> and </think> as tokens and Qwen3's thinking switches in its
+    template: enable_thinking=false closes an empty block in the prompt, open_thinking opens one."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("thinking") / "model"
+    shutil.copytree(model_dir, path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer.add_tokens(["<think>", "</think>"])
+    prompt = "{{- '<|im_start|>assistant\\n' }}"
+    assert prompt in tokenizer.chat_template
+    tokenizer.chat_template = tokenizer.chat_template.replace(prompt, prompt + (
+        "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+        "{%- elif open_thinking is defined and open_thinking %}{{- '<think>\\n' }}{%- endif %}"))
+    tokenizer.save_pretrained(str(path))
+    vocab = tokenizer.get_vocab()
+    return path, vocab["<think>"], vocab["</think>"]
+
+
+@pytest.fixture(scope="module")
+def thinking_server(thinking_model) -> Iterator[RunningServer]:
+    with serve_in_thread(tool_server_args(thinking_model[0], "--reasoning-parser", "qwen3")) as running:
+        yield running
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("case", ["prompt-opens", "may-open", "disabled"])
+def test_constraint_starts_after_thinking(thinking_server: RunningServer, thinking_model, case: str,
+                                          stream: bool) -> None:
+    """The answer follows the schema while the thinking before it is free: the model reasons, then
+    answers. Biases steer the random weights: toward </think> (a few tokens in) and, where the
+    reply may open with <think>, toward that too; the constraint masks both once it applies."""
+    _, start, end = thinking_model
+    kwargs = {"prompt-opens": {"open_thinking": True}, "may-open": {}, "disabled": {"enable_thinking": False}}[case]
+    bias = {str(end): 6.0} if case == "prompt-opens" else {str(start): 50.0, str(end): 60.0}
+    reply = create_reply(client_of(thinking_server), stream, tools=None, max_tokens=200, temperature=1.0, seed=4,
+                         logit_bias=bias, response_format=JSON_FORMAT,
+                         extra_body={"chat_template_kwargs": kwargs})
+    assert reply.finish == "stop" and json.loads(reply.content)["answer"] in {"yes", "no"}
+    if case == "prompt-opens":
+        assert reply.reasoning and "</think>" not in reply.reasoning  # it thought, freely, before answering
+    else:
+        assert reply.reasoning is None  # an empty block (may-open) or none at all (disabled)
+    thinking_server.wait_idle()
