@@ -48,8 +48,6 @@ class EngineConfig:
             (self.scheduling_policy in SCHEDULING_POLICIES,
              f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}"),
             (self.max_loras >= 1 and self.max_lora_rank >= 1, "max_loras and max_lora_rank must be >= 1"),
-            (not (self.enable_lora and self.tensor_parallel_size > 1),
-             "LoRA adapters are not served with tensor parallelism yet: use tensor_parallel_size 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -118,24 +118,28 @@ def read_adapter(request: LoRARequest, packed_modules: dict[str, tuple[str, Any]
 
 
 class LayerLoRA:
-    """The slots of one projection: A [parts, slots, rank, in] and, per part, B [columns, slots, rank]."""
+    """The slots of one projection: A [parts, slots, rank, in] and, per part, B [columns, slots, rank],
+    each holding this rank's share (the projection's `lora_shard` says which)."""
 
-    def __init__(self, slots: LoRASlots, in_features: int, parts: list[Part]) -> None:
+    def __init__(self, slots: LoRASlots, module: nn.Module) -> None:
         self.slots = slots
-        self.in_features = in_features
-        self.parts = parts
+        self.in_features = module.lora_in_features
+        self.parts: list[Part] = module.lora_parts()
+        self.shard = module.lora_shard
         n, r = slots.max_loras, slots.max_rank
-        self.a = torch.zeros(len(parts), n, r, in_features, dtype=slots.dtype, device=slots.device)
-        self.b = [torch.zeros(size, n, r, dtype=slots.dtype, device=slots.device) for _, _, size in parts]
+        self.a = torch.zeros(len(self.parts), n, r, self.in_features, dtype=slots.dtype, device=slots.device)
+        self.b = [torch.zeros(size, n, r, dtype=slots.dtype, device=slots.device) for _, _, size in self.parts]
 
     def part_index(self, part: Any) -> int | None:
         return next((i for i, (pid, _, _) in enumerate(self.parts) if pid == part), None)
 
     def load(self, slot: int, part: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
-        """Puts one part of an adapter in `slot`; None clears it (the adapter leaves this part alone)."""
+        """Puts this rank's share of one part of an adapter in `slot`; None clears it (the adapter
+        leaves this part alone)."""
         self.a[part, slot].zero_()
         self.b[part][:, slot].zero_()
         if a is not None and b is not None:
+            a, b = self.shard(self.parts[part][0], a, b)
             self.a[part, slot, : a.shape[0]].copy_(a)
             self.b[part][:, slot, : b.shape[1]].copy_(b)
 
@@ -153,7 +157,12 @@ class LayerLoRA:
 
 
 class LoRASlots:
-    """The device side: which adapter sits in which slot, and the current step's mask."""
+    """The device side of one rank: which adapter sits in which slot, and the current step's mask.
+
+    With tensor parallelism the driver decides (`plan`) and loads its share; the step carries
+    the loads and the per-token slots to the workers, which load theirs (`load`) and set the
+    same mask (`set_mask`).
+    """
 
     def __init__(self, model: nn.Module, max_loras: int, max_rank: int, dtype: torch.dtype,
                  device: torch.device) -> None:
@@ -162,9 +171,8 @@ class LoRASlots:
         self.max_loras, self.max_rank, self.dtype, self.device = max_loras, max_rank, dtype, device
         self.layers: dict[str, LayerLoRA] = {}
         for name, module in model.named_modules():
-            parts = getattr(module, "lora_parts", None)
-            if parts is not None:
-                module.lora = self.layers[name] = LayerLoRA(self, module.lora_in_features, parts())
+            if hasattr(module, "lora_parts"):
+                module.lora = self.layers[name] = LayerLoRA(self, module)
         self._resident: list[LoRAAdapter | None] = [None] * max_loras
         self._last_used = [0] * max_loras
         self._clock = 0
@@ -177,47 +185,53 @@ class LoRASlots:
                              f"{self.max_rank}")
         for (module, part), (a, b) in adapter.weights.items():
             layer = self.layers.get(module)
-            index = layer.part_index(part) if layer is not None else None
-            if index is None:
+            if layer is None or layer.part_index(part) is None:
                 raise ValueError(f"LoRA adapter {adapter.name!r} targets {module} ({part}), which takes no adapter "
                                  "here (supported: the attention and MLP projections)")
-            size = layer.parts[index][2]
-            if a.shape[1] != layer.in_features or b.shape[0] != size:
-                raise ValueError(f"LoRA adapter {adapter.name!r}: {module} has shapes {tuple(a.shape)}, "
-                                 f"{tuple(b.shape)}, which do not fit the model ({layer.in_features} in, {size} out)")
+            try:
+                layer.shard(part, a, b)
+            except ValueError as exc:
+                raise ValueError(f"LoRA adapter {adapter.name!r}: {module} {exc}") from None
 
-    def _place(self, adapter: LoRAAdapter, in_use: set[int]) -> int:
-        for slot, resident in enumerate(self._resident):
-            if resident is adapter:
-                return slot
-        # The least recently used slot that this step does not need.
-        slot = min((s for s in range(self.max_loras) if s not in in_use), key=self._last_used.__getitem__)
+    def load(self, slot: int, adapter: LoRAAdapter) -> None:
+        """Puts an adapter (this rank's share of it) in `slot`."""
         for name, layer in self.layers.items():
             for i, (part, _, _) in enumerate(layer.parts):
                 a, b = adapter.weights.get((name, part), (None, None))
                 layer.load(slot, i, a, b)
         self._resident[slot] = adapter
-        return slot
 
-    def prepare(self, adapters: list[tuple[LoRAAdapter | None, int]]) -> None:
-        """Sets the mask for a step: (adapter or None, number of tokens) per scheduled sequence, in order.
-
-        The scheduler admits at most max_loras distinct adapters, so every one finds a slot.
-        """
+    def plan(self, adapters: list[tuple[LoRAAdapter | None, int]]) -> tuple[list[int], list[tuple[int, LoRAAdapter]]]:
+        """A step's slots: (adapter or None, number of tokens) per scheduled sequence, in order, give
+        the slot of every token (-1: none; an empty list when no token has an adapter) and the
+        adapters this step loaded into slots (least recently used first). The scheduler admits at
+        most max_loras distinct adapters, so every one finds a slot."""
         if all(adapter is None for adapter, _ in adapters):
-            self.mask = None
-            return
+            return [], []
         self._clock += 1
         slots: dict[int, int] = {}
+        loads: list[tuple[int, LoRAAdapter]] = []
         for adapter, _ in adapters:
-            if adapter is not None and id(adapter) not in slots:
-                slots[id(adapter)] = self._place(adapter, set(slots.values()))
-                self._last_used[slots[id(adapter)]] = self._clock
-        per_token = torch.tensor(
-            [slots[id(adapter)] if adapter is not None else -1 for adapter, n in adapters for _ in range(n)],
-            device=self.device,
-        )
-        onehot = per_token[:, None] == torch.arange(self.max_loras, device=self.device)[None, :]
+            if adapter is None or id(adapter) in slots:
+                continue
+            slot = next((s for s, resident in enumerate(self._resident) if resident is adapter), None)
+            if slot is None:
+                in_use = set(slots.values())
+                slot = min((s for s in range(self.max_loras) if s not in in_use), key=self._last_used.__getitem__)
+                self.load(slot, adapter)
+                loads.append((slot, adapter))
+            slots[id(adapter)] = slot
+            self._last_used[slot] = self._clock
+        per_token = [slots[id(adapter)] if adapter is not None else -1 for adapter, n in adapters for _ in range(n)]
+        return per_token, loads
+
+    def set_mask(self, per_token: list[int]) -> None:
+        """The step's mask from every token's slot; none (the LoRA path skipped) for an empty list."""
+        if not per_token:
+            self.mask = None
+            return
+        slots = torch.tensor(per_token, device=self.device)
+        onehot = slots[:, None] == torch.arange(self.max_loras, device=self.device)[None, :]
         self.mask = onehot.to(self.dtype).repeat_interleave(self.max_rank, dim=1)
 
     def forget(self, adapter: LoRAAdapter) -> None:

@@ -19,7 +19,7 @@ from pagoda.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from pagoda.engine.cuda_graphs import decode_forward
 from pagoda.engine.distributed import agree_min, tp_size
 from pagoda.engine.layers.attention import bind_kv_cache
-from pagoda.engine.lora import LoRASlots
+from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.loader import build_model
 from pagoda.engine.sampler import Sampler, SamplingRow, token_logprobs
@@ -178,6 +178,11 @@ class ModelRunner:
         inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows)
         return inputs, samplers, prompt_chunks, pooled
 
+    def load_loras(self, loads: list[tuple[int, str, str]]) -> None:
+        """A worker's side of the driver's LoRA placements: each adapter read from its path into its slot."""
+        for slot, name, path in loads:
+            self.lora.load(slot, read_adapter(LoRARequest(name, path), getattr(self.model, "packed_modules", {})))
+
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
         params = seq.params
         suppressed: tuple[int, ...] = ()
@@ -192,6 +197,8 @@ class ModelRunner:
         """Runs the model on a step: float32 logits of its logit rows, and every row's final hidden
         state (every rank runs this)."""
         ids, pos, meta = inputs.to_device(self.device)
+        if self.lora is not None:
+            self.lora.set_mask(inputs.lora_slots)
         # Steps with adapters run eagerly: the decode graphs were captured without them.
         eager = self.lora is not None and self.lora.mask is not None
         hidden = self.model(ids, pos, meta) if eager else self.forward(ids, pos, meta)
@@ -204,7 +211,8 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput) -> StepResult:
         inputs, samplers, prompt_chunks, pooled = self._build_inputs(sched)
         if self.lora is not None:
-            self.lora.prepare([(seq.lora, n) for seq, n in sched.scheduled])
+            inputs.lora_slots, loads = self.lora.plan([(seq.lora, n) for seq, n in sched.scheduled])
+            inputs.lora_loads = [(slot, adapter.name, adapter.path) for slot, adapter in loads]
         if self.tp_group is not None:
             self.tp_group.broadcast(inputs)
         logits, hidden = self.forward_logits(inputs)

@@ -9,13 +9,14 @@ build its device tensors itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import torch
 
 from pagoda.engine.attention import AttentionMetadata
 
-_HEADER = 5  # num_tokens, num_seqs, max_blocks, num_decodes, num_logit_rows
+_HEADER = 7  # num_tokens, num_seqs, max_blocks, num_decodes, num_logit_rows, num_lora_slots, lora_loads_bytes
 
 
 @dataclass
@@ -30,6 +31,10 @@ class StepInputs:
     # Rows of the step's hidden states whose logits are needed: sampling rows and
     # prompt-logprob rows, in the order the runner consumes them.
     logit_rows: list[int]
+    # LoRA: every token's adapter slot (-1: none; empty when no token has one), and the
+    # (slot, name, path) of adapters the driver put in slots for this step, which workers load too.
+    lora_slots: list[int] = field(default_factory=list)
+    lora_loads: list[tuple[int, str, str]] = field(default_factory=list)
 
     def to_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         qsl = [0]
@@ -53,17 +58,21 @@ class StepInputs:
     def pack(self) -> torch.Tensor:
         """One flat int64 CPU tensor: a header of sizes, then every list."""
         max_blocks = len(self.block_tables[0]) if self.block_tables else 0
-        header = [len(self.input_ids), len(self.seq_lens), max_blocks, self.num_decodes, len(self.logit_rows)]
+        loads = json.dumps(self.lora_loads).encode() if self.lora_loads else b""
+        header = [len(self.input_ids), len(self.seq_lens), max_blocks, self.num_decodes, len(self.logit_rows),
+                  len(self.lora_slots), len(loads)]
         flat = [*header, *self.input_ids, *self.positions, *self.slots, *self.query_lens, *self.seq_lens]
         for row in self.block_tables:
             flat.extend(row)
         flat.extend(self.logit_rows)
+        flat.extend(self.lora_slots)
+        flat.extend(loads)
         return torch.tensor(flat, dtype=torch.long)
 
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> StepInputs:
         values = packed.tolist()
-        num_tokens, num_seqs, max_blocks, num_decodes, num_rows = values[:_HEADER]
+        num_tokens, num_seqs, max_blocks, num_decodes, num_rows, num_lora_slots, loads_bytes = values[:_HEADER]
         pos = _HEADER
 
         def take(n: int) -> list[int]:
@@ -74,4 +83,6 @@ class StepInputs:
         input_ids, positions, slots = take(num_tokens), take(num_tokens), take(num_tokens)
         query_lens, seq_lens = take(num_seqs), take(num_seqs)
         tables = [take(max_blocks) for _ in range(num_seqs)]
-        return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, take(num_rows))
+        rows, lora_slots = take(num_rows), take(num_lora_slots)
+        loads = [tuple(load) for load in json.loads(bytes(take(loads_bytes)))] if loads_bytes else []
+        return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, rows, lora_slots, loads)

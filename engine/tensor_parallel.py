@@ -95,7 +95,10 @@ def _worker_main(rank: int, size: int, port: int, config: EngineConfig, model_co
     control = _init_process(rank, size, port, device)
     runner = ModelRunner(config, model_config, eos_token_ids=(), device=device)
     while (payload := _broadcast_step(None, control)) is not None:
-        runner.forward_logits(StepInputs.unpack(payload))
+        inputs = StepInputs.unpack(payload)
+        if inputs.lora_loads:
+            runner.load_loras(inputs.lora_loads)
+        runner.forward_logits(inputs)
     dist.destroy_process_group()
 
 

@@ -259,8 +259,6 @@ class LLMDeploymentSpec(_Model):
         rule("!has(self.adapters) || !has(self.model.servedName) "
              "|| self.adapters.all(a, a.name != self.model.servedName)",
              "adapters[].name must differ from model.servedName"),
-        rule("!has(self.adapters) || size(self.adapters) == 0 || self.engine.tensorParallelSize == 1",
-             "adapters are served with engine.tensorParallelSize 1 only"),
     ))
 
     model: ModelSpec

@@ -45,12 +45,29 @@ class ColumnParallelLinear(nn.Module):
         self.lora_in_features = in_features
         self.lora: LayerLoRA | None = None
 
-    def lora_parts(self) -> list[Part]:
-        return [(None, 0, self.out_features_per_rank)]
+    part_ids: tuple[Any, ...] = (None,)
 
-    def weight_loader(self, param: nn.Parameter, src: Any) -> None:
-        size = param.shape[0]
-        copy_into(param, read_shard(src, 0, tp_rank() * size, size))
+    def rows(self, part: Any) -> tuple[int, int, int, int]:
+        """Where a part's rows go in this rank's weight and come from in the full one:
+        (offset here, rows here, first row in the checkpoint, rows in the checkpoint)."""
+        size = self.out_features_per_rank
+        return 0, size, tp_rank() * size, size * tp_size()
+
+    def weight_loader(self, param: nn.Parameter, src: Any, shard_id: Any = None) -> None:
+        offset, size, start, _ = self.rows(shard_id)
+        copy_into(param.data.narrow(0, offset, size), read_shard(src, 0, start, size))
+
+    def lora_parts(self) -> list[Part]:
+        return [(part, *self.rows(part)[:2]) for part in self.part_ids]
+
+    def lora_shard(self, part: Any, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of an adapter's A [rank, in] and B [out, rank]: B's rows, as the weight's;
+        ValueError for matrices that do not fit the full projection."""
+        _, size, start, full = self.rows(part)
+        if a.shape[1] != self.in_features or b.shape[0] != full:
+            raise ValueError(f"shapes {tuple(a.shape)}, {tuple(b.shape)} do not fit the projection "
+                             f"({self.in_features} in, {full} out)")
+        return a, b[start : start + size]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.linear(x, self.weight, self.bias)
@@ -62,25 +79,24 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False) -> None:
         self.output_sizes = output_sizes
+        self.part_ids = tuple(range(len(output_sizes)))
         super().__init__(in_features, sum(output_sizes), bias)
 
-    def lora_parts(self) -> list[Part]:
-        sizes = [size // tp_size() for size in self.output_sizes]
-        return [(i, sum(sizes[:i]), size) for i, size in enumerate(sizes)]
-
-    def weight_loader(self, param: nn.Parameter, src: Any, shard_id: int) -> None:  # type: ignore[override]
-        size = self.output_sizes[shard_id] // tp_size()
-        offset = sum(self.output_sizes[:shard_id]) // tp_size()
-        copy_into(param.data.narrow(0, offset, size), read_shard(src, 0, tp_rank() * size, size))
+    def rows(self, part: int) -> tuple[int, int, int, int]:
+        size = self.output_sizes[part] // tp_size()
+        return sum(self.output_sizes[:part]) // tp_size(), size, tp_rank() * size, self.output_sizes[part]
 
 
 class QKVParallelLinear(ColumnParallelLinear):
     """The fused q/k/v projection; heads split across ranks, KV heads replicated when fewer than ranks."""
 
+    part_ids = ("q", "k", "v")
+
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False) -> None:
         tp = tp_size()
         self.head_dim = head_dim
         self.num_heads = _divide(num_heads, tp, "attention heads")
+        self.total_kv_heads = num_kv_heads
         if num_kv_heads >= tp:
             self.num_kv_heads = _divide(num_kv_heads, tp, "key/value heads")
             self.kv_replicas = 1
@@ -90,19 +106,13 @@ class QKVParallelLinear(ColumnParallelLinear):
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, out, bias)
 
-    def lora_parts(self) -> list[Part]:
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        return [("q", 0, q_size), ("k", q_size, kv_size), ("v", q_size + kv_size, kv_size)]
-
-    def weight_loader(self, param: nn.Parameter, src: Any, shard_id: str) -> None:  # type: ignore[override]
+    def rows(self, part: str) -> tuple[int, int, int, int]:
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
-        if shard_id == "q":
-            offset, size, start = 0, q_size, tp_rank() * q_size
-        else:
-            offset = q_size if shard_id == "k" else q_size + kv_size
-            size, start = kv_size, (tp_rank() // self.kv_replicas) * kv_size
-        copy_into(param.data.narrow(0, offset, size), read_shard(src, 0, start, size))
+        if part == "q":
+            return 0, q_size, tp_rank() * q_size, q_size * tp_size()
+        offset = q_size if part == "k" else q_size + kv_size
+        return offset, kv_size, (tp_rank() // self.kv_replicas) * kv_size, self.total_kv_heads * self.head_dim
 
 
 class RowParallelLinear(nn.Module):
@@ -123,6 +133,15 @@ class RowParallelLinear(nn.Module):
 
     def lora_parts(self) -> list[Part]:
         return [(None, 0, self.weight.shape[0])]
+
+    def lora_shard(self, part: Any, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of an adapter's A and B: A's columns, as the weight's (B is whole: its
+        partial sum joins the all-reduce)."""
+        size = self.in_features_per_rank
+        if a.shape[1] != size * tp_size() or b.shape[0] != self.weight.shape[0]:
+            raise ValueError(f"shapes {tuple(a.shape)}, {tuple(b.shape)} do not fit the projection "
+                             f"({size * tp_size()} in, {self.weight.shape[0]} out)")
+        return a[:, tp_rank() * size : (tp_rank() + 1) * size], b
 
     def weight_loader(self, param: nn.Parameter, src: Any) -> None:
         size = param.shape[1]

@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pagoda.engine.config import EngineConfig
 from pagoda.engine.fixtures import make_tiny_lora
 from pagoda.engine.llm import LLM
 from pagoda.engine.lora import LoRARequest
@@ -154,5 +153,25 @@ def test_lora_needs_enabling(setup) -> None:
     llm = LLM(str(base), dtype="float32", block_size=4)
     with pytest.raises(ValueError, match="not enabled"):
         llm.generate(PROMPTS[0], GREEDY, lora_request=LoRARequest("full", str(adapters["full"])))
-    with pytest.raises(ValueError, match="tensor parallelism"):
-        EngineConfig(model=str(base), enable_lora=True, tensor_parallel_size=2)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_adapters_under_tensor_parallelism(setup, tp: int) -> None:
+    """Each rank holds its share of every adapter (B's rows of column-parallel projections, A's
+    columns of row-parallel ones, k/v rows of replicated KV heads at tp=4); workers load the
+    adapters the driver placed, from the step it ships them."""
+    base, adapters, merged = setup
+    per_prompt = [LoRARequest("full", str(adapters["full"])), None, LoRARequest("attn", str(adapters["attn"]))]
+    llm = LLM(str(base), dtype="float32", block_size=4, tensor_parallel_size=tp, enable_lora=True, max_loras=2,
+              max_lora_rank=8)
+    try:
+        outs = llm.generate(PROMPTS, GREEDY, lora_request=per_prompt)
+    finally:
+        llm.engine.shutdown()
+    references = {"full": run(LLM(str(merged["full"]), dtype="float32", block_size=4), None),
+                  "attn": run(LLM(str(merged["attn"]), dtype="float32", block_size=4), None),
+                  None: run(LLM(str(base), dtype="float32", block_size=4), None)}
+    for i, (out, lora) in enumerate(zip(outs, per_prompt)):
+        c = out.outputs[0]
+        logprobs = [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)]
+        assert_same([(c.token_ids, logprobs)], [references[lora.name if lora else None][i]])

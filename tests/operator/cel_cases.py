@@ -44,9 +44,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("adapter-named-like-the-model", manifest(model={"source": "hf://org/m", "servedName": "m"},
                                               adapters=[{"name": "m", "source": "hf://org/a"}]),
      "adapters[].name must differ from model.servedName"),
-    ("adapters-with-tensor-parallelism", manifest(engine={"tensorParallelSize": 2},
-                                                  adapters=[{"name": "sql", "source": "hf://org/a"}]),
-     "adapters are served with engine.tensorParallelSize 1 only"),
+
     ("autoscaling-without-bounds", manifest(autoscaling={"enabled": True}),
      "autoscaling.enabled requires both autoscaling.minReplicas and autoscaling.maxReplicas"),
     ("min-above-max", manifest(autoscaling={"enabled": True, "minReplicas": 4, "maxReplicas": 2}),
