@@ -201,11 +201,14 @@ class LoRASlots:
                 layer.load(slot, i, a, b)
         self._resident[slot] = adapter
 
-    def plan(self, adapters: list[tuple[LoRAAdapter | None, int]]) -> tuple[list[int], list[tuple[int, LoRAAdapter]]]:
+    def plan(
+        self, adapters: list[tuple[LoRAAdapter | None, int]], keep: frozenset[LoRAAdapter] = frozenset(),
+    ) -> tuple[list[int], list[tuple[int, LoRAAdapter]]]:
         """A step's slots: (adapter or None, number of tokens) per scheduled sequence, in order, give
         the slot of every token (-1: none; an empty list when no token has an adapter) and the
-        adapters this step loaded into slots (least recently used first). The scheduler admits at
-        most max_loras distinct adapters, so every one finds a slot."""
+        adapters this step loaded into slots: into the least recently used slot whose adapter is
+        not in `keep` (those of running sequences this step leaves out), else the least recently
+        used. The scheduler admits at most max_loras distinct adapters, so every one finds a slot."""
         if all(adapter is None for adapter, _ in adapters):
             return [], []
         self._clock += 1
@@ -216,8 +219,8 @@ class LoRASlots:
                 continue
             slot = next((s for s, resident in enumerate(self._resident) if resident is adapter), None)
             if slot is None:
-                in_use = set(slots.values())
-                slot = min((s for s in range(self.max_loras) if s not in in_use), key=self._last_used.__getitem__)
+                free = [s for s in range(self.max_loras) if s not in slots.values()]
+                slot = min(free, key=lambda s: (self._resident[s] in keep, self._last_used[s]))
                 self.load(slot, adapter)
                 loads.append((slot, adapter))
             slots[id(adapter)] = slot

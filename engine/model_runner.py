@@ -211,7 +211,8 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput) -> StepResult:
         inputs, samplers, prompt_chunks, pooled = self._build_inputs(sched)
         if self.lora is not None:
-            inputs.lora_slots, loads = self.lora.plan([(seq.lora, n) for seq, n in sched.scheduled])
+            inputs.lora_slots, loads = self.lora.plan([(seq.lora, n) for seq, n in sched.scheduled],
+                                                      sched.running_adapters)
             inputs.lora_loads = [(slot, adapter.name, adapter.path) for slot, adapter in loads]
         if self.tp_group is not None:
             self.tp_group.broadcast(inputs)

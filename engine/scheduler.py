@@ -18,10 +18,14 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pagoda.engine.block_manager import BlockManager
 from pagoda.engine.config import SCHEDULING_POLICIES
 from pagoda.engine.sequence import FinishReason, Sequence, SequenceStatus
+
+if TYPE_CHECKING:
+    from pagoda.engine.lora import LoRAAdapter
 
 
 @dataclass
@@ -29,6 +33,8 @@ class SchedulerOutput:
     # (sequence, number of new tokens), decodes (one new token) first.
     scheduled: list[tuple[Sequence, int]] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    # LoRA adapters of every running sequence, scheduled this step or not: their slots are best kept.
+    running_adapters: frozenset[LoRAAdapter] = frozenset()
 
     @property
     def num_batched_tokens(self) -> int:
@@ -119,6 +125,7 @@ class Scheduler:
             out.scheduled.append((seq, num_new))
             budget -= num_new
         self.waiting.extendleft(reversed(passed))
+        out.running_adapters = frozenset(adapters)
         out.scheduled.sort(key=lambda item: item[1] != 1)
         return out
 

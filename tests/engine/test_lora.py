@@ -175,3 +175,22 @@ def test_adapters_under_tensor_parallelism(setup, tp: int) -> None:
         c = out.outputs[0]
         logprobs = [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)]
         assert_same([(c.token_ids, logprobs)], [references[lora.name if lora else None][i]])
+
+
+def test_slots_of_running_adapters_are_kept(setup, tmp_path) -> None:
+    """A new adapter takes the least recently used slot whose adapter no running sequence needs,
+    not the slot of an adapter whose sequences only sat this step out (they would reload it)."""
+    base, adapters, _ = setup
+    llm = LLM(str(base), dtype="float32", block_size=4, enable_lora=True, max_loras=2, max_lora_rank=8)
+    full = llm.engine.add_lora(LoRARequest("full", str(adapters["full"])))
+    attn = llm.engine.add_lora(LoRARequest("attn", str(adapters["attn"])))
+    third = llm.engine.add_lora(LoRARequest("third", str(make_tiny_lora(base, tmp_path / "third", rank=2, seed=3))))
+    slots = llm.engine.runner.lora
+    per_token, loads = slots.plan([(full, 2), (None, 1), (attn, 1)])
+    assert per_token == [0, 0, -1, 1] and [(s, a.name) for s, a in loads] == [(0, "full"), (1, "attn")]
+    slots.plan([(attn, 1)])  # "full" is now the least recently used
+    _, loads = slots.plan([(third, 1)], keep=frozenset({full}))
+    assert [(s, a.name) for s, a in loads] == [(1, "third")]  # not full's slot 0: its sequences still run
+    _, loads = slots.plan([(attn, 1)], keep=frozenset())
+    assert [(s, a.name) for s, a in loads] == [(0, "attn")]  # nothing to keep: least recently used
+    assert slots.plan([(None, 3)]) == ([], [])
