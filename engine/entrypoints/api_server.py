@@ -245,6 +245,8 @@ def build_app(settings: ServeSettings, engine: LLMEngine | None = None) -> FastA
         metrics = EngineMetrics(settings.served_model_name)
         async_engine = AsyncLLMEngine(llm_engine, max_queue_len=settings.max_queue_len, metrics=metrics)
         tokenizer = load_tokenizer(settings.engine.tokenizer or settings.engine.model)
+        if settings.chat_template is not None:
+            tokenizer.chat_template = settings.chat_template
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagoda-tokenizer")
         args = (async_engine, tokenizer, settings.served_model_name, pool)
         tool_parser = _tool_parser(settings.tool_call_parser, tokenizer)

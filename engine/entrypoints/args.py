@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import pathlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,8 @@ class ServeSettings:
     tool_call_parser: str = "auto"
     # Returns a reasoning model's <think> text apart from the content ("none": left in the content).
     reasoning_parser: str = "none"
+    # A Jinja chat template replacing the tokenizer's (the text, read from --chat-template's file).
+    chat_template: str | None = None
     # LoRA adapters served from the start, (name, directory); requests select one by its name as `model`.
     lora_modules: tuple[tuple[str, str], ...] = ()
 
@@ -61,6 +64,19 @@ def _parse_lora_modules(text: str) -> tuple[tuple[str, str], ...]:
     if len(set(names)) != len(names):
         raise _BadValue("LoRA adapter names must be unique")
     return tuple(modules)
+
+
+def _chat_template(value: str) -> str:
+    """A chat template given as a file path (the usual way) or as the template itself; its Jinja
+    syntax is checked now, so a broken template stops the server at start, not each request."""
+    import jinja2
+
+    text = pathlib.Path(value).read_text() if pathlib.Path(value).is_file() else value
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise _BadValue(f"--chat-template is not a valid Jinja template (line {exc.lineno}: {exc.message})") from None
+    return text
 
 
 def _parse_bool(text: str) -> bool:
@@ -115,6 +131,8 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("max-queue-len", int, "most requests waiting for the batch; beyond it, 503 with Retry-After"),
     _Flag("log-level", str, "log level", LOG_LEVELS),
     _Flag("drain-timeout", float, "seconds SIGTERM waits for in-flight requests"),
+    _Flag("chat-template", _chat_template, "a Jinja chat template (a file, or the template itself) replacing "
+          "the tokenizer's"),
     _Flag("tool-call-parser", str, 'the tool-call format of tool_choice "auto" replies ("auto": the one the chat '
           'template teaches; "none": refuse tool_choice "auto")', TOOL_CALL_PARSERS),
     _Flag("lora-modules", _parse_lora_modules, "LoRA adapters to serve, NAME=PATH[,NAME=PATH...]; a request "
