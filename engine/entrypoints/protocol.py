@@ -108,6 +108,8 @@ class _SamplingRequest(_Request):
     cache_salt: str | None = Field(None, min_length=1, max_length=256)
     # Under --scheduling-policy priority: lower runs first, and is preempted last.
     priority: int = Field(0, ge=-(2**31), lt=2**31)
+    # Keep only the prompt's last N tokens (-1: as many as fit beside the completion), vLLM's extra.
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
 
     def requested_max_tokens(self) -> int | None:
         raise NotImplementedError
@@ -499,6 +501,7 @@ class EmbeddingRequest(_Request):
     encoding_format: Literal["float", "base64"] = "float"  # base64: little-endian float32
     dimensions: int | None = Field(None, ge=1)  # keep the first dimensions, then renormalize
     user: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)  # keep the input's last N tokens (-1: the context)
 
 
 class EmbeddingData(BaseModel):

@@ -51,7 +51,7 @@ class OpenAIServingEmbedding(OpenAIServing):
         hidden_size = self.engine.engine.model_config.hidden_size
         if request.dimensions is not None and request.dimensions > hidden_size:
             raise APIError(400, f"dimensions must be at most the model's {hidden_size}", param="dimensions")
-        prompts = await self.prompts_of(request.input, "input")
+        prompts = self.truncate(await self.prompts_of(request.input, "input"), request.truncate_prompt_tokens, 0)
         request_id = f"{self.id_prefix}-{uuid.uuid4().hex}"
         params = SamplingParams(max_tokens=1)
         engine_requests = []

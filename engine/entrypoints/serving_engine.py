@@ -105,6 +105,10 @@ class Prompt:
     token_ids: list[int]
     text: str | None = None
 
+    def last(self, count: int) -> Prompt:
+        """Its last `count` tokens (the text no longer matches them, so it goes)."""
+        return self if len(self.token_ids) <= count else Prompt(self.token_ids[-count:])
+
 
 @dataclass
 class ChoiceState:
@@ -214,6 +218,16 @@ class OpenAIServing:
         except ValueError as exc:
             raise APIError(400, f"{field} is not valid text: {exc}", param=field) from None
 
+    def truncate(self, prompts: list[Prompt], count: int | None, reserve: int) -> list[Prompt]:
+        """truncate_prompt_tokens: each prompt's last `count` tokens (-1: as many as the context holds
+        beside `reserve` tokens of completion)."""
+        if count is None:
+            return prompts
+        if count == 0 or (count == -1 and reserve >= self.max_model_len):
+            raise APIError(400, "truncate_prompt_tokens must be -1 or at least 1, and leave room for a prompt",
+                           param="truncate_prompt_tokens")
+        return [p.last(self.max_model_len - reserve if count == -1 else count) for p in prompts]
+
     async def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool,
                           template_kwargs: dict[str, Any] | None = None) -> list[int]:
         return await self.run_tokenizer(apply_chat_template, self.tokenizer, messages, add_generation_prompt,
@@ -277,6 +291,7 @@ class OpenAIServing:
     ) -> Response:
         """Validates, queues, and answers with a JSON body or an SSE stream."""
         lora = self.check_model(request.model)
+        prompts = self.truncate(prompts, request.truncate_prompt_tokens, request.requested_max_tokens() or 1)
         ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", self.endpoint,
                              lora.name if lora else self.served_model_name, request, prompts, arrival,
                              new_choice=new_choice, lora_request=lora, thinking=thinking)

@@ -67,3 +67,14 @@ def test_bad_embedding_requests_are_400(idle_server: RunningServer, body: dict, 
     result = idle_server.request("POST", "/v1/embeddings", {"model": MODEL_NAME, **body})
     assert_error(result, 400, param, code)
     assert_still_serving(idle_server)
+
+
+def test_truncated_embedding_input(client: openai.OpenAI, idle_server: RunningServer, model_dir: pathlib.Path) -> None:
+    ids = token_ids(idle_server, TEXTS[1])
+    out = client.embeddings.create(model=MODEL_NAME, input=[ids], encoding_format="float",
+                                   extra_body={"truncate_prompt_tokens": 3})
+    assert out.usage.prompt_tokens == 3
+    assert torch.allclose(torch.tensor(out.data[0].embedding), hf_embedding(model_dir, ids[-3:]), atol=1e-4)
+    long = client.embeddings.create(model=MODEL_NAME, input=[[5] * (MAX_MODEL_LEN + 9)], encoding_format="float",
+                                    extra_body={"truncate_prompt_tokens": -1})
+    assert long.usage.prompt_tokens == MAX_MODEL_LEN

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.server.conftest import API_KEY, MODEL_NAME, RunningServer
+from tests.server.conftest import API_KEY, MAX_MODEL_LEN, MODEL_NAME, RunningServer
 
 openai = pytest.importorskip("openai")
 
@@ -232,3 +232,20 @@ def test_priority_needs_the_policy(idle_server: RunningServer) -> None:
     result = idle_server.request("POST", "/v1/completions", body)
     assert result.status == 400 and result.json()["error"]["param"] == "priority"
     assert idle_server.request("POST", "/v1/completions", {**body, "priority": 0}).status == 200
+
+
+def test_truncate_prompt_tokens(client: openai.OpenAI, idle_server: RunningServer) -> None:
+    """The prompt's last N tokens are kept: the completion is the one of that tail, and usage counts it."""
+    ids = [1] + [(5 * i + 3) % 380 + 10 for i in range(60)]
+    kwargs = dict(model=MODEL_NAME, max_tokens=6, temperature=0, extra_body={"ignore_eos": True})
+    tail = client.completions.create(prompt=ids[-20:], **kwargs)
+    cut = client.completions.create(prompt=ids, **{**kwargs, "extra_body": {"ignore_eos": True,
+                                                                            "truncate_prompt_tokens": 20}})
+    assert cut.choices[0].text == tail.choices[0].text and cut.usage.prompt_tokens == 20
+    # -1: as many as fit beside the completion, so an over-long prompt still gets its answer.
+    long = client.completions.create(prompt=[5] * (MAX_MODEL_LEN + 50), max_tokens=4, model=MODEL_NAME,
+                                     extra_body={"truncate_prompt_tokens": -1, "ignore_eos": True})
+    assert (long.usage.prompt_tokens, long.usage.completion_tokens) == (MAX_MODEL_LEN - 4, 4)
+    bad = idle_server.request("POST", "/v1/completions", {"model": MODEL_NAME, "prompt": "x",
+                                                         "truncate_prompt_tokens": 0})
+    assert bad.status == 400 and bad.json()["error"]["param"] == "truncate_prompt_tokens"
