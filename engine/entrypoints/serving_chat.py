@@ -110,7 +110,7 @@ class OpenAIServingChat(OpenAIServing):
 
     async def create_chat_completion(self, request: ChatCompletionRequest, raw_request: Request) -> Response:
         arrival = time.monotonic()
-        self.check_model(request.model)
+        lora = self.check_model(request.model)
         try:
             request.check_tools()
         except ValueError as exc:
@@ -135,7 +135,7 @@ class OpenAIServingChat(OpenAIServing):
         def new_choice() -> ChoiceState:
             return ChoiceState(reply=self._new_reply(request, in_reasoning))
 
-        return await self.generate(raw_request, request, [Prompt(token_ids)], arrival, "messages", new_choice,
+        return await self.generate(raw_request, request, [Prompt(token_ids)], arrival, "messages", lora, new_choice,
                                    thinking)
 
     def _new_reply(self, request: ChatCompletionRequest, in_reasoning: bool) -> ReplyParser | None:

@@ -42,9 +42,9 @@ class OpenAIServingCompletion(OpenAIServing):
 
     async def create_completion(self, request: CompletionRequest, raw_request: Request) -> Response:
         arrival = time.monotonic()
-        self.check_model(request.model)
+        lora = self.check_model(request.model)
         prompts = await self.prompts_of(request.prompt, "prompt")
-        return await self.generate(raw_request, request, prompts, arrival, "prompt")
+        return await self.generate(raw_request, request, prompts, arrival, "prompt", lora)
 
     def _choice(self, ctx: RequestContext, prompt_index: int, c: CompletionOutput, text: str,
                 logprobs: CompletionLogprobs | None) -> CompletionChoice:

@@ -287,10 +287,11 @@ class OpenAIServing:
 
     async def generate(
         self, raw_request: Request, request: _SamplingRequest, prompts: list[Prompt], arrival: float,
-        prompt_field: str, new_choice: Callable[[], ChoiceState] = ChoiceState, thinking: Thinking | None = None,
+        prompt_field: str, lora: LoRARequest | None, new_choice: Callable[[], ChoiceState] = ChoiceState,
+        thinking: Thinking | None = None,
     ) -> Response:
-        """Validates, queues, and answers with a JSON body or an SSE stream."""
-        lora = self.check_model(request.model)
+        """Validates, queues, and answers with a JSON body or an SSE stream; `lora` is what
+        check_model found for the request's model."""
         prompts = self.truncate(prompts, request.truncate_prompt_tokens, request.requested_max_tokens() or 1)
         ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", self.endpoint,
                              lora.name if lora else self.served_model_name, request, prompts, arrival,
