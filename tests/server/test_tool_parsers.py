@@ -70,15 +70,6 @@ HERMES = [
 ]
 
 
-@pytest.mark.parametrize(("text", "content", "calls"), HERMES, ids=range(len(HERMES)))
-def test_hermes(text: str, content: str, calls: list) -> None:
-    whole = HermesParser().parse(text)
-    assert (whole.content, calls_of(whole)) == (content, calls)
-    for seed in range(20):
-        pieces = streamed(HermesParser(), text, random.Random(seed))
-        assert (pieces.content, calls_of(pieces)) == (content, calls), seed
-
-
 def test_hermes_without_parallel_calls_keeps_the_first() -> None:
     text = '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arguments": {}}</tool_call>'
     parsed = HermesParser(max_calls=1).parse(text)
@@ -96,15 +87,6 @@ LLAMA3 = [
 ]
 
 
-@pytest.mark.parametrize(("text", "content", "calls"), LLAMA3, ids=range(len(LLAMA3)))
-def test_llama3_json(text: str, content: str, calls: list) -> None:
-    whole = Llama3JsonParser().parse(text)
-    assert (whole.content, calls_of(whole)) == (content, calls)
-    for seed in range(20):
-        pieces = streamed(Llama3JsonParser(), text, random.Random(seed))
-        assert (pieces.content, calls_of(pieces)) == (content, calls), seed
-
-
 JSON_ARRAYS = [
     ('[{"name": "f", "arguments": {"x": "a]}, {"}}, {"name": "g", "arguments": {}}]', "",
      [("f", {"x": "a]}, {"}), ("g", {})]),
@@ -115,12 +97,17 @@ JSON_ARRAYS = [
 ]
 
 
-@pytest.mark.parametrize(("text", "content", "calls"), JSON_ARRAYS, ids=range(len(JSON_ARRAYS)))
-def test_json_array(text: str, content: str, calls: list) -> None:
-    whole = JsonArrayParser().parse(text)
+CASES = [(parser, *case) for parser, cases in ((HermesParser, HERMES), (Llama3JsonParser, LLAMA3),
+                                               (JsonArrayParser, JSON_ARRAYS)) for case in cases]
+
+
+@pytest.mark.parametrize(("parser", "text", "content", "calls"), CASES,
+                         ids=[f"{parser.__name__}-{i}" for i, (parser, *_) in enumerate(CASES)])
+def test_whole_and_streamed_agree(parser: type[ToolCallParser], text: str, content: str, calls: list) -> None:
+    whole = parser().parse(text)
     assert (whole.content, calls_of(whole)) == (content, calls)
     for seed in range(20):
-        pieces = streamed(JsonArrayParser(), text, random.Random(seed))
+        pieces = streamed(parser(), text, random.Random(seed))
         assert (pieces.content, calls_of(pieces)) == (content, calls), seed
 
 
