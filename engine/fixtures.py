@@ -26,7 +26,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-FIXTURE_ARCHS: tuple[str, ...] = ("llama", "llama3", "mistral", "qwen2", "qwen3")
+FIXTURE_ARCHS: tuple[str, ...] = (
+    "llama", "llama3", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe"
+)
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
 # Ids are fixed by the order of this list (the trainer puts special tokens first).
@@ -151,6 +153,23 @@ _FAMILIES: dict[str, _Family] = {
     "qwen2": _Family("qwen2", "Qwen2ForCausalLM", adds_bos=False, rope_theta=1000000.0),
     # head_dim 32 on purpose: hidden_size / num_attention_heads would be 16.
     "qwen3": _Family("qwen3", "Qwen3ForCausalLM", adds_bos=False, rope_theta=1000000.0, config={"head_dim": 32}),
+    # Mixture of experts, each with what distinguishes its family: Mixtral renormalizes the top-k
+    # weights and sizes experts by intermediate_size; Qwen2-MoE adds a gated shared expert and
+    # does not renormalize; Qwen3-MoE renormalizes, and here keeps layer 0 dense (mlp_only_layers).
+    "mixtral": _Family(
+        "mixtral", "MixtralForCausalLM", adds_bos=True, rope_theta=1000000.0,
+        config={"sliding_window": None, "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 64},
+    ),
+    "qwen2_moe": _Family(
+        "qwen2_moe", "Qwen2MoeForCausalLM", adds_bos=False, rope_theta=1000000.0,
+        config={"num_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                "shared_expert_intermediate_size": 96, "norm_topk_prob": False},
+    ),
+    "qwen3_moe": _Family(
+        "qwen3_moe", "Qwen3MoeForCausalLM", adds_bos=False, rope_theta=1000000.0,
+        config={"head_dim": 32, "num_experts": 8, "num_experts_per_tok": 3, "moe_intermediate_size": 48,
+                "norm_topk_prob": True, "mlp_only_layers": [0]},
+    ),
 }
 
 _BASE_CONFIG: dict[str, Any] = {
@@ -281,6 +300,9 @@ def _hub_style_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
     rope = dict(config.pop("rope_parameters"))
     config["rope_theta"] = rope.pop("rope_theta")
     config["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else rope
+    if config["model_type"].startswith("qwen") and "num_local_experts" in config:
+        # transformers 5 writes Mixtral's name for Qwen3-MoE's expert count; hub checkpoints say num_experts.
+        config["num_experts"] = config.pop("num_local_experts")
     # Older checkpoints say torch_dtype, newer ones dtype; loaders read either.
     config["torch_dtype"] = config["dtype"] = dtype
     return config

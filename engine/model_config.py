@@ -47,6 +47,29 @@ class RopeConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """A mixture-of-experts MLP: which layers route, to how many of how many experts.
+
+    Mixtral calls the expert count `num_local_experts` and always renormalizes the
+    chosen experts' weights; Qwen's MoE models say `num_experts` and `norm_topk_prob`,
+    and may keep dense MLPs in some layers (`mlp_only_layers`, `decoder_sparse_step`)
+    and add an always-on shared expert behind a sigmoid gate (Qwen2-MoE).
+    """
+
+    num_experts: int
+    top_k: int
+    intermediate_size: int
+    renormalize: bool
+    shared_expert_intermediate_size: int = 0
+    sparse_step: int = 1
+    dense_layers: tuple[int, ...] = ()
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether `layer` routes to experts (else it has a dense MLP of the model's intermediate_size)."""
+        return layer not in self.dense_layers and (layer + 1) % self.sparse_step == 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The architecture-level facts of one model directory."""
 
@@ -70,6 +93,7 @@ class ModelConfig:
     sliding_window: int | None
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
+    moe: MoEConfig | None = None
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -87,6 +111,26 @@ def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
     merged.pop("type", None)
     partial = float(merged.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
     return RopeConfig(theta=theta, scaling_type=str(kind), scaling=merged, partial_rotary_factor=partial)
+
+
+def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
+    """The mixture-of-experts settings, or None for a dense model."""
+    num_experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+    if num_experts == 0:
+        return None
+    top_k = int(cfg.get("num_experts_per_tok") or 0)
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"num_experts_per_tok must be in 1..{num_experts} (the experts), got {top_k}")
+    renormalize = cfg.get("norm_topk_prob")
+    return MoEConfig(
+        num_experts=num_experts,
+        top_k=top_k,
+        intermediate_size=int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"]),
+        renormalize=True if renormalize is None else bool(renormalize),
+        shared_expert_intermediate_size=int(cfg.get("shared_expert_intermediate_size") or 0),
+        sparse_step=max(1, int(cfg.get("decoder_sparse_step") or 1)),
+        dense_layers=tuple(int(i) for i in cfg.get("mlp_only_layers") or ()),
+    )
 
 
 def _eos_ids(path: Path, cfg: dict[str, Any]) -> tuple[int, ...]:
@@ -158,4 +202,5 @@ def load_model_config(
         sliding_window=int(sliding) if sliding else None,
         eos_token_ids=_eos_ids(path, cfg),
         bos_token_id=cfg.get("bos_token_id"),
+        moe=_moe_config(cfg),
     )

@@ -140,3 +140,28 @@ def paged_attention_prefill(
     if sliding_window is not None:
         mask &= k_pos > q_pos - sliding_window
     return _attend(q[None], k, v, mask[None], scale)[0]
+
+
+def fused_moe(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
+) -> torch.Tensor:
+    """A mixture-of-experts SwiGLU MLP: each token's chosen experts, weighted and summed.
+
+    x: [T, H]; w13: [E, 2I, H], each expert's gate rows then up rows; w2: [E, H, I];
+    topk_weights, topk_ids: [T, k]. Every expert runs once, on the tokens routed to
+    it; the weighting and the sum over a token's k experts are in fp32.
+    """
+    tokens, top_k = topk_ids.shape
+    out = torch.zeros(tokens, x.shape[-1], dtype=torch.float32, device=x.device)
+    flat = topk_ids.reshape(-1)
+    weights = topk_weights.reshape(-1, 1).float()
+    order = torch.argsort(flat, stable=True)
+    start = 0
+    for expert, count in enumerate(torch.bincount(flat, minlength=w13.shape[0]).tolist()):
+        if count == 0:
+            continue
+        rows = order[start : start + count]
+        start += count
+        y = F.linear(silu_and_mul(F.linear(x[rows // top_k], w13[expert])), w2[expert])
+        out.index_add_(0, rows // top_k, y.float() * weights[rows])
+    return out.to(x.dtype)

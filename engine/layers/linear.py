@@ -22,10 +22,21 @@ if TYPE_CHECKING:
     from pagoda.engine.lora import LayerLoRA, Part
 
 
-def _divide(numerator: int, denominator: int, what: str) -> int:
+def divide(numerator: int, denominator: int, what: str) -> int:
     if numerator % denominator:
         raise ValueError(f"{what} ({numerator}) is not divisible by tensor_parallel_size {denominator}")
     return numerator // denominator
+
+
+class ReplicatedLinear(nn.Module):
+    """y = x W^T, the whole weight on every rank: small projections such as an MoE router."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -34,7 +45,7 @@ class ColumnParallelLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
         self.in_features = in_features
-        self.out_features_per_rank = _divide(out_features, tp_size(), "output features")
+        self.out_features_per_rank = divide(out_features, tp_size(), "output features")
         self.weight = nn.Parameter(torch.empty(self.out_features_per_rank, in_features), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         if bias:
@@ -95,14 +106,14 @@ class QKVParallelLinear(ColumnParallelLinear):
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False) -> None:
         tp = tp_size()
         self.head_dim = head_dim
-        self.num_heads = _divide(num_heads, tp, "attention heads")
+        self.num_heads = divide(num_heads, tp, "attention heads")
         self.total_kv_heads = num_kv_heads
         if num_kv_heads >= tp:
-            self.num_kv_heads = _divide(num_kv_heads, tp, "key/value heads")
+            self.num_kv_heads = divide(num_kv_heads, tp, "key/value heads")
             self.kv_replicas = 1
         else:
             self.num_kv_heads = 1
-            self.kv_replicas = _divide(tp, num_kv_heads, "tensor_parallel_size over key/value heads")
+            self.kv_replicas = divide(tp, num_kv_heads, "tensor_parallel_size over key/value heads")
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, out, bias)
 
@@ -116,11 +127,15 @@ class QKVParallelLinear(ColumnParallelLinear):
 
 
 class RowParallelLinear(nn.Module):
-    """y = x W^T + b with W's columns (input features) split; partial sums all-reduced."""
+    """y = x W^T + b with W's columns (input features) split; partial sums all-reduced, unless
+    `reduce_results` is off because the caller reduces them once together with other partial sums."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, reduce_results: bool = True) -> None:
         super().__init__()
-        self.in_features_per_rank = _divide(in_features, tp_size(), "input features")
+        if bias and not reduce_results:
+            raise ValueError("a bias is added after the reduction, so it needs reduce_results")
+        self.reduce_results = reduce_results
+        self.in_features_per_rank = divide(in_features, tp_size(), "input features")
         self.weight = nn.Parameter(torch.empty(out_features, self.in_features_per_rank), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         if bias:
@@ -154,6 +169,8 @@ class RowParallelLinear(nn.Module):
         y = nn.functional.linear(x, self.weight)
         if self.lora is not None:  # a partial sum like the rest: reduced with it
             y = self.lora.apply(x, y)
+        if not self.reduce_results:
+            return y
         y = all_reduce(y)
         # The bias is added once, after the reduction, not once per rank.
         return y if self.bias is None else y + self.bias

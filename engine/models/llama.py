@@ -8,6 +8,9 @@ rope scaling (Llama 3.1+), sliding window (Mistral v0.1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -51,10 +54,12 @@ class DecoderAttention(nn.Module):
 
 
 class DecoderMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """SwiGLU: down(silu(gate(x)) * up(x)); with `reduce_results` off it returns this rank's partial sum."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, reduce_results: bool = True) -> None:
         super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size)
+        self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, reduce_results=reduce_results)
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,10 +67,10 @@ class DecoderMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, mlp: nn.Module) -> None:
         super().__init__()
         self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm)
-        self.mlp = DecoderMLP(cfg)
+        self.mlp = mlp
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -82,10 +87,14 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(
+        self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, make_mlp: Callable[[ModelConfig, int], nn.Module]
+    ) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, qkv_bias, qk_norm, make_mlp(cfg, i)) for i in range(cfg.num_layers)
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -118,10 +127,23 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         bias = self.qkv_bias or cfg.attention_bias
-        self.model = DecoderModel(cfg, bias, self.qk_norm)
+        self.model = DecoderModel(cfg, bias, self.qk_norm, self.make_mlp)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size) if self.generates else None
         if cfg.tie_word_embeddings and self.lm_head is not None:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    @staticmethod
+    def make_mlp(cfg: ModelConfig, layer: int) -> nn.Module:
+        """The MLP of decoder layer `layer` (mixture-of-experts models route some or all layers)."""
+        return DecoderMLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        """(our parameter, shard id) for a checkpoint tensor: separately stored projections go
+        to their fused parameter (q_proj -> qkv_proj, part "q"), everything else to its namesake."""
+        for ckpt_name, (ours, shard_id) in self.packed_modules.items():
+            if f".{ckpt_name}." in name:
+                return name.replace(ckpt_name, ours), shard_id
+        return name, None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states of every new token; logits are computed only where needed."""

@@ -48,7 +48,6 @@ def iter_checkpoint(path: Path) -> Iterator[tuple[str, Any]]:
 
 def load_weights(model: nn.Module, path: Path) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
-    packed: dict[str, tuple[str, Any]] = getattr(model, "packed_modules", {})
     generates = getattr(model, "generates", True)
     tied = bool(getattr(model.config, "tie_word_embeddings", False)) and generates
     prefix = getattr(model, "checkpoint_prefix", "")
@@ -57,11 +56,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
         name = name if name.startswith(prefix) else prefix + name
         if name.endswith(_IGNORED_SUFFIXES) or (tied and name.startswith("lm_head.")):
             continue
-        target, shard = name, None
-        for ckpt_name, (ours, shard_id) in packed.items():
-            if f".{ckpt_name}." in name:
-                target, shard = name.replace(ckpt_name, ours), shard_id
-                break
+        target, shard = model.checkpoint_target(name)
         param = params.get(target)
         if param is None:
             raise ValueError(f"checkpoint tensor {name!r} has no counterpart in {type(model).__name__}")

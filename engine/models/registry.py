@@ -12,6 +12,10 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "MistralForCausalLM": ("pagoda.engine.models.llama", "LlamaForCausalLM"),
     "Qwen2ForCausalLM": ("pagoda.engine.models.llama", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("pagoda.engine.models.llama", "Qwen3ForCausalLM"),
+    # Mixture of experts.
+    "MixtralForCausalLM": ("pagoda.engine.models.moe", "MixtralForCausalLM"),
+    "Qwen2MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen2MoeForCausalLM"),
+    "Qwen3MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen3MoeForCausalLM"),
     # Decoder-only checkpoints (embedding models): embeddings only.
     "LlamaModel": ("pagoda.engine.models.llama", "LlamaModel"),
     "MistralModel": ("pagoda.engine.models.llama", "LlamaModel"),

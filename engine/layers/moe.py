@@ -1,0 +1,76 @@
+"""The routed experts of a mixture-of-experts layer, stored stacked for the fused kernel.
+
+Checkpoints store each expert's projections as separate tensors
+(`experts.<e>.gate_proj/up_proj/down_proj` for Qwen, `experts.<e>.w1/w3/w2` for
+Mixtral) or, as transformers 5 keeps them in memory, stacked
+(`experts.gate_up_proj` [E, 2I, H] and `experts.down_proj` [E, H, I]). Both
+load into `w13` [E, 2I/tp, H] (gate rows then up rows) and `w2` [E, H, I/tp].
+Tensor parallelism splits every expert's intermediate dimension, as a dense
+MLP's: each rank computes a partial sum of every token's output, which the
+caller all-reduces once together with anything else it adds (a shared expert).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagoda.engine.distributed import tp_rank, tp_size
+from pagoda.engine.layers.linear import divide
+from pagoda.engine.layers.weights import copy_into, read_shard, source_shape
+from pagoda.kernels import ops
+
+# Which part of an expert a checkpoint tensor holds, by projection name: 0 gate, 1 up, 2 down.
+EXPERT_PARTS = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, "w2": 2}
+# The part id of a stacked tensor of all experts (transformers 5's in-memory layout).
+STACKED = "stacked"
+
+
+def route(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights [T, k] fp32, expert ids [T, k]): the softmax's top k, optionally rescaled to sum to 1."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+class FusedMoE(nn.Module):
+    """E SwiGLU experts of one layer; forward returns this rank's partial sum (not reduced)."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.intermediate_size = intermediate_size
+        self.per_rank = divide(intermediate_size, tp_size(), "expert intermediate size")
+        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * self.per_rank, hidden_size), requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, self.per_rank), requires_grad=False)
+        self.w13.weight_loader = self.weight_loader
+        self.w2.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int]) -> None:
+        """Loads one expert's part (`shard` = (expert, part)) or, with expert STACKED, that part of all experts."""
+        expert, part = shard
+        size, start = self.per_rank, tp_rank() * self.per_rank
+        if expert == STACKED:
+            if source_shape(src)[0] != self.num_experts:
+                raise ValueError(f"stacked expert tensor of shape {source_shape(src)} does not hold "
+                                 f"{self.num_experts} experts")
+            if part == 2:
+                copy_into(param.data, read_shard(src, 2, start, size))
+            else:  # gate_up: the gate rows, then the up rows, each split across ranks
+                for half in (0, 1):
+                    rows = read_shard(src, 1, half * self.intermediate_size + start, size)
+                    copy_into(param.data.narrow(1, half * size, size), rows)
+            return
+        if not 0 <= int(expert) < self.num_experts:
+            raise ValueError(f"expert {expert} is out of range for {self.num_experts} experts")
+        if part == 2:
+            copy_into(param.data[expert], read_shard(src, 1, start, size))
+        else:
+            copy_into(param.data[expert].narrow(0, part * size, size), read_shard(src, 0, start, size))
+
+    def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids)

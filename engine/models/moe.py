@@ -1,0 +1,84 @@
+"""Mixture-of-experts members of the decoder family: Mixtral, Qwen2-MoE (Qwen1.5-MoE) and Qwen3-MoE.
+
+Attention is their dense sibling's (Mistral, Qwen2, Qwen3); the MLP of each
+sparse layer becomes a router choosing `top_k` of E SwiGLU experts per token,
+run by the fused grouped-GEMM kernel, plus, in Qwen2-MoE, an always-on shared
+expert scaled by a sigmoid gate. Layers listed in `mlp_only_layers` (or off the
+`decoder_sparse_step`) keep a dense MLP.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagoda.engine.distributed import all_reduce
+from pagoda.engine.layers.linear import ReplicatedLinear
+from pagoda.engine.layers.moe import EXPERT_PARTS, STACKED, FusedMoE, route
+from pagoda.engine.model_config import ModelConfig
+from pagoda.engine.models.llama import DecoderMLP, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+
+# experts.<e>.<projection>.weight, one expert's part as hub checkpoints store it.
+_EXPERT = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<expert>\d+)\.(?P<part>\w+)\.weight$")
+# experts.gate_up_proj / experts.down_proj, all experts stacked (transformers 5's layout).
+_STACKED = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<part>gate_up_proj|down_proj)$")
+
+
+class SparseMoeBlock(nn.Module):
+    """Router + routed experts (+ gated shared expert); one all-reduce for all of it."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        moe = cfg.moe
+        assert moe is not None
+        self.top_k, self.renormalize = moe.top_k, moe.renormalize
+        self.gate = ReplicatedLinear(cfg.hidden_size, moe.num_experts)
+        self.experts = FusedMoE(moe.num_experts, cfg.hidden_size, moe.intermediate_size)
+        if moe.shared_expert_intermediate_size:
+            self.shared_expert = DecoderMLP(cfg.hidden_size, moe.shared_expert_intermediate_size, reduce_results=False)
+            self.shared_expert_gate = ReplicatedLinear(cfg.hidden_size, 1)
+        else:
+            self.shared_expert = self.shared_expert_gate = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, ids = route(self.gate(x), self.top_k, self.renormalize)
+        y = self.experts(x, weights, ids)
+        if self.shared_expert is not None:
+            y = y + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return all_reduce(y)
+
+
+class _MixtureOfExperts:
+    """Routes the sparse layers' MLPs to experts and maps expert tensors onto the stacked parameters."""
+
+    @staticmethod
+    def make_mlp(cfg: ModelConfig, layer: int) -> nn.Module:
+        if cfg.moe is not None and cfg.moe.is_sparse(layer):
+            return SparseMoeBlock(cfg)
+        return DecoderMLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        name = name.replace(".block_sparse_moe.", ".mlp.")  # Mixtral's name for the MoE block
+        if match := _EXPERT.match(name):
+            part = EXPERT_PARTS.get(match["part"])
+            if part is not None:
+                return f"{match['layer']}.{'w2' if part == 2 else 'w13'}", (int(match["expert"]), part)
+        if match := _STACKED.match(name):
+            down = match["part"] == "down_proj"
+            return f"{match['layer']}.{'w2' if down else 'w13'}", (STACKED, 2 if down else 0)
+        return super().checkpoint_target(name)  # type: ignore[misc]
+
+
+class MixtralForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
+    pass
+
+
+class Qwen2MoeForCausalLM(_MixtureOfExperts, Qwen2ForCausalLM):
+    pass
+
+
+class Qwen3MoeForCausalLM(_MixtureOfExperts, Qwen3ForCausalLM):
+    pass
