@@ -20,7 +20,7 @@ work. Hugging Face runs the first --hf-num-seqs requests of the same
 workload (its full run would not fit a lease); rates are per second either
 way. Targets: >= 24x hf_generate and >= 3x hf_generate_batch.
 
-    python -m bench.gpu_throughput [--models qwen3-0.6b llama-3.2-1b] [--hf-num-seqs 64]
+    python -m bench.gpu_throughput [--models qwen3-0.6b llama-3.2-1b qwen3-30b-a3b-8l] [--hf-num-seqs 64]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from bench.gpu_env import device_facts, record
-from bench.gpu_models import MODEL_SHAPES, build_model_dir, describe
+from bench.gpu_models import DEFAULT_MODELS, MODEL_SHAPES, build_model_dir, describe
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE
 
 SYSTEMS = ("pagoda", "hf_generate", "hf_generate_batch", "pagoda_lora")
@@ -63,16 +63,19 @@ def _result(useful: int, seconds: float, **extra: Any) -> dict[str, Any]:
 
 def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int], adapters: int = 0) -> dict[str, Any]:
     from pagoda.engine.cuda_graphs import DecodeCudaGraphs
-    from pagoda.engine.fixtures import make_tiny_lora
+    from pagoda.engine.fixtures import LORA_ATTENTION_TARGETS, LORA_TARGETS, make_tiny_lora
     from pagoda.engine.llm import LLM
     from pagoda.engine.lora import LoRARequest
+    from pagoda.engine.model_config import load_model_config
     from pagoda.engine.sampling_params import SamplingParams
 
     lora_kwargs = {"enable_lora": True, "max_loras": adapters, "max_lora_rank": LORA_RANK} if adapters else {}
     llm = LLM(path, dtype="bfloat16", max_model_len=MAX_MODEL_LEN, max_num_seqs=256, max_num_batched_tokens=16384,
               **lora_kwargs)
+    # Experts take no adapters: on MoE models they adapt the attention projections only.
+    targets = LORA_ATTENTION_TARGETS if load_model_config(path).moe else LORA_TARGETS
     loras = [LoRARequest(f"lora{i}", str(make_tiny_lora(path, pathlib.Path(path).parent / f"lora{i}", rank=LORA_RANK,
-                                                        seed=i)))
+                                                        targets=targets, seed=i)))
              for i in range(adapters)]
     per_prompt = [loras[i % adapters] for i in range(len(prompts))] if adapters else None
     llm.generate([{"prompt_token_ids": p} for p in prompts[:2]], SamplingParams(max_tokens=16, ignore_eos=True),
@@ -176,7 +179,7 @@ def _spawn(system: str, model_dir: pathlib.Path, out: pathlib.Path, args: argpar
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODEL_SHAPES), choices=list(MODEL_SHAPES))
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODEL_SHAPES))
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--num-seqs", type=int, default=256)
     parser.add_argument("--hf-num-seqs", type=int, default=64)

@@ -383,7 +383,8 @@ def make_tiny_model(
     return out_dir
 
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LORA_TARGETS = (*LORA_ATTENTION_TARGETS, "gate_proj", "up_proj", "down_proj")
 
 
 def make_tiny_lora(
