@@ -29,7 +29,7 @@ from triton.backends.nvidia import compiler as nvidia_compiler
 from triton.compiler import ASTSource
 
 import pagoda.kernels.triton as kernels
-from pagoda.kernels.triton import activation, kv_cache, norm, paged_decode, paged_prefill, rotary
+from pagoda.kernels.triton import activation, kv_cache, moe, norm, paged_decode, paged_prefill, rotary
 
 TARGET = GPUTarget("cuda", 90, 32)
 _POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}
@@ -90,7 +90,8 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
     """The wrappers called on the shapes the served models use; one record per kernel launch."""
     records: list = []
     modules = {activation: "_silu_and_mul_kernel", kv_cache: "_store_kv_kernel", norm: "_rms_norm_kernel",
-               paged_decode: "_decode_kernel", rotary: "_rotary_kernel", paged_prefill: "_prefill_kernel"}
+               paged_decode: "_decode_kernel", rotary: "_rotary_kernel", paged_prefill: "_prefill_kernel",
+               moe: "_moe_gemm_kernel"}
     originals = {m: getattr(m, n) for m, n in modules.items()}
     originals[paged_decode, "merge"] = paged_decode._merge_kernel
     for module, name in modules.items():
@@ -125,6 +126,12 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
         call("rms_norm", lambda: kernels.rms_norm(x, w, 1e-6))
         call("fused_add_rms_norm", lambda: kernels.fused_add_rms_norm(x, x, w, 1e-6))
         call("silu_and_mul", lambda: kernels.silu_and_mul(torch.empty(4, 2 * 8192, dtype=torch.bfloat16)))
+        # Qwen3-30B-A3B's expert shapes (8 of its 128 experts), at decode and at prefill tile sizes.
+        for dtype, tokens in [(torch.bfloat16, 4), (torch.bfloat16, 300), (torch.float32, 4)]:
+            w13, w2 = torch.empty(8, 2 * 768, 2048, dtype=dtype), torch.empty(8, 2048, 768, dtype=dtype)
+            ids = torch.arange(tokens * 8).view(tokens, 8) % 8
+            call(f"moe-{str(dtype).removeprefix('torch.')}-t{tokens}", lambda: kernels.fused_moe(
+                torch.empty(tokens, 2048, dtype=dtype), w13, w2, torch.ones(tokens, 8), ids))
     finally:
         for module, name in modules.items():
             setattr(module, name, originals[module])
