@@ -18,10 +18,12 @@ import dataclasses
 import functools
 import json
 import pathlib
+import re
+import shutil
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
@@ -380,6 +382,46 @@ def make_tiny_model(
         {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID},
     )
     _write_tokenizer(out_dir, arch, model.config.max_position_embeddings)
+    return out_dir
+
+
+# Projections an FP8 checkpoint stores in FP8 (embeddings, norms, routers and the LM head stay as they are).
+_FP8_PROJECTION = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
+FP8_MAX = 448.0  # the largest float8_e4m3fn value
+
+
+def quantize_fp8_blocks(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(FP8 weight, fp32 weight_scale_inv): each block scaled so its largest entry maps to FP8's largest."""
+    rows, cols = weight.shape
+    grid = (-(-rows // block[0]), -(-cols // block[1]))
+    padded = torch.zeros(grid[0] * block[0], grid[1] * block[1])
+    padded[:rows, :cols] = weight.float()
+    tiles = padded.view(grid[0], block[0], grid[1], block[1])
+    scale = (tiles.abs().amax(dim=(1, 3)) / FP8_MAX).clamp_min(1e-12)
+    quantized = (tiles / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).view_as(padded)[:rows, :cols]
+    return quantized.to(torch.float8_e4m3fn).contiguous(), scale
+
+
+def make_fp8_model(
+    model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, block: tuple[int, int] = (128, 128)
+) -> pathlib.Path:
+    """Write the model in `model_dir` as a block-wise FP8 checkpoint (`quant_method: fp8`, dynamic
+    activations, `weight_block_size`), the format of Qwen3-*-FP8, with every projection in FP8."""
+    src, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
+    shutil.copytree(src, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(src.glob("*.safetensors")):
+        for name, tensor in load_file(str(file)).items():
+            if _FP8_PROJECTION.search(name):
+                tensors[name], tensors[f"{name}_scale_inv"] = quantize_fp8_blocks(tensor, block)
+            else:
+                tensors[name] = tensor
+    save_file(tensors, str(out_dir / "model.safetensors"))
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                                     "weight_block_size": list(block)}
+    _write_json(config_path, config)
     return out_dir
 
 

@@ -47,6 +47,20 @@ class RopeConfig:
 
 
 @dataclass(frozen=True)
+class Fp8Config:
+    """Block-wise FP8 weights (transformers' and vLLM's `quant_method: fp8` with a
+    `weight_block_size`, as Qwen3-*-FP8 and DeepSeek-V3 ship): each linear weight is
+    float8_e4m3fn, and `weight_scale_inv` holds one fp32 multiplier per block of
+    block[0] rows x block[1] columns that turns it back into the real weight."""
+
+    block: tuple[int, int]
+
+
+# quant_method values of config.json's quantization_config that the engine cannot serve yet.
+_UNSUPPORTED_QUANT = "awq, gptq, compressed-tensors, bitsandbytes, per-tensor or static fp8"
+
+
+@dataclass(frozen=True)
 class MoEConfig:
     """A mixture-of-experts MLP: which layers route, to how many of how many experts.
 
@@ -94,6 +108,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
     moe: MoEConfig | None = None
+    quantization: Fp8Config | None = None
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -131,6 +146,23 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
         sparse_step=max(1, int(cfg.get("decoder_sparse_step") or 1)),
         dense_layers=tuple(int(i) for i in cfg.get("mlp_only_layers") or ()),
     )
+
+
+def _quantization(cfg: dict[str, Any]) -> Fp8Config | None:
+    """The checkpoint's weight quantization; ValueError for what cannot be served (rather than
+    loading packed integers or FP8 bytes as if they were weights)."""
+    quant = cfg.get("quantization_config")
+    if not quant:
+        return None
+    method = str(quant.get("quant_method", "(none given)"))
+    block = quant.get("weight_block_size")
+    if method == "fp8" and quant.get("activation_scheme", "dynamic") == "dynamic" and block:
+        if len(block) != 2 or not all(isinstance(b, int) and b > 0 for b in block):
+            raise ValueError(f"weight_block_size must be two positive integers, got {block!r}")
+        return Fp8Config(block=(int(block[0]), int(block[1])))
+    detail = method if method != "fp8" else f"fp8 with {quant.get('activation_scheme')} activations, block {block}"
+    raise ValueError(f"quantization {detail!r} is not supported (supported: block-wise fp8 with dynamic "
+                     f"activations, quant_method 'fp8' with a weight_block_size; not yet: {_UNSUPPORTED_QUANT})")
 
 
 def _eos_ids(path: Path, cfg: dict[str, Any]) -> tuple[int, ...]:
@@ -203,4 +235,5 @@ def load_model_config(
         eos_token_ids=_eos_ids(path, cfg),
         bos_token_id=cfg.get("bos_token_id"),
         moe=_moe_config(cfg),
+        quantization=_quantization(cfg),
     )

@@ -165,3 +165,19 @@ def fused_moe(
         y = F.linear(silu_and_mul(F.linear(x[rows // top_k], w13[expert])), w2[expert])
         out.index_add_(0, rows // top_k, y.float() * weights[rows])
     return out.to(x.dtype)
+
+
+def fp8_block_dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """The real weight (fp32) of an FP8 weight [N, K] with one scale per block of block[0] x block[1]
+    (scale_inv: [ceil(N / block[0]), ceil(K / block[1])]; the last row and column of blocks may be partial)."""
+    n, k = weight.shape
+    scale = scale_inv.float().repeat_interleave(block[0], dim=0)[:n].repeat_interleave(block[1], dim=1)[:, :k]
+    return weight.float() * scale
+
+
+def fp8_block_linear(
+    x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int],
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x [.., K] @ dequantized weight [N, K]^T (+ bias), in x's dtype: weight-only FP8, activations unquantized."""
+    return F.linear(x, fp8_block_dequantize(weight, scale_inv, block).to(x.dtype), bias)

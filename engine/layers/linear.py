@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
+from pagoda.engine.layers.fp8 import Fp8Capable, block_span
 from pagoda.engine.layers.weights import copy_into, read_shard
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class ReplicatedLinear(nn.Module):
         return nn.functional.linear(x, self.weight)
 
 
-class ColumnParallelLinear(nn.Module):
+class ColumnParallelLinear(Fp8Capable, nn.Module):
     """y = x W^T + b with W's rows (output features) split across ranks."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
@@ -57,6 +58,9 @@ class ColumnParallelLinear(nn.Module):
         self.lora: LayerLoRA | None = None
 
     part_ids: tuple[Any, ...] = (None,)
+    def scale_loader(self, param: nn.Parameter, src: Any, shard_id: Any = None) -> None:
+        here, count, there = block_span(*self.rows(shard_id), self.fp8_block[0], "rows")
+        copy_into(param.data.narrow(0, here, count), read_shard(src, 0, there, count))
 
     def rows(self, part: Any) -> tuple[int, int, int, int]:
         """Where a part's rows go in this rank's weight and come from in the full one:
@@ -81,7 +85,7 @@ class ColumnParallelLinear(nn.Module):
         return a, b[start : start + size]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.linear(x, self.weight, self.bias)
+        y = self.project(x, self.bias)
         return y if self.lora is None else self.lora.apply(x, y)
 
 
@@ -126,7 +130,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         return offset, kv_size, (tp_rank() // self.kv_replicas) * kv_size, self.total_kv_heads * self.head_dim
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(Fp8Capable, nn.Module):
     """y = x W^T + b with W's columns (input features) split; partial sums all-reduced, unless
     `reduce_results` is off because the caller reduces them once together with other partial sums."""
 
@@ -162,11 +166,16 @@ class RowParallelLinear(nn.Module):
         size = param.shape[1]
         copy_into(param, read_shard(src, 1, tp_rank() * size, size))
 
+    def scale_loader(self, param: nn.Parameter, src: Any) -> None:
+        size = self.in_features_per_rank
+        _, count, there = block_span(0, size, tp_rank() * size, size * tp_size(), self.fp8_block[1], "columns")
+        copy_into(param, read_shard(src, 1, there, count))
+
     def _bias_loader(self, param: nn.Parameter, src: Any) -> None:
         copy_into(param, read_shard(src, 0, 0, param.shape[0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.linear(x, self.weight)
+        y = self.project(x, None)
         if self.lora is not None:  # a partial sum like the rest: reduced with it
             y = self.lora.apply(x, y)
         if not self.reduce_results:

@@ -46,14 +46,41 @@ def iter_checkpoint(path: Path) -> Iterator[tuple[str, Any]]:
                 yield name, f.get_slice(name)
 
 
+def _with_prefix(model: nn.Module, name: str) -> str:
+    """A checkpoint name as our modules spell it (decoder-only checkpoints lack the `model.` prefix)."""
+    prefix = getattr(model, "checkpoint_prefix", "")
+    return name if name.startswith(prefix) else prefix + name
+
+
+def use_fp8_weights(model: nn.Module, path: Path, block: tuple[int, int]) -> None:
+    """Makes FP8 every projection the checkpoint stores in FP8: those with a `weight_scale_inv`
+    (checkpoints keep some layers, e.g. the LM head, at full precision)."""
+    for file in checkpoint_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            names = list(f.keys())
+        for name in names:
+            if not name.endswith(".weight_scale_inv"):
+                continue
+            target, _ = model.checkpoint_target(_with_prefix(model, name))
+            module_name = target.removesuffix(".weight_scale_inv")
+            try:
+                module = model.get_submodule(module_name)
+            except AttributeError:
+                module = None
+            if not hasattr(module, "use_fp8"):
+                raise ValueError(f"checkpoint tensor {name!r}: FP8 weights are served for attention and MLP "
+                                 "projections only (not yet for MoE experts, embeddings or heads)")
+            if module.fp8_block is None:
+                module.use_fp8(block)
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     generates = getattr(model, "generates", True)
     tied = bool(getattr(model.config, "tie_word_embeddings", False)) and generates
-    prefix = getattr(model, "checkpoint_prefix", "")
     loaded: set[str] = set()
     for name, src in iter_checkpoint(path):
-        name = name if name.startswith(prefix) else prefix + name
+        name = _with_prefix(model, name)
         if name.endswith(_IGNORED_SUFFIXES) or (tied and name.startswith("lm_head.")):
             continue
         target, shard = model.checkpoint_target(name)
@@ -80,6 +107,8 @@ def build_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
     try:
         with torch.device(device):
             model = model_class(cfg.architecture)(cfg)
+            if cfg.quantization is not None:
+                use_fp8_weights(model, cfg.path, cfg.quantization.block)
     finally:
         torch.set_default_dtype(old)
     load_weights(model, cfg.path)

@@ -8,6 +8,7 @@ TRITON_INTERPRET when a kernel is decorated.
 """
 
 from pagoda.kernels.triton.activation import silu_and_mul
+from pagoda.kernels.triton.fp8_linear import fp8_block_linear
 from pagoda.kernels.triton.kv_cache import store_kv_cache
 from pagoda.kernels.triton.moe import fused_moe
 from pagoda.kernels.triton.norm import fused_add_rms_norm, rms_norm
@@ -16,6 +17,7 @@ from pagoda.kernels.triton.paged_prefill import paged_attention_prefill, paged_a
 from pagoda.kernels.triton.rotary import rotary_embedding
 
 __all__ = [
+    "fp8_block_linear",
     "fused_add_rms_norm",
     "fused_moe",
     "paged_attention_decode",

@@ -1,0 +1,84 @@
+"""Block-wise FP8 checkpoints (quant_method fp8, as Qwen3-*-FP8 ship): served with FP8 weights,
+token for token what Hugging Face reads from the same checkpoint, under tensor parallelism too;
+formats the engine cannot serve are refused by name."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import pytest
+import torch
+
+from pagoda.engine.fixtures import make_fp8_model
+from pagoda.engine.llm import LLM
+from pagoda.engine.model_config import load_model_config
+from pagoda.engine.sampling_params import SamplingParams
+from tests.engine.hf_reference import hf_greedy
+
+PROMPTS = [[17, 42, 99, 7, 256, 3, 88, 12, 5, 61], [300, 4, 4, 19], [17, 42, 99, 7, 256, 3, 88, 9]]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def fp8_model(tiny_model, tmp_path_factory):
+    """fp8_model(arch, block) -> (dense directory, its FP8 checkpoint)."""
+    cache: dict = {}
+
+    def make(arch: str, block: tuple[int, int] = (16, 16)) -> tuple[pathlib.Path, pathlib.Path]:
+        if (arch, block) not in cache:
+            dense = tiny_model(arch)
+            cache[arch, block] = dense, make_fp8_model(dense, tmp_path_factory.mktemp(f"fp8-{arch}") / "model", block)
+        return cache[arch, block]
+
+    return make
+
+
+def _generate(llm: LLM) -> list[list[int]]:
+    try:
+        return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY)]
+    finally:
+        llm.engine.shutdown()
+
+
+@pytest.mark.parametrize(("arch", "block", "tp"), [
+    ("llama", (16, 16), 1), ("qwen2", (32, 16), 1), ("qwen3", (16, 32), 1), ("llama", (16, 16), 2), ("qwen3", (16, 16), 2),
+])
+def test_fp8_checkpoint_matches_transformers(fp8_model, arch: str, block: tuple[int, int], tp: int) -> None:
+    dense, fp8 = fp8_model(arch, block)
+    llm = LLM(str(fp8), dtype="float32", tensor_parallel_size=tp, block_size=4, max_num_batched_tokens=8)
+    proj = llm.engine.runner.model.model.layers[0].self_attn.qkv_proj
+    assert proj.weight.dtype == torch.float8_e4m3fn and proj.weight_scale_inv.dtype == torch.float32
+    assert llm.engine.runner.model.lm_head.weight.dtype == torch.float32, "the LM head stays at full precision"
+    got = _generate(llm)
+    assert got == [hf_greedy(fp8, p, GREEDY.max_tokens) for p in PROMPTS]
+    assert got != [hf_greedy(dense, p, GREEDY.max_tokens) for p in PROMPTS], "quantization is visible in the output"
+
+
+def test_a_tensor_parallel_split_inside_a_block_is_refused(fp8_model) -> None:
+    """llama's 2 KV heads of 16 make 16-row shards at tp=2: blocks of 32 rows would straddle ranks."""
+    _, fp8 = fp8_model("llama", (32, 32))
+    with pytest.raises(ValueError, match="does not fall on blocks of 32"):
+        LLM(str(fp8), dtype="float32", tensor_parallel_size=2)
+
+
+def test_fp8_experts_are_refused(fp8_model) -> None:
+    _, fp8 = fp8_model("qwen3_moe")
+    with pytest.raises(ValueError, match="not yet for MoE experts"):
+        LLM(str(fp8), dtype="float32")
+
+
+@pytest.mark.parametrize("quant", [
+    {"quant_method": "awq", "bits": 4},
+    {"quant_method": "compressed-tensors"},
+    {"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": [128, 128]},
+    {"quant_method": "fp8", "activation_scheme": "dynamic"},
+])
+def test_unsupported_quantization_is_refused(tiny_model, tmp_path: pathlib.Path, quant: dict) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model("llama"), model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "quantization_config": quant}))
+    with pytest.raises(ValueError, match=f"quantization '{quant['quant_method']}.*is not supported"):
+        load_model_config(model)
