@@ -14,6 +14,7 @@ import pytest
 import pagoda.kernels.triton as kernels
 from pagoda.engine import model_runner
 from pagoda.engine.attention.triton_backend import TritonAttentionBackend
+from pagoda.engine.fixtures import make_fp8_model
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.kernels import ops
@@ -27,7 +28,8 @@ MAX_TOKENS = 4
 
 @pytest.fixture
 def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul", "store_kv_cache", "fused_moe"):
+    for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul", "store_kv_cache", "fused_moe",
+                 "fp8_block_linear"):
         monkeypatch.setattr(ops, name, getattr(kernels, name))
     monkeypatch.setattr(model_runner, "select_backend", lambda device: TritonAttentionBackend())
 
@@ -37,6 +39,16 @@ def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_greedy_matches_hf_on_triton_kernels(arch: str, tiny_model, triton_everywhere: None) -> None:
     path = tiny_model(arch)
     # A token budget of 7 chunks the prompts, so steps mix decodes with prefill chunks and prefix hits.
+    llm = LLM(str(path), device="cpu", max_num_batched_tokens=7, block_size=4, max_num_seqs=3)
+    outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
+    for prompt, out in zip(PROMPTS, outputs):
+        assert list(out.outputs[0].token_ids) == hf_greedy(path, llm.tokenizer.encode(prompt), MAX_TOKENS), prompt
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
+def test_fp8_checkpoint_on_triton_kernels(tiny_model, tmp_path, triton_everywhere: None) -> None:
+    """Every projection through the FP8 GEMM, fused parts and all, still Hugging Face's greedy tokens."""
+    path = make_fp8_model(tiny_model("qwen3"), tmp_path / "fp8", block=(16, 32))
     llm = LLM(str(path), device="cpu", max_num_batched_tokens=7, block_size=4, max_num_seqs=3)
     outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
     for prompt, out in zip(PROMPTS, outputs):
