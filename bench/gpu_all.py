@@ -8,6 +8,7 @@ Parts, in order (default: all):
   decode_attention  bench.gpu_decode_attention --sweep
   decode_step       bench.gpu_decode_step
   moe               bench.gpu_moe (the fused MoE kernel on Qwen3-30B-A3B and Mixtral layers)
+  fp8               bench.gpu_fp8 (the FP8 weight GEMM against cuBLAS bf16)
   throughput        bench.gpu_throughput (both models; the longest part)
 
 Each part runs in its own process, so one failing leaves the others' results;
@@ -30,7 +31,7 @@ import xml.etree.ElementTree as ET
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PARTS = ("tests", "decode_attention", "decode_step", "moe", "throughput")
+PARTS = ("tests", "decode_attention", "decode_step", "moe", "fp8", "throughput")
 LOGS = pathlib.Path(tempfile.mkdtemp(prefix="pagoda-gpu-"))
 _PYTEST = "import sys, bench.gpu_import, pytest; sys.exit(pytest.main(sys.argv[1:]))"
 
@@ -80,6 +81,7 @@ def main() -> None:
         "decode_attention": lambda: _module("bench.gpu_decode_attention", "--sweep"),
         "decode_step": lambda: _module("bench.gpu_decode_step"),
         "moe": lambda: _module("bench.gpu_moe"),
+        "fp8": lambda: _module("bench.gpu_fp8"),
         "throughput": lambda: _module("bench.gpu_throughput"),
     }
     for part in args.parts or PARTS:

@@ -73,8 +73,6 @@ def main() -> None:
             print(f"{name:>14} T={tokens:>5}: {used:>3} experts, fused {fused_ms:.3f} ms "
                   f"({row['bandwidth_fraction']:.0%} of copy bw, {row['tflops']:.1f} TFLOP/s), "
                   f"loop {loop_ms:.3f} ms ({row['speedup_over_loop']:.1f}x)")
-        del w13, w2
-        torch.cuda.empty_cache()
     record("gpu_moe", {
         "device_facts": device_facts(),
         "copy_bytes_per_s": copy_bw,
