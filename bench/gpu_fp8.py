@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from bench.gpu_env import bench_ms, copy_bandwidth, device_facts, record
-from pagoda.engine.fixtures import quantize_fp8_blocks
+from pagoda.engine.layers.fp8 import quantize_fp8_blocks
 from pagoda.kernels import reference
 from pagoda.kernels.triton import fp8_block_linear
 

@@ -8,6 +8,7 @@ import torch
 
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 SCHEDULING_POLICIES = ("fcfs", "priority")
+QUANTIZATIONS = ("fp8",)
 
 
 @dataclass
@@ -35,6 +36,9 @@ class EngineConfig:
     enable_lora: bool = False
     max_loras: int = 4
     max_lora_rank: int = 16
+    # "fp8": projections held in FP8 (block scales of 128 x 128): quantized at load from a full-precision
+    # checkpoint, or as an FP8 checkpoint stores them. None: as the checkpoint stores them.
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -48,6 +52,8 @@ class EngineConfig:
             (self.scheduling_policy in SCHEDULING_POLICIES,
              f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}"),
             (self.max_loras >= 1 and self.max_lora_rank >= 1, "max_loras and max_lora_rank must be >= 1"),
+            (self.quantization in (None, *QUANTIZATIONS),
+             f"quantization must be one of {', '.join(QUANTIZATIONS)} (or unset)"),
         ]
         for ok, message in checks:
             if not ok:

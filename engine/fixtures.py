@@ -28,6 +28,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from pagoda.engine.layers.fp8 import quantize_fp8_blocks
+
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe"
 )
@@ -387,19 +389,6 @@ def make_tiny_model(
 
 # Projections an FP8 checkpoint stores in FP8 (embeddings, norms, routers and the LM head stay as they are).
 _FP8_PROJECTION = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
-FP8_MAX = 448.0  # the largest float8_e4m3fn value
-
-
-def quantize_fp8_blocks(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(FP8 weight, fp32 weight_scale_inv): each block scaled so its largest entry maps to FP8's largest."""
-    rows, cols = weight.shape
-    grid = (-(-rows // block[0]), -(-cols // block[1]))
-    padded = torch.zeros(grid[0] * block[0], grid[1] * block[1])
-    padded[:rows, :cols] = weight.float()
-    tiles = padded.view(grid[0], block[0], grid[1], block[1])
-    scale = (tiles.abs().amax(dim=(1, 3)) / FP8_MAX).clamp_min(1e-12)
-    quantized = (tiles / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).view_as(padded)[:rows, :cols]
-    return quantized.to(torch.float8_e4m3fn).contiguous(), scale
 
 
 def make_fp8_model(

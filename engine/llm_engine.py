@@ -56,14 +56,21 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(config.tokenizer or config.model)
         self.eos_token_ids = self._eos_token_ids()
         self.tp_group = TensorParallelGroup(config, self.model_config) if config.tensor_parallel_size > 1 else None
-        self.runner = ModelRunner(config, self.model_config, self.eos_token_ids, tp_group=self.tp_group)
-        num_blocks = self.runner.num_blocks
-        if num_blocks * config.block_size < self.model_config.max_model_len:
-            raise ValueError(
-                f"the KV cache holds {num_blocks * config.block_size} tokens ({num_blocks} blocks of "
-                f"{config.block_size}), fewer than max_model_len={self.model_config.max_model_len}: "
-                "raise the cache budget or lower max_model_len"
-            )
+        try:
+            self.runner = ModelRunner(config, self.model_config, self.eos_token_ids, tp_group=self.tp_group)
+            num_blocks = self.runner.num_blocks
+            if num_blocks * config.block_size < self.model_config.max_model_len:
+                raise ValueError(
+                    f"the KV cache holds {num_blocks * config.block_size} tokens ({num_blocks} blocks of "
+                    f"{config.block_size}), fewer than max_model_len={self.model_config.max_model_len}: "
+                    "raise the cache budget or lower max_model_len"
+                )
+        except BaseException:
+            # A failed start must not leave workers running, nor this process's tensor-parallel
+            # state set: the next engine in the process would all-reduce with ranks that are gone.
+            if self.tp_group is not None:
+                self.tp_group.shutdown()
+            raise
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_loras, config.scheduling_policy)

@@ -65,7 +65,7 @@ class ModelRunner:
         self.tp_group = tp_group
         self.block_size = config.block_size
         self.eos_token_ids = eos_token_ids
-        self.model = build_model(model_config, self.device)
+        self.model = build_model(model_config, self.device, config.quantization)
         self.backend = select_backend(self.device)
         # LoRA slots before the KV cache is sized, so the cache takes only what they leave.
         self.lora = (LoRASlots(self.model, config.max_loras, config.max_lora_rank, model_config.dtype, self.device)

@@ -30,13 +30,14 @@ SCHEDULING_POLICY = "--scheduling-policy"
 LORA_MODULES = "--lora-modules"
 MAX_LORAS = "--max-loras"
 MAX_LORA_RANK = "--max-lora-rank"
+QUANTIZATION = "--quantization"
 
 #: Every flag of `pagoda serve` the operator knows.
 ALL_FLAGS = (
     HOST, PORT, SERVED_MODEL_NAME, API_KEY, DTYPE, MAX_MODEL_LEN, MAX_NUM_SEQS,
     MAX_NUM_BATCHED_TOKENS, BLOCK_SIZE, ENABLE_PREFIX_CACHING, NO_ENABLE_PREFIX_CACHING,
     GPU_MEMORY_UTILIZATION, TENSOR_PARALLEL_SIZE, MAX_QUEUE_LEN, LOG_LEVEL, DRAIN_TIMEOUT,
-    SCHEDULING_POLICY, LORA_MODULES, MAX_LORAS, MAX_LORA_RANK,
+    SCHEDULING_POLICY, LORA_MODULES, MAX_LORAS, MAX_LORA_RANK, QUANTIZATION,
 )
 
 #: Flags whose value the operator derives from the resource itself (wiring,

@@ -146,6 +146,10 @@ class EngineSpec(_Model):
         None, description="priority: requests' `priority` field (lower first) orders waiting and preemption.")
     max_loras: int | None = Field(None, ge=1, le=64, description="Most LoRA adapters in one batch.")
     max_lora_rank: int | None = Field(None, ge=1, le=512, description="Largest LoRA adapter rank served.")
+    quantization: Literal["fp8"] | None = Field(
+        None, description="fp8: projections held in FP8 with 128x128 block scales, quantized at load from a "
+        "full-precision checkpoint (FP8 checkpoints are served as FP8 without it): half the weight memory and bytes "
+        "per decode step.")
     extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list, max_length=64,
         description="More `pagoda serve` arguments, appended verbatim.",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pagoda.engine.config import SCHEDULING_POLICIES, EngineConfig
+from pagoda.engine.config import QUANTIZATIONS, SCHEDULING_POLICIES, EngineConfig
 from pagoda.engine.entrypoints.reply import REASONING_PARSERS
 from pagoda.engine.entrypoints.tool_parsers import AUTO_PARSERS
 
@@ -128,6 +128,9 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("tensor-parallel-size", int, "GPUs to shard the model over", dest=_ENGINE + "tensor_parallel_size"),
     _Flag("scheduling-policy", str, "fcfs, or priority: requests' priority field orders waiting and preemption",
           SCHEDULING_POLICIES, _ENGINE + "scheduling_policy"),
+    _Flag("quantization", str, "fp8: hold the projections in FP8 with 128x128 block scales (quantized at load "
+          "from a bf16 checkpoint; FP8 checkpoints are served as FP8 either way)", QUANTIZATIONS,
+          _ENGINE + "quantization"),
     _Flag("max-queue-len", int, "most requests waiting for the batch; beyond it, 503 with Retry-After"),
     _Flag("log-level", str, "log level", LOG_LEVELS),
     _Flag("drain-timeout", float, "seconds SIGTERM waits for in-flight requests"),

@@ -19,6 +19,21 @@ from torch import nn
 from pagoda.kernels import ops
 
 FP8_DTYPE = torch.float8_e4m3fn
+# The scale blocks of weights quantized at load (`quantization="fp8"`): those of Qwen3-*-FP8 and DeepSeek-V3.
+ONLINE_BLOCK = (128, 128)
+FP8_MAX = 448.0  # the largest float8_e4m3fn value
+
+
+def quantize_fp8_blocks(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(FP8 weight, fp32 weight_scale_inv): each block scaled so its largest entry maps to FP8's largest."""
+    rows, cols = weight.shape
+    grid = (-(-rows // block[0]), -(-cols // block[1]))
+    padded = torch.zeros(grid[0] * block[0], grid[1] * block[1], device=weight.device)
+    padded[:rows, :cols] = weight.float()
+    tiles = padded.view(grid[0], block[0], grid[1], block[1])
+    scale = (tiles.abs().amax(dim=(1, 3)) / FP8_MAX).clamp_min(1e-12)
+    quantized = (tiles / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).view_as(padded)[:rows, :cols]
+    return quantized.to(FP8_DTYPE).contiguous(), scale
 
 
 def fp8_weight(like: nn.Parameter, loader: Callable[..., None]) -> nn.Parameter:
@@ -62,6 +77,13 @@ class Fp8Capable:
         self.fp8_block = block
         self.weight = fp8_weight(self.weight, self.weight_loader)
         self.weight_scale_inv = scale_grid(self.weight, block, self.scale_loader)
+
+    def quantize_loaded(self, block: tuple[int, int] = ONLINE_BLOCK) -> None:
+        """Replaces the loaded full-precision weight by its FP8 blocks (FP8 at load, from a bf16 checkpoint)."""
+        weight, scale = quantize_fp8_blocks(self.weight.data, block)
+        self.fp8_block = block
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.weight_scale_inv = nn.Parameter(scale, requires_grad=False)
 
     def project(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.fp8_block is None:

@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from pagoda.engine.layers.fp8 import Fp8Capable
 from pagoda.engine.layers.weights import default_weight_loader
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.registry import model_class
@@ -100,8 +101,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise ValueError(f"checkpoint {path} lacks weights for: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
 
 
-def build_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
-    """Instantiates the registered class for the config on `device` and loads its weights."""
+def build_model(cfg: ModelConfig, device: torch.device, quantization: str | None = None) -> nn.Module:
+    """Instantiates the registered class for the config on `device` and loads its weights;
+    `quantization="fp8"` turns a full-precision checkpoint's projections into FP8 once loaded."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(cfg.dtype)
     try:
@@ -112,4 +114,8 @@ def build_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
     finally:
         torch.set_default_dtype(old)
     load_weights(model, cfg.path)
+    if quantization == "fp8":
+        for module in model.modules():
+            if isinstance(module, Fp8Capable) and module.fp8_block is None:
+                module.quantize_loaded()
     return model.eval()

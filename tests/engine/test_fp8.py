@@ -11,10 +11,12 @@ import shutil
 import pytest
 import torch
 
+from pagoda.engine.config import EngineConfig
 from pagoda.engine.fixtures import make_fp8_model
 from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.sampling_params import SamplingParams
+from pagoda.kernels import reference
 from tests.engine.hf_reference import hf_greedy
 
 PROMPTS = [[17, 42, 99, 7, 256, 3, 88, 12, 5, 61], [300, 4, 4, 19], [17, 42, 99, 7, 256, 3, 88, 9]]
@@ -82,3 +84,33 @@ def test_unsupported_quantization_is_refused(tiny_model, tmp_path: pathlib.Path,
     (model / "config.json").write_text(json.dumps({**config, "quantization_config": quant}))
     with pytest.raises(ValueError, match=f"quantization '{quant['quant_method']}.*is not supported"):
         load_model_config(model)
+
+
+def test_fp8_at_load_from_a_full_precision_checkpoint(tiny_model) -> None:
+    """quantization="fp8" on a full-precision checkpoint holds every projection in FP8 within e4m3's
+    precision of the checkpoint, and generates what the dense model given exactly those dequantized
+    weights generates; the LM head and embeddings stay as they were."""
+    path = tiny_model("qwen3")
+    dense = LLM(str(path), dtype="float32", block_size=4)
+    fp8 = LLM(str(path), dtype="float32", block_size=4, quantization="fp8")
+    model = fp8.engine.runner.model
+    layers = [(name, m) for name, m in model.named_modules() if getattr(m, "fp8_block", None) is not None]
+    assert len(layers) == 4 * 2, "qkv, o, gate_up and down of both layers"
+    assert model.lm_head.weight.dtype == model.model.embed_tokens.weight.dtype == torch.float32
+    dense_params = dict(dense.engine.runner.model.named_parameters())
+    plain = _generate(dense)
+    with torch.no_grad():
+        for name, layer in layers:
+            assert layer.weight.dtype == torch.float8_e4m3fn and layer.fp8_block == (128, 128)
+            exact = dense_params[f"{name}.weight"]
+            approx = reference.fp8_block_dequantize(layer.weight, layer.weight_scale_inv, layer.fp8_block)
+            assert (approx - exact).norm() / exact.norm() < 0.04, name
+            exact.copy_(approx)
+    got = _generate(fp8)
+    assert got == _generate(dense), "FP8 serving is the dense model on the dequantized weights"
+    assert got != plain, "quantization is visible in the output"
+
+
+def test_unknown_quantization_option_is_refused() -> None:
+    with pytest.raises(ValueError, match="quantization must be one of fp8"):
+        EngineConfig(model="m", quantization="int4")

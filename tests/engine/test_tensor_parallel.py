@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import os
 import signal
 import time
 
 import pytest
 
+from pagoda.engine.distributed import tp_size
 from pagoda.engine.fixtures import FIXTURE_ARCHS
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
@@ -54,3 +57,15 @@ def test_a_dead_worker_fails_the_engine_instead_of_hanging(tiny_model) -> None:
             llm.generate(PROMPTS[0], GREEDY)
     finally:
         llm.engine.shutdown()
+
+
+def test_a_failed_start_leaves_no_workers_and_no_group(tiny_model) -> None:
+    """An engine that fails after its workers started (here: a KV cache too small for the context)
+    stops them and clears the process's tensor-parallel state, so the next engine works."""
+    path = str(tiny_model("llama"))
+    with pytest.raises(ValueError, match="KV cache holds"):
+        LLM(path, dtype="float32", tensor_parallel_size=2, num_kv_blocks=1, block_size=4)
+    assert tp_size() == 1
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("pagoda-tp")]
+    out = LLM(path, dtype="float32").generate(PROMPTS[:1], GREEDY)[0]
+    assert out.outputs[0].token_ids == hf_greedy(tiny_model("llama"), out.prompt_token_ids, 10)

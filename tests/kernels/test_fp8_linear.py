@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pagoda.kernels.triton as kernels
-from pagoda.engine.fixtures import quantize_fp8_blocks
+from pagoda.engine.layers.fp8 import quantize_fp8_blocks
 from pagoda.kernels import reference
 from tests.kernels.conftest import DEVICE
 from tests.kernels.numerics import assert_close
