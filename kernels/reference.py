@@ -143,14 +143,22 @@ def paged_attention_prefill(
 
 
 def fused_moe(
-    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+    w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """A mixture-of-experts SwiGLU MLP: each token's chosen experts, weighted and summed.
 
     x: [T, H]; w13: [E, 2I, H], each expert's gate rows then up rows; w2: [E, H, I];
     topk_weights, topk_ids: [T, k]. Every expert runs once, on the tokens routed to
-    it; the weighting and the sum over a token's k experts are in fp32.
+    it; the weighting and the sum over a token's k experts are in fp32. With `block`,
+    the weights are FP8 and w13_scale, w2_scale their per-expert block scales.
     """
+
+    def weight(w: torch.Tensor, scale: torch.Tensor | None, expert: int) -> torch.Tensor:
+        if block is None:
+            return w[expert]
+        return fp8_block_dequantize(w[expert], scale[expert], block).to(x.dtype)
+
     tokens, top_k = topk_ids.shape
     out = torch.zeros(tokens, x.shape[-1], dtype=torch.float32, device=x.device)
     flat = topk_ids.reshape(-1)
@@ -162,7 +170,8 @@ def fused_moe(
             continue
         rows = order[start : start + count]
         start += count
-        y = F.linear(silu_and_mul(F.linear(x[rows // top_k], w13[expert])), w2[expert])
+        gate_up = F.linear(x[rows // top_k], weight(w13, w13_scale, expert))
+        y = F.linear(silu_and_mul(gate_up), weight(w2, w2_scale, expert))
         out.index_add_(0, rows // top_k, y.float() * weights[rows])
     return out.to(x.dtype)
 

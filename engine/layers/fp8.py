@@ -44,9 +44,10 @@ def fp8_weight(like: nn.Parameter, loader: Callable[..., None]) -> nn.Parameter:
 
 
 def scale_grid(weight: nn.Parameter, block: tuple[int, int], loader: Callable[..., None]) -> nn.Parameter:
-    """The fp32 `weight_scale_inv` of a weight: one entry per (possibly partial) block."""
-    rows, cols = weight.shape
-    shape = (-(-rows // block[0]), -(-cols // block[1]))
+    """The fp32 `weight_scale_inv` of a weight (or of each of a stack of experts' weights):
+    one entry per (possibly partial) block."""
+    *experts, rows, cols = weight.shape
+    shape = (*experts, -(-rows // block[0]), -(-cols // block[1]))
     param = nn.Parameter(torch.empty(shape, dtype=torch.float32, device=weight.device), requires_grad=False)
     param.weight_loader = loader
     return param
@@ -78,7 +79,7 @@ class Fp8Capable:
         self.weight = fp8_weight(self.weight, self.weight_loader)
         self.weight_scale_inv = scale_grid(self.weight, block, self.scale_loader)
 
-    def quantize_loaded(self, block: tuple[int, int] = ONLINE_BLOCK) -> None:
+    def quantize_loaded(self, block: tuple[int, int]) -> None:
         """Replaces the loaded full-precision weight by its FP8 blocks (FP8 at load, from a bf16 checkpoint)."""
         weight, scale = quantize_fp8_blocks(self.weight.data, block)
         self.fp8_block = block

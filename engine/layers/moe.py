@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pagoda.engine.distributed import tp_rank, tp_size
+from pagoda.engine.layers.fp8 import block_span, fp8_weight, quantize_fp8_blocks, scale_grid
 from pagoda.engine.layers.linear import divide
 from pagoda.engine.layers.weights import copy_into, read_shard, source_shape
 from pagoda.kernels import ops
@@ -72,5 +73,41 @@ class FusedMoE(nn.Module):
         else:
             copy_into(param.data[expert].narrow(0, part * size, size), read_shard(src, 0, start, size))
 
+    # (rows, columns) of the FP8 scale blocks once the experts are FP8; None: plain weights.
+    fp8_block: tuple[int, int] | None = None
+
+    def use_fp8(self, block: tuple[int, int]) -> None:
+        """Holds every expert's weights as FP8 with block scales, as the checkpoint stores them."""
+        self.fp8_block = block
+        self.w13 = fp8_weight(self.w13, self.weight_loader)
+        self.w2 = fp8_weight(self.w2, self.weight_loader)
+        self.w13_scale_inv = scale_grid(self.w13, block, self.scale_loader)
+        self.w2_scale_inv = scale_grid(self.w2, block, self.scale_loader)
+
+    def scale_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int]) -> None:
+        """One expert's part of the scales: gate or up rows of w13's grid, or this rank's columns of w2's."""
+        expert, part = shard
+        if expert == STACKED:
+            raise ValueError("FP8 scales of stacked expert tensors are not supported")
+        size, start = self.per_rank, tp_rank() * self.per_rank
+        if part == 2:
+            _, count, there = block_span(0, size, start, self.intermediate_size, self.fp8_block[1], "expert columns")
+            copy_into(param.data[expert], read_shard(src, 1, there, count))
+        else:
+            here, count, there = block_span(part * size, size, start, self.intermediate_size, self.fp8_block[0],
+                                            "expert rows")
+            copy_into(param.data[expert].narrow(0, here, count), read_shard(src, 0, there, count))
+
+    def quantize_loaded(self, block: tuple[int, int]) -> None:
+        """Replaces the loaded experts by their FP8 blocks, expert by expert (FP8 at load)."""
+        quantized = [[quantize_fp8_blocks(w[e], block) for e in range(self.num_experts)] for w in (self.w13, self.w2)]
+        self.fp8_block = block
+        for name, parts in zip(("w13", "w2"), quantized):
+            setattr(self, name, nn.Parameter(torch.stack([q for q, _ in parts]), requires_grad=False))
+            setattr(self, f"{name}_scale_inv", nn.Parameter(torch.stack([s for _, s in parts]), requires_grad=False))
+
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids)
+        if self.fp8_block is None:
+            return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids)
+        return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids,
+                             self.w13_scale_inv, self.w2_scale_inv, self.fp8_block)

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from pagoda.engine.layers.fp8 import Fp8Capable
+from pagoda.engine.layers.fp8 import ONLINE_BLOCK
 from pagoda.engine.layers.weights import default_weight_loader
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.registry import model_class
@@ -63,14 +63,14 @@ def use_fp8_weights(model: nn.Module, path: Path, block: tuple[int, int]) -> Non
             if not name.endswith(".weight_scale_inv"):
                 continue
             target, _ = model.checkpoint_target(_with_prefix(model, name))
-            module_name = target.removesuffix(".weight_scale_inv")
+            module_name = target.rpartition(".")[0]
             try:
                 module = model.get_submodule(module_name)
             except AttributeError:
                 module = None
             if not hasattr(module, "use_fp8"):
-                raise ValueError(f"checkpoint tensor {name!r}: FP8 weights are served for attention and MLP "
-                                 "projections only (not yet for MoE experts, embeddings or heads)")
+                raise ValueError(f"checkpoint tensor {name!r}: FP8 weights are served for attention, MLP and "
+                                 "expert projections only (not for embeddings or heads)")
             if module.fp8_block is None:
                 module.use_fp8(block)
 
@@ -116,6 +116,6 @@ def build_model(cfg: ModelConfig, device: torch.device, quantization: str | None
     load_weights(model, cfg.path)
     if quantization == "fp8":
         for module in model.modules():
-            if isinstance(module, Fp8Capable) and module.fp8_block is None:
-                module.quantize_loaded()
+            if hasattr(module, "quantize_loaded") and module.fp8_block is None:
+                module.quantize_loaded(ONLINE_BLOCK)
     return model.eval()

@@ -21,8 +21,8 @@ from pagoda.engine.layers.moe import EXPERT_PARTS, STACKED, FusedMoE, route
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.llama import DecoderMLP, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 
-# experts.<e>.<projection>.weight, one expert's part as hub checkpoints store it.
-_EXPERT = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<expert>\d+)\.(?P<part>\w+)\.weight$")
+# experts.<e>.<projection>.weight (and, in FP8 checkpoints, .weight_scale_inv): one expert's part.
+_EXPERT = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<expert>\d+)\.(?P<part>\w+)\.weight(?P<scale>_scale_inv)?$")
 # experts.gate_up_proj / experts.down_proj, all experts stacked (transformers 5's layout).
 _STACKED = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<part>gate_up_proj|down_proj)$")
 
@@ -65,7 +65,8 @@ class _MixtureOfExperts:
         if match := _EXPERT.match(name):
             part = EXPERT_PARTS.get(match["part"])
             if part is not None:
-                return f"{match['layer']}.{'w2' if part == 2 else 'w13'}", (int(match["expert"]), part)
+                param = f"{'w2' if part == 2 else 'w13'}{'_scale_inv' if match['scale'] else ''}"
+                return f"{match['layer']}.{param}", (int(match["expert"]), part)
         if match := _STACKED.match(name):
             down = match["part"] == "down_proj"
             return f"{match['layer']}.{'w2' if down else 'w13'}", (STACKED, 2 if down else 0)

@@ -17,6 +17,9 @@ run see expert -1 and exit.
     act        = silu(gate) * up                     (silu_and_mul kernel)
     down[a]    = weight[a] * act[a] @ w2[e(a)]^T     (second GEMM, routing weight fused)
     out[t]     = sum over the token's k rows of down (fp32)
+
+FP8 experts (block-scaled, as Qwen3-30B-A3B-FP8 ships them) are read as one
+byte per weight and dequantized in registers by their expert's block scales.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from pagoda.kernels.triton.launch import exact_dot
 
 @triton.jit
 def _moe_gemm_kernel(
-    a_ptr, w_ptr, c_ptr, weights_ptr, sorted_rows_ptr, tile_expert_ptr,
-    n, k, num_rows, stride_am, stride_we, stride_wn, stride_cm,
+    a_ptr, w_ptr, c_ptr, weights_ptr, sorted_rows_ptr, tile_expert_ptr, s_ptr,
+    n, k, num_rows, stride_am, stride_we, stride_wn, stride_cm, stride_se, stride_sn,
     TOP_K: tl.constexpr, ROWS_BY_TOKEN: tl.constexpr, MUL_WEIGHT: tl.constexpr, EXACT: tl.constexpr,
+    FP8: tl.constexpr, SCALE_ROWS: tl.constexpr, SCALE_COLS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -53,6 +57,11 @@ def _moe_gemm_kernel(
         k_in = offs_k < k - k0
         a = tl.load(a_ptrs, mask=valid[:, None] & k_in[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=k_in[:, None] & (offs_n[None, :] < n), other=0.0)
+        if FP8:  # dequantized in registers by the expert's block scales, to the activations' dtype
+            scale = tl.load(s_ptr + expert.to(tl.int64) * stride_se + (offs_n // SCALE_ROWS)[None, :] * stride_sn
+                            + ((k0 + offs_k) // SCALE_COLS)[:, None], mask=k_in[:, None] & (offs_n[None, :] < n),
+                            other=0.0)
+            w = (w.to(tl.float32) * scale).to(a_ptr.dtype.element_ty)
         acc = mma(a, w, acc, EXACT)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
@@ -96,20 +105,25 @@ def _tiles(rows: int) -> tuple[int, int, int]:
 def _grouped_gemm(
     a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, sorted_rows: torch.Tensor, tile_expert: torch.Tensor,
     weights: torch.Tensor, top_k: int, rows_by_token: bool, tiles: tuple[int, int, int],
+    scale: torch.Tensor | None, block: tuple[int, int] | None,
 ) -> None:
     block_m, block_n, block_k = tiles
     n, k = w.shape[1], w.shape[2]
     grid = (tile_expert.numel(), triton.cdiv(n, block_n))
+    s = weights if scale is None else scale  # any pointer when there are no scales
     _moe_gemm_kernel[grid](
-        a, w, out, weights, sorted_rows, tile_expert,
+        a, w, out, weights, sorted_rows, tile_expert, s,
         n, k, out.shape[0], a.stride(0), w.stride(0), w.stride(1), out.stride(0),
+        0 if scale is None else scale.stride(0), 0 if scale is None else scale.stride(1),
         TOP_K=top_k, ROWS_BY_TOKEN=rows_by_token, MUL_WEIGHT=not rows_by_token, EXACT=exact_dot(a.dtype),
+        FP8=block is not None, SCALE_ROWS=block[0] if block else 1, SCALE_COLS=block[1] if block else 1,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
     )
 
 
 def fused_moe(
-    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+    w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.fused_moe`."""
     tokens, top_k = topk_ids.shape
@@ -122,8 +136,8 @@ def fused_moe(
     sorted_rows, tile_expert = sort_by_expert(topk_ids, w13.shape[0], tiles[0])
     weights = topk_weights.reshape(-1).float().contiguous()
     gate_up = torch.empty(tokens * top_k, 2 * inter, dtype=x.dtype, device=x.device)
-    _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles)
+    _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles, w13_scale, block)
     act = silu_and_mul(gate_up)
     down = torch.empty(tokens * top_k, hidden, dtype=x.dtype, device=x.device)
-    _grouped_gemm(act, w2, down, sorted_rows, tile_expert, weights, top_k, False, tiles)
+    _grouped_gemm(act, w2, down, sorted_rows, tile_expert, weights, top_k, False, tiles, w2_scale, block)
     return down.view(tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)

@@ -137,6 +137,11 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
             ids = torch.arange(tokens * 8).view(tokens, 8) % 8
             call(f"moe-{str(dtype).removeprefix('torch.')}-t{tokens}", lambda: kernels.fused_moe(
                 torch.empty(tokens, 2048, dtype=dtype), w13, w2, torch.ones(tokens, 8), ids))
+        fp8 = torch.float8_e4m3fn
+        call("moe-fp8-t4", lambda: kernels.fused_moe(
+            torch.empty(4, 2048, dtype=torch.bfloat16), torch.empty(8, 2 * 768, 2048, dtype=fp8),
+            torch.empty(8, 2048, 768, dtype=fp8), torch.ones(4, 8), torch.arange(32).view(4, 8) % 8,
+            torch.empty(8, 12, 16), torch.empty(8, 16, 6), (128, 128)))
     finally:
         for module, name in modules.items():
             setattr(module, name, originals[module])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import pagoda.kernels.triton as kernels
+from pagoda.engine.layers.fp8 import quantize_fp8_blocks
 from pagoda.kernels import reference
 from pagoda.kernels.triton.launch import interpreting
 from pagoda.kernels.triton.moe import sort_by_expert
@@ -51,6 +52,22 @@ def test_fused_moe_matches_reference(shape: tuple[int, ...], dtype: torch.dtype)
     x, w13, w2, weights, ids = _inputs(shape, dtype, seed=sum(shape))
     out = kernels.fused_moe(x, w13, w2, weights, ids)
     ref = reference.fused_moe(x, w13, w2, weights, ids)
+    assert_close(out, ref, rel_tol=_tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "block"), [(SHAPES[0], (16, 16)), (SHAPES[3], (32, 24)), (SHAPES[4], (128, 128))],
+                         ids=str)
+def test_fused_moe_of_fp8_experts_matches_reference(shape: tuple[int, ...], block: tuple[int, int],
+                                                    dtype: torch.dtype) -> None:
+    """FP8 experts with block scales (partial blocks where the dims are not multiples)."""
+    x, w13, w2, weights, ids = _inputs(shape, torch.float32, seed=sum(shape) + 1)
+    (w13, s13), (w2, s2) = [
+        [torch.stack(t) for t in zip(*(quantize_fp8_blocks(w.cpu(), block) for w in stack))] for stack in (w13, w2)]
+    w13, s13, w2, s2 = (t.to(DEVICE) for t in (w13, s13, w2, s2))
+    x = x.to(dtype)
+    out = kernels.fused_moe(x, w13, w2, weights, ids, s13, s2, block)
+    ref = reference.fused_moe(x, w13, w2, weights, ids, s13, s2, block)
     assert_close(out, ref, rel_tol=_tolerance(dtype))
 
 
