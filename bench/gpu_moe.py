@@ -12,7 +12,9 @@ to 4096 tokens. Reported per size:
   what Hugging Face's MoE blocks do), in the same run;
 - bandwidth_fraction: floor bytes / fused time over the measured copy
   bandwidth (decode sizes are memory-bound: the target is the same 80% as
-  the decode attention kernel), and TFLOP/s for the prefill sizes.
+  the decode attention kernel), and TFLOP/s for the prefill sizes;
+- fp8_ms, fp8_bandwidth_fraction: the same experts in FP8 with 128x128
+  block scales (Qwen3-30B-A3B-FP8's format): half the weight bytes.
 
     python -m bench.gpu_moe
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from bench.gpu_env import bench_ms, copy_bandwidth, device_facts, record
+from pagoda.engine.layers.fp8 import quantize_fp8_blocks
 from pagoda.kernels import reference
 from pagoda.kernels.triton import fused_moe
 
@@ -31,6 +34,7 @@ LAYERS = {
     "mixtral-8x7b": (8, 2, 4096, 14336),
 }
 TOKENS = [1, 4, 16, 64, 256, 1024, 4096]
+FP8_BLOCK = (128, 128)
 
 
 def _layer(experts: int, hidden: int, inter: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +42,11 @@ def _layer(experts: int, hidden: int, inter: int) -> tuple[torch.Tensor, torch.T
     w13 = torch.randn(experts, 2 * inter, hidden, device="cuda", dtype=torch.bfloat16, generator=g) / hidden**0.5
     w2 = torch.randn(experts, hidden, inter, device="cuda", dtype=torch.bfloat16, generator=g) / inter**0.5
     return w13, w2
+
+
+def _fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [quantize_fp8_blocks(expert, FP8_BLOCK) for expert in w]
+    return torch.stack([q for q, _ in parts]), torch.stack([s for _, s in parts])
 
 
 def _routing(tokens: int, experts: int, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +60,7 @@ def main() -> None:
     rows = []
     for name, (experts, top_k, hidden, inter) in LAYERS.items():
         w13, w2 = _layer(experts, hidden, inter)
+        (q13, s13), (q2, s2) = _fp8(w13), _fp8(w2)
         expert_bytes = 3 * hidden * inter * w13.element_size()
         for tokens in TOKENS:
             x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
@@ -61,6 +71,8 @@ def main() -> None:
             flops = 2 * tokens * top_k * 3 * hidden * inter
             fused_ms = bench_ms(lambda: fused_moe(x, w13, w2, weights, ids))
             loop_ms = bench_ms(lambda: reference.fused_moe(x, w13, w2, weights, ids))
+            fp8_ms = bench_ms(lambda: fused_moe(x, q13, q2, weights, ids, s13, s2, FP8_BLOCK))
+            fp8_bytes = used * expert_bytes // 2 + act_bytes
             err = (fused_moe(x, w13, w2, weights, ids).float() - reference.fused_moe(x, w13, w2, weights, ids).float())
             row = {
                 "layer": name, "tokens": tokens, "experts_used": used, "floor_bytes": floor_bytes,
@@ -68,11 +80,13 @@ def main() -> None:
                 "bandwidth_fraction": floor_bytes / (fused_ms * 1e-3) / copy_bw,
                 "tflops": flops / (fused_ms * 1e-3) / 1e12,
                 "max_abs_diff_vs_loop": float(err.abs().max()),
+                "fp8_ms": fp8_ms, "fp8_bandwidth_fraction": fp8_bytes / (fp8_ms * 1e-3) / copy_bw,
             }
             rows.append(row)
             print(f"{name:>14} T={tokens:>5}: {used:>3} experts, fused {fused_ms:.3f} ms "
                   f"({row['bandwidth_fraction']:.0%} of copy bw, {row['tflops']:.1f} TFLOP/s), "
-                  f"loop {loop_ms:.3f} ms ({row['speedup_over_loop']:.1f}x)")
+                  f"loop {loop_ms:.3f} ms ({row['speedup_over_loop']:.1f}x), fp8 {fp8_ms:.3f} ms "
+                  f"({row['fp8_bandwidth_fraction']:.0%})")
     record("gpu_moe", {
         "device_facts": device_facts(),
         "copy_bytes_per_s": copy_bw,
