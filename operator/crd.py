@@ -49,6 +49,8 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = {name: structural(sub, defs) for name, sub in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
             out[key] = structural(value, defs)
+        elif key == "const":  # a one-value Literal; structural schemas know only enum
+            out["enum"] = [value]
         elif key == "default":
             default = _default(value)
             if default is not None:
