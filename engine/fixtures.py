@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 from pagoda.engine.layers.fp8 import quantize_fp8_blocks
 
 FIXTURE_ARCHS: tuple[str, ...] = (
-    "llama", "llama3", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe"
+    "llama", "llama3", "mistral", "qwen2", "qwen3", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe"
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -157,6 +157,13 @@ _FAMILIES: dict[str, _Family] = {
     "qwen2": _Family("qwen2", "Qwen2ForCausalLM", adds_bos=False, rope_theta=1000000.0),
     # head_dim 32 on purpose: hidden_size / num_attention_heads would be 16.
     "qwen3": _Family("qwen3", "Qwen3ForCausalLM", adds_bos=False, rope_theta=1000000.0, config={"head_dim": 32}),
+    # Gemma 3: a sliding window of 8 tokens on all layers but every 2nd (so the tests' prompts
+    # outgrow it), local layers rotating at another base, attention scaled by query_pre_attn_scalar.
+    "gemma3": _Family(
+        "gemma3_text", "Gemma3ForCausalLM", adds_bos=True, rope_theta=1000000.0,
+        config={"head_dim": 32, "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+                "query_pre_attn_scalar": 24, "hidden_activation": "gelu_pytorch_tanh", "rope_local_base_freq": 20000.0},
+    ),
     # Mixture of experts, each with what distinguishes its family: Mixtral renormalizes the top-k
     # weights and sizes experts by intermediate_size; Qwen2-MoE adds a gated shared expert and
     # does not renormalize; Qwen3-MoE renormalizes, and here keeps layer 0 dense (mlp_only_layers).
@@ -302,6 +309,9 @@ def _hub_style_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
     """Rewrite transformers 5's `rope_parameters` into the `rope_theta`/`rope_scaling` keys hub checkpoints have."""
     config = dict(config)
     rope = dict(config.pop("rope_parameters"))
+    if "sliding_attention" in rope:  # Gemma 3's local layers: hub configs name only their base
+        config["rope_local_base_freq"] = rope.pop("sliding_attention")["rope_theta"]
+        rope = rope.pop("full_attention")
     config["rope_theta"] = rope.pop("rope_theta")
     config["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else rope
     if config["model_type"].startswith("qwen") and "num_local_experts" in config:

@@ -119,6 +119,9 @@ class ModelConfig:
 
 def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
     params = dict(cfg.get("rope_parameters") or {})
+    # Models whose layers rotate differently (Gemma 3) nest the settings per layer type; the
+    # global layers' are the model's, and the model reads the others itself.
+    params = dict(params.get("full_attention", params))
     scaling = dict(cfg.get("rope_scaling") or {})
     merged = {**scaling, **params}
     theta = float(merged.pop("rope_theta", cfg.get("rope_theta", 10000.0)))

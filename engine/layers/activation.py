@@ -1,4 +1,5 @@
-"""SwiGLU's activation: silu(gate) * up over the fused gate_up projection."""
+"""Gated MLP activations over the fused gate_up projection: silu(gate) * up (SwiGLU, most
+families) and gelu_tanh(gate) * up (GeGLU, Gemma)."""
 
 from __future__ import annotations
 
@@ -11,3 +12,10 @@ class SiluAndMul(nn.Module):
         from pagoda.kernels import ops
 
         return ops.silu_and_mul(x)
+
+
+class GeluAndMul(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from pagoda.kernels import ops
+
+        return ops.gelu_tanh_and_mul(x)

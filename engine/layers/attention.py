@@ -9,12 +9,16 @@ from pagoda.engine.attention import AttentionBackend, AttentionMetadata
 
 
 class Attention(nn.Module):
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None = None) -> None:
+    def __init__(
+        self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None = None,
+        scale: float | None = None,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
-        self.scale = head_dim**-0.5
+        # Softmax scale of q.k: 1/sqrt(head_dim) unless the model says otherwise (Gemma's query_pre_attn_scalar).
+        self.scale = head_dim**-0.5 if scale is None else scale
         self.sliding_window = sliding_window
         # Bound by the model runner once the cache is allocated (see bind_kv_cache).
         self.k_cache = torch.empty(0)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from pagoda.engine.layers.weights import copy_into, read_full
 
 
 class RMSNorm(nn.Module):
@@ -21,3 +25,16 @@ class RMSNorm(nn.Module):
         if residual is None:
             return ops.rms_norm(x, self.weight, self.eps)
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class GemmaRMSNorm(RMSNorm):
+    """Gemma's RMSNorm scales by (1 + weight): checkpoints store the offset from one, which the
+    loader adds once (in fp32), so the forward pass is the plain kernel's."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__(hidden_size, eps)
+        self.weight.weight_loader = self.weight_loader
+
+    @staticmethod
+    def weight_loader(param: nn.Parameter, src: Any) -> None:
+        copy_into(param, read_full(src).float() + 1.0)

@@ -22,22 +22,28 @@ from pagoda.engine.layers.embedding import ParallelLMHead, VocabParallelEmbeddin
 from pagoda.engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.layers.rotary import RotaryEmbedding
-from pagoda.engine.model_config import ModelConfig
+from pagoda.engine.model_config import ModelConfig, RopeConfig
 
 
 class DecoderAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool) -> None:
+    """GQA attention with rotary embeddings (`rope`: the model's unless given), an optional
+    sliding window, and a softmax `scale` and q/k `norm` that Gemma 3 sets its own way."""
+
+    def __init__(
+        self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, *, rope: RopeConfig | None = None,
+        sliding_window: int | None = None, scale: float | None = None, norm: type[RMSNorm] = RMSNorm,
+    ) -> None:
         super().__init__()
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias)
         self.q_size = self.qkv_proj.num_heads * cfg.head_dim
         self.kv_size = self.qkv_proj.num_kv_heads * cfg.head_dim
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
-        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope)
-        self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim, cfg.sliding_window)
+        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, rope or cfg.rope)
+        self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim, sliding_window, scale)
         self.head_dim = cfg.head_dim
         if qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+            self.q_norm = norm(cfg.head_dim, cfg.rms_norm_eps)
+            self.k_norm = norm(cfg.head_dim, cfg.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
 
@@ -69,7 +75,7 @@ class DecoderMLP(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, mlp: nn.Module) -> None:
         super().__init__()
-        self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm)
+        self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm, sliding_window=cfg.sliding_window)
         self.mlp = mlp
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -127,10 +133,14 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         bias = self.qkv_bias or cfg.attention_bias
-        self.model = DecoderModel(cfg, bias, self.qk_norm, self.make_mlp)
+        self.model = self.build_decoder(cfg, bias)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size) if self.generates else None
         if cfg.tie_word_embeddings and self.lm_head is not None:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        """The decoder stack (embeddings, layers, final norm); families with other layers replace it."""
+        return DecoderModel(cfg, qkv_bias, self.qk_norm, self.make_mlp)
 
     @staticmethod
     def make_mlp(cfg: ModelConfig, layer: int) -> nn.Module:

@@ -7,7 +7,7 @@ decides, once, whether the kernels are compiled or interpreted: Triton reads
 TRITON_INTERPRET when a kernel is decorated.
 """
 
-from pagoda.kernels.triton.activation import silu_and_mul
+from pagoda.kernels.triton.activation import gelu_tanh_and_mul, silu_and_mul
 from pagoda.kernels.triton.fp8_linear import fp8_block_linear
 from pagoda.kernels.triton.kv_cache import store_kv_cache
 from pagoda.kernels.triton.moe import fused_moe
@@ -20,6 +20,7 @@ __all__ = [
     "fp8_block_linear",
     "fused_add_rms_norm",
     "fused_moe",
+    "gelu_tanh_and_mul",
     "paged_attention_decode",
     "paged_attention_prefill",
     "paged_attention_prefill_varlen",

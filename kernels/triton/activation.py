@@ -1,4 +1,5 @@
-"""SwiGLU's activation: silu(gate) * up, over the fused gate_up projection's output.
+"""Gated activations over the fused gate_up projection's output: silu(gate) * up (SwiGLU)
+and gelu_tanh(gate) * up (GeGLU, Gemma).
 
 Fusing reads the [rows, 2d] input once and writes [rows, d]: 3 transfers of
 d per row, where silu then mul in PyTorch move 2d + d + d + d + d = 6. It is
@@ -18,19 +19,23 @@ _MAX_BLOCK = 1024
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, d, BLOCK: tl.constexpr):
+def _act_and_mul_kernel(x_ptr, out_ptr, stride_x, d, GELU: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < d
     gate = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + d + offs, mask=mask, other=0.0).to(tl.float32)
+    if GELU:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with tanh(y) = 2 sigmoid(2y) - 1
+        inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+        act = gate * tl.sigmoid(2.0 * inner)
+    else:
+        act = gate * tl.sigmoid(gate)
     # Rounded to the model dtype between the two steps, as F.silu(gate) * up is.
-    act = (gate * tl.sigmoid(gate)).to(out_ptr.dtype.element_ty).to(tl.float32)
+    act = act.to(out_ptr.dtype.element_ty).to(tl.float32)
     tl.store(out_ptr + row * d + offs, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """x: [..., 2d] -> silu(x[..., :d]) * x[..., d:] of shape [..., d]."""
+def _act_and_mul(x: torch.Tensor, gelu: bool) -> torch.Tensor:
     d = x.shape[-1] // 2
     x2 = x.reshape(-1, 2 * d)
     if x2.stride(-1) != 1:
@@ -38,5 +43,16 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(*x.shape[:-1], d, dtype=x.dtype, device=x.device)
     block = min(_MAX_BLOCK, block_for(d))
     if x2.shape[0] and d:
-        _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, block))](x2, out, x2.stride(0), d, BLOCK=block, num_warps=4)
+        _act_and_mul_kernel[(x2.shape[0], triton.cdiv(d, block))](
+            x2, out, x2.stride(0), d, GELU=gelu, BLOCK=block, num_warps=4)
     return out
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [..., 2d] -> silu(x[..., :d]) * x[..., d:] of shape [..., d]."""
+    return _act_and_mul(x, gelu=False)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [..., 2d] -> gelu_tanh(x[..., :d]) * x[..., d:] of shape [..., d]."""
+    return _act_and_mul(x, gelu=True)

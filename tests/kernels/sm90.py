@@ -89,7 +89,7 @@ def _ptxas_report(ptx: str) -> dict[str, int]:
 def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict]]:
     """The wrappers called on the shapes the served models use; one record per kernel launch."""
     records: list = []
-    modules = {activation: "_silu_and_mul_kernel", kv_cache: "_store_kv_kernel", norm: "_rms_norm_kernel",
+    modules = {activation: "_act_and_mul_kernel", kv_cache: "_store_kv_kernel", norm: "_rms_norm_kernel",
                paged_decode: "_decode_kernel", rotary: "_rotary_kernel", paged_prefill: "_prefill_kernel",
                moe: "_moe_gemm_kernel", fp8_linear: "_fp8_linear_kernel"}
     originals = {m: getattr(m, n) for m, n in modules.items()}
@@ -126,6 +126,7 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
         call("rms_norm", lambda: kernels.rms_norm(x, w, 1e-6))
         call("fused_add_rms_norm", lambda: kernels.fused_add_rms_norm(x, x, w, 1e-6))
         call("silu_and_mul", lambda: kernels.silu_and_mul(torch.empty(4, 2 * 8192, dtype=torch.bfloat16)))
+        call("gelu_tanh_and_mul", lambda: kernels.gelu_tanh_and_mul(torch.empty(4, 2 * 6912, dtype=torch.bfloat16)))
         # Llama-3-8B's down projection in FP8 blocks of 128, at decode and prefill tile sizes.
         for tokens in (1, 64):
             call(f"fp8_linear-t{tokens}", lambda: kernels.fp8_block_linear(

@@ -2,7 +2,8 @@
 
 The kernel tests prove each kernel against its reference; this proves they
 are wired into the layers correctly: strided q/k views reaching rotary and
-Qwen3's per-head norms, MoE experts run by the grouped GEMM, the residual stream through the fused norm, decodes
+Qwen3's per-head norms, MoE experts run by the grouped GEMM, Gemma 3's sliding
+layers and GeGLU, the residual stream through the fused norm, decodes
 and prefill chunks sharing a step, prefix-cache hits. On a CPU the ops only
 dispatch CUDA tensors to Triton, so the test routes them there by hand.
 """
@@ -29,13 +30,13 @@ MAX_TOKENS = 4
 @pytest.fixture
 def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul", "store_kv_cache", "fused_moe",
-                 "fp8_block_linear"):
+                 "fp8_block_linear", "gelu_tanh_and_mul"):
         monkeypatch.setattr(ops, name, getattr(kernels, name))
     monkeypatch.setattr(model_runner, "select_backend", lambda device: TritonAttentionBackend())
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
-@pytest.mark.parametrize("arch", ["llama3", "qwen3", "qwen2_moe"])
+@pytest.mark.parametrize("arch", ["llama3", "qwen3", "gemma3", "qwen2_moe"])
 def test_greedy_matches_hf_on_triton_kernels(arch: str, tiny_model, triton_everywhere: None) -> None:
     path = tiny_model(arch)
     # A token budget of 7 chunks the prompts, so steps mix decodes with prefill chunks and prefix hits.

@@ -59,9 +59,10 @@ def test_fused_add_rms_norm(dtype: torch.dtype, hidden: int) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d", [11, 64, 1400])
-def test_silu_and_mul(dtype: torch.dtype, d: int) -> None:
-    x = _randn(6, 2 * d, dtype=dtype, g=_gen(d))
-    assert_close(kernels.silu_and_mul(x), reference.silu_and_mul(x))
+@pytest.mark.parametrize("act", ["silu_and_mul", "gelu_tanh_and_mul"])
+def test_gated_activation(dtype: torch.dtype, d: int, act: str) -> None:
+    x = _randn(6, 2 * d, dtype=dtype, g=_gen(d)) * 3  # well into both tails of the activation
+    assert_close(getattr(kernels, act)(x), getattr(reference, act)(x))
 
 
 def _rope_table(head_dim: int, rope: RopeConfig, partial: float = 1.0, max_pos: int = 4096) -> tuple[torch.Tensor, int]:

@@ -1,0 +1,115 @@
+"""Gemma 3 (text): `Gemma3ForCausalLM`, the 1B model and the language half of the larger ones.
+
+Against the Llama family it differs in ways each small but none optional:
+embeddings scaled by sqrt(hidden_size); RMSNorms that scale by (1 + weight)
+(`GemmaRMSNorm`), four per layer (after attention and after the MLP too), and
+on q and k; a GeGLU MLP (tanh GELU); the softmax scale from
+`query_pre_attn_scalar`; and interleaved attention: most layers see a sliding
+window (`layer_types`, or every `sliding_window_pattern`-th layer global) and
+rotate with the local base frequency, the global layers with `rope_theta`
+and the rope scaling. Logit soft-capping (Gemma 2) is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagoda.engine.attention import AttentionMetadata
+from pagoda.engine.layers.activation import GeluAndMul
+from pagoda.engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagoda.engine.layers.linear import MergedColumnParallelLinear, RowParallelLinear
+from pagoda.engine.layers.norm import GemmaRMSNorm
+from pagoda.engine.model_config import ModelConfig, RopeConfig
+from pagoda.engine.models.llama import DecoderAttention, LlamaForCausalLM
+
+SLIDING, FULL = "sliding_attention", "full_attention"
+
+
+def layer_types(cfg: ModelConfig) -> list[str]:
+    """Which layers slide: config.json's `layer_types`, else every pattern-th layer is global."""
+    hf = cfg.hf_config
+    if hf.get("layer_types"):
+        return list(hf["layer_types"])
+    pattern = int(hf.get("sliding_window_pattern") or 6)
+    return [SLIDING if (i + 1) % pattern else FULL for i in range(cfg.num_layers)]
+
+
+def local_rope(cfg: ModelConfig) -> RopeConfig:
+    """The sliding layers' rotary settings: `rope_parameters.sliding_attention`, else the classic
+    `rope_local_base_freq` with no scaling."""
+    nested: dict[str, Any] = dict((cfg.hf_config.get("rope_parameters") or {}).get(SLIDING) or {})
+    theta = float(nested.pop("rope_theta", cfg.hf_config.get("rope_local_base_freq", 10000.0)))
+    kind = nested.pop("rope_type", "default")
+    return RopeConfig(theta=theta, scaling_type=kind, scaling=nested)
+
+
+class GemmaMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size)
+        self.act = GeluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class Gemma3DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, sliding: bool) -> None:
+        super().__init__()
+        scale = float(cfg.hf_config.get("query_pre_attn_scalar") or cfg.head_dim) ** -0.5
+        self.self_attn = DecoderAttention(
+            cfg, qkv_bias=cfg.attention_bias, qk_norm=True, rope=local_rope(cfg) if sliding else cfg.rope,
+            sliding_window=cfg.sliding_window if sliding else None, scale=scale, norm=GemmaRMSNorm)
+        self.mlp = GemmaMLP(cfg.hidden_size, cfg.intermediate_size)
+        eps = cfg.rms_norm_eps
+        self.input_layernorm = GemmaRMSNorm(cfg.hidden_size, eps)
+        self.post_attention_layernorm = GemmaRMSNorm(cfg.hidden_size, eps)
+        self.pre_feedforward_layernorm = GemmaRMSNorm(cfg.hidden_size, eps)
+        self.post_feedforward_layernorm = GemmaRMSNorm(cfg.hidden_size, eps)
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x is the previous layer's output, not yet added to the residual stream (None: the embeddings)."""
+        if residual is None:
+            residual, x = x, self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.post_attention_layernorm(self.self_attn(positions, x, meta))
+        x, residual = self.pre_feedforward_layernorm(x, residual)
+        return self.post_feedforward_layernorm(self.mlp(x)), residual
+
+
+class Gemma3Model(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_scale = cfg.hidden_size**0.5
+        types = layer_types(cfg)
+        if len(types) != cfg.num_layers or set(types) - {SLIDING, FULL}:
+            raise ValueError(f"layer_types must name {cfg.num_layers} layers, each {SLIDING} or {FULL}: {types}")
+        self.layers = nn.ModuleList(Gemma3DecoderLayer(cfg, kind == SLIDING) for kind in types)
+        self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        # The scale rounded to the model dtype first, as transformers applies it.
+        x, residual = x * torch.tensor(self.embed_scale, dtype=x.dtype), None
+        for layer in self.layers:
+            x, residual = layer(positions, x, residual, meta)
+        x, _ = self.norm(x, residual)
+        return x
+
+
+class Gemma3ForCausalLM(LlamaForCausalLM):
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if cfg.hf_config.get(key):
+                raise ValueError(f"{key} (Gemma 2's logit soft-capping) is not supported")
+        if cfg.hf_config.get("use_bidirectional_attention"):
+            raise ValueError("use_bidirectional_attention (Gemma 3 embedding models) is not supported")
+        return Gemma3Model(cfg)
