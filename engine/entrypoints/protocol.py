@@ -149,6 +149,10 @@ class _SamplingRequest(_Request):
         """Top alternatives to return per token, or None for no logprobs."""
         raise NotImplementedError
 
+    def requested_prompt_logprobs(self) -> int | None:
+        """Top alternatives per prompt token, or None for no prompt logprobs."""
+        return None
+
     def to_sampling_params(self, max_tokens: int) -> SamplingParams:
         """Raises ValueError, naming the field, for any value out of range."""
         bias = None
@@ -169,7 +173,8 @@ class _SamplingRequest(_Request):
             n=self.n, max_tokens=max_tokens, stop=self.stop, seed=self.seed, logit_bias=bias,
             ignore_eos=self.ignore_eos, min_tokens=self.min_tokens, stop_token_ids=self.stop_token_ids,
             skip_special_tokens=self.skip_special_tokens, include_stop_str_in_output=self.include_stop_str_in_output,
-            logprobs=self.requested_logprobs(), structured_output=self.requested_constraint(), **given,
+            logprobs=self.requested_logprobs(), prompt_logprobs=self.requested_prompt_logprobs(),
+            structured_output=self.requested_constraint(), **given,
         )
 
     @property
@@ -200,12 +205,23 @@ class CompletionRequest(_SamplingRequest):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     max_tokens: int | None = 16
     logprobs: int | None = None
+    # The prompt in front of each choice's text (and, with logprobs, its tokens' logprobs in front of
+    # the completion's): how evaluation harnesses score a text's likelihood.
+    echo: bool = False
+    # vLLM's extra: each prompt token's logprob and this many top alternatives, as `prompt_logprobs`.
+    prompt_logprobs: int | None = Field(None, ge=0)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
     def requested_logprobs(self) -> int | None:
         return self.logprobs
+
+    def requested_prompt_logprobs(self) -> int | None:
+        echoed = self.logprobs if self.echo else None
+        if self.prompt_logprobs is None or echoed is None:
+            return self.prompt_logprobs if echoed is None else echoed
+        return max(self.prompt_logprobs, echoed)
 
 
 class CompletionLogprobs(BaseModel):
@@ -215,10 +231,18 @@ class CompletionLogprobs(BaseModel):
     top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
+    # vLLM's: per prompt position (the first has none), the token's and the top alternatives' logprobs.
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
     finish_reason: str | None = None
     # What stopped it: the stop string or token id; null for EOS or length (vLLM's extra).
     stop_reason: int | str | None = None

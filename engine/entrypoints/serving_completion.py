@@ -12,6 +12,7 @@ from pagoda.engine.entrypoints.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    PromptLogprob,
 )
 from pagoda.engine.entrypoints.serving_engine import ChoiceState, OpenAIServing, RequestContext
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestOutput
@@ -36,6 +37,20 @@ def completion_logprobs(
     return result, text_offset
 
 
+def _merge(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLogprobs:
+    return CompletionLogprobs(text_offset=first.text_offset + second.text_offset,
+                              token_logprobs=first.token_logprobs + second.token_logprobs,
+                              tokens=first.tokens + second.tokens, top_logprobs=first.top_logprobs + second.top_logprobs)
+
+
+def vllm_prompt_logprobs(entries: list[dict[int, Logprob] | None]) -> list[dict[str, PromptLogprob] | None]:
+    """vLLM's `prompt_logprobs`: per position, token id -> logprob, rank and text (None at position 0)."""
+    return [None if entry is None else
+            {str(tid): PromptLogprob(logprob=lp.logprob, rank=lp.rank, decoded_token=lp.decoded_token)
+             for tid, lp in entry.items()}
+            for entry in entries]
+
+
 class OpenAIServingCompletion(OpenAIServing):
     endpoint = "completions"
     id_prefix = "cmpl"
@@ -47,16 +62,41 @@ class OpenAIServingCompletion(OpenAIServing):
         return await self.generate(raw_request, request, prompts, arrival, "prompt", lora)
 
     def _choice(self, ctx: RequestContext, prompt_index: int, c: CompletionOutput, text: str,
-                logprobs: CompletionLogprobs | None) -> CompletionChoice:
+                logprobs: CompletionLogprobs | None, prompt_logprobs: list | None = None) -> CompletionChoice:
         return CompletionChoice(index=ctx.choice_index(prompt_index, c.index), text=text, logprobs=logprobs,
-                                finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+                                finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                                prompt_logprobs=prompt_logprobs)
+
+    def _echo(self, ctx: RequestContext, prompt_index: int, out: RequestOutput) -> tuple[str, CompletionLogprobs | None]:
+        """What echo puts in front of a choice: the prompt's text and, with logprobs, its tokens
+        (the first has no logprob: nothing precedes it)."""
+        prompt = ctx.prompts[prompt_index]
+        text = prompt.text if prompt.text is not None else self.tokenizer.decode(prompt.token_ids)
+        if ctx.request.logprobs is None or out.prompt_logprobs is None:
+            return text, None
+        first = self.tokenizer.batch_decode([[prompt.token_ids[0]]])[0]
+        head = CompletionLogprobs(text_offset=[0], token_logprobs=[None], tokens=[first], top_logprobs=[None])
+        rest, _ = completion_logprobs(out.prompt_logprobs[1:], prompt.token_ids[1:], len(first))
+        return text, _merge(head, rest)
+
+    def _prompt_parts(
+        self, ctx: RequestContext, prompt_index: int, out: RequestOutput,
+    ) -> tuple[str, CompletionLogprobs | None, list | None]:
+        """(echoed text, echoed logprobs, vLLM's prompt_logprobs) of a choice's first chunk or whole body."""
+        text, logprobs = self._echo(ctx, prompt_index, out) if ctx.request.echo else ("", None)
+        wanted = ctx.request.prompt_logprobs is not None and out.prompt_logprobs is not None
+        return text, logprobs, vllm_prompt_logprobs(out.prompt_logprobs) if wanted else None
 
     def full_response(self, ctx: RequestContext, outputs: list[RequestOutput]) -> CompletionResponse:
         choices = []
         for prompt_index, out in enumerate(outputs):
+            echoed, echoed_logprobs, prompt_logprobs = self._prompt_parts(ctx, prompt_index, out)
+            offset = echoed_logprobs.text_offset[-1] + len(echoed_logprobs.tokens[-1]) if echoed_logprobs else 0
             for c in out.outputs:
-                logprobs = None if c.logprobs is None else completion_logprobs(c.logprobs, c.token_ids, 0)[0]
-                choices.append(self._choice(ctx, prompt_index, c, c.text, logprobs))
+                logprobs = None if c.logprobs is None else completion_logprobs(c.logprobs, c.token_ids, offset)[0]
+                if echoed_logprobs is not None and logprobs is not None:
+                    logprobs = _merge(echoed_logprobs, logprobs)
+                choices.append(self._choice(ctx, prompt_index, c, echoed + c.text, logprobs, prompt_logprobs))
         return CompletionResponse(id=ctx.request_id, created=ctx.created, model=ctx.model, choices=choices,
                                   usage=ctx.usage())
 
@@ -68,16 +108,26 @@ class OpenAIServingCompletion(OpenAIServing):
             st = state.setdefault(ctx.choice_index(prompt_index, c.index), ChoiceState())
             if st.finished:
                 continue
+            echoed, echoed_logprobs, prompt_logprobs = "", None, None
+            if not st.started:  # the first chunk of a choice carries what precedes its text
+                st.started = True
+                echoed, echoed_logprobs, prompt_logprobs = self._prompt_parts(ctx, prompt_index, output)
+                if echoed_logprobs is not None:
+                    st.text_offset = echoed_logprobs.text_offset[-1] + len(echoed_logprobs.tokens[-1])
             logprobs = None
             if c.logprobs is not None:
                 # Outputs carry every token so far: send only the ones this stream has not.
                 new = c.logprobs[st.logprobs_sent:]
                 logprobs, st.text_offset = completion_logprobs(new, c.token_ids[st.logprobs_sent:], st.text_offset)
                 st.logprobs_sent += len(new)
+                if echoed_logprobs is not None:
+                    logprobs = _merge(echoed_logprobs, logprobs)
             st.finished = c.finish_reason is not None
-            if c.delta_text or st.finished or (logprobs is not None and logprobs.tokens):
+            text = echoed + c.delta_text
+            if text or st.finished or (logprobs is not None and logprobs.tokens) or prompt_logprobs is not None:
                 chunks.append(CompletionResponse(id=ctx.request_id, created=ctx.created, model=ctx.model,
-                                                 choices=[self._choice(ctx, prompt_index, c, c.delta_text, logprobs)]))
+                                                 choices=[self._choice(ctx, prompt_index, c, text, logprobs,
+                                                                       prompt_logprobs)]))
         return chunks
 
     def usage_chunk(self, ctx: RequestContext) -> CompletionResponse:
