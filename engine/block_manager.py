@@ -74,15 +74,20 @@ class BlockManager:
             hits.append(block)
         return hits
 
-    def allocate(self, seq: Sequence, num_new_tokens: int, computed_blocks: list[int] = ()) -> bool:
+    def allocate(
+        self, seq: Sequence, num_new_tokens: int, computed_blocks: list[int] = (), num_lookahead: int = 0,
+    ) -> bool:
         """Gives seq the blocks for num_new_tokens more tokens, or nothing and False.
 
         computed_blocks are prefix-cache hits (from match_prefix) for a sequence
         not yet holding blocks; on success they are taken and counted as computed.
+        num_lookahead more slots hold speculative drafts: their blocks are not
+        offered to the prefix cache, whose keys cover real tokens only.
         """
         bs = self.block_size
         num_computed = seq.num_computed_tokens + len(computed_blocks) * bs
-        needed = _cdiv(num_computed + num_new_tokens, bs) - len(seq.block_table) - len(computed_blocks)
+        needed = (_cdiv(num_computed + num_new_tokens + num_lookahead, bs) - len(seq.block_table)
+                  - len(computed_blocks))
         revived = sum(1 for b in computed_blocks if self.ref_counts[b] == 0)
         if max(needed, 0) + revived > len(self.free_blocks):
             return False

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from pagoda.engine.spec_decode import SpeculativeConfig
 
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 SCHEDULING_POLICIES = ("fcfs", "priority")
@@ -39,6 +42,9 @@ class EngineConfig:
     # "fp8": projections held in FP8 (block scales of 128 x 128): quantized at load from a full-precision
     # checkpoint, or as an FP8 checkpoint stores them. None: as the checkpoint stores them.
     quantization: str | None = None
+    # Speculative decoding, as vLLM's speculative_config: {"method": "ngram", "num_speculative_tokens": k,
+    # "prompt_lookup_max": 4, "prompt_lookup_min": 1}; parsed into a SpeculativeConfig.
+    speculative_config: dict[str, Any] | SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -58,6 +64,7 @@ class EngineConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

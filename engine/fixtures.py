@@ -424,6 +424,36 @@ def make_fp8_model(
     return out_dir
 
 
+def make_cyclic_model(
+    model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, period: int = 5, strength: float = 4.0
+) -> pathlib.Path:
+    """The model in `model_dir` rewired into a near-bigram model whose greedy text cycles with `period`.
+
+    The layers' output projections are scaled down so the residual stream is mostly the current
+    token's embedding, and the LM head scores token perm(t) highest after t, perm rotating groups
+    of `period` ordinary tokens: text that repeats itself, which is what speculative drafts from
+    earlier text (n-gram lookup) predict. `strength` scales the head: lower makes sampling (and
+    penalties) move off the cycle now and then. Still a real checkpoint that transformers runs too.
+    """
+    src, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
+    shutil.copytree(src, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
+    tensors = {name: t for file in sorted(src.glob("*.safetensors")) for name, t in load_file(str(file)).items()}
+    first = len(SPECIAL_TOKENS)
+    count = (TOKENIZER_VOCAB_SIZE - first) // period * period
+    successor = torch.arange(first, first + count).view(-1, period).roll(-1, dims=1).flatten()
+    embed = tensors["model.embed_tokens.weight"]
+    head = torch.zeros_like(embed)
+    head[successor] = embed[first : first + count] * strength  # row perm(t) aligned with t's embedding
+    tensors["lm_head.weight"] = head
+    for name in tensors:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            tensors[name] = tensors[name] * 0.01
+    save_file(tensors, str(out_dir / "model.safetensors"))
+    config_path = out_dir / "config.json"
+    _write_json(config_path, {**json.loads(config_path.read_text()), "tie_word_embeddings": False})
+    return out_dir
+
+
 LORA_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LORA_TARGETS = (*LORA_ATTENTION_TARGETS, "gate_proj", "up_proj", "down_proj")
 

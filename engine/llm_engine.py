@@ -26,6 +26,7 @@ from pagoda.engine.sampling_params import SamplingParams
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.sequence import FinishReason, Sequence
 from pagoda.engine.structured_output import Grammar, GrammarCompiler, Thinking
+from pagoda.engine.spec_decode import NgramProposer, SpecDecodeStats
 from pagoda.engine.tensor_parallel import TensorParallelGroup
 from pagoda.engine.tokenizer import load_tokenizer
 
@@ -72,8 +73,11 @@ class LLMEngine:
                 self.tp_group.shutdown()
             raise
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        spec = config.speculative_config
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   config.max_loras, config.scheduling_policy)
+                                   config.max_loras, config.scheduling_policy,
+                                   NgramProposer(spec) if spec is not None else None, self.model_config.max_model_len)
+        self.spec_stats = SpecDecodeStats()
         self.loras: dict[str, LoRAAdapter] = {}  # the adapters served, by name
         self.requests: dict[str, _Request] = {}
         # Text and stop strings, applied to the core's token-level outputs (see step()).
@@ -270,7 +274,11 @@ class LLMEngine:
                 seq.first_scheduled_time = now
         result = self.runner.execute(sched)
         for seq, n in sched.scheduled:
-            seq.num_computed_tokens += n
+            # A speculative sequence computed its last real token and the drafts it kept.
+            seq.num_computed_tokens += 1 + result.accepted[seq] if seq.spec_token_ids else n
+        for seq, accepted in result.accepted.items():
+            self.spec_stats.record(len(seq.spec_token_ids), accepted)
+            seq.spec_token_ids = []
         touched: dict[str, _Request] = {}
         self._record_prompt_logprobs(result)
         now = time.monotonic()
@@ -279,6 +287,8 @@ class LLMEngine:
             self.scheduler.finish(seq, FinishReason.STOP)
             touched[seq.request_id] = self.requests[seq.request_id]
         for seq, token, logprob, top in result.sampled:
+            if seq.is_finished:  # a speculative sequence that stopped before its last kept token
+                continue
             seq.append_token(token)
             if seq.first_token_time is None:
                 seq.first_token_time = now

@@ -25,6 +25,7 @@ from pagoda.engine.models.loader import build_model
 from pagoda.engine.sampler import Sampler, SamplingRow, token_logprobs
 from pagoda.engine.scheduler import SchedulerOutput
 from pagoda.engine.sequence import Sequence
+from pagoda.engine.spec_decode import accept
 from pagoda.engine.step_inputs import StepInputs
 
 if TYPE_CHECKING:
@@ -42,11 +43,15 @@ class PromptLogprobs:
 
 @dataclass
 class StepResult:
-    # One entry per scheduled sequence that reached the end of its tokens: (seq, token, logprob, top).
+    # One entry per scheduled sequence that reached the end of its tokens (several, in order, for a
+    # speculative one): (seq, token, logprob, top).
     sampled: list[tuple[Sequence, int, float | None, list[tuple[int, float]] | None]]
     prompt_logprobs: list[tuple[Sequence, PromptLogprobs]]
     # Embedding requests whose prompt is complete: (seq, unit-length embedding).
     embeddings: list[tuple[Sequence, list[float]]] = field(default_factory=list)
+    # Speculative sequences: how many of their drafts were kept (their kept drafts and the token
+    # after them are their entries in `sampled`, in order).
+    accepted: dict[Sequence, int] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -153,7 +158,7 @@ class ModelRunner:
             start = seq.num_computed_tokens
             end = start + n
             offset = len(ids)
-            ids.extend(seq.token_ids[start:end])
+            ids.extend(seq.token_ids[start:end] + seq.spec_token_ids)
             positions.extend(range(start, end))
             table = seq.block_table
             if n == 1:
@@ -170,6 +175,9 @@ class ModelRunner:
                 prompt_chunks.append((seq, start, rows))
             if end == seq.num_tokens and seq.embed:
                 pooled.append((seq, offset + n - 1))
+            elif seq.spec_token_ids:  # every position samples: the real token's and each draft's
+                sample_rows.extend(range(offset, offset + n))
+                samplers.append(seq)
             elif end == seq.num_tokens:
                 sample_rows.append(offset + n - 1)
                 samplers.append(seq)
@@ -183,14 +191,46 @@ class ModelRunner:
         for slot, name, path in loads:
             self.lora.load(slot, read_adapter(LoRARequest(name, path), getattr(self.model, "packed_modules", {})))
 
-    def _sampling_row(self, seq: Sequence) -> SamplingRow:
+    def _sampling_row(self, seq: Sequence, drafts: list[int] = ()) -> SamplingRow:
+        """How seq samples its next token; with `drafts`, the token after them (were they kept)."""
         params = seq.params
         suppressed: tuple[int, ...] = ()
-        if seq.num_output_tokens < params.min_tokens:
+        if seq.num_output_tokens + len(drafts) < params.min_tokens:
             eos = () if params.ignore_eos else self.eos_token_ids
             suppressed = (*eos, *params.stop_token_ids)
         allowed = seq.grammar.allowed_tokens() if seq.grammar is not None else None
-        return SamplingRow(params, seq.prompt_token_ids, seq.output_token_ids, seq.generator, suppressed, allowed)
+        output = seq.output_token_ids + list(drafts) if drafts else seq.output_token_ids
+        return SamplingRow(params, seq.prompt_token_ids, output, seq.generator, suppressed, allowed)
+
+    def _sample(self, logits: torch.Tensor, samplers: list[Sequence]) -> tuple[list, dict[Sequence, int]]:
+        """(seq, token, logprob, top) entries and each speculative sequence's kept drafts.
+
+        A speculative sequence samples every position as plain decoding would have (history and
+        min_tokens counting the drafts before it); a seeded one's generator is then set to where
+        plain decoding would leave it: one draw per kept token, not one per position."""
+        rows: list[SamplingRow] = []
+        for seq in samplers:
+            drafts = seq.spec_token_ids
+            rows.extend(self._sampling_row(seq, drafts[:i]) for i in range(len(drafts) + 1))
+        states = {seq: seq.generator.get_state() for seq in samplers
+                  if seq.spec_token_ids and seq.generator is not None and not seq.params.greedy}
+        out = self.sampler(logits, rows)
+        entries: list = []
+        accepted: dict[Sequence, int] = {}
+        row = 0
+        for seq in samplers:
+            width = len(seq.spec_token_ids) + 1
+            tokens = out.token_ids[row : row + width]
+            kept = accept(seq.spec_token_ids, tokens) if seq.spec_token_ids else tokens
+            entries.extend((seq, t, out.logprobs[row + i], out.top_logprobs[row + i]) for i, t in enumerate(kept))
+            if seq.spec_token_ids:
+                accepted[seq] = len(kept) - 1
+                if seq in states and len(kept) < width:
+                    seq.generator.set_state(states[seq])
+                    for _ in kept:
+                        torch.empty(logits.shape[-1], device=logits.device).uniform_(generator=seq.generator)
+            row += width
+        return entries, accepted
 
     @torch.inference_mode()
     def forward_logits(self, inputs: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -228,10 +268,10 @@ class ModelRunner:
             prompt_lp.append((seq, self._prompt_logprobs(seq, start, logits[row : row + rows])))
             row += rows
         sampled: list[tuple[Sequence, int, float | None, list[tuple[int, float]] | None]] = []
+        accepted: dict[Sequence, int] = {}
         if samplers:
-            out = self.sampler(logits[row:], [self._sampling_row(s) for s in samplers])
-            sampled = list(zip(samplers, out.token_ids, out.logprobs, out.top_logprobs))
-        return StepResult(sampled, prompt_lp, embeddings)
+            sampled, accepted = self._sample(logits[row:], samplers)
+        return StepResult(sampled, prompt_lp, embeddings, accepted)
 
     def _prompt_logprobs(self, seq: Sequence, start: int, logits: torch.Tensor) -> PromptLogprobs:
         """Logprob of prompt token p + 1 given tokens up to p, for the chunk's positions p >= start."""

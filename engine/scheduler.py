@@ -3,7 +3,8 @@
 Every sequence simply has tokens it has not computed yet; a step gives each
 running sequence its share (one token for a decode, a chunk for a prefill)
 under the token budget, then admits waiting sequences while budget and
-max_num_seqs allow. A long prompt is thus prefilled across steps while the
+max_num_seqs allow. With speculative decoding, a decoding sequence also gets
+draft tokens to verify (see spec_decode.py), in slots beyond its real tokens. A long prompt is thus prefilled across steps while the
 decodes keep going (chunked prefill). When blocks run out, the most recently
 admitted sequence is preempted: its blocks are freed and it will recompute,
 keeping the tokens it has generated, so no request is lost.
@@ -26,6 +27,7 @@ from pagoda.engine.sequence import FinishReason, Sequence, SequenceStatus
 
 if TYPE_CHECKING:
     from pagoda.engine.lora import LoRAAdapter
+    from pagoda.engine.spec_decode import NgramProposer
 
 
 @dataclass
@@ -53,7 +55,7 @@ def _rank(seq: Sequence) -> tuple[int, float, int]:
 class Scheduler:
     def __init__(
         self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int, max_loras: int = 1,
-        policy: str = "fcfs",
+        policy: str = "fcfs", proposer: NgramProposer | None = None, max_model_len: int = 1 << 62,
     ) -> None:
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
@@ -64,6 +66,8 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_loras = max_loras  # distinct LoRA adapters among the running sequences
+        self.proposer = proposer  # speculative drafts for decoding sequences, if enabled
+        self.max_model_len = max_model_len
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -91,6 +95,13 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            drafts = self._drafts(seq, budget) if num_new == 1 else []
+            if drafts and self.block_manager.allocate(seq, 1, num_lookahead=len(drafts)):
+                seq.spec_token_ids = drafts
+                out.scheduled.append((seq, 1 + len(drafts)))
+                budget -= 1 + len(drafts)
+                i += 1
+                continue
             while not self.block_manager.allocate(seq, num_new):
                 # Only a sequence not yet scheduled in this step can give its blocks back.
                 victim = max(self.running[i:], key=_rank) if self.policy == "priority" else self.running[-1]
@@ -129,8 +140,21 @@ class Scheduler:
         out.scheduled.sort(key=lambda item: item[1] != 1)
         return out
 
+    def _drafts(self, seq: Sequence, budget: int) -> list[int]:
+        """Speculative drafts for a decoding sequence, within its budget, max_tokens and context.
+
+        None for constrained outputs (the grammar would have to walk the drafts) and for stop
+        strings (tokens past one are only found once detokenized, after the step)."""
+        if self.proposer is None or seq.grammar is not None or seq.params.stop:
+            return []
+        limit = min(budget, self.max_model_len - seq.num_tokens) - 1
+        if seq.params.max_tokens is not None:
+            limit = min(limit, seq.params.max_tokens - seq.num_output_tokens - 1)
+        return self.proposer.propose(seq.token_ids, limit)
+
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
+        seq.spec_token_ids = []
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import pathlib
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagoda.engine.config import QUANTIZATIONS, SCHEDULING_POLICIES, EngineConfig
+from pagoda.engine.spec_decode import SpeculativeConfig
 from pagoda.engine.entrypoints.reply import REASONING_PARSERS
 from pagoda.engine.entrypoints.tool_parsers import AUTO_PARSERS
 
@@ -79,6 +81,16 @@ def _chat_template(value: str) -> str:
     return text
 
 
+def _speculative_config(text: str) -> SpeculativeConfig:
+    """vLLM's --speculative-config: a JSON object such as {"method": "ngram", "num_speculative_tokens": 4}."""
+    try:
+        return SpeculativeConfig.parse(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise _BadValue(f"--speculative-config is not JSON ({exc.msg})") from None
+    except ValueError as exc:
+        raise _BadValue(str(exc)) from None
+
+
 def _parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -131,6 +143,9 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("quantization", str, "fp8: hold the projections in FP8 with 128x128 block scales (quantized at load "
           "from a bf16 checkpoint; FP8 checkpoints are served as FP8 either way)", QUANTIZATIONS,
           _ENGINE + "quantization"),
+    _Flag("speculative-config", _speculative_config, 'speculative decoding, e.g. {"method": "ngram", '
+          '"num_speculative_tokens": 4, "prompt_lookup_max": 4}: drafts from earlier text verified in one pass',
+          dest=_ENGINE + "speculative_config"),
     _Flag("max-queue-len", int, "most requests waiting for the batch; beyond it, 503 with Retry-After"),
     _Flag("log-level", str, "log level", LOG_LEVELS),
     _Flag("drain-timeout", float, "seconds SIGTERM waits for in-flight requests"),
