@@ -278,6 +278,7 @@ class LLMEngine:
             seq.num_computed_tokens += 1 + result.accepted[seq] if seq.spec_token_ids else n
         for seq, accepted in result.accepted.items():
             self.spec_stats.record(len(seq.spec_token_ids), accepted)
+            self.scheduler.proposer.record(seq, accepted)
             seq.spec_token_ids = []
         touched: dict[str, _Request] = {}
         self._record_prompt_logprobs(result)

@@ -150,7 +150,7 @@ class Scheduler:
         limit = min(budget, self.max_model_len - seq.num_tokens) - 1
         if seq.params.max_tokens is not None:
             limit = min(limit, seq.params.max_tokens - seq.num_output_tokens - 1)
-        return self.proposer.propose(seq.token_ids, limit)
+        return self.proposer.drafts_for(seq, limit)
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

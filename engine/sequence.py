@@ -68,6 +68,8 @@ class Sequence:
     num_preemptions: int = 0
     # Speculative decoding: the draft tokens this step verifies after the last real token.
     spec_token_ids: list[int] = field(default_factory=list)
+    spec_misses: int = 0  # verifications in a row that kept no draft
+    spec_wait: int = 0  # decode steps left before it gets drafts again
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -17,10 +17,13 @@ sampled, only more tokens per pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+if TYPE_CHECKING:
+    from pagoda.engine.sequence import Sequence
 
 METHODS = ("ngram",)
 MAX_SPECULATIVE_TOKENS = 16
@@ -64,9 +67,28 @@ class SpeculativeConfig:
         return cls(k, hi, lo, method)
 
 
+# After a verification that kept no draft, a sequence waits 1, 3, 7, 15 decode steps before it is
+# given drafts again (reset by the next kept draft): text that does not repeat itself then pays
+# for a wasted verification now and then, not at every step.
+MAX_DRAFT_WAIT = 15
+
+
 class NgramProposer:
     def __init__(self, config: SpeculativeConfig) -> None:
         self.config = config
+
+    def drafts_for(self, seq: Sequence, limit: int) -> list[int]:
+        """The drafts to verify after seq's last token this step (none while it backs off)."""
+        if seq.spec_wait > 0:
+            seq.spec_wait -= 1
+            return []
+        return self.propose(seq.token_ids, limit)
+
+    @staticmethod
+    def record(seq: Sequence, accepted: int) -> None:
+        """Backs a sequence off after a verification that kept nothing; any kept draft resets it."""
+        seq.spec_misses = 0 if accepted else seq.spec_misses + 1
+        seq.spec_wait = min(2**seq.spec_misses - 1, MAX_DRAFT_WAIT)
 
     def propose(self, token_ids: list[int], limit: int) -> list[int]:
         """Up to `limit` tokens that followed the latest earlier occurrence of the longest suffix

@@ -136,3 +136,20 @@ def test_each_draft_position_samples_with_the_history_before_it() -> None:
                                                         [10, 11, 12, 13, 14, 15]]
     assert [set(r.suppressed_token_ids) for r in rows] == [{2, 9}, {2, 9}, set(), set()]
     assert seq.output_token_ids == [10, 11, 12], "the sequence's own history is left alone"
+
+
+def test_a_sequence_whose_drafts_keep_failing_backs_off() -> None:
+    from pagoda.engine.sequence import Sequence
+
+    proposer = NgramProposer(SpeculativeConfig(2))
+    seq = Sequence(0, "r", 0, [7, 8, 7, 8, 7], SamplingParams())
+    drafted = []
+    for _ in range(12):
+        drafts = proposer.drafts_for(seq, 2)
+        drafted.append(bool(drafts))
+        if drafts:
+            proposer.record(seq, accepted=0)
+    # Waits of 1, 3, 7 steps after the first, second and third miss.
+    assert drafted == [True, False, True, False, False, False, True, False, False, False, False, False]
+    proposer.record(seq, accepted=1)
+    assert seq.spec_wait == 0 and proposer.drafts_for(seq, 2) == [8, 7]
