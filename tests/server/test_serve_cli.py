@@ -43,8 +43,20 @@ def test_every_flag_of_the_issue_exists_with_its_env_var() -> None:
     assert {f.env for f in FLAGS} >= {"PAGODA_API_KEY", "PAGODA_MAX_QUEUE_LEN", "PAGODA_LOG_LEVEL"}
 
 
+def test_speculative_config_and_quantization_flags() -> None:
+    s = parse_serve_args(["/m", "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 3}',
+                          "--quantization", "fp8"], environ={})
+    spec = s.engine.speculative_config
+    assert (spec.method, spec.num_speculative_tokens, spec.prompt_lookup_max) == ("ngram", 3, 4)
+    assert s.engine.quantization == "fp8"
+    assert parse_serve_args(["/m"], environ={}).engine.speculative_config is None
+
+
 @pytest.mark.parametrize("env", [{"PAGODA_PORT": "eighty"}, {"PAGODA_DTYPE": "float8"},
-                                 {"PAGODA_ENABLE_PREFIX_CACHING": "perhaps"}])
+                                 {"PAGODA_ENABLE_PREFIX_CACHING": "perhaps"},
+                                 {"PAGODA_SPECULATIVE_CONFIG": "{ngram}"},
+                                 {"PAGODA_SPECULATIVE_CONFIG": '{"method": "eagle", "num_speculative_tokens": 2}'},
+                                 {"PAGODA_QUANTIZATION": "awq"}])
 def test_bad_environment_values_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(SystemExit):
         parse_serve_args(["/m"], environ=env)
