@@ -267,6 +267,8 @@ class AsyncLLMEngine:
             prefix_cache_queries=cache.queries,
             prefix_cache_hits=cache.hits,
             num_preemptions=engine.scheduler.num_preemptions,
+            spec_draft_tokens=engine.spec_stats.draft_tokens,
+            spec_accepted_tokens=engine.spec_stats.accepted_tokens,
         )
 
     # ---- back on the event loop -----------------------------------------------------------

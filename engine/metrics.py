@@ -41,6 +41,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "pagoda_inter_token_latency_seconds",
     "pagoda_e2e_request_latency_seconds",
     "pagoda_request_queue_time_seconds",
+    "pagoda_spec_decode_draft_tokens_total",
+    "pagoda_spec_decode_accepted_tokens_total",
 )
 """The exported metric families, as PromQL sees them (histograms add _bucket/_sum/_count)."""
 
@@ -55,6 +57,8 @@ class EngineStats:
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
     num_preemptions: int = 0
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
 
 
 @dataclass
@@ -97,6 +101,10 @@ class EngineMetrics:
         self.prefix_hits = counter("pagoda_prefix_cache_hits_total",
                                    "Prompt tokens served from the prefix cache.")
         self.preemptions = counter("pagoda_preemptions_total", "Sequences preempted for lack of KV-cache blocks.")
+        self.spec_drafts = counter("pagoda_spec_decode_draft_tokens_total",
+                                   "Speculative draft tokens verified (0 unless speculative decoding is on).")
+        self.spec_accepted = counter("pagoda_spec_decode_accepted_tokens_total",
+                                     "Speculative draft tokens kept: tokens gained over one per pass.")
         self.prompt_tokens = counter("pagoda_prompt_tokens_total", "Prompt tokens of requests that started generating.")
         self.generation_tokens = counter("pagoda_generation_tokens_total", "Tokens generated.")
         self._requests = Counter(
@@ -141,6 +149,8 @@ class EngineMetrics:
         self.prefix_queries.inc(stats.prefix_cache_queries - last.prefix_cache_queries)
         self.prefix_hits.inc(stats.prefix_cache_hits - last.prefix_cache_hits)
         self.preemptions.inc(stats.num_preemptions - last.num_preemptions)
+        self.spec_drafts.inc(stats.spec_draft_tokens - last.spec_draft_tokens)
+        self.spec_accepted.inc(stats.spec_accepted_tokens - last.spec_accepted_tokens)
         self._last = stats
 
     def _record_output(self, out: RequestOutput, now: float) -> None:

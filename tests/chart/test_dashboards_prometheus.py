@@ -81,7 +81,9 @@ def engine(tiny_model: Callable[..., Path], tmp_path_factory: pytest.TempPathFac
     port, log = _free_port(), tmp_path_factory.mktemp("engine") / "serve.log"
     process = _start([sys.executable, "-m", "pagoda.cli", "serve", str(tiny_model("llama")),
                       "--host", "127.0.0.1", "--port", str(port), "--served-model-name", MODEL,
-                      "--max-num-seqs", "4", "--max-model-len", "256"], log)
+                      "--max-num-seqs", "4", "--max-model-len", "256",
+                      # The load's prompts repeat themselves: n-gram drafts fill the speculative panel.
+                      "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}'], log)
     url = f"http://127.0.0.1:{port}"
     _wait("pagoda serve", lambda: _get(url + "/health") is not None, process, log)
     yield url

@@ -1,4 +1,5 @@
-"""`pagoda serve --speculative-config`: several tokens per step reach streams as ordinary deltas."""
+"""`pagoda serve --speculative-config`: several tokens per step reach streams as ordinary deltas,
+and the drafts are counted in /metrics."""
 
 from __future__ import annotations
 
@@ -25,4 +26,8 @@ def test_streamed_and_whole_agree_with_drafts(model_dir: pathlib.Path, tmp_path:
         assert whole.usage.completion_tokens == 40
         # Drafts were kept: fewer chunks with text than tokens.
         assert len([c for c in chunks if c.choices[0].text]) < 40
-        assert server.state.engine.engine.spec_stats.accepted_tokens > 0
+        stats = server.state.engine.engine.spec_stats
+        assert stats.accepted_tokens > 0
+        server.wait_idle()
+        assert server.metric("pagoda_spec_decode_draft_tokens_total", model_name=MODEL_NAME) == stats.draft_tokens
+        assert server.metric("pagoda_spec_decode_accepted_tokens_total", model_name=MODEL_NAME) == stats.accepted_tokens
