@@ -49,10 +49,12 @@ from pagoda.engine.entrypoints.protocol import (
     UnloadLoRAAdapterRequest,
     VersionResponse,
 )
+from pagoda.engine.entrypoints.protocol_responses import ResponseObject, ResponsesRequest
 from pagoda.engine.entrypoints.serving_chat import OpenAIServingChat
 from pagoda.engine.entrypoints.serving_completion import OpenAIServingCompletion
 from pagoda.engine.entrypoints.serving_embedding import OpenAIServingEmbedding
 from pagoda.engine.entrypoints.serving_engine import APIError, bad_request
+from pagoda.engine.entrypoints.serving_responses import OpenAIServingResponses
 from pagoda.engine.entrypoints.tool_parsers import detect_tool_parser
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.lora import LoRARequest
@@ -75,6 +77,7 @@ class ServerState:
     completion: OpenAIServingCompletion
     chat: OpenAIServingChat
     embedding: OpenAIServingEmbedding
+    responses: OpenAIServingResponses
     draining: bool = False
 
 
@@ -195,6 +198,10 @@ def _add_routes(app: FastAPI) -> None:
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await state(request).chat.create_chat_completion(body, request)
 
+    @app.post("/v1/responses", response_model=ResponseObject, responses=_ERRORS)
+    async def responses(body: ResponsesRequest, request: Request) -> Response:
+        return await state(request).responses.create_response(body, request)
+
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS)
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         return await state(request).embedding.create_embedding(body, request)
@@ -251,9 +258,10 @@ def build_app(settings: ServeSettings, engine: LLMEngine | None = None) -> FastA
         args = (async_engine, tokenizer, settings.served_model_name, pool)
         tool_parser = _tool_parser(settings.tool_call_parser, tokenizer)
         reasoning = None if settings.reasoning_parser == "none" else settings.reasoning_parser
+        chat_options = {"tool_parser": tool_parser, "reasoning_parser": reasoning}
         app.state.server = ServerState(settings, async_engine, metrics, OpenAIServingCompletion(*args),
-                                       OpenAIServingChat(*args, tool_parser=tool_parser, reasoning_parser=reasoning),
-                                       OpenAIServingEmbedding(*args))
+                                       OpenAIServingChat(*args, **chat_options), OpenAIServingEmbedding(*args),
+                                       OpenAIServingResponses(*args, **chat_options))
         async_engine.start()
         logger.info("serving %s as %r (max_model_len %d, tool-call parser %s)", settings.engine.model,
                     settings.served_model_name, llm_engine.max_model_len, tool_parser)

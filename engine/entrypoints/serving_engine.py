@@ -76,8 +76,11 @@ def bad_request(exc: ValueError, request: BaseModel | None = None, default_param
 
 
 def sse(payload: BaseModel | str) -> str:
+    """One server-sent event; Responses API events also name their type on an `event:` line."""
     data = payload if isinstance(payload, str) else payload.model_dump_json()
-    return f"data: {data}\n\n"
+    kind = getattr(payload, "type", None)
+    event = f"event: {kind}\n" if isinstance(kind, str) and kind.startswith("response.") else ""
+    return f"{event}data: {data}\n\n"
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
