@@ -117,6 +117,10 @@ class ModelConfig:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
 
 
+# Rope scaling types of LongRoPE ("su" is its older name in Phi-3 configs).
+LONGROPE = ("longrope", "su")
+
+
 def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
     params = dict(cfg.get("rope_parameters") or {})
     # Models whose layers rotate differently (Gemma 3) nest the settings per layer type; the
@@ -128,6 +132,8 @@ def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
     kind = merged.pop("rope_type", None) or merged.pop("type", None) or "default"
     merged.pop("type", None)
     partial = float(merged.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
+    if kind in LONGROPE and "original_max_position_embeddings" not in merged:
+        merged["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]  # Phi-3 keeps it apart
     return RopeConfig(theta=theta, scaling_type=str(kind), scaling=merged, partial_rotary_factor=partial)
 
 
@@ -205,13 +211,22 @@ def load_model_config(
     num_heads = int(cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
     max_pos = int(cfg.get("max_position_embeddings", 2048))
+    rope = _rope_config(cfg)
+    # LongRoPE (Phi-3/3.5/4-mini) switches to its long factors past the original context;
+    # only the short ones are served, so the context stops there.
+    longrope_limit = int(rope.scaling["original_max_position_embeddings"]) if rope.scaling_type in LONGROPE else None
     if max_model_len is None:
-        max_model_len = max_pos
+        max_model_len = min(max_pos, longrope_limit or max_pos)
     elif max_model_len < 1:
         raise ValueError(f"max_model_len must be positive, got {max_model_len}")
     elif max_model_len > max_pos:
         raise ValueError(
             f"max_model_len {max_model_len} exceeds the model's max_position_embeddings {max_pos}"
+        )
+    elif longrope_limit is not None and max_model_len > longrope_limit:
+        raise ValueError(
+            f"max_model_len {max_model_len} needs LongRoPE's long factors (past original_max_position_embeddings "
+            f"{longrope_limit}), which are not supported: set max_model_len to at most {longrope_limit}"
         )
     sliding = cfg.get("sliding_window")
     if cfg.get("use_sliding_window") is False:
@@ -231,7 +246,7 @@ def load_model_config(
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         max_position_embeddings=max_pos,
         max_model_len=max_model_len,
-        rope=_rope_config(cfg),
+        rope=rope,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=bool(cfg.get("attention_bias", False)),
         sliding_window=int(sliding) if sliding else None,

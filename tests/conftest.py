@@ -26,7 +26,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., pathli
     cache: dict[tuple[Any, ...], pathlib.Path] = {}
 
     def make(arch: str = "llama", **kwargs: Any) -> pathlib.Path:
-        key = (arch, tuple(sorted(kwargs.items())))
+        key = (arch, repr(sorted(kwargs.items())))  # repr: values may be dicts (rope_parameters)
         if key not in cache:
             cache[key] = make_tiny_model(tmp_path_factory.mktemp(f"model-{arch}"), arch, **kwargs)
         return cache[key]

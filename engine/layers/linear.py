@@ -69,8 +69,19 @@ class ColumnParallelLinear(Fp8Capable, nn.Module):
         return 0, size, tp_rank() * size, size * tp_size()
 
     def weight_loader(self, param: nn.Parameter, src: Any, shard_id: Any = None) -> None:
+        """One part's rows (shard_id), or every part's from a checkpoint that stores them fused too
+        (Phi-3's qkv_proj and gate_up_proj), each rank taking its share of each part."""
+        if shard_id is None and self.part_ids != (None,):
+            for part in self.part_ids:
+                offset, size, start, _ = self.rows(part)
+                copy_into(param.data.narrow(0, offset, size), read_shard(src, 0, self.fused_start(part) + start, size))
+            return
         offset, size, start, _ = self.rows(shard_id)
         copy_into(param.data.narrow(0, offset, size), read_shard(src, 0, start, size))
+
+    def fused_start(self, part: Any) -> int:
+        """Where a part's rows begin in a checkpoint tensor holding all parts, one after the other."""
+        return 0
 
     def lora_parts(self) -> list[Part]:
         return [(part, *self.rows(part)[:2]) for part in self.part_ids]
@@ -97,6 +108,9 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.part_ids = tuple(range(len(output_sizes)))
         super().__init__(in_features, sum(output_sizes), bias)
 
+    def fused_start(self, part: int) -> int:
+        return sum(self.output_sizes[:part])
+
     def rows(self, part: int) -> tuple[int, int, int, int]:
         size = self.output_sizes[part] // tp_size()
         return sum(self.output_sizes[:part]) // tp_size(), size, tp_rank() * size, self.output_sizes[part]
@@ -120,6 +134,10 @@ class QKVParallelLinear(ColumnParallelLinear):
             self.kv_replicas = divide(tp, num_kv_heads, "tensor_parallel_size over key/value heads")
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, out, bias)
+
+    def fused_start(self, part: str) -> int:
+        q_total, kv_total = self.num_heads * tp_size() * self.head_dim, self.total_kv_heads * self.head_dim
+        return {"q": 0, "k": q_total, "v": q_total + kv_total}[part]
 
     def rows(self, part: str) -> tuple[int, int, int, int]:
         q_size = self.num_heads * self.head_dim

@@ -7,13 +7,14 @@ indexed by each token's position, so chunked prefill and decode share it.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from pagoda.engine.model_config import RopeConfig
+from pagoda.engine.model_config import LONGROPE, RopeConfig
 
-SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3")
+SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "longrope")
 
 
 def _inv_freq(rotary_dim: int, rope: RopeConfig) -> torch.Tensor:
@@ -28,6 +29,11 @@ def _inv_freq(rotary_dim: int, rope: RopeConfig) -> torch.Tensor:
         return inv_freq / float(rope.scaling["factor"])
     if kind == "llama3":
         return _llama3_scale(inv_freq, rope.scaling)
+    if kind in LONGROPE:  # the short factors: load_model_config keeps the context where they apply
+        factors = torch.tensor(rope.scaling["short_factor"], dtype=torch.float32)
+        if factors.numel() != inv_freq.numel():
+            raise ValueError(f"longrope short_factor has {factors.numel()} entries, the rotary dims {inv_freq.numel()}")
+        return inv_freq / factors
     raise ValueError(f"rope scaling {kind!r} is not supported; supported: {list(SUPPORTED_ROPE_SCALING)}")
 
 
@@ -45,17 +51,50 @@ def _llama3_scale(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
     return torch.where(middle, blended, out)
 
 
-class RotaryEmbedding(nn.Module):
-    """Applies the rotation to q and k in the neox (rotate-half) layout used by these families."""
+def _attention_factor(rope: RopeConfig, max_position: int) -> float:
+    """LongRoPE's scale of cos and sin (on q and k alike): sqrt(1 + ln(s) / ln(original context)) for
+    the context extension s, unless the config gives it; 1 for every other rule."""
+    if rope.scaling_type not in LONGROPE:
+        return 1.0
+    if rope.scaling.get("attention_factor") is not None:
+        return float(rope.scaling["attention_factor"])
+    original = float(rope.scaling["original_max_position_embeddings"])
+    factor = float(rope.scaling.get("factor") or max_position / original)
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
 
-    def __init__(self, head_dim: int, max_position: int, rope: RopeConfig) -> None:
+
+# Tables by (rotary dims, model positions, table length, rope settings, device); the oldest goes past 8.
+_TABLES: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _cos_sin_table(rotary_dim: int, max_position: int, num_positions: int, rope: RopeConfig) -> torch.Tensor:
+    """[num_positions, rotary_dim] cos then sin on the default device, built once per model and device
+    and shared by its layers: at 128k positions a table is 64 MiB, which every layer holding its own
+    would multiply by the layer count."""
+    device = torch.empty(0).device
+    key = (rotary_dim, max_position, num_positions, repr(rope), device)
+    if key not in _TABLES:
+        inv_freq = _inv_freq(rotary_dim, rope)
+        freqs = torch.outer(torch.arange(num_positions, dtype=torch.float32), inv_freq)
+        scale = _attention_factor(rope, max_position)
+        _TABLES[key] = torch.cat([freqs.cos() * scale, freqs.sin() * scale], dim=-1)
+        if len(_TABLES) > 8:
+            del _TABLES[next(iter(_TABLES))]
+    return _TABLES[key]
+
+
+class RotaryEmbedding(nn.Module):
+    """Applies the rotation to q and k in the neox (rotate-half) layout used by these families.
+
+    `max_position` is the model's (LongRoPE's attention factor depends on it); the table covers
+    `num_positions` (the served context, by default all of it)."""
+
+    def __init__(self, head_dim: int, max_position: int, rope: RopeConfig, num_positions: int | None = None) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.rotary_dim = int(head_dim * rope.partial_rotary_factor)
-        inv_freq = _inv_freq(self.rotary_dim, rope)
-        freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
-        cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1)
-        self.register_buffer("cos_sin_cache", cache, persistent=False)
+        table = _cos_sin_table(self.rotary_dim, max_position, num_positions or max_position, rope)
+        self.register_buffer("cos_sin_cache", table, persistent=False)
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor

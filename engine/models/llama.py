@@ -1,4 +1,4 @@
-"""The Llama decoder family: Llama 2/3/3.x, Mistral, Qwen2/2.5 and Qwen3.
+"""The Llama decoder family: Llama 2/3/3.x, Mistral, Qwen2/2.5, Qwen3 and Phi-3/4.
 
 They share one structure (pre-norm decoder, GQA attention with rotary
 embeddings, SwiGLU MLP) and differ only in switches read from the config:
@@ -38,7 +38,7 @@ class DecoderAttention(nn.Module):
         self.q_size = self.qkv_proj.num_heads * cfg.head_dim
         self.kv_size = self.qkv_proj.num_kv_heads * cfg.head_dim
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
-        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, rope or cfg.rope)
+        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, rope or cfg.rope, cfg.max_model_len)
         self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim, sliding_window, scale)
         self.head_dim = cfg.head_dim
         if qk_norm:
@@ -173,6 +173,11 @@ class Qwen2ForCausalLM(LlamaForCausalLM):
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
     qk_norm = True
+
+
+class Phi3ForCausalLM(LlamaForCausalLM):
+    """Phi-3 and Phi-4 (mini): Llama's structure with q/k/v and gate/up stored fused in the checkpoint
+    (the fused layers' loaders split them), partial rotary and LongRoPE, both read from the config."""
 
 
 class _DecoderOnly:

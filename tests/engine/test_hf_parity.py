@@ -90,3 +90,19 @@ def test_reduced_precision_checkpoints_load_and_agree(tiny_model, dtype: str) ->
     agree = sum(o.outputs[0].token_ids[0] == hf_greedy(path, o.prompt_token_ids, 1)[0] for o in outs)
     # Rounding may flip a near-tie, but nearly every first token must agree.
     assert agree >= len(PROMPTS) - 1
+
+
+LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.3, 1.7, 2.2, 3.0, 4.0],
+            "long_factor": [2.0, 3.0, 5.0, 8.0, 13.0, 21.0]}
+
+
+def test_longrope_within_the_original_context(tiny_model) -> None:
+    """Phi-3.5/4-mini's LongRoPE: the short factors and the attention factor of the context
+    extension (2048 over 128 here); the served context stops where the long factors would start."""
+    path = tiny_model("phi3", rope_parameters=LONGROPE, original_max_position_embeddings=128)
+    llm = LLM(str(path), dtype="float32", block_size=4, max_num_batched_tokens=16)
+    assert llm.engine.max_model_len == 128
+    for out in llm.generate(PROMPTS, _greedy()):
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, MAX_TOKENS), out.prompt
+    with pytest.raises(ValueError, match="long factors.*at most 128"):
+        LLM(str(path), dtype="float32", max_model_len=129)
