@@ -114,6 +114,25 @@ class ModelSpec(_Model):
         None, description="Hugging Face token for gated models (exposed to the fetcher as HF_TOKEN).")
 
 
+#: Most draft tokens per step (the engine's MAX_SPECULATIVE_TOKENS; a test keeps the two equal).
+MAX_SPECULATIVE_TOKENS = 16
+
+
+class SpeculativeSpec(_Model):
+    """N-gram speculative decoding (`pagoda serve --speculative-config`): drafts from the text's
+    earlier tokens, verified in one pass; outputs are those of plain decoding."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(rule(
+        "self.promptLookupMin <= self.promptLookupMax",
+        "engine.speculativeConfig.promptLookupMin must be at most promptLookupMax",
+    )))
+
+    method: Literal["ngram"] = "ngram"
+    num_speculative_tokens: int = Field(ge=1, le=MAX_SPECULATIVE_TOKENS, description="Draft tokens per step.")
+    prompt_lookup_max: int = Field(4, ge=1, le=64, description="Longest n-gram matched against earlier text.")
+    prompt_lookup_min: int = Field(1, ge=1, le=64, description="Shortest n-gram matched.")
+
+
 class EngineSpec(_Model):
     """Settings of `pagoda serve`, one field per flag."""
 
@@ -146,6 +165,7 @@ class EngineSpec(_Model):
         None, description="priority: requests' `priority` field (lower first) orders waiting and preemption.")
     max_loras: int | None = Field(None, ge=1, le=64, description="Most LoRA adapters in one batch.")
     max_lora_rank: int | None = Field(None, ge=1, le=512, description="Largest LoRA adapter rank served.")
+    speculative_config: SpeculativeSpec | None = None
     quantization: Literal["fp8"] | None = Field(
         None, description="fp8: projections held in FP8 with 128x128 block scales, quantized at load from a "
         "full-precision checkpoint (FP8 checkpoints are served as FP8 without it): half the weight memory and bytes "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 from .. import fetch, flags
@@ -50,6 +52,8 @@ def serve_args(engine: EngineSpec, served_name: str, model_dir: str,
     for flag, value in optional:
         if value is not None:
             args += [flag, str(value)]
+    if engine.speculative_config is not None:  # the engine reads vLLM's JSON, with its snake_case keys
+        args += [flags.SPECULATIVE_CONFIG, json.dumps(engine.speculative_config.model_dump(), sort_keys=True)]
     if adapters:
         args += [flags.LORA_MODULES, ",".join(f"{name}={path}" for name, path in adapters)]
     return args + list(engine.extra_args)

@@ -34,6 +34,9 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
      "engine.extraArgs must not set --host, --port, --served-model-name, --api-key, --tensor-parallel-size, "
      "--drain-timeout, --lora-modules: "
      "the operator sets them from the resource"),
+    ("speculative-lookup-range", manifest(engine={"speculativeConfig": {"numSpeculativeTokens": 3,
+                                                                        "promptLookupMin": 5, "promptLookupMax": 2}}),
+     "engine.speculativeConfig.promptLookupMin must be at most promptLookupMax"),
     ("adapter-name", manifest(adapters=[{"name": "org/sql", "source": "hf://org/sql-lora"}]),
      "adapters[].name must start with a letter or digit and hold only letters, digits, '-', '_' and '.'"),
     ("adapter-source", manifest(adapters=[{"name": "sql", "source": "s3://bucket/sql-lora"}]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -39,7 +40,7 @@ SPECS = {
         "engine": {"tensorParallelSize": 2, "maxModelLen": 8192, "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,
                    "blockSize": 16, "maxQueueLen": 100, "dtype": "bfloat16", "enablePrefixCaching": False,
                    "logLevel": "debug", "schedulingPolicy": "priority", "quantization": "fp8",
-                   "extraArgs": ["--seed=1"]},
+                   "speculativeConfig": {"numSpeculativeTokens": 3}, "extraArgs": ["--seed=1"]},
         "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4, "targetQueueDepth": 2.5,
                         "scaleUp": {"stabilizationWindowSeconds": 0,
                                     "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}]},
@@ -176,6 +177,18 @@ def test_serve_args_cover_every_engine_flag() -> None:
     assert set(flags.ALL_FLAGS) - used == {flags.API_KEY}
     assert command[-1] == "--seed=1"
     assert "--enable-prefix-caching" in engine_container({})["args"]
+
+
+def test_speculative_config_reaches_the_engine_as_its_json() -> None:
+    """The flag's value is what the engine's own parser accepts, with the resource's settings and
+    the CRD's defaults; the CRD's bound on drafts is the engine's."""
+    from pagoda.engine.spec_decode import MAX_SPECULATIVE_TOKENS, SpeculativeConfig
+    from pagoda.operator.v1alpha1 import MAX_SPECULATIVE_TOKENS as CRD_MAX
+
+    args = engine_container(SPECS["tp2 autoscaled"])["args"]
+    parsed = SpeculativeConfig.parse(json.loads(args[args.index(flags.SPECULATIVE_CONFIG) + 1]))
+    assert parsed == SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_max=4, prompt_lookup_min=1)
+    assert CRD_MAX == MAX_SPECULATIVE_TOKENS
 
 
 def test_secrets_reach_the_pod_only_through_the_environment() -> None:
