@@ -16,6 +16,7 @@ sampled, only more tokens per pass.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -76,13 +77,27 @@ MAX_DRAFT_WAIT = 15
 class NgramProposer:
     def __init__(self, config: SpeculativeConfig) -> None:
         self.config = config
+        # Each sequence's tokens as a growing int64 array (capacity, filled): tokens only ever get
+        # appended, so a step copies its new tokens, not the whole history.
+        self._arrays: weakref.WeakKeyDictionary[Sequence, tuple[np.ndarray, int]] = weakref.WeakKeyDictionary()
+
+    def _tokens(self, seq: Sequence) -> np.ndarray:
+        array, filled = self._arrays.get(seq, (np.empty(0, dtype=np.int64), 0))
+        n = seq.num_tokens
+        if n > array.size:
+            grown = np.empty(max(2 * array.size, n, 64), dtype=np.int64)
+            grown[:filled] = array[:filled]
+            array = grown
+        array[filled:n] = seq.token_ids[filled:n]
+        self._arrays[seq] = (array, n)
+        return array[:n]
 
     def drafts_for(self, seq: Sequence, limit: int) -> list[int]:
         """The drafts to verify after seq's last token this step (none while it backs off)."""
         if seq.spec_wait > 0:
             seq.spec_wait -= 1
             return []
-        return self.propose(seq.token_ids, limit)
+        return self.propose(self._tokens(seq), limit)
 
     @staticmethod
     def record(seq: Sequence, accepted: int) -> None:
@@ -90,7 +105,7 @@ class NgramProposer:
         seq.spec_misses = 0 if accepted else seq.spec_misses + 1
         seq.spec_wait = min(2**seq.spec_misses - 1, MAX_DRAFT_WAIT)
 
-    def propose(self, token_ids: list[int], limit: int) -> list[int]:
+    def propose(self, token_ids: list[int] | np.ndarray, limit: int) -> list[int]:
         """Up to `limit` tokens that followed the latest earlier occurrence of the longest suffix
         (of prompt_lookup_max down to prompt_lookup_min tokens) found among the earlier tokens."""
         c = self.config

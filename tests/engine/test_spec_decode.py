@@ -153,3 +153,15 @@ def test_a_sequence_whose_drafts_keep_failing_backs_off() -> None:
     assert drafted == [True, False, True, False, False, False, True, False, False, False, False, False]
     proposer.record(seq, accepted=1)
     assert seq.spec_wait == 0 and proposer.drafts_for(seq, 2) == [8, 7]
+
+
+def test_the_proposer_follows_a_growing_sequence() -> None:
+    """Its copy of the tokens grows with the sequence (past its first capacity too)."""
+    from pagoda.engine.sequence import Sequence
+
+    proposer = NgramProposer(SpeculativeConfig(3, prompt_lookup_max=2))
+    seq = Sequence(0, "r", 0, [1, 2, 3], SamplingParams())
+    for token in [9] * 70 + [1, 2]:
+        seq.append_token(token)
+        assert proposer.drafts_for(seq, 3) == proposer.propose(seq.token_ids, 3)
+    assert proposer.drafts_for(seq, 3) == [3, 9, 9]
