@@ -301,6 +301,7 @@ def build_tiny_model(
         # zero row keeps their logit at 0, well below the random winners.
         model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
         model.get_output_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
+        model.get_output_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
         # Cast parameters only: rotary buffers stay float32, as from_pretrained builds them.
         for param in model.parameters():
             param.data = param.data.to(_torch_dtype(dtype))
@@ -397,6 +398,42 @@ def make_tiny_model(
         {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID},
     )
     _write_tokenizer(out_dir, arch, model.config.max_position_embeddings)
+    return out_dir
+
+
+def make_tiny_gemma3_multimodal(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """A random-weight Gemma3ForConditionalGeneration checkpoint (as Gemma 3 4B and up ship): the
+    gemma3 fixture's language model beside a one-layer SigLIP vision tower and its projector."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    out_dir = pathlib.Path(out_dir)
+    # Untied (the hub's are tied): with a tied head this random model just repeats its input token.
+    text = tiny_config("gemma3")
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          boi_token_index=TOKENIZER_VOCAB_SIZE, eoi_token_index=TOKENIZER_VOCAB_SIZE + 1,
+                          image_token_index=TOKENIZER_VOCAB_SIZE + 2, tie_word_embeddings=False,
+                          initializer_range=text.initializer_range)
+    config.architectures = ["Gemma3ForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name and "language_model" in name:
+                param.uniform_(-0.5, 0.5)  # Gemma's norms scale by 1 + weight: offsets from one
+        model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
+        model.get_output_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out_dir)
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
+    _write_json(out_dir / "generation_config.json",
+                {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID})
+    _write_tokenizer(out_dir, "gemma3", text.max_position_embeddings)
     return out_dir
 
 

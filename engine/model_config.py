@@ -174,6 +174,17 @@ def _quantization(cfg: dict[str, Any]) -> Fp8Config | None:
                      f"activations, quant_method 'fp8' with a weight_block_size; not yet: {_UNSUPPORTED_QUANT})")
 
 
+def _text_config(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A multimodal checkpoint's language-model settings, which the engine serves (as text), with
+    transformers' defaults filled in: hub configs (Gemma 3 4B and up) leave most of them out."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(str(path)).get_text_config().to_dict()
+    dtype = cfg.get("torch_dtype") or cfg.get("dtype") or text.get("torch_dtype") or text.get("dtype")
+    return {**text, "architectures": cfg.get("architectures"), "torch_dtype": dtype,
+            "tie_word_embeddings": cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))}
+
+
 def _eos_ids(path: Path, cfg: dict[str, Any]) -> tuple[int, ...]:
     """EOS ids come from generation_config.json first (it lists every stop id), then config.json."""
     ids: list[int] = []
@@ -200,6 +211,8 @@ def load_model_config(
     if not cfg_path.is_file():
         raise ValueError(f"{path} is not a model directory: no config.json")
     cfg = json.loads(cfg_path.read_text())
+    if "text_config" in cfg:
+        cfg = _text_config(path, cfg)
     archs = cfg.get("architectures") or []
     from pagoda.engine.models.registry import resolve_architecture
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.layers.activation import GeluAndMul
-from pagoda.engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagoda.engine.layers.embedding import VocabParallelEmbedding
 from pagoda.engine.layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from pagoda.engine.layers.norm import GemmaRMSNorm
 from pagoda.engine.model_config import ModelConfig, RopeConfig
@@ -113,3 +113,19 @@ class Gemma3ForCausalLM(LlamaForCausalLM):
         if cfg.hf_config.get("use_bidirectional_attention"):
             raise ValueError("use_bidirectional_attention (Gemma 3 embedding models) is not supported")
         return Gemma3Model(cfg)
+
+
+class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):
+    """A multimodal Gemma 3 checkpoint (4B and up) served as text: its language model, under either
+    naming (`language_model.model.*`, or `model.language_model.*` of newer conversions); the vision
+    tower and projector are not loaded, and image inputs are refused by the API's message schema."""
+
+    ignored_checkpoint_prefixes = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                                   "model.multi_modal_projector.")
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        for prefix in ("language_model.model.", "model.language_model."):
+            if name.startswith(prefix):
+                name = "model." + name[len(prefix):]
+                break
+        return super().checkpoint_target(name.removeprefix("language_model."))

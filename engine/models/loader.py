@@ -56,11 +56,12 @@ def _with_prefix(model: nn.Module, name: str) -> str:
 def use_fp8_weights(model: nn.Module, path: Path, block: tuple[int, int]) -> None:
     """Makes FP8 every projection the checkpoint stores in FP8: those with a `weight_scale_inv`
     (checkpoints keep some layers, e.g. the LM head, at full precision)."""
+    ignored = getattr(model, "ignored_checkpoint_prefixes", ())
     for file in checkpoint_files(path):
         with safe_open(str(file), framework="pt") as f:
             names = list(f.keys())
         for name in names:
-            if not name.endswith(".weight_scale_inv"):
+            if not name.endswith(".weight_scale_inv") or name.startswith(ignored):
                 continue
             target, _ = model.checkpoint_target(_with_prefix(model, name))
             module_name = target.rpartition(".")[0]
@@ -80,7 +81,10 @@ def load_weights(model: nn.Module, path: Path) -> None:
     generates = getattr(model, "generates", True)
     tied = bool(getattr(model.config, "tie_word_embeddings", False)) and generates
     loaded: set[str] = set()
+    ignored = getattr(model, "ignored_checkpoint_prefixes", ())
     for name, src in iter_checkpoint(path):
+        if name.startswith(ignored):  # parts of the checkpoint this model does not serve (a vision tower)
+            continue
         name = _with_prefix(model, name)
         if name.endswith(_IGNORED_SUFFIXES) or (tied and name.startswith("lm_head.")):
             continue

@@ -106,3 +106,37 @@ def test_longrope_within_the_original_context(tiny_model) -> None:
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, MAX_TOKENS), out.prompt
     with pytest.raises(ValueError, match="long factors.*at most 128"):
         LLM(str(path), dtype="float32", max_model_len=129)
+
+
+@pytest.mark.parametrize("naming", ["language_model.model", "model.language_model"])
+def test_multimodal_gemma3_checkpoint_served_as_text(tmp_path, naming: str) -> None:
+    """Gemma 3 4B and up ship as Gemma3ForConditionalGeneration: the language model is served, the
+    vision tower skipped, under either naming of the language model's tensors; settings the hub's
+    sparse text_config leaves out come from transformers' defaults."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from pagoda.engine.fixtures import make_tiny_gemma3_multimodal
+
+    path = make_tiny_gemma3_multimodal(tmp_path / "gemma3-mm")
+    config = json.loads((path / "config.json").read_text())
+    for default in ("rms_norm_eps", "hidden_activation", "attention_bias", "final_logit_softcapping"):
+        config["text_config"].pop(default, None)  # the hub's configs omit what equals the default
+    (path / "config.json").write_text(json.dumps(config))
+    if naming == "model.language_model":  # newer conversions: model.language_model.*, model.vision_tower.*
+        tensors = load_file(str(path / "model.safetensors"))
+        renamed = {}
+        for name, tensor in tensors.items():
+            if name.startswith("language_model.model."):
+                name = "model.language_model." + name[len("language_model.model."):]
+            elif name.startswith("language_model.lm_head."):
+                name = name[len("language_model."):]
+            elif name.startswith(("vision_tower.", "multi_modal_projector.")):
+                name = "model." + name
+            renamed[name] = tensor
+        save_file(renamed, str(path / "model.safetensors"))
+    llm = LLM(str(path), dtype="float32", max_num_batched_tokens=9, block_size=4)
+    assert llm.engine.model_config.num_layers == 2
+    for out in llm.generate(PROMPTS, _greedy()):
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, MAX_TOKENS), out.prompt
