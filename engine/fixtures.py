@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 from pagoda.engine.layers.fp8 import quantize_fp8_blocks
 
 FIXTURE_ARCHS: tuple[str, ...] = (
-    "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe"
+    "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe"
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -160,6 +160,10 @@ _FAMILIES: dict[str, _Family] = {
     # Phi-3/4: q/k/v and gate/up stored fused, a partial rotary (as Phi-4-mini's 0.75).
     "phi3": _Family("phi3", "Phi3ForCausalLM", adds_bos=False, rope_theta=10000.0,
                     config={"partial_rotary_factor": 0.75, "sliding_window": None}),
+    # Granite 3.x: Llama with multipliers on the embeddings, the residual branches, attention and logits.
+    "granite": _Family("granite", "GraniteForCausalLM", adds_bos=False, rope_theta=10000.0,
+                       config={"embedding_multiplier": 6.0, "residual_multiplier": 0.4,
+                               "attention_multiplier": 0.1, "logits_scaling": 2.5}),
     # Gemma 3: a sliding window of 8 tokens on all layers but every 2nd (so the tests' prompts
     # outgrow it), local layers rotating at another base, attention scaled by query_pre_attn_scalar.
     "gemma3": _Family(

@@ -73,10 +73,16 @@ class DecoderMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, mlp: nn.Module) -> None:
+    """Pre-norm attention then MLP, each output scaled by `residual_multiplier` before it joins the
+    residual stream (1 but in Granite), attention scaled by `attention_scale` (None: 1/sqrt(head_dim))."""
+
+    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, mlp: nn.Module,
+                 residual_multiplier: float = 1.0, attention_scale: float | None = None) -> None:
         super().__init__()
-        self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm, sliding_window=cfg.sliding_window)
+        self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm, sliding_window=cfg.sliding_window,
+                                          scale=attention_scale)
         self.mlp = mlp
+        self.residual_multiplier = residual_multiplier
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -88,8 +94,11 @@ class DecoderLayer(nn.Module):
         else:
             x, residual = self.input_layernorm(x, residual)
         x = self.self_attn(positions, x, meta)
+        if self.residual_multiplier != 1.0:
+            x = x * self.residual_multiplier
         x, residual = self.post_attention_layernorm(x, residual)
-        return self.mlp(x), residual
+        x = self.mlp(x)
+        return (x if self.residual_multiplier == 1.0 else x * self.residual_multiplier), residual
 
 
 class DecoderModel(nn.Module):
@@ -97,14 +106,22 @@ class DecoderModel(nn.Module):
         self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, make_mlp: Callable[[ModelConfig, int], nn.Module]
     ) -> None:
         super().__init__()
+        # Granite's multipliers (its configs name them; 1 and 1/sqrt(head_dim) everywhere else).
+        hf = cfg.hf_config
+        self.embedding_multiplier = float(hf.get("embedding_multiplier", 1.0))
+        residual, attention = float(hf.get("residual_multiplier", 1.0)), hf.get("attention_multiplier")
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg, qkv_bias, qk_norm, make_mlp(cfg, i)) for i in range(cfg.num_layers)
+            DecoderLayer(cfg, qkv_bias, qk_norm, make_mlp(cfg, i), residual,
+                         None if attention is None else float(attention))
+            for i in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         x, residual = self.embed_tokens(input_ids), None
+        if self.embedding_multiplier != 1.0:
+            x = x * self.embedding_multiplier
         for layer in self.layers:
             x, residual = layer(positions, x, residual, meta)
         x, _ = self.norm(x, residual)
@@ -178,6 +195,14 @@ class Qwen3ForCausalLM(LlamaForCausalLM):
 class Phi3ForCausalLM(LlamaForCausalLM):
     """Phi-3 and Phi-4 (mini): Llama's structure with q/k/v and gate/up stored fused in the checkpoint
     (the fused layers' loaders split them), partial rotary and LongRoPE, both read from the config."""
+
+
+class GraniteForCausalLM(LlamaForCausalLM):
+    """IBM Granite 3.x: Llama's structure with the multipliers DecoderModel reads from the config,
+    and logits divided by `logits_scaling`."""
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden) / float(self.config.hf_config.get("logits_scaling", 1.0))
 
 
 class _DecoderOnly:

@@ -12,6 +12,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "MistralForCausalLM": ("pagoda.engine.models.llama", "LlamaForCausalLM"),
     "Qwen2ForCausalLM": ("pagoda.engine.models.llama", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("pagoda.engine.models.llama", "Qwen3ForCausalLM"),
+    "GraniteForCausalLM": ("pagoda.engine.models.llama", "GraniteForCausalLM"),
     "Phi3ForCausalLM": ("pagoda.engine.models.llama", "Phi3ForCausalLM"),
     "Gemma3ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma3ForCausalLM"),
     # Multimodal checkpoints, served as text (their language model).

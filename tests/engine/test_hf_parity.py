@@ -13,7 +13,7 @@ import pytest
 from pagoda.engine.fixtures import FIXTURE_ARCHS
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
-from tests.engine.hf_reference import hf_greedy
+from tests.engine.hf_reference import hf_greedy, hf_logprobs
 
 SHARED = "The quick brown fox jumps over the lazy dog. Hello, my name is Pagoda, and I serve"
 PROMPTS = [
@@ -140,3 +140,14 @@ def test_multimodal_gemma3_checkpoint_served_as_text(tmp_path, naming: str) -> N
     assert llm.engine.model_config.num_layers == 2
     for out in llm.generate(PROMPTS, _greedy()):
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, MAX_TOKENS), out.prompt
+
+
+def test_granite_logprobs_see_the_logits_scaling(tiny_model) -> None:
+    """Granite divides its logits by logits_scaling: greedy tokens cannot show it, logprobs do."""
+    path = tiny_model("granite")
+    llm = LLM(str(path), dtype="float32")
+    ids = llm.tokenizer.encode(PROMPTS[1])
+    out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
+    reference = hf_logprobs(path, ids)
+    for pos in range(1, len(ids)):
+        assert out.prompt_logprobs[pos][ids[pos]].logprob == pytest.approx(float(reference[pos - 1, ids[pos]]), abs=1e-4)
