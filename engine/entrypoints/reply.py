@@ -103,6 +103,10 @@ class ReplyParser:
     def num_calls(self) -> int:
         return self._tools.num_calls if self._tools is not None else 0
 
+    def new_call_id(self) -> str:
+        """An id in the format the model's tool-call format expects back (Mistral's are 9 characters)."""
+        return (self._tools or ToolCallParser()).new_call_id()
+
     def feed(self, text: str, final: bool = False) -> ReplyPiece:
         """The reading of `text`, the reply's next piece; `final` flushes what was held back."""
         reasoning, content = "", text

@@ -9,7 +9,7 @@ function or "required" the server itself constrained the reply's format; for
 from __future__ import annotations
 
 import time
-import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -73,10 +73,6 @@ def chat_logprobs(entries: list[dict[int, Logprob]], token_ids: list[int], num_t
     return ChatLogprobs(content=content)
 
 
-def _call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
 def _finish_reason(request: ChatCompletionRequest, output: CompletionOutput, made_calls: bool) -> str | None:
     """OpenAI's: "tool_calls" when the model chose to call (auto or required),
     "stop" when the request named the function."""
@@ -85,11 +81,11 @@ def _finish_reason(request: ChatCompletionRequest, output: CompletionOutput, mad
     return output.finish_reason
 
 
-def _tool_calls(pieces: list[CallPiece]) -> list[ToolCall]:
+def _tool_calls(pieces: list[CallPiece], new_id: Callable[[], str]) -> list[ToolCall]:
     calls: dict[int, ToolCall] = {}
     for piece in pieces:
         if piece.index not in calls:
-            calls[piece.index] = ToolCall(id=_call_id(), function=FunctionCall(name=piece.name or "", arguments=""))
+            calls[piece.index] = ToolCall(id=new_id(), function=FunctionCall(name=piece.name or "", arguments=""))
         calls[piece.index].function.arguments += piece.arguments
     return list(calls.values())
 
@@ -165,7 +161,7 @@ class OpenAIServingChat(OpenAIServing):
         if reply is None:
             return ChatResponseMessage(content=c.text), c.finish_reason
         piece = reply.parse(c.text)
-        calls = _tool_calls(piece.calls)
+        calls = _tool_calls(piece.calls, reply.new_call_id)
         content = piece.content if piece.content.strip() or not calls else None
         reasoning = piece.reasoning or None
         return (ChatResponseMessage(content=content, reasoning=reasoning, reasoning_content=reasoning,
@@ -194,7 +190,7 @@ class OpenAIServingChat(OpenAIServing):
             return ChatDelta(content=c.delta_text or None)
         piece = st.reply.feed(c.delta_text, final=finished)
         calls = [
-            DeltaToolCall(index=p.index, id=_call_id() if p.name is not None else None,
+            DeltaToolCall(index=p.index, id=st.reply.new_call_id() if p.name is not None else None,
                           type="function" if p.name is not None else None,
                           function=DeltaFunctionCall(name=p.name, arguments=p.arguments))
             for p in piece.calls

@@ -19,6 +19,9 @@ given back as content, never dropped.
 from __future__ import annotations
 
 import json
+import secrets
+import string
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +66,11 @@ class ToolCallParser:
         parsed = self.feed(text)
         parsed += self.finish()
         return parsed
+
+    @staticmethod
+    def new_call_id() -> str:
+        """The id a call gets in the API (and that the client sends back with its result)."""
+        return f"call_{uuid.uuid4().hex[:24]}"
 
     def _call(self, name: str, arguments: Any) -> list[CallPiece]:
         """A complete call as one piece; none once parallel calls are exhausted."""
@@ -276,6 +284,87 @@ class Llama3JsonParser(ToolCallParser):
         return Parsed(content=rest)
 
 
+class MistralParser(ToolCallParser):
+    """Mistral's calls after [TOOL_CALLS]: a JSON array of {"name", "arguments"} (the v3 tokenizer:
+    Mistral 7B v0.3, Nemo, Small 2409) or `name[ARGS]{...}`, once per call (the v11 tokenizer:
+    Mistral Small 3.1+, Magistral, Devstral). Text before the tag is content; a call that never
+    completes is returned as the text it was."""
+
+    TAG = "[TOOL_CALLS]"
+    ARGS = "[ARGS]"
+    _ID_CHARS = string.ascii_letters + string.digits
+
+    def __init__(self, max_calls: int | None = None) -> None:
+        super().__init__(max_calls)
+        self._buffer = ""
+        self._in_calls = False
+        self._held_space = ""  # trailing blank content, kept only if no call follows it
+
+    def _content(self, text: str) -> str:
+        text = self._held_space + text
+        kept = text.rstrip()
+        self._held_space = text[len(kept):]
+        return kept
+
+    @classmethod
+    def new_call_id(cls) -> str:
+        """Nine letters and digits: Mistral's chat templates refuse any other tool call id."""
+        return "".join(secrets.choice(cls._ID_CHARS) for _ in range(9))
+
+    def feed(self, text: str) -> Parsed:
+        self._buffer += text
+        out = Parsed()
+        while True:
+            if not self._in_calls:
+                at = self._buffer.find(self.TAG)
+                if at < 0:
+                    keep = partial_suffix(self._buffer, self.TAG)
+                    out.content += self._content(self._buffer[:len(self._buffer) - keep])
+                    self._buffer = self._buffer[len(self._buffer) - keep:]
+                    return out
+                out.content += self._content(self._buffer[:at])
+                self._held_space = ""
+                self._buffer, self._in_calls = self._buffer[at + len(self.TAG):], True
+            calls = self._next_calls()
+            if calls is None:
+                return out
+            out.calls += calls
+            self._in_calls = False
+
+    def _next_calls(self) -> list[CallPiece] | None:
+        """The calls the buffer starts with, consumed; None while they are incomplete."""
+        rest = self._buffer.lstrip()
+        if rest.startswith("["):  # v3: one array of call objects
+            try:
+                value, end = _DECODER.raw_decode(rest)
+            except ValueError:
+                return None
+            calls = [piece for item in (value if isinstance(value, list) else [])
+                     if (fields := _call_fields(item, ("arguments", "parameters"))) is not None
+                     for piece in self._call(*fields)]
+        else:  # v11: name[ARGS]{...}
+            at = rest.find(self.ARGS)
+            if at < 0:
+                return None
+            arguments = rest[at + len(self.ARGS):].lstrip()
+            try:
+                value, used = _DECODER.raw_decode(arguments)
+            except ValueError:
+                return None
+            calls = self._call(rest[:at].strip(), value)
+            end = len(rest) - len(arguments) + used
+        self._buffer = rest[end:]
+        return calls
+
+    def finish(self) -> Parsed:
+        rest, self._buffer = self._buffer, ""
+        if self._in_calls:
+            self._in_calls = False
+            return Parsed(content=self._content(self.TAG + rest) + self._held_space)
+        held, self._held_space = self._held_space, ""
+        return Parsed(content=(held if self.num_calls == 0 else "") + rest)  # blank text after calls is layout
+
+
 def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a proper start of `tag`."""
     for size in range(min(len(text), len(tag) - 1), 0, -1):
@@ -284,7 +373,9 @@ def partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
-AUTO_PARSERS: dict[str, type[ToolCallParser]] = {"hermes": HermesParser, "llama3_json": Llama3JsonParser}
+AUTO_PARSERS: dict[str, type[ToolCallParser]] = {
+    "hermes": HermesParser, "llama3_json": Llama3JsonParser, "mistral": MistralParser,
+}
 """The parsers tool_choice "auto" can use, by their --tool-call-parser name."""
 
 
@@ -298,4 +389,6 @@ def detect_tool_parser(chat_template: str | dict[str, str] | None) -> str | None
         return "hermes"
     if "<|python_tag|>" in chat_template or "Environment: ipython" in chat_template:
         return "llama3_json"
+    if "[TOOL_CALLS]" in chat_template:
+        return "mistral"
     return None

@@ -228,6 +228,24 @@ def test_tool_call_parser_flag(llama3_server: RunningServer) -> None:
     llama3_server.wait_idle()
 
 
+MISTRAL_REPLY = r'\[TOOL_CALLS\]get_time\[ARGS\]\{"zone": "UTC"\}'
+
+
+def test_mistral_calls_with_mistral_ids(model_dir: pathlib.Path) -> None:
+    """--tool-call-parser mistral: the v11 format's calls, with the 9-character ids Mistral's
+    templates require when the call comes back in the conversation."""
+    with serve_in_thread(tool_server_args(model_dir, "--tool-call-parser", "mistral")) as running:
+        client = client_of(running)
+        for stream in (False, True):
+            content, calls, finish = create(client, stream, max_tokens=256,
+                                            extra_body={"structured_outputs": {"regex": MISTRAL_REPLY}})
+            assert (content, finish) == (None, "tool_calls")
+            [(call_id, name, arguments)] = calls
+            assert (name, json.loads(arguments)) == ("get_time", {"zone": "UTC"})
+            assert len(call_id) == 9 and call_id.isalnum()
+        running.wait_idle()
+
+
 def test_auto_tool_choice_refused_without_a_parser(model_dir: pathlib.Path) -> None:
     """With no tool-call format, "auto" is a 400 that says what to do; the others still work."""
     with serve_in_thread(tool_server_args(model_dir, "--tool-call-parser", "none")) as running:

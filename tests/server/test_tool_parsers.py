@@ -11,6 +11,7 @@ from pagoda.engine.entrypoints.tool_parsers import (
     HermesParser,
     JsonArrayParser,
     Llama3JsonParser,
+    MistralParser,
     NamedCallParser,
     Parsed,
     ToolCallParser,
@@ -97,8 +98,33 @@ JSON_ARRAYS = [
 ]
 
 
+MISTRAL = [
+    # v3 tokenizer (Mistral 7B v0.3, Nemo): one JSON array after the tag.
+    ('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "t", "arguments": {}}]', "",
+     [("get_weather", {"city": "Paris"}), ("t", {})]),
+    # v11 tokenizer (Small 3.1+, Magistral, Devstral): name[ARGS]{...} per call, each after its tag.
+    ('[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo", "s": "[ARGS]}"}[TOOL_CALLS]time[ARGS]{}', "",
+     [("get_weather", {"city": "Oslo", "s": "[ARGS]}"}), ("time", {})]),
+    ('Let me check. [TOOL_CALLS]f[ARGS]{"x": 1}', "Let me check.", [("f", {"x": 1})]),
+    ("No calls [TOOL here.", "No calls [TOOL here.", []),
+    ('[TOOL_CALLS]f[ARGS]{}\n\n', "", [("f", {})]),
+    ("  a padded answer \n", "  a padded answer \n", []),
+    # Cut before the call completes: the text as it was, tag included.
+    ('[TOOL_CALLS]f[ARGS]{"x": ', '[TOOL_CALLS]f[ARGS]{"x": ', []),
+    ('[TOOL_CALLS] [{"name": "f"', '[TOOL_CALLS] [{"name": "f"', []),
+]
+
+
 CASES = [(parser, *case) for parser, cases in ((HermesParser, HERMES), (Llama3JsonParser, LLAMA3),
-                                               (JsonArrayParser, JSON_ARRAYS)) for case in cases]
+                                               (JsonArrayParser, JSON_ARRAYS), (MistralParser, MISTRAL))
+         for case in cases]
+
+
+def test_mistral_call_ids_are_what_its_templates_accept() -> None:
+    """Mistral's chat templates refuse tool call ids other than 9 letters and digits."""
+    ids = {MistralParser.new_call_id() for _ in range(50)}
+    assert len(ids) == 50 and all(len(i) == 9 and i.isalnum() for i in ids)
+    assert HermesParser.new_call_id().startswith("call_")
 
 
 @pytest.mark.parametrize(("parser", "text", "content", "calls"), CASES,
@@ -130,4 +156,6 @@ def test_detect_tool_parser(tmp_path) -> None:
              '{{- \'{"name": function name, "parameters": dictionary of argument name and its value}\' }}')
     assert detect_tool_parser(llama) == "llama3_json"
     assert detect_tool_parser({"default": "{{ messages }}", "tool_use": template}) == "hermes"
+    assert detect_tool_parser("{%- if message.tool_calls %}{{- '[TOOL_CALLS]' + message.tool_calls|tojson }}") == \
+        "mistral"
     assert detect_tool_parser("{{ messages }}") is None and detect_tool_parser(None) is None
