@@ -210,6 +210,17 @@ class CompletionRequest(_SamplingRequest):
     echo: bool = False
     # vLLM's extra: each prompt token's logprob and this many top alternatives, as `prompt_logprobs`.
     prompt_logprobs: int | None = Field(None, ge=0)
+    # OpenAI fields the engine does not serve: refused by name rather than ignored (see `check_unserved`).
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def check_unserved(self) -> None:
+        """ValueError, naming the field, for options that would otherwise be silently ignored."""
+        if self.suffix:
+            raise ValueError("suffix: fill-in-the-middle is not served; put the text after the gap in the prompt "
+                             "as the model's FIM format expects")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of: only best_of equal to n is served (each sampled completion is returned)")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -369,6 +380,8 @@ class ChatCompletionRequest(_SamplingRequest, _ChatTemplateInput):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    # vLLM's extra: the rendered prompt's token logprobs (and this many alternatives), as `prompt_logprobs`.
+    prompt_logprobs: int | None = Field(None, ge=0)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     # The deprecated function-calling fields are refused unless "none"
@@ -420,6 +433,9 @@ class ChatCompletionRequest(_SamplingRequest, _ChatTemplateInput):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    def requested_prompt_logprobs(self) -> int | None:
+        return self.prompt_logprobs
+
     def requested_logprobs(self) -> int | None:
         if not self.logprobs:
             if self.top_logprobs:
@@ -466,6 +482,8 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo | None = None
+    # vLLM's extra, when the request asked for prompt_logprobs: the rendered prompt's tokens.
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
 
 
 class _OmitUnset(BaseModel):

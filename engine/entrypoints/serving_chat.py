@@ -40,6 +40,7 @@ from pagoda.engine.entrypoints.serving_engine import (
     Prompt,
     RequestContext,
     bad_request,
+    vllm_prompt_logprobs,
 )
 from pagoda.engine.entrypoints.reply import (
     ReplyParser,
@@ -177,8 +178,10 @@ class OpenAIServingChat(OpenAIServing):
                 index=c.index, message=message, logprobs=logprobs, finish_reason=finish_reason,
                 stop_reason=c.stop_reason,
             ))
+        prompt_logprobs = outputs[0].prompt_logprobs if ctx.request.prompt_logprobs is not None else None
         return ChatCompletionResponse(id=ctx.request_id, created=ctx.created, model=ctx.model, choices=choices,
-                                      usage=ctx.usage())
+                                      usage=ctx.usage(),
+                                      prompt_logprobs=vllm_prompt_logprobs(prompt_logprobs) if prompt_logprobs else None)
 
     def _chunk(self, ctx: RequestContext, choice: ChatStreamChoice) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=ctx.request_id, created=ctx.created, model=ctx.model, choices=[choice])

@@ -12,9 +12,14 @@ from pagoda.engine.entrypoints.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    PromptLogprob,
 )
-from pagoda.engine.entrypoints.serving_engine import ChoiceState, OpenAIServing, RequestContext
+from pagoda.engine.entrypoints.serving_engine import (
+    ChoiceState,
+    OpenAIServing,
+    RequestContext,
+    bad_request,
+    vllm_prompt_logprobs,
+)
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestOutput
 
 
@@ -43,14 +48,6 @@ def _merge(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionL
                               tokens=first.tokens + second.tokens, top_logprobs=first.top_logprobs + second.top_logprobs)
 
 
-def vllm_prompt_logprobs(entries: list[dict[int, Logprob] | None]) -> list[dict[str, PromptLogprob] | None]:
-    """vLLM's `prompt_logprobs`: per position, token id -> logprob, rank and text (None at position 0)."""
-    return [None if entry is None else
-            {str(tid): PromptLogprob(logprob=lp.logprob, rank=lp.rank, decoded_token=lp.decoded_token)
-             for tid, lp in entry.items()}
-            for entry in entries]
-
-
 class OpenAIServingCompletion(OpenAIServing):
     endpoint = "completions"
     id_prefix = "cmpl"
@@ -58,6 +55,10 @@ class OpenAIServingCompletion(OpenAIServing):
     async def create_completion(self, request: CompletionRequest, raw_request: Request) -> Response:
         arrival = time.monotonic()
         lora = self.check_model(request.model)
+        try:
+            request.check_unserved()
+        except ValueError as exc:
+            raise bad_request(exc, request) from None
         prompts = await self.prompts_of(request.prompt, "prompt")
         return await self.generate(raw_request, request, prompts, arrival, "prompt", lora)
 

@@ -27,13 +27,14 @@ from pagoda.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineRe
 from pagoda.engine.entrypoints.protocol import (
     ErrorInfo,
     ErrorResponse,
+    PromptLogprob,
     PromptTokensDetails,
     UsageInfo,
     _SamplingRequest,
 )
 from pagoda.engine.entrypoints.reply import ReplyParser
 from pagoda.engine.lora import LoRARequest
-from pagoda.engine.outputs import RequestOutput
+from pagoda.engine.outputs import Logprob, RequestOutput
 from pagoda.engine.structured_output import InvalidConstraint, Thinking
 from pagoda.engine.tokenizer import apply_chat_template
 
@@ -73,6 +74,14 @@ def bad_request(exc: ValueError, request: BaseModel | None = None, default_param
     fields = type(request).model_fields if request is not None else {}
     param = match.group(1) if match and match.group(1) in fields else default_param
     return APIError(400, message, param=param)
+
+
+def vllm_prompt_logprobs(entries: list[dict[int, Logprob] | None]) -> list[dict[str, PromptLogprob] | None]:
+    """vLLM's `prompt_logprobs`: per position, token id -> logprob, rank and text (None at position 0)."""
+    return [None if entry is None else
+            {str(tid): PromptLogprob(logprob=lp.logprob, rank=lp.rank, decoded_token=lp.decoded_token)
+             for tid, lp in entry.items()}
+            for entry in entries]
 
 
 def sse(payload: BaseModel | str) -> str:

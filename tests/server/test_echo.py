@@ -1,5 +1,6 @@
-"""`echo` and `prompt_logprobs` on /v1/completions: scoring a text's likelihood, as evaluation
-harnesses (lm-evaluation-harness' loglikelihood: echo, logprobs=1, max_tokens=1) do against vLLM."""
+"""`echo` and `prompt_logprobs` on /v1/completions (and `prompt_logprobs` on chat): scoring a text's
+likelihood, as evaluation harnesses (lm-evaluation-harness' loglikelihood: echo, logprobs=1,
+max_tokens=1) do against vLLM."""
 
 from __future__ import annotations
 
@@ -71,3 +72,17 @@ def test_vllm_prompt_logprobs(client: openai.OpenAI, idle_server: RunningServer,
         ranked = sorted((e for e in entry.values() if e["rank"] is not None), key=lambda e: e["rank"])
         assert [e["rank"] for e in ranked][:2] == [1, 2] and ranked[0]["decoded_token"] is not None
     assert not client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=1).choices[0].prompt_logprobs
+
+
+def test_chat_prompt_logprobs(client: openai.OpenAI, idle_server: RunningServer, model_dir: pathlib.Path) -> None:
+    """vLLM's prompt_logprobs on chat: the rendered conversation's tokens, scored."""
+    messages = [{"role": "user", "content": PROMPT}]
+    ids = idle_server.request("POST", "/tokenize", {"messages": messages}).json()["tokens"]
+    out = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=1, temperature=0,
+                                         extra_body={"prompt_logprobs": 1})
+    entries = out.prompt_logprobs
+    assert len(entries) == len(ids) and entries[0] is None
+    reference = hf_logprobs(model_dir, ids)
+    for pos in range(1, len(ids)):
+        assert entries[pos][str(ids[pos])]["logprob"] == pytest.approx(float(reference[pos - 1, ids[pos]]), abs=1e-4)
+    assert client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=1).prompt_logprobs is None

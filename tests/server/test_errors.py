@@ -73,6 +73,8 @@ BAD_FIELDS = [
     ({"structured_outputs": {"choice": []}}, "structured_outputs"),
     ({"structured_outputs": {"grammar": "root ::= undefined_rule"}}, "structured_outputs"),
     ({"structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}, "response_format"),
+    ({"suffix": "return x"}, "suffix"),
+    ({"best_of": 3}, "best_of"),
 ]
 
 
