@@ -97,11 +97,11 @@ class OpenAIServingResponses(OpenAIServingChat):
         request = ctx.request.responses
         usage = None
         if status != "in_progress":
-            usage, reasoning = ctx.usage(), "".join(
-                part.text for item in items if isinstance(item, ReasoningOutput) for part in item.content)
+            counts = ctx.usage()
+            reasoning = "".join(part.text for item in items if isinstance(item, ReasoningOutput) for part in item.content)
             usage = ResponseUsage(
-                input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens, total_tokens=usage.total_tokens,
-                input_tokens_details=InputTokensDetails(cached_tokens=usage.prompt_tokens_details.cached_tokens),
+                input_tokens=counts.prompt_tokens, output_tokens=counts.completion_tokens, total_tokens=counts.total_tokens,
+                input_tokens_details=InputTokensDetails(cached_tokens=counts.prompt_tokens_details.cached_tokens),
                 output_tokens_details=OutputTokensDetails(
                     reasoning_tokens=len(self.tokenizer.encode(reasoning, add_special_tokens=False)) if reasoning else 0),
             )

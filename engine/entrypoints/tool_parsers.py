@@ -54,6 +54,16 @@ class ToolCallParser:
     def __init__(self, max_calls: int | None = None) -> None:
         self.num_calls = 0
         self._max_calls = max_calls
+        # Trailing blank content, held until more content follows: blank text next to a call is
+        # the call's layout, not content (parsers that read calls out of content use it).
+        self._held_space = ""
+
+    def _content(self, text: str) -> str:
+        """`text` as content, its trailing blank part held back (see _held_space)."""
+        text = self._held_space + text
+        kept = text.rstrip()
+        self._held_space = text[len(kept):]
+        return kept
 
     def feed(self, text: str) -> Parsed:
         raise NotImplementedError
@@ -183,15 +193,6 @@ class HermesParser(ToolCallParser):
         super().__init__(max_calls)
         self._buffer = ""
         self._in_call = False
-        # Trailing blank text, held until more content follows: blank lines
-        # next to a call are the call's layout, not content.
-        self._held_space = ""
-
-    def _content(self, text: str) -> str:
-        text = self._held_space + text
-        kept = text.rstrip()
-        self._held_space = text[len(kept):]
-        return kept
 
     def feed(self, text: str) -> Parsed:
         self._buffer += text
@@ -298,13 +299,6 @@ class MistralParser(ToolCallParser):
         super().__init__(max_calls)
         self._buffer = ""
         self._in_calls = False
-        self._held_space = ""  # trailing blank content, kept only if no call follows it
-
-    def _content(self, text: str) -> str:
-        text = self._held_space + text
-        kept = text.rstrip()
-        self._held_space = text[len(kept):]
-        return kept
 
     @classmethod
     def new_call_id(cls) -> str:

@@ -26,6 +26,13 @@ class RMSNorm(nn.Module):
             return ops.rms_norm(x, self.weight, self.eps)
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
 
+    def with_residual(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's entry: (norm(x + residual), x + residual), where no residual yet (the first
+        layer, x the embeddings) means x itself starts the residual stream."""
+        if residual is None:
+            return self(x), x
+        return self(x, residual)
+
 
 class GemmaRMSNorm(RMSNorm):
     """Gemma's RMSNorm scales by (1 + weight): checkpoints store the offset from one, which the

@@ -20,10 +20,9 @@ from torch import nn
 from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.layers.activation import GeluAndMul
 from pagoda.engine.layers.embedding import VocabParallelEmbedding
-from pagoda.engine.layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from pagoda.engine.layers.norm import GemmaRMSNorm
 from pagoda.engine.model_config import ModelConfig, RopeConfig
-from pagoda.engine.models.llama import DecoderAttention, LlamaForCausalLM
+from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, LlamaForCausalLM
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -46,17 +45,6 @@ def local_rope(cfg: ModelConfig) -> RopeConfig:
     return RopeConfig(theta=theta, scaling_type=kind, scaling=nested)
 
 
-class GemmaMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
-        super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2)
-        self.down_proj = RowParallelLinear(intermediate_size, hidden_size)
-        self.act = GeluAndMul()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
-
-
 class Gemma3DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, sliding: bool) -> None:
         super().__init__()
@@ -64,7 +52,7 @@ class Gemma3DecoderLayer(nn.Module):
         self.self_attn = DecoderAttention(
             cfg, qkv_bias=cfg.attention_bias, qk_norm=True, rope=local_rope(cfg) if sliding else cfg.rope,
             sliding_window=cfg.sliding_window if sliding else None, scale=scale, norm=GemmaRMSNorm)
-        self.mlp = GemmaMLP(cfg.hidden_size, cfg.intermediate_size)
+        self.mlp = DecoderMLP(cfg.hidden_size, cfg.intermediate_size, act=GeluAndMul)
         eps = cfg.rms_norm_eps
         self.input_layernorm = GemmaRMSNorm(cfg.hidden_size, eps)
         self.post_attention_layernorm = GemmaRMSNorm(cfg.hidden_size, eps)
@@ -75,10 +63,7 @@ class Gemma3DecoderLayer(nn.Module):
         self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x is the previous layer's output, not yet added to the residual stream (None: the embeddings)."""
-        if residual is None:
-            residual, x = x, self.input_layernorm(x)
-        else:
-            x, residual = self.input_layernorm(x, residual)
+        x, residual = self.input_layernorm.with_residual(x, residual)
         x = self.post_attention_layernorm(self.self_attn(positions, x, meta))
         x, residual = self.pre_feedforward_layernorm(x, residual)
         return self.post_feedforward_layernorm(self.mlp(x)), residual

@@ -60,13 +60,15 @@ class DecoderAttention(nn.Module):
 
 
 class DecoderMLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)); with `reduce_results` off it returns this rank's partial sum."""
+    """A gated MLP: down(act(gate(x)) * up(x)), SwiGLU unless `act` says otherwise (Gemma's GeGLU);
+    with `reduce_results` off it returns this rank's partial sum."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, reduce_results: bool = True) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, reduce_results: bool = True,
+                 act: type[nn.Module] = SiluAndMul) -> None:
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2)
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, reduce_results=reduce_results)
-        self.act = SiluAndMul()
+        self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -89,10 +91,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            residual, x = x, self.input_layernorm(x)
-        else:
-            x, residual = self.input_layernorm(x, residual)
+        x, residual = self.input_layernorm.with_residual(x, residual)
         x = self.self_attn(positions, x, meta)
         if self.residual_multiplier != 1.0:
             x = x * self.residual_multiplier
