@@ -9,6 +9,7 @@ listed once in `PLURALS`, which also makes the RBAC rules derivable.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from kubernetes import client, config
@@ -21,6 +22,7 @@ PLURALS = {
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     ("apps/v1", "Deployment"): "deployments",
+    ("discovery.k8s.io/v1", "EndpointSlice"): "endpointslices",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
@@ -71,21 +73,46 @@ class Kube:
             config.load_kube_config()
         return cls(client.ApiClient())
 
-    def request(self, method: str, url: str, *, query: dict[str, str] | None = None,
-                body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
+    def _call(self, method: str, url: str, query: dict[str, str] | None, body: Any, content_type: str,
+              timeout: float | tuple[float, float]) -> Any:
+        """The response, its body not yet read; a refusal raises ApiError."""
         method, full_url, headers, body, _ = self.api.param_serialize(
             method, url, query_params=list((query or {}).items()),
             header_params={"Content-Type": content_type, "Accept": "application/json"},
             body=body, auth_settings=["BearerToken"])
-        response = self.api.call_api(method, full_url, headers, body, _request_timeout=30)
-        data = response.read()
+        response = self.api.call_api(method, full_url, headers, body, _request_timeout=timeout)
         if response.status >= 400:
+            data = response.read()
             try:  # a Status object, or plain text for paths the server does not serve
                 status = json.loads(data)
             except ValueError:
                 status = {"message": data.decode(errors="replace").strip()}
             raise ApiError(response.status, status.get("reason", ""), status.get("message", ""))
+        return response
+
+    def request(self, method: str, url: str, *, query: dict[str, str] | None = None,
+                body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
+        data = self._call(method, url, query, body, content_type, 30).read()
         return json.loads(data) if data else {}
+
+    def watch(self, api_version: str, kind: str, namespace: str | None, *, resource_version: str,
+              label_selector: str = "", timeout_seconds: int = 240) -> Iterator[dict[str, Any]]:
+        """The watch events ({"type", "object"}) after `resource_version`, until
+        the server ends the watch (after about `timeout_seconds`)."""
+        query = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                 "timeoutSeconds": str(timeout_seconds)}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        raw = self._call("GET", path(api_version, kind, namespace), query, None, "application/json",
+                         (10, timeout_seconds + 30)).response
+        try:
+            pending = b""
+            for chunk in raw.stream(65536, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                yield from (json.loads(line) for line in lines if line.strip())
+        finally:
+            raw.release_conn()
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -104,6 +131,12 @@ class Kube:
         if fields:
             query["fieldSelector"] = ",".join(f"{k}={v}" for k, v in fields.items())
         return self.request("GET", path(api_version, kind, namespace), query=query).get("items", [])
+
+    def list_collection(self, api_version: str, kind: str, namespace: str | None,
+                        label_selector: str = "") -> dict[str, Any]:
+        """The whole list object: its items and the resourceVersion to watch from."""
+        query = {"labelSelector": label_selector} if label_selector else None
+        return self.request("GET", path(api_version, kind, namespace), query=query)
 
     def apply(self, obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply, taking over fields others changed (drift repair)."""

@@ -13,6 +13,7 @@ _COMMAND_MODULES = (
     "pagoda.engine.entrypoints.cli",
     "pagoda.engine.fixtures",
     "pagoda.operator.cli",
+    "pagoda.operator.gateway.cli",
 )
 
 

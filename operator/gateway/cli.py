@@ -1,0 +1,75 @@
+"""`pagoda gateway`: the cluster's OpenAI endpoint in front of every LLMDeployment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from . import affinity
+from .balancer import DEFAULT_LOAD_FACTOR, STRATEGIES
+from .proxy import GatewaySettings
+
+PORT = 8000
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "gateway", help="route OpenAI requests by model to the LLMDeployments' pods, prefix-aware",
+        description="One OpenAI-compatible endpoint for every model: a request goes to a ready pod of the "
+                    "LLMDeployment serving its `model` (or an adapter's name), chosen so that requests "
+                    "sharing a prompt prefix meet the replica that has it cached.")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", dest="namespaces", metavar="NS",
+                       help="route to LLMDeployments of this namespace (repeatable); default: every namespace")
+    scope.add_argument("--backend", action="append", dest="backends", metavar="MODEL=URL",
+                       help="route MODEL to an engine at URL instead of watching Kubernetes (repeatable; "
+                            "a model given twice is balanced over both)")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=PORT)
+    parser.add_argument("--routing", choices=STRATEGIES, default="prefix-hash",
+                        help="prefix-hash: requests sharing a prompt prefix go to the same replica unless it is "
+                             "loaded past --load-factor times the mean; least-load; round-robin")
+    parser.add_argument("--load-factor", type=float, default=DEFAULT_LOAD_FACTOR,
+                        help="prefix-hash: the most in-flight requests a replica takes, as a multiple of the mean")
+    parser.add_argument("--prefix-chars", type=int, default=affinity.DEFAULT_PREFIX_CHARS,
+                        help="characters of the prompt (a chat's first user message) that make its routing key")
+    defaults = GatewaySettings()
+    parser.add_argument("--endpoint-wait", type=float, default=defaults.endpoint_wait_s, metavar="SECONDS",
+                        help="how long a request waits for its model's first ready replica before a 503")
+    parser.add_argument("--max-attempts", type=int, default=defaults.max_attempts,
+                        help="replicas tried per request when one cannot be reached or its queue is full")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serves until interrupted."""
+    from aiohttp import web
+
+    from . import routes
+    from .balancer import Balancer
+    from .metrics import GatewayMetrics
+    from .proxy import Gateway
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = GatewaySettings(prefix_chars=args.prefix_chars, endpoint_wait_s=args.endpoint_wait,
+                               max_attempts=args.max_attempts)
+    gateway = Gateway(Balancer(args.routing, args.load_factor), GatewayMetrics(), settings)
+    discovery = None
+    if args.backends:
+        gateway.set_table(routes.static(args.backends))
+    else:
+        from ..kube import Kube
+        from .discovery import Discovery
+
+        discovery = Discovery(Kube.connect(), args.namespaces or [], lambda table: gateway.set_table(
+            table, synced=discovery is not None and discovery.synced))
+        discovery.start()
+    try:
+        # A client that disconnects cancels its handler, which closes the upstream request.
+        web.run_app(gateway.app(), host=args.host, port=args.port, handler_cancellation=True,
+                    access_log=None, print=None)
+    finally:
+        if discovery is not None:
+            discovery.stop()
+    return 0
