@@ -9,6 +9,11 @@ other and must grant exactly these (a chart test compares both renderings);
 the integration tests run the operator under ServiceAccounts bound to
 nothing else.
 
+`pagoda gateway` only reads: its `GATEWAY_RULES` hold in every namespace it
+watches, in a ClusterRole when it watches them all (`gateway_cluster_role`;
+it takes no glob patterns) or a Role in each one it names
+(`gateway_roles`).
+
 What kopf (1.45) does in each mode decides the scopes: `kopf.run` with
 `namespaces=` still lists and watches Namespaces (to follow the watched ones
 coming and going; `kopf._core.reactor.observation.namespace_observer`) and
@@ -16,7 +21,8 @@ CustomResourceDefinitions (`resource_observer`), and peers through
 namespaced KopfPeerings; only `clusterwide=True` peers through
 ClusterKopfPeerings, and it never lists Namespaces.
 
-    python -m pagoda.operator.rbac        # prints the ClusterRole
+    python -m pagoda.operator.rbac            # prints the operator's ClusterRole
+    python -m pagoda.operator.rbac gateway    # the gateway's
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import yaml
 
 from . import v1alpha1
 from .manifests import servicemonitor
+from .manifests.meta import OWNER_LABEL
 
 #: Creating through server-side apply needs both create and patch.
 _APPLY = ["get", "list", "watch", "create", "patch"]
@@ -81,6 +88,14 @@ RULES: list[Rule] = [
          "peering between operator replicas watching every namespace (--peering)", Scope.CLUSTERWIDE),
 ]
 
+#: `pagoda gateway`'s reads (gateway/discovery.py lists then watches both kinds), all namespaced.
+GATEWAY_RULES: list[Rule] = [
+    Rule(v1alpha1.GROUP, [v1alpha1.PLURAL], ["get", "list", "watch"],
+         "the model names each LLMDeployment serves (its servedName and adapters)"),
+    Rule("discovery.k8s.io", ["endpointslices"], ["list", "watch"],
+         f"the ready pods behind each LLMDeployment's Service (slices labelled {OWNER_LABEL})"),
+]
+
 
 def _role(kind: str, name: str, rules: list[Rule], namespace: str | None = None) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": name, "labels": dict(_LABELS)}
@@ -102,5 +117,17 @@ def namespaced_roles(namespaces: list[str], name: str = "pagoda-operator") -> li
             *(_role("Role", name, [r for r in RULES if r.scope is Scope.NAMESPACE], ns) for ns in namespaces)]
 
 
+def gateway_cluster_role(name: str = "pagoda-gateway") -> dict[str, Any]:
+    """The gateway's rules cluster-wide: for a gateway watching every namespace,
+    as it does when the operator's namespaces include glob patterns it cannot follow."""
+    return _role("ClusterRole", name, GATEWAY_RULES)
+
+
+def gateway_roles(namespaces: list[str], name: str = "pagoda-gateway") -> list[dict[str, Any]]:
+    """For a gateway watching exactly `namespaces` (`-n` each): a Role in each, nothing cluster-wide."""
+    return [_role("Role", name, GATEWAY_RULES, ns) for ns in namespaces]
+
+
 if __name__ == "__main__":
-    sys.stdout.write(yaml.safe_dump(cluster_role(), sort_keys=False))
+    role = gateway_cluster_role() if sys.argv[1:] == ["gateway"] else cluster_role()
+    sys.stdout.write(yaml.safe_dump(role, sort_keys=False))
