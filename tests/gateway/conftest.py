@@ -1,0 +1,93 @@
+"""Two real engines on loopback (threads of the test process, as tests/server
+runs them) and `pagoda gateway` in front of them as its own process."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+pytest.importorskip("aiohttp")
+
+from tests.server.conftest import RunningServer, free_port, serve_in_thread  # noqa: E402
+
+MODEL = "tiny"
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    log: pathlib.Path
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the gateway's /metrics (0 when absent)."""
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in urllib.request.urlopen(f"{self.url}/metrics", timeout=10).read().decode().splitlines():
+            if line.startswith(f"{name}{{{wanted}}} "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+@contextlib.contextmanager
+def run_gateway(args: list[str], log: pathlib.Path) -> Iterator[GatewayProcess]:
+    """`pagoda gateway ARGS` on a free loopback port, ready when this yields."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "pagoda.cli", "gateway", "--host", "127.0.0.1",
+                                    "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ready", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the gateway did not start:\n{log.read_text()}") from None
+                time.sleep(0.1)
+        yield GatewayProcess(url, log)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def engines(tiny_model: Callable[..., pathlib.Path]) -> Iterator[tuple[RunningServer, RunningServer]]:
+    """Two replicas of one model: same weights, so greedy outputs agree whichever serves."""
+    argv = [str(tiny_model("llama")), "--served-model-name", MODEL, "--max-model-len", "256"]
+    with serve_in_thread(argv) as first, serve_in_thread(argv) as second:
+        yield first, second
+
+
+@pytest.fixture(scope="session")
+def unreachable() -> str:
+    """A loopback URL nothing listens on."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def gateway(engines: tuple[RunningServer, RunningServer], unreachable: str,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """`tiny` on both engines; `dead` on a URL nothing listens on."""
+    first, second = engines
+    backends = [f"{MODEL}={first.url}", f"{MODEL}={second.url}", f"dead={unreachable}"]
+    with run_gateway([arg for b in backends for arg in ("--backend", b)],
+                     tmp_path_factory.mktemp("gateway") / "gateway.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def flaky_gateway(engines: tuple[RunningServer, RunningServer], unreachable: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """`tiny` on a dead URL and on one engine."""
+    with run_gateway(["--backend", f"{MODEL}={unreachable}", "--backend", f"{MODEL}={engines[0].url}"],
+                     tmp_path_factory.mktemp("flaky-gateway") / "gateway.log") as running:
+        yield running
