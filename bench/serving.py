@@ -130,14 +130,14 @@ async def run_open_loop(url: str, prompts: list[list[int]], output_len: int, rat
         return list(await asyncio.gather(*tasks))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "pagoda.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port),
            "--served-model-name", MODEL_NAME, "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd)
