@@ -45,7 +45,7 @@ def prompt_text(path: str, body: dict[str, Any]) -> str:
         given = body.get("input")
         return given if isinstance(given, str) else _first_user_text(given)
     prompt = body.get("prompt", body.get("input"))
-    if isinstance(prompt, list) and prompt:
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch: its first prompt
     if isinstance(prompt, list):
         return " ".join(str(t) for t in prompt)  # token ids

@@ -92,7 +92,8 @@ def build(deployments: Iterable[dict[str, Any]], slices: Iterable[dict[str, Any]
             continue
         urls = endpoints.get((resource.namespace, resource.name), [])
         source = f"{resource.namespace}/{resource.name}"
-        names = [(resource.served_name, None)] + [(a.name, resource.served_name) for a in resource.spec.adapters]
+        served = resource.spec.served_name
+        names = [(served, None)] + [(a.name, served) for a in resource.spec.adapters]
         for name, parent in names:
             known, _, sources = merged.setdefault(name, ([], parent, []))
             known.extend(u for u in urls if u not in known)
