@@ -146,6 +146,20 @@ class Kube:
             query={"fieldManager": field_manager, "force": "true"},
             body=obj, content_type="application/apply-patch+yaml")
 
+    def scale_deployment(self, namespace: str, name: str, replicas: int, *, field_manager: str) -> dict[str, Any]:
+        """Sets a Deployment's `.spec.replicas` by merge patch (an update, not an apply:
+        the HPA may take the field over afterwards without a conflict)."""
+        return self.request("PATCH", path("apps/v1", "Deployment", namespace, name),
+                            query={"fieldManager": field_manager}, body={"spec": {"replicas": replicas}},
+                            content_type="application/merge-patch+json")
+
+    def annotate(self, api_version: str, kind: str, namespace: str, name: str,
+                 annotations: dict[str, str], *, field_manager: str) -> dict[str, Any]:
+        """Sets annotations of an object by merge patch."""
+        return self.request("PATCH", path(api_version, kind, namespace, name), query={"fieldManager": field_manager},
+                            body={"metadata": {"annotations": annotations}},
+                            content_type="application/merge-patch+json")
+
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
                      status: dict[str, Any]) -> dict[str, Any]:
         """Replaces the fields of `.status` given (merge patch on the status subresource)."""

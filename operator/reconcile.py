@@ -19,6 +19,7 @@ from .kube import FIELD_MANAGER, ApiError, Kube
 from .manifests import servicemonitor
 from .manifests.meta import OWNER_LABEL, selector_labels
 from .manifests.model import adapter_placement, model_volume
+from . import scale_to_zero
 from .status import Observed, Problem
 from .v1alpha1 import API_VERSION, KIND, LLMDeployment
 
@@ -101,6 +102,32 @@ def _remove_stale(kube: Kube, resource: LLMDeployment, desired: list[dict[str, A
             outcome.actions.append(("Deleted", f"{kind} {resource.name}"))
 
 
+def _scale_to_or_from_zero(kube: Kube, resource: LLMDeployment, body: dict[str, Any],
+                           applied: dict[tuple[str, str], dict[str, Any]], outcome: Outcome) -> None:
+    """Crosses between zero and one replica as the gateway's last request says (see `scale_to_zero`)."""
+    deployment = applied.get(("apps/v1", "Deployment"))
+    if deployment is None or not scale_to_zero.enabled(resource):
+        return
+    replicas = deployment["spec"].get("replicas", 1)
+    stamp = (body["metadata"].get("annotations") or {}).get(scale_to_zero.LAST_REQUEST_ANNOTATION)
+    target = scale_to_zero.target_replicas(resource, replicas, scale_to_zero.parse_time(stamp),
+                                           datetime.now(timezone.utc))
+    if target is None:
+        return
+    try:
+        applied[("apps/v1", "Deployment")] = kube.scale_deployment(resource.namespace, resource.name, target,
+                                                                   field_manager=scale_to_zero.SCALE_MANAGER)
+    except ApiError as err:
+        outcome.problems.append(Problem("ScaleFailed", f"Deployment {resource.name} not scaled to {target}: "
+                                                       f"{err.message}"))
+        return
+    if target == 0:
+        outcome.actions.append(("ScaledToZero", f"no request for {resource.spec.autoscaling.scale_to_zero_delay_seconds}"
+                                                f" s (last: {stamp or 'never'})"))
+    else:
+        outcome.actions.append(("ScaledFromZero", f"a request arrived at {stamp}"))
+
+
 def _secret_problems(kube: Kube, resource: LLMDeployment) -> list[Problem]:
     problems = []
     for what, ref in (("API key", resource.spec.api_key_secret_ref),
@@ -123,6 +150,7 @@ def reconcile(kube: Kube, body: dict[str, Any], config: OperatorConfig, *, servi
     desired = manifests.render(resource, config, service_monitor=service_monitor)
     applied = _apply_children(kube, resource, desired, "observedGeneration" in previous, outcome)
     _remove_stale(kube, resource, desired, service_monitor, outcome)
+    _scale_to_or_from_zero(kube, resource, body, applied, outcome)
 
     outcome.problems += _secret_problems(kube, resource)
     volume = model_volume(resource)

@@ -226,8 +226,15 @@ class AutoscalingSpec(_Model):
     ))
 
     enabled: bool = False
-    min_replicas: int | None = Field(None, ge=1, le=1000)
+    min_replicas: int | None = Field(
+        None, ge=0, le=1000,
+        description="0: scaled to zero after scaleToZeroDelaySeconds without requests through `pagoda gateway`, "
+                    "and back to one replica by the gateway's next request (the HPA then scales from one).")
     max_replicas: int | None = Field(None, ge=1, le=1000)
+    scale_to_zero_delay_seconds: int = Field(
+        600, ge=30, le=7 * 86400,
+        description="With minReplicas 0: how long without requests before the last replica goes. The gateway "
+                    "reports activity every 10 s, in flight included, so a long generation keeps its replica.")
     target_queue_depth: float = Field(
         4.0, description="Average waiting requests per replica the HPA aims for.",
         json_schema_extra=_rules(rule("self > 0.0", "autoscaling.targetQueueDepth must be greater than 0")))

@@ -36,7 +36,8 @@ def render(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any] | 
         return None
     spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": resource.name},
-        "minReplicas": auto.min_replicas,
+        # An HPA cannot go below one; zero is the operator's (pagoda.operator.scale_to_zero).
+        "minReplicas": max(1, auto.min_replicas or 0),
         "maxReplicas": auto.max_replicas,
         "metrics": [{
             "type": "Pods",

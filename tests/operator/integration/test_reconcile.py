@@ -181,3 +181,29 @@ def test_operator_killed_mid_reconcile_converges_after_restart(cluster: Cluster,
     for name in names:
         wait_ready(cluster, namespace, name)
         assert children_present(cluster, namespace, name)
+
+
+def test_scale_to_zero_and_back(cluster: Cluster, namespace: str) -> None:
+    """minReplicas 0: never requested, the model holds no replica; a request's
+    stamp (what `pagoda gateway` writes) brings one back, and the HPA still
+    scales from there; without a newer stamp it goes back to zero."""
+    auto = {"enabled": True, "minReplicas": 0, "maxReplicas": 3, "scaleToZeroDelaySeconds": 30}
+    cluster.apply(llm_deployment("lazy", autoscaling=auto), namespace=namespace)
+    cluster.wait_for("scaled to zero", lambda: replicas(cluster, namespace, "lazy") == 0, timeout=CONVERGE_S)
+    hpa = cluster.wait_for("HPA", lambda: cluster.get("horizontalpodautoscaler.autoscaling", "lazy", namespace),
+                           timeout=CONVERGE_S)
+    assert hpa["spec"]["minReplicas"] == 1
+    cluster.wait_for("status", lambda: condition(cluster, namespace, "lazy", "Ready").get("reason") == "ScaledToZero",
+                     timeout=CONVERGE_S)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    cluster.kubectl("annotate", PLURAL, "lazy", "-n", namespace, f"pagoda.dev/last-request-time={stamp}")
+    cluster.wait_for("one replica", lambda: replicas(cluster, namespace, "lazy") == 1, timeout=CONVERGE_S)
+    wait_ready(cluster, namespace, "lazy")
+    # The HPA owns the count between one and maxReplicas (here: its scale call).
+    cluster.kubectl("scale", "deployment/lazy", "-n", namespace, "--replicas=2")
+    cluster.kubectl("annotate", PLURAL, "lazy", "-n", namespace, "touch=1")  # forces a reconcile
+    time.sleep(3)
+    assert replicas(cluster, namespace, "lazy") == 2
+    # No newer stamp: zero again once the delay has passed (the operator resyncs every 10 s here).
+    cluster.wait_for("scaled to zero again", lambda: replicas(cluster, namespace, "lazy") == 0, timeout=30 + 40)
+    assert {"ScaledToZero", "ScaledFromZero"} <= set(events(cluster, namespace, "lazy"))
