@@ -1,6 +1,6 @@
 # Two images of the one `pagoda` distribution:
 #   engine    `pagoda serve` on a CUDA-capable PyTorch base (and `pagoda fetch-model`)
-#   operator  `pagoda operator` on slim Python, without torch
+#   operator  `pagoda operator` and `pagoda gateway` on slim Python, without torch
 #
 #   podman build --format docker --target engine -t pagoda-engine .
 #   podman build --format docker --target operator -t pagoda-operator .

@@ -1,23 +1,28 @@
 """`helm install` of charts/pagoda: the CRD is served and the operator's
 ServiceAccount holds, through the chart's RBAC alone, every permission the
-operator lists for itself (pagoda.operator.rbac) and no broader read of Secrets."""
+operator lists for itself (pagoda.operator.rbac) and no broader read of
+Secrets; the gateway's holds its reads (rbac.GATEWAY_RULES) and nothing more."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from pagoda.operator import rbac
 
 from e2e import samples
 from e2e.cluster.client import Cluster
-from e2e.stack import Release
+from e2e.stack import GATEWAY, OPERATOR, Release
 
 
-def _can(cluster: Cluster, release: Release, verb: str, resource: str, group: str = "") -> bool:
-    """Asks the API server's authorizer directly (a SubjectAccessReview):
-    unlike `kubectl auth can-i`, it needs no discovery, so it also answers
-    for resources whose CRD is absent here (ServiceMonitor)."""
-    namespace, account = release.namespace, release.service_account
+def _can(cluster: Cluster, release: Release, verb: str, resource: str, group: str = "",
+         component: str = OPERATOR) -> bool:
+    """Asks the API server's authorizer directly (a SubjectAccessReview) for
+    `component`'s ServiceAccount: unlike `kubectl auth can-i`, it needs no
+    discovery, so it also answers for resources whose CRD is absent here
+    (ServiceMonitor)."""
+    namespace, account = release.namespace, release.service_account(component)
     review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
         "user": f"system:serviceaccount:{namespace}:{account}",
         "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
@@ -35,17 +40,26 @@ def test_release_serves_the_crd(kube_cluster: Cluster, release: Release) -> None
     assert '"status":"deployed"' in status.replace(" ", "")
 
 
-def test_operator_service_account_holds_every_rule_the_operator_needs(kube_cluster: Cluster,
-                                                                      release: Release) -> None:
+@pytest.mark.parametrize("component,rules", [(OPERATOR, rbac.RULES), (GATEWAY, rbac.GATEWAY_RULES)])
+def test_service_account_holds_every_rule_its_component_needs(kube_cluster: Cluster, release: Release,
+                                                              component: str, rules: list[rbac.Rule]) -> None:
     missing = [
         f"{verb} {resource}{'.' + group if group else ''}"
-        for group, resources, verbs, *_ in rbac.RULES
+        for group, resources, verbs, *_ in rules
         for resource in resources
         for verb in verbs
-        if not _can(kube_cluster, release, verb, resource, group)
+        if not _can(kube_cluster, release, verb, resource, group, component)
     ]
-    assert missing == [], f"the chart's RBAC does not grant: {missing}"
+    assert missing == [], f"the chart's RBAC does not grant the {component}: {missing}"
 
 
 def test_operator_service_account_may_not_list_secrets(kube_cluster: Cluster, release: Release) -> None:
     assert not _can(kube_cluster, release, "list", "secrets"), "least privilege: Secrets are only read by name"
+
+
+def test_gateway_service_account_only_reads(kube_cluster: Cluster, release: Release) -> None:
+    granted = [(verb, resource) for verb, resource, group in (
+        ("patch", "llmdeployments", samples.API_VERSION.split("/")[0]), ("create", "endpointslices", "discovery.k8s.io"),
+        ("list", "pods", ""), ("get", "secrets", ""), ("list", "services", ""))
+        if _can(kube_cluster, release, verb, resource, group, GATEWAY)]
+    assert granted == [], "least privilege: the gateway reads LLMDeployments and EndpointSlices, nothing else"

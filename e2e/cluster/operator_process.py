@@ -1,9 +1,10 @@
-"""`pagoda operator` from this checkout as a child process, killable and restartable like a pod.
+"""`pagoda operator` (or another subcommand: the gateway) from this checkout
+as a child process, killable and restartable like a pod.
 
-Shared by the e2e suite (operator authenticated as the chart's ServiceAccount)
-and the operator's integration tests (as a ServiceAccount holding only the
-operator's ClusterRole): they differ only in the arguments and environment
-they launch it with.
+Shared by the e2e suite (operator and gateway authenticated as the chart's
+ServiceAccounts) and the operator's integration tests (as a ServiceAccount
+holding only the operator's ClusterRole): they differ only in the arguments
+and environment they launch it with.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ class OperatorChild:
 
     log: Path
     process: subprocess.Popen[bytes] | None
+    #: The `pagoda` subcommand it runs.
+    subcommand = "operator"
 
     def launch(self, args: list[str], env: dict[str, str]) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pagoda.cli", "operator", *args],
+                [sys.executable, "-m", "pagoda.cli", self.subcommand, *args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
             )
 
     def kill(self) -> None:
-        """SIGKILL: no graceful shutdown, as when the operator's node dies mid-reconcile."""
+        """SIGKILL: no graceful shutdown, as when the pod's node dies (the operator mid-reconcile)."""
         self._signal(signal.SIGKILL)
 
     def stop(self) -> None:

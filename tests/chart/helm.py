@@ -11,13 +11,15 @@ from typing import Any
 import yaml
 
 from e2e.cluster import build
+from e2e.stack import COMPONENT_LABEL
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "pagoda"
 RELEASE, NAMESPACE = "pagoda", "pagoda-system"
 
 #: Values that switch every optional object on.
-ALL_ON: dict[str, Any] = {"monitoring": {"operatorServiceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+ALL_ON: dict[str, Any] = {"monitoring": {"operatorServiceMonitor": {"enabled": True},
+                                         "gatewayServiceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
                                          "dashboards": {"enabled": True}, "prometheusAdapter": {"enabled": True}}}
 
 
@@ -38,6 +40,12 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return [o for o in yaml.safe_load_all(out) if o]
 
 
-def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    [found] = [o for o in objects if o["kind"] == kind]
+def of_component(objects: list[dict[str, Any]], component: str) -> list[dict[str, Any]]:
+    """The objects of the chart's `component` (e2e.stack.OPERATOR, GATEWAY)."""
+    return [o for o in objects if (o["metadata"].get("labels") or {}).get(COMPONENT_LABEL) == component]
+
+
+def one(objects: list[dict[str, Any]], kind: str, component: str | None = None) -> dict[str, Any]:
+    """The one object of `kind`, of `component` when given."""
+    [found] = [o for o in (objects if component is None else of_component(objects, component)) if o["kind"] == kind]
     return found

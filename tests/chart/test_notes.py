@@ -1,7 +1,8 @@
 """The chart's NOTES.txt as `helm install --dry-run` prints it (a real helm
 against a real API server: helm renders NOTES only when installing): its
 commands name the objects the chart renders and a namespace the operator
-watches, and the LLMDeployment it shows is one the cluster accepts."""
+watches, the LLMDeployment it shows is one the cluster accepts, and the
+gateway's address is its Service's."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 
 from e2e.cluster.client import Cluster
 from e2e.cluster.pytest_plugin import kube_cluster  # noqa: F401
+from e2e.stack import GATEWAY, OPERATOR
 from pagoda.operator import flags
 
 from . import llmdeployments
@@ -36,7 +38,7 @@ def first_model(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def operator_name(values: dict[str, Any] | None = None) -> str:
-    return one(render(values), "Deployment")["metadata"]["name"]
+    return one(render(values), "Deployment", OPERATOR)["metadata"]["name"]
 
 
 def test_defaults(kube_cluster: Cluster) -> None:  # noqa: F811
@@ -81,3 +83,26 @@ def test_prometheus_adapter_and_operator_metrics(kube_cluster: Cluster) -> None:
 
 def test_no_metrics_no_metrics_notes(kube_cluster: Cluster) -> None:  # noqa: F811
     assert "/metrics" not in notes(kube_cluster, {"operator": {"metricsPort": 0}})
+
+
+@pytest.mark.parametrize("watch,routed", [([], "every namespace"), (["team-a", "ml-*"], "every namespace"),
+                                          (["team-a", "team-b"], "team-a, team-b")], ids=["all", "glob", "named"])
+def test_gateway(kube_cluster: Cluster, watch: list[str], routed: str) -> None:  # noqa: F811
+    """Glob patterns, which the gateway cannot follow, make it route to every namespace."""
+    values = {"operator": {"watchNamespaces": watch}}
+    text = notes(kube_cluster, values)
+    service = one(render(values), "Service", GATEWAY)
+    name, [port] = service["metadata"]["name"], service["spec"]["ports"]
+    assert f"to the LLMDeployments of {routed}:" in text
+    assert f"kubectl -n {NAMESPACE} port-forward service/{name} 8000:{port['port']}\n" in text
+    assert "curl localhost:8000/v1/models" in text and "http://localhost:8000/v1" in text
+    assert f"http://{name}.{NAMESPACE}.svc.cluster.local/v1\n" in text  # port 80 goes unsaid
+
+
+def test_gateway_on_another_port_or_none(kube_cluster: Cluster) -> None:  # noqa: F811
+    values = {"gateway": {"service": {"port": 8080}}, "config": {"clusterDomain": "corp.internal"}}
+    name = one(render(values), "Service", GATEWAY)["metadata"]["name"]
+    text = notes(kube_cluster, values)
+    assert f"port-forward service/{name} 8000:8080\n" in text
+    assert f"http://{name}.{NAMESPACE}.svc.corp.internal:8080/v1\n" in text
+    assert "gateway" not in notes(kube_cluster, {"gateway": {"enabled": False}})

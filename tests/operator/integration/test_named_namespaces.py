@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.cluster.client import Cluster
 from e2e.cluster.launcher import free_port
-from e2e.stack import Release
+from e2e.stack import GATEWAY, OPERATOR, Release
 from pagoda.operator import rbac
 from pagoda.operator.rbac import Scope
 
@@ -44,20 +44,20 @@ def operator(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """`pagoda operator` with the chart's arguments and settings, as the chart's
     ServiceAccount (its own ports, so that it never contends with another)."""
     cluster = release.cluster
-    process = Operator(cluster, cluster.service_account_kubeconfig(release.service_account, release.namespace),
+    process = Operator(cluster, cluster.service_account_kubeconfig(release.service_account(OPERATOR), release.namespace),
                        tmp_path_factory.mktemp("named-operator") / "operator.log", env=release.operator_env(),
-                       args=release.operator_args(), metrics_port=free_port())
+                       args=release.args(OPERATOR), metrics_port=free_port())
     process.start()
     yield process
     process.stop()
 
 
-def _can(release: Release, verb: str, resource: str, namespace: str | None) -> bool:
-    """`kubectl auth can-i` as the release's ServiceAccount; namespace None: in every namespace."""
+def _can(release: Release, verb: str, resource: str, namespace: str | None, component: str = OPERATOR) -> bool:
+    """`kubectl auth can-i` as the release's ServiceAccount of `component`; namespace None: in every namespace."""
     where = ["-n", namespace] if namespace else ["--all-namespaces"]
     done = release.cluster.kubectl(
         "auth", "can-i", verb, resource, *where,
-        f"--as=system:serviceaccount:{release.namespace}:{release.service_account}", check=False)
+        f"--as=system:serviceaccount:{release.namespace}:{release.service_account(component)}", check=False)
     return done.stdout.strip() == "yes"
 
 
@@ -67,10 +67,14 @@ def _qualified(group: str, resource: str) -> str:
 
 
 def test_the_chart_rendered_a_role_for_the_named_namespace(release: Release) -> None:
-    [role] = release.of_kind("Role")
+    [role] = release.of_kind("Role", OPERATOR)
     assert role["metadata"]["namespace"] == WATCHED
     [cluster_role] = release.of_kind("ClusterRole")
     assert cluster_role["rules"] == [r.policy_rule() for r in rbac.RULES if r.scope is Scope.CLUSTER]
+    # The gateway's reads hold there too, and it has nothing cluster-wide.
+    [gateway_role] = release.of_kind("Role", GATEWAY)
+    assert (gateway_role["metadata"]["namespace"], gateway_role["rules"]) == (
+        WATCHED, [r.policy_rule() for r in rbac.GATEWAY_RULES])
 
 
 def test_it_may_do_in_its_namespace_what_the_operator_needs(release: Release) -> None:
@@ -94,6 +98,16 @@ def test_it_may_not_read_or_write_elsewhere(release: Release) -> None:
             ("get", PLURAL), ("patch", f"{PLURAL}/status"), ("create", "events"))
             if _can(release, verb, resource, namespace)]
         assert granted == [], f"granted in {namespace or 'every namespace'}"
+
+
+def test_the_gateway_may_read_its_namespace_and_nothing_else(release: Release) -> None:
+    needed = [(verb, _qualified(rule.group, resource)) for rule in rbac.GATEWAY_RULES
+              for resource in rule.resources for verb in rule.verbs]
+    assert [n for n in needed if not _can(release, *n, WATCHED, GATEWAY)] == []
+    for namespace in (ELSEWHERE, None):
+        assert [n for n in needed if _can(release, *n, namespace, GATEWAY)] == [], namespace
+    assert not [(verb, resource) for verb, resource in (("patch", PLURAL), ("list", "pods"), ("get", "secrets"))
+                if _can(release, verb, resource, WATCHED, GATEWAY)], "the gateway only reads"
 
 
 def test_cluster_wide_it_holds_only_kopfs_discovery(release: Release) -> None:

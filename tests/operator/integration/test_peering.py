@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster.client import Cluster
-from e2e.stack import Release
+from e2e.stack import OPERATOR, Release
 
 from .stack import Operator, llm_deployment
 
@@ -36,7 +36,7 @@ def release(cluster: Cluster) -> Iterator[Release]:
 
 
 def _peering_name(release: Release) -> str:
-    [name] = [arg.split("=", 1)[1] for arg in release.operator_args() if arg.startswith("--peering=")]
+    [name] = [arg.split("=", 1)[1] for arg in release.args(OPERATOR) if arg.startswith("--peering=")]
     return name
 
 
@@ -64,12 +64,12 @@ def test_one_of_identical_replicas_reconciles_and_the_other_takes_over(
     """Exactly one replica reconciles. When it leaves, cleanly (a rolling
     update: it withdraws from the peering at once) or by a crash (its
     announcement runs out after the peering lifetime), the other resumes."""
-    kubeconfig = cluster.service_account_kubeconfig(release.service_account, release.namespace)
+    kubeconfig = cluster.service_account_kubeconfig(release.service_account(OPERATOR), release.namespace)
 
     def replica(pod: str) -> Operator:
         """A pod of the chart's Deployment: its arguments, settings and name (POD_ID from the downward API)."""
         return Operator(cluster, kubeconfig, tmp_path / f"{pod}.log", env={**release.operator_env(), "POD_ID": pod},
-                        args=release.operator_args())
+                        args=release.args(OPERATOR))
 
     replicas = {pod: replica(pod) for pod in ("operator-a", "operator-b")}
     replicas["operator-a"].start()
