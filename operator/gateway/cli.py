@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from . import affinity
 from .balancer import DEFAULT_LOAD_FACTOR, STRATEGIES
-from .proxy import GatewaySettings
+from .settings import GatewaySettings
 
 PORT = 8000
 
@@ -31,11 +30,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                              "loaded past --load-factor times the mean; least-load; round-robin")
     parser.add_argument("--load-factor", type=float, default=DEFAULT_LOAD_FACTOR,
                         help="prefix-hash: the most in-flight requests a replica takes, as a multiple of the mean")
-    parser.add_argument("--prefix-chars", type=int, default=affinity.DEFAULT_PREFIX_CHARS,
-                        help="characters of the prompt (a chat's first user message) that make its routing key")
     defaults = GatewaySettings()
+    parser.add_argument("--prefix-chars", type=int, default=defaults.prefix_chars,
+                        help="characters of the prompt (a chat's first user message) that make its routing key")
     parser.add_argument("--endpoint-wait", type=float, default=defaults.endpoint_wait_s, metavar="SECONDS",
                         help="how long a request waits for its model's first ready replica before a 503")
+    parser.add_argument("--activation-wait", type=float, default=defaults.activation_wait_s, metavar="SECONDS",
+                        help="how long a request for a model scaled to zero waits for its first replica")
+    parser.add_argument("--activity-interval", type=float, default=defaults.activity_interval_s, metavar="SECONDS",
+                        help="how often models in use are stamped for the operator's scale to zero")
     parser.add_argument("--max-attempts", type=int, default=defaults.max_attempts,
                         help="replicas tried per request when one cannot be reached or its queue is full")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -53,16 +56,22 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = GatewaySettings(prefix_chars=args.prefix_chars, endpoint_wait_s=args.endpoint_wait,
-                               max_attempts=args.max_attempts)
-    gateway = Gateway(Balancer(args.routing, args.load_factor), GatewayMetrics(), settings)
+                               activation_wait_s=args.activation_wait, max_attempts=args.max_attempts,
+                               activity_interval_s=args.activity_interval)
+    balancer = Balancer(args.routing, args.load_factor)
     discovery = None
     if args.backends:
+        gateway = Gateway(balancer, GatewayMetrics(), settings)
         gateway.set_table(routes.static(args.backends))
     else:
         from ..kube import Kube
+        from .activity import ActivityReporter
         from .discovery import Discovery
 
-        discovery = Discovery(Kube.connect(), args.namespaces or [], lambda table: gateway.set_table(
+        kube = Kube.connect()
+        gateway = Gateway(balancer, GatewayMetrics(), settings,
+                          activity=ActivityReporter(kube, settings.activity_interval_s))
+        discovery = Discovery(kube, args.namespaces or [], lambda table: gateway.set_table(
             table, synced=discovery is not None and discovery.synced))
         discovery.start()
     try:

@@ -16,7 +16,6 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -24,9 +23,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import affinity
+from .activity import ActivityReporter
 from .balancer import Balancer
 from .metrics import GatewayMetrics
 from .routes import Route, RouteTable
+from .settings import GatewaySettings
 
 logger = logging.getLogger("pagoda.gateway")
 
@@ -40,19 +41,6 @@ UPSTREAM_HEADER = "x-pagoda-upstream"
 MAX_BODY_BYTES = 64 << 20
 
 
-@dataclass(frozen=True)
-class GatewaySettings:
-    #: Characters of the prompt that make its affinity key.
-    prefix_chars: int = affinity.DEFAULT_PREFIX_CHARS
-    #: How long a request waits for a model's first ready endpoint (a rollout, a replica starting).
-    endpoint_wait_s: float = 10.0
-    #: Endpoints tried per request: the pick, then fall-backs.
-    max_attempts: int = 3
-    connect_timeout_s: float = 5.0
-    #: How long an endpoint that could not be reached is avoided.
-    cooldown_s: float = 5.0
-
-
 def error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
           code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
     """An error in OpenAI's format, as the engines answer theirs."""
@@ -64,10 +52,13 @@ class Gateway:
     """The routing state and the request handlers."""
 
     def __init__(self, balancer: Balancer, metrics: GatewayMetrics, settings: GatewaySettings = GatewaySettings(),
-                 *, synced: bool = False) -> None:
+                 *, synced: bool = False, activity: ActivityReporter | None = None) -> None:
         self.balancer = balancer
         self.metrics = metrics
         self.settings = settings
+        #: Stamps LLMDeployments in use (None without Kubernetes: nothing scales to zero).
+        self.activity = activity
+        self._activity_task: asyncio.Task[None] | None = None
         self.table = RouteTable()
         #: Whether discovery has listed everything once (a static table always has).
         self.synced = synced
@@ -95,15 +86,22 @@ class Gateway:
 
     async def _route(self, model: str) -> Route | None:
         """The model's route once it has an endpoint, waiting up to `endpoint_wait_s`
-        for one (or for discovery's first listing); None for an unknown model."""
-        deadline = time.monotonic() + self.settings.endpoint_wait_s
+        for one (or for discovery's first listing), `activation_wait_s` for a model
+        scaled to zero, which it asks to scale up; None for an unknown model."""
+        start = time.monotonic()
+        activated = False
         while True:
             route = self.table.get(model)
             if route is not None and route.endpoints:
                 return route
             if self.synced and route is None:
                 return None
-            remaining = deadline - time.monotonic()
+            zero_scaled = route is not None and bool(route.zero_scaled)
+            if zero_scaled and self.activity is not None and not activated:
+                activated = True
+                await self.activity.activate(route)
+            wait = self.settings.activation_wait_s if zero_scaled else self.settings.endpoint_wait_s
+            remaining = start + wait - time.monotonic()
             if remaining <= 0:
                 return route
             changed = self._changed
@@ -121,8 +119,12 @@ class Gateway:
         # No decompression: bodies go back to clients as the engine encoded them.
         self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False,
                                               connector=aiohttp.TCPConnector(limit=0))
+        if self.activity is not None:
+            self._activity_task = asyncio.create_task(self.activity.run())
 
     async def _stop(self, app: web.Application) -> None:
+        if self._activity_task is not None:
+            self._activity_task.cancel()
         if self._session is not None:
             await self._session.close()
 
@@ -191,6 +193,17 @@ class Gateway:
         if not route.endpoints:
             return error(503, f"no replica of model `{model}` is ready; retry later", type="ServiceUnavailableError",
                          headers={"Retry-After": "5"})
+        if self.activity is not None:
+            self.activity.started(route)
+        try:
+            return await self._send(request, raw, body, model, route)
+        finally:
+            if self.activity is not None:
+                self.activity.finished(route)
+
+    async def _send(self, request: web.Request, raw: bytes, body: dict[str, Any], model: str,
+                    route: Route) -> web.StreamResponse:
+        """Sends the request to the balancer's pick among the route's endpoints, then its fall-backs."""
         now = time.monotonic()
         usable = [e for e in route.endpoints if self._avoid_until.get(e, 0) <= now] or list(route.endpoints)
         key = affinity.affinity_key(model, request.path, body, self.settings.prefix_chars)

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .. import scale_to_zero
 from ..manifests.meta import OWNER_LABEL
 from ..v1alpha1 import LLMDeployment
 
@@ -37,6 +38,9 @@ class Route:
     parent: str | None = None
     #: "namespace/name" of each LLMDeployment serving it.
     sources: tuple[str, ...] = ()
+    #: Those of `sources` that scale to zero (autoscaling.minReplicas 0): a request
+    #: finding no replica asks them for one and waits longer for it.
+    zero_scaled: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def build(deployments: Iterable[dict[str, Any]], slices: Iterable[dict[str, Any]
         owner = (meta.get("labels") or {}).get(OWNER_LABEL)
         if owner:
             endpoints.setdefault((meta.get("namespace", ""), owner), []).extend(slice_endpoints(endpoint_slice))
-    merged: dict[str, tuple[list[str], str | None, list[str]]] = {}
+    merged: dict[str, tuple[list[str], str | None, list[str], list[str]]] = {}
     for body in deployments:
         try:
             resource = LLMDeployment.from_body(body)
@@ -95,11 +99,13 @@ def build(deployments: Iterable[dict[str, Any]], slices: Iterable[dict[str, Any]
         served = resource.spec.served_name
         names = [(served, None)] + [(a.name, served) for a in resource.spec.adapters]
         for name, parent in names:
-            known, _, sources = merged.setdefault(name, ([], parent, []))
+            known, _, sources, zero_scaled = merged.setdefault(name, ([], parent, [], []))
             known.extend(u for u in urls if u not in known)
             sources.append(source)
-    return RouteTable({name: Route(name, tuple(urls), parent, tuple(sorted(sources)))
-                       for name, (urls, parent, sources) in merged.items()})
+            if scale_to_zero.enabled(resource):
+                zero_scaled.append(source)
+    return RouteTable({name: Route(name, tuple(urls), parent, tuple(sorted(sources)), tuple(sorted(zero_scaled)))
+                       for name, (urls, parent, sources, zero_scaled) in merged.items()})
 
 
 def static(backends: Iterable[str]) -> RouteTable:

@@ -18,7 +18,8 @@ from aiohttp import web
 
 from pagoda.operator.gateway.balancer import Balancer
 from pagoda.operator.gateway.metrics import GatewayMetrics
-from pagoda.operator.gateway.proxy import Gateway, GatewaySettings
+from pagoda.operator.gateway.proxy import Gateway
+from pagoda.operator.gateway.settings import GatewaySettings
 from pagoda.operator.gateway.routes import Route, RouteTable
 from tests.server.conftest import RunningServer, free_port
 

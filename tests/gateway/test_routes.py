@@ -110,3 +110,13 @@ def test_affinity_key_is_per_model_and_prefix() -> None:
     assert key == affinity.affinity_key("m", "/v1/completions", {"prompt": long_doc + " question 2"}, 100)
     assert key != affinity.affinity_key("adapter", "/v1/completions", {"prompt": long_doc}, 100)
     assert affinity.affinity_key("m", "/v1/completions", {"prompt": ""}) is None
+
+
+def test_zero_scaled_sources_are_marked() -> None:
+    lazy = {"enabled": True, "minReplicas": 0, "maxReplicas": 2}
+    served = {"source": "pvc://models/a", "servedName": "m"}
+    table = routes.build([llmd("lazy", model=served, autoscaling=lazy), llmd("busy", model=served),
+                          llmd("other", autoscaling=lazy)], [])
+    assert table.get("m").zero_scaled == ("team-a/lazy",)  # type: ignore[union-attr]
+    assert table.get("m").sources == ("team-a/busy", "team-a/lazy")  # type: ignore[union-attr]
+    assert table.get("Qwen/Qwen3-0.6B").zero_scaled == ("team-a/other",)  # type: ignore[union-attr]
