@@ -9,7 +9,7 @@ other and must grant exactly these (a chart test compares both renderings);
 the integration tests run the operator under ServiceAccounts bound to
 nothing else.
 
-`pagoda gateway` only reads: its `GATEWAY_RULES` hold in every namespace it
+`pagoda gateway` reads, and stamps models in use: its `GATEWAY_RULES` hold in every namespace it
 watches, in a ClusterRole when it watches them all (`gateway_cluster_role`;
 it takes no glob patterns) or a Role in each one it names
 (`gateway_roles`).
@@ -88,10 +88,11 @@ RULES: list[Rule] = [
          "peering between operator replicas watching every namespace (--peering)", Scope.CLUSTERWIDE),
 ]
 
-#: `pagoda gateway`'s reads (gateway/discovery.py lists then watches both kinds), all namespaced.
+#: `pagoda gateway`'s reads (gateway/discovery.py lists then watches both kinds) and its one write, all namespaced.
 GATEWAY_RULES: list[Rule] = [
-    Rule(v1alpha1.GROUP, [v1alpha1.PLURAL], ["get", "list", "watch"],
-         "the model names each LLMDeployment serves (its servedName and adapters)"),
+    Rule(v1alpha1.GROUP, [v1alpha1.PLURAL], ["get", "list", "watch", "patch"],
+         "the model names each LLMDeployment serves (its servedName and adapters); patch: the last-request "
+         "stamp of those that scale to zero (gateway/activity.py)"),
     Rule("discovery.k8s.io", ["endpointslices"], ["list", "watch"],
          f"the ready pods behind each LLMDeployment's Service (slices labelled {OWNER_LABEL})"),
 ]
