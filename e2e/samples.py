@@ -17,12 +17,13 @@ PLURAL = "llmdeployments.pagoda.dev"
 
 def llm_deployment(name: str, *, tensor_parallel_size: int = 1, max_model_len: int = 2048,
                    autoscaling: bool = True, cache_size: str = "10Gi",
-                   storage_class: str | None = None) -> dict[str, Any]:
+                   storage_class: str | None = None, adapters: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """A small model on `tensor_parallel_size` GPUs with a model cache and,
     by default, queue-depth autoscaling between 1 and 3 replicas.
 
     `storage_class` names the cluster's bindable class: on an external
-    cluster the default class may provision only on real nodes."""
+    cluster the default class may provision only on real nodes. `adapters`
+    ({name, source}) are LoRA adapters served beside the model."""
     spec: dict[str, Any] = {
         "model": {"source": "hf://Qwen/Qwen2.5-0.5B-Instruct", "servedName": "qwen-0.5b"},
         "engine": {"tensorParallelSize": tensor_parallel_size, "maxModelLen": max_model_len},
@@ -31,6 +32,8 @@ def llm_deployment(name: str, *, tensor_parallel_size: int = 1, max_model_len: i
     }
     if storage_class:
         spec["modelCache"]["storageClassName"] = storage_class
+    if adapters:
+        spec["adapters"] = copy.deepcopy(adapters)
     if autoscaling:
         spec["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetQueueDepth": 4}
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec}
@@ -71,3 +74,10 @@ BAD_MANIFESTS: list[tuple[str, dict[str, Any], str]] = [
      "autoscaling.targetQueueDepth must be greater than 0"),
     ("gpus-differ-from-tp", _with("resources.gpus", 2), "resources.gpus must be 0 (CPU only) or equal"),
 ]
+
+
+def claim(name: str, *, storage_class: str, size: str = "1Gi") -> dict[str, Any]:
+    """A PersistentVolumeClaim, such as one holding pvc:// LoRA adapters."""
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
+                     "resources": {"requests": {"storage": size}}}}
