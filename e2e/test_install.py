@@ -1,7 +1,7 @@
 """`helm install` of charts/pagoda: the CRD is served and the operator's
 ServiceAccount holds, through the chart's RBAC alone, every permission the
 operator lists for itself (pagoda.operator.rbac) and no broader read of
-Secrets; the gateway's holds its reads (rbac.GATEWAY_RULES) and nothing more."""
+Secrets; the gateway's holds its rules (rbac.GATEWAY_RULES) and nothing more."""
 
 from __future__ import annotations
 
@@ -57,9 +57,11 @@ def test_operator_service_account_may_not_list_secrets(kube_cluster: Cluster, re
     assert not _can(kube_cluster, release, "list", "secrets"), "least privilege: Secrets are only read by name"
 
 
-def test_gateway_service_account_only_reads(kube_cluster: Cluster, release: Release) -> None:
+def test_gateway_service_account_holds_nothing_more(kube_cluster: Cluster, release: Release) -> None:
+    pagoda = samples.API_VERSION.split("/")[0]
     granted = [(verb, resource) for verb, resource, group in (
-        ("patch", "llmdeployments", samples.API_VERSION.split("/")[0]), ("create", "endpointslices", "discovery.k8s.io"),
+        ("create", "llmdeployments", pagoda), ("delete", "llmdeployments", pagoda),
+        ("patch", "llmdeployments/status", pagoda), ("create", "endpointslices", "discovery.k8s.io"),
         ("list", "pods", ""), ("get", "secrets", ""), ("list", "services", ""))
         if _can(kube_cluster, release, verb, resource, group, GATEWAY)]
-    assert granted == [], "least privilege: the gateway reads LLMDeployments and EndpointSlices, nothing else"
+    assert granted == [], "least privilege: the gateway reads, and patches LLMDeployments' stamps, nothing else"

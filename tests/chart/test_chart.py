@@ -241,12 +241,18 @@ def _gateway_parser() -> argparse.ArgumentParser:
 
 #: gateway values -> the `pagoda gateway` option each sets.
 GATEWAY_OPTIONS = {"port": "port", "routing": "routing", "loadFactor": "load_factor", "prefixChars": "prefix_chars",
-                   "endpointWaitSeconds": "endpoint_wait", "maxAttempts": "max_attempts", "logLevel": "log_level"}
+                   "endpointWaitSeconds": "endpoint_wait", "activationWaitSeconds": "activation_wait",
+                   "activityIntervalSeconds": "activity_interval", "maxAttempts": "max_attempts",
+                   "logLevel": "log_level"}
+#: Options the chart sets otherwise: the namespaces follow operator.watchNamespaces,
+#: the pod listens on every address, and static backends are for outside Kubernetes.
+_NOT_VALUES = {"func", "namespaces", "host", "backends"}
 
 
 def test_gateway_value_defaults_are_the_gateways() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())["gateway"]
     defaults = _gateway_parser().parse_args(["gateway"])
+    assert set(vars(defaults)) - _NOT_VALUES == set(GATEWAY_OPTIONS.values()), "an option of pagoda gateway with no value"
     assert {key: values[key] for key in GATEWAY_OPTIONS} == \
         {key: getattr(defaults, option) for key, option in GATEWAY_OPTIONS.items()}
 
@@ -259,7 +265,8 @@ def test_gateway_schema_offers_the_gateways_choices() -> None:
 
 
 GATEWAY_VALUES = {"port": 9000, "routing": "least-load", "loadFactor": 1.5, "prefixChars": 200,
-                  "endpointWaitSeconds": 2.5, "maxAttempts": 2, "logLevel": "debug"}
+                  "endpointWaitSeconds": 2.5, "activationWaitSeconds": 300, "activityIntervalSeconds": 5,
+                  "maxAttempts": 2, "logLevel": "debug"}
 
 
 @pytest.mark.parametrize("watch,namespaces", [([], None), (["team-a", "ml-*"], None), (["team-a", "team-b"],

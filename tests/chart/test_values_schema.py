@@ -55,6 +55,8 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"gateway": {"loadFactor": 0.5}}, "/gateway/loadFactor"),
     ({"gateway": {"prefixChars": 0}}, "/gateway/prefixChars"),
     ({"gateway": {"endpointWaitSeconds": -1}}, "/gateway/endpointWaitSeconds"),
+    ({"gateway": {"activationWaitSeconds": "10m"}}, "/gateway/activationWaitSeconds"),
+    ({"gateway": {"activityIntervalSeconds": 0}}, "/gateway/activityIntervalSeconds"),
     ({"gateway": {"maxAttempts": 0}}, "/gateway/maxAttempts"),
     ({"gateway": {"logLevel": "trace"}}, "/gateway/logLevel"),
     ({"gateway": {"resources": {"limits": {"memory": 1}}}}, "/gateway/resources/limits/memory"),

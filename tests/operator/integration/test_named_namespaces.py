@@ -100,14 +100,15 @@ def test_it_may_not_read_or_write_elsewhere(release: Release) -> None:
         assert granted == [], f"granted in {namespace or 'every namespace'}"
 
 
-def test_the_gateway_may_read_its_namespace_and_nothing_else(release: Release) -> None:
+def test_the_gateway_may_act_in_its_namespace_and_nothing_else(release: Release) -> None:
     needed = [(verb, _qualified(rule.group, resource)) for rule in rbac.GATEWAY_RULES
               for resource in rule.resources for verb in rule.verbs]
     assert [n for n in needed if not _can(release, *n, WATCHED, GATEWAY)] == []
     for namespace in (ELSEWHERE, None):
         assert [n for n in needed if _can(release, *n, namespace, GATEWAY)] == [], namespace
-    assert not [(verb, resource) for verb, resource in (("patch", PLURAL), ("list", "pods"), ("get", "secrets"))
-                if _can(release, verb, resource, WATCHED, GATEWAY)], "the gateway only reads"
+    assert not [(verb, resource) for verb, resource in (("delete", PLURAL), ("patch", f"{PLURAL}/status"),
+                                                        ("list", "pods"), ("get", "secrets"))
+                if _can(release, verb, resource, WATCHED, GATEWAY)], "the gateway's rules and nothing more"
 
 
 def test_cluster_wide_it_holds_only_kopfs_discovery(release: Release) -> None:
