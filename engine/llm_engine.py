@@ -28,7 +28,7 @@ from pagoda.engine.sequence import FinishReason, Sequence
 from pagoda.engine.structured_output import Grammar, GrammarCompiler, Thinking
 from pagoda.engine.spec_decode import NgramProposer, SpecDecodeStats
 from pagoda.engine.tensor_parallel import TensorParallelGroup
-from pagoda.engine.tokenizer import load_tokenizer
+from pagoda.engine.tokenizer import bad_word_sequences, load_tokenizer
 
 # A prompt is text, token ids, or a dict with either ("prompt" / "prompt_token_ids").
 PromptType = Union[str, list[int], dict[str, Any]]
@@ -202,6 +202,10 @@ class LLMEngine:
         if constraint is not None:
             for seq in seqs:
                 seq.grammar = Grammar(constraint, self.grammars.vocab_size, thinking)
+        if params.bad_words:
+            banned = bad_word_sequences(self.tokenizer, params.bad_words)
+            for seq in seqs:
+                seq.bad_words = banned
         self.requests[request_id] = _Request(request_id, text, token_ids, params, seqs, arrival)
         self.output_processor.add_request(request_id, token_ids, params)
         for seq in seqs:

@@ -22,7 +22,7 @@ from pagoda.engine.layers.attention import bind_kv_cache
 from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.loader import build_model
-from pagoda.engine.sampler import Sampler, SamplingRow, token_logprobs
+from pagoda.engine.sampler import Sampler, SamplingRow, banned_next_tokens, token_logprobs
 from pagoda.engine.scheduler import SchedulerOutput
 from pagoda.engine.sequence import Sequence
 from pagoda.engine.spec_decode import accept
@@ -200,6 +200,8 @@ class ModelRunner:
             suppressed = (*eos, *params.stop_token_ids)
         allowed = seq.grammar.allowed_tokens() if seq.grammar is not None else None
         output = seq.output_token_ids + list(drafts) if drafts else seq.output_token_ids
+        if seq.bad_words:
+            suppressed = (*suppressed, *banned_next_tokens(seq.bad_words, output))
         return SamplingRow(params, seq.prompt_token_ids, output, seq.generator, suppressed, allowed)
 
     def _sample(self, logits: torch.Tensor, samplers: list[Sequence]) -> tuple[list, dict[Sequence, int]]:

@@ -4,7 +4,7 @@ The engine hands over the last-position logits of every sequence that samples
 this step, requests with different parameters mixed in one batch. Logits are
 processed in this order (vLLM's semantics):
 
-    structured-output mask -> logit_bias -> suppressed tokens -> repetition penalty -> presence and
+    structured-output mask -> allowed_token_ids -> logit_bias -> suppressed tokens (min_tokens, bad_words) -> repetition penalty -> presence and
     frequency penalties -> [greedy rows: argmax] -> temperature -> top-k ->
     top-p -> min-p -> sample
 
@@ -45,6 +45,16 @@ class SamplingRow:
     """A structured output's packed bitmask (int32 words; bit t set: token t allowed); None: no constraint."""
 
 
+def banned_next_tokens(bad_words: Sequence[Sequence[int]], output: Sequence[int]) -> list[int]:
+    """The last token of each bad word whose other tokens the output ends with."""
+    banned = []
+    for word in bad_words:
+        head = len(word) - 1
+        if head == 0 or (len(output) >= head and list(output[len(output) - head:]) == list(word[:-1])):
+            banned.append(word[-1])
+    return banned
+
+
 @dataclass
 class SamplerOutput:
     token_ids: list[int]
@@ -66,6 +76,7 @@ class _Batch:
         self.logprob_rows: list[int] = []
         self.bias: tuple[list[int], list[int], list[float]] = ([], [], [])
         self.suppressed: tuple[list[int], list[int]] = ([], [])
+        self.only: tuple[list[int], list[int]] = ([], [])
         self.constrained: list[int] = []
         for i, row in enumerate(rows):
             p = row.params
@@ -88,6 +99,9 @@ class _Batch:
                 self.suppressed[1].extend(row.suppressed_token_ids)
             if row.allowed_tokens is not None:
                 self.constrained.append(i)
+            if p.allowed_token_ids is not None:
+                self.only[0].extend([i] * len(p.allowed_token_ids))
+                self.only[1].extend(p.allowed_token_ids)
         # Unseeded rows first: they share one contiguous batched draw.
         self.num_unseeded = len(unseeded)
         self.random = unseeded + seeded
@@ -95,7 +109,7 @@ class _Batch:
 
     @property
     def adjusts_logits(self) -> bool:
-        return bool(self.penalized or self.bias[0] or self.suppressed[0] or self.constrained)
+        return bool(self.penalized or self.bias[0] or self.suppressed[0] or self.constrained or self.only[0])
 
 
 def unpack_bitmask(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -162,6 +176,12 @@ def _adjust(logits: torch.Tensor, rows: Sequence[SamplingRow], batch: _Batch) ->
         words = torch.stack([rows[i].allowed_tokens for i in batch.constrained]).to(device)
         allowed = unpack_bitmask(words, x.shape[-1])
         x.index_copy_(0, index, x.index_select(0, index).masked_fill(~allowed, float("-inf")))
+    if batch.only[0]:
+        r, t = (torch.tensor(v, device=device) for v in batch.only)
+        keep = torch.zeros_like(x, dtype=torch.bool)
+        keep[r, t] = True
+        index = torch.unique(r)
+        x.index_copy_(0, index, x.index_select(0, index).masked_fill(~keep.index_select(0, index), float("-inf")))
     if batch.bias[0]:
         r, t, v = batch.bias
         x.index_put_(

@@ -129,6 +129,11 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     structured_output: StructuredOutput | None = None
+    allowed_token_ids: list[int] | None = None
+    """Only these tokens may be sampled (vLLM's); None: any."""
+    bad_words: list[str] | None = None
+    """Words never generated (vLLM's): a word's last token is banned whenever the
+    output so far ends with the tokens before it, with or without a leading space."""
 
     def __post_init__(self) -> None:
         self.stop = _normalize_stop(self.stop)
@@ -163,6 +168,11 @@ class SamplingParams:
             if not _is_int(token):
                 raise ValueError(f"logit_bias keys must be integer token ids, got {token!r}")
             _check_number(f"logit_bias[{token}]", bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+        if self.allowed_token_ids is not None:
+            if not self.allowed_token_ids or not all(_is_int(t) for t in self.allowed_token_ids):
+                raise ValueError("allowed_token_ids must be a non-empty list of integer token ids")
+        if self.bad_words is not None and not all(isinstance(w, str) and w.strip() for w in self.bad_words):
+            raise ValueError("bad_words must be a list of non-blank strings")
 
     def validate_for_vocab(self, vocab_size: int) -> None:
         """Refuse token ids the model cannot produce; needs the model, so it is
@@ -170,6 +180,7 @@ class SamplingParams:
         for name, tokens in (
             ("logit_bias", self.logit_bias or {}),
             ("stop_token_ids", self.stop_token_ids),
+            ("allowed_token_ids", self.allowed_token_ids or []),
         ):
             for token in tokens:
                 if not 0 <= token < vocab_size:

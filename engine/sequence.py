@@ -41,6 +41,7 @@ class Sequence:
     generator: torch.Generator | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     grammar: Grammar | None = None  # where a structured output's constraint stands
+    bad_words: list[list[int]] = field(default_factory=list)  # token sequences of params.bad_words
     lora: LoRAAdapter | None = None  # the adapter it runs with, if any
     embed: bool = False  # an embedding request: its prompt is run, nothing is generated
     priority: int = 0  # under the priority policy: lower runs first

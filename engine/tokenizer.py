@@ -51,3 +51,15 @@ def apply_chat_template(
         raise ValueError(f"cannot apply the chat template: {exc}") from exc
     # transformers 5 returns a BatchEncoding-like mapping; older versions a list.
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def bad_word_sequences(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[list[int]]:
+    """The token sequences that spell each of `words`, alone and after a space
+    (as it appears mid-text), without duplicates: what `bad_words` bans."""
+    sequences: list[list[int]] = []
+    for word in words:
+        for text in (word.strip(), " " + word.strip()):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if ids and ids not in sequences:
+                sequences.append(ids)
+    return sequences

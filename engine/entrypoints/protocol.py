@@ -100,6 +100,8 @@ class _SamplingRequest(_Request):
     ignore_eos: bool = False
     min_tokens: int = 0
     stop_token_ids: list[int] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     response_format: ResponseFormat | None = None
@@ -174,7 +176,8 @@ class _SamplingRequest(_Request):
             ignore_eos=self.ignore_eos, min_tokens=self.min_tokens, stop_token_ids=self.stop_token_ids,
             skip_special_tokens=self.skip_special_tokens, include_stop_str_in_output=self.include_stop_str_in_output,
             logprobs=self.requested_logprobs(), prompt_logprobs=self.requested_prompt_logprobs(),
-            structured_output=self.requested_constraint(), **given,
+            structured_output=self.requested_constraint(), allowed_token_ids=self.allowed_token_ids,
+            bad_words=self.bad_words, **given,
         )
 
     @property

@@ -80,7 +80,7 @@ class TextConfig(_Request):
 
 # Sampling options beyond OpenAI's, under their vLLM names, passed on to the chat request as vLLM does.
 _ENGINE_EXTRAS = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "stop",
-                  "ignore_eos", "min_tokens", "stop_token_ids", "logit_bias", "structured_outputs",
+                  "ignore_eos", "min_tokens", "stop_token_ids", "allowed_token_ids", "bad_words", "logit_bias", "structured_outputs",
                   "chat_template_kwargs", "cache_salt", "priority")
 
 

@@ -7,6 +7,7 @@ import pytest
 from pagoda.engine.fixtures import EOS_TOKEN_ID
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
+from pagoda.engine.tokenizer import bad_word_sequences
 from tests.engine.hf_reference import hf_greedy, hf_logprobs
 
 PROMPTS = ["Hello, my name is", "The quick brown fox", "Un café crème", "東京は日本の首都です。"]
@@ -78,6 +79,40 @@ def test_stop_token_id_ends_generation(llm: LLM) -> None:
     out = llm.generate(PROMPTS[1], SamplingParams(temperature=0.0, max_tokens=24, stop_token_ids=[stop_id]))[0].outputs[0]
     assert out.token_ids == ids[: ids.index(stop_id) + 1]
     assert out.finish_reason == "stop" and out.stop_reason == stop_id
+
+
+def test_allowed_token_ids_bound_every_token(llm: LLM) -> None:
+    _, free = _greedy_text(llm, PROMPTS[0], 12)
+    allowed = sorted(set(free[1:]) | {3, 17})  # the unconstrained first token is not among them
+    assert free[0] not in allowed
+    for params in (SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, allowed_token_ids=allowed),
+                   SamplingParams(temperature=1.5, seed=3, max_tokens=12, ignore_eos=True, allowed_token_ids=allowed)):
+        out = llm.generate(PROMPTS[0], params)[0].outputs[0]
+        assert len(out.token_ids) == 12 and set(out.token_ids) <= set(allowed)
+
+
+def _occurs(part: list[int], tokens: list[int]) -> bool:
+    return any(tokens[i:i + len(part)] == part for i in range(len(tokens)))
+
+
+def test_bad_words_are_never_completed(llm: LLM) -> None:
+    """A banned word's tokens never appear in order, whether it is one token or several."""
+    _, free = _greedy_text(llm, PROMPTS[1], 16)
+    tokenizer = llm.engine.tokenizer
+
+    def spelled(width: int) -> str:
+        """A word of the free completion, `width` tokens long as the ban tokenizes it."""
+        for i in range(len(free) - width):
+            word = tokenizer.decode(free[i:i + width]).strip()
+            if word and any(len(seq) == width and _occurs(seq, free) for seq in bad_word_sequences(tokenizer, [word])):
+                return word
+        raise AssertionError(f"no word of {width} tokens in {free}")
+
+    for word in (spelled(1), spelled(2)):
+        out = llm.generate(PROMPTS[1], SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True,
+                                                      bad_words=[word]))[0].outputs[0]
+        assert not any(_occurs(seq, out.token_ids) for seq in bad_word_sequences(tokenizer, [word])), word
+        assert out.token_ids != free  # the ban changed the completion
 
 
 def test_eos_stops_unless_min_tokens_or_ignore_eos(llm: LLM) -> None:
@@ -188,6 +223,9 @@ def test_abort_frees_blocks_and_spares_the_rest(llm: LLM, model_path) -> None:
         ("hi", {"max_tokens": 0}, "max_tokens"),
         ("hi", {"logprobs": 1000}, "logprobs"),
         ("hi", {"logit_bias": {10_000: 1.0}}, "logit_bias"),
+        ("hi", {"allowed_token_ids": [1, 10_000]}, "allowed_token_ids"),
+        ("hi", {"allowed_token_ids": []}, "allowed_token_ids"),
+        ("hi", {"bad_words": ["ok", " "]}, "bad_words"),
         (3.5, None, "prompt"),
     ],
 )

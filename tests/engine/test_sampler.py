@@ -368,3 +368,33 @@ def test_frequencies_match_tempered_softmax(seeded, temperature):
     expected = torch.softmax(logits.double() / temperature, dim=-1) * draws
     chi2 = ((observed - expected) ** 2 / expected).sum().item()
     assert chi2 < CHI2_CRITICAL_DF5, (observed.tolist(), expected.tolist())
+
+
+# --- allowed_token_ids and bad_words ------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_allowed_token_ids_mask_every_other_token(device):
+    vocab = 32
+    logits = torch.randn(3, vocab, device=device) * 3
+    rows = [make_row(SamplingParams(temperature=0, allowed_token_ids=[4, 9]), device=device),
+            make_row(SamplingParams(), device=device),
+            make_row(SamplingParams(seed=5, allowed_token_ids=[1, 2, 30]), device=device)]
+    adjusted = apply_logit_adjustments(logits, rows)
+    assert torch.isinf(adjusted[0]).sum() == vocab - 2 and torch.isfinite(adjusted[0, [4, 9]]).all()
+    assert torch.equal(adjusted[1], logits[1].float())  # a row without the option is untouched
+    sampler = Sampler()
+    for _ in range(20):
+        out = sampler(logits, rows)
+        assert out.token_ids[0] == max((4, 9), key=lambda t: logits[0, t].item())
+        assert out.token_ids[2] in (1, 2, 30)
+
+
+def test_banned_next_tokens():
+    from pagoda.engine.sampler import banned_next_tokens
+
+    words = [[7], [3, 4], [1, 2, 5]]
+    assert banned_next_tokens(words, []) == [7]
+    assert banned_next_tokens(words, [9, 3]) == [7, 4]
+    assert banned_next_tokens(words, [1, 2]) == [7, 5]
+    assert banned_next_tokens(words, [2, 1]) == [7]

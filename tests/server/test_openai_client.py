@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from pagoda.engine.tokenizer import bad_word_sequences
 from tests.server.conftest import API_KEY, MAX_MODEL_LEN, MODEL_NAME, RunningServer
 
 openai = pytest.importorskip("openai")
@@ -249,3 +250,23 @@ def test_truncate_prompt_tokens(client: openai.OpenAI, idle_server: RunningServe
     bad = idle_server.request("POST", "/v1/completions", {"model": MODEL_NAME, "prompt": "x",
                                                          "truncate_prompt_tokens": 0})
     assert bad.status == 400 and bad.json()["error"]["param"] == "truncate_prompt_tokens"
+
+
+def test_allowed_token_ids_and_bad_words(client: openai.OpenAI, idle_server: RunningServer) -> None:
+    """vLLM's extra sampling fields; tokens compared by their text, as the API returns them."""
+    tokenizer = idle_server.state.engine.engine.tokenizer
+    allowed = [5, 11, 42]
+    out = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=0,
+                                    extra_body={**EXACT, "allowed_token_ids": allowed})
+    assert set(out.choices[0].logprobs.tokens) <= {tokenizer.decode([t]) for t in allowed}
+    free = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=12, temperature=0, logprobs=0,
+                                     extra_body=EXACT).choices[0]
+    # A generated token that is a word on its own, as the ban tokenizes it.
+    piece = next(p for p in free.logprobs.tokens if p.strip() and any(
+        len(seq) == 1 and tokenizer.decode(seq) == p for seq in bad_word_sequences(tokenizer, [p.strip()])))
+    banned = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=12, temperature=0, logprobs=0,
+                                       extra_body={**EXACT, "bad_words": [piece.strip()]}).choices[0]
+    assert piece not in banned.logprobs.tokens and banned.text != free.text
+    with pytest.raises(openai.BadRequestError, match="allowed_token_ids"):
+        client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=2,
+                                  extra_body={"allowed_token_ids": [10**7]})
