@@ -63,7 +63,7 @@ def test_optional_objects_follow_their_switches() -> None:
     assert not of_component(render({"gateway": {"enabled": False}}), GATEWAY)
     objects = render(ALL_ON)
     names = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
-    assert names == {"pagoda-operator", "pagoda-dashboard-engine", "pagoda-dashboard-fleet",
+    assert names == {"pagoda-operator", "pagoda-dashboard-engine", "pagoda-dashboard-fleet", "pagoda-dashboard-gateway",
                      "pagoda-prometheus-adapter"}
     dashboards = [o for o in objects if o["metadata"]["name"].startswith("pagoda-dashboard-")]
     assert all(d["metadata"]["labels"]["grafana_dashboard"] == "1" for d in dashboards)

@@ -1,6 +1,7 @@
 """The dashboards and the adapter rules against a real Prometheus (Debian's
-package, on loopback) scraping a real `pagoda serve` under a short load:
-every expression evaluates without error and returns data."""
+package, on loopback) scraping a real `pagoda serve` and the `pagoda gateway`
+in front of it under a short load: every expression evaluates without error
+and returns data."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.slow
 
 #: The labels a ServiceMonitor (or the chart's PodMonitor) puts on an engine's series.
 NAMESPACE, LLMDEPLOYMENT, POD, MODEL = "ml", "tiny-llm", "tiny-llm-7d9f-abcde", "tiny"
+#: And on the gateway's (in the same namespace here, so that $namespace lists one value).
+GATEWAY_SERVICE, GATEWAY_POD = "pagoda-gateway", "pagoda-gateway-5c6d-fghij"
 #: Every dashboard variable at "All", as Grafana sends it.
 ALL = {"namespace": ".*", "llmdeployment": ".*", "model": ".*"}
 LOAD_SECONDS = 8
@@ -91,6 +94,19 @@ def engine(tiny_model: Callable[..., Path], tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="module")
+def gateway(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`pagoda gateway` in front of the engine, and of an address nothing listens on,
+    so that some requests are retried on the engine (the retries panel)."""
+    port, log = _free_port(), tmp_path_factory.mktemp("gateway") / "gateway.log"
+    process = _start([sys.executable, "-m", "pagoda.cli", "gateway", "--host", "127.0.0.1", "--port", str(port),
+                      "--backend", f"{MODEL}={engine}", "--backend", f"{MODEL}=http://127.0.0.1:{_free_port()}"], log)
+    url = f"http://127.0.0.1:{port}"
+    _wait("pagoda gateway", lambda: _get(url + "/ready") is not None, process, log)
+    yield url
+    _stop(process)
+
+
+@pytest.fixture(scope="module")
 def kube_state_metrics_endpoint() -> Iterator[str]:
     body = kube_state_metrics.exposition(NAMESPACE, LLMDEPLOYMENT, POD).encode()
 
@@ -111,34 +127,36 @@ def kube_state_metrics_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(engine: str, kube_state_metrics_endpoint: str,
+def prometheus(engine: str, gateway: str, kube_state_metrics_endpoint: str,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = prometheus_server.start(tmp_path_factory.mktemp("prometheus"), [
         prometheus_server.scrape_config("engine", urllib.parse.urlsplit(engine).netloc,
                                         {"namespace": NAMESPACE, "service": LLMDEPLOYMENT, "pod": POD}),
+        prometheus_server.scrape_config("gateway", urllib.parse.urlsplit(gateway).netloc,
+                                        {"namespace": NAMESPACE, "service": GATEWAY_SERVICE, "pod": GATEWAY_POD}),
         prometheus_server.scrape_config("kube-state-metrics", kube_state_metrics_endpoint, honor_labels=True)])
     yield server.url
     server.stop()
 
 
-def _complete(engine: str, i: int) -> None:
+def _complete(url: str, i: int) -> None:
     # A shared prefix (prefix-cache hits); a stop string on some (finish reasons stop and length).
     body = {"model": MODEL, "prompt": "The quick brown fox jumps over the lazy dog. " * 4 + str(i),
             "max_tokens": 24, "temperature": 0.8, "seed": i, **({"stop": ["e"]} if i % 2 else {})}
-    request = urllib.request.Request(engine + "/v1/completions", json.dumps(body).encode(),
+    request = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
     _get(request, timeout=60)
 
 
 @pytest.fixture(scope="module")
-def loaded(engine: str, prometheus: str) -> str:
-    """Prometheus once it has scraped the engine through a short load."""
+def loaded(gateway: str, prometheus: str) -> str:
+    """Prometheus once it has scraped the engine and the gateway through a short load."""
     deadline = time.monotonic() + LOAD_SECONDS
     with ThreadPoolExecutor(16) as pool:
         def worker(k: int) -> None:
             i = k
             while time.monotonic() < deadline:
-                _complete(engine, i)
+                _complete(gateway, i)
                 i += 16
         list(pool.map(worker, range(16)))
     time.sleep(3)  # a few more scrapes
@@ -169,17 +187,20 @@ def test_panel_returns_data(loaded: str, query: Any) -> None:
 
 @pytest.mark.parametrize("query", panel_queries(), ids=lambda q: q.where)
 def test_panel_selects_by_the_variables(loaded: str, query: Any) -> None:
-    """A named LLMDeployment keeps its series; another one has none."""
+    """A named LLMDeployment (or, on the gateway's dashboard, model) keeps its
+    series; another one has none."""
     chosen = {"namespace": NAMESPACE, "llmdeployment": LLMDEPLOYMENT, "model": MODEL}
     assert _values(_api(loaded, "query", query=substitute(query.expr, chosen))), query.where
-    other = {**chosen, "llmdeployment": "another"}
+    narrowest = "llmdeployment" if "$llmdeployment" in query.expr else "model"
+    assert f"${narrowest}" in query.expr, f"{query.where} selects by neither $llmdeployment nor $model"
+    other = {**chosen, narrowest: "another"}
     assert not _values(_api(loaded, "query", query=substitute(query.expr, other))), query.where
 
 
 @pytest.mark.parametrize("variable", variable_queries(), ids=lambda v: v.where)
 def test_variable_lists_values(loaded: str, variable: Any) -> None:
     values = _api(loaded, f"label/{variable.label}/values", **{"match[]": substitute(variable.match, ALL)})
-    expected = {"namespace": NAMESPACE, "service": LLMDEPLOYMENT, "model_name": MODEL}[variable.label]
+    expected = {"namespace": NAMESPACE, "service": LLMDEPLOYMENT, "model_name": MODEL, "model": MODEL}[variable.label]
     assert values == [expected], variable.where
 
 

@@ -1,16 +1,19 @@
 """Dashboards and adapter rules read only metrics that exist: pagoda's own,
-as engine/metrics.py defines them, or kube-state-metrics' (fleet dashboard)."""
+as engine/metrics.py and operator/gateway/metrics.py define them, or
+kube-state-metrics' (fleet dashboard)."""
 
 from __future__ import annotations
 
 import re
 
-from pagoda.engine.metrics import METRIC_NAMES
+from pagoda.engine.metrics import METRIC_NAMES as ENGINE_METRICS
+from pagoda.operator.gateway.metrics import METRIC_NAMES as GATEWAY_METRICS
 
 from .kube_state_metrics import FAMILIES as KUBE_STATE_METRICS
 from .promql import adapter_rules, metric_names
 
 _HISTOGRAM_SERIES = re.compile(r"_(bucket|sum|count)$")
+METRIC_NAMES = (*ENGINE_METRICS, *GATEWAY_METRICS)
 
 
 def _family(name: str) -> str:
