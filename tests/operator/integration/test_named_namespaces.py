@@ -106,7 +106,7 @@ def test_the_gateway_may_act_in_its_namespace_and_nothing_else(release: Release)
     assert [n for n in needed if not _can(release, *n, WATCHED, GATEWAY)] == []
     for namespace in (ELSEWHERE, None):
         assert [n for n in needed if _can(release, *n, namespace, GATEWAY)] == [], namespace
-    assert not [(verb, resource) for verb, resource in (("delete", PLURAL), ("patch", f"{PLURAL}/status"),
+    assert not [(verb, resource) for verb, resource in (("create", PLURAL), ("delete", PLURAL),
                                                         ("list", "pods"), ("get", "secrets"))
                 if _can(release, verb, resource, WATCHED, GATEWAY)], "the gateway's rules and nothing more"
 
