@@ -23,8 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from e2e import samples
 from e2e.cluster.client import Cluster
 from e2e.stack import GatewayProcess, OperatorProcess, Release
+from pagoda.operator.flags import DEFAULT_PORT as PORT
 from pagoda.operator.gateway import metrics
+from pagoda.operator.gateway.proxy import UPSTREAM_HEADER
 from pagoda.operator.manifests.meta import OWNER_LABEL
+from pagoda.operator.scale_to_zero import LAST_REQUEST_ANNOTATION
 
 CONVERGE_S = 90
 
@@ -123,3 +126,42 @@ def test_gateway_routes_follow_an_llmdeployment(kube_cluster: Cluster, namespace
     assert status == 404, body
     error = json.loads(body)["error"]
     assert (error["code"], error["param"]) == ("model_not_found", "model") and served in error["message"]
+
+
+def test_a_request_scales_a_model_up_from_zero(kube_cluster: Cluster, namespace: str, operator: OperatorProcess,
+                                               gateway: GatewayProcess) -> None:
+    """minReplicas 0: never requested, the model has no pod; the gateway's first
+    request for it stamps the resource, the operator brings one replica back,
+    and the request waits for it and is sent to it. The replica is a KWOK pod
+    whose address serves nothing: the gateway answers 502 after trying it, or
+    relays what the network answers there (a sandbox's proxy), naming the pod
+    it was sent to."""
+    served = f"{namespace}-lazy"
+    manifest = samples.llm_deployment("lazy", storage_class=kube_cluster.storage_class)
+    manifest["spec"]["model"]["servedName"] = served
+    manifest["spec"]["autoscaling"].update(minReplicas=0, scaleToZeroDelaySeconds=600)
+    kube_cluster.apply(manifest, namespace=namespace)
+    kube_cluster.wait_for("the Deployment at zero", lambda: (kube_cluster.get("deployment.apps", "lazy", namespace)
+                                                            or {}).get("spec", {}).get("replicas") == 0,
+                          timeout=CONVERGE_S)
+    kube_cluster.wait_for("the gateway to know the model", lambda: served in _models(gateway), timeout=30)
+    assert _endpoints(gateway).get(served) == 0
+
+    body = json.dumps({"model": served, "prompt": "Hello", "max_tokens": 1}).encode()
+    request = urllib.request.Request(gateway.url + "/v1/completions", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=CONVERGE_S + 30) as response:
+            status, headers, reply = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        status, headers, reply = err.code, err.headers, err.read()
+    # By the answer, the request had waited for the new replica and been sent to it.
+    assert kube_cluster.get("deployment.apps", "lazy", namespace)["spec"]["replicas"] == 1
+    assert _ready_pods(kube_cluster, namespace, "lazy") == 1 and _endpoints(gateway)[served] == 1
+    [pod] = kube_cluster.get("pods", namespace=namespace, selector=f"{OWNER_LABEL}=lazy")["items"]
+    pod_url = f"http://{pod['status']['podIP']}:{PORT}"
+    if status == 502:
+        assert b"could be reached" in reply and pod_url in gateway.log_tail(), (reply, gateway.log_tail())
+    else:
+        assert headers[UPSTREAM_HEADER] == pod_url, (status, dict(headers), reply)
+    stamps = kube_cluster.get(samples.PLURAL, "lazy", namespace)["metadata"]["annotations"]
+    assert LAST_REQUEST_ANNOTATION in stamps
