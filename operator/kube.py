@@ -14,7 +14,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-#: (apiVersion, kind) -> resource name, for every kind the operator reads or writes.
+#: (apiVersion, kind) -> resource name, for every kind the operator or the gateway reads or writes.
 PLURALS = {
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     ("v1", "Service"): "services",

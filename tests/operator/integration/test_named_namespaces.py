@@ -55,6 +55,9 @@ def operator(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def _can(release: Release, verb: str, resource: str, namespace: str | None, component: str = OPERATOR) -> bool:
     """`kubectl auth can-i` as the release's ServiceAccount of `component`; namespace None: in every namespace."""
     where = ["-n", namespace] if namespace else ["--all-namespaces"]
+    # can-i reads TYPE/NAME: a subresource is its own flag.
+    resource, _, sub = resource.partition("/")
+    where += [f"--subresource={sub}"] if sub else []
     done = release.cluster.kubectl(
         "auth", "can-i", verb, resource, *where,
         f"--as=system:serviceaccount:{release.namespace}:{release.service_account(component)}", check=False)
