@@ -15,6 +15,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 from typing import Any
 
 import pytest
@@ -43,15 +44,21 @@ def gateway(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Itera
         process.stop()
 
 
-def _request(gateway: GatewayProcess, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-    """(status, body) of a GET, or of a POST of `body` as JSON."""
+def _exchange(gateway: GatewayProcess, path: str, body: dict[str, Any] | None = None,
+              timeout: float = 15) -> tuple[int, Message, bytes]:
+    """(status, headers, body) of a GET, or of a POST of `body` as JSON."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(gateway.url + path, data, {"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return response.status, response.read()
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as err:
-        return err.code, err.read()
+        return err.code, err.headers, err.read()
+
+
+def _request(gateway: GatewayProcess, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    status, _, reply = _exchange(gateway, path, body)
+    return status, reply
 
 
 def _ready(gateway: GatewayProcess) -> bool:
@@ -147,13 +154,8 @@ def test_a_request_scales_a_model_up_from_zero(kube_cluster: Cluster, namespace:
     kube_cluster.wait_for("the gateway to know the model", lambda: served in _models(gateway), timeout=30)
     assert _endpoints(gateway).get(served) == 0
 
-    body = json.dumps({"model": served, "prompt": "Hello", "max_tokens": 1}).encode()
-    request = urllib.request.Request(gateway.url + "/v1/completions", body, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=CONVERGE_S + 30) as response:
-            status, headers, reply = response.status, response.headers, response.read()
-    except urllib.error.HTTPError as err:
-        status, headers, reply = err.code, err.headers, err.read()
+    status, headers, reply = _exchange(gateway, "/v1/completions", {"model": served, "prompt": "Hello",
+                                                                    "max_tokens": 1}, timeout=CONVERGE_S + 30)
     # By the answer, the request had waited for the new replica and been sent to it.
     assert kube_cluster.get("deployment.apps", "lazy", namespace)["spec"]["replicas"] == 1
     assert _ready_pods(kube_cluster, namespace, "lazy") == 1 and _endpoints(gateway)[served] == 1
