@@ -23,7 +23,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -50,6 +50,7 @@ from pagoda.engine.entrypoints.protocol import (
     VersionResponse,
 )
 from pagoda.engine.entrypoints.protocol_responses import ResponseObject, ResponsesRequest
+from pagoda.engine.entrypoints.response_store import ResponseStore
 from pagoda.engine.entrypoints.serving_chat import OpenAIServingChat
 from pagoda.engine.entrypoints.serving_completion import OpenAIServingCompletion
 from pagoda.engine.entrypoints.serving_embedding import OpenAIServingEmbedding
@@ -202,6 +203,18 @@ def _add_routes(app: FastAPI) -> None:
     async def responses(body: ResponsesRequest, request: Request) -> Response:
         return await state(request).responses.create_response(body, request)
 
+    @app.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=_ERRORS)
+    async def get_response(response_id: str, request: Request) -> Response:
+        """A stored response, as it was returned."""
+        return JSONResponse(state(request).responses.stored(response_id).response)
+
+    @app.delete("/v1/responses/{response_id}", responses=_ERRORS)
+    async def delete_response(response_id: str, request: Request) -> Response:
+        serving = state(request).responses
+        serving.stored(response_id)
+        serving.store.delete(response_id)
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS)
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         return await state(request).embedding.create_embedding(body, request)
@@ -261,7 +274,8 @@ def build_app(settings: ServeSettings, engine: LLMEngine | None = None) -> FastA
         chat_options = {"tool_parser": tool_parser, "reasoning_parser": reasoning}
         app.state.server = ServerState(settings, async_engine, metrics, OpenAIServingCompletion(*args),
                                        OpenAIServingChat(*args, **chat_options), OpenAIServingEmbedding(*args),
-                                       OpenAIServingResponses(*args, **chat_options))
+                                       OpenAIServingResponses(*args, **chat_options,
+                                                              store=ResponseStore(settings.responses_store_size)))
         async_engine.start()
         logger.info("serving %s as %r (max_model_len %d, tool-call parser %s)", settings.engine.model,
                     settings.served_model_name, llm_engine.max_model_len, tool_parser)

@@ -48,6 +48,8 @@ class ServeSettings:
     chat_template: str | None = None
     # LoRA adapters served from the start, (name, directory); requests select one by its name as `model`.
     lora_modules: tuple[tuple[str, str], ...] = ()
+    # Responses kept for previous_response_id and GET /v1/responses/{id} (0: none).
+    responses_store_size: int = 1000
 
 
 class _BadValue(argparse.ArgumentTypeError, ValueError):
@@ -147,6 +149,8 @@ FLAGS: tuple[_Flag, ...] = (
           '"num_speculative_tokens": 4, "prompt_lookup_max": 4}: drafts from earlier text verified in one pass',
           dest=_ENGINE + "speculative_config"),
     _Flag("max-queue-len", int, "most requests waiting for the batch; beyond it, 503 with Retry-After"),
+    _Flag("responses-store-size", int, "responses kept in memory for previous_response_id and "
+          "GET /v1/responses/{id}, the least recently used going first (0: none stored)"),
     _Flag("log-level", str, "log level", LOG_LEVELS),
     _Flag("drain-timeout", float, "seconds SIGTERM waits for in-flight requests"),
     _Flag("chat-template", _chat_template, "a Jinja chat template (a file, or the template itself) replacing "

@@ -1,17 +1,18 @@
 """OpenAI's Responses API (POST /v1/responses): its request, output items and stream events.
 
-The server keeps no state: a request carries its whole conversation as
-`input` (messages, earlier function calls and their outputs), as with
-`store: false`. It is served by the chat machinery: `to_chat` states the same
-request as a chat completion, and the reply becomes output items: the
-reasoning (with a reasoning parser), function calls, and the message.
+A request carries its conversation as `input` (messages, earlier function
+calls and their outputs), after the stored conversation of its
+`previous_response_id` if it names one (`response_store`). It is served by
+the chat machinery: `to_chat` states the same request as a chat completion,
+and the reply becomes output items: the reasoning (with a reasoning parser),
+function calls, and the message.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from pagoda.engine.entrypoints.protocol import ChatCompletionRequest, _Request
 
@@ -84,6 +85,9 @@ _ENGINE_EXTRAS = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "f
                   "chat_template_kwargs", "cache_salt", "priority")
 
 
+_INPUT_ITEMS: TypeAdapter[list[InputItem]] = TypeAdapter(list[InputItem])
+
+
 class ResponsesRequest(_Request):
     model_config = ConfigDict(extra="allow")
 
@@ -102,6 +106,16 @@ class ResponsesRequest(_Request):
     store: bool | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None
+
+    def input_items(self) -> list[dict[str, Any]]:
+        """The input as a list of items (a bare string is one user message)."""
+        if isinstance(self.input, str):
+            return [{"type": "message", "role": "user", "content": self.input}]
+        return [item.model_dump(exclude_none=True) for item in self.input]
+
+    def continued(self, history: list[dict[str, Any]]) -> ResponsesRequest:
+        """This request with `history` (a stored conversation, as input items) before its input."""
+        return self.model_copy(update={"input": _INPUT_ITEMS.validate_python([*history, *self.input_items()])})
 
     def _messages(self) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []

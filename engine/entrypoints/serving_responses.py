@@ -6,7 +6,9 @@ items in the order the model wrote them: reasoning, the message, function calls.
 stream's deltas turned into Responses events: each item is opened
 (`response.output_item.added`), filled by deltas, and closed, between
 `response.created` and `response.completed` (or `response.incomplete` when
-max_output_tokens cut the reply).
+max_output_tokens cut the reply). A finished response is stored unless the
+request says `store: false` (`response_store`), for `previous_response_id`
+and GET /v1/responses/{id}.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pagoda.engine.entrypoints.protocol_responses import (
     ResponsesRequest,
     ResponseUsage,
 )
+from pagoda.engine.entrypoints.response_store import ResponseStore, StoredResponse
 from pagoda.engine.entrypoints.serving_chat import OpenAIServingChat
 from pagoda.engine.entrypoints.serving_engine import APIError, ChoiceState, RequestContext, bad_request
 from pagoda.engine.outputs import RequestOutput
@@ -55,6 +58,21 @@ def output_items(message: ChatResponseMessage) -> list[OutputItem]:
         items.append(FunctionCallOutput(id=_item_id("fc"), call_id=call.id, name=call.function.name,
                                         arguments=call.function.arguments))
     return items
+
+
+def as_input_items(items: list[OutputItem]) -> list[dict[str, Any]]:
+    """Output items restated as the input items a later turn would send back."""
+    restated: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, MessageOutput):
+            restated.append({"type": "message", "role": "assistant",
+                             "content": "".join(part.text for part in item.content)})
+        elif isinstance(item, FunctionCallOutput):
+            restated.append({"type": "function_call", "call_id": item.call_id, "name": item.name,
+                             "arguments": item.arguments})
+        else:
+            restated.append({"type": "reasoning"})
+    return restated
 
 
 @dataclass
@@ -80,10 +98,28 @@ class OpenAIServingResponses(OpenAIServingChat):
     endpoint = "responses"
     id_prefix = "resp"
 
+    def __init__(self, *args: Any, store: ResponseStore, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.store = store
+
+    def stored(self, response_id: str) -> StoredResponse:
+        entry = self.store.get(response_id)
+        if entry is None:
+            raise APIError(404, f"Response with id '{response_id}' not found.", type="NotFoundError",
+                           param="response_id")
+        return entry
+
     async def create_response(self, request: ResponsesRequest, raw_request: Request) -> Response:
         if request.previous_response_id is not None:
-            raise APIError(400, "previous_response_id needs stored responses, and this server stores none: send the "
-                                "whole conversation as input", param="previous_response_id")
+            if not self.store.enabled:
+                raise APIError(400, "previous_response_id needs stored responses, and this server stores none "
+                                    "(--responses-store-size 0): send the whole conversation as input",
+                               param="previous_response_id")
+            previous = self.store.get(request.previous_response_id)
+            if previous is None:
+                raise APIError(404, f"Previous response with id '{request.previous_response_id}' not found.",
+                               type="NotFoundError", param="previous_response_id")
+            request = request.continued(previous.items)
         try:
             chat = request.to_chat()
         except ValueError as exc:
@@ -115,13 +151,26 @@ class OpenAIServingResponses(OpenAIServingChat):
             tool_choice=request.tool_choice or "auto", parallel_tool_calls=request.parallel_tool_calls,
             text={"format": (request.text.format.model_dump(by_alias=True, exclude_none=True)
                              if request.text is not None and request.text.format is not None else {"type": "text"})},
-            metadata=request.metadata or {},
+            metadata=request.metadata or {}, previous_response_id=request.previous_response_id,
+            store=self._stores(request),
         )
+
+    def _stores(self, request: ResponsesRequest) -> bool:
+        return self.store.enabled and request.store is not False
+
+    def _finished(self, ctx: RequestContext, response: ResponseObject) -> ResponseObject:
+        """Stores a finished response (unless asked not to) with its conversation."""
+        request = ctx.request.responses
+        if self._stores(request):
+            self.store.put(response.id, StoredResponse(request.input_items() + as_input_items(response.output),
+                                                       response.model_dump()))
+        return response
 
     def full_response(self, ctx: RequestContext, outputs: list[RequestOutput]) -> ResponseObject:
         chat: ChatCompletionResponse = super().full_response(ctx, outputs)
         choice = chat.choices[0]
-        return self._response(ctx, "completed", output_items(choice.message), choice.finish_reason)
+        return self._finished(ctx, self._response(ctx, "completed", output_items(choice.message),
+                                                  choice.finish_reason))
 
     # ---- streaming ----------------------------------------------------------------------------
 
@@ -148,7 +197,7 @@ class OpenAIServingResponses(OpenAIServingChat):
             if choice.finish_reason is not None:
                 events += self._close(stream)
                 status = "incomplete" if choice.finish_reason == "length" else "completed"
-                final = self._response(ctx, status, stream.done, choice.finish_reason)
+                final = self._finished(ctx, self._response(ctx, status, stream.done, choice.finish_reason))
                 events.append(self._event(stream, f"response.{final.status}", response=final.model_dump()))
         return events
 

@@ -114,10 +114,63 @@ def test_reasoning_message_and_call_are_items_in_order(client: openai.OpenAI, st
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
     ({"input": []}, "input"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}}, "text"),
 ])
 def test_what_cannot_be_served_is_refused(server: RunningServer, body: dict, param: str) -> None:
     answer = server.request("POST", "/v1/responses", {"model": MODEL_NAME, **body})
     assert answer.status == 400 and answer.json()["error"]["param"] == param
+
+
+def test_stored_responses_continue_a_conversation(client: openai.OpenAI, server: RunningServer) -> None:
+    """previous_response_id continues the stored conversation: the same prompt (and greedy reply)
+    as sending the whole conversation as input, the earlier instructions left behind."""
+    first = client.responses.create(model=MODEL_NAME, input="My name is Ada.", instructions="Be brief.",
+                                    max_output_tokens=6, **GREEDY)
+    assert first.store and client.responses.retrieve(first.id).model_dump() == first.model_dump()
+    second = client.responses.create(model=MODEL_NAME, input="What is my name?", previous_response_id=first.id,
+                                     max_output_tokens=6, **GREEDY)
+    assert second.previous_response_id == first.id
+    whole = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": first.output_text},
+             {"role": "user", "content": "What is my name?"}]
+    stateless = client.responses.create(model=MODEL_NAME, input=whole, max_output_tokens=6, store=False, **GREEDY)
+    assert second.usage.input_tokens == stateless.usage.input_tokens
+    assert second.output_text == stateless.output_text
+    # A streamed continuation is stored too, and continues in turn.
+    events = _stream(client, input="And again?", previous_response_id=second.id, max_output_tokens=4, **GREEDY)
+    third = events[-1].response
+    assert client.responses.retrieve(third.id).output_text == third.output_text
+    fourth = client.responses.create(model=MODEL_NAME, input="Once more.", previous_response_id=third.id,
+                                     max_output_tokens=2, **GREEDY)
+    assert fourth.usage.input_tokens > third.usage.input_tokens > second.usage.input_tokens
+    # store false keeps nothing; a deleted response is gone for good.
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(stateless.id)
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError, match="Previous response"):
+        client.responses.create(model=MODEL_NAME, input="hi", previous_response_id=first.id)
+
+
+def test_the_store_keeps_the_most_recently_used() -> None:
+    from pagoda.engine.entrypoints.response_store import ResponseStore, StoredResponse
+
+    store = ResponseStore(2)
+    for name in ("a", "b"):
+        store.put(name, StoredResponse([], {"id": name}))
+    assert store.get("a") is not None  # a is now the most recently used
+    store.put("c", StoredResponse([], {"id": "c"}))
+    assert (store.get("b"), len(store)) == (None, 2) and store.get("a") is not None
+    assert not ResponseStore(0).enabled
+    with pytest.raises(ValueError):
+        ResponseStore(-1)
+
+
+def test_without_a_store_previous_response_id_is_refused(model_dir: pathlib.Path) -> None:
+    with serve_in_thread([str(model_dir), "--served-model-name", MODEL_NAME, "--responses-store-size", "0"]) as bare:
+        answer = bare.request("POST", "/v1/responses", {"model": MODEL_NAME, "input": "hi",
+                                                        "previous_response_id": "resp_1"})
+        assert answer.status == 400 and answer.json()["error"]["param"] == "previous_response_id"
+        created = bare.request("POST", "/v1/responses", {"model": MODEL_NAME, "input": "hi", "max_output_tokens": 2})
+        assert created.json()["store"] is False
