@@ -297,6 +297,9 @@ class OpenAIServing:
 
     # ---- running ------------------------------------------------------------------------------
 
+    def new_request_id(self, raw_request: Request, request: _SamplingRequest) -> str:
+        return f"{self.id_prefix}-{uuid.uuid4().hex}"
+
     async def generate(
         self, raw_request: Request, request: _SamplingRequest, prompts: list[Prompt], arrival: float,
         prompt_field: str, lora: LoRARequest | None, new_choice: Callable[[], ChoiceState] = ChoiceState,
@@ -305,7 +308,7 @@ class OpenAIServing:
         """Validates, queues, and answers with a JSON body or an SSE stream; `lora` is what
         check_model found for the request's model."""
         prompts = self.truncate(prompts, request.truncate_prompt_tokens, request.requested_max_tokens() or 1)
-        ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", self.endpoint,
+        ctx = RequestContext(self.new_request_id(raw_request, request), self.endpoint,
                              lora.name if lora else self.served_model_name, request, prompts, arrival,
                              new_choice=new_choice, lora_request=lora, thinking=thinking)
         if request.has_constraint:

@@ -20,8 +20,10 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
+from pagoda import affinity
 from pagoda.engine.entrypoints.protocol import ChatCompletionChunk, ChatCompletionResponse, ChatResponseMessage
 from pagoda.engine.entrypoints.protocol_responses import (
+    ChatForResponses,
     FunctionCallOutput,
     IncompleteDetails,
     InputTokensDetails,
@@ -96,7 +98,6 @@ class _EventStream(ChoiceState):
 
 class OpenAIServingResponses(OpenAIServingChat):
     endpoint = "responses"
-    id_prefix = "resp"
 
     def __init__(self, *args: Any, store: ResponseStore, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -154,6 +155,15 @@ class OpenAIServingResponses(OpenAIServingChat):
             metadata=request.metadata or {}, previous_response_id=request.previous_response_id,
             store=self._stores(request),
         )
+
+    def new_request_id(self, raw_request: Request, request: ChatForResponses) -> str:
+        """Carries the conversation's affinity point (see `pagoda.affinity`): from the
+        previous response, else from the gateway's header."""
+        previous = request.responses.previous_response_id if request.responses is not None else None
+        point = affinity.point_of_response(previous)
+        if point is None:
+            point = affinity.parse_point(raw_request.headers.get(affinity.HEADER))
+        return affinity.response_id(point)
 
     def _stores(self, request: ResponsesRequest) -> bool:
         return self.store.enabled and request.store is not False

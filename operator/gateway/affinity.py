@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pagoda import affinity as shared_affinity
+
+from . import balancer
+
 #: Characters of the prompt in the key (KubeAI's default is 100): a few dozen
 #: tokens, enough to tell documents and conversations apart.
 DEFAULT_PREFIX_CHARS = 100
@@ -56,3 +60,19 @@ def affinity_key(model: str, path: str, body: dict[str, Any], prefix_chars: int 
     """The key requests sharing a prefix share; None when the prompt has no text."""
     text = prompt_text(path, body)[:prefix_chars]
     return f"{model}\0{text}" if text else None
+
+
+def affinity_point(model: str, path: str, body: dict[str, Any],
+                   prefix_chars: int = DEFAULT_PREFIX_CHARS) -> tuple[int | None, bool]:
+    """(the request's point on the ring, whether it is pinned there).
+
+    A Responses request continuing a stored response is pinned to the point
+    its conversation started at, which the response id carries
+    (`pagoda.affinity`): that replica holds the stored conversation.
+    """
+    if path.endswith("responses"):
+        previous = shared_affinity.point_of_response(body.get("previous_response_id"))
+        if previous is not None:
+            return previous, True
+    key = affinity_key(model, path, body, prefix_chars)
+    return (None if key is None else balancer.point(key)), False

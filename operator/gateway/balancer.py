@@ -24,7 +24,8 @@ VIRTUAL_NODES = 100
 DEFAULT_LOAD_FACTOR = 1.25
 
 
-def _hash(text: str) -> int:
+def point(text: str) -> int:
+    """Where a key (or a virtual node) sits on the ring: 64 bits of its hash."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
@@ -32,13 +33,13 @@ class Ring:
     """The hash ring of one set of endpoints."""
 
     def __init__(self, endpoints: Sequence[str], virtual_nodes: int = VIRTUAL_NODES) -> None:
-        points = sorted((_hash(f"{endpoint}#{i}"), endpoint) for endpoint in endpoints for i in range(virtual_nodes))
+        points = sorted((point(f"{endpoint}#{i}"), endpoint) for endpoint in endpoints for i in range(virtual_nodes))
         self._hashes = [h for h, _ in points]
         self._owners = [e for _, e in points]
 
-    def walk(self, key: str) -> list[str]:
-        """Every endpoint once, in ring order from the key's point."""
-        start = bisect.bisect(self._hashes, _hash(key))
+    def walk(self, at: int) -> list[str]:
+        """Every endpoint once, in ring order from the point `at`."""
+        start = bisect.bisect(self._hashes, at)
         seen: dict[str, None] = {}
         for i in range(len(self._owners)):
             seen.setdefault(self._owners[(start + i) % len(self._owners)])
@@ -72,19 +73,24 @@ class Balancer:
         total = sum(loads.get(e, 0) for e in endpoints) + 1
         return math.ceil(self.load_factor * total / len(endpoints))
 
-    def order(self, endpoints: Sequence[str], key: str | None, loads: Mapping[str, int]) -> list[str]:
+    def order(self, endpoints: Sequence[str], at: int | None, loads: Mapping[str, int], *,
+              pinned: bool = False) -> list[str]:
         """The endpoints in the order to try them: the pick first, then the
-        fall-backs for when it cannot be reached."""
+        fall-backs for when it cannot be reached. `at` is the request's
+        affinity point; `pinned` ignores the load bound (and the strategy):
+        the replica there holds state the request needs."""
         if not endpoints:
             return []
+        if pinned and at is not None:
+            return self._ring(endpoints).walk(at)
         if self.strategy == "round-robin":
             start = next(self._turns) % len(endpoints)
             return [*endpoints[start:], *endpoints[:start]]
-        if self.strategy == "least-load" or key is None:
+        if self.strategy == "least-load" or at is None:
             turn = next(self._turns)  # ties go round, not always to the first endpoint
             n = len(endpoints)
             return sorted(endpoints, key=lambda e: (loads.get(e, 0), (endpoints.index(e) - turn) % n))
-        ring_order = self._ring(endpoints).walk(key)
+        ring_order = self._ring(endpoints).walk(at)
         bound = self.bound(loads, endpoints)
         within = [e for e in ring_order if loads.get(e, 0) + 1 <= bound]
         return within + [e for e in ring_order if e not in within]

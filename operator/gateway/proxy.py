@@ -22,6 +22,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pagoda import affinity as shared_affinity
+
 from . import affinity
 from .activity import ActivityReporter
 from .balancer import Balancer
@@ -206,9 +208,11 @@ class Gateway:
         """Sends the request to the balancer's pick among the route's endpoints, then its fall-backs."""
         now = time.monotonic()
         usable = [e for e in route.endpoints if self._avoid_until.get(e, 0) <= now] or list(route.endpoints)
-        key = affinity.affinity_key(model, request.path, body, self.settings.prefix_chars)
-        attempts = self.balancer.order(usable, key, self.loads)[: self.settings.max_attempts]
+        at, pinned = affinity.affinity_point(model, request.path, body, self.settings.prefix_chars)
+        attempts = self.balancer.order(usable, at, self.loads, pinned=pinned)[: self.settings.max_attempts]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        if at is not None:
+            headers[shared_affinity.HEADER] = shared_affinity.format_point(at)
         for number, endpoint in enumerate(attempts, 1):
             if number > 1:
                 self.metrics.retries.labels(model).inc()

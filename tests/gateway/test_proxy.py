@@ -155,3 +155,17 @@ def test_requests_wait_for_discovery_and_for_a_first_replica(engines: tuple[Runn
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+def test_a_stored_conversation_continues_on_the_replica_that_stored_it(gateway: GatewayProcess) -> None:
+    """Each turn's input differs, so only the point the response ids carry keeps a
+    conversation on the replica whose memory holds it."""
+    via = client(gateway.url)
+    for conversation in range(6):
+        response = via.responses.create(model=MODEL, input=f"Conversation {conversation} starts here.",
+                                        max_output_tokens=2, temperature=0)
+        for turn in range(3):
+            response = via.responses.create(model=MODEL, input=f"turn {turn}: something else entirely",
+                                            previous_response_id=response.id, max_output_tokens=2,
+                                            temperature=0)
+            assert response.previous_response_id is not None

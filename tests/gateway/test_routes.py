@@ -120,3 +120,22 @@ def test_zero_scaled_sources_are_marked() -> None:
     assert table.get("m").zero_scaled == ("team-a/lazy",)  # type: ignore[union-attr]
     assert table.get("m").sources == ("team-a/busy", "team-a/lazy")  # type: ignore[union-attr]
     assert table.get("Qwen/Qwen3-0.6B").zero_scaled == ("team-a/other",)  # type: ignore[union-attr]
+
+
+def test_a_continuation_is_pinned_to_its_conversation_point() -> None:
+    from pagoda import affinity as shared
+    from pagoda.operator.gateway.balancer import point
+
+    first = {"input": "Tell me about Paris"}
+    at, pinned = affinity.affinity_point("m", "/v1/responses", first)
+    assert (at, pinned) == (point(affinity.affinity_key("m", "/v1/responses", first)), False)
+    # The engine names the response after the point the gateway sent it...
+    response_id = shared.response_id(shared.parse_point(shared.format_point(at)))
+    assert shared.point_of_response(response_id) == at
+    # ...and the next turn, whatever its input, is pinned there.
+    assert affinity.affinity_point("m", "/v1/responses", {"input": "And Rome?", "previous_response_id": response_id}) \
+        == (at, True)
+    for foreign in ("resp-0123", "resp_abc", None, 42):
+        assert shared.point_of_response(foreign) is None  # type: ignore[arg-type]
+        assert affinity.affinity_point("m", "/v1/responses", {"input": "x", "previous_response_id": foreign})[1] is False
+    assert shared.parse_point("00ff00ff00ff00ff") == 0x00FF00FF00FF00FF and shared.parse_point("xyz") is None
