@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from pagoda.engine.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
 from pagoda.engine.config import EngineConfig
 from pagoda.engine.llm_engine import LLMEngine, PromptType
 from pagoda.engine.lora import LoRARequest
@@ -60,6 +61,23 @@ class LLM:
         for request_id, prompt, params, lora in zip(request_ids, tokenized, params_list, loras):
             self.engine.add_request(request_id, prompt, params, lora_request=lora)
         return self._run(request_ids)
+
+    def beam_search(self, prompts: PromptType | Sequence[PromptType],
+                    params: BeamSearchParams) -> list[BeamSearchOutput]:
+        """The `params.beam_width` most likely completions of each prompt by beam search, best first."""
+        prompts = self._prompt_list(prompts)
+        tokenized = self._validated(prompts, [SamplingParams(max_tokens=params.max_tokens)] * len(prompts))
+        search = BeamSearch([t["prompt_token_ids"] for t in tokenized], params, self.engine.eos_token_ids)
+        while not search.finished:
+            request_ids = [f"offline-{next(self._request_ids)}" for _ in search.requests()]
+            for request_id, tokens in zip(request_ids, search.requests()):
+                self.engine.add_request(request_id, tokens, search.step_params)
+            search.advance(self._run(request_ids))
+        results = search.results()
+        for beams in results:
+            for beam in beams:
+                beam.text = self.tokenizer.decode(beam.output_token_ids, skip_special_tokens=True)
+        return [BeamSearchOutput(beams) for beams in results]
 
     def embed(
         self, prompts: PromptType | Sequence[PromptType], lora_request: LoRARequest | None = None,

@@ -40,3 +40,12 @@ def hf_embedding(path: pathlib.Path, token_ids: list[int]) -> torch.Tensor:
     """The last token's final hidden state (after the last norm), of unit length."""
     hidden = hf_model(path).model(torch.tensor([token_ids])).last_hidden_state[0, -1].float()
     return torch.nn.functional.normalize(hidden, dim=-1)
+
+
+@torch.inference_mode()
+def hf_beam_search(path: pathlib.Path, prompt_ids: list[int], beams: int, max_new_tokens: int) -> list[list[int]]:
+    """transformers' own beam search: the `beams` best continuations, best first."""
+    out = hf_model(path).generate(torch.tensor([prompt_ids]), num_beams=beams, num_return_sequences=beams,
+                                  do_sample=False, max_new_tokens=max_new_tokens,
+                                  length_penalty=1.0, early_stopping=False)
+    return [row[len(prompt_ids):].tolist() for row in out]
