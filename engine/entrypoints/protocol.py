@@ -213,6 +213,10 @@ class CompletionRequest(_SamplingRequest):
     echo: bool = False
     # vLLM's extra: each prompt token's logprob and this many top alternatives, as `prompt_logprobs`.
     prompt_logprobs: int | None = Field(None, ge=0)
+    # vLLM's extras: the n most likely completions by beam search (n beams), ranked by
+    # cumulative logprob / length ** length_penalty.
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
     # OpenAI fields the engine does not serve: refused by name rather than ignored (see `check_unserved`).
     suffix: str | None = None
     best_of: int | None = None
@@ -224,6 +228,13 @@ class CompletionRequest(_SamplingRequest):
                              "as the model's FIM format expects")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of: only best_of equal to n is served (each sampled completion is returned)")
+        if self.use_beam_search:
+            mixed = [name for name, on in (("stream", self.stream), ("echo", self.echo),
+                                           ("logprobs", self.logprobs is not None),
+                                           ("prompt_logprobs", self.prompt_logprobs is not None),
+                                           ("response_format", self.has_constraint)) if on]
+            if mixed:
+                raise ValueError(f"use_beam_search: beam search answers whole completions, without {mixed[0]}")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens

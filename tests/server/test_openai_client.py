@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 
 import pytest
 
+from pagoda.engine.beam_search import BeamSearchParams
+from pagoda.engine.llm import LLM
 from pagoda.engine.tokenizer import bad_word_sequences
 from tests.server.conftest import API_KEY, MAX_MODEL_LEN, MODEL_NAME, RunningServer
 
@@ -270,3 +273,21 @@ def test_allowed_token_ids_and_bad_words(client: openai.OpenAI, idle_server: Run
     with pytest.raises(openai.BadRequestError, match="allowed_token_ids"):
         client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=2,
                                   extra_body={"allowed_token_ids": [10**7]})
+
+
+def test_beam_search_returns_the_offline_apis_beams(client: openai.OpenAI, model_dir: pathlib.Path) -> None:
+    """vLLM's use_beam_search: the n beams of each prompt as its n choices, best first, as
+    LLM.beam_search finds them on the same weights."""
+    prompts = [PROMPT, "Once upon a time"]
+    out = client.completions.create(model=MODEL_NAME, prompt=prompts, n=3, max_tokens=5,
+                                    extra_body={"use_beam_search": True, "ignore_eos": True})
+    assert [c.index for c in out.choices] == list(range(6)) and out.usage.completion_tokens == 6 * 5
+    offline = LLM(str(model_dir), max_model_len=MAX_MODEL_LEN, kv_cache_memory_bytes=16 << 20)
+    expected = offline.beam_search(prompts, BeamSearchParams(beam_width=3, max_tokens=5, ignore_eos=True))
+    assert [c.text for c in out.choices] == [beam.text for result in expected for beam in result.sequences]
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.completions.create(model=MODEL_NAME, prompt=PROMPT, n=2, stream=True,
+                                  extra_body={"use_beam_search": True})
+    with pytest.raises(openai.BadRequestError) as wide:
+        client.completions.create(model=MODEL_NAME, prompt=PROMPT, n=11, extra_body={"use_beam_search": True})
+    assert wide.value.body["param"] == "n"
