@@ -138,6 +138,8 @@ class Gateway:
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/v1/responses/{response_id}", self.stored_response)
+        app.router.add_delete("/v1/responses/{response_id}", self.stored_response)
         app.router.add_post("/v1/{tail:.+}", self.proxy)
         app.router.add_post("/tokenize", self.proxy)
         app.router.add_post("/detokenize", self.proxy)
@@ -160,6 +162,36 @@ class Gateway:
         data = [{"id": r.model, "object": "model", "created": self.created, "owned_by": "pagoda",
                  "root": r.parent or r.model, "parent": r.parent} for r in self.table.routes.values()]
         return web.json_response({"object": "list", "data": sorted(data, key=lambda m: m["id"])})
+
+    async def stored_response(self, request: web.Request) -> web.Response:
+        """GET or DELETE of a stored response: asked of the replica its id's point pins,
+        for each model in turn (the id names no model), until one has it."""
+        response_id = request.match_info["response_id"]
+        missing = error(404, f"Response with id '{response_id}' not found.", type="NotFoundError",
+                        param="response_id")
+        at = shared_affinity.point_of_response(response_id)
+        if at is None:
+            return missing
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        asked: set[str] = set()
+        for route in list(self.table.routes.values()):
+            if not route.endpoints:
+                continue
+            endpoint = self.balancer.order(route.endpoints, at, self.loads, pinned=True)[0]
+            if endpoint in asked:
+                continue
+            asked.add(endpoint)
+            try:
+                async with self._session.request(request.method, endpoint + str(request.rel_url),
+                                                 headers=headers) as upstream:
+                    body = await upstream.read()
+                    if upstream.status != 404:
+                        return web.Response(status=upstream.status, body=body,
+                                            content_type=upstream.content_type, headers={UPSTREAM_HEADER: endpoint})
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                logger.warning("endpoint %s unreachable: %r", endpoint, exc)
+        return missing
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()

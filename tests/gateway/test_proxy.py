@@ -169,3 +169,10 @@ def test_a_stored_conversation_continues_on_the_replica_that_stored_it(gateway: 
                                             previous_response_id=response.id, max_output_tokens=2,
                                             temperature=0)
             assert response.previous_response_id is not None
+        # The id alone (no model) finds the replica that stored it, for GET and DELETE.
+        assert via.responses.retrieve(response.id).model_dump() == response.model_dump()
+        via.responses.delete(response.id)
+        with pytest.raises(openai.NotFoundError):
+            via.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError):
+        via.responses.retrieve("resp-not-one-of-ours")
