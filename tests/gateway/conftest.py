@@ -91,3 +91,15 @@ def flaky_gateway(engines: tuple[RunningServer, RunningServer], unreachable: str
     with run_gateway(["--backend", f"{MODEL}={unreachable}", "--backend", f"{MODEL}={engines[0].url}"],
                      tmp_path_factory.mktemp("flaky-gateway") / "gateway.log") as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def busy_gateway(tiny_model: Callable[..., pathlib.Path],
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, list[RunningServer]]]:
+    """Two replicas that run one request at a time and queue one more (then answer 503), behind a
+    gateway whose load bound never spills, so that only a full queue moves a request elsewhere."""
+    argv = [str(tiny_model("llama")), "--served-model-name", MODEL, "--max-num-seqs", "1", "--max-queue-len", "1"]
+    with serve_in_thread(argv) as first, serve_in_thread(argv) as second:
+        with run_gateway(["--backend", f"{MODEL}={first.url}", "--backend", f"{MODEL}={second.url}",
+                          "--load-factor", "1000"], tmp_path_factory.mktemp("busy-gateway") / "gateway.log") as gw:
+            yield gw, [first, second]

@@ -9,7 +9,9 @@ import asyncio
 import collections
 import http.client
 import json
+import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import openai
@@ -176,3 +178,32 @@ def test_a_stored_conversation_continues_on_the_replica_that_stored_it(gateway: 
             via.responses.retrieve(response.id)
     with pytest.raises(openai.NotFoundError):
         via.responses.retrieve("resp-not-one-of-ours")
+
+
+def test_a_full_queue_sends_the_request_to_another_replica(
+        busy_gateway: tuple[GatewayProcess, list[RunningServer]]) -> None:
+    """Three requests of one prompt share a home replica: the first runs, the second waits, and
+    the third, refused there with 503, is retried on the other replica."""
+    gateway, engines = busy_gateway
+    parts = urllib.parse.urlsplit(gateway.url)
+    prompt = "one prompt, one home replica"
+    running = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    running.request("POST", "/v1/completions", body=json.dumps(
+        {"model": MODEL, "prompt": prompt, "max_tokens": 1500, "ignore_eos": True, "stream": True}),
+        headers={"Content-Type": "application/json"})
+    first = running.getresponse()
+    assert first.status == 200 and first.readline().startswith(b"data: ")
+    home = first.getheader("x-pagoda-upstream")
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1}).encode()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(raw_post, gateway.url, "/v1/completions", body)
+        deadline = time.monotonic() + 10
+        while not any(e.url == home and e.state.engine.num_waiting for e in engines):
+            assert time.monotonic() < deadline, "the second request never queued"
+            time.sleep(0.01)
+        status, headers, _ = raw_post(gateway.url, "/v1/completions", body)
+        assert status == 200 and headers["x-pagoda-upstream"] != home
+        assert gateway.metric("pagoda_gateway_upstream_retries_total", model=MODEL) == 1
+        running.sock.close()  # type: ignore[union-attr]
+        running.close()
+        assert waiting.result(timeout=60)[1]["x-pagoda-upstream"] == home  # it ran there once the first left
