@@ -112,6 +112,22 @@ class _SamplingRequest(_Request):
     priority: int = Field(0, ge=-(2**31), lt=2**31)
     # Keep only the prompt's last N tokens (-1: as many as fit beside the completion), vLLM's extra.
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    # vLLM's extras: the n most likely completions by beam search (n beams), ranked by
+    # cumulative logprob / length ** length_penalty.
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
+
+    def beam_search_conflicts(self) -> dict[str, bool]:
+        """Fields beam search cannot honour, and whether each is set."""
+        return {"stream": self.stream, "logprobs": self.requested_logprobs() is not None,
+                "prompt_logprobs": self.requested_prompt_logprobs() is not None,
+                self.constraint_field: self.has_constraint}
+
+    def check_beam_search(self) -> None:
+        """ValueError, naming the field, for what use_beam_search cannot be combined with."""
+        mixed = [name for name, on in self.beam_search_conflicts().items() if on]
+        if self.use_beam_search and mixed:
+            raise ValueError(f"use_beam_search: beam search answers whole completions, without {mixed[0]}")
 
     def requested_max_tokens(self) -> int | None:
         raise NotImplementedError
@@ -213,10 +229,6 @@ class CompletionRequest(_SamplingRequest):
     echo: bool = False
     # vLLM's extra: each prompt token's logprob and this many top alternatives, as `prompt_logprobs`.
     prompt_logprobs: int | None = Field(None, ge=0)
-    # vLLM's extras: the n most likely completions by beam search (n beams), ranked by
-    # cumulative logprob / length ** length_penalty.
-    use_beam_search: bool = False
-    length_penalty: float = 1.0
     # OpenAI fields the engine does not serve: refused by name rather than ignored (see `check_unserved`).
     suffix: str | None = None
     best_of: int | None = None
@@ -228,13 +240,9 @@ class CompletionRequest(_SamplingRequest):
                              "as the model's FIM format expects")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of: only best_of equal to n is served (each sampled completion is returned)")
-        if self.use_beam_search:
-            mixed = [name for name, on in (("stream", self.stream), ("echo", self.echo),
-                                           ("logprobs", self.logprobs is not None),
-                                           ("prompt_logprobs", self.prompt_logprobs is not None),
-                                           ("response_format", self.has_constraint)) if on]
-            if mixed:
-                raise ValueError(f"use_beam_search: beam search answers whole completions, without {mixed[0]}")
+
+    def beam_search_conflicts(self) -> dict[str, bool]:
+        return {**super().beam_search_conflicts(), "echo": self.echo}
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -411,6 +419,9 @@ class ChatCompletionRequest(_SamplingRequest, _ChatTemplateInput):
         if isinstance(self.tool_choice, NamedToolChoice):
             return "named"
         return self.tool_choice or "auto"  # OpenAI's default when tools are given
+
+    def beam_search_conflicts(self) -> dict[str, bool]:
+        return {**super().beam_search_conflicts(), "tools": self.tool_mode != "none"}
 
     def check_tools(self) -> None:
         """ValueError, naming the field, for tools and tool_choice that do not fit together."""

@@ -9,6 +9,7 @@ function or "required" the server itself constrained the reply's format; for
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,12 +35,14 @@ from pagoda.engine.entrypoints.protocol import (
 )
 from pagoda.engine.async_engine import AsyncLLMEngine
 from pagoda.engine.entrypoints.serving_engine import (
+    CLIENT_CLOSED_REQUEST,
     APIError,
     ChoiceState,
     OpenAIServing,
     Prompt,
     RequestContext,
     bad_request,
+    beam_usage,
     vllm_prompt_logprobs,
 )
 from pagoda.engine.entrypoints.reply import (
@@ -56,6 +59,7 @@ from pagoda.engine.entrypoints.tool_parsers import (
     NamedCallParser,
     ToolCallParser,
 )
+from pagoda.engine.lora import LoRARequest
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pagoda.engine.structured_output import Thinking
 
@@ -110,6 +114,7 @@ class OpenAIServingChat(OpenAIServing):
         lora = self.check_model(request.model)
         try:
             request.check_tools()
+            request.check_beam_search()
         except ValueError as exc:
             raise bad_request(exc, request, "tools") from None
         if request.tool_mode == "auto" and self.tool_parser is None:
@@ -132,8 +137,28 @@ class OpenAIServingChat(OpenAIServing):
         def new_choice() -> ChoiceState:
             return ChoiceState(reply=self._new_reply(request, in_reasoning))
 
+        if request.use_beam_search:
+            return await self._beam_search_response(raw_request, request, Prompt(token_ids), lora,
+                                                    lambda: self._new_reply(request, in_reasoning))
+
         return await self.generate(raw_request, request, [Prompt(token_ids)], arrival, "messages", lora, new_choice,
                                    thinking)
+
+    async def _beam_search_response(self, raw_request: Request, request: ChatCompletionRequest, prompt: Prompt,
+                                    lora: LoRARequest | None,
+                                    new_reply: Callable[[], ReplyParser | None]) -> Response:
+        """vLLM's use_beam_search: the n best beams as the n choices (a reasoning model's
+        thinking apart, as in any reply)."""
+        results = await self.beam_search(raw_request, request, [prompt], lora)
+        if results is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        choices = []
+        for beam in results[0]:
+            message, finish_reason = self._message(request, new_reply(), beam)
+            choices.append(ChatCompletionChoice(index=beam.index, message=message, finish_reason=finish_reason))
+        body = ChatCompletionResponse(id=f"{self.id_prefix}-{uuid.uuid4().hex}", model=self.model_name(lora),
+                                      choices=choices, usage=beam_usage([prompt], results))
+        return Response(body.model_dump_json(), media_type="application/json")
 
     def _new_reply(self, request: ChatCompletionRequest, in_reasoning: bool) -> ReplyParser | None:
         """The reader of one choice's reply; None when the text is all content."""

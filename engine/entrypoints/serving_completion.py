@@ -8,14 +8,11 @@ import uuid
 from fastapi import Request
 from fastapi.responses import Response
 
-from pagoda.engine.async_engine import EngineRequest
-from pagoda.engine.beam_search import Beam, BeamSearch, BeamSearchParams
 from pagoda.engine.entrypoints.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    UsageInfo,
 )
 from pagoda.engine.entrypoints.serving_engine import (
     CLIENT_CLOSED_REQUEST,
@@ -24,12 +21,11 @@ from pagoda.engine.entrypoints.serving_engine import (
     Prompt,
     RequestContext,
     bad_request,
-    until_disconnect,
+    beam_usage,
     vllm_prompt_logprobs,
 )
 from pagoda.engine.lora import LoRARequest
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestOutput
-from pagoda.engine.sampling_params import SamplingParams
 
 
 def completion_logprobs(
@@ -66,63 +62,25 @@ class OpenAIServingCompletion(OpenAIServing):
         lora = self.check_model(request.model)
         try:
             request.check_unserved()
+            request.check_beam_search()
         except ValueError as exc:
             raise bad_request(exc, request) from None
         prompts = await self.prompts_of(request.prompt, "prompt")
         if request.use_beam_search:
-            return await self.beam_search(raw_request, request, prompts, lora)
+            return await self.beam_search_response(raw_request, request, prompts, lora)
         return await self.generate(raw_request, request, prompts, arrival, "prompt", lora)
 
-    async def beam_search(self, raw_request: Request, request: CompletionRequest, prompts: list[Prompt],
-                          lora: LoRARequest | None) -> Response:
-        """vLLM's use_beam_search: the n best beams of each prompt, as its n choices (`BeamSearch`,
-        driven here through the async engine one step at a time)."""
-        try:
-            params = BeamSearchParams(beam_width=request.n, max_tokens=request.max_tokens or 16,
-                                      ignore_eos=request.ignore_eos, length_penalty=request.length_penalty)
-        except ValueError as exc:
-            raise bad_request(exc, request, "n") from None  # n is the beam width
-        try:
-            limits = SamplingParams(max_tokens=params.max_tokens)
-            for prompt in prompts:
-                self.engine.engine.validate_prompt(prompt.token_ids, limits)
-        except ValueError as exc:
-            raise bad_request(exc, request, "prompt") from None
-        search = BeamSearch([p.token_ids for p in prompts], params, self.engine.engine.eos_token_ids)
-        request_id = f"{self.id_prefix}-{uuid.uuid4().hex}"
-
-        async def run() -> list[list[Beam]]:
-            while not search.finished:
-                asked = search.requests()
-                stream = self._submit([EngineRequest(f"{request_id}-{search.steps}-{i}", tokens, search.step_params,
-                                                     lora_request=lora, cache_salt=request.cache_salt)
-                                       for i, tokens in enumerate(asked)])
-                finals: list[RequestOutput] = [None] * len(asked)  # type: ignore[list-item]
-                try:
-                    async for index, output in stream:
-                        if output.finished:
-                            finals[index] = output
-                finally:
-                    stream.close()
-                search.advance(finals)
-            return search.results()
-
-        results = await until_disconnect(raw_request, run())
+    async def beam_search_response(self, raw_request: Request, request: CompletionRequest, prompts: list[Prompt],
+                                   lora: LoRARequest | None) -> Response:
+        """vLLM's use_beam_search: the n best beams of each prompt as its n choices."""
+        results = await self.beam_search(raw_request, request, prompts, lora)
         if results is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        choices, generated = [], 0
-        for prompt_index, beams in enumerate(results):
-            for rank, beam in enumerate(beams):
-                ended = bool(beam.output_token_ids) and beam.output_token_ids[-1] in search.eos
-                text = self.tokenizer.decode(beam.output_token_ids, skip_special_tokens=True)
-                choices.append(CompletionChoice(index=prompt_index * request.n + rank, text=text,
-                                                finish_reason="stop" if ended else "length"))
-                generated += len(beam.output_token_ids)
-        prompt_tokens = sum(len(p.token_ids) for p in prompts)
-        usage = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=generated,
-                          total_tokens=prompt_tokens + generated)
-        body = CompletionResponse(id=request_id, model=lora.name if lora else self.served_model_name,
-                                  choices=choices, usage=usage)
+        choices = [CompletionChoice(index=prompt_index * request.n + beam.index, text=beam.text,
+                                    finish_reason=beam.finish_reason)
+                   for prompt_index, beams in enumerate(results) for beam in beams]
+        body = CompletionResponse(id=f"{self.id_prefix}-{uuid.uuid4().hex}", model=self.model_name(lora),
+                                  choices=choices, usage=beam_usage(prompts, results))
         return Response(body.model_dump_json(), media_type="application/json")
 
     def _choice(self, ctx: RequestContext, prompt_index: int, c: CompletionOutput, text: str,

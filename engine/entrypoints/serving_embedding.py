@@ -82,7 +82,7 @@ class OpenAIServingEmbedding(OpenAIServing):
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         data = [EmbeddingData(index=i, embedding=encode(out.embedding, request.dimensions, request.encoding_format))
                 for i, out in enumerate(outputs)]
-        body = EmbeddingResponse(data=data, model=lora.name if lora else self.served_model_name,
+        body = EmbeddingResponse(data=data, model=self.model_name(lora),
                                  usage=UsageInfo(prompt_tokens=num_tokens, total_tokens=num_tokens))
         return Response(body.model_dump_json(), media_type="application/json")
 

@@ -34,7 +34,9 @@ from pagoda.engine.entrypoints.protocol import (
 )
 from pagoda.engine.entrypoints.reply import ReplyParser
 from pagoda.engine.lora import LoRARequest
-from pagoda.engine.outputs import Logprob, RequestOutput
+from pagoda.engine.beam_search import Beam, BeamSearch, BeamSearchParams
+from pagoda.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from pagoda.engine.sampling_params import SamplingParams
 from pagoda.engine.structured_output import InvalidConstraint, Thinking
 from pagoda.engine.tokenizer import apply_chat_template
 
@@ -74,6 +76,13 @@ def bad_request(exc: ValueError, request: BaseModel | None = None, default_param
     fields = type(request).model_fields if request is not None else {}
     param = match.group(1) if match and match.group(1) in fields else default_param
     return APIError(400, message, param=param)
+
+
+def beam_usage(prompts: list[Prompt], results: list[list[CompletionOutput]]) -> UsageInfo:
+    """Token counts of a beam search's answer: its prompts, and every beam it returns."""
+    prompt_tokens = sum(len(p.token_ids) for p in prompts)
+    generated = sum(len(beam.token_ids) for beams in results for beam in beams)
+    return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=generated, total_tokens=prompt_tokens + generated)
 
 
 def vllm_prompt_logprobs(entries: list[dict[int, Logprob] | None]) -> list[dict[str, PromptLogprob] | None]:
@@ -297,6 +306,53 @@ class OpenAIServing:
 
     # ---- running ------------------------------------------------------------------------------
 
+    def model_name(self, lora: LoRARequest | None) -> str:
+        """The model a reply names: the adapter's when one was asked for."""
+        return lora.name if lora else self.served_model_name
+
+    async def beam_search(self, raw_request: Request, request: _SamplingRequest, prompts: list[Prompt],
+                          lora: LoRARequest | None) -> list[list[CompletionOutput]] | None:
+        """The n best beams of each prompt (`BeamSearch` driven through the async engine one step at
+        a time), best first, as outputs; None when the client left (the step in flight is aborted)."""
+        try:
+            params = BeamSearchParams(beam_width=request.n, max_tokens=request.requested_max_tokens() or 16,
+                                      ignore_eos=request.ignore_eos, length_penalty=request.length_penalty)
+        except ValueError as exc:
+            raise bad_request(exc, request, "n") from None  # n is the beam width
+        try:
+            limits = SamplingParams(max_tokens=params.max_tokens)
+            for prompt in prompts:
+                self.engine.engine.validate_prompt(prompt.token_ids, limits)
+        except ValueError as exc:
+            raise bad_request(exc, request) from None
+        search = BeamSearch([p.token_ids for p in prompts], params, self.engine.engine.eos_token_ids)
+        group = uuid.uuid4().hex
+
+        async def run() -> list[list[Beam]]:
+            while not search.finished:
+                asked = search.requests()
+                stream = self._submit([EngineRequest(f"beam-{group}-{search.steps}-{i}", tokens, search.step_params,
+                                                     lora_request=lora, cache_salt=request.cache_salt)
+                                       for i, tokens in enumerate(asked)])
+                finals: list[RequestOutput] = [None] * len(asked)  # type: ignore[list-item]
+                try:
+                    async for index, output in stream:
+                        if output.finished:
+                            finals[index] = output
+                finally:
+                    stream.close()
+                search.advance(finals)
+            return search.results()
+
+        results = await until_disconnect(raw_request, run())
+        if results is None:
+            return None
+        return [[CompletionOutput(index=rank, text=self.tokenizer.decode(beam.output_token_ids, skip_special_tokens=True),
+                                  token_ids=beam.output_token_ids, cumulative_logprob=beam.cumulative_logprob,
+                                  finish_reason="stop" if beam.output_token_ids and beam.output_token_ids[-1] in
+                                  search.eos else "length")
+                 for rank, beam in enumerate(beams)] for beams in results]
+
     def new_request_id(self, raw_request: Request, request: _SamplingRequest) -> str:
         return f"{self.id_prefix}-{uuid.uuid4().hex}"
 
@@ -309,7 +365,7 @@ class OpenAIServing:
         check_model found for the request's model."""
         prompts = self.truncate(prompts, request.truncate_prompt_tokens, request.requested_max_tokens() or 1)
         ctx = RequestContext(self.new_request_id(raw_request, request), self.endpoint,
-                             lora.name if lora else self.served_model_name, request, prompts, arrival,
+                             self.model_name(lora), request, prompts, arrival,
                              new_choice=new_choice, lora_request=lora, thinking=thinking)
         if request.has_constraint:
             # Compiling a constraint (a large JSON Schema: many milliseconds) must not stall other streams.

@@ -10,7 +10,7 @@ import pytest
 
 from pagoda.engine.beam_search import BeamSearchParams
 from pagoda.engine.llm import LLM
-from pagoda.engine.tokenizer import bad_word_sequences
+from pagoda.engine.tokenizer import apply_chat_template, bad_word_sequences
 from tests.server.conftest import API_KEY, MAX_MODEL_LEN, MODEL_NAME, RunningServer
 
 openai = pytest.importorskip("openai")
@@ -291,3 +291,16 @@ def test_beam_search_returns_the_offline_apis_beams(client: openai.OpenAI, model
     with pytest.raises(openai.BadRequestError) as wide:
         client.completions.create(model=MODEL_NAME, prompt=PROMPT, n=11, extra_body={"use_beam_search": True})
     assert wide.value.body["param"] == "n"
+
+
+def test_beam_search_on_chat(client: openai.OpenAI, model_dir: pathlib.Path) -> None:
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, n=2, max_tokens=4,
+                                           extra_body={"use_beam_search": True, "ignore_eos": True})
+    assert [c.index for c in reply.choices] == [0, 1] and reply.usage.completion_tokens == 8
+    offline = LLM(str(model_dir), max_model_len=MAX_MODEL_LEN, kv_cache_memory_bytes=16 << 20)
+    prompt = apply_chat_template(offline.tokenizer, MESSAGES)
+    [expected] = offline.beam_search([prompt], BeamSearchParams(beam_width=2, max_tokens=4, ignore_eos=True))
+    assert [c.message.content for c in reply.choices] == [beam.text for beam in expected.sequences]
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, n=2, logprobs=True,
+                                       extra_body={"use_beam_search": True})
