@@ -30,6 +30,13 @@ class EngineConfig:
     # Fixes the number of KV blocks outright (tests use it to force preemption).
     num_kv_blocks: int | None = None
     tensor_parallel_size: int = 1
+    # Multi-node tensor parallelism: the ranks spread over `nnodes` machines, tensor_parallel_size / nnodes
+    # on each. Node 0 runs the engine (rank 0); the others run `pagoda serve --headless`. Every node
+    # meets at master_addr:master_port (node 0's address).
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
     device: str = "auto"
     seed: int = 0
     enforce_eager: bool = False
@@ -55,6 +62,10 @@ class EngineConfig:
             (self.kv_cache_memory_bytes is None or self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes must be positive"),
             (self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks must be >= 1"),
             (self.tensor_parallel_size >= 1, "tensor_parallel_size must be >= 1"),
+            (self.nnodes >= 1 and self.tensor_parallel_size % self.nnodes == 0,
+             "nnodes must be >= 1 and divide tensor_parallel_size (the same number of ranks on every node)"),
+            (0 <= self.node_rank < self.nnodes, "node_rank must be in [0, nnodes)"),
+            (0 < self.master_port < 65536, "master_port must be a TCP port"),
             (self.scheduling_policy in SCHEDULING_POLICIES,
              f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}"),
             (self.max_loras >= 1 and self.max_lora_rank >= 1, "max_loras and max_lora_rank must be >= 1"),
@@ -65,6 +76,10 @@ class EngineConfig:
             if not ok:
                 raise ValueError(message)
         self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.tensor_parallel_size // self.nnodes
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

@@ -60,6 +60,8 @@ from pagoda.engine.entrypoints.tool_parsers import detect_tool_parser
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.lora import LoRARequest
 from pagoda.engine.metrics import EngineMetrics
+from pagoda.engine.model_config import load_model_config
+from pagoda.engine.tensor_parallel import run_headless_node
 from pagoda.engine.tokenizer import load_tokenizer
 
 logger = logging.getLogger("pagoda.server")
@@ -309,6 +311,12 @@ class _DrainingServer(uvicorn.Server):
 
 def run_server(settings: ServeSettings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.headless:
+        engine = settings.engine
+        logger.info("node %d of %d: ranks %d..%d of %s, meeting at %s:%d", engine.node_rank, engine.nnodes,
+                    engine.node_rank * engine.ranks_per_node, (engine.node_rank + 1) * engine.ranks_per_node - 1,
+                    engine.model, engine.master_addr, engine.master_port)
+        return run_headless_node(engine, load_model_config(engine.model, engine.dtype, engine.max_model_len))
     app = build_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,

@@ -50,6 +50,8 @@ class ServeSettings:
     lora_modules: tuple[tuple[str, str], ...] = ()
     # Responses kept for previous_response_id and GET /v1/responses/{id} (0: none).
     responses_store_size: int = 1000
+    # A node after the first of a multi-node engine: its ranks only, no HTTP server.
+    headless: bool = False
 
 
 class _BadValue(argparse.ArgumentTypeError, ValueError):
@@ -140,6 +142,14 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("gpu-memory-utilization", float, "fraction of GPU memory for weights and KV cache",
           dest=_ENGINE + "gpu_memory_utilization"),
     _Flag("tensor-parallel-size", int, "GPUs to shard the model over", dest=_ENGINE + "tensor_parallel_size"),
+    _Flag("nnodes", int, "machines the tensor-parallel ranks spread over (tensor-parallel-size / nnodes each)",
+          dest=_ENGINE + "nnodes"),
+    _Flag("node-rank", int, "this machine's place among the nnodes (0: the one serving HTTP)",
+          dest=_ENGINE + "node_rank"),
+    _Flag("master-addr", str, "address of node 0, where the nodes' ranks meet", dest=_ENGINE + "master_addr"),
+    _Flag("master-port", int, "port on node 0 where the nodes' ranks meet", dest=_ENGINE + "master_port"),
+    _Flag("headless", _parse_bool, "run this node's ranks of a multi-node engine without an HTTP server "
+          "(every node but node 0)"),
     _Flag("scheduling-policy", str, "fcfs, or priority: requests' priority field orders waiting and preemption",
           SCHEDULING_POLICIES, _ENGINE + "scheduling_policy"),
     _Flag("quantization", str, "fp8: hold the projections in FP8 with 128x128 block scales (quantized at load "
@@ -226,6 +236,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
             raise ValueError("a LoRA adapter cannot have the served model's name")
     if serve_kwargs["max_queue_len"] < 1:
         raise ValueError("--max-queue-len must be >= 1")
+    if serve_kwargs["headless"] != (engine_kwargs["node_rank"] > 0):
+        raise ValueError("--headless is for the nodes after the first (--node-rank >= 1), and they need it")
     return ServeSettings(engine=EngineConfig(model=model, **engine_kwargs), **serve_kwargs)
 
 

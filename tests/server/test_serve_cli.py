@@ -123,3 +123,16 @@ def test_a_bad_serve_variable_does_not_break_other_subcommands(tmp_path: pathlib
     served = subprocess.run([sys.executable, "-m", "pagoda.cli", "serve", str(tmp_path / "m")],
                             env=env, capture_output=True, text=True)
     assert served.returncode != 0 and "PAGODA_PORT" in served.stderr
+
+
+def test_multi_node_flags() -> None:
+    leader = parse_serve_args(["/m", "--tensor-parallel-size", "8", "--nnodes", "2", "--master-addr", "10.0.0.7",
+                               "--master-port", "29600"], environ={})
+    assert (leader.engine.nnodes, leader.engine.ranks_per_node, leader.headless) == (2, 4, False)
+    worker = parse_serve_args(["/m", "--tensor-parallel-size", "8", "--nnodes", "2", "--node-rank", "1",
+                               "--headless"], environ={"PAGODA_MASTER_ADDR": "10.0.0.7"})
+    assert (worker.engine.node_rank, worker.engine.master_addr, worker.headless) == (1, "10.0.0.7", True)
+    for argv in (["--headless"], ["--nnodes", "2", "--tensor-parallel-size", "2", "--node-rank", "1"],
+                 ["--nnodes", "2", "--tensor-parallel-size", "3"]):
+        with pytest.raises(SystemExit):
+            parse_serve_args(["/m", *argv], environ={})
