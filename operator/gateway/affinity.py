@@ -62,17 +62,21 @@ def affinity_key(model: str, path: str, body: dict[str, Any], prefix_chars: int 
     return f"{model}\0{text}" if text else None
 
 
-def affinity_point(model: str, path: str, body: dict[str, Any],
-                   prefix_chars: int = DEFAULT_PREFIX_CHARS) -> tuple[int | None, bool]:
+def affinity_point(model: str, path: str, body: dict[str, Any], prefix_chars: int = DEFAULT_PREFIX_CHARS,
+                   session: str | None = None) -> tuple[int | None, bool]:
     """(the request's point on the ring, whether it is pinned there).
 
     A Responses request continuing a stored response is pinned to the point
     its conversation started at, which the response id carries
-    (`pagoda.affinity`): that replica holds the stored conversation.
+    (`pagoda.affinity`): that replica holds the stored conversation. A
+    request naming its `session` (a user or conversation id the client
+    sends in the gateway's session header) is keyed by it instead of its
+    prompt, as vLLM production-stack's session routing does: every turn of a
+    session meets the same replica, however its messages begin.
     """
     if path.endswith("responses"):
         previous = shared_affinity.point_of_response(body.get("previous_response_id"))
         if previous is not None:
             return previous, True
-    key = affinity_key(model, path, body, prefix_chars)
+    key = f"{model}\0session\0{session}" if session else affinity_key(model, path, body, prefix_chars)
     return (None if key is None else balancer.point(key)), False

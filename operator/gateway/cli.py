@@ -31,6 +31,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--load-factor", type=float, default=DEFAULT_LOAD_FACTOR,
                         help="prefix-hash: the most in-flight requests a replica takes, as a multiple of the mean")
     defaults = GatewaySettings()
+    parser.add_argument("--session-header", default=defaults.session_header, metavar="NAME",
+                        help="a request header (e.g. x-user-id) whose value, when present, routes instead of the "
+                             "prompt: every request of a session meets the same replica")
     parser.add_argument("--prefix-chars", type=int, default=defaults.prefix_chars,
                         help="characters of the prompt (a chat's first user message) that make its routing key")
     parser.add_argument("--endpoint-wait", type=float, default=defaults.endpoint_wait_s, metavar="SECONDS",
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from .proxy import Gateway
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = GatewaySettings(prefix_chars=args.prefix_chars, endpoint_wait_s=args.endpoint_wait,
+    settings = GatewaySettings(prefix_chars=args.prefix_chars, session_header=args.session_header, endpoint_wait_s=args.endpoint_wait,
                                activation_wait_s=args.activation_wait, max_attempts=args.max_attempts,
                                activity_interval_s=args.activity_interval)
     balancer = Balancer(args.routing, args.load_factor)

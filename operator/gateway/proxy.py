@@ -240,7 +240,8 @@ class Gateway:
         """Sends the request to the balancer's pick among the route's endpoints, then its fall-backs."""
         now = time.monotonic()
         usable = [e for e in route.endpoints if self._avoid_until.get(e, 0) <= now] or list(route.endpoints)
-        at, pinned = affinity.affinity_point(model, request.path, body, self.settings.prefix_chars)
+        session = request.headers.get(self.settings.session_header) if self.settings.session_header else None
+        at, pinned = affinity.affinity_point(model, request.path, body, self.settings.prefix_chars, session)
         attempts = self.balancer.order(usable, at, self.loads, pinned=pinned)[: self.settings.max_attempts]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         if at is not None:

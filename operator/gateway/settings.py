@@ -12,6 +12,8 @@ from . import affinity
 class GatewaySettings:
     #: Characters of the prompt that make its affinity key.
     prefix_chars: int = affinity.DEFAULT_PREFIX_CHARS
+    #: A request header whose value, when a request carries it, is its affinity key instead.
+    session_header: str | None = None
     #: How long a request waits for a model's first ready endpoint (a rollout, a replica starting).
     endpoint_wait_s: float = 10.0
     #: How long a request for a model scaled to zero waits for its first replica

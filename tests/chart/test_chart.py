@@ -241,6 +241,7 @@ def _gateway_parser() -> argparse.ArgumentParser:
 
 #: gateway values -> the `pagoda gateway` option each sets.
 GATEWAY_OPTIONS = {"port": "port", "routing": "routing", "loadFactor": "load_factor", "prefixChars": "prefix_chars",
+                   "sessionHeader": "session_header",
                    "endpointWaitSeconds": "endpoint_wait", "activationWaitSeconds": "activation_wait",
                    "activityIntervalSeconds": "activity_interval", "maxAttempts": "max_attempts",
                    "logLevel": "log_level"}
@@ -253,7 +254,8 @@ def test_gateway_value_defaults_are_the_gateways() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())["gateway"]
     defaults = _gateway_parser().parse_args(["gateway"])
     assert set(vars(defaults)) - _NOT_VALUES == set(GATEWAY_OPTIONS.values()), "an option of pagoda gateway with no value"
-    assert {key: values[key] for key in GATEWAY_OPTIONS} == \
+    # An empty sessionHeader is the gateway's None: no header.
+    assert {key: values[key] or None for key in GATEWAY_OPTIONS} == \
         {key: getattr(defaults, option) for key, option in GATEWAY_OPTIONS.items()}
 
 
@@ -265,6 +267,7 @@ def test_gateway_schema_offers_the_gateways_choices() -> None:
 
 
 GATEWAY_VALUES = {"port": 9000, "routing": "least-load", "loadFactor": 1.5, "prefixChars": 200,
+                  "sessionHeader": "x-user-id",
                   "endpointWaitSeconds": 2.5, "activationWaitSeconds": 300, "activityIntervalSeconds": 5,
                   "maxAttempts": 2, "logLevel": "debug"}
 

@@ -76,10 +76,10 @@ def unreachable() -> str:
 @pytest.fixture(scope="session")
 def gateway(engines: tuple[RunningServer, RunningServer], unreachable: str,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """`tiny` on both engines; `dead` on a URL nothing listens on."""
+    """`tiny` on both engines; `dead` on a URL nothing listens on; sessions named by `x-session-id`."""
     first, second = engines
     backends = [f"{MODEL}={first.url}", f"{MODEL}={second.url}", f"dead={unreachable}"]
-    with run_gateway([arg for b in backends for arg in ("--backend", b)],
+    with run_gateway([*(arg for b in backends for arg in ("--backend", b)), "--session-header", "x-session-id"],
                      tmp_path_factory.mktemp("gateway") / "gateway.log") as running:
         yield running
 

@@ -34,11 +34,12 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
 
-def raw_post(url: str, path: str, body: bytes, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+def raw_post(url: str, path: str, body: bytes, timeout: float = 60,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
@@ -207,3 +208,18 @@ def test_a_full_queue_sends_the_request_to_another_replica(
         running.sock.close()  # type: ignore[union-attr]
         running.close()
         assert waiting.result(timeout=60)[1]["x-pagoda-upstream"] == home  # it ran there once the first left
+
+
+def test_a_sessions_requests_meet_one_replica_whatever_their_prompts(gateway: GatewayProcess,
+                                                                   engines: tuple[RunningServer, RunningServer]) -> None:
+    served: dict[int, set[str]] = collections.defaultdict(set)
+    for session in range(12):
+        for turn in range(3):
+            body = json.dumps({"model": MODEL, "prompt": f"turn {turn} of something unrelated {session}",
+                               "max_tokens": 1}).encode()
+            status, headers, _ = raw_post(gateway.url, "/v1/completions", body,
+                                          headers={"x-session-id": f"user-{session}"})
+            assert status == 200
+            served[session].add(headers["x-pagoda-upstream"])
+    assert all(len(upstreams) == 1 for upstreams in served.values())
+    assert set().union(*served.values()) == {engines[0].url, engines[1].url}

@@ -139,3 +139,11 @@ def test_a_continuation_is_pinned_to_its_conversation_point() -> None:
         assert shared.point_of_response(foreign) is None  # type: ignore[arg-type]
         assert affinity.affinity_point("m", "/v1/responses", {"input": "x", "previous_response_id": foreign})[1] is False
     assert shared.parse_point("00ff00ff00ff00ff") == 0x00FF00FF00FF00FF and shared.parse_point("xyz") is None
+
+
+def test_a_session_keys_the_request_instead_of_its_prompt() -> None:
+    one = affinity.affinity_point("m", "/v1/completions", {"prompt": "first"}, session="user-1")
+    assert one == affinity.affinity_point("m", "/v1/completions", {"prompt": "second"}, session="user-1")
+    assert one != affinity.affinity_point("m", "/v1/completions", {"prompt": "first"}, session="user-2")
+    assert one != affinity.affinity_point("m", "/v1/completions", {"prompt": "first"})
+    assert one[1] is False  # still within the load bound
