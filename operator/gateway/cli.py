@@ -42,6 +42,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         help="how long a request for a model scaled to zero waits for its first replica")
     parser.add_argument("--activity-interval", type=float, default=defaults.activity_interval_s, metavar="SECONDS",
                         help="how often models in use are stamped for the operator's scale to zero")
+    parser.add_argument("--engine-load-interval", type=float, default=defaults.engine_load_interval_s,
+                        metavar="SECONDS", help="how often each engine's running and waiting requests are read from "
+                                                "its /metrics, for balancing (0: the gateway's own counts only)")
     parser.add_argument("--max-attempts", type=int, default=defaults.max_attempts,
                         help="replicas tried per request when one cannot be reached or its queue is full")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = GatewaySettings(prefix_chars=args.prefix_chars, session_header=args.session_header, endpoint_wait_s=args.endpoint_wait,
                                activation_wait_s=args.activation_wait, max_attempts=args.max_attempts,
+                               engine_load_interval_s=args.engine_load_interval,
                                activity_interval_s=args.activity_interval)
     balancer = Balancer(args.routing, args.load_factor)
     discovery = None

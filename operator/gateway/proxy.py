@@ -27,6 +27,7 @@ from pagoda import affinity as shared_affinity
 from . import affinity
 from .activity import ActivityReporter
 from .balancer import Balancer
+from .engine_load import EngineLoads
 from .metrics import GatewayMetrics
 from .routes import Route, RouteTable
 from .settings import GatewaySettings
@@ -61,6 +62,8 @@ class Gateway:
         #: Stamps LLMDeployments in use (None without Kubernetes: nothing scales to zero).
         self.activity = activity
         self._activity_task: asyncio.Task[None] | None = None
+        self.engine_loads = EngineLoads(settings.engine_load_interval_s)
+        self._loads_task: asyncio.Task[None] | None = None
         self.table = RouteTable()
         #: Whether discovery has listed everything once (a static table always has).
         self.synced = synced
@@ -123,10 +126,16 @@ class Gateway:
                                               connector=aiohttp.TCPConnector(limit=0))
         if self.activity is not None:
             self._activity_task = asyncio.create_task(self.activity.run())
+        if self.settings.engine_load_interval_s > 0:
+            self._loads_task = asyncio.create_task(self.engine_loads.run(self._session, self._endpoints))
+
+    def _endpoints(self) -> set[str]:
+        return {e for route in self.table.routes.values() for e in route.endpoints}
 
     async def _stop(self, app: web.Application) -> None:
-        if self._activity_task is not None:
-            self._activity_task.cancel()
+        for task in (self._activity_task, self._loads_task):
+            if task is not None:
+                task.cancel()
         if self._session is not None:
             await self._session.close()
 
@@ -242,7 +251,8 @@ class Gateway:
         usable = [e for e in route.endpoints if self._avoid_until.get(e, 0) <= now] or list(route.endpoints)
         session = request.headers.get(self.settings.session_header) if self.settings.session_header else None
         at, pinned = affinity.affinity_point(model, request.path, body, self.settings.prefix_chars, session)
-        attempts = self.balancer.order(usable, at, self.loads, pinned=pinned)[: self.settings.max_attempts]
+        loads = self.engine_loads.weigh(self.loads)
+        attempts = self.balancer.order(usable, at, loads, pinned=pinned)[: self.settings.max_attempts]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         if at is not None:
             headers[shared_affinity.HEADER] = shared_affinity.format_point(at)

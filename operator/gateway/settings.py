@@ -24,6 +24,8 @@ class GatewaySettings:
     connect_timeout_s: float = 5.0
     #: How long an endpoint that could not be reached is avoided.
     cooldown_s: float = 5.0
+    #: Seconds between reads of every engine's load from its /metrics (0: the gateway's own counts only).
+    engine_load_interval_s: float = 2.0
     #: Seconds between stamps of a model in use (`activity`); the CRD's smallest
     #: scaleToZeroDelaySeconds (30) leaves room for three.
     activity_interval_s: float = 10.0

@@ -243,7 +243,8 @@ def _gateway_parser() -> argparse.ArgumentParser:
 GATEWAY_OPTIONS = {"port": "port", "routing": "routing", "loadFactor": "load_factor", "prefixChars": "prefix_chars",
                    "sessionHeader": "session_header",
                    "endpointWaitSeconds": "endpoint_wait", "activationWaitSeconds": "activation_wait",
-                   "activityIntervalSeconds": "activity_interval", "maxAttempts": "max_attempts",
+                   "activityIntervalSeconds": "activity_interval", "engineLoadIntervalSeconds": "engine_load_interval",
+                   "maxAttempts": "max_attempts",
                    "logLevel": "log_level"}
 #: Options the chart sets otherwise: the namespaces follow operator.watchNamespaces,
 #: the pod listens on every address, and static backends are for outside Kubernetes.
@@ -269,6 +270,7 @@ def test_gateway_schema_offers_the_gateways_choices() -> None:
 GATEWAY_VALUES = {"port": 9000, "routing": "least-load", "loadFactor": 1.5, "prefixChars": 200,
                   "sessionHeader": "x-user-id",
                   "endpointWaitSeconds": 2.5, "activationWaitSeconds": 300, "activityIntervalSeconds": 5,
+                  "engineLoadIntervalSeconds": 0.5,
                   "maxAttempts": 2, "logLevel": "debug"}
 
 

@@ -94,12 +94,31 @@ def flaky_gateway(engines: tuple[RunningServer, RunningServer], unreachable: str
 
 
 @pytest.fixture(scope="session")
-def busy_gateway(tiny_model: Callable[..., pathlib.Path],
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, list[RunningServer]]]:
-    """Two replicas that run one request at a time and queue one more (then answer 503), behind a
-    gateway whose load bound never spills, so that only a full queue moves a request elsewhere."""
+def busy_engines(tiny_model: Callable[..., pathlib.Path]) -> Iterator[list[RunningServer]]:
+    """Two replicas that run one request at a time and queue one more (then answer 503)."""
     argv = [str(tiny_model("llama")), "--served-model-name", MODEL, "--max-num-seqs", "1", "--max-queue-len", "1"]
     with serve_in_thread(argv) as first, serve_in_thread(argv) as second:
-        with run_gateway(["--backend", f"{MODEL}={first.url}", "--backend", f"{MODEL}={second.url}",
-                          "--load-factor", "1000"], tmp_path_factory.mktemp("busy-gateway") / "gateway.log") as gw:
-            yield gw, [first, second]
+        yield [first, second]
+
+
+def _backends(engines: list[RunningServer]) -> list[str]:
+    return [arg for engine in engines for arg in ("--backend", f"{MODEL}={engine.url}")]
+
+
+@pytest.fixture(scope="session")
+def busy_gateway(busy_engines: list[RunningServer],
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, list[RunningServer]]]:
+    """The busy replicas behind a gateway whose load bound never spills, so that only a full
+    queue moves a request elsewhere (and that engines' own loads do not either)."""
+    with run_gateway([*_backends(busy_engines), "--load-factor", "1000", "--engine-load-interval", "0"],
+                     tmp_path_factory.mktemp("busy-gateway") / "gateway.log") as gw:
+        yield gw, busy_engines
+
+
+@pytest.fixture(scope="session")
+def least_load_gateway(busy_engines: list[RunningServer],
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The busy replicas behind a least-load gateway that reads their loads five times a second."""
+    with run_gateway([*_backends(busy_engines), "--routing", "least-load", "--engine-load-interval", "0.2"],
+                     tmp_path_factory.mktemp("least-load-gateway") / "gateway.log") as gw:
+        yield gw

@@ -223,3 +223,39 @@ def test_a_sessions_requests_meet_one_replica_whatever_their_prompts(gateway: Ga
             served[session].add(headers["x-pagoda-upstream"])
     assert all(len(upstreams) == 1 for upstreams in served.values())
     assert set().union(*served.values()) == {engines[0].url, engines[1].url}
+
+
+def test_least_load_counts_what_the_engines_report(least_load_gateway: GatewayProcess,
+                                                   busy_engines: list[RunningServer]) -> None:
+    """A replica kept busy by a client the gateway never saw is avoided: its own /metrics say so."""
+    busy, idle = busy_engines
+    parts = urllib.parse.urlsplit(busy.url)
+    direct = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    direct.request("POST", "/v1/completions", body=json.dumps(
+        {"model": MODEL, "prompt": "kept busy", "max_tokens": 1500, "ignore_eos": True, "stream": True}),
+        headers={"Content-Type": "application/json"})
+    response = direct.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")
+    try:
+        time.sleep(0.6)  # a few reads of the engines' loads
+        body = json.dumps({"model": MODEL, "prompt": "short", "max_tokens": 1}).encode()
+        upstreams = [raw_post(least_load_gateway.url, "/v1/completions", body)[1]["x-pagoda-upstream"]
+                     for _ in range(6)]
+        assert upstreams == [idle.url] * 6
+    finally:
+        direct.sock.close()  # type: ignore[union-attr]
+        direct.close()
+        busy.wait_idle()
+
+
+def test_engine_load_reads_the_engines_gauges() -> None:
+    from pagoda.engine.metrics import METRIC_NAMES
+    from pagoda.operator.gateway.engine_load import LOAD_GAUGES, EngineLoads, parse_load
+
+    assert set(LOAD_GAUGES) <= set(METRIC_NAMES)
+    text = ('pagoda_requests_running{model_name="a"} 2.0\npagoda_requests_waiting{model_name="a"} 3.0\n'
+            'pagoda_requests_running{model_name="b"} 1.0\npagoda_kv_cache_usage_ratio{model_name="a"} 0.5\n')
+    assert parse_load(text) == 6
+    loads = EngineLoads(1.0)
+    loads.reported = {"x": 4, "y": 0}
+    assert loads.weigh({"y": 2, "z": 1}) == {"x": 4, "y": 2, "z": 1}
