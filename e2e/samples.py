@@ -73,6 +73,8 @@ BAD_MANIFESTS: list[tuple[str, dict[str, Any], str]] = [
                                                "targetQueueDepth": 0}),
      "autoscaling.targetQueueDepth must be greater than 0"),
     ("gpus-differ-from-tp", _with("resources.gpus", 2), "resources.gpus must be 0 (CPU only) or equal"),
+    ("nnodes-with-a-single-node-cache", _with("engine", {"tensorParallelSize": 2, "nnodes": 2}),
+     "engine.nnodes above 1 needs a model every machine can mount"),
 ]
 
 

@@ -22,6 +22,7 @@ from typing import Any
 STATUS_READ: dict[str, tuple[str, ...]] = {
     "Deployment": ("replicas", "readyReplicas", "availableReplicas", "updatedReplicas", "observedGeneration",
                    "conditions"),
+    "LeaderWorkerSet": ("replicas", "readyReplicas", "updatedReplicas", "conditions"),
     "Pod": ("phase", "conditions", "containerStatuses", "initContainerStatuses"),
     "PersistentVolumeClaim": ("phase",),
 }

@@ -32,6 +32,11 @@ MAX_LORAS = "--max-loras"
 MAX_LORA_RANK = "--max-lora-rank"
 QUANTIZATION = "--quantization"
 SPECULATIVE_CONFIG = "--speculative-config"
+NNODES = "--nnodes"
+NODE_RANK = "--node-rank"
+MASTER_ADDR = "--master-addr"
+MASTER_PORT = "--master-port"
+HEADLESS = "--headless"
 
 #: Every flag of `pagoda serve` the operator knows.
 ALL_FLAGS = (
@@ -39,13 +44,15 @@ ALL_FLAGS = (
     MAX_NUM_BATCHED_TOKENS, BLOCK_SIZE, ENABLE_PREFIX_CACHING, NO_ENABLE_PREFIX_CACHING,
     GPU_MEMORY_UTILIZATION, TENSOR_PARALLEL_SIZE, MAX_QUEUE_LEN, LOG_LEVEL, DRAIN_TIMEOUT,
     SCHEDULING_POLICY, LORA_MODULES, MAX_LORAS, MAX_LORA_RANK, QUANTIZATION, SPECULATIVE_CONFIG,
+    NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HEADLESS,
 )
 
 #: Flags whose value the operator derives from the resource itself (wiring,
 #: not tuning); `spec.engine.extraArgs` may not set them, which a CEL rule
 #: enforces, because a second value would silently break probes, the Service
 #: or authentication.
-MANAGED_FLAGS = (HOST, PORT, SERVED_MODEL_NAME, API_KEY, TENSOR_PARALLEL_SIZE, DRAIN_TIMEOUT, LORA_MODULES)
+MANAGED_FLAGS = (HOST, PORT, SERVED_MODEL_NAME, API_KEY, TENSOR_PARALLEL_SIZE, DRAIN_TIMEOUT, LORA_MODULES,
+                 NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HEADLESS)
 
 #: Environment variable `pagoda serve` reads its API key from; the operator
 #: fills it from a Secret so the key never shows in the pod's command line.
@@ -56,6 +63,9 @@ DEFAULT_PORT = 8000
 LIVENESS_PATH = "/health"
 READINESS_PATH = "/ready"
 METRICS_PATH = "/metrics"
+
+#: Port on a multi-node replica's first pod where the machines' ranks meet (MASTER_PORT).
+RENDEZVOUS_PORT = 29500
 
 #: Per-pod gauge of requests queued in the engine: the HPA's metric.
 QUEUE_METRIC = "pagoda_requests_waiting"

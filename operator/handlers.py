@@ -34,6 +34,7 @@ CHILD_KINDS = (
     ("", "v1", "services"),
     ("", "v1", "pods"),
     ("apps", "v1", "deployments"),
+    ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
 )

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from . import v1alpha1
-from .manifests import servicemonitor
+from .manifests import leaderworkerset, servicemonitor
 from .manifests.meta import OWNER_LABEL
 
 #: Creating through server-side apply needs both create and patch.
@@ -69,7 +69,11 @@ RULES: list[Rule] = [
     Rule(v1alpha1.GROUP, [v1alpha1.PLURAL], ["get", "list", "watch", "patch"],
          "watch the resources; kopf keeps its bookkeeping in their annotations"),
     Rule(v1alpha1.GROUP, [f"{v1alpha1.PLURAL}/status"], ["get", "patch"], "report status"),
-    Rule("apps", ["deployments"], _APPLY, "the engine Deployment"),
+    Rule("apps", ["deployments"], [*_APPLY, "delete"],
+         "the engine Deployment, removed when replicas come to span several machines"),
+    Rule(leaderworkerset.API_VERSION.split("/")[0], ["leaderworkersets"], [*_APPLY, "delete"],
+         f"the engine LeaderWorkerSet of replicas spanning several machines, where {leaderworkerset.PROJECT} is "
+         "installed; removed when they fit one machine again"),
     Rule("", ["services", "persistentvolumeclaims"], _APPLY, "the Service and the model cache claim"),
     Rule("autoscaling", ["horizontalpodautoscalers"], [*_APPLY, "delete"], "the HPA, removed when autoscaling is off"),
     Rule("policy", ["poddisruptionbudgets"], _APPLY, "the PodDisruptionBudget"),

@@ -16,18 +16,21 @@ from typing import Any
 from . import manifests, status
 from .config import OperatorConfig
 from .kube import FIELD_MANAGER, ApiError, Kube
-from .manifests import servicemonitor
+from .manifests import leaderworkerset, servicemonitor
 from .manifests.meta import OWNER_LABEL, selector_labels
 from .manifests.model import adapter_placement, model_volume
 from . import scale_to_zero
 from .status import Observed, Problem
 from .v1alpha1 import API_VERSION, KIND, LLMDeployment
 
-#: Field manager that holds `.spec.replicas` of a Deployment while it passes
-#: from the operator to the HPA (see `hand_replicas_to_hpa`).
+#: Field manager that holds `.spec.replicas` of a Deployment (or LeaderWorkerSet)
+#: while it passes from the operator to the HPA (see `hand_replicas_to_hpa`).
 HANDOVER_MANAGER = "pagoda-operator-hpa-handover"
+#: The kinds that run the engine pods: a Deployment, or a LeaderWorkerSet when replicas span several machines.
+WORKLOADS = (("apps/v1", "Deployment"), (leaderworkerset.API_VERSION, leaderworkerset.KIND))
 #: Children that only exist under some specs, removed when no longer rendered.
-OPTIONAL_KINDS = (("autoscaling/v2", "HorizontalPodAutoscaler"), (servicemonitor.API_VERSION, servicemonitor.KIND))
+OPTIONAL_KINDS = (("autoscaling/v2", "HorizontalPodAutoscaler"), (servicemonitor.API_VERSION, servicemonitor.KIND),
+                  *WORKLOADS)
 
 
 @dataclass
@@ -45,7 +48,7 @@ def _owns_replicas(deployment: dict[str, Any], manager: str) -> bool:
                for entry in deployment["metadata"].get("managedFields") or [])
 
 
-def hand_replicas_to_hpa(kube: Kube, deployment: dict[str, Any]) -> None:
+def hand_replicas_to_hpa(kube: Kube, workload: dict[str, Any]) -> None:
     """Stops the operator owning `.spec.replicas` without resetting it.
 
     Dropping a field from an apply deletes it when no other manager owns it,
@@ -53,12 +56,12 @@ def hand_replicas_to_hpa(kube: Kube, deployment: dict[str, Any]) -> None:
     manager first claims the current value; from then on the HPA's scale
     updates take it over and the operator's applies never mention it.
     """
-    if not _owns_replicas(deployment, FIELD_MANAGER):
+    if not _owns_replicas(workload, FIELD_MANAGER):
         return
-    meta = deployment["metadata"]
-    kube.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+    meta = workload["metadata"]
+    kube.apply({"apiVersion": workload["apiVersion"], "kind": workload["kind"],
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-                "spec": {"replicas": deployment["spec"].get("replicas", 1)}}, field_manager=HANDOVER_MANAGER)
+                "spec": {"replicas": workload["spec"].get("replicas", 1)}}, field_manager=HANDOVER_MANAGER)
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
@@ -75,7 +78,7 @@ def _apply_children(kube: Kube, resource: LLMDeployment, desired: list[dict[str,
     for obj in desired:
         kind, name = obj["kind"], obj["metadata"]["name"]
         current = kube.get(obj["apiVersion"], kind, resource.namespace, name)
-        if kind == "Deployment" and current is not None and resource.spec.autoscaling.enabled:
+        if (obj["apiVersion"], kind) in WORKLOADS and current is not None and resource.spec.autoscaling.enabled:
             hand_replicas_to_hpa(kube, current)
         try:
             result = kube.apply(obj)
@@ -91,10 +94,15 @@ def _apply_children(kube: Kube, resource: LLMDeployment, desired: list[dict[str,
 
 
 def _remove_stale(kube: Kube, resource: LLMDeployment, desired: list[dict[str, Any]],
-                  service_monitor: bool, outcome: Outcome) -> None:
+                  applied: dict[tuple[str, str], dict[str, Any]], service_monitor: bool, outcome: Outcome) -> None:
+    """Deletes the optional children no longer rendered; the engine pods of
+    the other workload kind only once the new kind holds them, so the old
+    replicas serve meanwhile (through a refused apply or a missing LWS)."""
     rendered = {(o["apiVersion"], o["kind"]) for o in desired}
     for api_version, kind in OPTIONAL_KINDS:
         if (api_version, kind) in rendered or (kind == servicemonitor.KIND and not service_monitor):
+            continue
+        if (api_version, kind) in WORKLOADS and leaderworkerset.workload(resource) not in applied:
             continue
         current = kube.get(api_version, kind, resource.namespace, resource.name)
         if current and current["metadata"].get("labels", {}).get(OWNER_LABEL) == resource.name:
@@ -148,8 +156,14 @@ def reconcile(kube: Kube, body: dict[str, Any], config: OperatorConfig, *, servi
     previous = body.get("status") or {}
     outcome = Outcome(status={})
     desired = manifests.render(resource, config, service_monitor=service_monitor)
+    if leaderworkerset.spans_nodes(resource) and not kube.serves(leaderworkerset.API_VERSION, leaderworkerset.KIND):
+        desired = [o for o in desired if o["kind"] != leaderworkerset.KIND]
+        outcome.problems.append(Problem(
+            "LeaderWorkerSetNotInstalled", f"engine.nnodes {resource.spec.engine.nnodes} runs each replica as a "
+            f"LeaderWorkerSet group, and this cluster does not serve {leaderworkerset.API_VERSION} "
+            f"{leaderworkerset.KIND}: install {leaderworkerset.PROJECT}"))
     applied = _apply_children(kube, resource, desired, "observedGeneration" in previous, outcome)
-    _remove_stale(kube, resource, desired, service_monitor, outcome)
+    _remove_stale(kube, resource, desired, applied, service_monitor, outcome)
     _scale_to_or_from_zero(kube, resource, body, applied, outcome)
 
     outcome.problems += _secret_problems(kube, resource)
@@ -169,7 +183,9 @@ def reconcile(kube: Kube, body: dict[str, Any], config: OperatorConfig, *, servi
         events = sorted(kube.list("v1", "Event", resource.namespace,
                                   fields={"type": "Warning", "involvedObject.kind": "Pod"}),
                         key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-    observed = Observed(deployment=applied.get(("apps/v1", "Deployment")), claim=claim, pods=pods,
+    lws = applied.get((leaderworkerset.API_VERSION, leaderworkerset.KIND))
+    observed = Observed(deployment=applied.get(("apps/v1", "Deployment")) if lws is None
+                        else status.leaderworkerset_as_deployment(lws), claim=claim, pods=pods,
                         events=events, problems=outcome.problems)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     outcome.status = status.compute(resource, observed, previous, now=now, cluster_domain=config.cluster_domain)

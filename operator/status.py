@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .manifests.deployment import FETCH_CONTAINER
+from .manifests.leaderworkerset import leader_labels
 from .manifests.meta import endpoint, selector_labels
 from .manifests.model import ADAPTER_FETCH_PREFIX, model_volume
 from .v1alpha1 import LLMDeployment
@@ -40,6 +41,7 @@ class Problem:
 class Observed:
     """The cluster state one reconcile read."""
 
+    #: The engine Deployment, or the LeaderWorkerSet seen as one (`leaderworkerset_as_deployment`).
     deployment: dict[str, Any] | None = None
     #: The claim holding the model (created or referenced), when there is one.
     claim: dict[str, Any] | None = None
@@ -93,6 +95,20 @@ def pod_problem(pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> Pro
         if involved in pending and event.get("reason") in STUCK_EVENTS and UNBOUND_CLAIM not in message:
             return Problem(STUCK_EVENTS[event["reason"]], f"pod {involved}: {message}")
     return None
+
+
+def leaderworkerset_as_deployment(lws: dict[str, Any]) -> dict[str, Any]:
+    """A LeaderWorkerSet as the Deployment that status is computed from: its groups are the replicas.
+
+    A group counts as available once ready (LWS reports no availableReplicas),
+    and LWS reports no observedGeneration: its updatedReplicas, counted
+    against the current template, say whether a rollout is done.
+    """
+    counts = lws.get("status") or {}
+    return {"metadata": lws["metadata"], "spec": lws.get("spec", {}), "status": {
+        "replicas": counts.get("replicas", 0), "readyReplicas": counts.get("readyReplicas", 0),
+        "availableReplicas": counts.get("readyReplicas", 0), "updatedReplicas": counts.get("updatedReplicas", 0),
+        "observedGeneration": lws["metadata"].get("generation", 0)}}
 
 
 def _desired_replicas(resource: LLMDeployment, deployment: dict[str, Any] | None) -> int:
@@ -190,6 +206,6 @@ def compute(resource: LLMDeployment, observed: Observed, previous: dict[str, Any
         "ready": f"{ready}/{desired}",
         "endpoint": endpoint(resource, cluster_domain),
         "model": resource.spec.served_name,
-        "selector": ",".join(f"{k}={v}" for k, v in selector_labels(resource).items()),
+        "selector": ",".join(f"{k}={v}" for k, v in (selector_labels(resource) | leader_labels(resource)).items()),
         "observedGeneration": resource.generation,
     }

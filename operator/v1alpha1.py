@@ -33,6 +33,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 #: Powers of two up to the largest tensor-parallel group of one node.
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 16, 32, 64)
+#: Most machines one replica may span (`pagoda serve --nnodes`).
+MAX_NNODES = 16
 #: LoRA adapter names are what clients send as `model`; without "/" they
 #: never clash with the ORG/NAME default name of an hf:// model.
 ADAPTER_NAME_PATTERN = "^[A-Za-z0-9][-A-Za-z0-9_.]*$"
@@ -136,10 +138,12 @@ class SpeculativeSpec(_Model):
 class EngineSpec(_Model):
     """Settings of `pagoda serve`, one field per flag."""
 
-    model_config = ConfigDict(json_schema_extra=_rules(rule(
-        "!has(self.maxNumBatchedTokens) || !has(self.maxModelLen) || self.maxNumBatchedTokens >= self.maxModelLen",
-        "engine.maxNumBatchedTokens must be at least engine.maxModelLen, or a full-length prompt never fits a batch",
-    )))
+    model_config = ConfigDict(json_schema_extra=_rules(
+        rule("!has(self.maxNumBatchedTokens) || !has(self.maxModelLen) || self.maxNumBatchedTokens >= self.maxModelLen",
+             "engine.maxNumBatchedTokens must be at least engine.maxModelLen, or a full-length prompt never fits a batch"),
+        rule("!has(self.nnodes) || !has(self.tensorParallelSize) || self.tensorParallelSize % self.nnodes == 0",
+             "engine.nnodes must divide engine.tensorParallelSize: every machine holds the same number of ranks"),
+    ))
 
     tensor_parallel_size: int = Field(
         1, description="GPUs one replica shards the model over; a power of two.",
@@ -147,6 +151,11 @@ class EngineSpec(_Model):
             f"self in {list(TENSOR_PARALLEL_SIZES)}",
             "engine.tensorParallelSize must be a power of two between 1 and 64",
         )))
+    nnodes: int = Field(
+        1, ge=1, le=MAX_NNODES,
+        description="Machines one replica spans; tensorParallelSize / nnodes GPUs on each. Above 1 the replica is "
+                    "a LeaderWorkerSet group (sigs.k8s.io/lws must be installed): the leader pod serves, the others "
+                    "run headless ranks.")
     max_model_len: int | None = Field(None, ge=1, description="Longest prompt plus completion, in tokens.")
     max_num_seqs: int | None = Field(None, ge=1, description="Most sequences in one batch.")
     max_num_batched_tokens: int | None = Field(None, ge=1, description="Most tokens in one engine step.")
@@ -246,7 +255,7 @@ class ResourcesSpec(_Model):
     """Compute of one replica. GPUs follow tensorParallelSize unless set to 0 (CPU only)."""
 
     gpus: int | None = Field(
-        None, ge=0, description="GPUs per replica: 0 for CPU only; default engine.tensorParallelSize.")
+        None, ge=0, description="GPUs per pod: 0 for CPU only; default engine.tensorParallelSize / engine.nnodes.")
     gpu_resource_name: str | None = Field(
         None, max_length=253, description="Extended resource counting GPUs; default from the operator.")
     requests: dict[str, Quantity] = Field(default_factory=dict, max_length=8, description="cpu and memory requests.")
@@ -285,8 +294,16 @@ class LLMDeploymentSpec(_Model):
 
     model_config = ConfigDict(json_schema_extra=_rules(
         rule("!has(self.resources.gpus) || self.resources.gpus == 0 "
-             "|| self.resources.gpus == self.engine.tensorParallelSize",
-             "resources.gpus must be 0 (CPU only) or equal engine.tensorParallelSize"),
+             "|| self.resources.gpus * self.engine.nnodes == self.engine.tensorParallelSize",
+             "resources.gpus must be 0 (CPU only) or equal engine.tensorParallelSize / engine.nnodes"),
+        # Defaults apply before CEL runs, so modelCache.enabled and accessModes are always present here.
+        rule("self.engine.nnodes == 1 || !self.modelCache.enabled || self.modelCache.accessModes.exists(m, "
+             "m == 'ReadWriteMany') || self.model.source.startsWith('pvc://')",
+             "engine.nnodes above 1 needs a model every machine can mount: modelCache.accessModes with "
+             "ReadWriteMany, modelCache.enabled false, or a pvc:// model.source"),
+        rule("self.engine.nnodes == 1 || !self.autoscaling.enabled || !has(self.autoscaling.minReplicas) "
+             "|| self.autoscaling.minReplicas > 0",
+             "autoscaling.minReplicas 0 (scale to zero) needs engine.nnodes 1"),
         rule("!has(self.adapters) || !has(self.model.servedName) "
              "|| self.adapters.all(a, a.name != self.model.servedName)",
              "adapters[].name must differ from model.servedName"),
@@ -324,8 +341,10 @@ class LLMDeploymentSpec(_Model):
 
     @property
     def gpus(self) -> int:
-        """GPUs per replica."""
-        return self.engine.tensor_parallel_size if self.resources.gpus is None else self.resources.gpus
+        """GPUs per pod: a replica's ranks are spread evenly over its machines."""
+        if self.resources.gpus is not None:
+            return self.resources.gpus
+        return self.engine.tensor_parallel_size // self.engine.nnodes
 
 
 Phase = Literal["Pending", "Progressing", "Ready", "Degraded"]

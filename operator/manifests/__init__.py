@@ -11,18 +11,20 @@ from typing import Any
 
 from ..config import OperatorConfig
 from ..v1alpha1 import LLMDeployment
-from . import deployment, hpa, pdb, pvc, service, servicemonitor
+from . import deployment, hpa, leaderworkerset, pdb, pvc, service, servicemonitor
 
 
 def render(resource: LLMDeployment, config: OperatorConfig, *, service_monitor: bool = False) -> list[dict[str, Any]]:
     """Every child the resource should have, in the order they are applied.
 
-    The claim comes first so the Deployment's pods find it; the
-    ServiceMonitor only when its CRD exists in the cluster (`service_monitor`).
+    The claim comes first so the engine pods find it; they run in a
+    Deployment, or in a LeaderWorkerSet when a replica spans several machines;
+    the ServiceMonitor only when its CRD exists in the cluster (`service_monitor`).
     """
+    workload = leaderworkerset if leaderworkerset.spans_nodes(resource) else deployment
     children = [
         pvc.render(resource, config),
-        deployment.render(resource, config),
+        workload.render(resource, config),
         service.render(resource, config),
         hpa.render(resource, config),
         pdb.render(resource, config),

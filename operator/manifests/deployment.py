@@ -1,9 +1,13 @@
-"""The engine Deployment: `pagoda serve` with GPUs, probes and a hardened pod."""
+"""The engine Deployment: `pagoda serve` with GPUs, probes and a hardened pod.
+
+Its pod template (`pod_template`) is also each pod of a multi-node replica's
+LeaderWorkerSet (`leaderworkerset.py`), so both kinds run the same pod.
+"""
 
 from __future__ import annotations
 
 import json
-
+from collections.abc import Sequence
 from typing import Any
 
 from .. import fetch, flags
@@ -28,8 +32,9 @@ SHM_GIB_PER_GPU = 2
 
 
 def serve_args(engine: EngineSpec, served_name: str, model_dir: str,
-               adapters: list[tuple[str, str]] = ()) -> list[str]:
-    """The arguments of `pagoda serve` for one replica; `adapters` are (name, directory) of its LoRA adapters.
+               adapters: Sequence[tuple[str, str]] = (), node_args: Sequence[str] = ()) -> list[str]:
+    """The arguments of `pagoda serve` for one pod; `adapters` are (name, directory) of its LoRA adapters,
+    `node_args` where the pod stands in a replica spanning several machines.
 
     Optional settings are passed only when set, so the engine's own defaults
     apply otherwise; the API key comes from the environment (`flags.API_KEY_ENV`),
@@ -56,7 +61,7 @@ def serve_args(engine: EngineSpec, served_name: str, model_dir: str,
         args += [flags.SPECULATIVE_CONFIG, json.dumps(engine.speculative_config.model_dump(), sort_keys=True)]
     if adapters:
         args += [flags.LORA_MODULES, ",".join(f"{name}={path}" for name, path in adapters)]
-    return args + list(engine.extra_args)
+    return args + list(node_args) + list(engine.extra_args)
 
 
 def _secret_env(name: str, ref: Any) -> dict[str, Any]:
@@ -104,29 +109,35 @@ def _fetch_container(resource: LLMDeployment, image: str, name: str, source: str
     }
 
 
+def _serving(container: dict[str, Any]) -> None:
+    """Adds what only a pod running the HTTP server has: its port, probes and the pause before draining."""
+    probe = {"httpGet": {"path": flags.LIVENESS_PATH, "port": "http"}}
+    container.update({
+        "ports": [{"name": "http", "containerPort": flags.DEFAULT_PORT, "protocol": "TCP"}],
+        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": STARTUP_SECONDS // 10},
+        "livenessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": flags.READINESS_PATH, "port": "http"},
+                           "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+    })
+
+
 def _engine_container(resource: LLMDeployment, config: OperatorConfig, image: str, model_dir: str,
-                      adapters: AdapterPlacement) -> dict[str, Any]:
+                      adapters: AdapterPlacement, node_args: Sequence[str], serving: bool) -> dict[str, Any]:
     spec = resource.spec
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
     if spec.api_key_secret_ref:
         env.append(_secret_env(flags.API_KEY_ENV, spec.api_key_secret_ref))
     env += [dict(e) for e in spec.env]
-    probe = {"httpGet": {"path": flags.LIVENESS_PATH, "port": "http"}}
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
         # The command is explicit, so any image with pagoda on its PATH works
         # whatever its entrypoint; the settings are the arguments.
         "command": list(flags.SERVE_COMMAND),
-        "args": serve_args(spec.engine, spec.served_name, model_dir, adapters.modules),
-        "ports": [{"name": "http", "containerPort": flags.DEFAULT_PORT, "protocol": "TCP"}],
+        "args": serve_args(spec.engine, spec.served_name, model_dir, adapters.modules, node_args),
         "env": env,
         "resources": _resources(resource, config),
-        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": STARTUP_SECONDS // 10},
-        "livenessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
-        "readinessProbe": {"httpGet": {"path": flags.READINESS_PATH, "port": "http"},
-                           "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "volumeMounts": [
             {"name": VOLUME_NAME, "mountPath": MOUNT_PATH, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
@@ -135,6 +146,8 @@ def _engine_container(resource: LLMDeployment, config: OperatorConfig, image: st
         ],
         "securityContext": _container_security(),
     }
+    if serving:
+        _serving(container)
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
     return container
@@ -149,7 +162,8 @@ def _shm_volume(gpus: int) -> dict[str, Any]:
     return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{max(gpus, 1) * SHM_GIB_PER_GPU}Gi"}}
 
 
-def _pod_spec(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]:
+def _pod_spec(resource: LLMDeployment, config: OperatorConfig, node_args: Sequence[str],
+              serving: bool) -> dict[str, Any]:
     spec = resource.spec
     image = spec.image or config.default_image
     volume = model_volume(resource)
@@ -165,7 +179,7 @@ def _pod_spec(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]
             "fsGroup": config.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_engine_container(resource, config, image, volume.model_dir, adapters)],
+        "containers": [_engine_container(resource, config, image, volume.model_dir, adapters, node_args, serving)],
         "volumes": [
             volume.volume,
             _shm_volume(spec.gpus),
@@ -198,16 +212,29 @@ def _pod_spec(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]
     return pod
 
 
-def render(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]:
-    """The Deployment; `.spec.replicas` is left out under autoscaling so the
-    HPA alone owns it and the operator never fights it."""
+def pod_template(resource: LLMDeployment, config: OperatorConfig, node_args: Sequence[str] = (), *,
+                 serving: bool = True) -> dict[str, Any]:
+    """The engine pod; one that is not `serving` (a headless machine of a
+    multi-node replica) has no HTTP server, hence no port, probes or scrape annotations."""
     spec = resource.spec
-    pod_annotations = {
-        **spec.pod_annotations,
-        "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(flags.DEFAULT_PORT),
-        "prometheus.io/path": flags.METRICS_PATH,
-    }
+    annotations = dict(spec.pod_annotations)
+    if serving:
+        annotations |= {"prometheus.io/scrape": "true", "prometheus.io/port": str(flags.DEFAULT_PORT),
+                        "prometheus.io/path": flags.METRICS_PATH}
+    metadata: dict[str, Any] = {"labels": {**spec.pod_labels, **labels(resource)}}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"metadata": metadata, "spec": _pod_spec(resource, config, node_args, serving)}
+
+
+def replicas(resource: LLMDeployment) -> dict[str, int]:
+    """`.spec.replicas`, left out under autoscaling so the HPA alone owns it
+    and the operator never fights it."""
+    return {} if resource.spec.autoscaling.enabled else {"replicas": resource.spec.replicas}
+
+
+def render(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]:
+    """The Deployment of a replica that fits one machine."""
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(resource)},
         # Surge instead of taking a replica down: an endpoint keeps its capacity
@@ -215,13 +242,9 @@ def render(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]:
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
         "revisionHistoryLimit": 3,
-        "template": {
-            "metadata": {"labels": {**spec.pod_labels, **labels(resource)}, "annotations": pod_annotations},
-            "spec": _pod_spec(resource, config),
-        },
+        "template": pod_template(resource, config),
+        **replicas(resource),
     }
-    if not spec.autoscaling.enabled:
-        deployment_spec["replicas"] = spec.replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

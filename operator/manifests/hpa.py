@@ -12,6 +12,7 @@ from typing import Any
 from .. import flags
 from ..config import OperatorConfig
 from ..v1alpha1 import LLMDeployment, ScalingRules
+from .leaderworkerset import workload
 from .meta import metadata
 
 
@@ -34,8 +35,10 @@ def render(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any] | 
     auto = resource.spec.autoscaling
     if not auto.enabled:
         return None
+    api_version, kind = workload(resource)
     spec: dict[str, Any] = {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": resource.name},
+        # A LeaderWorkerSet's scale subresource selects its leaders, the pods that report the queue.
+        "scaleTargetRef": {"apiVersion": api_version, "kind": kind, "name": resource.name},
         # An HPA cannot go below one; zero is the operator's (pagoda.operator.scale_to_zero).
         "minReplicas": max(1, auto.min_replicas or 0),
         "maxReplicas": auto.max_replicas,

@@ -1,4 +1,4 @@
-"""The Service in front of the engine pods: the resource's stable endpoint."""
+"""The Service in front of the serving engine pods: the resource's stable endpoint."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from ..config import OperatorConfig
 from ..v1alpha1 import LLMDeployment
+from .leaderworkerset import leader_labels
 from .meta import metadata, selector_labels
 
 
@@ -17,7 +18,7 @@ def render(resource: LLMDeployment, config: OperatorConfig) -> dict[str, Any]:
         "metadata": metadata(resource, annotations=spec.annotations),
         "spec": {
             "type": spec.type,
-            "selector": selector_labels(resource),
+            "selector": selector_labels(resource) | leader_labels(resource),
             "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }

@@ -17,6 +17,8 @@ def manifest(name: str = "bad", **spec: Any) -> dict[str, Any]:
 
 
 AUTO = {"enabled": True, "minReplicas": 1, "maxReplicas": 2}
+#: A model cache every machine of a multi-node replica can mount.
+RWX = {"size": "1Gi", "accessModes": ["ReadWriteMany"]}
 
 #: (case, manifest, the message the API server answers with)
 CASES: list[tuple[str, dict[str, Any], str]] = [
@@ -32,7 +34,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
      "engine.maxNumBatchedTokens must be at least engine.maxModelLen, or a full-length prompt never fits a batch"),
     ("managed-flag-in-extra-args", manifest(engine={"extraArgs": ["--port=9000"]}),
      "engine.extraArgs must not set --host, --port, --served-model-name, --api-key, --tensor-parallel-size, "
-     "--drain-timeout, --lora-modules: "
+     "--drain-timeout, --lora-modules, --nnodes, --node-rank, --master-addr, --master-port, --headless: "
      "the operator sets them from the resource"),
     ("speculative-lookup-range", manifest(engine={"speculativeConfig": {"numSpeculativeTokens": 3,
                                                                         "promptLookupMin": 5, "promptLookupMax": 2}}),
@@ -57,7 +59,20 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("negative-cache-size", manifest(modelCache={"size": "-10Gi"}),
      "must be a positive quantity, such as 4, 500m or 50Gi"),
     ("gpus-not-tp", manifest(engine={"tensorParallelSize": 2}, resources={"gpus": 1}),
-     "resources.gpus must be 0 (CPU only) or equal engine.tensorParallelSize"),
+     "resources.gpus must be 0 (CPU only) or equal engine.tensorParallelSize / engine.nnodes"),
+    ("gpus-not-tp-per-node", manifest(engine={"tensorParallelSize": 4, "nnodes": 2}, resources={"gpus": 4},
+                                      modelCache=RWX),
+     "resources.gpus must be 0 (CPU only) or equal engine.tensorParallelSize / engine.nnodes"),
+    ("nnodes-not-dividing-tp", manifest(engine={"tensorParallelSize": 2, "nnodes": 4}, modelCache=RWX),
+     "engine.nnodes must divide engine.tensorParallelSize: every machine holds the same number of ranks"),
+    ("nnodes-above-16", manifest(engine={"tensorParallelSize": 64, "nnodes": 32}, modelCache=RWX),
+     "spec.engine.nnodes: Invalid value: 32: spec.engine.nnodes in body should be less than or equal to 16"),
+    ("nnodes-with-a-single-node-cache", manifest(engine={"tensorParallelSize": 2, "nnodes": 2}),
+     "engine.nnodes above 1 needs a model every machine can mount: modelCache.accessModes with ReadWriteMany, "
+     "modelCache.enabled false, or a pvc:// model.source"),
+    ("nnodes-scaled-to-zero", manifest(engine={"tensorParallelSize": 2, "nnodes": 2}, modelCache=RWX,
+                                       autoscaling=AUTO | {"minReplicas": 0}),
+     "autoscaling.minReplicas 0 (scale to zero) needs engine.nnodes 1"),
     ("name-not-dns-label", manifest("7b-model"), "metadata.name must be at most 50 characters of a-z, 0-9 and '-', "
      "starting with a letter: it names the Service and the other children"),
 ]

@@ -9,9 +9,10 @@ import pytest
 
 from pagoda.operator import flags
 from pagoda.operator.config import OperatorConfig
-from pagoda.operator.manifests import deployment, hpa, meta, render
+from pagoda.operator.manifests import deployment, hpa, leaderworkerset, meta, render
 from pagoda.operator.v1alpha1 import LLMDeployment
 
+from . import lws_schema
 from .kube_schemas import validate
 
 CONFIG = OperatorConfig()
@@ -30,6 +31,16 @@ def by_kind(spec: dict[str, Any], **kwargs: Any) -> dict[str, dict[str, Any]]:
 
 def engine_container(spec: dict[str, Any]) -> dict[str, Any]:
     return by_kind(spec)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def pod_templates(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The engine pod templates of whichever kind runs the replicas: the Deployment's, or a
+    LeaderWorkerSet's leader and worker."""
+    objects = by_kind(spec)
+    if "Deployment" in objects:
+        return [objects["Deployment"]["spec"]["template"]]
+    group = objects["LeaderWorkerSet"]["spec"]["leaderWorkerTemplate"]
+    return [group["leaderTemplate"], group["workerTemplate"]]
 
 
 SPECS = {
@@ -68,6 +79,13 @@ SPECS = {
                      {"name": "chat-de", "source": "pvc://loras/de"}],
         "engine": {"maxLoras": 2, "maxLoraRank": 64},
     },
+    "multi-node": {
+        "engine": {"tensorParallelSize": 8, "nnodes": 2},
+        "modelCache": {"size": "200Gi", "accessModes": ["ReadWriteMany"]},
+        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3},
+        "adapters": [{"name": "sql", "source": "hf://acme/sql-lora"}],
+        "podAnnotations": {"note": "x"},
+    },
     "lora adapters, pvc model": {
         "model": {"source": "pvc://weights/llama/8b", "servedName": "llama"},
         "adapters": [{"name": "sql", "source": "hf://acme/sql-lora"}, {"name": "own", "source": "pvc://weights/loras/own"}],
@@ -79,7 +97,9 @@ SPECS = {
 def test_every_rendered_object_is_valid_owned_and_labelled(spec: dict[str, Any]) -> None:
     objects = render(resource(spec), CONFIG, service_monitor=True)
     for obj in objects:
-        if obj["kind"] != "ServiceMonitor":  # not a core kind: no published schema
+        if obj["kind"] == leaderworkerset.KIND:
+            lws_schema.validate(obj)
+        elif obj["kind"] != "ServiceMonitor":  # not a core kind: no published schema
             validate(obj)
         assert obj["metadata"]["namespace"] == "ml"
         assert obj["metadata"]["labels"][meta.OWNER_LABEL] == "chat"
@@ -173,7 +193,8 @@ def test_serve_args_cover_every_engine_flag() -> None:
     engine = engine_container(SPECS["tp2 autoscaled"])
     assert engine["command"] == list(flags.SERVE_COMMAND)
     command = engine["args"]
-    used = {arg for spec in SPECS.values() for arg in engine_container(spec)["args"] if arg.startswith("--")}
+    used = {arg for spec in SPECS.values() for template in pod_templates(spec)
+            for arg in template["spec"]["containers"][0]["args"] if arg.startswith("--")}
     assert set(flags.ALL_FLAGS) - used == {flags.API_KEY}
     assert command[-1] == "--seed=1"
     assert "--enable-prefix-caching" in engine_container({})["args"]
@@ -273,3 +294,51 @@ def test_adapters_of_a_model_read_from_a_claim() -> None:
     assert _arg(engine, flags.LORA_MODULES) == "sql=/adapters/hf/acme/sql-lora/main,own=/models/loras/own"
     assert flags.MAX_LORAS not in engine["args"]
     assert "--lora-modules" not in engine_container({})["args"]
+
+
+def test_a_replica_over_several_machines_is_a_leaderworkerset() -> None:
+    """One group per replica: the leader serves as node 0, the workers run headless ranks, all meeting
+    at the leader's address that LWS injects; each pod holds its machine's share of the GPUs."""
+    objects = by_kind(SPECS["multi-node"])
+    assert "Deployment" not in objects
+    lws = objects["LeaderWorkerSet"]
+    assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+    assert "replicas" not in lws["spec"]  # autoscaled: the HPA's
+    group = lws["spec"]["leaderWorkerTemplate"]
+    assert (group["size"], group["restartPolicy"]) == (2, "RecreateGroupOnPodRestart")
+    leader, worker = (group[t]["spec"]["containers"][0] for t in ("leaderTemplate", "workerTemplate"))
+    multi_node = [flags.NNODES, "2", flags.NODE_RANK, "0", flags.MASTER_ADDR, "$(LWS_LEADER_ADDRESS)",
+                  flags.MASTER_PORT, "29500"]
+    assert leader["args"][-len(multi_node):] == multi_node
+    assert worker["args"][-len(multi_node) - 1:] == [*multi_node[:3], "$(LWS_WORKER_INDEX)", *multi_node[4:],
+                                                     flags.HEADLESS]
+    assert leader["args"][:-len(multi_node)] == worker["args"][:-len(multi_node) - 1]
+    assert _arg(leader, flags.TENSOR_PARALLEL_SIZE) == "8"
+    for container in (leader, worker):
+        assert container["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    assert leader["readinessProbe"]["httpGet"]["path"] == flags.READINESS_PATH and leader["ports"]
+    assert not {"ports", "startupProbe", "livenessProbe", "readinessProbe"} & set(worker)
+    leader_meta, worker_meta = group["leaderTemplate"]["metadata"], group["workerTemplate"]["metadata"]
+    assert leader_meta["annotations"]["prometheus.io/scrape"] == "true"
+    assert worker_meta["annotations"] == {"note": "x"}  # no server to scrape
+    assert leader_meta["labels"] == worker_meta["labels"] == meta.labels(resource(SPECS["multi-node"]))
+    for template in (group["leaderTemplate"], group["workerTemplate"]):
+        shm = next(v for v in template["spec"]["volumes"] if v["name"] == "dshm")
+        assert shm["emptyDir"]["sizeLimit"] == f"{4 * deployment.SHM_GIB_PER_GPU}Gi"
+        assert [c["name"] for c in template["spec"]["initContainers"]][0] == deployment.FETCH_CONTAINER
+
+
+def test_a_multi_node_service_selects_leaders_and_the_hpa_scales_groups() -> None:
+    objects = by_kind(SPECS["multi-node"])
+    assert objects["Service"]["spec"]["selector"] == {
+        **meta.selector_labels(resource({})), leaderworkerset.WORKER_INDEX_LABEL: "0"}
+    assert objects["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"] == {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "name": "chat"}
+    # Every pod of the groups, workers too: a drain takes one group (one replica) down at a time.
+    assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == meta.selector_labels(resource({}))
+    assert by_kind({})["Service"]["spec"]["selector"] == meta.selector_labels(resource({}))
+
+
+def test_a_multi_node_replica_count_is_the_groups() -> None:
+    spec = by_kind(SPECS["multi-node"] | {"autoscaling": {}, "replicas": 2})["LeaderWorkerSet"]["spec"]
+    assert spec["replicas"] == 2

@@ -24,7 +24,12 @@ class FakeKube:
         self.applies: list[tuple[str, str, dict[str, Any]]] = []
         self.status_patches: list[dict[str, Any]] = []
         self.refuse: set[str] = set()
+        #: Kinds whose CRD the cluster lacks.
+        self.unserved: set[str] = set()
         self.version = 0
+
+    def serves(self, api_version: str, kind: str) -> bool:
+        return kind not in self.unserved
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self.objects.get((kind, namespace, name))
@@ -84,6 +89,8 @@ def run(kube: FakeKube, spec: dict[str, Any] | None = None, status: dict[str, An
 
 
 AUTO = {"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4}}
+MULTI_NODE = {"engine": {"tensorParallelSize": 4, "nnodes": 2}, "modelCache": {"accessModes": ["ReadWriteMany"]}}
+OWNED = {"pagoda.dev/llmdeployment": "chat"}
 
 
 def test_first_reconcile_creates_children_and_writes_status() -> None:
@@ -156,6 +163,52 @@ def test_absent_claim_of_an_adapter_is_a_problem() -> None:
     assert [(p.reason, "'loras'" in p.message) for p in outcome.problems] == [("ClaimNotFound", True)]
     kube.objects[("PersistentVolumeClaim", "ml", "loras")] = {"metadata": {"name": "loras"}}
     assert run(kube, spec).problems == []
+
+
+def test_nnodes_switches_between_a_deployment_and_a_leaderworkerset() -> None:
+    kube = FakeKube()
+    first = run(kube, AUTO)
+    outcome = run(kube, MULTI_NODE | AUTO, status=first.status)
+    assert ("Deleted", "Deployment chat") in outcome.actions
+    assert ("LeaderWorkerSet", "ml", "chat") in kube.objects and ("Deployment", "ml", "chat") not in kube.objects
+    assert not outcome.problems and outcome.status["phase"] == "Progressing"
+    back = run(kube, AUTO, status=outcome.status)
+    assert ("Deleted", "LeaderWorkerSet chat") in back.actions
+    assert ("Deployment", "ml", "chat") in kube.objects and ("LeaderWorkerSet", "ml", "chat") not in kube.objects
+
+
+def test_replicas_pass_from_a_leaderworkerset_to_the_hpa() -> None:
+    kube = FakeKube()
+    run(kube, MULTI_NODE | {"replicas": 3})
+    run(kube, MULTI_NODE | {"replicas": 3} | AUTO)
+    handover = [o for _, m, o in kube.applies if m == rec.HANDOVER_MANAGER]
+    assert [(o["kind"], o["spec"]) for o in handover] == [("LeaderWorkerSet", {"replicas": 3})]
+    assert kube.objects[("LeaderWorkerSet", "ml", "chat")]["spec"]["replicas"] == 3
+
+
+def test_status_counts_leaderworkerset_groups_as_replicas() -> None:
+    kube = FakeKube()
+    first = run(kube, MULTI_NODE | {"replicas": 2})
+    kube.objects[("LeaderWorkerSet", "ml", "chat")]["status"] = {"replicas": 2, "readyReplicas": 2,
+                                                                 "updatedReplicas": 2}
+    status = run(kube, MULTI_NODE | {"replicas": 2}, status=first.status).status
+    assert (status["replicas"], status["readyReplicas"], status["ready"]) == (2, 2, "2/2")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Available")
+    assert status["selector"].endswith(",leaderworkerset.sigs.k8s.io/worker-index=0")
+
+
+def test_a_cluster_without_leaderworkerset_is_degraded_and_keeps_the_deployment() -> None:
+    """The running replicas keep serving until their new kind can hold them."""
+    kube = FakeKube()
+    kube.unserved.add("LeaderWorkerSet")
+    first = run(kube)
+    outcome = run(kube, MULTI_NODE, status=first.status)
+    assert [p.reason for p in outcome.problems] == ["LeaderWorkerSetNotInstalled"]
+    assert "sigs.k8s.io/lws" in outcome.problems[0].message
+    assert ("Deployment", "ml", "chat") in kube.objects and ("LeaderWorkerSet", "ml", "chat") not in kube.objects
+    degraded = next(c for c in outcome.status["conditions"] if c["type"] == "Degraded")
+    assert (outcome.status["phase"], degraded["reason"]) == ("Degraded", "LeaderWorkerSetNotInstalled")
 
 
 def test_serializer_folds_child_events_into_one_rerun() -> None:
