@@ -28,7 +28,7 @@ OPERATIONS = [
     ("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics"), ("GET", "/version"), ("GET", "/v1/models"),
     ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("POST", "/tokenize"), ("POST", "/detokenize"),
     ("POST", "/v1/load_lora_adapter"), ("POST", "/v1/unload_lora_adapter"), ("POST", "/v1/embeddings"),
-    ("POST", "/v1/responses"),
+    ("POST", "/v1/responses"), ("GET", "/v1/responses/{response_id}"), ("DELETE", "/v1/responses/{response_id}"),
 ]
 
 
