@@ -252,7 +252,8 @@ class AutoscalingSpec(_Model):
 
 
 class ResourcesSpec(_Model):
-    """Compute of one replica. GPUs follow tensorParallelSize unless set to 0 (CPU only)."""
+    """Compute of one engine pod (with engine.nnodes above 1, of each machine's pod of a replica).
+    GPUs follow tensorParallelSize / nnodes unless set to 0 (CPU only)."""
 
     gpus: int | None = Field(
         None, ge=0, description="GPUs per pod: 0 for CPU only; default engine.tensorParallelSize / engine.nnodes.")
