@@ -52,6 +52,9 @@ class EngineConfig:
     # Speculative decoding, as vLLM's speculative_config: {"method": "ngram", "num_speculative_tokens": k,
     # "prompt_lookup_max": 4, "prompt_lookup_min": 1}; parsed into a SpeculativeConfig.
     speculative_config: dict[str, Any] | SpeculativeConfig | None = None
+    # Default sampling parameters of requests that set none (vLLM's --generation-config): "auto" reads the
+    # model's generation_config.json, "vllm" keeps the engine's defaults, else a directory holding one.
+    generation_config: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [

@@ -115,12 +115,15 @@ class LLM:
     ) -> list[int]:
         return apply_chat_template(self.tokenizer, conversation, add_generation_prompt, kwargs)
 
-    @staticmethod
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What a call without sampling parameters uses: the model's generation config, as vLLM's."""
+        return SamplingParams(**self.engine.sampling_defaults)
+
     def _params_per_prompt(
-        sampling_params: SamplingParams | Sequence[SamplingParams] | None, count: int
+        self, sampling_params: SamplingParams | Sequence[SamplingParams] | None, count: int
     ) -> list[SamplingParams]:
         if sampling_params is None:
-            return [SamplingParams()] * count
+            return [self.get_default_sampling_params()] * count
         if isinstance(sampling_params, SamplingParams):
             return [sampling_params] * count
         params = list(sampling_params)

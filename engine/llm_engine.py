@@ -22,7 +22,7 @@ from pagoda.engine.model_config import load_model_config
 from pagoda.engine.model_runner import ModelRunner, StepResult
 from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
-from pagoda.engine.sampling_params import SamplingParams
+from pagoda.engine.sampling_params import SamplingParams, sampling_defaults
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.sequence import FinishReason, Sequence
 from pagoda.engine.structured_output import Grammar, GrammarCompiler, Thinking
@@ -55,6 +55,8 @@ class LLMEngine:
         self.config = config
         self.model_config = load_model_config(config.model, config.dtype, config.max_model_len)
         self.tokenizer = load_tokenizer(config.tokenizer or config.model)
+        # What a request that sets no sampling parameter gets: the model's recommended ones.
+        self.sampling_defaults = sampling_defaults(config.model, config.generation_config)
         self.eos_token_ids = self._eos_token_ids()
         self.tp_group = TensorParallelGroup(config, self.model_config) if config.tensor_parallel_size > 1 else None
         try:

@@ -8,9 +8,11 @@ allowed range and the value it got.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MAX_LOGPROBS = 20
@@ -206,3 +208,30 @@ class SamplingParams:
     def needs_truncation(self) -> bool:
         """Whether top-k, top-p or min-p removes tokens from the support."""
         return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
+
+
+#: generation_config.json keys that become a model's default sampling parameters (vLLM reads the same).
+GENERATION_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def sampling_defaults(model_dir: str, source: str = "auto") -> dict[str, Any]:
+    """The sampling parameters a request that sets none gets, as vLLM's --generation-config:
+    "auto" reads the model directory's generation_config.json (Qwen3 ships temperature 0.6,
+    top_p 0.95, top_k 20, for example), "vllm" keeps the engine's own defaults, and any other
+    value is a directory holding a generation_config.json. ValueError for values that are not
+    valid sampling parameters."""
+    if source == "vllm":
+        return {}
+    path = Path(model_dir if source == "auto" else source) / "generation_config.json"
+    if not path.is_file():
+        if source != "auto":
+            raise ValueError(f"generation config {path} does not exist")
+        return {}
+    given = json.loads(path.read_text())
+    defaults = {key: given[key] for key in GENERATION_CONFIG_KEYS if given.get(key) is not None}
+    try:
+        SamplingParams(**defaults)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return defaults
+

@@ -158,6 +158,9 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("speculative-config", _speculative_config, 'speculative decoding, e.g. {"method": "ngram", '
           '"num_speculative_tokens": 4, "prompt_lookup_max": 4}: drafts from earlier text verified in one pass',
           dest=_ENGINE + "speculative_config"),
+    _Flag("generation-config", str, "default sampling parameters of requests that set none: auto (the model's "
+          "generation_config.json), vllm (the engine's own), or a directory holding a generation_config.json",
+          dest=_ENGINE + "generation_config"),
     _Flag("max-queue-len", int, "most requests waiting for the batch; beyond it, 503 with Retry-After"),
     _Flag("responses-store-size", int, "responses kept in memory for previous_response_id and "
           "GET /v1/responses/{id}, the least recently used going first (0: none stored)"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
@@ -171,8 +172,9 @@ class _SamplingRequest(_Request):
         """Top alternatives per prompt token, or None for no prompt logprobs."""
         return None
 
-    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
-        """Raises ValueError, naming the field, for any value out of range."""
+    def to_sampling_params(self, max_tokens: int, defaults: Mapping[str, Any] | None = None) -> SamplingParams:
+        """Raises ValueError, naming the field, for any value out of range. `defaults` (the model's
+        generation config) fill the sampling fields the request leaves unset."""
         bias = None
         if self.logit_bias is not None:
             bias = {}
@@ -182,10 +184,11 @@ class _SamplingRequest(_Request):
                 except ValueError:
                     raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
         given = {
-            name: getattr(self, name)
-            for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p",
-                         "repetition_penalty")
-            if getattr(self, name) is not None
+            **(defaults or {}),
+            **{name: getattr(self, name)
+               for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p",
+                            "repetition_penalty")
+               if getattr(self, name) is not None},
         }
         return SamplingParams(
             n=self.n, max_tokens=max_tokens, stop=self.stop, seed=self.seed, logit_bias=bias,

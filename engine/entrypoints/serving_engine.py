@@ -282,7 +282,7 @@ class OpenAIServing:
         for i, prompt in enumerate(ctx.prompts):
             max_tokens = self._max_tokens(ctx.request, len(prompt.token_ids), prompt_field)
             try:
-                params = ctx.request.to_sampling_params(max_tokens)
+                params = ctx.request.to_sampling_params(max_tokens, self.engine.engine.sampling_defaults)
                 self.engine.engine.validate_prompt(prompt.token_ids, params)
             except InvalidConstraint as exc:
                 raise bad_request(exc, ctx.request, ctx.request.constraint_field) from None
