@@ -22,6 +22,9 @@ from pagoda.engine.outputs import RequestOutput
 from pagoda.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 
 
+MAX_LENGTH_PENALTY = 10.0
+
+
 @dataclass(frozen=True)
 class BeamSearchParams:
     beam_width: int
@@ -34,6 +37,11 @@ class BeamSearchParams:
             raise ValueError(f"beam_width must be an integer in [1, {MAX_LOGPROBS // 2}], got {self.beam_width!r}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        # Beyond this, length ** length_penalty over- or underflows and the ranking means nothing.
+        if not isinstance(self.length_penalty, (int, float)) or not -MAX_LENGTH_PENALTY <= self.length_penalty \
+                <= MAX_LENGTH_PENALTY:
+            raise ValueError(f"length_penalty must be a number in [-{MAX_LENGTH_PENALTY}, {MAX_LENGTH_PENALTY}], "
+                             f"got {self.length_penalty!r}")
 
 
 @dataclass

@@ -59,7 +59,11 @@ def test_ending_beams_finish_and_are_ranked_by_length_penalty(llm: LLM) -> None:
 
 @pytest.mark.parametrize("params, message", [(dict(beam_width=0, max_tokens=4), "beam_width"),
                                              (dict(beam_width=11, max_tokens=4), "beam_width"),
-                                             (dict(beam_width=2, max_tokens=0), "max_tokens")])
+                                             (dict(beam_width=2, max_tokens=0), "max_tokens"),
+                                             (dict(beam_width=2, max_tokens=4, length_penalty=-2e16),
+                                              "length_penalty"),
+                                             (dict(beam_width=2, max_tokens=4, length_penalty=float("nan")),
+                                              "length_penalty")])
 def test_bad_params_are_refused(params: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BeamSearchParams(**params)

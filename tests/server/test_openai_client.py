@@ -304,3 +304,11 @@ def test_beam_search_on_chat(client: openai.OpenAI, model_dir: pathlib.Path) -> 
     with pytest.raises(openai.BadRequestError, match="logprobs"):
         client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, n=2, logprobs=True,
                                        extra_body={"use_beam_search": True})
+
+
+def test_beam_search_refuses_an_extreme_length_penalty(client: openai.OpenAI) -> None:
+    """Found by the fuzzer: a length_penalty of -2e16 made the ranking divide by zero (a 500)."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, n=2, max_tokens=2,
+                                       extra_body={"use_beam_search": True, "length_penalty": -2e16})
+    assert refused.value.body["param"] == "length_penalty"
