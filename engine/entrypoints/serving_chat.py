@@ -149,7 +149,7 @@ class OpenAIServingChat(OpenAIServing):
                                     new_reply: Callable[[], ReplyParser | None]) -> Response:
         """vLLM's use_beam_search: the n best beams as the n choices (a reasoning model's
         thinking apart, as in any reply)."""
-        results = await self.beam_search(raw_request, request, [prompt], lora)
+        results = await self.beam_search(raw_request, request, [prompt], lora, "messages")
         if results is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         choices = []

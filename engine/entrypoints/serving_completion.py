@@ -73,7 +73,7 @@ class OpenAIServingCompletion(OpenAIServing):
     async def beam_search_response(self, raw_request: Request, request: CompletionRequest, prompts: list[Prompt],
                                    lora: LoRARequest | None) -> Response:
         """vLLM's use_beam_search: the n best beams of each prompt as its n choices."""
-        results = await self.beam_search(raw_request, request, prompts, lora)
+        results = await self.beam_search(raw_request, request, prompts, lora, "prompt")
         if results is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         choices = [CompletionChoice(index=prompt_index * request.n + beam.index, text=beam.text,

@@ -311,11 +311,13 @@ class OpenAIServing:
         return lora.name if lora else self.served_model_name
 
     async def beam_search(self, raw_request: Request, request: _SamplingRequest, prompts: list[Prompt],
-                          lora: LoRARequest | None) -> list[list[CompletionOutput]] | None:
+                          lora: LoRARequest | None, prompt_field: str) -> list[list[CompletionOutput]] | None:
         """The n best beams of each prompt (`BeamSearch` driven through the async engine one step at
-        a time), best first, as outputs; None when the client left (the step in flight is aborted)."""
+        a time), best first, as outputs; None when the client left (the step in flight is aborted).
+        Beams grow to max_tokens, or, when it is unset, to the context length."""
+        max_tokens = min(self._max_tokens(request, len(p.token_ids), prompt_field) for p in prompts)
         try:
-            params = BeamSearchParams(beam_width=request.n, max_tokens=request.requested_max_tokens() or 16,
+            params = BeamSearchParams(beam_width=request.n, max_tokens=max_tokens,
                                       ignore_eos=request.ignore_eos, length_penalty=request.length_penalty)
         except ValueError as exc:
             raise bad_request(exc, request, "n") from None  # n is the beam width

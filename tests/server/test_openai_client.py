@@ -312,3 +312,15 @@ def test_beam_search_refuses_an_extreme_length_penalty(client: openai.OpenAI) ->
         client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, n=2, max_tokens=2,
                                        extra_body={"use_beam_search": True, "length_penalty": -2e16})
     assert refused.value.body["param"] == "length_penalty"
+
+
+def test_beam_search_fits_the_context(client: openai.OpenAI) -> None:
+    """Found by the fuzzer: a chat without max_tokens grew its beams past the context length (a 500);
+    they now stop at it, and a max_tokens that cannot fit is refused as for any request."""
+    out = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, n=2,
+                                         extra_body={"use_beam_search": True, "ignore_eos": True})
+    assert out.usage.prompt_tokens + out.usage.completion_tokens // 2 == MAX_MODEL_LEN
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model=MODEL_NAME, prompt=[5] * (MAX_MODEL_LEN - 4), n=2, max_tokens=8,
+                                  extra_body={"use_beam_search": True})
+    assert refused.value.body["code"] == "context_length_exceeded"
