@@ -79,7 +79,11 @@ def read_adapter(request: LoRARequest, packed_modules: dict[str, tuple[str, Any]
     """
     path = Path(request.path)
     config_file, weights_file = path / "adapter_config.json", path / "adapter_model.safetensors"
-    if not config_file.is_file() or not weights_file.is_file():
+    try:
+        present = config_file.is_file() and weights_file.is_file()
+    except OSError as exc:  # a name too long, a directory it may not read: the client's path, not our fault
+        raise ValueError(f"LoRA adapter {str(path)[:200]}: {exc.strerror or exc}") from None
+    if not present:
         raise ValueError(f"LoRA adapter {path}: expected adapter_config.json and adapter_model.safetensors")
     try:
         config = json.loads(config_file.read_text())

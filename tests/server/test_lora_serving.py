@@ -88,6 +88,8 @@ def test_load_and_unload_at_run_time(lora_server: RunningServer, adapters, expec
 
 @pytest.mark.parametrize(("body", "param", "message"), [
     ({"lora_name": "x", "lora_path": "/nonexistent"}, "lora_path", "adapter_config.json"),
+    # Found by the fuzzer: a path the OS refuses outright was a 500.
+    ({"lora_name": "x", "lora_path": "/" + "a" * 5000}, "lora_path", "too long"),
     ({"lora_name": "wide", "lora_path": "WIDE"}, "lora_path", "above max_lora_rank 8"),
     ({"lora_name": "full", "lora_path": "ATTN"}, "lora_path", "already served"),
     ({"lora_name": MODEL_NAME, "lora_path": "ATTN"}, "lora_name", "served model's name"),
