@@ -130,7 +130,10 @@ class GrammarCompiler:
                 return compiler.compile_grammar(_choice_grammar(spec.choice))
             return compiler.compile_grammar(spec.grammar or "")
         except (RuntimeError, ValueError, TypeError) as err:
-            kind = next(k for k in ("json", "json_object", "regex", "choice", "grammar") if getattr(spec, k))
+            # `is not None`: an empty grammar or regex is given too (a truth test found none: StopIteration,
+            # which hung the request's future: the fuzzer's find).
+            kind = next(k for k in ("json", "json_object", "regex", "choice", "grammar")
+                        if getattr(spec, k) not in (None, False))
             raise InvalidConstraint(f"structured output {kind} is invalid: {str(err).splitlines()[0]}") from None
 
 

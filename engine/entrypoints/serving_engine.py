@@ -78,6 +78,15 @@ def bad_request(exc: ValueError, request: BaseModel | None = None, default_param
     return APIError(400, message, param=param)
 
 
+def _no_stop_iteration(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, with a StopIteration turned into a RuntimeError: asyncio cannot carry one out of an
+    executor, and the request awaiting it would never be answered."""
+    try:
+        return fn(*args)
+    except StopIteration as exc:
+        raise RuntimeError(f"{getattr(fn, '__name__', 'tokenizer work')} raised StopIteration") from exc
+
+
 def beam_usage(prompts: list[Prompt], results: list[list[CompletionOutput]]) -> UsageInfo:
     """Token counts of a beam search's answer: its prompts, and every beam it returns."""
     prompt_tokens = sum(len(p.token_ids) for p in prompts)
@@ -216,7 +225,7 @@ class OpenAIServing:
 
     async def run_tokenizer(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs tokenizer work on its single thread: off the event loop, never concurrent."""
-        return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, _no_stop_iteration, fn, *args)
 
     async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         # JSON can carry lone surrogates, which the tokenizer refuses with a TypeError.

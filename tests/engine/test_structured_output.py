@@ -84,6 +84,8 @@ def test_constrained_and_free_requests_share_a_batch(llm: LLM) -> None:
     ({"json": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}, "structured output json is invalid"),
     ({"regex": "([a-z"}, "structured output regex is invalid"),
     ({"grammar": "root ::= undefined_rule"}, "structured output grammar is invalid"),
+    # Found by the fuzzer: an empty grammar raised StopIteration, which hung the server's request.
+    ({"grammar": ""}, "structured output grammar is invalid"),
 ])
 def test_invalid_constraints_are_refused_with_the_reason(llm: LLM, spec: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

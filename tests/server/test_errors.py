@@ -269,3 +269,11 @@ def test_hostile_values_are_4xx(idle_server: RunningServer, path: str, body: byt
     assert result.status in (400, 404), result.body
     assert result.json()["error"]["param"] == param
     assert_still_serving(idle_server)
+
+
+def test_an_empty_grammar_is_a_400_not_a_hang(idle_server: RunningServer) -> None:
+    """Found by the fuzzer: the request never got an answer."""
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "structured_outputs": {"grammar": ""}}
+    answer = idle_server.request("POST", "/v1/chat/completions", body, timeout=20)
+    assert answer.status == 400 and "grammar is invalid" in answer.json()["error"]["message"]
