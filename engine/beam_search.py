@@ -54,10 +54,12 @@ class Beam:
     finished: bool = False
     text: str = ""
 
+    def ends(self, eos_token_ids: frozenset[int]) -> bool:
+        """Whether its last token is an end-of-sequence token (not counted in its length)."""
+        return bool(self.output_token_ids) and self.output_token_ids[-1] in eos_token_ids
+
     def score(self, length_penalty: float, eos_token_ids: frozenset[int]) -> float:
-        length = len(self.output_token_ids)
-        if self.output_token_ids and self.output_token_ids[-1] in eos_token_ids:
-            length -= 1
+        length = len(self.output_token_ids) - self.ends(eos_token_ids)
         return self.cumulative_logprob / max(length, 1) ** length_penalty
 
 

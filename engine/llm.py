@@ -69,9 +69,10 @@ class LLM:
         tokenized = self._validated(prompts, [SamplingParams(max_tokens=params.max_tokens)] * len(prompts))
         search = BeamSearch([t["prompt_token_ids"] for t in tokenized], params, self.engine.eos_token_ids)
         while not search.finished:
-            request_ids = [f"offline-{next(self._request_ids)}" for _ in search.requests()]
-            for request_id, tokens in zip(request_ids, search.requests()):
-                self.engine.add_request(request_id, tokens, search.step_params)
+            request_ids = []
+            for tokens in search.requests():
+                request_ids.append(f"offline-{next(self._request_ids)}")
+                self.engine.add_request(request_ids[-1], tokens, search.step_params)
             search.advance(self._run(request_ids))
         results = search.results()
         for beams in results:

@@ -59,6 +59,11 @@ def path(api_version: str, kind: str, namespace: str | None = None, name: str | 
     return "/".join(parts)
 
 
+def _selector(pairs: dict[str, str] | None) -> str:
+    """A label or field selector requiring each key to have its value."""
+    return ",".join(f"{k}={v}" for k, v in (pairs or {}).items())
+
+
 class Kube:
     """A connection to one API server."""
 
@@ -126,17 +131,13 @@ class Kube:
 
     def list(self, api_version: str, kind: str, namespace: str, *, labels: dict[str, str] | None = None,
              fields: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        query = {}
-        if labels:
-            query["labelSelector"] = ",".join(f"{k}={v}" for k, v in labels.items())
-        if fields:
-            query["fieldSelector"] = ",".join(f"{k}={v}" for k, v in fields.items())
-        return self.request("GET", path(api_version, kind, namespace), query=query).get("items", [])
+        return self.list_collection(api_version, kind, namespace, _selector(labels), _selector(fields)).get("items", [])
 
-    def list_collection(self, api_version: str, kind: str, namespace: str | None,
-                        label_selector: str = "") -> dict[str, Any]:
+    def list_collection(self, api_version: str, kind: str, namespace: str | None, label_selector: str = "",
+                        field_selector: str = "") -> dict[str, Any]:
         """The whole list object: its items and the resourceVersion to watch from."""
-        query = {"labelSelector": label_selector} if label_selector else None
+        query = {key: value for key, value in (("labelSelector", label_selector), ("fieldSelector", field_selector))
+                 if value}
         return self.request("GET", path(api_version, kind, namespace), query=query)
 
     def apply(self, obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER) -> dict[str, Any]:

@@ -360,8 +360,7 @@ class OpenAIServing:
             return None
         return [[CompletionOutput(index=rank, text=self.tokenizer.decode(beam.output_token_ids, skip_special_tokens=True),
                                   token_ids=beam.output_token_ids, cumulative_logprob=beam.cumulative_logprob,
-                                  finish_reason="stop" if beam.output_token_ids and beam.output_token_ids[-1] in
-                                  search.eos else "length")
+                                  finish_reason="stop" if beam.ends(search.eos) else "length")
                  for rank, beam in enumerate(beams)] for beams in results]
 
     def new_request_id(self, raw_request: Request, request: _SamplingRequest) -> str:

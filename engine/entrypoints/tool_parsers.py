@@ -183,7 +183,28 @@ class JsonArrayParser(ToolCallParser):
         return Parsed(content=rest if rest else "")
 
 
-class HermesParser(ToolCallParser):
+class _TaggedParser(ToolCallParser):
+    """Content until a tag opens the calls: the formats whose calls follow a marker in the text."""
+
+    def __init__(self, max_calls: int | None = None) -> None:
+        super().__init__(max_calls)
+        self._buffer = ""
+
+    def _content_until(self, tag: str, out: Parsed) -> bool:
+        """Moves the buffer's text before `tag` into `out` as content and drops the tag; False while
+        the tag has not come, holding back an end of the buffer that may be its start."""
+        at = self._buffer.find(tag)
+        if at < 0:
+            keep = partial_suffix(self._buffer, tag)
+            out.content += self._content(self._buffer[:len(self._buffer) - keep])
+            self._buffer = self._buffer[len(self._buffer) - keep:]
+            return False
+        out.content += self._content(self._buffer[:at])
+        self._buffer = self._buffer[at + len(tag):]
+        return True
+
+
+class HermesParser(_TaggedParser):
     """Content with calls inside <tool_call> tags; text that may be the start of a tag is held back."""
 
     start_tag = "<tool_call>"
@@ -191,7 +212,6 @@ class HermesParser(ToolCallParser):
 
     def __init__(self, max_calls: int | None = None) -> None:
         super().__init__(max_calls)
-        self._buffer = ""
         self._in_call = False
 
     def feed(self, text: str) -> Parsed:
@@ -199,14 +219,8 @@ class HermesParser(ToolCallParser):
         out = Parsed()
         while True:
             if not self._in_call:
-                at = self._buffer.find(self.start_tag)
-                if at < 0:
-                    keep = partial_suffix(self._buffer, self.start_tag)
-                    out.content += self._content(self._buffer[:len(self._buffer) - keep])
-                    self._buffer = self._buffer[len(self._buffer) - keep:]
+                if not self._content_until(self.start_tag, out):
                     return out
-                out.content += self._content(self._buffer[:at])
-                self._buffer = self._buffer[at + len(self.start_tag):]
                 self._in_call = True
             at = self._buffer.find(self.end_tag)
             if at < 0:
@@ -285,7 +299,7 @@ class Llama3JsonParser(ToolCallParser):
         return Parsed(content=rest)
 
 
-class MistralParser(ToolCallParser):
+class MistralParser(_TaggedParser):
     """Mistral's calls after [TOOL_CALLS]: a JSON array of {"name", "arguments"} (the v3 tokenizer:
     Mistral 7B v0.3, Nemo, Small 2409) or `name[ARGS]{...}`, once per call (the v11 tokenizer:
     Mistral Small 3.1+, Magistral, Devstral). Text before the tag is content; a call that never
@@ -297,7 +311,6 @@ class MistralParser(ToolCallParser):
 
     def __init__(self, max_calls: int | None = None) -> None:
         super().__init__(max_calls)
-        self._buffer = ""
         self._in_calls = False
 
     @classmethod
@@ -310,15 +323,10 @@ class MistralParser(ToolCallParser):
         out = Parsed()
         while True:
             if not self._in_calls:
-                at = self._buffer.find(self.TAG)
-                if at < 0:
-                    keep = partial_suffix(self._buffer, self.TAG)
-                    out.content += self._content(self._buffer[:len(self._buffer) - keep])
-                    self._buffer = self._buffer[len(self._buffer) - keep:]
+                if not self._content_until(self.TAG, out):
                     return out
-                out.content += self._content(self._buffer[:at])
                 self._held_space = ""
-                self._buffer, self._in_calls = self._buffer[at + len(self.TAG):], True
+                self._in_calls = True
             calls = self._next_calls()
             if calls is None:
                 return out

@@ -87,9 +87,9 @@ class Balancer:
             start = next(self._turns) % len(endpoints)
             return [*endpoints[start:], *endpoints[:start]]
         if self.strategy == "least-load" or at is None:
-            turn = next(self._turns)  # ties go round, not always to the first endpoint
-            n = len(endpoints)
-            return sorted(endpoints, key=lambda e: (loads.get(e, 0), (endpoints.index(e) - turn) % n))
+            turn, n = next(self._turns), len(endpoints)  # ties go round, not always to the first endpoint
+            ranked = sorted(range(n), key=lambda i: (loads.get(endpoints[i], 0), (i - turn) % n))
+            return [endpoints[i] for i in ranked]
         ring_order = self._ring(endpoints).walk(at)
         bound = self.bound(loads, endpoints)
         within = [e for e in ring_order if loads.get(e, 0) + 1 <= bound]

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -42,6 +43,11 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "prox
 UPSTREAM_HEADER = "x-pagoda-upstream"
 #: Request bodies up to this size: long prompts, base64 inputs.
 MAX_BODY_BYTES = 64 << 20
+
+
+def end_to_end(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The headers another hop may carry on (repeated ones kept: several Set-Cookie, say)."""
+    return [(name, value) for name, value in headers.items() if name.lower() not in _HOP_BY_HOP]
 
 
 def error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
@@ -182,7 +188,7 @@ class Gateway:
         if at is None:
             return missing
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers = end_to_end(request.headers)
         asked: set[str] = set()
         for route in list(self.table.routes.values()):
             if not route.endpoints:
@@ -253,9 +259,10 @@ class Gateway:
         at, pinned = affinity.affinity_point(model, request.path, body, self.settings.prefix_chars, session)
         loads = self.engine_loads.weigh(self.loads)
         attempts = self.balancer.order(usable, at, loads, pinned=pinned)[: self.settings.max_attempts]
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        if at is not None:
-            headers[shared_affinity.HEADER] = shared_affinity.format_point(at)
+        headers = end_to_end(request.headers)
+        if at is not None:  # ours, not one a client sent
+            headers = [(k, v) for k, v in headers if k.lower() != shared_affinity.HEADER]
+            headers.append((shared_affinity.HEADER, shared_affinity.format_point(at)))
         for number, endpoint in enumerate(attempts, 1):
             if number > 1:
                 self.metrics.retries.labels(model).inc()
@@ -269,7 +276,7 @@ class Gateway:
                 return response
         return error(502, f"no replica of model `{model}` could be reached", type="BadGatewayError")
 
-    async def _attempt(self, request: web.Request, raw: bytes, headers: dict[str, str], endpoint: str,
+    async def _attempt(self, request: web.Request, raw: bytes, headers: list[tuple[str, str]], endpoint: str,
                        last: bool) -> web.StreamResponse | None:
         """The response from `endpoint`, or None to try the next one."""
         assert self._session is not None
@@ -284,9 +291,8 @@ class Gateway:
             if upstream.status == 503 and not last:
                 return None  # queue full there: another replica may have room
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for name, value in upstream.headers.items():
-                if name.lower() not in _HOP_BY_HOP:
-                    response.headers.add(name, value)
+            for name, value in end_to_end(upstream.headers):
+                response.headers.add(name, value)
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             response.headers[UPSTREAM_HEADER] = endpoint
