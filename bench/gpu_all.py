@@ -4,11 +4,13 @@
 
 Parts, in order (default: all):
   tests             tests/kernels natively on the GPU, then the engine's HF parity
-                    tests (now on CUDA: Triton kernels and decode CUDA graphs end to end)
+                    tests (now on CUDA: Triton kernels and decode CUDA graphs end to end),
+                    FP8 and GPTQ/AWQ/compressed-tensors checkpoints included
   decode_attention  bench.gpu_decode_attention --sweep
   decode_step       bench.gpu_decode_step
   moe               bench.gpu_moe (the fused MoE kernel on Qwen3-30B-A3B and Mixtral layers)
-  fp8               bench.gpu_fp8 (the FP8 weight GEMM against cuBLAS bf16)
+  fp8               bench.gpu_weight_only fp8 (the FP8 weight GEMM against cuBLAS bf16)
+  int4              bench.gpu_weight_only int4 (the 4-bit GPTQ/AWQ weight GEMM against cuBLAS bf16)
   throughput        bench.gpu_throughput (both models; the longest part)
 
 Each part runs in its own process, so one failing leaves the others' results;
@@ -31,7 +33,7 @@ import xml.etree.ElementTree as ET
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PARTS = ("tests", "decode_attention", "decode_step", "moe", "fp8", "throughput")
+PARTS = ("tests", "decode_attention", "decode_step", "moe", "fp8", "int4", "throughput")
 LOGS = pathlib.Path(tempfile.mkdtemp(prefix="pagoda-gpu-"))
 _PYTEST = "import sys, bench.gpu_import, pytest; sys.exit(pytest.main(sys.argv[1:]))"
 
@@ -56,7 +58,8 @@ def run_tests() -> None:
     summary = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU",
         "kernel_tests": _pytest("kernel_tests", ["tests/kernels"]),
-        "hf_parity_tests": _pytest("hf_parity_tests", ["tests/engine/test_hf_parity.py"]),
+        "hf_parity_tests": _pytest("hf_parity_tests", ["tests/engine/test_hf_parity.py", "tests/engine/test_fp8.py",
+                                                       "tests/engine/test_int_quant.py"]),
     }
     (RESULTS / "gpu_tests.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -81,7 +84,8 @@ def main() -> None:
         "decode_attention": lambda: _module("bench.gpu_decode_attention", "--sweep"),
         "decode_step": lambda: _module("bench.gpu_decode_step"),
         "moe": lambda: _module("bench.gpu_moe"),
-        "fp8": lambda: _module("bench.gpu_fp8"),
+        "fp8": lambda: _module("bench.gpu_weight_only", "fp8"),
+        "int4": lambda: _module("bench.gpu_weight_only", "int4"),
         "throughput": lambda: _module("bench.gpu_throughput"),
     }
     for part in args.parts or PARTS:

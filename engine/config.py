@@ -11,7 +11,11 @@ from pagoda.engine.spec_decode import SpeculativeConfig
 
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 SCHEDULING_POLICIES = ("fcfs", "priority")
-QUANTIZATIONS = ("fp8",)
+# vLLM's --quantization names of checkpoint formats (its marlin kernels' names included), each the
+# quant_method it requires of the checkpoint; "fp8" alone quantizes at load.
+CHECKPOINT_QUANTIZATIONS = {"gptq": "gptq", "gptq_marlin": "gptq", "awq": "awq", "awq_marlin": "awq",
+                            "compressed-tensors": "compressed-tensors"}
+QUANTIZATIONS = ("fp8", *CHECKPOINT_QUANTIZATIONS)
 
 
 @dataclass
@@ -47,7 +51,8 @@ class EngineConfig:
     max_loras: int = 4
     max_lora_rank: int = 16
     # "fp8": projections held in FP8 (block scales of 128 x 128): quantized at load from a full-precision
-    # checkpoint, or as an FP8 checkpoint stores them. None: as the checkpoint stores them.
+    # checkpoint, or as an FP8 checkpoint stores them. None: as the checkpoint stores them. A checkpoint
+    # format's name (gptq, awq, compressed-tensors, or vLLM's gptq_marlin, awq_marlin) asserts the checkpoint's.
     quantization: str | None = None
     # Speculative decoding, as vLLM's speculative_config: {"method": "ngram", "num_speculative_tokens": k,
     # "prompt_lookup_max": 4, "prompt_lookup_min": 1}; parsed into a SpeculativeConfig.

@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+from pagoda.engine.layers.int_quant import IntQuantConfig
+from pagoda.engine.models.quant_formats import INT_METHODS
+
 _DTYPES = {
     "float32": torch.float32,
     "float": torch.float32,
@@ -57,7 +60,7 @@ class Fp8Config:
 
 
 # quant_method values of config.json's quantization_config that the engine cannot serve yet.
-_UNSUPPORTED_QUANT = "awq, gptq, compressed-tensors, bitsandbytes, per-tensor or static fp8"
+_UNSUPPORTED_QUANT = "bitsandbytes, per-tensor or static fp8, compressed-tensors other than pack-quantized"
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
     moe: MoEConfig | None = None
-    quantization: Fp8Config | None = None
+    quantization: Fp8Config | IntQuantConfig | None = None
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -157,7 +160,7 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
     )
 
 
-def _quantization(cfg: dict[str, Any]) -> Fp8Config | None:
+def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
     """The checkpoint's weight quantization; ValueError for what cannot be served (rather than
     loading packed integers or FP8 bytes as if they were weights)."""
     quant = cfg.get("quantization_config")
@@ -169,9 +172,12 @@ def _quantization(cfg: dict[str, Any]) -> Fp8Config | None:
         if len(block) != 2 or not all(isinstance(b, int) and b > 0 for b in block):
             raise ValueError(f"weight_block_size must be two positive integers, got {block!r}")
         return Fp8Config(block=(int(block[0]), int(block[1])))
+    if method in INT_METHODS:
+        return INT_METHODS[method](quant)
     detail = method if method != "fp8" else f"fp8 with {quant.get('activation_scheme')} activations, block {block}"
     raise ValueError(f"quantization {detail!r} is not supported (supported: block-wise fp8 with dynamic "
-                     f"activations, quant_method 'fp8' with a weight_block_size; not yet: {_UNSUPPORTED_QUANT})")
+                     f"activations, quant_method 'fp8' with a weight_block_size; 4- and 8-bit weight-only gptq, "
+                     f"awq and compressed-tensors pack-quantized; not yet: {_UNSUPPORTED_QUANT})")
 
 
 def _text_config(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:

@@ -196,3 +196,37 @@ def fp8_block_linear(
 ) -> torch.Tensor:
     """x [.., K] @ dequantized weight [N, K]^T (+ bias), in x's dtype: weight-only FP8, activations unquantized."""
     return F.linear(x, fp8_block_dequantize(weight, scale_inv, block).to(x.dtype), bias)
+
+
+def int_unpack(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """The unsigned integers [N, K] of a weight packed along K into int32 words [N, K * bits / 32]:
+    element k of a row sits in word k // (32 / bits), at bit (k % (32 / bits)) * bits."""
+    per_word = 32 // bits
+    shifts = torch.arange(per_word, device=qweight.device, dtype=torch.int32) * bits
+    values = (qweight.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return values.reshape(qweight.shape[0], -1)
+
+
+def int_dequantize(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor | None, bits: int,
+    group_size: int,
+) -> torch.Tensor:
+    """The real weight (fp32) [N, K] of integer weights: (q - zero) * scale of the column's group,
+    the group being g_idx[k] where given (GPTQ's act-order), else k // group_size."""
+    q = int_unpack(qweight, bits)
+    k = q.shape[1]
+    groups = g_idx.long() if g_idx is not None else torch.arange(k, device=q.device) // group_size
+    return (q.float() - zeros.float()[:, groups]) * scales.float()[:, groups]
+
+
+def int_linear(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor | None,
+    bits: int, group_size: int, bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x [.., K] @ dequantized weight [N, K]^T (+ bias), in x's dtype: weight-only integer
+    quantization (GPTQ, AWQ, compressed-tensors' W4A16 and W8A16), activations unquantized.
+
+    qweight: int32 [N, K * bits / 32]; scales: [N, G] (any float dtype); zeros: uint8 [N, G],
+    unsigned like the weights (2 ** (bits - 1) for symmetric schemes); g_idx: int32 [K] or None.
+    """
+    return F.linear(x, int_dequantize(qweight, scales, zeros, g_idx, bits, group_size).to(x.dtype), bias)

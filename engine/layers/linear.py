@@ -17,10 +17,17 @@ from torch import nn
 
 from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
 from pagoda.engine.layers.fp8 import Fp8Capable, block_span
-from pagoda.engine.layers.weights import copy_into, read_shard
+from pagoda.engine.layers.int_quant import IntQuantCapable, IntQuantConfig
+from pagoda.engine.layers.weights import copy_into, read_full, read_shard
 
 if TYPE_CHECKING:
     from pagoda.engine.lora import LayerLoRA, Part
+
+
+def _check_words(in_features: int, cfg: IntQuantConfig) -> None:
+    if in_features % (32 // cfg.bits):
+        raise ValueError(f"{cfg.method}: {in_features} input features do not fill int32 words of "
+                         f"{32 // cfg.bits} {cfg.bits}-bit weights")
 
 
 def divide(numerator: int, denominator: int, what: str) -> int:
@@ -40,7 +47,7 @@ class ReplicatedLinear(nn.Module):
         return nn.functional.linear(x, self.weight)
 
 
-class ColumnParallelLinear(Fp8Capable, nn.Module):
+class ColumnParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
     """y = x W^T + b with W's rows (output features) split across ranks."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
@@ -82,6 +89,21 @@ class ColumnParallelLinear(Fp8Capable, nn.Module):
     def fused_start(self, part: Any) -> int:
         """Where a part's rows begin in a checkpoint tensor holding all parts, one after the other."""
         return 0
+
+    def use_int_quant(self, cfg: IntQuantConfig, scale_dtype: torch.dtype) -> None:
+        """Holds the weight as packed integers: every tensor of the layout has a row per output
+        feature, so each is placed like the weight; g_idx (one per input column) is whole everywhere
+        (the parts of a fused projection share their input, hence GPTQ's column order)."""
+        _check_words(self.in_features, cfg)
+        group_size, groups = cfg.groups(self.in_features)
+
+        def whole(param: nn.Parameter, src: Any, shard_id: Any = None) -> None:
+            copy_into(param, read_full(src))
+
+        loaders = {"qweight": self.weight_loader, "scales": self.weight_loader, "zeros": self.weight_loader,
+                   "g_idx": whole}
+        self.hold_int_weights(cfg, (self.out_features_per_rank, self.in_features), groups, group_size, scale_dtype,
+                              loaders)
 
     def lora_parts(self) -> list[Part]:
         return [(part, *self.rows(part)[:2]) for part in self.part_ids]
@@ -148,7 +170,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         return offset, kv_size, (tp_rank() // self.kv_replicas) * kv_size, self.total_kv_heads * self.head_dim
 
 
-class RowParallelLinear(Fp8Capable, nn.Module):
+class RowParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
     """y = x W^T + b with W's columns (input features) split; partial sums all-reduced, unless
     `reduce_results` is off because the caller reduces them once together with other partial sums."""
 
@@ -158,6 +180,7 @@ class RowParallelLinear(Fp8Capable, nn.Module):
             raise ValueError("a bias is added after the reduction, so it needs reduce_results")
         self.reduce_results = reduce_results
         self.in_features_per_rank = divide(in_features, tp_size(), "input features")
+        self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, self.in_features_per_rank), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         if bias:
@@ -169,15 +192,15 @@ class RowParallelLinear(Fp8Capable, nn.Module):
         self.lora: LayerLoRA | None = None
 
     def lora_parts(self) -> list[Part]:
-        return [(None, 0, self.weight.shape[0])]
+        return [(None, 0, self.out_features)]
 
     def lora_shard(self, part: Any, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of an adapter's A and B: A's columns, as the weight's (B is whole: its
         partial sum joins the all-reduce)."""
         size = self.in_features_per_rank
-        if a.shape[1] != size * tp_size() or b.shape[0] != self.weight.shape[0]:
+        if a.shape[1] != size * tp_size() or b.shape[0] != self.out_features:
             raise ValueError(f"shapes {tuple(a.shape)}, {tuple(b.shape)} do not fit the projection "
-                             f"({size * tp_size()} in, {self.weight.shape[0]} out)")
+                             f"({size * tp_size()} in, {self.out_features} out)")
         return a[:, tp_rank() * size : (tp_rank() + 1) * size], b
 
     def weight_loader(self, param: nn.Parameter, src: Any) -> None:
@@ -188,6 +211,30 @@ class RowParallelLinear(Fp8Capable, nn.Module):
         size = self.in_features_per_rank
         _, count, there = block_span(0, size, tp_rank() * size, size * tp_size(), self.fp8_block[1], "columns")
         copy_into(param, read_shard(src, 1, there, count))
+
+    def use_int_quant(self, cfg: IntQuantConfig, scale_dtype: torch.dtype) -> None:
+        """Holds the weight as packed integers, this rank's columns of it. Its share of groups
+        must be whole groups, unless every rank needs every group: GPTQ's act-order (any column
+        may be in any group) and channel-wise scales (one group)."""
+        size = self.in_features_per_rank
+        _check_words(size, cfg)
+        group_size, all_groups = cfg.groups(size * tp_size())
+        every_group = cfg.act_order or all_groups == 1
+        if not every_group and size % group_size:
+            raise ValueError(f"{cfg.method} groups of {group_size} columns do not fall on this rank's {size} "
+                             "columns; this tensor-parallel size splits a group")
+        groups = all_groups if every_group else size // group_size
+        words = size * cfg.bits // 32
+
+        def group_columns(param: nn.Parameter, src: Any) -> None:
+            copy_into(param, read_full(src) if every_group else read_shard(src, 1, tp_rank() * groups, groups))
+
+        loaders = {
+            "qweight": lambda param, src: copy_into(param, read_shard(src, 1, tp_rank() * words, words)),
+            "scales": group_columns, "zeros": group_columns,
+            "g_idx": lambda param, src: copy_into(param, read_shard(src, 0, tp_rank() * size, size)),
+        }
+        self.hold_int_weights(cfg, (self.out_features, size), groups, group_size, scale_dtype, loaders)
 
     def _bias_loader(self, param: nn.Parameter, src: Any) -> None:
         copy_into(param, read_shard(src, 0, 0, param.shape[0]))

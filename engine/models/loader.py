@@ -15,9 +15,12 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from pagoda.engine.config import CHECKPOINT_QUANTIZATIONS
 from pagoda.engine.layers.fp8 import ONLINE_BLOCK
+from pagoda.engine.layers.int_quant import IntQuantConfig
 from pagoda.engine.layers.weights import default_weight_loader
-from pagoda.engine.model_config import ModelConfig
+from pagoda.engine.model_config import Fp8Config, ModelConfig
+from pagoda.engine.models.quant_formats import CheckpointFormat
 from pagoda.engine.models.registry import model_class
 
 # Tensors some checkpoints carry that are recomputed here, never loaded.
@@ -53,6 +56,37 @@ def _with_prefix(model: nn.Module, name: str) -> str:
     return name if name.startswith(prefix) else prefix + name
 
 
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+
+def use_int_weights(model: nn.Module, path: Path, fmt: CheckpointFormat) -> None:
+    """Makes every projection the checkpoint stores as packed integers hold them (checkpoints keep
+    some layers, e.g. the LM head, at full precision), with scales in the checkpoint's dtype."""
+    ignored = getattr(model, "ignored_checkpoint_prefixes", ())
+    for file in checkpoint_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            scale_dtypes = {name.rpartition(".")[0]: f.get_slice(name).get_dtype()
+                            for name in f.keys() if name.endswith("." + fmt.scale_suffix)}
+            names = list(f.keys())
+        for name in names:
+            converted = fmt.canonical(name, None) if not name.startswith(ignored) else None
+            if converted is None or not converted[0].endswith(".qweight"):
+                continue
+            target, _ = model.checkpoint_target(_with_prefix(model, converted[0]))
+            try:
+                module = model.get_submodule(target.rpartition(".")[0])
+            except AttributeError:
+                module = None
+            if not hasattr(module, "use_int_quant"):
+                raise ValueError(f"checkpoint tensor {name!r}: {fmt.config.method} weights are served for attention "
+                                 "and dense MLP projections only (not yet for MoE experts, embeddings or heads)")
+            if module.int_quant is None:
+                stored = scale_dtypes.get(name.rpartition(".")[0])
+                if stored not in _SAFETENSORS_DTYPES:
+                    raise ValueError(f"checkpoint tensor {name!r}: no floating-point {fmt.scale_suffix} beside it")
+                module.use_int_quant(fmt.config, _SAFETENSORS_DTYPES[stored])
+
+
 def use_fp8_weights(model: nn.Module, path: Path, block: tuple[int, int]) -> None:
     """Makes FP8 every projection the checkpoint stores in FP8: those with a `weight_scale_inv`
     (checkpoints keep some layers, e.g. the LM head, at full precision)."""
@@ -76,7 +110,8 @@ def use_fp8_weights(model: nn.Module, path: Path, block: tuple[int, int]) -> Non
                 module.use_fp8(block)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def load_weights(model: nn.Module, path: Path, fmt: CheckpointFormat | None = None) -> None:
+    """Places every checkpoint tensor (read through `fmt` for an integer-quantized checkpoint)."""
     params = dict(model.named_parameters(remove_duplicate=False))
     generates = getattr(model, "generates", True)
     tied = bool(getattr(model.config, "tie_word_embeddings", False)) and generates
@@ -85,11 +120,18 @@ def load_weights(model: nn.Module, path: Path) -> None:
     for name, src in iter_checkpoint(path):
         if name.startswith(ignored):  # parts of the checkpoint this model does not serve (a vision tower)
             continue
+        if fmt is not None:
+            converted = fmt.canonical(name, src)
+            if converted is None:
+                continue
+            name, src = converted
         name = _with_prefix(model, name)
         if name.endswith(_IGNORED_SUFFIXES) or (tied and name.startswith("lm_head.")):
             continue
         target, shard = model.checkpoint_target(name)
         param = params.get(target)
+        if param is None and fmt is not None and name.endswith(".bias"):
+            continue  # GPTQ tools save a (zero) bias for every projection, with a bias or not
         if param is None:
             raise ValueError(f"checkpoint tensor {name!r} has no counterpart in {type(model).__name__}")
         loader = getattr(param, "weight_loader", default_weight_loader)
@@ -108,16 +150,27 @@ def load_weights(model: nn.Module, path: Path) -> None:
 def build_model(cfg: ModelConfig, device: torch.device, quantization: str | None = None) -> nn.Module:
     """Instantiates the registered class for the config on `device` and loads its weights;
     `quantization="fp8"` turns a full-precision checkpoint's projections into FP8 once loaded."""
+    fmt = CheckpointFormat(cfg.quantization) if isinstance(cfg.quantization, IntQuantConfig) else None
+    if quantization in CHECKPOINT_QUANTIZATIONS:
+        stored = fmt.config.method if fmt is not None else "not integer-quantized"
+        if stored != CHECKPOINT_QUANTIZATIONS[quantization]:
+            raise ValueError(f"quantization={quantization!r} names the checkpoint's format, but {cfg.path} is {stored}")
+        quantization = None
+    if fmt is not None and quantization is not None:
+        raise ValueError(f"the checkpoint is already quantized ({fmt.config.method}); "
+                         f"quantization={quantization!r} would quantize it again: leave it unset")
     old = torch.get_default_dtype()
     torch.set_default_dtype(cfg.dtype)
     try:
         with torch.device(device):
             model = model_class(cfg.architecture)(cfg)
-            if cfg.quantization is not None:
+            if isinstance(cfg.quantization, Fp8Config):
                 use_fp8_weights(model, cfg.path, cfg.quantization.block)
+            elif fmt is not None:
+                use_int_weights(model, cfg.path, fmt)
     finally:
         torch.set_default_dtype(old)
-    load_weights(model, cfg.path)
+    load_weights(model, cfg.path, fmt)
     if quantization == "fp8":
         for module in model.modules():
             if hasattr(module, "quantize_loaded") and module.fp8_block is None:

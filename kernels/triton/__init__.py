@@ -9,6 +9,7 @@ TRITON_INTERPRET when a kernel is decorated.
 
 from pagoda.kernels.triton.activation import gelu_tanh_and_mul, silu_and_mul
 from pagoda.kernels.triton.fp8_linear import fp8_block_linear
+from pagoda.kernels.triton.int_gemm import int_linear
 from pagoda.kernels.triton.kv_cache import store_kv_cache
 from pagoda.kernels.triton.moe import fused_moe
 from pagoda.kernels.triton.norm import fused_add_rms_norm, rms_norm
@@ -21,6 +22,7 @@ __all__ = [
     "fused_add_rms_norm",
     "fused_moe",
     "gelu_tanh_and_mul",
+    "int_linear",
     "paged_attention_decode",
     "paged_attention_prefill",
     "paged_attention_prefill_varlen",

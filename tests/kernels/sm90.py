@@ -29,10 +29,11 @@ from triton.backends.nvidia import compiler as nvidia_compiler
 from triton.compiler import ASTSource
 
 import pagoda.kernels.triton as kernels
-from pagoda.kernels.triton import activation, fp8_linear, kv_cache, moe, norm, paged_decode, paged_prefill, rotary
+from pagoda.kernels.triton import (activation, fp8_linear, int_gemm, kv_cache, moe, norm, paged_decode, paged_prefill,
+                                   rotary)
 
 TARGET = GPUTarget("cuda", 90, 32)
-_POINTER = {torch.float8_e4m3fn: "*fp8e4nv", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}
+_POINTER = {torch.float8_e4m3fn: "*fp8e4nv", torch.uint8: "*u8", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}
 
 
 class _Recorder:
@@ -91,7 +92,7 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
     records: list = []
     modules = {activation: "_act_and_mul_kernel", kv_cache: "_store_kv_kernel", norm: "_rms_norm_kernel",
                paged_decode: "_decode_kernel", rotary: "_rotary_kernel", paged_prefill: "_prefill_kernel",
-               moe: "_moe_gemm_kernel", fp8_linear: "_fp8_linear_kernel"}
+               moe: "_moe_gemm_kernel", fp8_linear: "_fp8_linear_kernel", int_gemm: "_int_linear_kernel"}
     originals = {m: getattr(m, n) for m, n in modules.items()}
     originals[paged_decode, "merge"] = paged_decode._merge_kernel
     for module, name in modules.items():
@@ -132,6 +133,15 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
             call(f"fp8_linear-t{tokens}", lambda: kernels.fp8_block_linear(
                 torch.empty(tokens, 14336, dtype=torch.bfloat16), torch.empty(4096, 14336, dtype=torch.float8_e4m3fn),
                 torch.empty(32, 112), (128, 128)))
+        # The same in 4-bit GPTQ (groups of 128, fp16 scales), with and without act-order; and 8-bit channel-wise.
+        for tokens in (1, 64):
+            for g_idx in (None, torch.zeros(14336, dtype=torch.int32)):
+                call(f"int4_linear-t{tokens}{'-act_order' if g_idx is not None else ''}", lambda: kernels.int_linear(
+                    torch.empty(tokens, 14336, dtype=torch.bfloat16), torch.empty(4096, 14336 // 8, dtype=torch.int32),
+                    torch.empty(4096, 112, dtype=torch.float16), torch.empty(4096, 112, dtype=torch.uint8), g_idx, 4, 128))
+        call("int8_linear-t1", lambda: kernels.int_linear(
+            torch.empty(1, 14336, dtype=torch.bfloat16), torch.empty(4096, 14336 // 4, dtype=torch.int32),
+            torch.empty(4096, 1, dtype=torch.bfloat16), torch.empty(4096, 1, dtype=torch.uint8), None, 8, 14336))
         # Qwen3-30B-A3B's expert shapes (8 of its 128 experts), at decode and at prefill tile sizes.
         for dtype, tokens in [(torch.bfloat16, 4), (torch.bfloat16, 300), (torch.float32, 4)]:
             w13, w2 = torch.empty(8, 2 * 768, 2048, dtype=dtype), torch.empty(8, 2048, 768, dtype=dtype)

@@ -16,6 +16,7 @@ import pagoda.kernels.triton as kernels
 from pagoda.engine import model_runner
 from pagoda.engine.attention.triton_backend import TritonAttentionBackend
 from pagoda.engine.fixtures import make_fp8_model
+from pagoda.engine.int_quant_fixtures import make_int_quant_model
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.kernels import ops
@@ -30,7 +31,7 @@ MAX_TOKENS = 4
 @pytest.fixture
 def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul", "store_kv_cache", "fused_moe",
-                 "fp8_block_linear", "gelu_tanh_and_mul"):
+                 "fp8_block_linear", "int_linear", "gelu_tanh_and_mul"):
         monkeypatch.setattr(ops, name, getattr(kernels, name))
     monkeypatch.setattr(model_runner, "select_backend", lambda device: TritonAttentionBackend())
 
@@ -54,3 +55,16 @@ def test_fp8_checkpoint_on_triton_kernels(tiny_model, tmp_path, triton_everywher
     outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
     for prompt, out in zip(PROMPTS, outputs):
         assert list(out.outputs[0].token_ids) == hf_greedy(path, llm.tokenizer.encode(prompt), MAX_TOKENS), prompt
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
+@pytest.mark.parametrize(("method", "options"), [("gptq", {"act_order": True}), ("awq", {"group_size": 32})])
+def test_int4_checkpoint_on_triton_kernels(method: str, options: dict, tiny_model, tmp_path,
+                                           triton_everywhere: None) -> None:
+    """Every projection through the integer GEMM (GPTQ with act-order, AWQ): Hugging Face's greedy tokens
+    on the dequantized weights."""
+    path = make_int_quant_model(tiny_model("qwen3"), tmp_path / "q", tmp_path / "dq", method, **options)
+    llm = LLM(str(path), device="cpu", max_num_batched_tokens=7, block_size=4, max_num_seqs=3)
+    outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
+    for prompt, out in zip(PROMPTS, outputs):
+        assert list(out.outputs[0].token_ids) == hf_greedy(tmp_path / "dq", llm.tokenizer.encode(prompt), MAX_TOKENS)

@@ -28,7 +28,8 @@ def test_kernels_compile_for_sm90_without_spills() -> None:
     report = json.loads(proc.stdout)
     kernels = {r["kernel"] for r in report.values()}
     assert kernels >= {"_decode_kernel", "_merge_kernel", "_prefill_kernel", "_store_kv_kernel", "_rotary_kernel",
-                       "_rms_norm_kernel", "_act_and_mul_kernel", "_moe_gemm_kernel", "_fp8_linear_kernel"}
+                       "_rms_norm_kernel", "_act_and_mul_kernel", "_moe_gemm_kernel", "_fp8_linear_kernel",
+                       "_int_linear_kernel"}
     # fp32 runs its dots on FMA units with operands in registers; it is a test-fixture path, not a serving one.
     spilling = {label: r for label, r in report.items() if r["spill_bytes"] and "float32" not in label}
     assert not spilling, spilling

@@ -56,7 +56,7 @@ def test_speculative_config_and_quantization_flags() -> None:
                                  {"PAGODA_ENABLE_PREFIX_CACHING": "perhaps"},
                                  {"PAGODA_SPECULATIVE_CONFIG": "{ngram}"},
                                  {"PAGODA_SPECULATIVE_CONFIG": '{"method": "eagle", "num_speculative_tokens": 2}'},
-                                 {"PAGODA_QUANTIZATION": "awq"}])
+                                 {"PAGODA_QUANTIZATION": "int4"}])
 def test_bad_environment_values_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(SystemExit):
         parse_serve_args(["/m"], environ=env)

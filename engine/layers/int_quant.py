@@ -1,0 +1,119 @@
+"""Weight-only integer quantization (GPTQ, AWQ, compressed-tensors W4A16/W8A16): the layout the
+linear layers hold, and packing into it.
+
+Whatever the checkpoint's format, a quantized projection is held as:
+- `qweight`: int32 [N, K * bits / 32], unsigned integers packed along K, the lowest bits first;
+- `scales`: [N, G], in the checkpoint's own dtype (fp16 scales stay exact under a bf16 model);
+- `zeros`: uint8 [N, G], zero points in the weights' unsigned domain (2 ** (bits - 1) when the
+  scheme is symmetric);
+- `g_idx`: int32 [K], each input column's group, only for GPTQ's act-order (otherwise column k
+  is in group k // group_size).
+`pagoda.engine.models.quant_formats` turns each checkpoint format into it while loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pagoda.kernels import ops
+
+SUPPORTED_BITS = (4, 8)
+
+
+@dataclass(frozen=True)
+class IntQuantConfig:
+    """A checkpoint's integer weight quantization, as its config.json's quantization_config says.
+
+    `group_size` -1 means one group per output row (channel-wise); `act_order` that GPTQ ordered
+    the columns by importance, so groups are given per column (g_idx); `zero_offset` is what a
+    stored zero point lacks (GPTQ's original format stores zero - 1); `stored_zeros` is off for
+    compressed-tensors' symmetric schemes, which store none (every zero is 2 ** (bits - 1)).
+    """
+
+    method: str
+    bits: int
+    group_size: int
+    act_order: bool = False
+    stored_zeros: bool = True
+    zero_offset: int = 0
+
+    def groups(self, in_features: int) -> tuple[int, int]:
+        """(group size, group count) of a weight with `in_features` columns."""
+        size = in_features if self.group_size == -1 else self.group_size
+        return size, -(-in_features // size)
+
+
+def pack_along_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 words [N, K * bits / 32] of unsigned integers [N, K] (K a multiple of 32 / bits)."""
+    per_word = 32 // bits
+    n, k = values.shape
+    if k % per_word:
+        raise ValueError(f"{k} columns do not fill int32 words of {per_word} {bits}-bit values")
+    shifts = torch.arange(per_word, device=values.device, dtype=torch.int64) * bits
+    words = (values.to(torch.int64).view(n, k // per_word, per_word) << shifts).sum(-1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def quantize_int_groups(
+    weight: torch.Tensor, bits: int, group_size: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(unsigned integers [N, K], fp32 scales [N, G], uint8 zeros [N, G]) of a weight, group by group
+    along K: round-to-nearest within each group's absolute maximum (symmetric) or its range."""
+    n, k = weight.shape
+    size = k if group_size == -1 else group_size
+    if k % size:
+        raise ValueError(f"{k} columns are not a whole number of groups of {size}")
+    top = (1 << bits) - 1
+    w = weight.float().view(n, k // size, size)
+    if symmetric:
+        scales = (w.abs().amax(-1) / (top // 2)).clamp_min(1e-8)  # e.g. 4 bits: -7..7 around 8
+        zeros = torch.full_like(scales, 1 << (bits - 1))
+    else:
+        low, high = w.amin(-1).clamp_max(0), w.amax(-1).clamp_min(0)
+        scales = ((high - low) / top).clamp_min(1e-8)
+        zeros = (-low / scales).round().clamp(0, top)
+    q = (w / scales[..., None] + zeros[..., None]).round().clamp(0, top)
+    return q.view(n, k).to(torch.uint8), scales, zeros.to(torch.uint8)
+
+
+def _param(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, loader: Callable[..., None]) -> nn.Parameter:
+    param = nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+    param.weight_loader = loader
+    return param
+
+
+class IntQuantCapable:
+    """What a linear layer needs to hold its weight as packed integers: `hold_int_weights` swaps
+    the full-precision weight for qweight, scales, zeros (and g_idx) placed by the layer's
+    loaders, and `project` is x @ W^T (+ bias) either way, dequantizing inside the GEMM on GPU."""
+
+    int_quant: IntQuantConfig | None = None
+    int_group_size: int = 0  # the group size the kernel divides local column indices by
+
+    def hold_int_weights(
+        self, cfg: IntQuantConfig, shape: tuple[int, int], groups: int, group_size: int, scale_dtype: torch.dtype,
+        loaders: dict[str, Callable[..., None]],
+    ) -> None:
+        """Replaces `weight` [N, K] by the integer layout with `groups` scale columns per row."""
+        rows, cols = shape
+        device = self.weight.device  # type: ignore[attr-defined]
+        del self.weight  # type: ignore[attr-defined]
+        self.int_quant, self.int_group_size = cfg, group_size
+        self.qweight = _param((rows, cols * cfg.bits // 32), torch.int32, device, loaders["qweight"])
+        self.scales = _param((rows, groups), scale_dtype, device, loaders["scales"])
+        if cfg.stored_zeros:
+            self.zeros = _param((rows, groups), torch.uint8, device, loaders["zeros"])
+        else:
+            self.register_buffer(  # type: ignore[attr-defined]
+                "zeros", torch.full((rows, groups), 1 << (cfg.bits - 1), dtype=torch.uint8, device=device))
+        self.g_idx = _param((cols,), torch.int32, device, loaders["g_idx"]) if cfg.act_order else None
+
+    def project(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.int_quant is None:
+            return super().project(x, bias)  # type: ignore[misc]
+        return ops.int_linear(x, self.qweight, self.scales, self.zeros, self.g_idx, self.int_quant.bits,
+                              self.int_group_size, bias)

@@ -1,0 +1,95 @@
+"""Weight-only integer GEMM (W4A16, W8A16): y = x @ ((q - zero) * scale)^T, dequantized in registers.
+
+GPTQ, AWQ and compressed-tensors checkpoints all reduce, once loaded, to
+one layout: unsigned integers packed along K into int32 words (row n, word
+k // (32 / bits), bits (k % (32 / bits)) * bits), and a scale and a zero point
+per (row, group). A decode step streams every weight once, so 4-bit weights
+move a quarter of bf16's bytes; each tile is unpacked and scaled on its way
+to the tensor cores, never written out at full width. Where a K tile lies in
+one group (groups of 128, tiles of 64 or 128, no act-order), a tile needs one
+scale and zero per row; otherwise one per element, read through g_idx for
+GPTQ's act-order.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pagoda.kernels.triton.attention_tile import mma
+from pagoda.kernels.triton.launch import exact_dot
+
+
+@triton.jit
+def _int_linear_kernel(
+    x_ptr, q_ptr, s_ptr, z_ptr, g_ptr, out_ptr, m, n, k, stride_xm, stride_qn, stride_sn, stride_zn, stride_om,
+    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_G_IDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
+    EXACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    PER_WORD: tl.constexpr = 32 // BITS
+    WORDS: tl.constexpr = BLOCK_K // PER_WORD
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_w = tl.arange(0, WORDS)
+    m_in, n_in = offs_m < m, offs_n < n
+    x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+    # Each word is loaded once and split into its PER_WORD values, K-consecutive as packed.
+    q_ptrs = q_ptr + offs_n[None, :].to(tl.int64) * stride_qn + offs_w[:, None]
+    s_rows = s_ptr + offs_n[None, :].to(tl.int64) * stride_sn
+    z_rows = z_ptr + offs_n[None, :].to(tl.int64) * stride_zn
+    shifts = (tl.arange(0, PER_WORD) * BITS)[None, :, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, k, BLOCK_K):
+        kk = k0 + offs_k
+        k_in = kk < k
+        tile_in = k_in[:, None] & n_in[None, :]
+        a = tl.load(x_ptrs, mask=m_in[:, None] & k_in[None, :], other=0.0)
+        words = tl.load(q_ptrs, mask=(offs_w < (k - k0) // PER_WORD)[:, None] & n_in[None, :], other=0)
+        q = tl.reshape((words[:, None, :] >> shifts) & ((1 << BITS) - 1), (BLOCK_K, BLOCK_N))
+        if HAS_G_IDX:
+            group = tl.load(g_ptr + kk, mask=k_in, other=0)[:, None]
+            scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
+            zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
+        elif ONE_GROUP_PER_TILE:
+            scale = tl.load(s_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0.0).to(tl.float32)
+            zero = tl.load(z_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0).to(tl.int32)
+        else:
+            group = (kk // GROUP_SIZE)[:, None]
+            scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
+            zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
+        w = (q - zero).to(tl.float32) * scale
+        acc = mma(a, w.to(x_ptr.dtype.element_ty), acc, EXACT)
+        x_ptrs += BLOCK_K
+        q_ptrs += WORDS
+    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_in[:, None] & n_in[None, :])
+
+
+def int_linear(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor | None,
+    bits: int, group_size: int, bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Same contract as `reference.int_linear`."""
+    n = qweight.shape[0]
+    k = qweight.shape[1] * (32 // bits)
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    # Decode-sized batches: thin row tiles, wide K steps; larger batches: square-ish tiles, narrower
+    # with act-order, whose per-element scale and zero gathers hold a tile of each in registers.
+    block_m, block_n, block_k = (16, 64, 128) if m <= 16 else (64, 64 if g_idx is not None else 128, 64)
+    if m:
+        grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+        _int_linear_kernel[grid](
+            x2, qweight, scales, zeros, g_idx if g_idx is not None else qweight, out, m, n, k,
+            x2.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0), out.stride(0),
+            BITS=bits, GROUP_SIZE=group_size, HAS_G_IDX=g_idx is not None,
+            ONE_GROUP_PER_TILE=group_size % block_k == 0, EXACT=exact_dot(x.dtype),
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+        )
+    out = out.view(*x.shape[:-1], n)
+    return out if bias is None else out + bias

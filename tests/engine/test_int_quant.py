@@ -1,0 +1,160 @@
+"""Integer-quantized checkpoints (GPTQ, AWQ, compressed-tensors pack-quantized; 4 and 8 bits):
+served with packed integer weights, token for token what transformers computes from the same
+weights dequantized, under tensor parallelism too; what cannot be served is refused by name."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import pytest
+import torch
+
+from pagoda.engine.int_quant_fixtures import make_int_quant_model
+from pagoda.engine.llm import LLM
+from pagoda.engine.model_config import load_model_config
+from pagoda.engine.sampling_params import SamplingParams
+from tests.engine.hf_reference import hf_greedy
+
+PROMPTS = [[17, 42, 99, 7, 256, 3, 88, 12, 5, 61], [300, 4, 4, 19], [17, 42, 99, 7, 256, 3, 88, 9]]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_model, tmp_path_factory):
+    """quantized(arch, method, **options) -> (quantized checkpoint, its dequantized twin)."""
+    cache: dict = {}
+
+    def make(arch: str, method: str, model: dict | None = None, **options) -> tuple[pathlib.Path, pathlib.Path]:
+        key = (arch, method, repr(model), tuple(sorted(options.items())))
+        if key not in cache:
+            root = tmp_path_factory.mktemp(f"{method}-{arch}")
+            dense = tiny_model(arch, **(model or {}))
+            cache[key] = (make_int_quant_model(dense, root / "q", root / "dq", method, **options), root / "dq")
+        return cache[key]
+
+    return make
+
+
+def _generate(llm: LLM) -> list[list[int]]:
+    try:
+        return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY)]
+    finally:
+        llm.engine.shutdown()
+
+
+CASES = [
+    ("llama", "gptq", {"bits": 4, "group_size": 16}, 1),
+    ("qwen2", "gptq", {"bits": 8, "group_size": 32, "symmetric": True}, 1),
+    ("qwen3", "gptq", {"bits": 4, "group_size": 16, "act_order": True}, 1),
+    ("llama", "gptq", {"bits": 4, "group_size": -1, "gptq_v1": False}, 1),
+    ("llama", "awq", {"bits": 4, "group_size": 32}, 1),
+    ("qwen3", "compressed-tensors", {"bits": 4, "group_size": 16, "symmetric": True}, 1),
+    ("mistral", "compressed-tensors", {"bits": 8, "group_size": -1, "symmetric": False}, 1),
+    ("llama", "compressed-tensors", {"bits": 4, "group_size": 16, "act_order": True}, 1),
+    ("llama", "gptq", {"bits": 4, "group_size": 16}, 2),
+    ("qwen3", "gptq", {"bits": 4, "group_size": 16, "act_order": True}, 2),
+    ("qwen2", "awq", {"bits": 4, "group_size": 16}, 2),
+    ("llama", "compressed-tensors", {"bits": 4, "group_size": -1, "symmetric": True}, 2),
+]
+
+
+@pytest.mark.parametrize(("arch", "method", "options", "tp"), CASES, ids=lambda v: str(v))
+def test_int_checkpoint_matches_transformers_on_the_dequantized_weights(quantized, arch, method, options, tp) -> None:
+    packed, dequantized = quantized(arch, method, **options)
+    llm = LLM(str(packed), dtype="float32", tensor_parallel_size=tp, block_size=4, max_num_batched_tokens=8)
+    model = llm.engine.runner.model
+    for proj in (model.model.layers[0].self_attn.qkv_proj, model.model.layers[0].mlp.down_proj):
+        assert proj.qweight.dtype == torch.int32 and not hasattr(proj, "weight")
+        columns = proj.in_features if hasattr(proj, "in_features") else proj.in_features_per_rank
+        assert proj.qweight.shape[1] == columns * options["bits"] // 32, "packed: bits / 32 words per weight"
+    scales = model.model.layers[0].self_attn.qkv_proj.scales
+    assert scales.dtype == (torch.float16 if method in ("gptq", "awq") else torch.float32), "scales kept as stored"
+    assert model.lm_head.weight.dtype == torch.float32, "the LM head stays at full precision"
+    got = _generate(llm)
+    assert got == [hf_greedy(dequantized, p, GREEDY.max_tokens) for p in PROMPTS]
+
+
+def test_quantization_is_visible_in_the_output(quantized, tiny_model) -> None:
+    """The fixtures' 4-bit channel-wise weights change the greedy text: the parity above is not the dense model's."""
+    packed, dequantized = quantized("llama", "gptq", bits=4, group_size=-1, gptq_v1=False)
+    dense = tiny_model("llama")
+    assert [hf_greedy(dequantized, p, 10) for p in PROMPTS] != [hf_greedy(dense, p, 10) for p in PROMPTS]
+
+
+def test_a_tensor_parallel_split_inside_a_group_is_refused(quantized) -> None:
+    """down_proj of 96 input columns: 48 per rank at tp=2, which splits the second group of 32."""
+    packed, _ = quantized("llama", "gptq", model={"intermediate_size": 96}, bits=4, group_size=32)
+    with pytest.raises(ValueError, match="gptq groups of 32 columns do not fall on this rank's 48 columns"):
+        LLM(str(packed), dtype="float32", tensor_parallel_size=2)
+
+
+def test_quantized_moe_experts_are_refused(tiny_model, tmp_path) -> None:
+    """An expert's projections in GPTQ (Qwen3-30B-A3B-GPTQ-Int4): refused by name, not loaded as floats."""
+    packed = make_int_quant_model(tiny_model("qwen3_moe"), tmp_path / "q", tmp_path / "dq", "gptq")
+    tensors = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(packed / "model.safetensors"))
+    assert any(".experts." in n for n in tensors) and not any(".experts." in n and n.endswith("qweight") for n in tensors)
+    name = next(n for n in tensors if ".experts." in n and n.endswith("gate_proj.weight"))
+    words = torch.zeros(tensors[name].shape[1] // 8, tensors[name].shape[0], dtype=torch.int32)
+    prefix = name.removesuffix(".weight")
+    tensors.pop(name)
+    tensors.update({f"{prefix}.qweight": words, f"{prefix}.scales": torch.ones(1, words.shape[1], dtype=torch.float16),
+                    f"{prefix}.qzeros": torch.zeros(1, words.shape[1] // 8, dtype=torch.int32)})
+    __import__("safetensors.torch", fromlist=["save_file"]).save_file(tensors, str(packed / "model.safetensors"))
+    with pytest.raises(ValueError, match="gptq weights are served for attention and dense MLP projections only"):
+        LLM(str(packed), dtype="float32")
+
+
+def test_online_quantization_of_a_quantized_checkpoint_is_refused(quantized) -> None:
+    packed, _ = quantized("llama", "awq", bits=4, group_size=32)
+    with pytest.raises(ValueError, match=r"already quantized \(awq\)"):
+        LLM(str(packed), dtype="float32", quantization="fp8")
+
+
+@pytest.mark.parametrize(("quant", "message"), [
+    ({"quant_method": "gptq", "bits": 3, "group_size": 128}, "gptq with 3-bit weights is not supported"),
+    ({"quant_method": "gptq", "bits": 4, "checkpoint_format": "marlin"}, "checkpoint_format 'marlin'"),
+    ({"quant_method": "gptq", "bits": 4, "dynamic": {"-:.*down": {}}}, "per-module `dynamic`"),
+    ({"quant_method": "awq", "bits": 4, "version": "gemv"}, "awq version 'gemv'"),
+    ({"quant_method": "awq", "bits": 4, "zero_point": False}, "awq without zero points"),
+    ({"quant_method": "compressed-tensors", "format": "float-quantized",
+      "config_groups": {"g": {"weights": {"type": "float", "num_bits": 8}}}}, r"format \['float-quantized'\]"),
+    ({"quant_method": "compressed-tensors", "format": "pack-quantized",
+      "config_groups": {"g": {"weights": {"num_bits": 4, "strategy": "group", "group_size": 128},
+                              "input_activations": {"num_bits": 8}}}}, "quantized activations"),
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "'bitsandbytes' is not supported"),
+])
+def test_formats_that_cannot_be_served_are_refused_by_name(tiny_model, tmp_path, quant, message) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model("llama"), model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "quantization_config": quant}))
+    with pytest.raises(ValueError, match=message):
+        load_model_config(model)
+
+
+def test_vllm_s_quantization_names_assert_the_checkpoint_s_format(quantized) -> None:
+    packed, _ = quantized("llama", "awq", bits=4, group_size=32)
+    _generate(LLM(str(packed), dtype="float32", quantization="awq_marlin"))
+    with pytest.raises(ValueError, match="quantization='gptq' names the checkpoint's format, but .* is awq"):
+        LLM(str(packed), dtype="float32", quantization="gptq")
+
+
+def test_lora_adapters_on_a_quantized_base_model(quantized, tmp_path) -> None:
+    """An adapter's delta adds to the quantized projection's output: what transformers computes from the
+    dequantized weights with the adapter merged into them (a QLoRA-style adapter served on GPTQ)."""
+    from pagoda.engine.fixtures import make_tiny_lora
+    from pagoda.engine.lora import LoRARequest
+    from tests.engine.test_lora import merge
+
+    packed, dequantized = quantized("llama", "gptq", bits=4, group_size=16)
+    adapter = make_tiny_lora(dequantized, tmp_path / "adapter", rank=8, seed=1)
+    llm = LLM(str(packed), dtype="float32", block_size=4, enable_lora=True, max_lora_rank=8)
+    try:
+        outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY,
+                            lora_request=LoRARequest("adapter", str(adapter)))
+    finally:
+        llm.engine.shutdown()
+    merged = merge(dequantized, adapter, tmp_path / "merged")
+    assert [o.outputs[0].token_ids for o in outs] == [hf_greedy(merged, p, GREEDY.max_tokens) for p in PROMPTS]
