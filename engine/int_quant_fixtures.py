@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from pagoda.engine.layers.int_quant import quantize_int_groups
 from pagoda.engine.models.quant_formats import AWQ_ORDER
 
-_PROJECTION = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
+# Dense and expert projections (Mixtral's experts call theirs w1, w3, w2); routers stay as they are.
+_PROJECTION = re.compile(r"\.((q|k|v|o|gate|up|down)_proj|experts\.\d+\.w[123])\.weight$")
 
 
 def _pack(values: np.ndarray, bits: int, axis: int, order: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -110,7 +111,7 @@ def make_int_quant_model(
     tensors = {name: t for file in sorted(src.glob("*.safetensors")) for name, t in load_file(str(file)).items()}
     packed, plain = {}, dict(tensors)
     for name, weight in tensors.items():
-        if not _PROJECTION.search(name) or ".experts." in name:
+        if not _PROJECTION.search(name):
             packed[name] = weight
             continue
         k = weight.shape[1]

@@ -8,6 +8,8 @@ so that outputs agree token for token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -148,19 +150,40 @@ def paged_attention_prefill(
     return _attend(q[None], k, v, mask[None], scale)[0]
 
 
+@dataclass(frozen=True)
+class IntExperts:
+    """The integer quantization of a stack of experts (see `int_linear`): scales and zeros
+    [E, N, G] per GEMM, and each GEMM's group size (they differ when channel-wise)."""
+
+    w13_scales: torch.Tensor
+    w13_zeros: torch.Tensor
+    w2_scales: torch.Tensor
+    w2_zeros: torch.Tensor
+    bits: int
+    w13_group_size: int
+    w2_group_size: int
+
+
 def fused_moe(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
     w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
+    int_experts: IntExperts | None = None,
 ) -> torch.Tensor:
     """A mixture-of-experts SwiGLU MLP: each token's chosen experts, weighted and summed.
 
     x: [T, H]; w13: [E, 2I, H], each expert's gate rows then up rows; w2: [E, H, I];
     topk_weights, topk_ids: [T, k]. Every expert runs once, on the tokens routed to
     it; the weighting and the sum over a token's k experts are in fp32. With `block`,
-    the weights are FP8 and w13_scale, w2_scale their per-expert block scales.
+    the weights are FP8 and w13_scale, w2_scale their per-expert block scales; with
+    `int_experts`, w13 and w2 are packed integers [E, N, K * bits / 32].
     """
 
     def weight(w: torch.Tensor, scale: torch.Tensor | None, expert: int) -> torch.Tensor:
+        if int_experts is not None:
+            q = int_experts
+            scales, zeros, size = ((q.w13_scales, q.w13_zeros, q.w13_group_size) if w is w13 else
+                                   (q.w2_scales, q.w2_zeros, q.w2_group_size))
+            return int_dequantize(w[expert], scales[expert], zeros[expert], None, q.bits, size).to(x.dtype)
         if block is None:
             return w[expert]
         return fp8_block_dequantize(w[expert], scale[expert], block).to(x.dtype)

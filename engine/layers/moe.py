@@ -19,9 +19,11 @@ from torch import nn
 
 from pagoda.engine.distributed import tp_rank, tp_size
 from pagoda.engine.layers.fp8 import block_span, fp8_weight, quantize_fp8_blocks, scale_grid
+from pagoda.engine.layers.int_quant import IntQuantConfig
 from pagoda.engine.layers.linear import divide
-from pagoda.engine.layers.weights import copy_into, read_shard, source_shape
+from pagoda.engine.layers.weights import copy_into, read_full, read_shard, source_shape
 from pagoda.kernels import ops
+from pagoda.kernels.reference import IntExperts
 
 # Which part of an expert a checkpoint tensor holds, by projection name: 0 gate, 1 up, 2 down.
 EXPERT_PARTS = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, "w2": 2}
@@ -106,7 +108,67 @@ class FusedMoE(nn.Module):
             setattr(self, name, nn.Parameter(torch.stack([q for q, _ in parts]), requires_grad=False))
             setattr(self, f"{name}_scale_inv", nn.Parameter(torch.stack([s for _, s in parts]), requires_grad=False))
 
+    int_quant: IntQuantConfig | None = None
+
+    def use_int_quant(self, cfg: IntQuantConfig, scale_dtype: torch.dtype) -> None:
+        """Holds every expert's weights as packed integers with group scales and zeros (GPTQ, AWQ or
+        compressed-tensors experts, e.g. Qwen3-30B-A3B-GPTQ-Int4); this rank's share of each expert's
+        intermediate columns must be whole groups."""
+        if cfg.act_order:
+            raise ValueError(f"{cfg.method} experts with act-order (desc_act, g_idx) are not supported")
+        hidden, size = self.w2.shape[1], self.per_rank
+        per_word = 32 // cfg.bits
+        if hidden % per_word or size % per_word:
+            raise ValueError(f"{cfg.method} experts: {hidden} and {size} columns do not fill int32 words")
+        h_group, h_groups = cfg.groups(hidden)
+        i_group, i_groups = cfg.groups(self.intermediate_size)
+        if i_groups > 1 and size % i_group:
+            raise ValueError(f"{cfg.method} groups of {i_group} expert columns do not fall on this rank's {size} "
+                             "columns; this tensor-parallel size splits a group")
+        i_here = i_groups if i_groups == 1 else size // i_group
+        device, experts = self.w13.device, self.num_experts
+        del self.w13, self.w2
+        self.int_quant = cfg
+
+        def param(shape: tuple[int, ...], dtype: torch.dtype, unit: int | None) -> nn.Parameter:
+            """`unit`: how many of an expert's intermediate columns one column of this tensor covers
+            (None: the tensor is whole on every rank)."""
+            p = nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+            p.weight_loader = lambda prm, src, shard: self._int_loader(prm, src, shard, unit)
+            return p
+
+        self.w13_qweight = param((experts, 2 * size, hidden // per_word), torch.int32, per_word)
+        self.w13_scales = param((experts, 2 * size, h_groups), scale_dtype, per_word)
+        self.w13_zeros = param((experts, 2 * size, h_groups), torch.uint8, per_word)
+        self.w2_qweight = param((experts, hidden, size // per_word), torch.int32, per_word)
+        self.w2_scales = param((experts, hidden, i_here), scale_dtype, i_group if i_groups > 1 else None)
+        self.w2_zeros = param((experts, hidden, i_here), torch.uint8, i_group if i_groups > 1 else None)
+        if not cfg.stored_zeros:
+            for name in ("w13_zeros", "w2_zeros"):
+                zeros = getattr(self, name).data.fill_(1 << (cfg.bits - 1))
+                delattr(self, name)
+                self.register_buffer(name, zeros)
+        self.int_group_sizes = (h_group, i_group)
+
+    def _int_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int], unit: int | None) -> None:
+        """One expert's part of the integer layout: gate or up rows (any tensor), or, for the down
+        projection, this rank's columns in units of `unit` intermediate columns (words or groups)."""
+        expert, part = shard
+        if expert == STACKED:
+            raise ValueError("integer-quantized stacked expert tensors are not supported")
+        size, start = self.per_rank, tp_rank() * self.per_rank
+        if part != 2:
+            copy_into(param.data[expert].narrow(0, part * size, size), read_shard(src, 0, start, size))
+        elif unit is None:
+            copy_into(param.data[expert], read_full(src))
+        else:
+            copy_into(param.data[expert], read_shard(src, 1, start // unit, size // unit))
+
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        if self.int_quant is not None:
+            quant = IntExperts(self.w13_scales, self.w13_zeros, self.w2_scales, self.w2_zeros, self.int_quant.bits,
+                               *self.int_group_sizes)
+            return ops.fused_moe(x, self.w13_qweight, self.w2_qweight, topk_weights, topk_ids, int_experts=quant)
         if self.fp8_block is None:
             return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids)
         return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids,

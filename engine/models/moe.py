@@ -21,8 +21,13 @@ from pagoda.engine.layers.moe import EXPERT_PARTS, STACKED, FusedMoE, route
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.llama import DecoderMLP, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 
-# experts.<e>.<projection>.weight (and, in FP8 checkpoints, .weight_scale_inv): one expert's part.
-_EXPERT = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<expert>\d+)\.(?P<part>\w+)\.weight(?P<scale>_scale_inv)?$")
+# experts.<e>.<projection>.weight (and .weight_scale_inv of FP8 checkpoints, or the integer layout's
+# qweight, scales and zeros): one expert's part.
+_EXPERT = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<expert>\d+)\.(?P<part>\w+)"
+                     r"\.(?P<leaf>weight|weight_scale_inv|qweight|scales|zeros|g_idx)$")
+# Our parameter suffix of each checkpoint leaf (w13<suffix> or w2<suffix>).
+_EXPERT_LEAVES = {"weight": "", "weight_scale_inv": "_scale_inv", "qweight": "_qweight", "scales": "_scales",
+                  "zeros": "_zeros", "g_idx": "_g_idx"}
 # experts.gate_up_proj / experts.down_proj, all experts stacked (transformers 5's layout).
 _STACKED = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<part>gate_up_proj|down_proj)$")
 
@@ -65,7 +70,7 @@ class _MixtureOfExperts:
         if match := _EXPERT.match(name):
             part = EXPERT_PARTS.get(match["part"])
             if part is not None:
-                param = f"{'w2' if part == 2 else 'w13'}{'_scale_inv' if match['scale'] else ''}"
+                param = f"{'w2' if part == 2 else 'w13'}{_EXPERT_LEAVES[match['leaf']]}"
                 return f"{match['layer']}.{param}", (int(match["expert"]), part)
         if match := _STACKED.match(name):
             down = match["part"] == "down_proj"

@@ -19,7 +19,9 @@ run see expert -1 and exit.
     out[t]     = sum over the token's k rows of down (fp32)
 
 FP8 experts (block-scaled, as Qwen3-30B-A3B-FP8 ships them) are read as one
-byte per weight and dequantized in registers by their expert's block scales.
+byte per weight and dequantized in registers by their expert's block scales;
+integer experts (GPTQ, AWQ, compressed-tensors: Qwen3-30B-A3B-GPTQ-Int4) as
+packed words, unpacked and scaled by their expert's group scales and zeros.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pagoda.kernels.reference import IntExperts
 from pagoda.kernels.triton.activation import silu_and_mul
 from pagoda.kernels.triton.attention_tile import mma
 from pagoda.kernels.triton.launch import exact_dot
@@ -35,10 +38,11 @@ from pagoda.kernels.triton.launch import exact_dot
 
 @triton.jit
 def _moe_gemm_kernel(
-    a_ptr, w_ptr, c_ptr, weights_ptr, sorted_rows_ptr, tile_expert_ptr, s_ptr,
-    n, k, num_rows, stride_am, stride_we, stride_wn, stride_cm, stride_se, stride_sn,
+    a_ptr, w_ptr, c_ptr, weights_ptr, sorted_rows_ptr, tile_expert_ptr, s_ptr, z_ptr,
+    n, k, num_rows, stride_am, stride_we, stride_wn, stride_cm, stride_se, stride_sn, stride_ze, stride_zn,
     TOP_K: tl.constexpr, ROWS_BY_TOKEN: tl.constexpr, MUL_WEIGHT: tl.constexpr, EXACT: tl.constexpr,
     FP8: tl.constexpr, SCALE_ROWS: tl.constexpr, SCALE_COLS: tl.constexpr,
+    INT_BITS: tl.constexpr, GROUP_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -50,25 +54,50 @@ def _moe_gemm_kernel(
     a_rows = rows // TOP_K if ROWS_BY_TOKEN else rows
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    n_in = offs_n < n
     a_ptrs = a_ptr + a_rows[:, None].to(tl.int64) * stride_am + offs_k[None, :]
-    w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+    w_rows = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :].to(tl.int64) * stride_wn
+    if INT_BITS:  # packed integers (see int_gemm): each word loaded once and split into its values
+        PER_WORD: tl.constexpr = 32 // INT_BITS
+        WORDS: tl.constexpr = BLOCK_K // PER_WORD
+        offs_w = tl.arange(0, WORDS)
+        w_ptrs = w_rows + offs_w[:, None]
+        shifts = (tl.arange(0, PER_WORD) * INT_BITS)[None, :, None]
+        s_rows = s_ptr + expert.to(tl.int64) * stride_se + offs_n[None, :].to(tl.int64) * stride_sn
+        z_rows = z_ptr + expert.to(tl.int64) * stride_ze + offs_n[None, :].to(tl.int64) * stride_zn
+    else:
+        w_ptrs = w_rows + offs_k[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, k, BLOCK_K):
         k_in = offs_k < k - k0
         a = tl.load(a_ptrs, mask=valid[:, None] & k_in[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=k_in[:, None] & (offs_n[None, :] < n), other=0.0)
-        if FP8:  # dequantized in registers by the expert's block scales, to the activations' dtype
-            scale = tl.load(s_ptr + expert.to(tl.int64) * stride_se + (offs_n // SCALE_ROWS)[None, :] * stride_sn
-                            + ((k0 + offs_k) // SCALE_COLS)[:, None], mask=k_in[:, None] & (offs_n[None, :] < n),
-                            other=0.0)
-            w = (w.to(tl.float32) * scale).to(a_ptr.dtype.element_ty)
+        if INT_BITS:
+            words = tl.load(w_ptrs, mask=(offs_w < (k - k0) // PER_WORD)[:, None] & n_in[None, :], other=0)
+            q = tl.reshape((words[:, None, :] >> shifts) & ((1 << INT_BITS) - 1), (BLOCK_K, BLOCK_N))
+            if GROUP_SIZE % BLOCK_K == 0:  # the tile lies in one group: a scale and a zero per column
+                scale = tl.load(s_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0.0).to(tl.float32)
+                zero = tl.load(z_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0).to(tl.int32)
+            else:
+                group = ((k0 + offs_k) // GROUP_SIZE)[:, None]
+                tile_in = k_in[:, None] & n_in[None, :]
+                scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
+                zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
+            w = ((q - zero).to(tl.float32) * scale).to(a_ptr.dtype.element_ty)
+            w_ptrs += WORDS
+        else:
+            w = tl.load(w_ptrs, mask=k_in[:, None] & n_in[None, :], other=0.0)
+            if FP8:  # dequantized in registers by the expert's block scales, to the activations' dtype
+                scale = tl.load(s_ptr + expert.to(tl.int64) * stride_se + (offs_n // SCALE_ROWS)[None, :] * stride_sn
+                                + ((k0 + offs_k) // SCALE_COLS)[:, None], mask=k_in[:, None] & n_in[None, :],
+                                other=0.0)
+                w = (w.to(tl.float32) * scale).to(a_ptr.dtype.element_ty)
+            w_ptrs += BLOCK_K
         acc = mma(a, w, acc, EXACT)
         a_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
     if MUL_WEIGHT:
         acc *= tl.load(weights_ptr + rows, mask=valid, other=0.0)[:, None]
     c_ptrs = c_ptr + rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=valid[:, None] & (offs_n[None, :] < n))
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=valid[:, None] & n_in[None, :])
 
 
 def sort_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,17 +135,22 @@ def _grouped_gemm(
     a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, sorted_rows: torch.Tensor, tile_expert: torch.Tensor,
     weights: torch.Tensor, top_k: int, rows_by_token: bool, tiles: tuple[int, int, int],
     scale: torch.Tensor | None, block: tuple[int, int] | None,
+    zeros: torch.Tensor | None = None, bits: int = 0, group_size: int = 0,
 ) -> None:
+    """One GEMM over the sorted rows; `scale` with `block` (FP8) or with `zeros` and `bits` (integers)."""
     block_m, block_n, block_k = tiles
-    n, k = w.shape[1], w.shape[2]
+    n, k = w.shape[1], w.shape[2] * (32 // bits if bits else 1)
     grid = (tile_expert.numel(), triton.cdiv(n, block_n))
     s = weights if scale is None else scale  # any pointer when there are no scales
+    z = weights if zeros is None else zeros
     _moe_gemm_kernel[grid](
-        a, w, out, weights, sorted_rows, tile_expert, s,
+        a, w, out, weights, sorted_rows, tile_expert, s, z,
         n, k, out.shape[0], a.stride(0), w.stride(0), w.stride(1), out.stride(0),
         0 if scale is None else scale.stride(0), 0 if scale is None else scale.stride(1),
+        0 if zeros is None else zeros.stride(0), 0 if zeros is None else zeros.stride(1),
         TOP_K=top_k, ROWS_BY_TOKEN=rows_by_token, MUL_WEIGHT=not rows_by_token, EXACT=exact_dot(a.dtype),
         FP8=block is not None, SCALE_ROWS=block[0] if block else 1, SCALE_COLS=block[1] if block else 1,
+        INT_BITS=bits, GROUP_SIZE=group_size or 1,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
     )
 
@@ -124,10 +158,12 @@ def _grouped_gemm(
 def fused_moe(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
     w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
+    int_experts: IntExperts | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.fused_moe`."""
     tokens, top_k = topk_ids.shape
-    hidden, inter = w2.shape[1], w2.shape[2]
+    hidden = w2.shape[1]
+    inter = w13.shape[1] // 2
     if tokens == 0:
         return torch.empty(0, hidden, dtype=x.dtype, device=x.device)
     if x.stride(-1) != 1 or w13.stride(-1) != 1 or w2.stride(-1) != 1:
@@ -136,8 +172,15 @@ def fused_moe(
     sorted_rows, tile_expert = sort_by_expert(topk_ids, w13.shape[0], tiles[0])
     weights = topk_weights.reshape(-1).float().contiguous()
     gate_up = torch.empty(tokens * top_k, 2 * inter, dtype=x.dtype, device=x.device)
-    _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles, w13_scale, block)
+    act_args: tuple = ()
+    down_args: tuple = ()
+    if int_experts is not None:
+        q = int_experts
+        act_args = (q.w13_zeros, q.bits, q.w13_group_size)
+        down_args = (q.w2_zeros, q.bits, q.w2_group_size)
+        w13_scale, w2_scale = q.w13_scales, q.w2_scales
+    _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles, w13_scale, block, *act_args)
     act = silu_and_mul(gate_up)
     down = torch.empty(tokens * top_k, hidden, dtype=x.dtype, device=x.device)
-    _grouped_gemm(act, w2, down, sorted_rows, tile_expert, weights, top_k, False, tiles, w2_scale, block)
+    _grouped_gemm(act, w2, down, sorted_rows, tile_expert, weights, top_k, False, tiles, w2_scale, block, *down_args)
     return down.view(tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)

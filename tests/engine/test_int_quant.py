@@ -90,20 +90,35 @@ def test_a_tensor_parallel_split_inside_a_group_is_refused(quantized) -> None:
         LLM(str(packed), dtype="float32", tensor_parallel_size=2)
 
 
-def test_quantized_moe_experts_are_refused(tiny_model, tmp_path) -> None:
-    """An expert's projections in GPTQ (Qwen3-30B-A3B-GPTQ-Int4): refused by name, not loaded as floats."""
-    packed = make_int_quant_model(tiny_model("qwen3_moe"), tmp_path / "q", tmp_path / "dq", "gptq")
-    tensors = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(packed / "model.safetensors"))
-    assert any(".experts." in n for n in tensors) and not any(".experts." in n and n.endswith("qweight") for n in tensors)
-    name = next(n for n in tensors if ".experts." in n and n.endswith("gate_proj.weight"))
-    words = torch.zeros(tensors[name].shape[1] // 8, tensors[name].shape[0], dtype=torch.int32)
-    prefix = name.removesuffix(".weight")
-    tensors.pop(name)
-    tensors.update({f"{prefix}.qweight": words, f"{prefix}.scales": torch.ones(1, words.shape[1], dtype=torch.float16),
-                    f"{prefix}.qzeros": torch.zeros(1, words.shape[1] // 8, dtype=torch.int32)})
-    __import__("safetensors.torch", fromlist=["save_file"]).save_file(tensors, str(packed / "model.safetensors"))
-    with pytest.raises(ValueError, match="gptq weights are served for attention and dense MLP projections only"):
+@pytest.mark.parametrize(("arch", "method", "options", "tp"), [
+    ("qwen3_moe", "gptq", {"bits": 4, "group_size": 16}, 1),
+    ("mixtral", "awq", {"bits": 4, "group_size": 32}, 1),
+    ("qwen2_moe", "compressed-tensors", {"bits": 4, "group_size": 16, "symmetric": True}, 2),
+    ("qwen3_moe", "gptq", {"bits": 8, "group_size": -1, "gptq_v1": False}, 2),
+], ids=str)
+def test_int_experts_match_transformers_on_the_dequantized_weights(quantized, arch, method, options, tp) -> None:
+    """Experts packed too (Qwen3-30B-A3B-GPTQ-Int4, Mixtral AWQ), run by the fused MoE kernel; the router
+    stays at full precision; Qwen2-MoE's shared expert is a quantized dense MLP."""
+    packed, dequantized = quantized(arch, method, **options)
+    llm = LLM(str(packed), dtype="float32", tensor_parallel_size=tp, block_size=4, max_num_batched_tokens=8)
+    layer = llm.engine.runner.model.model.layers[1].mlp
+    assert layer.experts.w13_qweight.dtype == torch.int32 and not hasattr(layer.experts, "w13")
+    assert layer.gate.weight.dtype == torch.float32, "the router stays at full precision"
+    got = _generate(llm)
+    assert got == [hf_greedy(dequantized, p, GREEDY.max_tokens) for p in PROMPTS]
+
+
+def test_int_experts_with_act_order_are_refused(quantized) -> None:
+    packed, _ = quantized("qwen3_moe", "gptq", bits=4, group_size=16, act_order=True)
+    with pytest.raises(ValueError, match="gptq experts with act-order"):
         LLM(str(packed), dtype="float32")
+
+
+def test_a_tensor_parallel_split_inside_an_expert_group_is_refused(quantized) -> None:
+    """qwen3_moe's experts are 48 wide: 24 columns per rank at tp=2, inside the second group of 16."""
+    packed, _ = quantized("qwen3_moe", "gptq", bits=4, group_size=16)
+    with pytest.raises(ValueError, match="gptq groups of 16 expert columns do not fall on this rank's 24 columns"):
+        LLM(str(packed), dtype="float32", tensor_parallel_size=2)
 
 
 def test_online_quantization_of_a_quantized_checkpoint_is_refused(quantized) -> None:

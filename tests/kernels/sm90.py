@@ -29,6 +29,7 @@ from triton.backends.nvidia import compiler as nvidia_compiler
 from triton.compiler import ASTSource
 
 import pagoda.kernels.triton as kernels
+from pagoda.kernels.reference import IntExperts
 from pagoda.kernels.triton import (activation, fp8_linear, int_gemm, kv_cache, moe, norm, paged_decode, paged_prefill,
                                    rotary)
 
@@ -153,6 +154,14 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
             torch.empty(4, 2048, dtype=torch.bfloat16), torch.empty(8, 2 * 768, 2048, dtype=fp8),
             torch.empty(8, 2048, 768, dtype=fp8), torch.ones(4, 8), torch.arange(32).view(4, 8) % 8,
             torch.empty(8, 12, 16), torch.empty(8, 16, 6), (128, 128)))
+        int4 = IntExperts(torch.empty(8, 2 * 768, 16, dtype=torch.float16), torch.empty(8, 2 * 768, 16, dtype=torch.uint8),
+                          torch.empty(8, 2048, 6, dtype=torch.float16), torch.empty(8, 2048, 6, dtype=torch.uint8),
+                          4, 128, 128)
+        for tokens in (4, 300):
+            call(f"moe-int4-t{tokens}", lambda: kernels.fused_moe(
+                torch.empty(tokens, 2048, dtype=torch.bfloat16), torch.empty(8, 2 * 768, 2048 // 8, dtype=torch.int32),
+                torch.empty(8, 2048, 768 // 8, dtype=torch.int32), torch.ones(tokens, 8),
+                torch.arange(tokens * 8).view(tokens, 8) % 8, int_experts=int4))
     finally:
         for module, name in modules.items():
             setattr(module, name, originals[module])

@@ -58,12 +58,14 @@ def test_fp8_checkpoint_on_triton_kernels(tiny_model, tmp_path, triton_everywher
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
-@pytest.mark.parametrize(("method", "options"), [("gptq", {"act_order": True}), ("awq", {"group_size": 32})])
-def test_int4_checkpoint_on_triton_kernels(method: str, options: dict, tiny_model, tmp_path,
+@pytest.mark.parametrize(("arch", "method", "options"), [
+    ("qwen3", "gptq", {"act_order": True}), ("qwen3", "awq", {"group_size": 32}), ("qwen3_moe", "gptq", {}),
+])
+def test_int4_checkpoint_on_triton_kernels(arch: str, method: str, options: dict, tiny_model, tmp_path,
                                            triton_everywhere: None) -> None:
-    """Every projection through the integer GEMM (GPTQ with act-order, AWQ): Hugging Face's greedy tokens
-    on the dequantized weights."""
-    path = make_int_quant_model(tiny_model("qwen3"), tmp_path / "q", tmp_path / "dq", method, **options)
+    """Every projection through the integer GEMM (GPTQ with act-order, AWQ) and packed experts through the
+    fused MoE kernel: Hugging Face's greedy tokens on the dequantized weights."""
+    path = make_int_quant_model(tiny_model(arch), tmp_path / "q", tmp_path / "dq", method, **options)
     llm = LLM(str(path), device="cpu", max_num_batched_tokens=7, block_size=4, max_num_seqs=3)
     outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
     for prompt, out in zip(PROMPTS, outputs):

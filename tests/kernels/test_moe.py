@@ -7,6 +7,7 @@ import torch
 
 import pagoda.kernels.triton as kernels
 from pagoda.engine.layers.fp8 import quantize_fp8_blocks
+from pagoda.engine.layers.int_quant import pack_along_rows, quantize_int_groups
 from pagoda.kernels import reference
 from pagoda.kernels.triton.launch import interpreting
 from pagoda.kernels.triton.moe import sort_by_expert
@@ -107,3 +108,32 @@ def test_sort_by_expert_groups_every_assignment_once(block_m: int) -> None:
     assert sorted(seen) == list(range(n)), "every assignment appears in exactly one tile"
     used = tile_expert[tile_expert >= 0]
     assert (used[:-1] <= used[1:]).all() and (tile_expert[used.numel():] < 0).all(), "groups in expert order, then the rest"
+
+
+def _int_experts(w13: torch.Tensor, w2: torch.Tensor, bits: int, group_size: int, symmetric: bool):
+    """(packed w13, packed w2, IntExperts) of full-precision expert stacks, expert by expert."""
+    def stack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        parts = [quantize_int_groups(e.float().cpu(), bits, group_size, symmetric) for e in w]
+        return (torch.stack([pack_along_rows(q, bits) for q, _, _ in parts]).to(DEVICE),
+                torch.stack([s for _, s, _ in parts]).to(DEVICE), torch.stack([z for _, _, z in parts]).to(DEVICE))
+
+    (q13, s13, z13), (q2, s2, z2) = stack(w13), stack(w2)
+    size13 = w13.shape[2] if group_size == -1 else group_size
+    size2 = w2.shape[2] if group_size == -1 else group_size
+    return q13, q2, reference.IntExperts(s13, z13, s2, z2, bits, size13, size2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "bits", "group_size", "symmetric"), [
+    (SHAPES[0], 4, 16, False), ((40, 16, 3, 128, 64), 4, 64, True), ((150, 6, 2, 64, 128), 8, -1, False),
+    ((5, 4, 4, 96, 48), 4, 16, True),
+], ids=str)
+def test_fused_moe_of_int_experts_matches_reference(shape: tuple[int, ...], bits: int, group_size: int,
+                                                    symmetric: bool, dtype: torch.dtype) -> None:
+    """GPTQ/AWQ-style experts: groups spanning a K tile or not, channel-wise, 4 and 8 bits."""
+    x, w13, w2, weights, ids = _inputs(shape, torch.float32, seed=sum(shape) + 2)
+    q13, q2, quant = _int_experts(w13, w2, bits, group_size, symmetric)
+    x = x.to(dtype)
+    out = kernels.fused_moe(x, q13, q2, weights, ids, int_experts=quant)
+    ref = reference.fused_moe(x, q13, q2, weights, ids, int_experts=quant)
+    assert_close(out, ref, rel_tol=_tolerance(dtype))
