@@ -210,7 +210,10 @@ class Gateway:
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return error(413, f"the request body exceeds the gateway's limit of {MAX_BODY_BYTES >> 20} MiB")
         try:
             body = json.loads(raw)
         except ValueError:

@@ -100,6 +100,8 @@ def test_errors_keep_openai_shape(gateway: GatewayProcess) -> None:
                           (b"[1, 2]", "model is required")):
         status, _, reply = raw_post(gateway.url, "/v1/completions", body)
         assert status == 400 and message in json.loads(reply)["error"]["message"]
+    status, _, reply = raw_post(gateway.url, "/v1/completions", b'{"model": "x", "prompt": "' + b"a" * (65 << 20) + b'"}')
+    assert status == 413 and "exceeds the gateway's limit of 64 MiB" in json.loads(reply)["error"]["message"]
     # The engine's own refusals pass through unchanged.
     with pytest.raises(openai.BadRequestError, match="temperature"):
         via.completions.create(model=MODEL, prompt="x", max_tokens=1, temperature=-1)
