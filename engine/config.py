@@ -16,6 +16,9 @@ SCHEDULING_POLICIES = ("fcfs", "priority")
 CHECKPOINT_QUANTIZATIONS = {"gptq": "gptq", "gptq_marlin": "gptq", "awq": "awq", "awq_marlin": "awq",
                             "compressed-tensors": "compressed-tensors"}
 QUANTIZATIONS = ("fp8", *CHECKPOINT_QUANTIZATIONS)
+# vLLM's --kv-cache-dtype values: "auto" keeps the model's dtype; "fp8" is fp8_e4m3.
+KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+                   "fp8_e5m2": torch.float8_e5m2}
 
 
 @dataclass
@@ -57,6 +60,9 @@ class EngineConfig:
     # Speculative decoding, as vLLM's speculative_config: {"method": "ngram", "num_speculative_tokens": k,
     # "prompt_lookup_max": 4, "prompt_lookup_min": 1}; parsed into a SpeculativeConfig.
     speculative_config: dict[str, Any] | SpeculativeConfig | None = None
+    # The KV cache's element type (vLLM's kv_cache_dtype): "auto" (the model's), or an FP8 format that holds
+    # twice the tokens in the same memory, each key and value rounded to it (saturating at its largest value).
+    kv_cache_dtype: str = "auto"
     # Default sampling parameters of requests that set none (vLLM's --generation-config): "auto" reads the
     # model's generation_config.json, "vllm" keeps the engine's defaults, else a directory holding one.
     generation_config: str = "auto"
@@ -79,6 +85,7 @@ class EngineConfig:
             (self.max_loras >= 1 and self.max_lora_rank >= 1, "max_loras and max_lora_rank must be >= 1"),
             (self.quantization in (None, *QUANTIZATIONS),
              f"quantization must be one of {', '.join(QUANTIZATIONS)} (or unset)"),
+            (self.kv_cache_dtype in KV_CACHE_DTYPES, f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -88,6 +95,9 @@ class EngineConfig:
     @property
     def ranks_per_node(self) -> int:
         return self.tensor_parallel_size // self.nnodes
+
+    def resolve_kv_cache_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        return KV_CACHE_DTYPES[self.kv_cache_dtype] or model_dtype
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

@@ -113,12 +113,6 @@ class ModelConfig:
     moe: MoEConfig | None = None
     quantization: Fp8Config | IntQuantConfig | None = None
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """Bytes of K and V one token occupies across all layers (one TP rank sees a share)."""
-        elem = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
-
 
 # Rope scaling types of LongRoPE ("su" is its older name in Phi-3 configs).
 LONGROPE = ("longrope", "su")

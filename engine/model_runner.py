@@ -77,10 +77,11 @@ class ModelRunner:
                      if config.enable_lora else None)
         # KV heads are split across ranks, or replicated when there are fewer heads than ranks.
         self.num_kv_heads = max(1, model_config.num_kv_heads // tp_size())
+        self.kv_cache_dtype = config.resolve_kv_cache_dtype(model_config.dtype)
         self.num_blocks = self._num_kv_blocks()
         self.kv_cache = torch.zeros(
             2, model_config.num_layers, self.num_blocks, self.block_size, self.num_kv_heads, model_config.head_dim,
-            dtype=model_config.dtype, device=self.device,
+            dtype=self.kv_cache_dtype, device=self.device,
         )
         bind_kv_cache(self.model, self.kv_cache, self.backend)
         self.sampler = Sampler(config.seed)
@@ -91,8 +92,10 @@ class ModelRunner:
         )
 
     def _block_bytes(self) -> int:
-        per_head = self.model_config.kv_bytes_per_token // self.model_config.num_kv_heads
-        return per_head * self.num_kv_heads * self.block_size
+        """Bytes of one block of K and V over every layer, on this rank."""
+        cfg = self.model_config
+        element = torch.empty((), dtype=self.kv_cache_dtype).element_size()
+        return 2 * cfg.num_layers * self.num_kv_heads * cfg.head_dim * element * self.block_size
 
     def _num_kv_blocks(self) -> int:
         if self.config.num_kv_blocks is not None:
@@ -115,7 +118,7 @@ class ModelRunner:
         n = min(self.config.max_num_batched_tokens, self.model_config.max_model_len)
         one_block_cache = torch.zeros(
             2, self.model_config.num_layers, 1, n, self.num_kv_heads,
-            self.model_config.head_dim, dtype=self.model_config.dtype, device=self.device,
+            self.model_config.head_dim, dtype=self.kv_cache_dtype, device=self.device,
         )
         bind_kv_cache(self.model, one_block_cache, self.backend)
         # One prefill of n tokens in that single block, with logits for as many rows as a step samples.

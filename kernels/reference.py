@@ -71,15 +71,35 @@ def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
 
 
+# The largest finite value of each FP8 cache dtype: stored values saturate there.
+_FP8_LIMITS = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+
+
+def cache_limit(dtype: torch.dtype) -> float:
+    """The saturation bound of a KV-cache dtype: an FP8 format's largest value, 0 for none."""
+    return _FP8_LIMITS.get(dtype, 0.0)
+
+
+def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Values as a cache of `dtype` holds them: FP8 saturates at its largest value (a plain cast past
+    it gives NaN) and rounds to nearest; other dtypes are a plain cast."""
+    limit = cache_limit(dtype)
+    return (x.float().clamp(-limit, limit) if limit else x).to(dtype)
+
+
 def store_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
-    """Writes each token's K/V into its slot. Caches: [num_blocks, block_size, Hkv, D]; slot -1 = skip."""
+    """Writes each token's K/V into its slot. Caches: [num_blocks, block_size, Hkv, D], in the model's
+    dtype or an FP8 one (see to_cache_dtype); slot -1 = skip."""
     valid = slot_mapping >= 0
     if not bool(valid.all()):
         k, v, slot_mapping = k[valid], v[valid], slot_mapping[valid]
-    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, k)
-    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v)
+    for new, cache in ((k, k_cache), (v, v_cache)):
+        new = to_cache_dtype(new, cache.dtype)
+        if cache_limit(cache.dtype):  # FP8 has no index_copy_ on CPU: copy the bytes
+            new, cache = new.view(torch.uint8), cache.view(torch.uint8)
+        cache.view(-1, *cache.shape[2:]).index_copy_(0, slot_mapping, new)
 
 
 def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:

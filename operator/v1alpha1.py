@@ -179,6 +179,9 @@ class EngineSpec(_Model):
         None, description="fp8: projections held in FP8 with 128x128 block scales, quantized at load from a "
         "full-precision checkpoint (FP8 checkpoints are served as FP8 without it): half the weight memory and bytes "
         "per decode step.")
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
+        None, description="fp8 (fp8_e4m3) or fp8_e5m2: keys and values cached in one byte each, twice the "
+        "tokens of a 16-bit cache in the same memory (each value rounded to the format).")
     extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list, max_length=64,
         description="More `pagoda serve` arguments, appended verbatim.",

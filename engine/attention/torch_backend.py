@@ -16,12 +16,12 @@ from pagoda.engine.attention.metadata import AttentionMetadata
 from pagoda.kernels import ops
 
 
-def _gather(cache: torch.Tensor, block_tables: torch.Tensor, length: int) -> torch.Tensor:
-    """The first `length` cached tokens of each table's sequence: [B, Hkv, length, D]."""
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """The first `length` cached tokens of each table's sequence, as `dtype`: [B, Hkv, length, D]."""
     block_size = cache.shape[1]
     pos = torch.arange(length, device=cache.device)
     slots = block_tables[:, pos // block_size].long() * block_size + pos % block_size
-    return cache.view(-1, *cache.shape[2:])[slots].transpose(1, 2)
+    return cache.view(-1, *cache.shape[2:])[slots].transpose(1, 2).to(dtype)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, **kwargs) -> torch.Tensor:
@@ -53,8 +53,8 @@ class TorchAttentionBackend:
         nd = meta.num_decodes
         if nd:
             max_len = max(meta.seq_lens_host[:nd])
-            keys = _gather(k_cache, meta.block_tables[:nd], max_len)
-            values = _gather(v_cache, meta.block_tables[:nd], max_len)
+            keys = _gather(k_cache, meta.block_tables[:nd], max_len, q.dtype)
+            values = _gather(v_cache, meta.block_tables[:nd], max_len, q.dtype)
             q_pos = meta.seq_lens[:nd, None].long() - 1
             mask = _window_mask(q_pos, torch.arange(max_len, device=q.device)[None, :], sliding_window)
             out[:nd] = _sdpa(q[:nd, :, None], keys, values, scale, attn_mask=mask[:, None, None, :])[:, :, 0]
@@ -62,13 +62,15 @@ class TorchAttentionBackend:
         for i in range(nd, meta.num_seqs):
             q_len, seq_len = meta.query_lens_host[i], meta.seq_lens_host[i]
             qi = q[start : start + q_len].transpose(0, 1)[None]
-            if q_len == seq_len and sliding_window is None:
+            # A wholly new context attends over its fresh K/V, unless the cache holds them rounded (FP8),
+            # which is what every later step will see.
+            if q_len == seq_len and sliding_window is None and k_cache.dtype == q.dtype:
                 ki = k[start : start + q_len].transpose(0, 1)[None]
                 vi = v[start : start + q_len].transpose(0, 1)[None]
                 res = _sdpa(qi, ki, vi, scale, is_causal=True)
             else:
-                ki = _gather(k_cache, meta.block_tables[i : i + 1], seq_len)
-                vi = _gather(v_cache, meta.block_tables[i : i + 1], seq_len)
+                ki = _gather(k_cache, meta.block_tables[i : i + 1], seq_len, q.dtype)
+                vi = _gather(v_cache, meta.block_tables[i : i + 1], seq_len, q.dtype)
                 q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)[:, None]
                 mask = _window_mask(q_pos, torch.arange(seq_len, device=q.device)[None, :], sliding_window)
                 res = _sdpa(qi, ki, vi, scale, attn_mask=mask)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pagoda.engine.config import QUANTIZATIONS, SCHEDULING_POLICIES, EngineConfig
+from pagoda.engine.config import KV_CACHE_DTYPES, QUANTIZATIONS, SCHEDULING_POLICIES, EngineConfig
 from pagoda.engine.spec_decode import SpeculativeConfig
 from pagoda.engine.entrypoints.reply import REASONING_PARSERS
 from pagoda.engine.entrypoints.tool_parsers import AUTO_PARSERS
@@ -137,6 +137,8 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("max-num-seqs", int, "most sequences in a batch", dest=_ENGINE + "max_num_seqs"),
     _Flag("max-num-batched-tokens", int, "token budget of one step", dest=_ENGINE + "max_num_batched_tokens"),
     _Flag("block-size", int, "tokens per KV-cache block", dest=_ENGINE + "block_size"),
+    _Flag("kv-cache-dtype", str, "auto (the model's dtype), or fp8 (fp8_e4m3) or fp8_e5m2: twice the cached tokens "
+          "in the same memory", tuple(KV_CACHE_DTYPES), _ENGINE + "kv_cache_dtype"),
     _Flag("enable-prefix-caching", _parse_bool, "share KV blocks of equal prompt prefixes",
           dest=_ENGINE + "enable_prefix_caching"),
     _Flag("gpu-memory-utilization", float, "fraction of GPU memory for weights and KV cache",

@@ -40,6 +40,15 @@ def mma(a, b, acc, EXACT: tl.constexpr):
 
 
 @triton.jit
+def widen(kv, q, EXACT: tl.constexpr):
+    """Cached keys or values in the dtype the dot takes: q's, or fp32 for EXACT dots (an FP8 cache's
+    values are widened exactly either way)."""
+    if EXACT:
+        return kv.to(tl.float32)
+    return kv.to(q.dtype)
+
+
+@triton.jit
 def attend_range(
     acc, m_i, l_i, q, q_pos,
     k_cache_ptr, v_cache_ptr, table_ptr, kv_head_offset, start, stop, block_size,
@@ -49,7 +58,8 @@ def attend_range(
 ):
     """Folds keys [start, stop) into (acc, m_i, l_i).
 
-    q: [M, BLOCK_D] in the cache dtype; q_pos: [M] absolute position of each
+    q: [M, BLOCK_D] in the activations' dtype; keys and values are read in the cache's (which may
+    be FP8) and widened to q's, or to fp32 when EXACT; q_pos: [M] absolute position of each
     row's token, used when MASK_ROWS (causal, and the sliding window when
     HAS_WINDOW); without it every key in range is visible to every row.
     """
@@ -61,7 +71,7 @@ def attend_range(
         block = tl.load(table_ptr + pos // block_size, mask=in_range, other=0).to(tl.int64)
         offs = block * stride_cb + (pos % block_size) * stride_ct + kv_head_offset
         kv_mask = in_range[:, None] & dim_mask[None, :]
-        k = tl.load(k_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        k = widen(tl.load(k_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0), q, EXACT)
         s = mma(q, tl.trans(k), tl.zeros((q.shape[0], BLOCK_N), tl.float32), EXACT) * qk_scale_log2
         visible = in_range[None, :]
         if MASK_ROWS:
@@ -73,7 +83,7 @@ def attend_range(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        v = widen(tl.load(v_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0), q, EXACT)
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], EXACT)
         m_i = m_new
     return acc, m_i, l_i

@@ -1,8 +1,9 @@
 """Write each new token's K and V into its slot of the paged cache.
 
 One program per token moves that token's [Hkv, D] for K and for V: the
-minimum traffic (read once, write once), with the slot looked up once. Slot
--1 marks padding (CUDA-graph batches are padded to a captured size) and is
+minimum traffic (read once, write once), with the slot looked up once. An FP8 cache
+(vLLM's kv_cache_dtype fp8) gets each value saturated to its range and
+rounded to nearest. Slot -1 marks padding (CUDA-graph batches are padded to a captured size) and is
 skipped, so padded rows never touch the cache.
 """
 
@@ -12,7 +13,28 @@ import torch
 import triton
 import triton.language as tl
 
+from pagoda.kernels.reference import cache_limit
 from pagoda.kernels.triton.launch import block_for
+
+# (mantissa bits, smallest normal exponent) of each FP8 cache dtype.
+_FP8_GRIDS = {torch.float8_e4m3fn: (3, -6), torch.float8_e5m2: (2, -14)}
+
+
+@triton.jit
+def _round_to_fp8(x, MANTISSA: tl.constexpr, MIN_EXP: tl.constexpr):
+    """x (fp32, within the format's range) rounded to nearest-even on the FP8 grid of MANTISSA bits and
+    smallest normal exponent MIN_EXP, so that the cast after it is exact. Rounding here rather than in
+    the cast keeps one definition on every backend: Triton's interpreter drops the carry when a cast
+    rounds the mantissa up into the next power of two (127 became 64)."""
+    DROP: tl.constexpr = 23 - MANTISSA
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + ((1 << (DROP - 1)) - 1) + ((bits >> DROP) & 1)) & ~((1 << DROP) - 1)
+    normal = bits.to(tl.float32, bitcast=True)
+    # Below the smallest normal the grid is uniform: round x / step with fp32's own rounding.
+    step = tl.exp2((MIN_EXP - MANTISSA) * 1.0)
+    magic = 12582912.0  # 1.5 * 2 ** 23: adding and removing it rounds to an integer
+    subnormal = ((x / step + magic) - magic) * step
+    return tl.where(tl.abs(x) < tl.exp2(MIN_EXP * 1.0), subnormal, normal)
 
 
 @triton.jit
@@ -20,7 +42,8 @@ def _store_kv_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_cb, stride_ct, stride_ch, block_size, num_heads, head_dim,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    LIMIT: tl.constexpr, MANTISSA: tl.constexpr, MIN_EXP: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -31,8 +54,11 @@ def _store_kv_kernel(
         dst = (slot // block_size) * stride_cb + (slot % block_size) * stride_ct + heads * stride_ch + dims
         k = tl.load(k_ptr + t * stride_kt + heads * stride_kh + dims, mask=mask)
         v = tl.load(v_ptr + t * stride_vt + heads * stride_vh + dims, mask=mask)
-        tl.store(k_cache_ptr + dst, k, mask=mask)
-        tl.store(v_cache_ptr + dst, v, mask=mask)
+        if MANTISSA:  # an FP8 cache: saturate to its range (a cast beyond it gives NaN), then round
+            k = _round_to_fp8(tl.clamp(k.to(tl.float32), -LIMIT, LIMIT), MANTISSA, MIN_EXP)
+            v = _round_to_fp8(tl.clamp(v.to(tl.float32), -LIMIT, LIMIT), MANTISSA, MIN_EXP)
+        tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
 def store_kv_cache(
@@ -50,5 +76,6 @@ def store_kv_cache(
             k, v, k_cache, v_cache, slot_mapping,
             k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_size, num_heads, head_dim,
-            BLOCK_H=block_for(num_heads), BLOCK_D=block_for(head_dim), num_warps=4,
+            LIMIT=cache_limit(k_cache.dtype), MANTISSA=_FP8_GRIDS.get(k_cache.dtype, (0, 0))[0],
+            MIN_EXP=_FP8_GRIDS.get(k_cache.dtype, (0, 0))[1], BLOCK_H=block_for(num_heads), BLOCK_D=block_for(head_dim), num_warps=4,
         )

@@ -62,7 +62,7 @@ def _decode_kernel(
     m_i = tl.full((BLOCK_M,), NEG_LARGE, tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc, m_i, l_i = attend_range(
-        acc, m_i, l_i, q.to(k_cache_ptr.dtype.element_ty), rows,
+        acc, m_i, l_i, q, rows,
         k_cache_ptr, v_cache_ptr, tables_ptr + seq.to(tl.int64) * stride_tb, kv_head * stride_ch,
         start, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window,
         False, False, BLOCK_N, BLOCK_D, EXACT,
@@ -154,7 +154,7 @@ def paged_attention_decode(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_size, head_dim, num_splits, scale * LOG2E, sliding_window or 0,
         GROUP=group, SPLIT=num_splits > 1, HAS_WINDOW=sliding_window is not None,
-        BLOCK_M=block_for(group, 16), BLOCK_N=block_n, BLOCK_D=block_d, EXACT=exact_dot(k_cache.dtype),
+        BLOCK_M=block_for(group, 16), BLOCK_N=block_n, BLOCK_D=block_d, EXACT=exact_dot(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1:

@@ -61,7 +61,6 @@ def _prefill_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     m_i = tl.full((BLOCK_M,), NEG_LARGE, tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
-    q = q.to(k_cache_ptr.dtype.element_ty)
     table = tables_ptr + seq.to(tl.int64) * stride_tb
     masked_from = start
     if not HAS_WINDOW:
@@ -118,8 +117,8 @@ def paged_attention_prefill_varlen(
         num_seqs = seq_lens.shape[0] - first_seq
     if out is None:
         out = torch.empty_like(q)
-    exact = exact_dot(k_cache.dtype)
-    default_tile = 32 if k_cache.dtype == torch.float32 else 64
+    exact = exact_dot(q.dtype)
+    default_tile = 32 if q.dtype == torch.float32 else 64
     block_m = max(block_m or default_tile, block_for(group, 16))
     block_n = block_n or default_tile
     tokens = block_m // group

@@ -53,7 +53,8 @@ def serve_args(engine: EngineSpec, served_name: str, model_dir: str,
                 (flags.BLOCK_SIZE, engine.block_size), (flags.MAX_QUEUE_LEN, engine.max_queue_len),
                 (flags.LOG_LEVEL, engine.log_level), (flags.SCHEDULING_POLICY, engine.scheduling_policy),
                 (flags.MAX_LORAS, engine.max_loras),
-                (flags.MAX_LORA_RANK, engine.max_lora_rank), (flags.QUANTIZATION, engine.quantization))
+                (flags.MAX_LORA_RANK, engine.max_lora_rank), (flags.QUANTIZATION, engine.quantization),
+                (flags.KV_CACHE_DTYPE, engine.kv_cache_dtype))
     for flag, value in optional:
         if value is not None:
             args += [flag, str(value)]

@@ -22,7 +22,10 @@ class PagedBatch:
 
     def finite(self) -> PagedBatch:
         """The same batch with unowned slots zeroed, for the reference, which gathers (then masks) them."""
-        return PagedBatch(self.k_cache.nan_to_num(), self.v_cache.nan_to_num(), self.block_tables, self.seq_lens)
+        def zeroed(cache: torch.Tensor) -> torch.Tensor:  # via fp32: FP8 tensors have no nan_to_num
+            return cache.float().nan_to_num().to(cache.dtype)
+
+        return PagedBatch(zeroed(self.k_cache), zeroed(self.v_cache), self.block_tables, self.seq_lens)
 
     def seq_lens_tensor(self) -> torch.Tensor:
         return torch.tensor(self.seq_lens, dtype=torch.int32, device=self.k_cache.device)

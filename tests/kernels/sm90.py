@@ -34,7 +34,7 @@ from pagoda.kernels.triton import (activation, fp8_linear, int_gemm, kv_cache, m
                                    rotary)
 
 TARGET = GPUTarget("cuda", 90, 32)
-_POINTER = {torch.float8_e4m3fn: "*fp8e4nv", torch.uint8: "*u8", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}
+_POINTER = {torch.float8_e4m3fn: "*fp8e4nv", torch.float8_e5m2: "*fp8e5", torch.uint8: "*u8", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}
 
 
 class _Recorder:
@@ -123,6 +123,14 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
             call(f"store-{tag}", lambda: kernels.store_kv_cache(q[:, :kv_heads], q[:, :kv_heads], cache, cache, lens.long()))
             call(f"rotary-{tag}", lambda: kernels.rotary_embedding(
                 lens.long(), q, q[:, :kv_heads], torch.empty(64, d), d // (2 if d == 80 else 1), d != 64))
+        # An FP8 cache (kv_cache_dtype fp8) under bf16 activations: Llama-3-8B's heads.
+        cache = torch.empty(8, 16, 8, 128, dtype=torch.float8_e4m3fn)
+        tables, lens = torch.zeros(4, 2, dtype=torch.int32), torch.ones(4, dtype=torch.int32)
+        q = torch.empty(4, 32, 128, dtype=torch.bfloat16)
+        call("decode-fp8cache", lambda: kernels.paged_attention_decode(q, cache, cache, tables, lens, 32, 0.1, num_splits=4))
+        call("prefill-fp8cache", lambda: kernels.paged_attention_prefill_varlen(
+            q, cache, cache, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
+        call("store-fp8cache", lambda: kernels.store_kv_cache(q[:, :8], q[:, :8], cache, cache, lens.long()))
         x = torch.empty(4, 2048, dtype=torch.bfloat16)
         w = torch.empty(2048, dtype=torch.bfloat16)
         call("rms_norm", lambda: kernels.rms_norm(x, w, 1e-6))

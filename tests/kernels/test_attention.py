@@ -79,6 +79,40 @@ def test_decode_writes_into_a_view_of_a_larger_output() -> None:
     assert bool((out[2:] == 7.0).all())
 
 
+FP8_CACHES = [torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+@pytest.mark.parametrize("q_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cache_dtype", FP8_CACHES, ids=str)
+def test_decode_over_an_fp8_cache(cache_dtype: torch.dtype, q_dtype: torch.dtype) -> None:
+    """vLLM's kv_cache_dtype fp8: keys and values read as one byte each, widened to the queries' dtype."""
+    g = torch.Generator().manual_seed(11)
+    lens = [21, 35, 1]
+    batch = make_paged_batch(lens, kv_heads=2, head_dim=64, block_size=8, dtype=cache_dtype, device=DEVICE, g=g,
+                             shared_prefix_blocks=2)
+    q = _q(3, 8, 64, q_dtype, g)
+    args = (batch.block_tables, batch.seq_lens_tensor(), max(lens), 0.125)
+    out = kernels.paged_attention_decode(q, batch.k_cache, batch.v_cache, *args, num_splits=2, block_n=16)
+    ref = batch.finite()
+    assert_close(out, reference.paged_attention_decode(q, ref.k_cache, ref.v_cache, *args))
+
+
+@pytest.mark.parametrize("q_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cache_dtype", FP8_CACHES, ids=str)
+def test_prefill_over_an_fp8_cache(cache_dtype: torch.dtype, q_dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(12)
+    seq_lens, q_lens = [29, 40], [29, 7]
+    batch = make_paged_batch(seq_lens, kv_heads=2, head_dim=32, block_size=8, dtype=cache_dtype, device=DEVICE, g=g,
+                             shared_prefix_blocks=2)
+    q = _q(sum(q_lens), 4, 32, q_dtype, g)
+    starts = torch.tensor([0, 29, 36], dtype=torch.int32, device=DEVICE)
+    out = kernels.paged_attention_prefill_varlen(
+        q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), 29, 0.2,
+        block_m=32, block_n=16,
+    )
+    assert_close(out, _reference_varlen(q, batch, q_lens, 0.2, None))
+
+
 def _reference_varlen(q: torch.Tensor, batch: PagedBatch, q_lens: list[int], scale: float, window: int | None) -> torch.Tensor:
     parts, start = [], 0
     batch = batch.finite()

@@ -132,3 +132,25 @@ def test_store_kv_cache(dtype: torch.dtype, kv_heads: int, head_dim: int, block_
     reference.store_kv_cache(k, v, ref[0], ref[1], slots)
     assert torch.equal(cache.isnan(), ref.isnan())
     assert torch.equal(cache.nan_to_num(), ref.nan_to_num())
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_store_kv_cache_into_fp8(dtype: torch.dtype, cache_dtype: torch.dtype) -> None:
+    """Values rounded to the FP8 format, and saturated at its largest (a plain cast would give NaN)."""
+    g = _gen(5)
+    tokens, kv_heads, head_dim = 9, 2, 32
+    k = (_randn(tokens, kv_heads, head_dim, dtype=torch.float32, g=g) * 100).to(dtype)
+    v = _randn(tokens, kv_heads, head_dim, dtype=torch.float32, g=g).to(dtype)
+    k[0, 0, :4] = torch.tensor([1e5, -1e5, 500.0, -70000.0], dtype=dtype)
+    k[1, 0, :6] = torch.tensor([1e-3, -3e-3, 7.8e-3, 2e-5, 127.0, -0.0155], dtype=dtype)  # subnormal, carries
+    slots = torch.randperm(4 * 4, generator=g)[:tokens].to(DEVICE)
+    cache = torch.zeros(2, 4, 4, kv_heads, head_dim, dtype=cache_dtype, device=DEVICE)
+    ref = cache.clone()
+    kernels.store_kv_cache(k.to(DEVICE), v.to(DEVICE), cache[0], cache[1], slots)
+    reference.store_kv_cache(k.to(DEVICE), v.to(DEVICE), ref[0], ref[1], slots)
+    assert not cache.float().isnan().any()
+    assert torch.equal(cache.float(), ref.float())
+    limit = reference.cache_limit(cache_dtype)
+    stored = cache[0].view(-1, kv_heads, head_dim)[slots[0]].float()
+    assert stored[0, :2].tolist() == [limit, -limit]
