@@ -468,6 +468,31 @@ def make_fp8_model(
     return out_dir
 
 
+def make_tiny_classifier(
+    model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, labels: tuple[str, ...] = ("relevant",), seed: int = 0,
+) -> pathlib.Path:
+    """The fixture model in `model_dir` as a `*ForSequenceClassification` checkpoint (a reward model,
+    classifier or, with one label, a cross-encoder reranker): its LM head replaced by a random `score`
+    head of one row per label, as transformers saves these models."""
+    src, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
+    shutil.copytree(src, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
+    tensors = {name: t for file in sorted(src.glob("*.safetensors")) for name, t in load_file(str(file)).items()}
+    tensors.pop("lm_head.weight", None)
+    hidden = tensors["model.embed_tokens.weight"].shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    tensors["score.weight"] = (torch.randn(len(labels), hidden, generator=generator) * 2.0 / hidden**0.5).to(
+        tensors["model.embed_tokens.weight"].dtype)
+    save_file(tensors, str(out_dir / "model.safetensors"))
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["architectures"] = [a.replace("ForCausalLM", "ForSequenceClassification") for a in config["architectures"]]
+    config.update(id2label={str(i): name for i, name in enumerate(labels)},
+                  label2id={name: i for i, name in enumerate(labels)}, pad_token_id=PAD_TOKEN_ID,
+                  tie_word_embeddings=False)
+    _write_json(config_path, config)
+    return out_dir
+
+
 def make_cyclic_model(
     model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, period: int = 5, strength: float = 4.0
 ) -> pathlib.Path:

@@ -15,7 +15,8 @@ from pagoda.engine.beam_search import BeamSearch, BeamSearchOutput, BeamSearchPa
 from pagoda.engine.config import EngineConfig
 from pagoda.engine.llm_engine import LLMEngine, PromptType
 from pagoda.engine.lora import LoRARequest
-from pagoda.engine.outputs import RequestOutput
+from pagoda.engine.outputs import ClassificationOutput, RequestOutput, ScoringOutput
+from pagoda.engine.pooling import cosine, label_names, label_probs, pairs
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.engine.tokenizer import apply_chat_template
 
@@ -84,7 +85,34 @@ class LLM:
         self, prompts: PromptType | Sequence[PromptType], lora_request: LoRARequest | None = None,
     ) -> list[list[float]]:
         """Unit-length embeddings of the prompts, in their order (see LLMEngine.add_request's `embed`)."""
-        prompts = self._prompt_list(prompts)
+        self.engine.require_pooling("embed")
+        return self._pool(self._prompt_list(prompts), lora_request)
+
+    def classify(
+        self, prompts: PromptType | Sequence[PromptType], lora_request: LoRARequest | None = None,
+    ) -> list[ClassificationOutput]:
+        """A sequence classifier's label probabilities for each prompt (softmax; sigmoid for one label)."""
+        self.engine.require_pooling("classify")
+        names = label_names(self.engine.model_config.hf_config)
+        return [ClassificationOutput(label_probs(logits), names)
+                for logits in self._pool(self._prompt_list(prompts), lora_request)]
+
+    def score(self, text_1: str | list[str], text_2: str | list[str],
+              lora_request: LoRARequest | None = None) -> list[ScoringOutput]:
+        """Relevance of each (text_1, text_2) pair (see pooling.pairs): a one-label classifier's sigmoid
+        of the pair read as one prompt (a cross-encoder), or the cosine of an embedding model's embeddings."""
+        pairs_ = pairs(text_1, text_2)
+        if self.engine.pooling_task == "classify":
+            self.engine.require_pooling("score")
+            prompts: list[PromptType] = [{"prompt_token_ids": self.tokenizer(a, text_pair=b)["input_ids"]}
+                                         for a, b in pairs_]
+            return [ScoringOutput(label_probs(logits)[0]) for logits in self._pool(prompts, lora_request)]
+        firsts = self._pool([a for a, _ in pairs_], lora_request)
+        seconds = self._pool([b for _, b in pairs_], lora_request)
+        return [ScoringOutput(cosine(a, b)) for a, b in zip(firsts, seconds)]
+
+    def _pool(self, prompts: list[PromptType], lora_request: LoRARequest | None) -> list[list[float]]:
+        """Each prompt's pooled output: an embedding, or a classifier's logits."""
         params = SamplingParams(max_tokens=1)
         tokenized = self._validated(prompts, [params] * len(prompts), embed=True)
         request_ids = [f"offline-{next(self._request_ids)}" for _ in tokenized]

@@ -26,6 +26,7 @@ from pagoda.engine.sampling_params import SamplingParams, sampling_defaults
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.sequence import FinishReason, Sequence
 from pagoda.engine.structured_output import Grammar, GrammarCompiler, Thinking
+from pagoda.engine.pooling import label_names
 from pagoda.engine.spec_decode import NgramProposer, SpecDecodeStats
 from pagoda.engine.tensor_parallel import TensorParallelGroup
 from pagoda.engine.tokenizer import bad_word_sequences, load_tokenizer
@@ -114,10 +115,29 @@ class LLMEngine:
             return None, list(prompt)
         raise ValueError(f"a prompt must be a string, a list of token ids or a dict, not {type(prompt).__name__}")
 
+    @property
+    def pooling_task(self) -> str:
+        """What a pooling (embed=True) request yields: "classify" (a classifier's logits) or "embed"."""
+        return "classify" if getattr(self.runner.model, "classifies", False) else "embed"
+
+    def require_pooling(self, task: str) -> None:
+        """ValueError unless the model serves `task`: embed (an embedding or generative model), classify, or
+        score with a one-label classifier (a cross-encoder) or an embedding model."""
+        kind = self.pooling_task
+        if task == "embed" and kind == "classify":
+            raise ValueError(f"this model ({self.model_config.architecture}) is a classifier: it serves "
+                             "classify, score and rerank, not embeddings")
+        if task == "classify" and kind != "classify":
+            raise ValueError(f"this model ({self.model_config.architecture}) is not a sequence classifier")
+        if task == "score" and kind == "classify" and len(label_names(self.model_config.hf_config)) != 1:
+            raise ValueError(f"this classifier has {len(label_names(self.model_config.hf_config))} labels: "
+                             "scoring pairs needs a one-label classifier (a cross-encoder)")
+
     def validate_prompt(self, token_ids: list[int], params: SamplingParams, embed: bool = False) -> None:
         if not embed and not getattr(self.runner.model, "generates", True):
+            serves = "classify, score and rerank" if self.pooling_task == "classify" else "embeddings"
             raise ValueError(f"this model ({self.model_config.architecture}) has no language-model head: "
-                             "it serves embeddings only")
+                             f"it serves {serves} only")
         vocab = self.model_config.vocab_size
         if not token_ids:
             raise ValueError("the prompt is empty")

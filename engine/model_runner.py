@@ -21,6 +21,7 @@ from pagoda.engine.distributed import agree_min, tp_size
 from pagoda.engine.layers.attention import bind_kv_cache
 from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
+from pagoda.engine.models.classifier import embedding_pool
 from pagoda.engine.models.loader import build_model
 from pagoda.engine.sampler import Sampler, SamplingRow, banned_next_tokens, token_logprobs
 from pagoda.engine.scheduler import SchedulerOutput
@@ -265,7 +266,7 @@ class ModelRunner:
         embeddings = []
         if pooled:
             rows = torch.tensor([row for _, row in pooled], dtype=torch.long, device=self.device)
-            vectors = torch.nn.functional.normalize(hidden[rows].float(), dim=-1).cpu().tolist()
+            vectors = getattr(self.model, "pool", embedding_pool)(hidden[rows]).cpu().tolist()
             embeddings = [(seq, vector) for (seq, _), vector in zip(pooled, vectors)]
         prompt_lp: list[tuple[Sequence, PromptLogprobs]] = []
         row = 0

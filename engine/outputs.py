@@ -46,4 +46,25 @@ class RequestOutput:
     prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
-    embedding: list[float] | None = None  # an embedding request's result: the prompt's, of unit length
+    # A pooling request's result: an embedding model's unit-length embedding of the prompt, or a
+    # sequence classifier's per-label logits.
+    embedding: list[float] | None = None
+
+
+@dataclass
+class ClassificationOutput:
+    """A classifier's verdict on one prompt: each label's probability, and the labels' names."""
+
+    probs: list[float]
+    labels: list[str]
+
+    @property
+    def label(self) -> str:
+        return self.labels[max(range(len(self.probs)), key=self.probs.__getitem__)]
+
+
+@dataclass
+class ScoringOutput:
+    """The relevance of one (text_1, text_2) pair."""
+
+    score: float

@@ -38,8 +38,14 @@ from pagoda.engine.entrypoints.protocol import (
     CompletionResponse,
     DetokenizeRequest,
     DetokenizeResponse,
+    ClassifyRequest,
+    ClassifyResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    RerankRequest,
+    RerankResponse,
+    ScoreRequest,
+    ScoreResponse,
     ErrorResponse,
     LoadLoRAAdapterRequest,
     ModelCard,
@@ -54,6 +60,7 @@ from pagoda.engine.entrypoints.response_store import ResponseStore
 from pagoda.engine.entrypoints.serving_chat import OpenAIServingChat
 from pagoda.engine.entrypoints.serving_completion import OpenAIServingCompletion
 from pagoda.engine.entrypoints.serving_embedding import OpenAIServingEmbedding
+from pagoda.engine.entrypoints.serving_pooling import OpenAIServingPooling
 from pagoda.engine.entrypoints.serving_engine import APIError, bad_request
 from pagoda.engine.entrypoints.serving_responses import OpenAIServingResponses
 from pagoda.engine.entrypoints.tool_parsers import detect_tool_parser
@@ -81,6 +88,7 @@ class ServerState:
     chat: OpenAIServingChat
     embedding: OpenAIServingEmbedding
     responses: OpenAIServingResponses
+    pooling: OpenAIServingPooling
     draining: bool = False
 
 
@@ -221,6 +229,21 @@ def _add_routes(app: FastAPI) -> None:
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         return await state(request).embedding.create_embedding(body, request)
 
+    @app.post("/classify", response_model=ClassifyResponse, responses=_ERRORS)
+    async def classify(body: ClassifyRequest, request: Request) -> Response:
+        return await state(request).pooling.classify(body, request)
+
+    @app.post("/score", response_model=ScoreResponse, responses=_ERRORS)
+    @app.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS)
+    async def score(body: ScoreRequest, request: Request) -> Response:
+        return await state(request).pooling.score(body, request)
+
+    @app.post("/rerank", response_model=RerankResponse, responses=_ERRORS)
+    @app.post("/v1/rerank", response_model=RerankResponse, responses=_ERRORS)
+    @app.post("/v2/rerank", response_model=RerankResponse, responses=_ERRORS)
+    async def rerank(body: RerankRequest, request: Request) -> Response:
+        return await state(request).pooling.rerank(body, request)
+
     @app.post("/tokenize", responses=_ERRORS)
     async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
         serving = state(request).completion
@@ -277,7 +300,8 @@ def build_app(settings: ServeSettings, engine: LLMEngine | None = None) -> FastA
         app.state.server = ServerState(settings, async_engine, metrics, OpenAIServingCompletion(*args),
                                        OpenAIServingChat(*args, **chat_options), OpenAIServingEmbedding(*args),
                                        OpenAIServingResponses(*args, **chat_options,
-                                                              store=ResponseStore(settings.responses_store_size)))
+                                                              store=ResponseStore(settings.responses_store_size)),
+                                       OpenAIServingPooling(*args))
         async_engine.start()
         logger.info("serving %s as %r (max_model_len %d, tool-call parser %s)", settings.engine.model,
                     settings.served_model_name, llm_engine.max_model_len, tool_parser)

@@ -587,6 +587,88 @@ class EmbeddingResponse(BaseModel):
     usage: UsageInfo
 
 
+# ---- classify, score, rerank (vLLM's pooling endpoints) ---------------------------------------
+
+
+class ClassifyRequest(_Request):
+    model: str | None = None
+    input: Union[str, list[str], list[int], list[list[int]]]
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+
+
+class ClassifyData(BaseModel):
+    index: int
+    label: str
+    probs: list[float]
+    num_classes: int
+
+
+class ClassifyResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=_now)
+    model: str
+    data: list[ClassifyData]
+    usage: UsageInfo
+
+
+class ScoreRequest(_Request):
+    model: str | None = None
+    # One text against each of a list, or two lists of equal length, pair by pair.
+    text_1: Union[str, list[str]]
+    text_2: Union[str, list[str]]
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+
+
+class ScoreData(BaseModel):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=_now)
+    model: str
+    data: list[ScoreData]
+    usage: UsageInfo
+
+
+class RerankRequest(_Request):
+    """Jina's and Cohere's rerank API, as vLLM serves it."""
+
+    model: str | None = None
+    query: str
+    documents: list[str]
+    top_n: int | None = Field(None, ge=0)  # the best top_n results (0 or unset: all)
+    return_documents: bool = True
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    document: RerankDocument | None = None
+    relevance_score: float
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    usage: RerankUsage
+    results: list[RerankResult]
+
+
 # ---- models, tokenizer, version -----------------------------------------------------------
 
 

@@ -26,6 +26,11 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "MistralModel": ("pagoda.engine.models.llama", "LlamaModel"),
     "Qwen2Model": ("pagoda.engine.models.llama", "Qwen2Model"),
     "Qwen3Model": ("pagoda.engine.models.llama", "Qwen3Model"),
+    # Sequence classifiers (reward models, cross-encoder rerankers): classify and score only.
+    "LlamaForSequenceClassification": ("pagoda.engine.models.classifier", "LlamaForSequenceClassification"),
+    "MistralForSequenceClassification": ("pagoda.engine.models.classifier", "LlamaForSequenceClassification"),
+    "Qwen2ForSequenceClassification": ("pagoda.engine.models.classifier", "Qwen2ForSequenceClassification"),
+    "Qwen3ForSequenceClassification": ("pagoda.engine.models.classifier", "Qwen3ForSequenceClassification"),
 }
 
 SUPPORTED_ARCHITECTURES = tuple(sorted(_REGISTRY))

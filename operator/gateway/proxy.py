@@ -156,8 +156,9 @@ class Gateway:
         app.router.add_get("/v1/responses/{response_id}", self.stored_response)
         app.router.add_delete("/v1/responses/{response_id}", self.stored_response)
         app.router.add_post("/v1/{tail:.+}", self.proxy)
-        app.router.add_post("/tokenize", self.proxy)
-        app.router.add_post("/detokenize", self.proxy)
+        # vLLM's unversioned endpoints: tokenizer, and pooling (classify, score, rerank; /v2/rerank is Cohere's).
+        for path in ("/tokenize", "/detokenize", "/classify", "/score", "/rerank", "/v2/rerank"):
+            app.router.add_post(path, self.proxy)
         return app
 
     # -- handlers ---------------------------------------------------------------

@@ -59,6 +59,14 @@ def test_completions_and_streamed_chat_equal_a_direct_call(gateway: GatewayProce
     assert text == direct.chat.completions.create(**chat).choices[0].message.content
     assert via.embeddings.create(model=MODEL, input="embed").data[0].embedding == \
         direct.embeddings.create(model=MODEL, input="embed").data[0].embedding
+    # vLLM's unversioned pooling endpoints pass too (an embedding model scores by cosine).
+    rerank = {"model": MODEL, "query": "tea", "documents": ["a drink", "a city"]}
+    for path in ("/rerank", "/v2/rerank", "/score"):
+        body = rerank if "rerank" in path else {"model": MODEL, "text_1": "tea", "text_2": ["a drink", "a city"]}
+        status, _, reply = raw_post(gateway.url, path, json.dumps(body).encode())
+        unnamed = [{k: v for k, v in json.loads(r).items() if k not in ("id", "created")}
+                   for r in (reply, engines[0].request("POST", path, body).body)]
+        assert status == 200 and unnamed[0] == unnamed[1]
 
 
 def test_models_lists_every_routed_name(gateway: GatewayProcess) -> None:
