@@ -604,13 +604,18 @@ class ClassifyData(BaseModel):
     num_classes: int
 
 
-class ClassifyResponse(BaseModel):
+class _PoolingList(BaseModel):
+    """What the classify and score responses share around their data."""
+
     id: str
     object: Literal["list"] = "list"
     created: int = Field(default_factory=_now)
     model: str
-    data: list[ClassifyData]
     usage: UsageInfo
+
+
+class ClassifyResponse(_PoolingList):
+    data: list[ClassifyData]
 
 
 class ScoreRequest(_Request):
@@ -628,13 +633,8 @@ class ScoreData(BaseModel):
     score: float
 
 
-class ScoreResponse(BaseModel):
-    id: str
-    object: Literal["list"] = "list"
-    created: int = Field(default_factory=_now)
-    model: str
+class ScoreResponse(_PoolingList):
     data: list[ScoreData]
-    usage: UsageInfo
 
 
 class RerankRequest(_Request):

@@ -56,6 +56,15 @@ def _with_prefix(model: nn.Module, name: str) -> str:
     return name if name.startswith(prefix) else prefix + name
 
 
+def _module_of(model: nn.Module, name: str) -> nn.Module | None:
+    """Our module that holds a checkpoint tensor (None when there is none)."""
+    target, _ = model.checkpoint_target(_with_prefix(model, name))
+    try:
+        return model.get_submodule(target.rpartition(".")[0])
+    except AttributeError:
+        return None
+
+
 _SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 
 
@@ -72,11 +81,7 @@ def use_int_weights(model: nn.Module, path: Path, fmt: CheckpointFormat) -> None
             converted = fmt.canonical(name, None) if not name.startswith(ignored) else None
             if converted is None or not converted[0].endswith(".qweight"):
                 continue
-            target, _ = model.checkpoint_target(_with_prefix(model, converted[0]))
-            try:
-                module = model.get_submodule(target.rpartition(".")[0])
-            except AttributeError:
-                module = None
+            module = _module_of(model, converted[0])
             if not hasattr(module, "use_int_quant"):
                 raise ValueError(f"checkpoint tensor {name!r}: {fmt.config.method} weights are served for attention "
                                  "and dense MLP projections only (not yet for MoE experts, embeddings or heads)")
@@ -97,12 +102,7 @@ def use_fp8_weights(model: nn.Module, path: Path, block: tuple[int, int]) -> Non
         for name in names:
             if not name.endswith(".weight_scale_inv") or name.startswith(ignored):
                 continue
-            target, _ = model.checkpoint_target(_with_prefix(model, name))
-            module_name = target.rpartition(".")[0]
-            try:
-                module = model.get_submodule(module_name)
-            except AttributeError:
-                module = None
+            module = _module_of(model, name)
             if not hasattr(module, "use_fp8"):
                 raise ValueError(f"checkpoint tensor {name!r}: FP8 weights are served for attention, MLP and "
                                  "expert projections only (not for embeddings or heads)")

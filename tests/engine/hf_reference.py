@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -49,3 +50,12 @@ def hf_beam_search(path: pathlib.Path, prompt_ids: list[int], beams: int, max_ne
                                   do_sample=False, max_new_tokens=max_new_tokens,
                                   length_penalty=1.0, early_stopping=False)
     return [row[len(prompt_ids):].tolist() for row in out]
+
+
+def engine_token_ids(llm: Any, prompts: list[list[int]], params: Any) -> list[list[int]]:
+    """Each prompt's generated token ids from a pagoda LLM, which is shut down afterwards (its
+    tensor-parallel workers with it)."""
+    try:
+        return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params)]
+    finally:
+        llm.engine.shutdown()

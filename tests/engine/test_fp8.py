@@ -17,7 +17,7 @@ from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.kernels import reference
-from tests.engine.hf_reference import hf_greedy
+from tests.engine.hf_reference import engine_token_ids, hf_greedy
 
 PROMPTS = [[17, 42, 99, 7, 256, 3, 88, 12, 5, 61], [300, 4, 4, 19], [17, 42, 99, 7, 256, 3, 88, 9]]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
@@ -37,13 +37,6 @@ def fp8_model(tiny_model, tmp_path_factory):
     return make
 
 
-def _generate(llm: LLM) -> list[list[int]]:
-    try:
-        return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY)]
-    finally:
-        llm.engine.shutdown()
-
-
 @pytest.mark.parametrize(("arch", "block", "tp"), [
     ("llama", (16, 16), 1), ("qwen2", (32, 16), 1), ("qwen3", (16, 32), 1), ("llama", (16, 16), 2), ("qwen3", (16, 16), 2),
     ("qwen3_moe", (16, 16), 1), ("qwen2_moe", (16, 16), 2),
@@ -59,7 +52,7 @@ def test_fp8_checkpoint_matches_transformers(fp8_model, arch: str, block: tuple[
         experts = model.model.layers[1].mlp.experts
         assert experts.w13.dtype == experts.w2.dtype == torch.float8_e4m3fn
         assert model.model.layers[1].mlp.gate.weight.dtype == torch.float32, "the router stays at full precision"
-    got = _generate(llm)
+    got = engine_token_ids(llm, PROMPTS, GREEDY)
     assert got == [hf_greedy(fp8, p, GREEDY.max_tokens) for p in PROMPTS]
     assert got != [hf_greedy(dense, p, GREEDY.max_tokens) for p in PROMPTS], "quantization is visible in the output"
 
@@ -115,7 +108,7 @@ def test_fp8_at_load_from_a_full_precision_checkpoint(tiny_model, arch: str, fp8
     assert len(layers) == fp8_layers, "qkv, o and the dense MLP's two projections or the experts, per layer"
     assert model.lm_head.weight.dtype == model.model.embed_tokens.weight.dtype == torch.float32
     dense_params = dict(dense.engine.runner.model.named_parameters())
-    plain = _generate(dense)
+    plain = engine_token_ids(dense, PROMPTS, GREEDY)
     with torch.no_grad():
         for name, layer in layers:
             assert layer.fp8_block == (128, 128)
@@ -125,8 +118,8 @@ def test_fp8_at_load_from_a_full_precision_checkpoint(tiny_model, arch: str, fp8
                 assert (approx - exact).norm() / exact.norm() < 0.04, name
                 exact.copy_(approx)
     dense.engine.block_manager.reset_prefix_cache()  # its cached blocks hold K/V of the old weights
-    got = _generate(fp8)
-    assert got == _generate(dense), "FP8 serving is the dense model on the dequantized weights"
+    got = engine_token_ids(fp8, PROMPTS, GREEDY)
+    assert got == engine_token_ids(dense, PROMPTS, GREEDY), "FP8 serving is the dense model on the dequantized weights"
     assert got != plain, "quantization is visible in the output"
 
 

@@ -15,7 +15,7 @@ from pagoda.engine.int_quant_fixtures import make_int_quant_model
 from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.sampling_params import SamplingParams
-from tests.engine.hf_reference import hf_greedy
+from tests.engine.hf_reference import engine_token_ids, hf_greedy
 
 PROMPTS = [[17, 42, 99, 7, 256, 3, 88, 12, 5, 61], [300, 4, 4, 19], [17, 42, 99, 7, 256, 3, 88, 9]]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
@@ -35,13 +35,6 @@ def quantized(tiny_model, tmp_path_factory):
         return cache[key]
 
     return make
-
-
-def _generate(llm: LLM) -> list[list[int]]:
-    try:
-        return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY)]
-    finally:
-        llm.engine.shutdown()
 
 
 CASES = [
@@ -72,7 +65,7 @@ def test_int_checkpoint_matches_transformers_on_the_dequantized_weights(quantize
     scales = model.model.layers[0].self_attn.qkv_proj.scales
     assert scales.dtype == (torch.float16 if method in ("gptq", "awq") else torch.float32), "scales kept as stored"
     assert model.lm_head.weight.dtype == torch.float32, "the LM head stays at full precision"
-    got = _generate(llm)
+    got = engine_token_ids(llm, PROMPTS, GREEDY)
     assert got == [hf_greedy(dequantized, p, GREEDY.max_tokens) for p in PROMPTS]
 
 
@@ -104,7 +97,7 @@ def test_int_experts_match_transformers_on_the_dequantized_weights(quantized, ar
     layer = llm.engine.runner.model.model.layers[1].mlp
     assert layer.experts.w13_qweight.dtype == torch.int32 and not hasattr(layer.experts, "w13")
     assert layer.gate.weight.dtype == torch.float32, "the router stays at full precision"
-    got = _generate(llm)
+    got = engine_token_ids(llm, PROMPTS, GREEDY)
     assert got == [hf_greedy(dequantized, p, GREEDY.max_tokens) for p in PROMPTS]
 
 
@@ -151,7 +144,7 @@ def test_formats_that_cannot_be_served_are_refused_by_name(tiny_model, tmp_path,
 
 def test_vllm_s_quantization_names_assert_the_checkpoint_s_format(quantized) -> None:
     packed, _ = quantized("llama", "awq", bits=4, group_size=32)
-    _generate(LLM(str(packed), dtype="float32", quantization="awq_marlin"))
+    engine_token_ids(LLM(str(packed), dtype="float32", quantization="awq_marlin"), PROMPTS, GREEDY)
     with pytest.raises(ValueError, match="quantization='gptq' names the checkpoint's format, but .* is awq"):
         LLM(str(packed), dtype="float32", quantization="gptq")
 

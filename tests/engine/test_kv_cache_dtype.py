@@ -15,7 +15,7 @@ from pagoda.engine.config import KV_CACHE_DTYPES
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.kernels.reference import to_cache_dtype
-from tests.engine.hf_reference import hf_model
+from tests.engine.hf_reference import engine_token_ids, hf_model
 
 PROMPTS = [[17, 42, 99, 7, 256, 3, 88, 12, 5, 61, 9, 14, 300], [300, 4, 4, 19], [17, 42, 99, 7, 256, 3, 88, 12, 5, 2]]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
@@ -48,13 +48,6 @@ def hf_greedy_fp8_cache(path: pathlib.Path, prompt: list[int], max_new_tokens: i
     return generated
 
 
-def _greedy(llm: LLM) -> list[list[int]]:
-    try:
-        return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY)]
-    finally:
-        llm.engine.shutdown()
-
-
 @pytest.mark.parametrize(("arch", "kv_cache_dtype"), [("llama", "fp8"), ("qwen3", "fp8_e4m3"), ("qwen2", "fp8_e5m2"),
                                                        ("gemma3", "fp8")])
 def test_fp8_kv_cache_matches_transformers_with_a_rounding_cache(tiny_model, arch: str, kv_cache_dtype: str) -> None:
@@ -63,7 +56,7 @@ def test_fp8_kv_cache_matches_transformers_with_a_rounding_cache(tiny_model, arc
     # Blocks of 4 and a budget of 8 tokens: chunked prefill and shared prefix blocks read back from the cache.
     llm = LLM(str(path), dtype="float32", kv_cache_dtype=kv_cache_dtype, block_size=4, max_num_batched_tokens=8)
     assert llm.engine.runner.kv_cache.dtype == cache_dtype
-    got = _greedy(llm)
+    got = engine_token_ids(llm, PROMPTS, GREEDY)
     assert got == [hf_greedy_fp8_cache(path, p, GREEDY.max_tokens, cache_dtype) for p in PROMPTS]
 
 
@@ -73,9 +66,10 @@ def test_fp8_kv_cache_under_preemption_and_tensor_parallelism(tiny_model) -> Non
     want = [hf_greedy_fp8_cache(path, p, GREEDY.max_tokens, torch.float8_e4m3fn) for p in PROMPTS]
     small = LLM(str(path), dtype="float32", kv_cache_dtype="fp8", block_size=4, num_kv_blocks=9, max_model_len=36)
     scheduler = small.engine.scheduler
-    assert _greedy(small) == want
+    assert engine_token_ids(small, PROMPTS, GREEDY) == want
     assert scheduler.num_preemptions > 0
-    assert _greedy(LLM(str(path), dtype="float32", kv_cache_dtype="fp8", tensor_parallel_size=2)) == want
+    sharded = LLM(str(path), dtype="float32", kv_cache_dtype="fp8", tensor_parallel_size=2)
+    assert engine_token_ids(sharded, PROMPTS, GREEDY) == want
 
 
 def test_the_same_memory_holds_more_blocks(tiny_model) -> None:

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from pagoda.engine.fixtures import make_tiny_classifier
 from tests.engine.test_classifier import DOCS, LABELS, QUERY, TEXTS, hf_logits
-from tests.server.conftest import API_KEY, MODEL_NAME, RunningServer, serve_in_thread
+from tests.server.conftest import MODEL_NAME, RunningServer, serve_in_thread
 from tests.server.test_errors import assert_error, assert_still_serving
 
 
