@@ -91,6 +91,9 @@ class EngineConfig:
             if not ok:
                 raise ValueError(message)
         self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
+        if self.speculative_config is not None and self.speculative_config.method == "draft_model" \
+                and self.tensor_parallel_size > 1:
+            raise ValueError("speculative decoding with a draft model runs with tensor_parallel_size 1 only")
 
     @property
     def ranks_per_node(self) -> int:

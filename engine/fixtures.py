@@ -493,6 +493,24 @@ def make_tiny_classifier(
     return out_dir
 
 
+def make_truncated_model(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, num_layers: int) -> pathlib.Path:
+    """The model in `model_dir` with only its first `num_layers` decoder layers (its embeddings, final norm
+    and head kept): a draft model for it that guesses its tokens cheaply, as layer-skip self-speculation does."""
+    src, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
+    shutil.copytree(src, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
+    layer = re.compile(r"\.layers\.(\d+)\.")
+    tensors = {name: t for file in sorted(src.glob("*.safetensors")) for name, t in load_file(str(file)).items()
+               if not (m := layer.search(name)) or int(m.group(1)) < num_layers}
+    save_file(tensors, str(out_dir / "model.safetensors"))
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["num_hidden_layers"] = num_layers
+    if config.get("layer_types"):
+        config["layer_types"] = config["layer_types"][:num_layers]
+    _write_json(config_path, config)
+    return out_dir
+
+
 def make_cyclic_model(
     model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, period: int = 5, strength: float = 4.0
 ) -> pathlib.Path:

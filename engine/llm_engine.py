@@ -26,6 +26,7 @@ from pagoda.engine.sampling_params import SamplingParams, sampling_defaults
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.sequence import FinishReason, Sequence
 from pagoda.engine.structured_output import Grammar, GrammarCompiler, Thinking
+from pagoda.engine.draft_model import DraftModelProposer
 from pagoda.engine.pooling import label_names
 from pagoda.engine.spec_decode import NgramProposer, SpecDecodeStats
 from pagoda.engine.tensor_parallel import TensorParallelGroup
@@ -77,9 +78,13 @@ class LLMEngine:
             raise
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         spec = config.speculative_config
+        proposer: NgramProposer | DraftModelProposer | None = None
+        if self.runner.draft is not None:
+            proposer = DraftModelProposer(self.runner.draft, spec.num_speculative_tokens)
+        elif spec is not None:
+            proposer = NgramProposer(spec)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   config.max_loras, config.scheduling_policy,
-                                   NgramProposer(spec) if spec is not None else None, self.model_config.max_model_len)
+                                   config.max_loras, config.scheduling_policy, proposer, self.model_config.max_model_len)
         self.spec_stats = SpecDecodeStats()
         self.loras: dict[str, LoRAAdapter] = {}  # the adapters served, by name
         self.requests: dict[str, _Request] = {}

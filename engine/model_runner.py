@@ -18,6 +18,7 @@ from pagoda.engine.attention import select_backend
 from pagoda.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from pagoda.engine.cuda_graphs import decode_forward
 from pagoda.engine.distributed import agree_min, tp_size
+from pagoda.engine.draft_model import DraftModel
 from pagoda.engine.layers.attention import bind_kv_cache
 from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
@@ -79,12 +80,18 @@ class ModelRunner:
         # KV heads are split across ranks, or replicated when there are fewer heads than ranks.
         self.num_kv_heads = max(1, model_config.num_kv_heads // tp_size())
         self.kv_cache_dtype = config.resolve_kv_cache_dtype(model_config.dtype)
+        spec = config.speculative_config
+        # A draft model for speculative decoding: loaded before the KV cache is sized, whose blocks it shares.
+        self.draft = (DraftModel(spec.model, model_config, self.device, self.kv_cache_dtype)
+                      if spec is not None and spec.method == "draft_model" else None)
         self.num_blocks = self._num_kv_blocks()
         self.kv_cache = torch.zeros(
             2, model_config.num_layers, self.num_blocks, self.block_size, self.num_kv_heads, model_config.head_dim,
             dtype=self.kv_cache_dtype, device=self.device,
         )
         bind_kv_cache(self.model, self.kv_cache, self.backend)
+        if self.draft is not None:
+            self.draft.allocate(self.num_blocks, self.block_size)
         self.sampler = Sampler(config.seed)
         # Decode steps replay CUDA graphs on GPU (unless enforce_eager); everything else runs the model.
         self.forward = decode_forward(
@@ -93,10 +100,11 @@ class ModelRunner:
         )
 
     def _block_bytes(self) -> int:
-        """Bytes of one block of K and V over every layer, on this rank."""
+        """Bytes of one block of K and V over every layer, on this rank (the draft model's too)."""
         cfg = self.model_config
         element = torch.empty((), dtype=self.kv_cache_dtype).element_size()
-        return 2 * cfg.num_layers * self.num_kv_heads * cfg.head_dim * element * self.block_size
+        target = 2 * cfg.num_layers * self.num_kv_heads * cfg.head_dim * element * self.block_size
+        return target + (self.draft.block_bytes(self.block_size) if self.draft is not None else 0)
 
     def _num_kv_blocks(self) -> int:
         if self.config.num_kv_blocks is not None:

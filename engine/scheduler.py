@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 from pagoda.engine.block_manager import BlockManager
 from pagoda.engine.config import SCHEDULING_POLICIES
 from pagoda.engine.sequence import FinishReason, Sequence, SequenceStatus
+from pagoda.engine.spec_decode import backing_off
 
 if TYPE_CHECKING:
+    from pagoda.engine.draft_model import DraftModelProposer
     from pagoda.engine.lora import LoRAAdapter
     from pagoda.engine.spec_decode import NgramProposer
 
@@ -55,7 +57,8 @@ def _rank(seq: Sequence) -> tuple[int, float, int]:
 class Scheduler:
     def __init__(
         self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int, max_loras: int = 1,
-        policy: str = "fcfs", proposer: NgramProposer | None = None, max_model_len: int = 1 << 62,
+        policy: str = "fcfs", proposer: NgramProposer | DraftModelProposer | None = None,
+        max_model_len: int = 1 << 62,
     ) -> None:
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
@@ -92,10 +95,21 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         i = 0
+        drafting: list[tuple[Sequence, int, int]] = []  # a draft model's batch: (seq, limit, its place in out)
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            drafts = self._drafts(seq, budget) if num_new == 1 else []
+            limit = self._draft_limit(seq, budget) if num_new == 1 else 0
+            if limit > 0 and self.proposer.batched:
+                # A draft model drafts for the whole batch at once, once the lookahead slots are reserved.
+                if not backing_off(seq) and self.block_manager.allocate(seq, 1, num_lookahead=limit):
+                    drafting.append((seq, limit, len(out.scheduled)))
+                    out.scheduled.append((seq, 1))
+                    budget -= 1 + limit
+                    i += 1
+                    continue
+                limit = 0
+            drafts = self.proposer.drafts_for(seq, limit) if limit > 0 else []
             if drafts and self.block_manager.allocate(seq, 1, num_lookahead=len(drafts)):
                 seq.spec_token_ids = drafts
                 out.scheduled.append((seq, 1 + len(drafts)))
@@ -115,6 +129,11 @@ class Scheduler:
             out.scheduled.append((seq, num_new))
             budget -= num_new
             i += 1
+        if drafting:
+            for (seq, limit, place), drafts in zip(drafting, self.proposer.propose([(s, n) for s, n, _ in drafting])):
+                seq.spec_token_ids = drafts
+                out.scheduled[place] = (seq, 1 + len(drafts))
+                budget += limit - len(drafts)
         # Admitting new work while preempting would only thrash the cache. A
         # sequence whose adapter finds no free slot waits, without holding up the others.
         adapters = {seq.lora for seq in self.running if seq.lora is not None}
@@ -140,21 +159,21 @@ class Scheduler:
         out.scheduled.sort(key=lambda item: item[1] != 1)
         return out
 
-    def _drafts(self, seq: Sequence, budget: int) -> list[int]:
-        """Speculative drafts for a decoding sequence, within its budget, max_tokens and context.
-
-        None for constrained outputs (the grammar would have to walk the drafts) and for stop
+    def _draft_limit(self, seq: Sequence, budget: int) -> int:
+        """How many speculative drafts a decoding sequence may verify: within its budget, max_tokens and
+        context. None for constrained outputs (the grammar would have to walk the drafts) and for stop
         strings (tokens past one are only found once detokenized, after the step)."""
         if self.proposer is None or seq.grammar is not None or seq.params.stop:
-            return []
+            return 0
         limit = min(budget, self.max_model_len - seq.num_tokens) - 1
         if seq.params.max_tokens is not None:
             limit = min(limit, seq.params.max_tokens - seq.num_output_tokens - 1)
-        return self.proposer.drafts_for(seq, limit)
+        return min(limit, self.proposer.num_speculative_tokens)
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
         seq.spec_token_ids = []
+        seq.draft_computed = 0  # its blocks, the draft model's cache with them, are gone
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1

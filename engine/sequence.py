@@ -71,6 +71,10 @@ class Sequence:
     spec_token_ids: list[int] = field(default_factory=list)
     spec_misses: int = 0  # verifications in a row that kept no draft
     spec_wait: int = 0  # decode steps left before it gets drafts again
+    # A draft model's progress (draft_model.py): leading tokens whose KV its cache holds, and the
+    # sequence's length when it last drafted.
+    draft_computed: int = 0
+    draft_base: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -26,33 +26,40 @@ from numpy.lib.stride_tricks import sliding_window_view
 if TYPE_CHECKING:
     from pagoda.engine.sequence import Sequence
 
-METHODS = ("ngram",)
+METHODS = ("ngram", "draft_model")
 MAX_SPECULATIVE_TOKENS = 16
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """num_speculative_tokens drafts per step, found by matching the sequence's last n tokens,
-    n from prompt_lookup_max down to prompt_lookup_min, against its earlier tokens."""
+    """num_speculative_tokens drafts per step: found by matching the sequence's last n tokens, n from
+    prompt_lookup_max down to prompt_lookup_min, against its earlier tokens (ngram), or guessed by a
+    smaller model sharing the target's tokenizer (draft_model, `model` its directory)."""
 
     num_speculative_tokens: int
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 1
     method: str = "ngram"
+    model: str | None = None
 
     @classmethod
     def parse(cls, value: dict[str, Any] | SpeculativeConfig | None) -> SpeculativeConfig | None:
-        """From vLLM's speculative_config dict; ValueError naming what is wrong."""
+        """From vLLM's speculative_config dict (a `model` implies method draft_model); ValueError naming
+        what is wrong."""
         if value is None or isinstance(value, SpeculativeConfig):
             return value
         if not isinstance(value, dict):
             raise ValueError("speculative_config must be an object")
-        unknown = set(value) - {"method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"}
+        unknown = set(value) - {"method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min", "model"}
         if unknown:
             raise ValueError(f"speculative_config: unknown keys {sorted(unknown)}")
-        method = value.get("method", "ngram")
+        model = value.get("model")
+        method = value.get("method", "draft_model" if model is not None else "ngram")
         if method not in METHODS:
             raise ValueError(f"speculative_config method {method!r} is not supported (supported: {', '.join(METHODS)})")
+        if (method == "draft_model") != (model is not None) or not isinstance(model, (str, type(None))):
+            raise ValueError("speculative_config: method draft_model takes the draft's directory as `model`, "
+                             "and only it does")
         try:
             k = int(value["num_speculative_tokens"])
             hi = int(value.get("prompt_lookup_max", 4))
@@ -65,7 +72,7 @@ class SpeculativeConfig:
             raise ValueError(f"num_speculative_tokens must be in 1..{MAX_SPECULATIVE_TOKENS}, got {k}")
         if not 1 <= lo <= hi:
             raise ValueError(f"need 1 <= prompt_lookup_min <= prompt_lookup_max, got {lo} and {hi}")
-        return cls(k, hi, lo, method)
+        return cls(k, hi, lo, method, model)
 
 
 # After a verification that kept no draft, a sequence waits 1, 3, 7, 15 decode steps before it is
@@ -74,9 +81,26 @@ class SpeculativeConfig:
 MAX_DRAFT_WAIT = 15
 
 
+def backing_off(seq: Sequence) -> bool:
+    """Whether seq sits this step out of drafting (counting the step off its wait)."""
+    if seq.spec_wait > 0:
+        seq.spec_wait -= 1
+        return True
+    return False
+
+
+def back_off(seq: Sequence, accepted: int) -> None:
+    """Backs a sequence off after a verification that kept nothing; any kept draft resets it."""
+    seq.spec_misses = 0 if accepted else seq.spec_misses + 1
+    seq.spec_wait = min(2**seq.spec_misses - 1, MAX_DRAFT_WAIT)
+
+
 class NgramProposer:
+    batched = False  # drafts sequence by sequence, as the scheduler meets them
+
     def __init__(self, config: SpeculativeConfig) -> None:
         self.config = config
+        self.num_speculative_tokens = config.num_speculative_tokens
         # Each sequence's tokens as a growing int64 array (capacity, filled): tokens only ever get
         # appended, so a step copies its new tokens, not the whole history.
         self._arrays: weakref.WeakKeyDictionary[Sequence, tuple[np.ndarray, int]] = weakref.WeakKeyDictionary()
@@ -94,16 +118,9 @@ class NgramProposer:
 
     def drafts_for(self, seq: Sequence, limit: int) -> list[int]:
         """The drafts to verify after seq's last token this step (none while it backs off)."""
-        if seq.spec_wait > 0:
-            seq.spec_wait -= 1
-            return []
-        return self.propose(self._tokens(seq), limit)
+        return [] if backing_off(seq) else self.propose(self._tokens(seq), limit)
 
-    @staticmethod
-    def record(seq: Sequence, accepted: int) -> None:
-        """Backs a sequence off after a verification that kept nothing; any kept draft resets it."""
-        seq.spec_misses = 0 if accepted else seq.spec_misses + 1
-        seq.spec_wait = min(2**seq.spec_misses - 1, MAX_DRAFT_WAIT)
+    record = staticmethod(back_off)
 
     def propose(self, token_ids: list[int] | np.ndarray, limit: int) -> list[int]:
         """Up to `limit` tokens that followed the latest earlier occurrence of the longest suffix

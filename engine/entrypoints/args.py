@@ -160,7 +160,8 @@ FLAGS: tuple[_Flag, ...] = (
           QUANTIZATIONS,
           _ENGINE + "quantization"),
     _Flag("speculative-config", _speculative_config, 'speculative decoding, e.g. {"method": "ngram", '
-          '"num_speculative_tokens": 4, "prompt_lookup_max": 4}: drafts from earlier text verified in one pass',
+          '"num_speculative_tokens": 4, "prompt_lookup_max": 4} (drafts from earlier text) or {"model": DIR, '
+          '"num_speculative_tokens": 4} (a draft model): drafts verified in one pass',
           dest=_ENGINE + "speculative_config"),
     _Flag("generation-config", str, "default sampling parameters of requests that set none: auto (the model's "
           "generation_config.json), vllm (the engine's own), or a directory holding a generation_config.json",

@@ -3,19 +3,22 @@ and the drafts are counted in /metrics."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import pytest
 
-from pagoda.engine.fixtures import make_cyclic_model
+from pagoda.engine.fixtures import make_cyclic_model, make_truncated_model
 from tests.server.conftest import MODEL_NAME, serve_in_thread
 
 openai = pytest.importorskip("openai")
 
 
-def test_streamed_and_whole_agree_with_drafts(model_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_streamed_and_whole_agree_with_drafts(model_dir: pathlib.Path, tmp_path: pathlib.Path, method: str) -> None:
     cyclic = make_cyclic_model(model_dir, tmp_path / "cyclic")
-    spec = '{"method": "ngram", "num_speculative_tokens": 4}'
+    spec = json.dumps({"method": "ngram", "num_speculative_tokens": 4} if method == "ngram" else
+                      {"model": str(make_truncated_model(cyclic, tmp_path / "draft", 1)), "num_speculative_tokens": 4})
     with serve_in_thread([str(cyclic), "--served-model-name", MODEL_NAME, "--speculative-config", spec]) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
         kwargs = dict(model=MODEL_NAME, prompt="Hello, my name is", max_tokens=40, temperature=0,
