@@ -121,15 +121,26 @@ MAX_SPECULATIVE_TOKENS = 16
 
 
 class SpeculativeSpec(_Model):
-    """N-gram speculative decoding (`pagoda serve --speculative-config`): drafts from the text's
-    earlier tokens, verified in one pass; outputs are those of plain decoding."""
+    """Speculative decoding (`pagoda serve --speculative-config`): drafts from the text's earlier tokens
+    (ngram) or from a smaller model sharing the served model's tokenizer (draft_model, fetched or read
+    like the model), verified in one pass; outputs are those of plain decoding."""
 
-    model_config = ConfigDict(json_schema_extra=_rules(rule(
-        "self.promptLookupMin <= self.promptLookupMax",
-        "engine.speculativeConfig.promptLookupMin must be at most promptLookupMax",
-    )))
+    model_config = ConfigDict(json_schema_extra=_rules(
+        rule("self.promptLookupMin <= self.promptLookupMax",
+             "engine.speculativeConfig.promptLookupMin must be at most promptLookupMax"),
+        rule("(self.method == 'draft_model') == has(self.model)",
+             "engine.speculativeConfig.model is required with method draft_model, and only with it"),
+    ))
 
-    method: Literal["ngram"] = "ngram"
+    method: Literal["ngram", "draft_model"] = "ngram"
+    model: str | None = Field(
+        None, max_length=512,
+        description="The draft model: hf://ORG/NAME[@REVISION] (fetched with the model) or pvc://CLAIM[/PATH].",
+        json_schema_extra=_rules(rule(
+            f"self.matches('{SOURCE_PATTERN}')",
+            "engine.speculativeConfig.model must be hf://ORG/NAME[@REVISION] or pvc://CLAIM[/PATH]",
+        )),
+    )
     num_speculative_tokens: int = Field(ge=1, le=MAX_SPECULATIVE_TOKENS, description="Draft tokens per step.")
     prompt_lookup_max: int = Field(4, ge=1, le=64, description="Longest n-gram matched against earlier text.")
     prompt_lookup_min: int = Field(1, ge=1, le=64, description="Shortest n-gram matched.")
@@ -143,6 +154,9 @@ class EngineSpec(_Model):
              "engine.maxNumBatchedTokens must be at least engine.maxModelLen, or a full-length prompt never fits a batch"),
         rule("!has(self.nnodes) || !has(self.tensorParallelSize) || self.tensorParallelSize % self.nnodes == 0",
              "engine.nnodes must divide engine.tensorParallelSize: every machine holds the same number of ranks"),
+        rule("!has(self.speculativeConfig) || self.speculativeConfig.method != 'draft_model' || "
+             "!has(self.tensorParallelSize) || self.tensorParallelSize == 1",
+             "engine.speculativeConfig with a draft model needs engine.tensorParallelSize 1"),
     ))
 
     tensor_parallel_size: int = Field(

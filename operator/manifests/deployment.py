@@ -32,9 +32,11 @@ SHM_GIB_PER_GPU = 2
 
 
 def serve_args(engine: EngineSpec, served_name: str, model_dir: str,
-               adapters: Sequence[tuple[str, str]] = (), node_args: Sequence[str] = ()) -> list[str]:
+               adapters: Sequence[tuple[str, str]] = (), node_args: Sequence[str] = (),
+               draft_dir: str | None = None) -> list[str]:
     """The arguments of `pagoda serve` for one pod; `adapters` are (name, directory) of its LoRA adapters,
-    `node_args` where the pod stands in a replica spanning several machines.
+    `node_args` where the pod stands in a replica spanning several machines, `draft_dir` where its
+    draft model for speculative decoding is.
 
     Optional settings are passed only when set, so the engine's own defaults
     apply otherwise; the API key comes from the environment (`flags.API_KEY_ENV`),
@@ -59,7 +61,10 @@ def serve_args(engine: EngineSpec, served_name: str, model_dir: str,
         if value is not None:
             args += [flag, str(value)]
     if engine.speculative_config is not None:  # the engine reads vLLM's JSON, with its snake_case keys
-        args += [flags.SPECULATIVE_CONFIG, json.dumps(engine.speculative_config.model_dump(), sort_keys=True)]
+        speculative = engine.speculative_config.model_dump(exclude_none=True)
+        if draft_dir is not None:  # the draft model's directory in the pod, not its source
+            speculative["model"] = draft_dir
+        args += [flags.SPECULATIVE_CONFIG, json.dumps(speculative, sort_keys=True)]
     if adapters:
         args += [flags.LORA_MODULES, ",".join(f"{name}={path}" for name, path in adapters)]
     return args + list(node_args) + list(engine.extra_args)
@@ -136,7 +141,7 @@ def _engine_container(resource: LLMDeployment, config: OperatorConfig, image: st
         # The command is explicit, so any image with pagoda on its PATH works
         # whatever its entrypoint; the settings are the arguments.
         "command": list(flags.SERVE_COMMAND),
-        "args": serve_args(spec.engine, spec.served_name, model_dir, adapters.modules, node_args),
+        "args": serve_args(spec.engine, spec.served_name, model_dir, adapters.modules, node_args, adapters.draft_dir),
         "env": env,
         "resources": _resources(resource, config),
         "volumeMounts": [

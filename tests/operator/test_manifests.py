@@ -342,3 +342,27 @@ def test_a_multi_node_service_selects_leaders_and_the_hpa_scales_groups() -> Non
 def test_a_multi_node_replica_count_is_the_groups() -> None:
     spec = by_kind(SPECS["multi-node"] | {"autoscaling": {}, "replicas": 2})["LeaderWorkerSet"]["spec"]
     assert spec["replicas"] == 2
+
+
+@pytest.mark.parametrize(("draft", "fetched", "directory"), [
+    ("hf://org/draft-0.5b", True, "/models/hf/org/draft-0.5b/main"),
+    ("pvc://weights/llama/8b-draft", False, "/models/llama/8b-draft"),
+])
+def test_a_draft_model_is_placed_as_an_adapter_and_named_by_its_directory(draft: str, fetched: bool,
+                                                                           directory: str) -> None:
+    """speculativeConfig.model is a source: fetched into the model cache by its own init container, or read
+    from the model's claim; the engine gets the directory in its --speculative-config."""
+    model = "hf://org/target" if fetched else "pvc://weights/llama/8b"
+    spec = {"model": {"source": model},
+            "engine": {"speculativeConfig": {"method": "draft_model", "numSpeculativeTokens": 5, "model": draft}}}
+    pod = by_kind(spec)["Deployment"]["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    config = json.loads(args[args.index(flags.SPECULATIVE_CONFIG) + 1])
+    assert config["model"] == directory and config["method"] == "draft_model"
+    from pagoda.engine.spec_decode import SpeculativeConfig
+
+    assert SpeculativeConfig.parse(config).model == directory
+    fetches = {c["name"]: c for c in pod.get("initContainers", [])}
+    assert ("fetch-draft" in fetches) == fetched
+    if fetched:
+        assert fetches["fetch-draft"]["command"][-2:] == [draft, directory]
