@@ -29,7 +29,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -39,7 +38,8 @@ import httpx2
 
 from bench.common import write_result
 from pagoda.operator.gateway.balancer import DEFAULT_LOAD_FACTOR
-from bench.serving import MODEL_NAME, MODEL_SHAPE, free_port, one_request, start_server, summarize
+from bench.serving import MODEL_NAME, MODEL_SHAPE, one_request, start_server, summarize
+from pagoda.processes import start_pagoda
 
 STRATEGIES = ("round-robin", "least-load", "prefix-hash")
 #: prefix-hash also runs with a looser load bound: what locality the bound trades for balance.
@@ -58,21 +58,9 @@ def engine_counters(urls: list[str]) -> dict[str, float]:
 
 
 def start_gateway(strategy: str, load_factor: float, engines: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
     backends = [arg for url in engines for arg in ("--backend", f"{MODEL_NAME}={url}")]
-    proc = subprocess.Popen([sys.executable, "-m", "pagoda.cli", "gateway", "--host", "127.0.0.1", "--port",
-                             str(port), "--routing", strategy, "--load-factor", str(load_factor),
-                             "--log-level", "warning", *backends])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/ready", timeout=2)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("pagoda gateway did not start") from None
-            time.sleep(0.1)
+    return start_pagoda(["gateway", "--routing", strategy, "--load-factor", str(load_factor), "--log-level",
+                         "warning", *backends], timeout=60)
 
 
 def workload(args: argparse.Namespace, seed: int) -> list[list[int]]:

@@ -20,18 +20,16 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
 
 from bench.common import write_result
+from pagoda.processes import start_pagoda
 
 # The model of bench/cpu_throughput.py: small enough for CPU, big enough that the forward pass dominates.
 MODEL_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
@@ -130,32 +128,9 @@ async def run_open_loop(url: str, prompts: list[list[int]], output_len: int, rat
         return list(await asyncio.gather(*tasks))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "pagoda.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port),
-           "--served-model-name", MODEL_NAME, "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError("pagoda serve exited during startup")
-        try:
-            with urllib.request.urlopen(url + "/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("pagoda serve did not become ready")
-        time.sleep(0.5)
+    return start_pagoda(["serve", model, "--served-model-name", MODEL_NAME, "--log-level", "warning", *extra],
+                        timeout=600)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import ssl
 import sys
 import time
@@ -21,6 +20,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pagoda.processes import free_port
 
 from . import build, kubeconfig, manifests, pki, processes
 from .client import Cluster
@@ -38,13 +39,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 class ClusterError(RuntimeError):
     """A component did not come up; the message carries the end of its log."""
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

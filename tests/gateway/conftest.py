@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
+from pagoda.processes import start_pagoda  # noqa: E402
 from tests.server.conftest import RunningServer, free_port, serve_in_thread  # noqa: E402
 
 MODEL = "tiny"
@@ -38,21 +37,12 @@ class GatewayProcess:
 @contextlib.contextmanager
 def run_gateway(args: list[str], log: pathlib.Path) -> Iterator[GatewayProcess]:
     """`pagoda gateway ARGS` on a free loopback port, ready when this yields."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "pagoda.cli", "gateway", "--host", "127.0.0.1",
-                                    "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            process, url = start_pagoda(["gateway", *args], timeout=60, stdout=out, stderr=subprocess.STDOUT)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{log.read_text()}") from None
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ready", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the gateway did not start:\n{log.read_text()}") from None
-                time.sleep(0.1)
         yield GatewayProcess(url, log)
     finally:
         process.terminate()

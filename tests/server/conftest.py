@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import pathlib
-import socket
 import contextlib
 import threading
 import time
@@ -26,16 +25,11 @@ pytest.importorskip("fastapi")
 
 from pagoda.engine.entrypoints.api_server import ServerState, build_app  # noqa: E402
 from pagoda.engine.entrypoints.args import parse_serve_args  # noqa: E402
+from pagoda.processes import free_port  # noqa: E402
 
 API_KEY = "test-key"
 MODEL_NAME = "tiny"
 MAX_MODEL_LEN = 256
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
