@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pagoda.engine.attention import select_backend
-from pagoda.engine.layers.attention import bind_kv_cache
+from pagoda.engine.layers.attention import bind_kv_cache, kv_block_bytes
 from pagoda.engine.model_config import ModelConfig, load_model_config
 from pagoda.engine.models.loader import build_model
 from pagoda.engine.spec_decode import back_off
@@ -49,8 +49,7 @@ class DraftModel:
     def block_bytes(self, block_size: int) -> int:
         """Bytes of one block of the draft's K and V over all its layers."""
         cfg = self.config
-        element = torch.empty((), dtype=self.cache_dtype).element_size()
-        return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * element * block_size
+        return kv_block_bytes(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.cache_dtype, block_size)
 
     def allocate(self, num_blocks: int, block_size: int) -> None:
         cfg = self.config

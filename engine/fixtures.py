@@ -441,6 +441,24 @@ def make_tiny_gemma3_multimodal(out_dir: str | pathlib.Path, seed: int = 0) -> p
     return out_dir
 
 
+def read_weights(model_dir: str | pathlib.Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a model directory's safetensors files."""
+    files = sorted(pathlib.Path(model_dir).glob("*.safetensors"))
+    return {name: tensor for file in files for name, tensor in load_file(str(file)).items()}
+
+
+def write_variant(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, tensors: dict[str, torch.Tensor],
+                  **config_changes: Any) -> pathlib.Path:
+    """`out_dir`: the model directory's files (config, tokenizer, generation config) with `tensors` as its
+    one safetensors file and `config_changes` applied to its config.json."""
+    out_dir = pathlib.Path(out_dir)
+    shutil.copytree(model_dir, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
+    save_file(tensors, str(out_dir / "model.safetensors"))
+    config_path = out_dir / "config.json"
+    _write_json(config_path, {**json.loads(config_path.read_text()), **config_changes})
+    return out_dir
+
+
 # Projections an FP8 checkpoint stores in FP8 (embeddings, norms, routers and the LM head stay as they are).
 _FP8_PROJECTION = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
 
@@ -450,23 +468,15 @@ def make_fp8_model(
 ) -> pathlib.Path:
     """Write the model in `model_dir` as a block-wise FP8 checkpoint (`quant_method: fp8`, dynamic
     activations, `weight_block_size`), the format of Qwen3-*-FP8, with every projection in FP8."""
-    src, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
-    shutil.copytree(src, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
     tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(src.glob("*.safetensors")):
-        for name, tensor in load_file(str(file)).items():
-            if _FP8_PROJECTION.search(name):
-                tensors[name], tensors[f"{name}_scale_inv"] = quantize_fp8_blocks(tensor, block)
-            else:
-                tensors[name] = tensor
-    save_file(tensors, str(out_dir / "model.safetensors"))
-    config_path = out_dir / "config.json"
-    config = json.loads(config_path.read_text())
-    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
-                                     "weight_block_size": list(block)}
-    _write_json(config_path, config)
-    return out_dir
-
+    for name, tensor in read_weights(model_dir).items():
+        if _FP8_PROJECTION.search(name):
+            tensors[name], tensors[f"{name}_scale_inv"] = quantize_fp8_blocks(tensor, block)
+        else:
+            tensors[name] = tensor
+    quantization = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                    "weight_block_size": list(block)}
+    return write_variant(model_dir, out_dir, tensors, quantization_config=quantization)
 
 def make_tiny_classifier(
     model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, labels: tuple[str, ...] = ("relevant",), seed: int = 0,
@@ -474,42 +484,30 @@ def make_tiny_classifier(
     """The fixture model in `model_dir` as a `*ForSequenceClassification` checkpoint (a reward model,
     classifier or, with one label, a cross-encoder reranker): its LM head replaced by a random `score`
     head of one row per label, as transformers saves these models."""
-    src, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
-    shutil.copytree(src, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
-    tensors = {name: t for file in sorted(src.glob("*.safetensors")) for name, t in load_file(str(file)).items()}
+    tensors = read_weights(model_dir)
     tensors.pop("lm_head.weight", None)
     hidden = tensors["model.embed_tokens.weight"].shape[1]
     generator = torch.Generator().manual_seed(seed)
     tensors["score.weight"] = (torch.randn(len(labels), hidden, generator=generator) * 2.0 / hidden**0.5).to(
         tensors["model.embed_tokens.weight"].dtype)
-    save_file(tensors, str(out_dir / "model.safetensors"))
-    config_path = out_dir / "config.json"
-    config = json.loads(config_path.read_text())
-    config["architectures"] = [a.replace("ForCausalLM", "ForSequenceClassification") for a in config["architectures"]]
-    config.update(id2label={str(i): name for i, name in enumerate(labels)},
-                  label2id={name: i for i, name in enumerate(labels)}, pad_token_id=PAD_TOKEN_ID,
-                  tie_word_embeddings=False)
-    _write_json(config_path, config)
-    return out_dir
-
+    config = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+    return write_variant(
+        model_dir, out_dir, tensors,
+        architectures=[a.replace("ForCausalLM", "ForSequenceClassification") for a in config["architectures"]],
+        id2label={str(i): name for i, name in enumerate(labels)}, label2id={name: i for i, name in enumerate(labels)},
+        pad_token_id=PAD_TOKEN_ID, tie_word_embeddings=False)
 
 def make_truncated_model(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, num_layers: int) -> pathlib.Path:
     """The model in `model_dir` with only its first `num_layers` decoder layers (its embeddings, final norm
     and head kept): a draft model for it that guesses its tokens cheaply, as layer-skip self-speculation does."""
-    src, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
-    shutil.copytree(src, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
     layer = re.compile(r"\.layers\.(\d+)\.")
-    tensors = {name: t for file in sorted(src.glob("*.safetensors")) for name, t in load_file(str(file)).items()
+    tensors = {name: t for name, t in read_weights(model_dir).items()
                if not (m := layer.search(name)) or int(m.group(1)) < num_layers}
-    save_file(tensors, str(out_dir / "model.safetensors"))
-    config_path = out_dir / "config.json"
-    config = json.loads(config_path.read_text())
-    config["num_hidden_layers"] = num_layers
+    config = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+    changes: dict[str, Any] = {"num_hidden_layers": num_layers}
     if config.get("layer_types"):
-        config["layer_types"] = config["layer_types"][:num_layers]
-    _write_json(config_path, config)
-    return out_dir
-
+        changes["layer_types"] = config["layer_types"][:num_layers]
+    return write_variant(model_dir, out_dir, tensors, **changes)
 
 def make_cyclic_model(
     model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, period: int = 5, strength: float = 4.0
@@ -522,9 +520,7 @@ def make_cyclic_model(
     earlier text (n-gram lookup) predict. `strength` scales the head: lower makes sampling (and
     penalties) move off the cycle now and then. Still a real checkpoint that transformers runs too.
     """
-    src, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
-    shutil.copytree(src, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
-    tensors = {name: t for file in sorted(src.glob("*.safetensors")) for name, t in load_file(str(file)).items()}
+    tensors = read_weights(model_dir)
     first = len(SPECIAL_TOKENS)
     count = (TOKENIZER_VOCAB_SIZE - first) // period * period
     successor = torch.arange(first, first + count).view(-1, period).roll(-1, dims=1).flatten()
@@ -535,10 +531,7 @@ def make_cyclic_model(
     for name in tensors:
         if name.endswith(("o_proj.weight", "down_proj.weight")):
             tensors[name] = tensors[name] * 0.01
-    save_file(tensors, str(out_dir / "model.safetensors"))
-    config_path = out_dir / "config.json"
-    _write_json(config_path, {**json.loads(config_path.read_text()), "tie_word_embeddings": False})
-    return out_dir
+    return write_variant(model_dir, out_dir, tensors, tie_word_embeddings=False)
 
 
 LORA_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")

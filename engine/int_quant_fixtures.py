@@ -11,15 +11,13 @@ code in tests/engine/data), so a misread layout shows up as different tokens.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import re
-import shutil
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from pagoda.engine.fixtures import read_weights, write_variant
 from pagoda.engine.layers.int_quant import quantize_int_groups
 from pagoda.engine.models.quant_formats import AWQ_ORDER
 
@@ -103,12 +101,9 @@ def make_int_quant_model(
     `dequantized_dir`. GPTQ scales are fp16 as GPTQ tools write them; GPTQ projections without a
     bias get a zero one, as AutoGPTQ saves them; act-order uses one column order per input width,
     which projections of one input (q/k/v, gate/up) share as GPTQ's do."""
-    src, out_dir, dequantized_dir = map(pathlib.Path, (model_dir, out_dir, dequantized_dir))
-    for target in (out_dir, dequantized_dir):
-        shutil.copytree(src, target, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
     generator = torch.Generator().manual_seed(seed)
     perms: dict[int, torch.Tensor] = {}
-    tensors = {name: t for file in sorted(src.glob("*.safetensors")) for name, t in load_file(str(file)).items()}
+    tensors = read_weights(model_dir)
     packed, plain = {}, dict(tensors)
     for name, weight in tensors.items():
         if not _PROJECTION.search(name):
@@ -123,10 +118,6 @@ def make_int_quant_model(
         if method == "gptq" and bias not in tensors:
             packed[bias] = torch.zeros(weight.shape[0], dtype=weight.dtype)
         plain[name] = dequantized.to(weight.dtype)
-    save_file(packed, str(out_dir / "model.safetensors"))
-    save_file(plain, str(dequantized_dir / "model.safetensors"))
-    config_path = out_dir / "config.json"
-    config = json.loads(config_path.read_text())
-    config["quantization_config"] = _config(method, bits, group_size, symmetric, act_order, gptq_v1)
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    return out_dir
+    write_variant(model_dir, dequantized_dir, plain)
+    return write_variant(model_dir, out_dir, packed,
+                         quantization_config=_config(method, bits, group_size, symmetric, act_order, gptq_v1))

@@ -107,9 +107,9 @@ class LLM:
             prompts: list[PromptType] = [{"prompt_token_ids": self.tokenizer(a, text_pair=b)["input_ids"]}
                                          for a, b in pairs_]
             return [ScoringOutput(label_probs(logits)[0]) for logits in self._pool(prompts, lora_request)]
-        firsts = self._pool([a for a, _ in pairs_], lora_request)
-        seconds = self._pool([b for _, b in pairs_], lora_request)
-        return [ScoringOutput(cosine(a, b)) for a, b in zip(firsts, seconds)]
+        texts = list(dict.fromkeys(text for pair in pairs_ for text in pair))  # each distinct text embedded once
+        vectors = dict(zip(texts, self._pool(texts, lora_request)))
+        return [ScoringOutput(cosine(vectors[a], vectors[b])) for a, b in pairs_]
 
     def _pool(self, prompts: list[PromptType], lora_request: LoRARequest | None) -> list[list[float]]:
         """Each prompt's pooled output: an embedding, or a classifier's logits."""

@@ -17,17 +17,17 @@ import torch
 
 from pagoda.engine.block_manager import BlockManager
 from pagoda.engine.config import EngineConfig
+from pagoda.engine.draft_model import DraftModelProposer
 from pagoda.engine.lora import LoRAAdapter, LoRARequest, read_adapter
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.model_runner import ModelRunner, StepResult
 from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pagoda.engine.pooling import label_names
 from pagoda.engine.sampling_params import SamplingParams, sampling_defaults
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.sequence import FinishReason, Sequence
 from pagoda.engine.structured_output import Grammar, GrammarCompiler, Thinking
-from pagoda.engine.draft_model import DraftModelProposer
-from pagoda.engine.pooling import label_names
 from pagoda.engine.spec_decode import NgramProposer, SpecDecodeStats
 from pagoda.engine.tensor_parallel import TensorParallelGroup
 from pagoda.engine.tokenizer import bad_word_sequences, load_tokenizer
@@ -134,8 +134,9 @@ class LLMEngine:
                              "classify, score and rerank, not embeddings")
         if task == "classify" and kind != "classify":
             raise ValueError(f"this model ({self.model_config.architecture}) is not a sequence classifier")
-        if task == "score" and kind == "classify" and len(label_names(self.model_config.hf_config)) != 1:
-            raise ValueError(f"this classifier has {len(label_names(self.model_config.hf_config))} labels: "
+        labels = len(label_names(self.model_config.hf_config))
+        if task == "score" and kind == "classify" and labels != 1:
+            raise ValueError(f"this classifier has {labels} labels: "
                              "scoring pairs needs a one-label classifier (a cross-encoder)")
 
     def validate_prompt(self, token_ids: list[int], params: SamplingParams, embed: bool = False) -> None:

@@ -19,7 +19,7 @@ from pagoda.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from pagoda.engine.cuda_graphs import decode_forward
 from pagoda.engine.distributed import agree_min, tp_size
 from pagoda.engine.draft_model import DraftModel
-from pagoda.engine.layers.attention import bind_kv_cache
+from pagoda.engine.layers.attention import bind_kv_cache, kv_block_bytes
 from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.classifier import embedding_pool
@@ -102,8 +102,7 @@ class ModelRunner:
     def _block_bytes(self) -> int:
         """Bytes of one block of K and V over every layer, on this rank (the draft model's too)."""
         cfg = self.model_config
-        element = torch.empty((), dtype=self.kv_cache_dtype).element_size()
-        target = 2 * cfg.num_layers * self.num_kv_heads * cfg.head_dim * element * self.block_size
+        target = kv_block_bytes(cfg.num_layers, self.num_kv_heads, cfg.head_dim, self.kv_cache_dtype, self.block_size)
         return target + (self.draft.block_bytes(self.block_size) if self.draft is not None else 0)
 
     def _num_kv_blocks(self) -> int:

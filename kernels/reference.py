@@ -8,6 +8,7 @@ so that outputs agree token for token.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -71,13 +72,14 @@ def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
 
 
-# The largest finite value of each FP8 cache dtype: stored values saturate there.
-_FP8_LIMITS = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+# The FP8 formats a KV cache may use.
+FP8_CACHE_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
+@functools.cache
 def cache_limit(dtype: torch.dtype) -> float:
     """The saturation bound of a KV-cache dtype: an FP8 format's largest value, 0 for none."""
-    return _FP8_LIMITS.get(dtype, 0.0)
+    return torch.finfo(dtype).max if dtype in FP8_CACHE_DTYPES else 0.0
 
 
 def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -51,3 +51,8 @@ def bind_kv_cache(model: nn.Module, kv_cache: torch.Tensor, backend: AttentionBa
     for i, layer in enumerate(layers):
         layer.k_cache, layer.v_cache, layer.backend = kv_cache[0, i], kv_cache[1, i], backend
     return len(layers)
+
+
+def kv_block_bytes(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, block_size: int) -> int:
+    """Bytes one KV-cache block holds: K and V of `block_size` tokens over every layer."""
+    return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size() * block_size

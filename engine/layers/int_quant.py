@@ -46,6 +46,24 @@ class IntQuantConfig:
         size = in_features if self.group_size == -1 else self.group_size
         return size, -(-in_features // size)
 
+    def check_words(self, in_features: int) -> None:
+        """ValueError unless `in_features` columns fill whole int32 words."""
+        if in_features % (32 // self.bits):
+            raise ValueError(f"{self.method}: {in_features} input features do not fill int32 words of "
+                             f"{32 // self.bits} {self.bits}-bit weights")
+
+    def rank_groups(self, size: int, full: int, what: str = "columns") -> tuple[int, int, bool]:
+        """(group size, groups held, whether they are all the groups) for a rank holding `size` of `full`
+        input columns: whole groups of its own, or every group where each rank needs them all (act-order,
+        where any column may be in any group, and channel-wise scales, one group); ValueError when the
+        rank's share splits a group."""
+        group_size, groups = self.groups(full)
+        every_group = self.act_order or groups == 1
+        if not every_group and size % group_size:
+            raise ValueError(f"{self.method} groups of {group_size} {what} do not fall on this rank's {size} "
+                             "columns; this tensor-parallel size splits a group")
+        return group_size, groups if every_group else size // group_size, every_group
+
 
 def pack_along_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     """int32 words [N, K * bits / 32] of unsigned integers [N, K] (K a multiple of 32 / bits)."""

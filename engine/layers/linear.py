@@ -24,12 +24,6 @@ if TYPE_CHECKING:
     from pagoda.engine.lora import LayerLoRA, Part
 
 
-def _check_words(in_features: int, cfg: IntQuantConfig) -> None:
-    if in_features % (32 // cfg.bits):
-        raise ValueError(f"{cfg.method}: {in_features} input features do not fill int32 words of "
-                         f"{32 // cfg.bits} {cfg.bits}-bit weights")
-
-
 def divide(numerator: int, denominator: int, what: str) -> int:
     if numerator % denominator:
         raise ValueError(f"{what} ({numerator}) is not divisible by tensor_parallel_size {denominator}")
@@ -94,7 +88,7 @@ class ColumnParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
         """Holds the weight as packed integers: every tensor of the layout has a row per output
         feature, so each is placed like the weight; g_idx (one per input column) is whole everywhere
         (the parts of a fused projection share their input, hence GPTQ's column order)."""
-        _check_words(self.in_features, cfg)
+        cfg.check_words(self.in_features)
         group_size, groups = cfg.groups(self.in_features)
 
         def whole(param: nn.Parameter, src: Any, shard_id: Any = None) -> None:
@@ -213,17 +207,11 @@ class RowParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
         copy_into(param, read_shard(src, 1, there, count))
 
     def use_int_quant(self, cfg: IntQuantConfig, scale_dtype: torch.dtype) -> None:
-        """Holds the weight as packed integers, this rank's columns of it. Its share of groups
-        must be whole groups, unless every rank needs every group: GPTQ's act-order (any column
-        may be in any group) and channel-wise scales (one group)."""
+        """Holds the weight as packed integers, this rank's columns of it and its share of the groups
+        (see IntQuantConfig.rank_groups)."""
         size = self.in_features_per_rank
-        _check_words(size, cfg)
-        group_size, all_groups = cfg.groups(size * tp_size())
-        every_group = cfg.act_order or all_groups == 1
-        if not every_group and size % group_size:
-            raise ValueError(f"{cfg.method} groups of {group_size} columns do not fall on this rank's {size} "
-                             "columns; this tensor-parallel size splits a group")
-        groups = all_groups if every_group else size // group_size
+        cfg.check_words(size)
+        group_size, groups, every_group = cfg.rank_groups(size, size * tp_size())
         words = size * cfg.bits // 32
 
         def group_columns(param: nn.Parameter, src: Any) -> None:

@@ -117,15 +117,11 @@ class FusedMoE(nn.Module):
         if cfg.act_order:
             raise ValueError(f"{cfg.method} experts with act-order (desc_act, g_idx) are not supported")
         hidden, size = self.w2.shape[1], self.per_rank
+        cfg.check_words(hidden)
+        cfg.check_words(size)
         per_word = 32 // cfg.bits
-        if hidden % per_word or size % per_word:
-            raise ValueError(f"{cfg.method} experts: {hidden} and {size} columns do not fill int32 words")
         h_group, h_groups = cfg.groups(hidden)
-        i_group, i_groups = cfg.groups(self.intermediate_size)
-        if i_groups > 1 and size % i_group:
-            raise ValueError(f"{cfg.method} groups of {i_group} expert columns do not fall on this rank's {size} "
-                             "columns; this tensor-parallel size splits a group")
-        i_here = i_groups if i_groups == 1 else size // i_group
+        i_group, i_here, every_group = cfg.rank_groups(size, self.intermediate_size, "expert columns")
         device, experts = self.w13.device, self.num_experts
         del self.w13, self.w2
         self.int_quant = cfg
@@ -141,8 +137,8 @@ class FusedMoE(nn.Module):
         self.w13_scales = param((experts, 2 * size, h_groups), scale_dtype, per_word)
         self.w13_zeros = param((experts, 2 * size, h_groups), torch.uint8, per_word)
         self.w2_qweight = param((experts, hidden, size // per_word), torch.int32, per_word)
-        self.w2_scales = param((experts, hidden, i_here), scale_dtype, i_group if i_groups > 1 else None)
-        self.w2_zeros = param((experts, hidden, i_here), torch.uint8, i_group if i_groups > 1 else None)
+        self.w2_scales = param((experts, hidden, i_here), scale_dtype, None if every_group else i_group)
+        self.w2_zeros = param((experts, hidden, i_here), torch.uint8, None if every_group else i_group)
         if not cfg.stored_zeros:
             for name in ("w13_zeros", "w2_zeros"):
                 zeros = getattr(self, name).data.fill_(1 << (cfg.bits - 1))

@@ -83,8 +83,8 @@ def use_int_weights(model: nn.Module, path: Path, fmt: CheckpointFormat) -> None
                 continue
             module = _module_of(model, converted[0])
             if not hasattr(module, "use_int_quant"):
-                raise ValueError(f"checkpoint tensor {name!r}: {fmt.config.method} weights are served for attention "
-                                 "and dense MLP projections only (not yet for MoE experts, embeddings or heads)")
+                raise ValueError(f"checkpoint tensor {name!r}: {fmt.config.method} weights are served for attention, "
+                                 "MLP and expert projections only (not for embeddings or heads)")
             if module.int_quant is None:
                 stored = scale_dtypes.get(name.rpartition(".")[0])
                 if stored not in _SAFETENSORS_DTYPES:

@@ -9,6 +9,9 @@ skipped, so padded rows never touch the cache.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -16,8 +19,14 @@ import triton.language as tl
 from pagoda.kernels.reference import cache_limit
 from pagoda.kernels.triton.launch import block_for
 
-# (mantissa bits, smallest normal exponent) of each FP8 cache dtype.
-_FP8_GRIDS = {torch.float8_e4m3fn: (3, -6), torch.float8_e5m2: (2, -14)}
+
+@functools.cache
+def _fp8_grid(dtype: torch.dtype) -> tuple[int, int]:
+    """(mantissa bits, smallest normal exponent) of an FP8 cache dtype, (0, 0) for any other."""
+    if not cache_limit(dtype):
+        return 0, 0
+    info = torch.finfo(dtype)
+    return round(-math.log2(info.eps)), round(math.log2(info.smallest_normal))
 
 
 @triton.jit
@@ -71,11 +80,12 @@ def store_kv_cache(
         k, v = k.contiguous(), v.contiguous()
     num_tokens = slot_mapping.shape[0]
     _, block_size, num_heads, head_dim = k_cache.shape
+    mantissa, min_exp = _fp8_grid(k_cache.dtype)
     if num_tokens:
         _store_kv_kernel[(num_tokens,)](
             k, v, k_cache, v_cache, slot_mapping,
             k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_size, num_heads, head_dim,
-            LIMIT=cache_limit(k_cache.dtype), MANTISSA=_FP8_GRIDS.get(k_cache.dtype, (0, 0))[0],
-            MIN_EXP=_FP8_GRIDS.get(k_cache.dtype, (0, 0))[1], BLOCK_H=block_for(num_heads), BLOCK_D=block_for(head_dim), num_warps=4,
+            LIMIT=cache_limit(k_cache.dtype), MANTISSA=mantissa, MIN_EXP=min_exp,
+            BLOCK_H=block_for(num_heads), BLOCK_D=block_for(head_dim), num_warps=4,
         )
