@@ -22,44 +22,57 @@ from pagoda.kernels.triton.launch import exact_dot
 
 
 @triton.jit
+def dequantize_tile(
+    q_ptrs, s_rows, z_rows, g_ptr, k0, k, offs_k, offs_w, n_in,
+    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_G_IDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The fp32 weights [BLOCK_K, BLOCK_N] of the K tile at k0: words [BLOCK_K / PER_WORD, BLOCK_N] at
+    q_ptrs, each loaded once and split into its values (K-consecutive as packed), less their zero
+    points, times their scales (rows s_rows, z_rows); the group of a column is g_idx's (HAS_G_IDX),
+    or k // GROUP_SIZE, one per tile when ONE_GROUP_PER_TILE."""
+    PER_WORD: tl.constexpr = 32 // BITS
+    kk = k0 + offs_k
+    k_in = kk < k
+    tile_in = k_in[:, None] & n_in[None, :]
+    words = tl.load(q_ptrs, mask=(offs_w < (k - k0) // PER_WORD)[:, None] & n_in[None, :], other=0)
+    shifts = (tl.arange(0, PER_WORD) * BITS)[None, :, None]
+    q = tl.reshape((words[:, None, :] >> shifts) & ((1 << BITS) - 1), (BLOCK_K, BLOCK_N))
+    if HAS_G_IDX:
+        group = tl.load(g_ptr + kk, mask=k_in, other=0)[:, None]
+        scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
+        zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
+    elif ONE_GROUP_PER_TILE:
+        scale = tl.load(s_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0.0).to(tl.float32)
+        zero = tl.load(z_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0).to(tl.int32)
+    else:
+        group = (kk // GROUP_SIZE)[:, None]
+        scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
+        zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
+    return (q - zero).to(tl.float32) * scale
+
+
+@triton.jit
 def _int_linear_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, g_ptr, out_ptr, m, n, k, stride_xm, stride_qn, stride_sn, stride_zn, stride_om,
     BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_G_IDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
     EXACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    PER_WORD: tl.constexpr = 32 // BITS
-    WORDS: tl.constexpr = BLOCK_K // PER_WORD
+    WORDS: tl.constexpr = BLOCK_K // (32 // BITS)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     offs_w = tl.arange(0, WORDS)
     m_in, n_in = offs_m < m, offs_n < n
     x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
-    # Each word is loaded once and split into its PER_WORD values, K-consecutive as packed.
     q_ptrs = q_ptr + offs_n[None, :].to(tl.int64) * stride_qn + offs_w[:, None]
     s_rows = s_ptr + offs_n[None, :].to(tl.int64) * stride_sn
     z_rows = z_ptr + offs_n[None, :].to(tl.int64) * stride_zn
-    shifts = (tl.arange(0, PER_WORD) * BITS)[None, :, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, k, BLOCK_K):
-        kk = k0 + offs_k
-        k_in = kk < k
-        tile_in = k_in[:, None] & n_in[None, :]
-        a = tl.load(x_ptrs, mask=m_in[:, None] & k_in[None, :], other=0.0)
-        words = tl.load(q_ptrs, mask=(offs_w < (k - k0) // PER_WORD)[:, None] & n_in[None, :], other=0)
-        q = tl.reshape((words[:, None, :] >> shifts) & ((1 << BITS) - 1), (BLOCK_K, BLOCK_N))
-        if HAS_G_IDX:
-            group = tl.load(g_ptr + kk, mask=k_in, other=0)[:, None]
-            scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
-            zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
-        elif ONE_GROUP_PER_TILE:
-            scale = tl.load(s_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0.0).to(tl.float32)
-            zero = tl.load(z_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0).to(tl.int32)
-        else:
-            group = (kk // GROUP_SIZE)[:, None]
-            scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
-            zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
-        w = (q - zero).to(tl.float32) * scale
+        a = tl.load(x_ptrs, mask=m_in[:, None] & (offs_k < k - k0)[None, :], other=0.0)
+        w = dequantize_tile(q_ptrs, s_rows, z_rows, g_ptr, k0, k, offs_k, offs_w, n_in, BITS, GROUP_SIZE, HAS_G_IDX,
+                            ONE_GROUP_PER_TILE, BLOCK_K, BLOCK_N)
         acc = mma(a, w.to(x_ptr.dtype.element_ty), acc, EXACT)
         x_ptrs += BLOCK_K
         q_ptrs += WORDS

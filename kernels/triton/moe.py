@@ -33,6 +33,7 @@ import triton.language as tl
 from pagoda.kernels.reference import IntExperts
 from pagoda.kernels.triton.activation import silu_and_mul
 from pagoda.kernels.triton.attention_tile import mma
+from pagoda.kernels.triton.int_gemm import dequantize_tile
 from pagoda.kernels.triton.launch import exact_dot
 
 
@@ -57,12 +58,10 @@ def _moe_gemm_kernel(
     n_in = offs_n < n
     a_ptrs = a_ptr + a_rows[:, None].to(tl.int64) * stride_am + offs_k[None, :]
     w_rows = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :].to(tl.int64) * stride_wn
-    if INT_BITS:  # packed integers (see int_gemm): each word loaded once and split into its values
-        PER_WORD: tl.constexpr = 32 // INT_BITS
-        WORDS: tl.constexpr = BLOCK_K // PER_WORD
+    if INT_BITS:  # packed integers, dequantized a tile at a time as int_gemm does
+        WORDS: tl.constexpr = BLOCK_K // (32 // INT_BITS)
         offs_w = tl.arange(0, WORDS)
         w_ptrs = w_rows + offs_w[:, None]
-        shifts = (tl.arange(0, PER_WORD) * INT_BITS)[None, :, None]
         s_rows = s_ptr + expert.to(tl.int64) * stride_se + offs_n[None, :].to(tl.int64) * stride_sn
         z_rows = z_ptr + expert.to(tl.int64) * stride_ze + offs_n[None, :].to(tl.int64) * stride_zn
     else:
@@ -72,17 +71,8 @@ def _moe_gemm_kernel(
         k_in = offs_k < k - k0
         a = tl.load(a_ptrs, mask=valid[:, None] & k_in[None, :], other=0.0)
         if INT_BITS:
-            words = tl.load(w_ptrs, mask=(offs_w < (k - k0) // PER_WORD)[:, None] & n_in[None, :], other=0)
-            q = tl.reshape((words[:, None, :] >> shifts) & ((1 << INT_BITS) - 1), (BLOCK_K, BLOCK_N))
-            if GROUP_SIZE % BLOCK_K == 0:  # the tile lies in one group: a scale and a zero per column
-                scale = tl.load(s_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0.0).to(tl.float32)
-                zero = tl.load(z_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0).to(tl.int32)
-            else:
-                group = ((k0 + offs_k) // GROUP_SIZE)[:, None]
-                tile_in = k_in[:, None] & n_in[None, :]
-                scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
-                zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
-            w = ((q - zero).to(tl.float32) * scale).to(a_ptr.dtype.element_ty)
+            w = dequantize_tile(w_ptrs, s_rows, z_rows, s_ptr, k0, k, offs_k, offs_w, n_in, INT_BITS, GROUP_SIZE,
+                                False, GROUP_SIZE % BLOCK_K == 0, BLOCK_K, BLOCK_N).to(a_ptr.dtype.element_ty)
             w_ptrs += WORDS
         else:
             w = tl.load(w_ptrs, mask=k_in[:, None] & n_in[None, :], other=0.0)
