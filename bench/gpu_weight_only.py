@@ -1,7 +1,8 @@
 """Weight-only quantized GEMMs against cuBLAS bf16 on Llama-3-8B's projections: what fewer weight
 bytes buy.
 
-Weight-only FP8 (block scales of 128 x 128, as Qwen3-*-FP8 ship) moves one
+Weight-only FP8 (block scales of 128 x 128, as Qwen3-*-FP8 ship, or one scale
+per output channel, as llm-compressor's FP8_DYNAMIC checkpoints) moves one
 byte per weight and the 4-bit integer formats (GPTQ, AWQ, compressed-tensors
 W4A16; groups of 128 with zero points) half a byte, where bf16 moves two; in
 the memory-bound decode regime the GEMMs should approach 0.5x and 0.25x of
@@ -10,19 +11,21 @@ time, `torch.nn.functional.linear` on the dequantized weight (the same math at
 full width), their ratio, and the kernel's bytes over its time as a fraction
 of the measured copy bandwidth (target: 80 % at decode sizes).
 
-    python -m bench.gpu_weight_only fp8    # -> bench/results/gpu_fp8.json
-    python -m bench.gpu_weight_only int4   # -> bench/results/gpu_int4.json
+    python -m bench.gpu_weight_only fp8           # -> bench/results/gpu_fp8.json
+    python -m bench.gpu_weight_only fp8_channel   # -> bench/results/gpu_fp8_channel.json
+    python -m bench.gpu_weight_only int4          # -> bench/results/gpu_int4.json
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 
 import torch
 
 from bench.gpu_env import bench_ms, copy_bandwidth, device_facts, record
-from pagoda.engine.layers.fp8 import quantize_fp8_blocks
+from pagoda.engine.layers.fp8 import WHOLE, quantize_fp8_blocks
 from pagoda.engine.layers.int_quant import pack_along_rows, quantize_int_groups
 from pagoda.kernels import reference
 from pagoda.kernels.triton import fp8_block_linear, int_linear
@@ -34,14 +37,17 @@ PROJECTIONS = {"qkv_proj": (6144, 4096), "o_proj": (4096, 4096), "gate_up_proj":
 ROWS = [1, 4, 16, 64, 256]
 
 
-def _fp8(weight: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, int]:
-    """(GEMM, dequantized bf16 weight, bytes of the quantized weight) for FP8 block scales."""
-    q, scale = (t.cuda() for t in quantize_fp8_blocks(weight, FP8_BLOCK))
-    dense = reference.fp8_block_dequantize(q, scale, FP8_BLOCK).to(torch.bfloat16)
-    return (lambda x: fp8_block_linear(x, q, scale, FP8_BLOCK)), dense, q.numel() + scale.numel() * 4
+Quantized = tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, int]
 
 
-def _int4(weight: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, int]:
+def _fp8(block: tuple[int, int], weight: torch.Tensor) -> Quantized:
+    """(GEMM, dequantized bf16 weight, bytes of the quantized weight) for FP8 with `block` scales."""
+    q, scale = (t.cuda() for t in quantize_fp8_blocks(weight, block))
+    dense = reference.fp8_block_dequantize(q, scale, block).to(torch.bfloat16)
+    return (lambda x: fp8_block_linear(x, q, scale, block)), dense, q.numel() + scale.numel() * 4
+
+
+def _int4(weight: torch.Tensor) -> Quantized:
     """The same for 4-bit integers with fp16 scales and zero points per group of 128 (GPTQ's usual)."""
     ints, scales, zeros = quantize_int_groups(weight, 4, INT_GROUP, symmetric=False)
     qweight, scales, zeros = pack_along_rows(ints, 4).cuda(), scales.half().cuda(), zeros.cuda()
@@ -50,7 +56,11 @@ def _int4(weight: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor],
     return gemm, dense, qweight.numel() * 4 + scales.numel() * 2 + zeros.numel()
 
 
-FORMATS = {"fp8": (_fp8, "fp8_block (128, 128)", 0.5), "int4": (_int4, f"int4, groups of {INT_GROUP}, zero points", 0.25)}
+FORMATS = {
+    "fp8": (functools.partial(_fp8, FP8_BLOCK), "fp8_block (128, 128)", 0.5),
+    "fp8_channel": (functools.partial(_fp8, (1, WHOLE)), "fp8, one scale per output channel", 0.5),
+    "int4": (_int4, f"int4, groups of {INT_GROUP}, zero points", 0.25),
+}
 
 
 @torch.inference_mode()

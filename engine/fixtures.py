@@ -28,7 +28,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from pagoda.engine.layers.fp8 import quantize_fp8_blocks
+from pagoda.engine.layers.fp8 import WHOLE, quantize_fp8_blocks
+from pagoda.kernels import reference
 
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe"
@@ -464,19 +465,59 @@ _FP8_PROJECTION = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
 
 
 def make_fp8_model(
-    model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, block: tuple[int, int] = (128, 128)
+    model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, block: tuple[int, int] = (128, 128), *,
+    strategy: str = "block", method: str = "fp8", dequantized_dir: str | pathlib.Path | None = None,
 ) -> pathlib.Path:
-    """Write the model in `model_dir` as a block-wise FP8 checkpoint (`quant_method: fp8`, dynamic
-    activations, `weight_block_size`), the format of Qwen3-*-FP8, with every projection in FP8."""
-    tensors: dict[str, torch.Tensor] = {}
-    for name, tensor in read_weights(model_dir).items():
-        if _FP8_PROJECTION.search(name):
-            tensors[name], tensors[f"{name}_scale_inv"] = quantize_fp8_blocks(tensor, block)
-        else:
-            tensors[name] = tensor
-    quantization = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
-                    "weight_block_size": list(block)}
-    return write_variant(model_dir, out_dir, tensors, quantization_config=quantization)
+    """Write the model in `model_dir` as an FP8 checkpoint with every projection in FP8, and, given
+    `dequantized_dir`, as the plain checkpoint of exactly the weights it stores.
+
+    method "fp8": `strategy` "block" is transformers' fine-grained format (dynamic activations,
+    `weight_block_size`, `weight_scale_inv`), that of Qwen3-*-FP8; "tensor" is vLLM's original
+    one (a scalar fp32 `weight_scale`, static activations with an `input_scale`).
+    method "compressed-tensors": llm-compressor's float-quantized FP8 (`weight_scale` in the
+    model's dtype: [N, 1] for "channel" with dynamic per-token activations (FP8_DYNAMIC), [1] for
+    "tensor" with a static `input_scale`, one per block for "block")."""
+    if (method, strategy) not in {("fp8", "block"), ("fp8", "tensor"), ("compressed-tensors", "block"),
+                                  ("compressed-tensors", "channel"), ("compressed-tensors", "tensor")}:
+        raise ValueError(f"no FP8 fixture for method {method!r} with strategy {strategy!r}")
+    grid = {"block": block, "channel": (1, WHOLE), "tensor": (WHOLE, WHOLE)}[strategy]
+    tensors, plain = read_weights(model_dir), {}
+    quantized: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if not _FP8_PROJECTION.search(name):
+            quantized[name] = tensor
+            continue
+        weight, scale = quantize_fp8_blocks(tensor, grid)
+        if method == "compressed-tensors":
+            scale = scale.to(tensor.dtype)
+        plain[name] = reference.fp8_block_dequantize(weight, scale, grid).to(tensor.dtype)
+        if strategy == "tensor":  # [1] or a scalar; with a calibrated activation scale, unused by weight-only serving
+            scale = scale.reshape(1 if method == "compressed-tensors" else ())
+            quantized[name.removesuffix("weight") + "input_scale"] = torch.full_like(scale, 0.02)
+        quantized[name] = weight
+        quantized[name + ("_scale_inv" if method == "fp8" and strategy == "block" else "_scale")] = scale
+    if dequantized_dir is not None:
+        write_variant(model_dir, dequantized_dir, {**tensors, **plain})
+    return write_variant(model_dir, out_dir, quantized, quantization_config=_fp8_config(method, strategy, block))
+
+
+def _fp8_config(method: str, strategy: str, block: tuple[int, int]) -> dict[str, Any]:
+    """The quantization_config of an FP8 fixture, as its tools write it."""
+    if method == "fp8":
+        static = {"activation_scheme": "static"} if strategy == "tensor" else {
+            "activation_scheme": "dynamic", "weight_block_size": list(block)}
+        return {"quant_method": "fp8", "fmt": "e4m3", **static}
+    weights = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": strategy, "dynamic": False,
+               "block_structure": list(block) if strategy == "block" else None, "group_size": None}
+    activations = {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": strategy != "tensor",
+                   "strategy": {"block": "group", "channel": "token", "tensor": "tensor"}[strategy],
+                   "group_size": block[1] if strategy == "block" else None}
+    return {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+            "ignore": ["lm_head"], "kv_cache_scheme": None,
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                          "input_activations": activations, "output_activations": None,
+                                          "format": "float-quantized"}}}
+
 
 def make_tiny_classifier(
     model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, labels: tuple[str, ...] = ("relevant",), seed: int = 0,

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from pagoda.engine.layers.int_quant import IntQuantConfig
+from pagoda.engine.models.fp8_formats import Fp8Config, compressed_tensors_fp8_config, fp8_config, is_float_quantized
 from pagoda.engine.models.quant_formats import INT_METHODS
 
 _DTYPES = {
@@ -49,18 +50,8 @@ class RopeConfig:
     partial_rotary_factor: float = 1.0
 
 
-@dataclass(frozen=True)
-class Fp8Config:
-    """Block-wise FP8 weights (transformers' and vLLM's `quant_method: fp8` with a
-    `weight_block_size`, as Qwen3-*-FP8 and DeepSeek-V3 ship): each linear weight is
-    float8_e4m3fn, and `weight_scale_inv` holds one fp32 multiplier per block of
-    block[0] rows x block[1] columns that turns it back into the real weight."""
-
-    block: tuple[int, int]
-
-
 # quant_method values of config.json's quantization_config that the engine cannot serve yet.
-_UNSUPPORTED_QUANT = "bitsandbytes, per-tensor or static fp8, compressed-tensors other than pack-quantized"
+_UNSUPPORTED_QUANT = "bitsandbytes, gguf, hqq, compressed-tensors 2:4 sparse or FP4"
 
 
 @dataclass(frozen=True)
@@ -161,17 +152,15 @@ def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
     if not quant:
         return None
     method = str(quant.get("quant_method", "(none given)"))
-    block = quant.get("weight_block_size")
-    if method == "fp8" and quant.get("activation_scheme", "dynamic") == "dynamic" and block:
-        if len(block) != 2 or not all(isinstance(b, int) and b > 0 for b in block):
-            raise ValueError(f"weight_block_size must be two positive integers, got {block!r}")
-        return Fp8Config(block=(int(block[0]), int(block[1])))
+    if method == "fp8":
+        return fp8_config(quant)
+    if method == "compressed-tensors" and is_float_quantized(quant):
+        return compressed_tensors_fp8_config(quant)
     if method in INT_METHODS:
         return INT_METHODS[method](quant)
-    detail = method if method != "fp8" else f"fp8 with {quant.get('activation_scheme')} activations, block {block}"
-    raise ValueError(f"quantization {detail!r} is not supported (supported: block-wise fp8 with dynamic "
-                     f"activations, quant_method 'fp8' with a weight_block_size; 4- and 8-bit weight-only gptq, "
-                     f"awq and compressed-tensors pack-quantized; not yet: {_UNSUPPORTED_QUANT})")
+    raise ValueError(f"quantization {method!r} is not supported (supported: fp8 (block-wise, per-channel or "
+                     f"per-tensor), 4- and 8-bit weight-only gptq and awq, compressed-tensors pack-quantized and "
+                     f"float-quantized; not yet: {_UNSUPPORTED_QUANT})")
 
 
 def _text_config(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:

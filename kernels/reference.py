@@ -231,8 +231,9 @@ def fp8_block_dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: t
     """The real weight (fp32) of an FP8 weight [N, K] with one scale per block of block[0] x block[1]
     (scale_inv: [ceil(N / block[0]), ceil(K / block[1])]; the last row and column of blocks may be partial)."""
     n, k = weight.shape
-    scale = scale_inv.float().repeat_interleave(block[0], dim=0)[:n].repeat_interleave(block[1], dim=1)[:, :k]
-    return weight.float() * scale
+    rows = torch.arange(n, device=weight.device) // block[0]
+    cols = torch.arange(k, device=weight.device) // block[1]
+    return weight.float() * scale_inv.float()[rows][:, cols]
 
 
 def fp8_block_linear(

@@ -7,26 +7,37 @@ projections (q/k/v, gate/up) and split them across tensor-parallel ranks,
 so a part's rows, and a rank's rows or columns, must start on a block
 boundary for its scales to be a whole sub-grid of the checkpoint's; shapes
 that break that are refused at load rather than served with wrong scales.
+
+Per-channel scales (compressed-tensors' FP8-dynamic checkpoints) are blocks of one row by
+`WHOLE` columns, and per-tensor scales (vLLM's original `fp8` checkpoints, and
+compressed-tensors' `tensor` strategy) are read into that grid too, each part of a fused
+projection filling its rows with its own scale: one kernel serves all three.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from pagoda.engine.layers.weights import read_full, read_shard, source_shape
 from pagoda.kernels import ops
 
 FP8_DTYPE = torch.float8_e4m3fn
 # The scale blocks of weights quantized at load (`quantization="fp8"`): those of Qwen3-*-FP8 and DeepSeek-V3.
 ONLINE_BLOCK = (128, 128)
 FP8_MAX = 448.0  # the largest float8_e4m3fn value
+# A scale block dimension spanning a whole weight, however it is split: per-channel scales are (1, WHOLE) blocks.
+WHOLE = 1 << 30
 
 
 def quantize_fp8_blocks(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(FP8 weight, fp32 weight_scale_inv): each block scaled so its largest entry maps to FP8's largest."""
     rows, cols = weight.shape
+    block = (min(block[0], rows), min(block[1], cols))  # a block longer than the weight covers it
     grid = (-(-rows // block[0]), -(-cols // block[1]))
     padded = torch.zeros(grid[0] * block[0], grid[1] * block[1], device=weight.device)
     padded[:rows, :cols] = weight.float()
@@ -55,12 +66,21 @@ def scale_grid(weight: nn.Parameter, block: tuple[int, int], loader: Callable[..
 
 def block_span(offset: int, size: int, start: int, full: int, block: int, what: str) -> tuple[int, int, int]:
     """(first block here, blocks, first block in the checkpoint) of `size` entries placed at `offset`
-    here and read from `start` of `full` in the checkpoint; ValueError where a block would straddle."""
-    if offset % block or start % block or (size % block and start + size != full):
+    here and read from `start` of `full` in the checkpoint; ValueError where a block would straddle.
+    A block as long as the whole dimension is every rank's."""
+    whole = block >= full
+    if offset % block or (not whole and (start % block or (size % block and start + size != full))):
         raise ValueError(f"FP8 {what} of {size} at {start} (placed at {offset}) does not fall on blocks of {block}; "
                          "this tensor-parallel size splits a scale block")
-    return offset // block, -(-size // block), start // block
+    return offset // block, 1 if whole else -(-size // block), 0 if whole else start // block
 
+
+def read_scales(src: Any, dim: int, start: int, size: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """`size` rows (dim 0) or columns (dim 1) of a checkpoint's scale grid from `start`, for a part of
+    `shape`; a per-tensor scale (one value) fills the whole part."""
+    if math.prod(source_shape(src)) == 1:
+        return read_full(src).reshape(()).expand(shape)
+    return read_shard(src, dim, start, size)
 
 
 class Fp8Capable:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
-from pagoda.engine.layers.fp8 import Fp8Capable, block_span
+from pagoda.engine.layers.fp8 import Fp8Capable, block_span, read_scales
 from pagoda.engine.layers.int_quant import IntQuantCapable, IntQuantConfig
 from pagoda.engine.layers.weights import copy_into, read_full, read_shard
 
@@ -61,7 +61,8 @@ class ColumnParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
     part_ids: tuple[Any, ...] = (None,)
     def scale_loader(self, param: nn.Parameter, src: Any, shard_id: Any = None) -> None:
         here, count, there = block_span(*self.rows(shard_id), self.fp8_block[0], "rows")
-        copy_into(param.data.narrow(0, here, count), read_shard(src, 0, there, count))
+        part = param.data.narrow(0, here, count)
+        copy_into(part, read_scales(src, 0, there, count, part.shape))
 
     def rows(self, part: Any) -> tuple[int, int, int, int]:
         """Where a part's rows go in this rank's weight and come from in the full one:
@@ -204,7 +205,7 @@ class RowParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
     def scale_loader(self, param: nn.Parameter, src: Any) -> None:
         size = self.in_features_per_rank
         _, count, there = block_span(0, size, tp_rank() * size, size * tp_size(), self.fp8_block[1], "columns")
-        copy_into(param, read_shard(src, 1, there, count))
+        copy_into(param, read_scales(src, 1, there, count, param.shape))
 
     def use_int_quant(self, cfg: IntQuantConfig, scale_dtype: torch.dtype) -> None:
         """Holds the weight as packed integers, this rank's columns of it and its share of the groups

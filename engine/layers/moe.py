@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pagoda.engine.distributed import tp_rank, tp_size
-from pagoda.engine.layers.fp8 import block_span, fp8_weight, quantize_fp8_blocks, scale_grid
+from pagoda.engine.layers.fp8 import block_span, fp8_weight, quantize_fp8_blocks, read_scales, scale_grid
 from pagoda.engine.layers.int_quant import IntQuantConfig
 from pagoda.engine.layers.linear import divide
 from pagoda.engine.layers.weights import copy_into, read_full, read_shard, source_shape
@@ -94,11 +94,12 @@ class FusedMoE(nn.Module):
         size, start = self.per_rank, tp_rank() * self.per_rank
         if part == 2:
             _, count, there = block_span(0, size, start, self.intermediate_size, self.fp8_block[1], "expert columns")
-            copy_into(param.data[expert], read_shard(src, 1, there, count))
+            copy_into(param.data[expert], read_scales(src, 1, there, count, param.shape[1:]))
         else:
             here, count, there = block_span(part * size, size, start, self.intermediate_size, self.fp8_block[0],
                                             "expert rows")
-            copy_into(param.data[expert].narrow(0, here, count), read_shard(src, 0, there, count))
+            rows = param.data[expert].narrow(0, here, count)
+            copy_into(rows, read_scales(src, 0, there, count, rows.shape))
 
     def quantize_loaded(self, block: tuple[int, int]) -> None:
         """Replaces the loaded experts by their FP8 blocks, expert by expert (FP8 at load)."""

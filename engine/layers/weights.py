@@ -30,7 +30,9 @@ def read_shard(src: Any, dim: int, start: int, size: int) -> torch.Tensor:
 
 
 def read_full(src: Any) -> torch.Tensor:
-    return src if isinstance(src, torch.Tensor) else src[:]
+    if isinstance(src, torch.Tensor):
+        return src
+    return src[:] if source_shape(src) else src[()]  # a scalar (a per-tensor scale) has no dimension to slice
 
 
 def copy_into(param: torch.Tensor, loaded: torch.Tensor) -> None:

@@ -19,7 +19,8 @@ from pagoda.engine.config import CHECKPOINT_QUANTIZATIONS
 from pagoda.engine.layers.fp8 import ONLINE_BLOCK
 from pagoda.engine.layers.int_quant import IntQuantConfig
 from pagoda.engine.layers.weights import default_weight_loader
-from pagoda.engine.model_config import Fp8Config, ModelConfig
+from pagoda.engine.model_config import ModelConfig
+from pagoda.engine.models.fp8_formats import Fp8Config
 from pagoda.engine.models.quant_formats import CheckpointFormat
 from pagoda.engine.models.registry import model_class
 
@@ -92,26 +93,26 @@ def use_int_weights(model: nn.Module, path: Path, fmt: CheckpointFormat) -> None
                 module.use_int_quant(fmt.config, _SAFETENSORS_DTYPES[stored])
 
 
-def use_fp8_weights(model: nn.Module, path: Path, block: tuple[int, int]) -> None:
-    """Makes FP8 every projection the checkpoint stores in FP8: those with a `weight_scale_inv`
+def use_fp8_weights(model: nn.Module, path: Path, config: Fp8Config) -> None:
+    """Makes FP8 every projection the checkpoint stores in FP8: those with scales beside them
     (checkpoints keep some layers, e.g. the LM head, at full precision)."""
     ignored = getattr(model, "ignored_checkpoint_prefixes", ())
     for file in checkpoint_files(path):
         with safe_open(str(file), framework="pt") as f:
             names = list(f.keys())
         for name in names:
-            if not name.endswith(".weight_scale_inv") or name.startswith(ignored):
+            if not name.endswith("." + config.scale_name) or name.startswith(ignored):
                 continue
-            module = _module_of(model, name)
+            module = _module_of(model, config.canonical(name, None)[0])
             if not hasattr(module, "use_fp8"):
                 raise ValueError(f"checkpoint tensor {name!r}: FP8 weights are served for attention, MLP and "
                                  "expert projections only (not for embeddings or heads)")
             if module.fp8_block is None:
-                module.use_fp8(block)
+                module.use_fp8(config.block)
 
 
-def load_weights(model: nn.Module, path: Path, fmt: CheckpointFormat | None = None) -> None:
-    """Places every checkpoint tensor (read through `fmt` for an integer-quantized checkpoint)."""
+def load_weights(model: nn.Module, path: Path, fmt: CheckpointFormat | Fp8Config | None = None) -> None:
+    """Places every checkpoint tensor (read through `fmt` for a quantized checkpoint)."""
     params = dict(model.named_parameters(remove_duplicate=False))
     generates = getattr(model, "generates", True)
     tied = bool(getattr(model.config, "tie_word_embeddings", False)) and generates
@@ -130,7 +131,7 @@ def load_weights(model: nn.Module, path: Path, fmt: CheckpointFormat | None = No
             continue
         target, shard = model.checkpoint_target(name)
         param = params.get(target)
-        if param is None and fmt is not None and name.endswith(".bias"):
+        if param is None and isinstance(fmt, CheckpointFormat) and name.endswith(".bias"):
             continue  # GPTQ tools save a (zero) bias for every projection, with a bias or not
         if param is None:
             raise ValueError(f"checkpoint tensor {name!r} has no counterpart in {type(model).__name__}")
@@ -150,22 +151,22 @@ def load_weights(model: nn.Module, path: Path, fmt: CheckpointFormat | None = No
 def build_model(cfg: ModelConfig, device: torch.device, quantization: str | None = None) -> nn.Module:
     """Instantiates the registered class for the config on `device` and loads its weights;
     `quantization="fp8"` turns a full-precision checkpoint's projections into FP8 once loaded."""
-    fmt = CheckpointFormat(cfg.quantization) if isinstance(cfg.quantization, IntQuantConfig) else None
-    if quantization in CHECKPOINT_QUANTIZATIONS:
-        stored = fmt.config.method if fmt is not None else "not integer-quantized"
-        if stored != CHECKPOINT_QUANTIZATIONS[quantization]:
-            raise ValueError(f"quantization={quantization!r} names the checkpoint's format, but {cfg.path} is {stored}")
+    stored = cfg.quantization.method if cfg.quantization is not None else None
+    if stored is not None and quantization is not None:
+        if stored not in (quantization, CHECKPOINT_QUANTIZATIONS.get(quantization)):
+            raise ValueError(f"quantization={quantization!r} does not fit the checkpoint, which is already quantized "
+                             f"({stored}): leave it unset or name the checkpoint's format")
         quantization = None
-    if fmt is not None and quantization is not None:
-        raise ValueError(f"the checkpoint is already quantized ({fmt.config.method}); "
-                         f"quantization={quantization!r} would quantize it again: leave it unset")
+    if quantization in CHECKPOINT_QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r} names the checkpoint's format, but {cfg.path} is not quantized")
+    fmt = CheckpointFormat(cfg.quantization) if isinstance(cfg.quantization, IntQuantConfig) else cfg.quantization
     old = torch.get_default_dtype()
     torch.set_default_dtype(cfg.dtype)
     try:
         with torch.device(device):
             model = model_class(cfg.architecture)(cfg)
-            if isinstance(cfg.quantization, Fp8Config):
-                use_fp8_weights(model, cfg.path, cfg.quantization.block)
+            if isinstance(fmt, Fp8Config):
+                use_fp8_weights(model, cfg.path, fmt)
             elif fmt is not None:
                 use_int_weights(model, cfg.path, fmt)
     finally:

@@ -75,7 +75,6 @@ def test_a_tensor_parallel_split_inside_an_expert_block_is_refused(fp8_model) ->
     {"quant_method": "bitsandbytes", "load_in_4bit": True},
     {"quant_method": "hqq", "nbits": 4},
     {"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": [128, 128]},
-    {"quant_method": "fp8", "activation_scheme": "dynamic"},
 ])
 def test_unsupported_quantization_is_refused(tiny_model, tmp_path: pathlib.Path, quant: dict) -> None:
     model = tmp_path / "model"

@@ -29,6 +29,7 @@ from triton.backends.nvidia import compiler as nvidia_compiler
 from triton.compiler import ASTSource
 
 import pagoda.kernels.triton as kernels
+from pagoda.engine.layers.fp8 import WHOLE
 from pagoda.kernels.reference import IntExperts
 from pagoda.kernels.triton import (activation, fp8_linear, int_gemm, kv_cache, moe, norm, paged_decode, paged_prefill,
                                    rotary)
@@ -142,6 +143,9 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
             call(f"fp8_linear-t{tokens}", lambda: kernels.fp8_block_linear(
                 torch.empty(tokens, 14336, dtype=torch.bfloat16), torch.empty(4096, 14336, dtype=torch.float8_e4m3fn),
                 torch.empty(32, 112), (128, 128)))
+            call(f"fp8_linear-channel-t{tokens}", lambda: kernels.fp8_block_linear(
+                torch.empty(tokens, 14336, dtype=torch.bfloat16), torch.empty(4096, 14336, dtype=torch.float8_e4m3fn),
+                torch.empty(4096, 1), (1, WHOLE)))
         # The same in 4-bit GPTQ (groups of 128, fp16 scales), with and without act-order; and 8-bit channel-wise.
         for tokens in (1, 64):
             for g_idx in (None, torch.zeros(14336, dtype=torch.int32)):

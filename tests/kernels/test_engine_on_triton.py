@@ -48,13 +48,19 @@ def test_greedy_matches_hf_on_triton_kernels(arch: str, tiny_model, triton_every
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
-def test_fp8_checkpoint_on_triton_kernels(tiny_model, tmp_path, triton_everywhere: None) -> None:
-    """Every projection through the FP8 GEMM, fused parts and all, still Hugging Face's greedy tokens."""
-    path = make_fp8_model(tiny_model("qwen3"), tmp_path / "fp8", block=(16, 32))
+@pytest.mark.parametrize(("arch", "options"), [
+    ("qwen3", {"block": (16, 32)}), ("qwen3_moe", {"method": "compressed-tensors", "strategy": "channel"}),
+])
+def test_fp8_checkpoint_on_triton_kernels(arch: str, options: dict, tiny_model, tmp_path,
+                                          triton_everywhere: None) -> None:
+    """Every projection through the FP8 GEMM, fused parts and all (block scales; per-channel scales,
+    experts through the fused MoE kernel), still Hugging Face's greedy tokens on the stored weights."""
+    path = make_fp8_model(tiny_model(arch), tmp_path / "fp8", dequantized_dir=tmp_path / "plain", **options)
     llm = LLM(str(path), device="cpu", max_num_batched_tokens=7, block_size=4, max_num_seqs=3)
     outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
     for prompt, out in zip(PROMPTS, outputs):
-        assert list(out.outputs[0].token_ids) == hf_greedy(path, llm.tokenizer.encode(prompt), MAX_TOKENS), prompt
+        want = hf_greedy(tmp_path / "plain", llm.tokenizer.encode(prompt), MAX_TOKENS)
+        assert list(out.outputs[0].token_ids) == want, prompt
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")

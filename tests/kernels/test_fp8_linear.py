@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pagoda.kernels.triton as kernels
-from pagoda.engine.layers.fp8 import quantize_fp8_blocks
+from pagoda.engine.layers.fp8 import WHOLE, quantize_fp8_blocks
 from pagoda.kernels import reference
 from tests.kernels.conftest import DEVICE
 from tests.kernels.numerics import assert_close
@@ -15,8 +15,11 @@ from tests.kernels.numerics import assert_close
 pytestmark = pytest.mark.usefixtures("poisoned")
 
 # (rows of x, out features, in features, scale block): 128-wide blocks (one scale per column
-# of a K tile), small and odd blocks (one per element), and shapes with partial last blocks.
+# of a K tile), small and odd blocks (one per element), shapes with partial last blocks, and
+# per-channel scales (one per output row, for any K) at both tile configurations.
 SHAPES = [
+    (1, 96, 200, (1, WHOLE)),
+    (20, 130, 64, (1, WHOLE)),
     (1, 256, 512, (128, 128)),
     (7, 200, 130, (128, 128)),
     (33, 96, 256, (32, 48)),
@@ -65,3 +68,12 @@ def test_block_quantization_round_trips_within_fp8_precision() -> None:
     assert fp8.dtype == torch.float8_e4m3fn and scale.shape == (3, 4)
     back = reference.fp8_block_dequantize(fp8, scale, (32, 16))
     assert ((back - weight).norm() / weight.norm()) < 0.04
+
+
+def test_per_channel_scales_are_one_per_row() -> None:
+    """(1, WHOLE) blocks: a scale per output row, each row's largest entry mapped to e4m3's largest."""
+    weight = torch.randn(9, 300, generator=torch.Generator().manual_seed(9))
+    fp8, scale = quantize_fp8_blocks(weight, (1, WHOLE))
+    assert scale.shape == (9, 1)
+    torch.testing.assert_close(scale[:, 0], weight.abs().amax(dim=1) / 448.0)
+    assert ((reference.fp8_block_dequantize(fp8, scale, (1, WHOLE)) - weight).norm() / weight.norm()) < 0.04

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pagoda.kernels.triton as kernels
-from pagoda.engine.layers.fp8 import quantize_fp8_blocks
+from pagoda.engine.layers.fp8 import WHOLE, quantize_fp8_blocks
 from pagoda.engine.layers.int_quant import pack_along_rows, quantize_int_groups
 from pagoda.kernels import reference
 from pagoda.kernels.triton.launch import interpreting
@@ -57,11 +57,12 @@ def test_fused_moe_matches_reference(shape: tuple[int, ...], dtype: torch.dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("shape", "block"), [(SHAPES[0], (16, 16)), (SHAPES[3], (32, 24)), (SHAPES[4], (128, 128))],
-                         ids=str)
+@pytest.mark.parametrize(("shape", "block"), [(SHAPES[0], (16, 16)), (SHAPES[3], (32, 24)), (SHAPES[4], (128, 128)),
+                                              (SHAPES[3], (1, WHOLE))], ids=str)
 def test_fused_moe_of_fp8_experts_matches_reference(shape: tuple[int, ...], block: tuple[int, int],
                                                     dtype: torch.dtype) -> None:
-    """FP8 experts with block scales (partial blocks where the dims are not multiples)."""
+    """FP8 experts with block scales (partial blocks where the dims are not multiples) and with
+    per-channel scales."""
     x, w13, w2, weights, ids = _inputs(shape, torch.float32, seed=sum(shape) + 1)
     (w13, s13), (w2, s2) = [
         [torch.stack(t) for t in zip(*(quantize_fp8_blocks(w.cpu(), block) for w in stack))] for stack in (w13, w2)]
