@@ -519,6 +519,30 @@ def _fp8_config(method: str, strategy: str, block: tuple[int, int]) -> dict[str,
                                           "format": "float-quantized"}}}
 
 
+def add_kv_cache_scales(
+    model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, scales: list[tuple[float, float]], *,
+    one_per_layer: bool = False,
+) -> pathlib.Path:
+    """The checkpoint in `model_dir` with per-layer FP8 KV-cache scales (k_scale, v_scale) of each
+    layer: llm-compressor's `k_scale` and `v_scale` tensors, declared by a compressed-tensors
+    `kv_cache_scheme` (beside its weight quantization, if any); or, `one_per_layer`, AutoFP8's
+    `kv_scale` (the layer's k_scale, for both) in an FP8 checkpoint."""
+    tensors = read_weights(model_dir)
+    config = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+    for layer, (k_scale, v_scale) in enumerate(scales):
+        prefix = f"model.layers.{layer}.self_attn."
+        if one_per_layer:
+            tensors[prefix + "kv_scale"] = torch.tensor(k_scale)
+        else:
+            tensors[prefix + "k_scale"], tensors[prefix + "v_scale"] = torch.tensor(k_scale), torch.tensor(v_scale)
+    quant = config.get("quantization_config") or {"quant_method": "compressed-tensors", "format": "dense",
+                                                   "quantization_status": "compressed", "config_groups": {}}
+    if not one_per_layer:
+        quant = {**quant, "kv_cache_scheme": {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
+                                              "symmetric": True}}
+    return write_variant(model_dir, out_dir, tensors, quantization_config=quant)
+
+
 def make_tiny_classifier(
     model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, labels: tuple[str, ...] = ("relevant",), seed: int = 0,
 ) -> pathlib.Path:

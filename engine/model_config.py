@@ -154,6 +154,8 @@ def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
     method = str(quant.get("quant_method", "(none given)"))
     if method == "fp8":
         return fp8_config(quant)
+    if method == "compressed-tensors" and not quant.get("config_groups"):
+        return None  # only a kv_cache_scheme: full-precision weights, KV-cache scales (read by the loader)
     if method == "compressed-tensors" and is_float_quantized(quant):
         return compressed_tensors_fp8_config(quant)
     if method in INT_METHODS:

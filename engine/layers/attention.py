@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pagoda.engine.attention import AttentionBackend, AttentionMetadata
+from pagoda.kernels.reference import FP8_CACHE_DTYPES
 
 
 class Attention(nn.Module):
@@ -24,12 +25,26 @@ class Attention(nn.Module):
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
         self.backend: AttentionBackend | None = None
+        # An FP8 cache's per-layer scales, from the checkpoint (calibrated by its quantization tool):
+        # the cache holds K / k_scale and V / v_scale, so values past FP8's range fit it.
+        self.k_scale = 1.0
+        self.v_scale = 1.0
+        self.scaled_cache = False  # whether the bound cache is FP8, which the scales are for
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        """q: [T, Hq*D], k/v: [T, Hkv*D] -> [T, Hq*D]."""
+        """q: [T, Hq*D], k/v: [T, Hkv*D] -> [T, Hq*D].
+
+        With a scaled FP8 cache, K and V are divided by their scales before they are stored, and
+        the scales come back as factors outside the kernels: k_scale in the softmax scale (q.k is
+        linear in k), v_scale on the output (a weighted sum of v), so no kernel knows of them."""
         t = q.shape[0]
+        k_scale, v_scale = (self.k_scale, self.v_scale) if self.scaled_cache else (1.0, 1.0)
+        if k_scale != 1.0:
+            k = k / k_scale
+        if v_scale != 1.0:
+            v = v / v_scale
         out = self.backend.forward(
             q.view(t, self.num_heads, self.head_dim),
             k.view(t, self.num_kv_heads, self.head_dim),
@@ -37,10 +52,11 @@ class Attention(nn.Module):
             self.k_cache,
             self.v_cache,
             meta,
-            self.scale,
+            self.scale * k_scale,
             self.sliding_window,
         )
-        return out.view(t, self.num_heads * self.head_dim)
+        out = out.view(t, self.num_heads * self.head_dim)
+        return out * v_scale if v_scale != 1.0 else out
 
 
 def bind_kv_cache(model: nn.Module, kv_cache: torch.Tensor, backend: AttentionBackend) -> int:
@@ -50,6 +66,7 @@ def bind_kv_cache(model: nn.Module, kv_cache: torch.Tensor, backend: AttentionBa
         raise ValueError(f"KV cache has {kv_cache.shape[1]} layers, model has {len(layers)}")
     for i, layer in enumerate(layers):
         layer.k_cache, layer.v_cache, layer.backend = kv_cache[0, i], kv_cache[1, i], backend
+        layer.scaled_cache = kv_cache.dtype in FP8_CACHE_DTYPES
     return len(layers)
 
 

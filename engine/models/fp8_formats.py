@@ -11,8 +11,8 @@
 Activations stay in the model's dtype: the weights are dequantized inside the GEMM, so a
 checkpoint's activation scheme (dynamic per token, or static `input_scale`s, which are dropped)
 changes nothing here. That is how vLLM serves FP8 checkpoints on GPUs without FP8 tensor cores;
-its numbers differ from W8A8's by the activations' rounding only. A checkpoint's `k_scale` and
-`v_scale` (for an FP8 KV cache) are dropped too: the KV cache keeps its own scale of one.
+its numbers differ from W8A8's by the activations' rounding only. A checkpoint's KV-cache
+scales (`k_scale`, `v_scale`) are the loader's: they serve an FP8 KV cache, FP8 weights or not.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from pagoda.engine.layers.fp8 import WHOLE
 
 # Checkpoint tensors an FP8 checkpoint carries that weight-only serving does not use.
-_DROPPED = ("input_scale", "k_scale", "v_scale", "kv_scale")
+_DROPPED = ("input_scale",)
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class Fp8Config:
     scale_name: str = "weight_scale_inv"
 
     def canonical(self, name: str, src: Any) -> tuple[str, Any] | None:
-        """(our name, source) of a checkpoint tensor: scales renamed to `weight_scale_inv`, the
-        tensors of `_DROPPED` None, any other tensor itself."""
+        """(our name, source) of a checkpoint tensor: scales renamed to `weight_scale_inv`, activation
+        scales None, any other tensor itself."""
         module, _, leaf = name.rpartition(".")
         if leaf in _DROPPED:
             return None

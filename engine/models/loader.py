@@ -18,7 +18,8 @@ from torch import nn
 from pagoda.engine.config import CHECKPOINT_QUANTIZATIONS
 from pagoda.engine.layers.fp8 import ONLINE_BLOCK
 from pagoda.engine.layers.int_quant import IntQuantConfig
-from pagoda.engine.layers.weights import default_weight_loader
+from pagoda.engine.layers.attention import Attention
+from pagoda.engine.layers.weights import default_weight_loader, read_full
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.fp8_formats import Fp8Config
 from pagoda.engine.models.quant_formats import CheckpointFormat
@@ -111,6 +112,29 @@ def use_fp8_weights(model: nn.Module, path: Path, config: Fp8Config) -> None:
                 module.use_fp8(config.block)
 
 
+# Where quantization tools write an FP8 KV cache's per-layer scales (under a layer's attention
+# module), and which of K and V each sets: llm-compressor's k_scale and v_scale, AutoFP8's one
+# kv_scale for both.
+_KV_SCALES = {"k_scale": "k", "v_scale": "v", "kv_scale": "kv"}
+
+
+def _set_kv_cache_scale(model: nn.Module, name: str, src: Any) -> bool:
+    """Hands a checkpoint's KV-cache scale to its layer's Attention (False: `name` is not one)."""
+    leaf = next((leaf for leaf in _KV_SCALES if name.endswith("." + leaf)), None)
+    if leaf is None:
+        return False
+    value = read_full(src)
+    if value.numel() != 1:
+        raise ValueError(f"checkpoint tensor {name!r}: KV-cache scales per head or channel are not supported "
+                         "(supported: one scale per layer)")
+    attention_path = _with_prefix(model, name[: -len(leaf) - 1])
+    fused = model.checkpoint_target(attention_path + ".q_proj.weight")[0]  # our path to the same module
+    attention = next(m for m in model.get_submodule(fused.rsplit(".", 2)[0]).modules() if isinstance(m, Attention))
+    for which in _KV_SCALES[leaf]:
+        setattr(attention, f"{which}_scale", float(value))
+    return True
+
+
 def load_weights(model: nn.Module, path: Path, fmt: CheckpointFormat | Fp8Config | None = None) -> None:
     """Places every checkpoint tensor (read through `fmt` for a quantized checkpoint)."""
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -120,6 +144,8 @@ def load_weights(model: nn.Module, path: Path, fmt: CheckpointFormat | Fp8Config
     ignored = getattr(model, "ignored_checkpoint_prefixes", ())
     for name, src in iter_checkpoint(path):
         if name.startswith(ignored):  # parts of the checkpoint this model does not serve (a vision tower)
+            continue
+        if _set_kv_cache_scale(model, name, src):
             continue
         if fmt is not None:
             converted = fmt.canonical(name, src)

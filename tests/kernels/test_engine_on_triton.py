@@ -79,17 +79,21 @@ def test_int4_checkpoint_on_triton_kernels(arch: str, method: str, options: dict
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
-@pytest.mark.parametrize("arch", ["llama3", "gemma3"])
-def test_fp8_kv_cache_on_triton_kernels(arch: str, tiny_model, triton_everywhere: None) -> None:
-    """Keys and values stored as FP8 by the store kernel and widened by the attention kernels: transformers'
-    greedy tokens with a cache that rounds the same way."""
+@pytest.mark.parametrize(("arch", "scaled"), [("llama3", False), ("gemma3", False), ("llama3", True)])
+def test_fp8_kv_cache_on_triton_kernels(arch: str, scaled: bool, tiny_model, tmp_path, triton_everywhere: None) -> None:
+    """Keys and values stored as FP8 by the store kernel and widened by the attention kernels, with the
+    checkpoint's KV-cache scales or without: transformers' greedy tokens with a cache that rounds the
+    same way."""
     import torch
 
-    from tests.engine.test_kv_cache_dtype import hf_greedy_fp8_cache
+    from pagoda.engine.fixtures import add_kv_cache_scales
+    from tests.engine.test_kv_cache_dtype import SCALES, hf_greedy_fp8_cache
 
-    path = tiny_model(arch)
+    reference = tiny_model(arch)
+    path = add_kv_cache_scales(reference, tmp_path / "scaled", SCALES) if scaled else reference
     llm = LLM(str(path), device="cpu", max_num_batched_tokens=7, block_size=4, max_num_seqs=3, kv_cache_dtype="fp8")
     outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
     for prompt, out in zip(PROMPTS, outputs):
-        want = hf_greedy_fp8_cache(path, llm.tokenizer.encode(prompt), MAX_TOKENS, torch.float8_e4m3fn)
+        want = hf_greedy_fp8_cache(reference, llm.tokenizer.encode(prompt), MAX_TOKENS, torch.float8_e4m3fn,
+                                   SCALES if scaled else None)
         assert list(out.outputs[0].token_ids) == want, prompt
