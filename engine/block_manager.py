@@ -5,6 +5,12 @@ to and including it, so equal prefixes map to equal keys whatever follows.
 A block whose last user finished stays in the cache while it sits in the
 free list; it is evicted only when the pool needs it, least recently used
 first (blocks holding nothing reusable are handed out before any cached one).
+
+Each sequence holds a block table per KV-cache group (kv_cache_layout.py); all
+take blocks from the one pool. A sliding-window group gives back, step by step,
+the blocks wholly before what its next query reads, its table keeping the
+reserved NULL_BLOCK in their place (never written, so reads of it are zeros);
+its prefix-cache hits need only the blocks inside the window of the hit.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from pagoda.engine.sequence import Sequence
+
+# The table entry of a block a sliding-window group gave back: reserved, never handed out, where
+# a group slides (a layout of full-attention groups alone reserves nothing).
+NULL_BLOCK = 0
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -28,16 +38,24 @@ class PrefixCacheStats:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
-        if num_blocks < 1 or block_size < 1:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+        windows: tuple[int | None, ...] | list[int | None] = (None,),
+    ) -> None:
+        self.windows = list(windows)
+        self.null_block = NULL_BLOCK if any(w is not None for w in self.windows) else None
+        reserved = 0 if self.null_block is None else 1
+        if num_blocks - reserved < 1 or block_size < 1:
             raise ValueError(f"need at least one block of at least one token, got {num_blocks} x {block_size}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
-        self.block_hash: list[int | None] = [None] * num_blocks
-        self.cached: dict[int, int] = {}  # block hash -> block id
-        self.free_blocks: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        # A cached block's key: (group, hash); a group's blocks hold only its own layers' K/V.
+        self.block_hash: list[tuple[int, int] | None] = [None] * num_blocks
+        self.cached: dict[tuple[int, int], int] = {}  # (group, block hash) -> block id
+        self.free_blocks: OrderedDict[int, None] = OrderedDict((b, None) for b in range(reserved, num_blocks))
+        self.num_usable = num_blocks - reserved
         self.stats = PrefixCacheStats()
 
     @property
@@ -47,7 +65,13 @@ class BlockManager:
     @property
     def usage(self) -> float:
         """Fraction of blocks held by live sequences (cached-but-free blocks count as free)."""
-        return 1.0 - len(self.free_blocks) / self.num_blocks
+        return 1.0 - len(self.free_blocks) / self.num_usable
+
+    def _first_needed(self, group: int, position: int) -> int:
+        """The first block of `group` a query at `position` (or later) reads: 0 for full attention,
+        the block of the earliest key inside the window for a sliding group."""
+        window = self.windows[group]
+        return 0 if window is None else max(0, position - window + 1) // self.block_size
 
     def _update_hashes(self, seq: Sequence, num_tokens: int) -> None:
         """Extends seq.block_hashes to cover every full block among its first num_tokens tokens."""
@@ -57,52 +81,79 @@ class BlockManager:
             parent = hashes[-1] if hashes else seq.cache_salt
             hashes.append(hash((parent, tuple(seq.token_ids[i * bs : (i + 1) * bs]))))
 
-    def match_prefix(self, seq: Sequence) -> list[int]:
-        """Cached blocks holding seq's leading tokens; the last token is always left to compute.
+    def match_prefix(self, seq: Sequence) -> list[list[int]]:
+        """Per group, the table of cached blocks holding seq's leading tokens (NULL_BLOCK where a
+        sliding group needs none); the last token is always left to compute.
 
         Nothing for a request asking for prompt logprobs: those need the logits of
         every prompt position, so it computes its whole prompt.
         """
+        empty: list[list[int]] = [[] for _ in self.windows]
         if not self.enable_prefix_caching or seq.wants_prompt_logprobs:
-            return []
+            return empty
         self._update_hashes(seq, seq.num_tokens)
-        hits: list[int] = []
-        for h in seq.block_hashes[: (seq.num_tokens - 1) // self.block_size]:
-            block = self.cached.get(h)
-            if block is None:
-                break
-            hits.append(block)
-        return hits
+        hashes = seq.block_hashes[: (seq.num_tokens - 1) // self.block_size]
+        length = len(hashes)
+        for g, window in enumerate(self.windows):
+            if window is None:
+                length = next((i for i, h in enumerate(hashes[:length]) if (g, h) not in self.cached), length)
+        # The longest hit for which every sliding group still caches the blocks inside its window.
+        while length > 0 and not all(
+            all((g, h) in self.cached for h in hashes[self._first_needed(g, length * self.block_size) : length])
+            for g, window in enumerate(self.windows) if window is not None
+        ):
+            length -= 1
+        if length == 0:
+            return empty
+        return [[self.null_block] * (first := self._first_needed(g, length * self.block_size))
+                + [self.cached[g, h] for h in hashes[first:length]] for g in range(len(self.windows))]
 
     def allocate(
-        self, seq: Sequence, num_new_tokens: int, computed_blocks: list[int] = (), num_lookahead: int = 0,
+        self, seq: Sequence, num_new_tokens: int, computed_blocks: list[list[int]] | None = None,
+        num_lookahead: int = 0,
     ) -> bool:
         """Gives seq the blocks for num_new_tokens more tokens, or nothing and False.
 
         computed_blocks are prefix-cache hits (from match_prefix) for a sequence
         not yet holding blocks; on success they are taken and counted as computed.
         num_lookahead more slots hold speculative drafts: their blocks are not
-        offered to the prefix cache, whose keys cover real tokens only.
+        offered to the prefix cache, whose keys cover real tokens only. Sliding
+        groups first give back the blocks no query of this step or later reads.
         """
         bs = self.block_size
-        num_computed = seq.num_computed_tokens + len(computed_blocks) * bs
-        needed = (_cdiv(num_computed + num_new_tokens + num_lookahead, bs) - len(seq.block_table)
-                  - len(computed_blocks))
-        revived = sum(1 for b in computed_blocks if self.ref_counts[b] == 0)
-        if max(needed, 0) + revived > len(self.free_blocks):
+        hits = computed_blocks if computed_blocks and computed_blocks[0] else None
+        tables = seq.block_tables or [[] for _ in self.windows]
+        num_hit = len(hits[0]) if hits else 0
+        num_computed = seq.num_computed_tokens + num_hit * bs
+        length = _cdiv(num_computed + num_new_tokens + num_lookahead, bs)
+        dropped = [[i for i in range(self._first_needed(g, num_computed))
+                    if i < len(table) and table[i] != self.null_block]
+                   for g, table in enumerate(tables)]
+        released = sum(1 for g, idx in enumerate(dropped) for i in idx if self.ref_counts[tables[g][i]] == 1)
+        needed = sum(max(0, length - len(table) - (len(hits[g]) if hits else 0)) for g, table in enumerate(tables))
+        revived = len({b for table in hits or () for b in table if b != self.null_block and self.ref_counts[b] == 0})
+        if needed + revived > len(self.free_blocks) + released:
             return False
-        for b in computed_blocks:
-            if self.ref_counts[b] == 0:
-                del self.free_blocks[b]
-            self.ref_counts[b] += 1
-        seq.block_table.extend(computed_blocks)
-        for _ in range(needed):
-            seq.block_table.append(self._take_free_block())
+        seq.block_tables = tables
+        for g, idx in enumerate(dropped):
+            for i in reversed(idx):
+                self._release(tables[g][i])
+                tables[g][i] = self.null_block
+        for table, hit in zip(tables, hits or ()):  # every hit first: a new block must not evict one
+            for b in hit:
+                if b != self.null_block:
+                    if self.ref_counts[b] == 0:
+                        del self.free_blocks[b]
+                    self.ref_counts[b] += 1
+                table.append(b)
+        for table in tables:
+            while len(table) < length:
+                table.append(self._take_free_block())
         if self.enable_prefix_caching and seq.num_computed_tokens == 0:
             self.stats.queries += seq.num_tokens
-            self.stats.hits += len(computed_blocks) * bs
+            self.stats.hits += num_hit * bs
         seq.num_computed_tokens = num_computed
-        if computed_blocks:
+        if hits:
             seq.num_cached_tokens = max(seq.num_cached_tokens, num_computed)
         if self.enable_prefix_caching:
             self._register_full_blocks(seq, num_computed + num_new_tokens)
@@ -110,12 +161,22 @@ class BlockManager:
 
     def _take_free_block(self) -> int:
         block, _ = self.free_blocks.popitem(last=False)
-        h = self.block_hash[block]
-        if h is not None:  # evict: its content is about to be overwritten
-            del self.cached[h]
+        key = self.block_hash[block]
+        if key is not None:  # evict: its content is about to be overwritten
+            del self.cached[key]
             self.block_hash[block] = None
         self.ref_counts[block] = 1
         return block
+
+    def _release(self, block: int) -> None:
+        """One holder fewer; an unheld block goes to the free list, at the front if it caches nothing."""
+        self.ref_counts[block] -= 1
+        if self.ref_counts[block] < 0:
+            raise RuntimeError(f"block {block} freed more often than allocated")
+        if self.ref_counts[block] == 0:
+            self.free_blocks[block] = None
+            if self.block_hash[block] is None:
+                self.free_blocks.move_to_end(block, last=False)
 
     def _register_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
         """Publishes blocks that will be full once this step has run.
@@ -126,30 +187,27 @@ class BlockManager:
         self._update_hashes(seq, num_tokens)
         num_full = num_tokens // self.block_size
         for i in range(seq.num_registered_blocks, num_full):
-            block = seq.block_table[i]
             h = seq.block_hashes[i]
-            if self.block_hash[block] is None and h not in self.cached:
-                self.cached[h] = block
-                self.block_hash[block] = h
+            for g, table in enumerate(seq.block_tables):
+                block = table[i]
+                if block != self.null_block and self.block_hash[block] is None and (g, h) not in self.cached:
+                    self.cached[g, h] = block
+                    self.block_hash[block] = (g, h)
         seq.num_registered_blocks = max(seq.num_registered_blocks, num_full)
 
     def free(self, seq: Sequence) -> None:
         """Releases seq's blocks, tail first, so a prefix outlives its own suffix in the cache."""
-        for block in reversed(seq.block_table):
-            self.ref_counts[block] -= 1
-            if self.ref_counts[block] < 0:
-                raise RuntimeError(f"block {block} freed more often than allocated")
-            if self.ref_counts[block] == 0:
-                self.free_blocks[block] = None
-                if self.block_hash[block] is None:
-                    self.free_blocks.move_to_end(block, last=False)
-        seq.block_table = []
+        for table in seq.block_tables:
+            for block in reversed(table):
+                if block != self.null_block:
+                    self._release(block)
+        seq.block_tables = []
         seq.num_computed_tokens = 0
         seq.num_registered_blocks = 0
 
     def reset_prefix_cache(self) -> None:
         """Forgets every cached block that no live sequence holds."""
-        for h, block in list(self.cached.items()):
+        for key, block in list(self.cached.items()):
             if self.ref_counts[block] == 0:
-                del self.cached[h]
+                del self.cached[key]
                 self.block_hash[block] = None

@@ -31,6 +31,9 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     block_size: int = 16
     enable_prefix_caching: bool = True
+    # Sliding-window layers keep only the blocks inside their window, in block tables of their own
+    # (kv_cache_layout.py); True keeps every layer's blocks for the whole sequence (vLLM's flag).
+    disable_hybrid_kv_cache_manager: bool = False
     gpu_memory_utilization: float = 0.9
     # CPU has no device memory to profile: the KV cache gets this explicit byte budget.
     kv_cache_memory_bytes: int | None = None

@@ -51,28 +51,34 @@ def padded_size(num_seqs: int, sizes: list[int]) -> int | None:
 class StaticDecodeInputs:
     """The fixed-address tensors a captured decode step reads, and the metadata views over them."""
 
-    def __init__(self, max_batch: int, max_blocks_per_seq: int, max_seq_len: int, device: torch.device) -> None:
+    def __init__(self, max_batch: int, max_blocks_per_seq: int, max_seq_len: int, device: torch.device,
+                 num_groups: int = 1) -> None:
         self.max_seq_len = max_seq_len
         self.input_ids = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.positions = torch.zeros(max_batch, dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((max_batch,), -1, dtype=torch.long, device=device)
         self.seq_lens = torch.zeros(max_batch, dtype=torch.int32, device=device)
-        self.block_tables = torch.zeros(max_batch, max_blocks_per_seq, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
+        # Per KV-cache group: its slot mapping and block tables.
+        self.slot_mappings = [torch.full((max_batch,), -1, dtype=torch.long, device=device) for _ in range(num_groups)]
+        self.block_tables = [torch.zeros(max_batch, max_blocks_per_seq, dtype=torch.int32, device=device)
+                             for _ in range(num_groups)]
 
     def meta(self, batch: int) -> AttentionMetadata:
         """Metadata for `batch` decode rows; max_seq_len is the capture-time bound, not a measured length."""
-        return AttentionMetadata(
-            slot_mapping=self.slot_mapping[:batch],
+        metas = [AttentionMetadata(
+            slot_mapping=slots[:batch],
             query_start_loc=self.query_start_loc[: batch + 1],
             seq_lens=self.seq_lens[:batch],
-            block_tables=self.block_tables[:batch],
+            block_tables=tables[:batch],
             num_decodes=batch,
             max_query_len=1,
             max_seq_len=self.max_seq_len,
             query_lens_host=[1] * batch,
             seq_lens_host=[self.max_seq_len] * batch,
-        )
+        ) for slots, tables in zip(self.slot_mappings, self.block_tables)]
+        if len(metas) > 1:
+            metas[0].groups = metas
+        return metas[0]
 
     def fill(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, batch: int) -> None:
         """Copies a step of n <= batch decodes in; rows n..batch become inert padding."""
@@ -80,14 +86,16 @@ class StaticDecodeInputs:
         width = meta.block_tables.shape[1]
         self.input_ids[:n].copy_(input_ids)
         self.positions[:n].copy_(positions)
-        self.slot_mapping[:n].copy_(meta.slot_mapping)
         self.seq_lens[:n].copy_(meta.seq_lens)
-        self.block_tables[:n, :width].copy_(meta.block_tables)
+        for g, (slots, tables) in enumerate(zip(self.slot_mappings, self.block_tables)):
+            group = meta.for_group(g)
+            slots[:n].copy_(group.slot_mapping)
+            tables[:n, :width].copy_(group.block_tables)
+            slots[n:batch].fill_(-1)
         # Padding: no cache write, no key read. Stale table entries past a row's
         # length are never read, so the tables need no clearing.
         self.input_ids[n:batch].zero_()
         self.positions[n:batch].zero_()
-        self.slot_mapping[n:batch].fill_(-1)
         self.seq_lens[n:batch].zero_()
 
 
@@ -95,11 +103,12 @@ class DecodeCudaGraphs:
     """A drop-in for the model's forward that replays a captured graph for pure-decode steps."""
 
     def __init__(
-        self, model: nn.Module, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int, device: torch.device
+        self, model: nn.Module, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int, device: torch.device,
+        num_groups: int = 1,
     ) -> None:
         self.model = model
         self.sizes = capture_sizes(max_num_seqs)
-        self.inputs = StaticDecodeInputs(self.sizes[-1], max_blocks_per_seq, max_model_len, device)
+        self.inputs = StaticDecodeInputs(self.sizes[-1], max_blocks_per_seq, max_model_len, device, num_groups)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self._capture_all()
@@ -121,7 +130,7 @@ class DecodeCudaGraphs:
         torch.cuda.synchronize()
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        fits = meta.num_decodes == meta.num_seqs and meta.block_tables.shape[1] <= self.inputs.block_tables.shape[1]
+        fits = meta.num_decodes == meta.num_seqs and meta.block_tables.shape[1] <= self.inputs.block_tables[0].shape[1]
         batch = padded_size(meta.num_seqs, self.sizes) if fits else None
         if batch is None:
             return self.model(input_ids, positions, meta)
@@ -132,10 +141,12 @@ class DecodeCudaGraphs:
 
 
 def decode_forward(
-    model: nn.Module, device: torch.device, enforce_eager: bool, max_num_seqs: int, max_model_len: int, block_size: int
+    model: nn.Module, device: torch.device, enforce_eager: bool, max_num_seqs: int, max_model_len: int, block_size: int,
+    num_groups: int = 1,
 ) -> ModelForward:
-    """The callable a runner should use for its forward passes: graphs on CUDA unless enforce_eager."""
+    """The callable a runner should use for its forward passes: graphs on CUDA unless enforce_eager;
+    `num_groups` KV-cache groups, each with block tables of its own."""
     if device.type != "cuda" or enforce_eager:
         return model
     max_blocks = -(-max_model_len // block_size)
-    return DecodeCudaGraphs(model, max_num_seqs, max_blocks, max_model_len, device)
+    return DecodeCudaGraphs(model, max_num_seqs, max_blocks, max_model_len, device, num_groups)

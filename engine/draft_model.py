@@ -91,14 +91,14 @@ class DraftModel:
             ids.extend(tokens)
             span = range(start, start + len(tokens))
             positions.extend(span)
-            slots.extend(seq.block_table[p // bs] * bs + p % bs for p in span)
+            slots.extend(seq.block_tables[0][p // bs] * bs + p % bs for p in span)
             query_lens.append(len(tokens))
             seq_lens.append(start + len(tokens))
             rows.append(len(ids) - 1)
-        width = max(len(seq.block_table) for seq, _, _ in runs)
-        tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq, _, _ in runs]
+        width = max(len(seq.block_tables[0]) for seq, _, _ in runs)
+        tables = [seq.block_tables[0] + [0] * (width - len(seq.block_tables[0])) for seq, _, _ in runs]
         num_decodes = sum(1 for q in query_lens if q == 1)
-        inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, rows)
+        inputs = StepInputs(ids, positions, [slots], query_lens, seq_lens, [tables], num_decodes, rows)
         ids_t, pos_t, meta = inputs.to_device(self.device)
         hidden = self.model(ids_t, pos_t, meta)
         logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])

@@ -63,12 +63,17 @@ class LLMEngine:
         self.tp_group = TensorParallelGroup(config, self.model_config) if config.tensor_parallel_size > 1 else None
         try:
             self.runner = ModelRunner(config, self.model_config, self.eos_token_ids, tp_group=self.tp_group)
-            num_blocks = self.runner.num_blocks
-            if num_blocks * config.block_size < self.model_config.max_model_len:
+            layout = self.runner.layout
+            self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching,
+                                              layout.windows)
+            needed = layout.blocks_for(self.model_config.max_model_len, config.max_num_batched_tokens,
+                                       config.block_size)
+            usable = self.block_manager.num_usable
+            if usable < needed:
                 raise ValueError(
-                    f"the KV cache holds {num_blocks * config.block_size} tokens ({num_blocks} blocks of "
-                    f"{config.block_size}), fewer than max_model_len={self.model_config.max_model_len}: "
-                    "raise the cache budget or lower max_model_len"
+                    f"the KV cache holds {usable} blocks of {config.block_size} tokens, fewer than the {needed} one "
+                    f"sequence of max_model_len={self.model_config.max_model_len} needs: raise the cache budget "
+                    "or lower max_model_len"
                 )
         except BaseException:
             # A failed start must not leave workers running, nor this process's tensor-parallel
@@ -76,7 +81,6 @@ class LLMEngine:
             if self.tp_group is not None:
                 self.tp_group.shutdown()
             raise
-        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         spec = config.speculative_config
         proposer: NgramProposer | DraftModelProposer | None = None
         if self.runner.draft is not None:

@@ -19,7 +19,8 @@ from pagoda.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from pagoda.engine.cuda_graphs import decode_forward
 from pagoda.engine.distributed import agree_min, tp_size
 from pagoda.engine.draft_model import DraftModel
-from pagoda.engine.layers.attention import bind_kv_cache, kv_block_bytes
+from pagoda.engine.kv_cache_layout import plan_kv_cache
+from pagoda.engine.layers.attention import attention_windows, bind_kv_cache, kv_block_bytes
 from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.classifier import embedding_pool
@@ -84,25 +85,30 @@ class ModelRunner:
         # A draft model for speculative decoding: loaded before the KV cache is sized, whose blocks it shares.
         self.draft = (DraftModel(spec.model, model_config, self.device, self.kv_cache_dtype)
                       if spec is not None and spec.method == "draft_model" else None)
+        # Sliding-window layers in block tables of their own, unless turned off or a draft model shares
+        # the target's one table.
+        self.layout = plan_kv_cache(attention_windows(self.model),
+                                    hybrid=not config.disable_hybrid_kv_cache_manager and self.draft is None)
         self.num_blocks = self._num_kv_blocks()
         self.kv_cache = torch.zeros(
-            2, model_config.num_layers, self.num_blocks, self.block_size, self.num_kv_heads, model_config.head_dim,
+            2, self.layout.group_size, self.num_blocks, self.block_size, self.num_kv_heads, model_config.head_dim,
             dtype=self.kv_cache_dtype, device=self.device,
         )
-        bind_kv_cache(self.model, self.kv_cache, self.backend)
+        bind_kv_cache(self.model, self.kv_cache, self.backend, self.layout)
         if self.draft is not None:
             self.draft.allocate(self.num_blocks, self.block_size)
         self.sampler = Sampler(config.seed)
         # Decode steps replay CUDA graphs on GPU (unless enforce_eager); everything else runs the model.
         self.forward = decode_forward(
             self.model, self.device, config.enforce_eager, config.max_num_seqs,
-            model_config.max_model_len, self.block_size,
+            model_config.max_model_len, self.block_size, len(self.layout.groups),
         )
 
     def _block_bytes(self) -> int:
-        """Bytes of one block of K and V over every layer, on this rank (the draft model's too)."""
+        """Bytes of one block of K and V over a group's layers, on this rank (the draft model's too)."""
         cfg = self.model_config
-        target = kv_block_bytes(cfg.num_layers, self.num_kv_heads, cfg.head_dim, self.kv_cache_dtype, self.block_size)
+        target = kv_block_bytes(self.layout.group_size, self.num_kv_heads, cfg.head_dim, self.kv_cache_dtype,
+                                self.block_size)
         return target + (self.draft.block_bytes(self.block_size) if self.draft is not None else 0)
 
     def _num_kv_blocks(self) -> int:
@@ -125,14 +131,15 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         n = min(self.config.max_num_batched_tokens, self.model_config.max_model_len)
         one_block_cache = torch.zeros(
-            2, self.model_config.num_layers, 1, n, self.num_kv_heads,
+            2, self.layout.group_size, 1, n, self.num_kv_heads,
             self.model_config.head_dim, dtype=self.kv_cache_dtype, device=self.device,
         )
-        bind_kv_cache(self.model, one_block_cache, self.backend)
+        bind_kv_cache(self.model, one_block_cache, self.backend, self.layout)
         # One prefill of n tokens in that single block, with logits for as many rows as a step samples.
+        groups = range(len(self.layout.groups))
         inputs = StepInputs(
-            input_ids=[0] * n, positions=list(range(n)), slots=list(range(n)), query_lens=[n], seq_lens=[n],
-            block_tables=[[0]], num_decodes=0, logit_rows=[],
+            input_ids=[0] * n, positions=list(range(n)), slots=[list(range(n)) for _ in groups], query_lens=[n],
+            seq_lens=[n], block_tables=[[[0]] for _ in groups], num_decodes=0, logit_rows=[],
         )
         ids, pos, meta = inputs.to_device(self.device)
         hidden = self.model(ids, pos, meta)
@@ -154,9 +161,10 @@ class ModelRunner:
         Logit rows list the prompt-logprob rows first, then one row per sampling sequence.
         """
         bs = self.block_size
+        groups = range(len(self.layout.groups))
         ids: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
+        slots: list[list[int]] = [[] for _ in groups]
         query_lens: list[int] = []
         seq_lens: list[int] = []
         prompt_rows: list[int] = []
@@ -171,12 +179,12 @@ class ModelRunner:
             offset = len(ids)
             ids.extend(seq.token_ids[start:end] + seq.spec_token_ids)
             positions.extend(range(start, end))
-            table = seq.block_table
-            if n == 1:
-                num_decodes += 1
-                slots.append(table[start // bs] * bs + start % bs)
-            else:
-                slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            for table, group_slots in zip(seq.block_tables, slots):
+                if n == 1:
+                    group_slots.append(table[start // bs] * bs + start % bs)
+                else:
+                    group_slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            num_decodes += n == 1
             query_lens.append(n)
             seq_lens.append(end)
             # Position p's logits score prompt token p + 1: the chunk covers p < num_prompt - 1.
@@ -192,8 +200,9 @@ class ModelRunner:
             elif end == seq.num_tokens:
                 sample_rows.append(offset + n - 1)
                 samplers.append(seq)
-        width = max(len(seq.block_table) for seq, _ in sched.scheduled)
-        tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq, _ in sched.scheduled]
+        width = max(len(seq.block_tables[0]) for seq, _ in sched.scheduled)
+        tables = [[seq.block_tables[g] + [0] * (width - len(seq.block_tables[g])) for seq, _ in sched.scheduled]
+                  for g in groups]
         inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows)
         return inputs, samplers, prompt_chunks, pooled
 

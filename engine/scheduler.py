@@ -143,8 +143,9 @@ class Scheduler:
             if seq.lora is not None and seq.lora not in adapters and len(adapters) >= self.max_loras:
                 passed.append(self.waiting.popleft())
                 continue
-            hits = self.block_manager.match_prefix(seq) if seq.num_computed_tokens == 0 else []
-            num_new = min(seq.num_tokens - seq.num_computed_tokens - len(hits) * self.block_manager.block_size, budget)
+            hits = self.block_manager.match_prefix(seq) if seq.num_computed_tokens == 0 else None
+            num_cached = len(hits[0]) * self.block_manager.block_size if hits else 0
+            num_new = min(seq.num_tokens - seq.num_computed_tokens - num_cached, budget)
             if not self.block_manager.allocate(seq, num_new, hits):
                 break
             self.waiting.popleft()

@@ -55,7 +55,8 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at first schedule
-    block_table: list[int] = field(default_factory=list)
+    # One block table per KV-cache group (kv_cache_layout.py); empty while it holds no blocks.
+    block_tables: list[list[int]] = field(default_factory=list)
     # Hashes of this sequence's full blocks, in order; extended as blocks fill up.
     block_hashes: list[int] = field(default_factory=list)
     num_registered_blocks: int = 0  # leading full blocks already offered to the prefix cache

@@ -16,17 +16,18 @@ import torch
 
 from pagoda.engine.attention import AttentionMetadata
 
-_HEADER = 7  # num_tokens, num_seqs, max_blocks, num_decodes, num_logit_rows, num_lora_slots, lora_loads_bytes
+# num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_logit_rows, num_lora_slots, lora_loads_bytes
+_HEADER = 8
 
 
 @dataclass
 class StepInputs:
     input_ids: list[int]
     positions: list[int]
-    slots: list[int]
+    slots: list[list[int]]  # per KV-cache group, each token's slot in that group's blocks
     query_lens: list[int]
     seq_lens: list[int]
-    block_tables: list[list[int]]  # padded to one width
+    block_tables: list[list[list[int]]]  # per KV-cache group, each sequence's table, all padded to one width
     num_decodes: int
     # Rows of the step's hidden states whose logits are needed: sampling rows and
     # prompt-logprob rows, in the order the runner consumes them.
@@ -40,30 +41,36 @@ class StepInputs:
         qsl = [0]
         for q in self.query_lens:
             qsl.append(qsl[-1] + q)
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(self.slots, dtype=torch.long, device=device),
+        common = dict(
             query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=device),
             seq_lens=torch.tensor(self.seq_lens, dtype=torch.int32, device=device),
-            block_tables=torch.tensor(self.block_tables, dtype=torch.int32, device=device),
             num_decodes=self.num_decodes,
             max_query_len=max(self.query_lens),
             max_seq_len=max(self.seq_lens),
             query_lens_host=self.query_lens,
             seq_lens_host=self.seq_lens,
         )
+        metas = [AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+                                   block_tables=torch.tensor(tables, dtype=torch.int32, device=device), **common)
+                 for slots, tables in zip(self.slots, self.block_tables)]
+        meta = metas[0]
+        if len(metas) > 1:
+            meta.groups = metas
         ids = torch.tensor(self.input_ids, dtype=torch.long, device=device)
         pos = torch.tensor(self.positions, dtype=torch.long, device=device)
         return ids, pos, meta
 
     def pack(self) -> torch.Tensor:
         """One flat int64 CPU tensor: a header of sizes, then every list."""
-        max_blocks = len(self.block_tables[0]) if self.block_tables else 0
+        max_blocks = len(self.block_tables[0][0]) if self.block_tables[0] else 0
         loads = json.dumps(self.lora_loads).encode() if self.lora_loads else b""
-        header = [len(self.input_ids), len(self.seq_lens), max_blocks, self.num_decodes, len(self.logit_rows),
-                  len(self.lora_slots), len(loads)]
-        flat = [*header, *self.input_ids, *self.positions, *self.slots, *self.query_lens, *self.seq_lens]
-        for row in self.block_tables:
-            flat.extend(row)
+        header = [len(self.input_ids), len(self.seq_lens), len(self.slots), max_blocks, self.num_decodes,
+                  len(self.logit_rows), len(self.lora_slots), len(loads)]
+        flat = [*header, *self.input_ids, *self.positions, *self.query_lens, *self.seq_lens]
+        for slots, tables in zip(self.slots, self.block_tables):
+            flat.extend(slots)
+            for row in tables:
+                flat.extend(row)
         flat.extend(self.logit_rows)
         flat.extend(self.lora_slots)
         flat.extend(loads)
@@ -72,7 +79,8 @@ class StepInputs:
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> StepInputs:
         values = packed.tolist()
-        num_tokens, num_seqs, max_blocks, num_decodes, num_rows, num_lora_slots, loads_bytes = values[:_HEADER]
+        num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_rows, num_lora_slots, loads_bytes = \
+            values[:_HEADER]
         pos = _HEADER
 
         def take(n: int) -> list[int]:
@@ -80,9 +88,12 @@ class StepInputs:
             pos += n
             return values[pos - n : pos]
 
-        input_ids, positions, slots = take(num_tokens), take(num_tokens), take(num_tokens)
+        input_ids, positions = take(num_tokens), take(num_tokens)
         query_lens, seq_lens = take(num_seqs), take(num_seqs)
-        tables = [take(max_blocks) for _ in range(num_seqs)]
+        slots, tables = [], []
+        for _ in range(num_groups):
+            slots.append(take(num_tokens))
+            tables.append([take(max_blocks) for _ in range(num_seqs)])
         rows, lora_slots = take(num_rows), take(num_lora_slots)
         loads = [tuple(load) for load in json.loads(bytes(take(loads_bytes)))] if loads_bytes else []
         return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, rows, lora_slots, loads)

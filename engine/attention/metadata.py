@@ -7,7 +7,7 @@ of the batch and a varlen prefill kernel over the rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,12 @@ class AttentionMetadata:
     # built from the same lists, so no device synchronisation is needed.
     query_lens_host: list[int]
     seq_lens_host: list[int]
+    # With several KV-cache groups, each group's metadata (its own slot mapping and block tables, the
+    # rest shared), the first being this one; empty with one group.
+    groups: list[AttentionMetadata] = field(default_factory=list, repr=False, compare=False)
+
+    def for_group(self, group: int) -> AttentionMetadata:
+        return self.groups[group] if self.groups else self
 
     @property
     def num_seqs(self) -> int:

@@ -141,6 +141,9 @@ FLAGS: tuple[_Flag, ...] = (
           "in the same memory", tuple(KV_CACHE_DTYPES), _ENGINE + "kv_cache_dtype"),
     _Flag("enable-prefix-caching", _parse_bool, "share KV blocks of equal prompt prefixes",
           dest=_ENGINE + "enable_prefix_caching"),
+    _Flag("disable-hybrid-kv-cache-manager", _parse_bool, "keep every layer's KV blocks for the whole sequence, "
+          "sliding-window layers' too (by default those give back blocks that leave their window)",
+          dest=_ENGINE + "disable_hybrid_kv_cache_manager"),
     _Flag("gpu-memory-utilization", float, "fraction of GPU memory for weights and KV cache",
           dest=_ENGINE + "gpu_memory_utilization"),
     _Flag("tensor-parallel-size", int, "GPUs to shard the model over", dest=_ENGINE + "tensor_parallel_size"),

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pagoda.engine.attention import AttentionBackend, AttentionMetadata
+from pagoda.engine.kv_cache_layout import KVCacheLayout, plan_kv_cache
 from pagoda.kernels.reference import FP8_CACHE_DTYPES
 
 
@@ -30,6 +31,7 @@ class Attention(nn.Module):
         self.k_scale = 1.0
         self.v_scale = 1.0
         self.scaled_cache = False  # whether the bound cache is FP8, which the scales are for
+        self.kv_group = 0  # the KV-cache group whose block tables this layer reads (kv_cache_layout.py)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
@@ -40,6 +42,7 @@ class Attention(nn.Module):
         the scales come back as factors outside the kernels: k_scale in the softmax scale (q.k is
         linear in k), v_scale on the output (a weighted sum of v), so no kernel knows of them."""
         t = q.shape[0]
+        meta = meta.for_group(self.kv_group)
         k_scale, v_scale = (self.k_scale, self.v_scale) if self.scaled_cache else (1.0, 1.0)
         if k_scale != 1.0:
             k = k / k_scale
@@ -59,17 +62,31 @@ class Attention(nn.Module):
         return out * v_scale if v_scale != 1.0 else out
 
 
-def bind_kv_cache(model: nn.Module, kv_cache: torch.Tensor, backend: AttentionBackend) -> int:
-    """Hands layer i the views kv_cache[0, i] (K) and kv_cache[1, i] (V); returns the layer count."""
-    layers = [m for m in model.modules() if isinstance(m, Attention)]
-    if len(layers) != kv_cache.shape[1]:
-        raise ValueError(f"KV cache has {kv_cache.shape[1]} layers, model has {len(layers)}")
+def _attention_layers(model: nn.Module) -> list[Attention]:
+    return [m for m in model.modules() if isinstance(m, Attention)]
+
+
+def attention_windows(model: nn.Module) -> list[int | None]:
+    """Each attention layer's sliding window (None: full attention), in model order."""
+    return [layer.sliding_window for layer in _attention_layers(model)]
+
+
+def bind_kv_cache(model: nn.Module, kv_cache: torch.Tensor, backend: AttentionBackend,
+                  layout: KVCacheLayout | None = None) -> int:
+    """Hands each layer its group and the views kv_cache[0, slot] (K) and kv_cache[1, slot] (V) of its
+    slot in that group's blocks (`layout`; default: one group, layer i in slot i); returns the layer count."""
+    layers = _attention_layers(model)
+    layout = layout or plan_kv_cache([None] * len(layers))
+    if layout.num_layers != len(layers) or kv_cache.shape[1] != layout.group_size:
+        raise ValueError(f"KV cache of {kv_cache.shape[1]} layer slots and a layout of {layout.num_layers} layers "
+                         f"do not fit the model's {len(layers)} layers")
     for i, layer in enumerate(layers):
-        layer.k_cache, layer.v_cache, layer.backend = kv_cache[0, i], kv_cache[1, i], backend
+        layer.kv_group, slot = layout.place(i)
+        layer.k_cache, layer.v_cache, layer.backend = kv_cache[0, slot], kv_cache[1, slot], backend
         layer.scaled_cache = kv_cache.dtype in FP8_CACHE_DTYPES
     return len(layers)
 
 
 def kv_block_bytes(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, block_size: int) -> int:
-    """Bytes one KV-cache block holds: K and V of `block_size` tokens over every layer."""
+    """Bytes one KV-cache block holds: K and V of `block_size` tokens over `num_layers` layers."""
     return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size() * block_size

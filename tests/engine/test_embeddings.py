@@ -32,7 +32,7 @@ def test_embeddings_equal_hugging_face(tiny_model, arch: str) -> None:
         assert abs(torch.tensor(vector).norm().item() - 1) < 1e-5
     # Again, now from the prefix cache: the same vectors.
     assert all(close(v, torch.tensor(w)) for v, w in zip(llm.embed(PROMPTS), vectors))
-    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
+    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_usable
 
 
 def test_embeddings_batched_with_generation(tiny_model) -> None:

@@ -27,7 +27,7 @@ def _assert_idle(llm: LLM) -> None:
     engine = llm.engine
     assert not engine.has_unfinished_requests()
     assert not engine.scheduler.running and not engine.scheduler.waiting
-    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_usable
 
 
 def test_seeded_sampling_does_not_depend_on_the_batch(llm: LLM) -> None:

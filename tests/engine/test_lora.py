@@ -109,7 +109,7 @@ def test_mixed_batches(setup, max_loras: int) -> None:
         c = finals[request_id].outputs[0]
         logprobs = [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)]
         assert_same([(c.token_ids, logprobs)], [expected[name][prompt]])
-    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_usable
 
 
 def test_bad_adapters_are_refused(setup, tmp_path) -> None:

@@ -66,7 +66,7 @@ def test_greedy_output_is_plain_decodings(cyclic: pathlib.Path, regime: str) -> 
     assert stats.accepted_tokens > 0.5 * stats.draft_tokens > 0, "periodic text: drafts are mostly right"
     # Fewer passes than tokens: several tokens came out of one pass.
     assert stats.verify_passes < sum(len(t) for t in got) - stats.accepted_tokens + 1
-    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
+    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_usable
     # Blocks filled through drafts were offered to the prefix cache with their real tokens: a rerun hits them.
     assert _tokens(llm, params) == got
 
@@ -104,7 +104,7 @@ def test_limits_and_stops_hold(cyclic: pathlib.Path, tiny_model) -> None:
         a, b = plain.generate(PROMPTS, params), spec.generate(PROMPTS, params)
         assert [(o.outputs[0].token_ids, o.outputs[0].text, o.outputs[0].finish_reason) for o in a] == \
             [(o.outputs[0].token_ids, o.outputs[0].text, o.outputs[0].finish_reason) for o in b]
-    assert spec.engine.block_manager.num_free_blocks == spec.engine.block_manager.num_blocks
+    assert spec.engine.block_manager.num_free_blocks == spec.engine.block_manager.num_usable
 
 
 def test_under_tensor_parallelism(cyclic: pathlib.Path) -> None:

@@ -77,7 +77,7 @@ def test_constrained_and_free_requests_share_a_batch(llm: LLM) -> None:
     assert mixed[1].outputs[0].token_ids == alone
     json.loads(mixed[0].outputs[0].text)
     assert not llm.engine.has_unfinished_requests()
-    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
+    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_usable
 
 
 @pytest.mark.parametrize("spec,message", [

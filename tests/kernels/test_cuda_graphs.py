@@ -59,11 +59,11 @@ def test_padded_rows_are_inert() -> None:
     eager = backend.forward(q, k, v, *eager_cache, meta, 0.2, None)
 
     static = StaticDecodeInputs(max_batch=8, max_blocks_per_seq=6, max_seq_len=64, device=DEVICE)
-    static.block_tables.fill_(10**6)  # stale entries from earlier steps must never be followed
+    static.block_tables[0].fill_(10**6)  # stale entries from earlier steps must never be followed
     ids, pos = torch.arange(3, device=DEVICE), torch.tensor(seq_lens, device=DEVICE) - 1
     static.fill(ids, pos, meta, 8)
     padded = static.meta(8)
-    assert static.input_ids[:3].tolist() == [0, 1, 2] and static.slot_mapping[3:].eq(-1).all()
+    assert static.input_ids[:3].tolist() == [0, 1, 2] and static.slot_mappings[0][3:].eq(-1).all()
     pad = lambda t: torch.cat([t, torch.randn(5, *t.shape[1:], generator=g).to(DEVICE)])  # noqa: E731
     out = backend.forward(pad(q), pad(k), pad(v), batch.k_cache, batch.v_cache, padded, 0.2, None)
     assert_close(out[:3], eager)
@@ -71,8 +71,27 @@ def test_padded_rows_are_inert() -> None:
     assert torch.equal(batch.k_cache, eager_cache[0]) and torch.equal(batch.v_cache, eager_cache[1])
 
 
+def test_each_kv_cache_group_gets_its_own_static_tables() -> None:
+    """Sliding-window groups (kv_cache_layout.py) replay with their own slots and block tables."""
+    tables = [torch.tensor([[1, 2], [3, 4]], dtype=torch.int32), torch.tensor([[0, 5], [6, 7]], dtype=torch.int32)]
+    slots = [torch.tensor([9, 17]), torch.tensor([21, 29])]
+    metas = [AttentionMetadata(
+        slot_mapping=s.to(DEVICE), query_start_loc=torch.arange(3, dtype=torch.int32, device=DEVICE),
+        seq_lens=torch.tensor([6, 8], dtype=torch.int32, device=DEVICE), block_tables=t.to(DEVICE), num_decodes=2,
+        max_query_len=1, max_seq_len=8, query_lens_host=[1, 1], seq_lens_host=[6, 8]) for s, t in zip(slots, tables)]
+    metas[0].groups = metas
+    static = StaticDecodeInputs(max_batch=4, max_blocks_per_seq=3, max_seq_len=64, device=DEVICE, num_groups=2)
+    static.fill(torch.arange(2, device=DEVICE), torch.tensor([5, 7], device=DEVICE), metas[0], 4)
+    padded = static.meta(4)
+    for g in range(2):
+        group = padded.for_group(g)
+        assert group.slot_mapping.tolist() == slots[g].tolist() + [-1, -1]
+        assert group.block_tables[:2, :2].tolist() == tables[g].tolist()
+        assert group.seq_lens.data_ptr() == padded.seq_lens.data_ptr()  # one static tensor for all
+
+
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen3_moe", "mixtral"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen3_moe", "mixtral", "gemma3"])
 def test_graph_replay_matches_eager_decoding(arch: str, tiny_model) -> None:
     """Same greedy tokens with decode graphs (including padded batch sizes) as launched kernel by kernel."""
     from pagoda.engine.cuda_graphs import DecodeCudaGraphs
