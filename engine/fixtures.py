@@ -448,13 +448,17 @@ def read_weights(model_dir: str | pathlib.Path) -> dict[str, torch.Tensor]:
     return {name: tensor for file in files for name, tensor in load_file(str(file)).items()}
 
 
-def write_variant(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, tensors: dict[str, torch.Tensor],
-                  **config_changes: Any) -> pathlib.Path:
+def write_variant(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path,
+                  tensors: dict[str, torch.Tensor] | None = None, **config_changes: Any) -> pathlib.Path:
     """`out_dir`: the model directory's files (config, tokenizer, generation config) with `tensors` as its
-    one safetensors file and `config_changes` applied to its config.json."""
+    one safetensors file (None: its own weights) and `config_changes` applied to its config.json."""
     out_dir = pathlib.Path(out_dir)
-    shutil.copytree(model_dir, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
-    save_file(tensors, str(out_dir / "model.safetensors"))
+    if tensors is None:
+        shutil.copytree(model_dir, out_dir)
+    else:
+        shutil.copytree(model_dir, out_dir,
+                        ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
+        save_file(tensors, str(out_dir / "model.safetensors"))
     config_path = out_dir / "config.json"
     _write_json(config_path, {**json.loads(config_path.read_text()), **config_changes})
     return out_dir

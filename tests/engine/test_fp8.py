@@ -4,15 +4,13 @@ formats the engine cannot serve are refused by name."""
 
 from __future__ import annotations
 
-import json
 import pathlib
-import shutil
 
 import pytest
 import torch
 
 from pagoda.engine.config import EngineConfig
-from pagoda.engine.fixtures import make_fp8_model
+from pagoda.engine.fixtures import make_fp8_model, write_variant
 from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.sampling_params import SamplingParams
@@ -77,10 +75,7 @@ def test_a_tensor_parallel_split_inside_an_expert_block_is_refused(fp8_model) ->
     {"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": [128, 128]},
 ])
 def test_unsupported_quantization_is_refused(tiny_model, tmp_path: pathlib.Path, quant: dict) -> None:
-    model = tmp_path / "model"
-    shutil.copytree(tiny_model("llama"), model)
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "quantization_config": quant}))
+    model = write_variant(tiny_model("llama"), tmp_path / "m", quantization_config=quant)
     with pytest.raises(ValueError, match=f"quantization '{quant['quant_method']}.*is not supported"):
         load_model_config(model)
 

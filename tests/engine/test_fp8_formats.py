@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pagoda.engine.fixtures import make_fp8_model
+from pagoda.engine.fixtures import make_fp8_model, write_variant
 from pagoda.engine.layers.fp8 import WHOLE
 from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import load_model_config
@@ -82,11 +81,9 @@ def test_compressed_tensors_reads_the_fixtures_as_their_dequantized_twins(fp8_ch
     weights (its activations left unquantized, as pagoda serves them), so the fixtures are the
     format's meaning rather than ours."""
     packed, plain = fp8_checkpoint("llama", CT, strategy)
-    weight_only = tmp_path / "weight-only"
-    shutil.copytree(packed, weight_only)
-    config = json.loads((weight_only / "config.json").read_text())
-    config["quantization_config"]["config_groups"]["group_0"]["input_activations"] = None
-    (weight_only / "config.json").write_text(json.dumps(config))
+    quant = json.loads((packed / "config.json").read_text())["quantization_config"]
+    quant["config_groups"]["group_0"]["input_activations"] = None
+    weight_only = write_variant(packed, tmp_path / "weight-only", quantization_config=quant)
     ids = torch.tensor([PROMPTS[0]])
     logits = [AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)(ids).logits for path in (weight_only, plain)]
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
@@ -116,9 +113,6 @@ def _float_scheme(**weights: object) -> dict:
 ])
 def test_fp8_schemes_that_cannot_be_served_are_refused_by_name(tiny_model, tmp_path, quant: dict,
                                                                 message: str) -> None:
-    model = tmp_path / "m"
-    shutil.copytree(tiny_model("llama"), model)
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "quantization_config": quant}))
+    model = write_variant(tiny_model("llama"), tmp_path / "m", quantization_config=quant)
     with pytest.raises(ValueError, match=message):
         load_model_config(model)

@@ -4,13 +4,12 @@ weights dequantized, under tensor parallelism too; what cannot be served is refu
 
 from __future__ import annotations
 
-import json
 import pathlib
-import shutil
 
 import pytest
 import torch
 
+from pagoda.engine.fixtures import write_variant
 from pagoda.engine.int_quant_fixtures import make_int_quant_model
 from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import load_model_config
@@ -134,10 +133,7 @@ def test_online_quantization_of_a_quantized_checkpoint_is_refused(quantized) -> 
     ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "'bitsandbytes' is not supported"),
 ])
 def test_formats_that_cannot_be_served_are_refused_by_name(tiny_model, tmp_path, quant, message) -> None:
-    model = tmp_path / "m"
-    shutil.copytree(tiny_model("llama"), model)
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "quantization_config": quant}))
+    model = write_variant(tiny_model("llama"), tmp_path / "m", quantization_config=quant)
     with pytest.raises(ValueError, match=message):
         load_model_config(model)
 
