@@ -11,7 +11,8 @@ Parts, in order (default: all):
   moe               bench.gpu_moe (the fused MoE kernel on Qwen3-30B-A3B and Mixtral layers)
   fp8               bench.gpu_weight_only fp8 and fp8_channel (the FP8 weight GEMM, block and
                     per-channel scales, against cuBLAS bf16)
-  int4              bench.gpu_weight_only int4 (the 4-bit GPTQ/AWQ weight GEMM against cuBLAS bf16)
+  int4              bench.gpu_weight_only int4 and nf4 (the 4-bit GPTQ/AWQ weight GEMM, and with
+                    bitsandbytes' NF4 codebook, against cuBLAS bf16)
   throughput        bench.gpu_throughput (both models; the longest part)
 
 Each part runs in its own process, so one failing leaves the others' results;
@@ -60,7 +61,8 @@ def run_tests() -> None:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU",
         "kernel_tests": _pytest("kernel_tests", ["tests/kernels"]),
         "hf_parity_tests": _pytest("hf_parity_tests", ["tests/engine/test_hf_parity.py", "tests/engine/test_fp8.py",
-                                                       "tests/engine/test_fp8_formats.py", "tests/engine/test_int_quant.py"]),
+                                                       "tests/engine/test_fp8_formats.py", "tests/engine/test_int_quant.py",
+                                                       "tests/engine/test_bnb.py"]),
     }
     (RESULTS / "gpu_tests.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -86,7 +88,7 @@ def main() -> None:
         "decode_step": lambda: _module("bench.gpu_decode_step"),
         "moe": lambda: _module("bench.gpu_moe"),
         "fp8": lambda: (_module("bench.gpu_weight_only", "fp8"), _module("bench.gpu_weight_only", "fp8_channel")),
-        "int4": lambda: _module("bench.gpu_weight_only", "int4"),
+        "int4": lambda: (_module("bench.gpu_weight_only", "int4"), _module("bench.gpu_weight_only", "nf4")),
         "throughput": lambda: _module("bench.gpu_throughput"),
     }
     for part in args.parts or PARTS:

@@ -14,6 +14,7 @@ of the measured copy bandwidth (target: 80 % at decode sizes).
     python -m bench.gpu_weight_only fp8           # -> bench/results/gpu_fp8.json
     python -m bench.gpu_weight_only fp8_channel   # -> bench/results/gpu_fp8_channel.json
     python -m bench.gpu_weight_only int4          # -> bench/results/gpu_int4.json
+    python -m bench.gpu_weight_only nf4           # -> bench/results/gpu_nf4.json
 """
 
 from __future__ import annotations
@@ -56,10 +57,28 @@ def _int4(weight: torch.Tensor) -> Quantized:
     return gemm, dense, qweight.numel() * 4 + scales.numel() * 2 + zeros.numel()
 
 
+# bitsandbytes' NF4 codebook (its quant_map): normal quantiles scaled to [-1, 1].
+NF4 = torch.tensor([-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0, 0.0796, 0.1609, 0.2461, 0.3379,
+                    0.4407, 0.5626, 0.7230, 1.0])
+
+
+def _nf4(weight: torch.Tensor) -> Quantized:
+    """The same for bitsandbytes' NF4: blocks of 64 along K, fp32 absmax, each value the nearest code."""
+    n, k = weight.shape
+    scales = weight.view(n, k // 64, 64).abs().amax(-1).clamp_min(1e-8)
+    ints = torch.bucketize(weight / scales.repeat_interleave(64, 1), (NF4[1:] + NF4[:-1]) / 2)  # nearest code
+    qweight, scales, code = pack_along_rows(ints, 4).cuda(), scales.cuda(), NF4.cuda()
+    zeros = torch.zeros(n, k // 64, dtype=torch.uint8, device="cuda")
+    dense = reference.int_dequantize(qweight, scales, zeros, None, 4, 64, code).to(torch.bfloat16)
+    gemm = lambda x: int_linear(x, qweight, scales, zeros, None, 4, 64, codebook=code)  # noqa: E731
+    return gemm, dense, qweight.numel() * 4 + scales.numel() * 4
+
+
 FORMATS = {
     "fp8": (functools.partial(_fp8, FP8_BLOCK), "fp8_block (128, 128)", 0.5),
     "fp8_channel": (functools.partial(_fp8, (1, WHOLE)), "fp8, one scale per output channel", 0.5),
     "int4": (_int4, f"int4, groups of {INT_GROUP}, zero points", 0.25),
+    "nf4": (_nf4, "bitsandbytes nf4, blocks of 64, fp32 absmax", 0.25),
 }
 
 

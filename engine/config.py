@@ -14,7 +14,7 @@ SCHEDULING_POLICIES = ("fcfs", "priority")
 # vLLM's --quantization names of checkpoint formats (its marlin kernels' names included), each the
 # quant_method it requires of the checkpoint; "fp8" alone quantizes at load.
 CHECKPOINT_QUANTIZATIONS = {"gptq": "gptq", "gptq_marlin": "gptq", "awq": "awq", "awq_marlin": "awq",
-                            "compressed-tensors": "compressed-tensors"}
+                            "compressed-tensors": "compressed-tensors", "bitsandbytes": "bitsandbytes"}
 QUANTIZATIONS = ("fp8", *CHECKPOINT_QUANTIZATIONS)
 # vLLM's --kv-cache-dtype values: "auto" keeps the model's dtype; "fp8" is fp8_e4m3.
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
@@ -58,7 +58,8 @@ class EngineConfig:
     max_lora_rank: int = 16
     # "fp8": projections held in FP8 (block scales of 128 x 128): quantized at load from a full-precision
     # checkpoint, or as an FP8 checkpoint stores them. None: as the checkpoint stores them. A checkpoint
-    # format's name (gptq, awq, compressed-tensors, or vLLM's gptq_marlin, awq_marlin) asserts the checkpoint's.
+    # format's name (gptq, awq, compressed-tensors, bitsandbytes, or vLLM's gptq_marlin, awq_marlin) asserts
+    # the checkpoint's.
     quantization: str | None = None
     # Speculative decoding, as vLLM's speculative_config: {"method": "ngram", "num_speculative_tokens": k,
     # "prompt_lookup_max": 4, "prompt_lookup_min": 1}; parsed into a SpeculativeConfig.

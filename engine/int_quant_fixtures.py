@@ -121,3 +121,31 @@ def make_int_quant_model(
     write_variant(model_dir, dequantized_dir, plain)
     return write_variant(model_dir, out_dir, packed,
                          quantization_config=_config(method, bits, group_size, symmetric, act_order, gptq_v1))
+
+
+def make_bnb_model(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, dequantized_dir: str | pathlib.Path,
+                   quant_type: str = "nf4", double_quant: bool = True) -> pathlib.Path:
+    """The fixture model in `model_dir` as a bitsandbytes 4-bit checkpoint, written by transformers
+    and bitsandbytes themselves (`load_in_4bit`, then `save_pretrained`): the format as its tools
+    produce it; and in `dequantized_dir` the plain checkpoint of the weights bitsandbytes' own
+    `dequantize_4bit` reads out of it. (transformers' 4-bit forward on the CPU rounds beyond fp32,
+    so the twin, not the quantized model, is the reference to compare with.)"""
+    import bitsandbytes.functional as bnb
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=config, dtype=torch.float32,
+                                                 device_map="cpu")
+    out_dir = pathlib.Path(out_dir)
+    model.save_pretrained(out_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (pathlib.Path(model_dir) / name).exists() and not (out_dir / name).exists():
+            (out_dir / name).write_bytes((pathlib.Path(model_dir) / name).read_bytes())
+    plain = read_weights(model_dir)
+    for name, module in model.named_modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None:
+            plain[f"{name}.weight"] = bnb.dequantize_4bit(module.weight.data, state).to(plain[f"{name}.weight"].dtype)
+    write_variant(model_dir, dequantized_dir, plain)
+    return out_dir

@@ -255,24 +255,29 @@ def int_unpack(qweight: torch.Tensor, bits: int) -> torch.Tensor:
 
 def int_dequantize(
     qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor | None, bits: int,
-    group_size: int,
+    group_size: int, codebook: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The real weight (fp32) [N, K] of integer weights: (q - zero) * scale of the column's group,
-    the group being g_idx[k] where given (GPTQ's act-order), else k // group_size."""
+    the group being g_idx[k] where given (GPTQ's act-order), else k // group_size; with a
+    `codebook` (bitsandbytes' NF4 or FP4 values), codebook[q] * scale, zeros unused."""
     q = int_unpack(qweight, bits)
     k = q.shape[1]
     groups = g_idx.long() if g_idx is not None else torch.arange(k, device=q.device) // group_size
-    return (q.float() - zeros.float()[:, groups]) * scales.float()[:, groups]
+    values = codebook.float()[q.long()] if codebook is not None else q.float() - zeros.float()[:, groups]
+    return values * scales.float()[:, groups]
 
 
 def int_linear(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor | None,
-    bits: int, group_size: int, bias: torch.Tensor | None = None,
+    bits: int, group_size: int, bias: torch.Tensor | None = None, codebook: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x [.., K] @ dequantized weight [N, K]^T (+ bias), in x's dtype: weight-only integer
-    quantization (GPTQ, AWQ, compressed-tensors' W4A16 and W8A16), activations unquantized.
+    quantization (GPTQ, AWQ, compressed-tensors' W4A16 and W8A16; bitsandbytes' 4-bit), activations
+    unquantized.
 
     qweight: int32 [N, K * bits / 32]; scales: [N, G] (any float dtype); zeros: uint8 [N, G],
-    unsigned like the weights (2 ** (bits - 1) for symmetric schemes); g_idx: int32 [K] or None.
+    unsigned like the weights (2 ** (bits - 1) for symmetric schemes); g_idx: int32 [K] or None;
+    codebook: fp32 [2 ** bits], the value each integer stands for, or None (affine).
     """
-    return F.linear(x, int_dequantize(qweight, scales, zeros, g_idx, bits, group_size).to(x.dtype), bias)
+    weight = int_dequantize(qweight, scales, zeros, g_idx, bits, group_size, codebook)
+    return F.linear(x, weight.to(x.dtype), bias)

@@ -1,5 +1,5 @@
-"""Weight-only integer quantization (GPTQ, AWQ, compressed-tensors W4A16/W8A16): the layout the
-linear layers hold, and packing into it.
+"""Weight-only integer quantization (GPTQ, AWQ, compressed-tensors W4A16/W8A16, bitsandbytes 4-bit):
+the layout the linear layers hold, and packing into it.
 
 Whatever the checkpoint's format, a quantized projection is held as:
 - `qweight`: int32 [N, K * bits / 32], unsigned integers packed along K, the lowest bits first;
@@ -7,7 +7,9 @@ Whatever the checkpoint's format, a quantized projection is held as:
 - `zeros`: uint8 [N, G], zero points in the weights' unsigned domain (2 ** (bits - 1) when the
   scheme is symmetric);
 - `g_idx`: int32 [K], each input column's group, only for GPTQ's act-order (otherwise column k
-  is in group k // group_size).
+  is in group k // group_size);
+- `codebook`: fp32 [2 ** bits], only for bitsandbytes (NF4, FP4): the value each integer stands
+  for, scaled by its group's absmax (`scales`), zero points unused.
 `pagoda.engine.models.quant_formats` turns each checkpoint format into it while loading.
 """
 
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from pagoda.engine.layers.weights import copy_into, read_full
 from pagoda.kernels import ops
 
 SUPPORTED_BITS = (4, 8)
@@ -31,7 +35,8 @@ class IntQuantConfig:
     `group_size` -1 means one group per output row (channel-wise); `act_order` that GPTQ ordered
     the columns by importance, so groups are given per column (g_idx); `zero_offset` is what a
     stored zero point lacks (GPTQ's original format stores zero - 1); `stored_zeros` is off for
-    compressed-tensors' symmetric schemes, which store none (every zero is 2 ** (bits - 1)).
+    compressed-tensors' symmetric schemes, which store none (every zero is 2 ** (bits - 1));
+    `codebook` that the integers index a table of values (bitsandbytes) rather than being affine.
     """
 
     method: str
@@ -40,6 +45,7 @@ class IntQuantConfig:
     act_order: bool = False
     stored_zeros: bool = True
     zero_offset: int = 0
+    codebook: bool = False
 
     def groups(self, in_features: int) -> tuple[int, int]:
         """(group size, group count) of a weight with `in_features` columns."""
@@ -129,9 +135,15 @@ class IntQuantCapable:
             self.register_buffer(  # type: ignore[attr-defined]
                 "zeros", torch.full((rows, groups), 1 << (cfg.bits - 1), dtype=torch.uint8, device=device))
         self.g_idx = _param((cols,), torch.int32, device, loaders["g_idx"]) if cfg.act_order else None
+        self.codebook = _param((1 << cfg.bits,), torch.float32, device, load_whole) if cfg.codebook else None
 
     def project(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.int_quant is None:
             return super().project(x, bias)  # type: ignore[misc]
         return ops.int_linear(x, self.qweight, self.scales, self.zeros, self.g_idx, self.int_quant.bits,
-                              self.int_group_size, bias)
+                              self.int_group_size, bias, self.codebook)
+
+
+def load_whole(param: nn.Parameter, src: Any, *shard: Any) -> None:
+    """A tensor every rank, and every part of a fused projection, holds alike (a codebook, GPTQ's g_idx)."""
+    copy_into(param, read_full(src))

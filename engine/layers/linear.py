@@ -17,7 +17,7 @@ from torch import nn
 
 from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
 from pagoda.engine.layers.fp8 import Fp8Capable, block_span, read_scales
-from pagoda.engine.layers.int_quant import IntQuantCapable, IntQuantConfig
+from pagoda.engine.layers.int_quant import IntQuantCapable, IntQuantConfig, load_whole
 from pagoda.engine.layers.weights import copy_into, read_full, read_shard
 
 if TYPE_CHECKING:
@@ -91,12 +91,8 @@ class ColumnParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
         (the parts of a fused projection share their input, hence GPTQ's column order)."""
         cfg.check_words(self.in_features)
         group_size, groups = cfg.groups(self.in_features)
-
-        def whole(param: nn.Parameter, src: Any, shard_id: Any = None) -> None:
-            copy_into(param, read_full(src))
-
         loaders = {"qweight": self.weight_loader, "scales": self.weight_loader, "zeros": self.weight_loader,
-                   "g_idx": whole}
+                   "g_idx": load_whole}
         self.hold_int_weights(cfg, (self.out_features_per_rank, self.in_features), groups, group_size, scale_dtype,
                               loaders)
 

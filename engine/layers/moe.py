@@ -115,8 +115,9 @@ class FusedMoE(nn.Module):
         """Holds every expert's weights as packed integers with group scales and zeros (GPTQ, AWQ or
         compressed-tensors experts, e.g. Qwen3-30B-A3B-GPTQ-Int4); this rank's share of each expert's
         intermediate columns must be whole groups."""
-        if cfg.act_order:
-            raise ValueError(f"{cfg.method} experts with act-order (desc_act, g_idx) are not supported")
+        if cfg.act_order or cfg.codebook:
+            raise ValueError(f"{cfg.method} experts with {'act-order (desc_act, g_idx)' if cfg.act_order else 'a codebook'}"
+                             " are not supported")
         hidden, size = self.w2.shape[1], self.per_rank
         cfg.check_words(hidden)
         cfg.check_words(size)

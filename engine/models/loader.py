@@ -22,8 +22,17 @@ from pagoda.engine.layers.attention import Attention
 from pagoda.engine.layers.weights import default_weight_loader, read_full
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.fp8_formats import Fp8Config
+from pagoda.engine.models.bnb_format import BitsAndBytesFormat
 from pagoda.engine.models.quant_formats import CheckpointFormat
 from pagoda.engine.models.registry import model_class
+
+IntCheckpointFormat = CheckpointFormat | BitsAndBytesFormat
+
+
+def int_checkpoint_format(config: IntQuantConfig) -> IntCheckpointFormat:
+    """The reader of an integer-quantized checkpoint's tensors."""
+    return BitsAndBytesFormat(config) if config.method == "bitsandbytes" else CheckpointFormat(config)
+
 
 # Tensors some checkpoints carry that are recomputed here, never loaded.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -67,31 +76,27 @@ def _module_of(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+def _projection(model: nn.Module, ours: str, name: str, capability: str, what: str) -> nn.Module:
+    """Our module holding quantized checkpoint tensor `name` (`ours` as we spell it); ValueError
+    unless it can hold `what` weights (has `capability`)."""
+    module = _module_of(model, ours)
+    if not hasattr(module, capability):
+        raise ValueError(f"checkpoint tensor {name!r}: {what} weights are served for attention, MLP and expert "
+                         "projections only (not for embeddings or heads)")
+    return module
 
 
-def use_int_weights(model: nn.Module, path: Path, fmt: CheckpointFormat) -> None:
+def use_int_weights(model: nn.Module, path: Path, fmt: IntCheckpointFormat) -> None:
     """Makes every projection the checkpoint stores as packed integers hold them (checkpoints keep
-    some layers, e.g. the LM head, at full precision), with scales in the checkpoint's dtype."""
+    some layers, e.g. the LM head, at full precision), with scales in the dtype the format gives."""
     ignored = getattr(model, "ignored_checkpoint_prefixes", ())
-    for file in checkpoint_files(path):
-        with safe_open(str(file), framework="pt") as f:
-            scale_dtypes = {name.rpartition(".")[0]: f.get_slice(name).get_dtype()
-                            for name in f.keys() if name.endswith("." + fmt.scale_suffix)}
-            names = list(f.keys())
-        for name in names:
-            converted = fmt.canonical(name, None) if not name.startswith(ignored) else None
-            if converted is None or not converted[0].endswith(".qweight"):
-                continue
-            module = _module_of(model, converted[0])
-            if not hasattr(module, "use_int_quant"):
-                raise ValueError(f"checkpoint tensor {name!r}: {fmt.config.method} weights are served for attention, "
-                                 "MLP and expert projections only (not for embeddings or heads)")
-            if module.int_quant is None:
-                stored = scale_dtypes.get(name.rpartition(".")[0])
-                if stored not in _SAFETENSORS_DTYPES:
-                    raise ValueError(f"checkpoint tensor {name!r}: no floating-point {fmt.scale_suffix} beside it")
-                module.use_int_quant(fmt.config, _SAFETENSORS_DTYPES[stored])
+    fmt.prepare(checkpoint_files(path))
+    for name, scale_dtype in fmt.quantized_modules().items():
+        if name.startswith(ignored):
+            continue
+        module = _projection(model, fmt.canonical(name, None)[0], name, "use_int_quant", fmt.config.method)
+        if module.int_quant is None:
+            module.use_int_quant(fmt.config, scale_dtype)
 
 
 def use_fp8_weights(model: nn.Module, path: Path, config: Fp8Config) -> None:
@@ -104,10 +109,7 @@ def use_fp8_weights(model: nn.Module, path: Path, config: Fp8Config) -> None:
         for name in names:
             if not name.endswith("." + config.scale_name) or name.startswith(ignored):
                 continue
-            module = _module_of(model, config.canonical(name, None)[0])
-            if not hasattr(module, "use_fp8"):
-                raise ValueError(f"checkpoint tensor {name!r}: FP8 weights are served for attention, MLP and "
-                                 "expert projections only (not for embeddings or heads)")
+            module = _projection(model, config.canonical(name, None)[0], name, "use_fp8", "FP8")
             if module.fp8_block is None:
                 module.use_fp8(config.block)
 
@@ -135,7 +137,7 @@ def _set_kv_cache_scale(model: nn.Module, name: str, src: Any) -> bool:
     return True
 
 
-def load_weights(model: nn.Module, path: Path, fmt: CheckpointFormat | Fp8Config | None = None) -> None:
+def load_weights(model: nn.Module, path: Path, fmt: IntCheckpointFormat | Fp8Config | None = None) -> None:
     """Places every checkpoint tensor (read through `fmt` for a quantized checkpoint)."""
     params = dict(model.named_parameters(remove_duplicate=False))
     generates = getattr(model, "generates", True)
@@ -185,7 +187,7 @@ def build_model(cfg: ModelConfig, device: torch.device, quantization: str | None
         quantization = None
     if quantization in CHECKPOINT_QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r} names the checkpoint's format, but {cfg.path} is not quantized")
-    fmt = CheckpointFormat(cfg.quantization) if isinstance(cfg.quantization, IntQuantConfig) else cfg.quantization
+    fmt = int_checkpoint_format(cfg.quantization) if isinstance(cfg.quantization, IntQuantConfig) else cfg.quantization
     old = torch.get_default_dtype()
     torch.set_default_dtype(cfg.dtype)
     try:

@@ -14,10 +14,12 @@ so tensor parallelism still reads each rank's shard alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from pagoda.engine.layers.int_quant import SUPPORTED_BITS, IntQuantConfig, pack_along_rows
 from pagoda.engine.layers.weights import source_shape
@@ -87,16 +89,36 @@ class _Packed:
         return pack_along_rows(self.src[rows, words.start * self.per_word : words.stop * self.per_word], self.bits)
 
 
-@dataclass(frozen=True)
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+
+@dataclass
 class CheckpointFormat:
-    """How one format names and lays out a quantized projection's tensors."""
+    """How one format names and lays out a quantized projection's tensors; `prepare` finds the
+    quantized projections (checkpoints keep some layers, e.g. the LM head, at full precision)."""
 
     config: IntQuantConfig
+    # Checkpoint name of each quantized projection's packed weight -> the dtype of its scales.
+    modules: dict[str, torch.dtype] = field(default_factory=dict)
 
-    @property
-    def scale_suffix(self) -> str:
-        """The checkpoint suffix of a projection's scales (whose dtype the layer keeps)."""
-        return "weight_scale" if self.config.method == "compressed-tensors" else "scales"
+    def prepare(self, files: list[Path]) -> None:
+        suffix = "weight_scale" if self.config.method == "compressed-tensors" else "scales"
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                scale_dtypes = {name.rpartition(".")[0]: f.get_slice(name).get_dtype()
+                                for name in f.keys() if name.endswith("." + suffix)}
+                for name in f.keys():
+                    converted = self.canonical(name, None)
+                    if converted is None or not converted[0].endswith(".qweight"):
+                        continue
+                    stored = scale_dtypes.get(name.rpartition(".")[0])
+                    if stored not in _SAFETENSORS_DTYPES:
+                        raise ValueError(f"checkpoint tensor {name!r}: no floating-point {suffix} beside it")
+                    self.modules[name] = _SAFETENSORS_DTYPES[stored]
+
+    def quantized_modules(self) -> dict[str, torch.dtype]:
+        """Checkpoint name of every quantized projection's packed weight, and the dtype of its scales."""
+        return self.modules
 
     def canonical(self, name: str, src: Any) -> tuple[str, Any] | None:
         """(our name, source in our layout) of a checkpoint tensor; None for one we do not need;

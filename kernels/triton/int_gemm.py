@@ -3,7 +3,8 @@
 GPTQ, AWQ and compressed-tensors checkpoints all reduce, once loaded, to
 one layout: unsigned integers packed along K into int32 words (row n, word
 k // (32 / bits), bits (k % (32 / bits)) * bits), and a scale and a zero point
-per (row, group). A decode step streams every weight once, so 4-bit weights
+per (row, group). bitsandbytes' 4-bit weights (NF4, FP4) are the same words
+whose values index a 16-entry codebook instead: w = codebook[q] * scale. A decode step streams every weight once, so 4-bit weights
 move a quarter of bf16's bytes; each tile is unpacked and scaled on its way
 to the tensor cores, never written out at full width. Where a K tile lies in
 one group (groups of 128, tiles of 64 or 128, no act-order), a tile needs one
@@ -23,14 +24,15 @@ from pagoda.kernels.triton.launch import exact_dot
 
 @triton.jit
 def dequantize_tile(
-    q_ptrs, s_rows, z_rows, g_ptr, k0, k, offs_k, offs_w, n_in,
+    q_ptrs, s_rows, z_rows, g_ptr, c_ptr, k0, k, offs_k, offs_w, n_in,
     BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_G_IDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    CODEBOOK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The fp32 weights [BLOCK_K, BLOCK_N] of the K tile at k0: words [BLOCK_K / PER_WORD, BLOCK_N] at
     q_ptrs, each loaded once and split into its values (K-consecutive as packed), less their zero
-    points, times their scales (rows s_rows, z_rows); the group of a column is g_idx's (HAS_G_IDX),
-    or k // GROUP_SIZE, one per tile when ONE_GROUP_PER_TILE."""
+    points (or looked up in the codebook at c_ptr, CODEBOOK), times their scales (rows s_rows,
+    z_rows); the group of a column is g_idx's (HAS_G_IDX), or k // GROUP_SIZE, one per tile when
+    ONE_GROUP_PER_TILE."""
     PER_WORD: tl.constexpr = 32 // BITS
     kk = k0 + offs_k
     k_in = kk < k
@@ -49,14 +51,17 @@ def dequantize_tile(
         group = (kk // GROUP_SIZE)[:, None]
         scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
         zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
+    if CODEBOOK:  # 16 entries: a gather that stays in L1
+        return tl.load(c_ptr + q).to(tl.float32) * scale
     return (q - zero).to(tl.float32) * scale
 
 
 @triton.jit
 def _int_linear_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, g_ptr, out_ptr, m, n, k, stride_xm, stride_qn, stride_sn, stride_zn, stride_om,
-    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_G_IDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
-    EXACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr, q_ptr, s_ptr, z_ptr, g_ptr, c_ptr, out_ptr, m, n, k, stride_xm, stride_qn, stride_sn, stride_zn,
+    stride_om, BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_G_IDX: tl.constexpr,
+    ONE_GROUP_PER_TILE: tl.constexpr, CODEBOOK: tl.constexpr, EXACT: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_K // (32 // BITS)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -71,8 +76,8 @@ def _int_linear_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, k, BLOCK_K):
         a = tl.load(x_ptrs, mask=m_in[:, None] & (offs_k < k - k0)[None, :], other=0.0)
-        w = dequantize_tile(q_ptrs, s_rows, z_rows, g_ptr, k0, k, offs_k, offs_w, n_in, BITS, GROUP_SIZE, HAS_G_IDX,
-                            ONE_GROUP_PER_TILE, BLOCK_K, BLOCK_N)
+        w = dequantize_tile(q_ptrs, s_rows, z_rows, g_ptr, c_ptr, k0, k, offs_k, offs_w, n_in, BITS, GROUP_SIZE,
+                            HAS_G_IDX, ONE_GROUP_PER_TILE, CODEBOOK, BLOCK_K, BLOCK_N)
         acc = mma(a, w.to(x_ptr.dtype.element_ty), acc, EXACT)
         x_ptrs += BLOCK_K
         q_ptrs += WORDS
@@ -82,7 +87,7 @@ def _int_linear_kernel(
 
 def int_linear(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor | None,
-    bits: int, group_size: int, bias: torch.Tensor | None = None,
+    bits: int, group_size: int, bias: torch.Tensor | None = None, codebook: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.int_linear`."""
     n = qweight.shape[0]
@@ -98,10 +103,11 @@ def int_linear(
     if m:
         grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
         _int_linear_kernel[grid](
-            x2, qweight, scales, zeros, g_idx if g_idx is not None else qweight, out, m, n, k,
+            x2, qweight, scales, zeros, g_idx if g_idx is not None else qweight,
+            codebook if codebook is not None else scales, out, m, n, k,
             x2.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0), out.stride(0),
             BITS=bits, GROUP_SIZE=group_size, HAS_G_IDX=g_idx is not None,
-            ONE_GROUP_PER_TILE=group_size % block_k == 0, EXACT=exact_dot(x.dtype),
+            ONE_GROUP_PER_TILE=group_size % block_k == 0, CODEBOOK=codebook is not None, EXACT=exact_dot(x.dtype),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
         )
     out = out.view(*x.shape[:-1], n)

@@ -71,8 +71,9 @@ def _moe_gemm_kernel(
         k_in = offs_k < k - k0
         a = tl.load(a_ptrs, mask=valid[:, None] & k_in[None, :], other=0.0)
         if INT_BITS:
-            w = dequantize_tile(w_ptrs, s_rows, z_rows, s_ptr, k0, k, offs_k, offs_w, n_in, INT_BITS, GROUP_SIZE,
-                                False, GROUP_SIZE % BLOCK_K == 0, BLOCK_K, BLOCK_N).to(a_ptr.dtype.element_ty)
+            w = dequantize_tile(w_ptrs, s_rows, z_rows, s_ptr, s_ptr, k0, k, offs_k, offs_w, n_in, INT_BITS,
+                                GROUP_SIZE, False, GROUP_SIZE % BLOCK_K == 0, False, BLOCK_K,
+                                BLOCK_N).to(a_ptr.dtype.element_ty)
             w_ptrs += WORDS
         else:
             w = tl.load(w_ptrs, mask=k_in[:, None] & n_in[None, :], other=0.0)

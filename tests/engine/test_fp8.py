@@ -70,7 +70,7 @@ def test_a_tensor_parallel_split_inside_an_expert_block_is_refused(fp8_model) ->
 
 
 @pytest.mark.parametrize("quant", [
-    {"quant_method": "bitsandbytes", "load_in_4bit": True},
+    {"quant_method": "gguf"},
     {"quant_method": "hqq", "nbits": 4},
     {"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": [128, 128]},
 ])

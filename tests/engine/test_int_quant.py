@@ -130,7 +130,8 @@ def test_online_quantization_of_a_quantized_checkpoint_is_refused(quantized) -> 
     ({"quant_method": "compressed-tensors", "format": "pack-quantized",
       "config_groups": {"g": {"weights": {"num_bits": 4, "strategy": "group", "group_size": 128},
                               "input_activations": {"num_bits": 8}}}}, "quantized activations"),
-    ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "'bitsandbytes' is not supported"),
+    ({"quant_method": "bitsandbytes", "load_in_8bit": True}, "bitsandbytes 8-bit"),
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_storage": "bfloat16"}, "stored as"),
 ])
 def test_formats_that_cannot_be_served_are_refused_by_name(tiny_model, tmp_path, quant, message) -> None:
     model = write_variant(tiny_model("llama"), tmp_path / "m", quantization_config=quant)

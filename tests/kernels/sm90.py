@@ -155,6 +155,12 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
         call("int8_linear-t1", lambda: kernels.int_linear(
             torch.empty(1, 14336, dtype=torch.bfloat16), torch.empty(4096, 14336 // 4, dtype=torch.int32),
             torch.empty(4096, 1, dtype=torch.bfloat16), torch.empty(4096, 1, dtype=torch.uint8), None, 8, 14336))
+        # bitsandbytes NF4: blocks of 64 with fp32 absmax, values through the 16-entry codebook.
+        for tokens in (1, 64):
+            call(f"nf4_linear-t{tokens}", lambda: kernels.int_linear(
+                torch.empty(tokens, 14336, dtype=torch.bfloat16), torch.empty(4096, 14336 // 8, dtype=torch.int32),
+                torch.empty(4096, 224), torch.empty(4096, 224, dtype=torch.uint8), None, 4, 64,
+                codebook=torch.empty(16)))
         # Qwen3-30B-A3B's expert shapes (8 of its 128 experts), at decode and at prefill tile sizes.
         for dtype, tokens in [(torch.bfloat16, 4), (torch.bfloat16, 300), (torch.float32, 4)]:
             w13, w2 = torch.empty(8, 2 * 768, 2048, dtype=dtype), torch.empty(8, 2048, 768, dtype=dtype)

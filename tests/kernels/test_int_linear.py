@@ -91,3 +91,29 @@ def test_group_quantization_round_trips_within_a_step(bits: int, symmetric: bool
     back = reference.int_dequantize(pack_along_rows(q, bits), scales, zeros, None, bits, 16)
     step = scales.repeat_interleave(16, dim=1)
     assert ((back - weight).abs() <= step / 2 + 1e-6).all()
+
+
+# bitsandbytes' NF4 values (its `quant_map`): normal-distribution quantiles scaled to [-1, 1].
+NF4 = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                    0.7229568362236023, 1.0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 4, 33])
+def test_codebook_weights_match_reference(rows: int, dtype: torch.dtype) -> None:
+    """bitsandbytes' 4-bit weights: each integer indexes the codebook, scaled by its group's absmax
+    (blocks of 64), at decode and prefill tile sizes; a wrong lookup would not pass for the affine one."""
+    g = torch.Generator().manual_seed(rows)
+    n, k = 96, 320
+    q = torch.randint(0, 16, (n, k), generator=g)
+    scales = torch.rand(n, k // 64, generator=g) + 0.5
+    zeros = torch.full((n, k // 64), 8, dtype=torch.uint8)
+    weights = (pack_along_rows(q, 4).to(DEVICE), scales.to(DEVICE), zeros.to(DEVICE), None, 4, 64)
+    x = torch.randn(rows, k, generator=g).to(DEVICE, dtype)
+    codebook = NF4.to(DEVICE)
+    got = kernels.int_linear(x, *weights, codebook=codebook)
+    assert_close(got, reference.int_linear(x, *weights, codebook=codebook))
+    expected = x.float() @ (NF4[q] * scales.repeat_interleave(64, dim=1)).to(DEVICE).T
+    assert_close(got, expected.to(dtype))
