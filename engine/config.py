@@ -15,6 +15,8 @@ SCHEDULING_POLICIES = ("fcfs", "priority")
 # quant_method it requires of the checkpoint; "fp8" alone quantizes at load.
 CHECKPOINT_QUANTIZATIONS = {"gptq": "gptq", "gptq_marlin": "gptq", "awq": "awq", "awq_marlin": "awq",
                             "compressed-tensors": "compressed-tensors", "bitsandbytes": "bitsandbytes"}
+# Quantizations applied at load to a full-precision checkpoint (any checkpoint format names its own).
+ONLINE_QUANTIZATIONS = ("fp8", "bitsandbytes")
 QUANTIZATIONS = ("fp8", *CHECKPOINT_QUANTIZATIONS)
 # vLLM's --kv-cache-dtype values: "auto" keeps the model's dtype; "fp8" is fp8_e4m3.
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,

@@ -158,8 +158,8 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("scheduling-policy", str, "fcfs, or priority: requests' priority field orders waiting and preemption",
           SCHEDULING_POLICIES, _ENGINE + "scheduling_policy"),
     _Flag("quantization", str, "fp8: hold the projections in FP8 with 128x128 block scales (quantized at load "
-          "from a bf16 checkpoint; FP8 checkpoints are served as FP8 either way); gptq, awq, compressed-tensors, "
-          "bitsandbytes (or gptq_marlin, awq_marlin): check that the checkpoint is so quantized (it is served so either way)",
+          "from a bf16 checkpoint; FP8 checkpoints are served as FP8 either way); bitsandbytes: NF4 at load "
+          "likewise; gptq, awq, compressed-tensors, bitsandbytes (or gptq_marlin, awq_marlin): check that the checkpoint is so quantized (it is served so either way)",
           QUANTIZATIONS,
           _ENGINE + "quantization"),
     _Flag("speculative-config", _speculative_config, 'speculative decoding, e.g. {"method": "ngram", '

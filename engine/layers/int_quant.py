@@ -104,6 +104,27 @@ def quantize_int_groups(
     return q.view(n, k).to(torch.uint8), scales, zeros.to(torch.uint8)
 
 
+# bitsandbytes' NF4 table (its `quant_map`): quantiles of a normal distribution scaled to [-1, 1].
+NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
+NF4_GROUP = 64  # bitsandbytes' block
+
+
+def quantize_codebook_groups(weight: torch.Tensor, codebook: torch.Tensor, group_size: int) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """(indices [N, K] into `codebook`, fp32 absmax scales [N, G]) of a weight, as bitsandbytes'
+    quantize_4bit makes them: each group of `group_size` along K divided by its largest magnitude,
+    each value then the nearest code (codes sorted ascending)."""
+    n, k = weight.shape
+    if k % group_size:
+        raise ValueError(f"{k} columns are not a whole number of groups of {group_size}")
+    scales = weight.float().view(n, k // group_size, group_size).abs().amax(-1)
+    scaled = weight.float() / scales.clamp_min(1e-30).repeat_interleave(group_size, dim=1)
+    codebook = codebook.to(weight.device)
+    return torch.bucketize(scaled, (codebook[1:] + codebook[:-1]) / 2).to(torch.uint8), scales
+
+
 def _param(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, loader: Callable[..., None]) -> nn.Parameter:
     param = nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
     param.weight_loader = loader
@@ -136,6 +157,22 @@ class IntQuantCapable:
                 "zeros", torch.full((rows, groups), 1 << (cfg.bits - 1), dtype=torch.uint8, device=device))
         self.g_idx = _param((cols,), torch.int32, device, loaders["g_idx"]) if cfg.act_order else None
         self.codebook = _param((1 << cfg.bits,), torch.float32, device, load_whole) if cfg.codebook else None
+
+    def quantize_loaded_nf4(self) -> None:
+        """Replaces the loaded full-precision weight by NF4 (bitsandbytes quantization at load, as
+        vLLM's `--quantization bitsandbytes` of a full-precision checkpoint): blocks of 64 along this
+        rank's K (the whole row where a shard is narrower)."""
+        weight = self.weight.data  # type: ignore[attr-defined]
+        rows, cols = weight.shape
+        group = min(NF4_GROUP, cols)
+        cfg = IntQuantConfig(method="bitsandbytes", bits=4, group_size=group, stored_zeros=False, codebook=True)
+        cfg.check_words(cols)
+        codebook = torch.tensor(NF4, device=weight.device)
+        ints, scales = quantize_codebook_groups(weight, codebook, group)
+        self.hold_int_weights(cfg, (rows, cols), cols // group, group, torch.float32, {
+            name: load_whole for name in ("qweight", "scales", "zeros", "g_idx")})
+        for name, value in (("qweight", pack_along_rows(ints, 4)), ("scales", scales), ("codebook", codebook)):
+            getattr(self, name).data.copy_(value)
 
     def project(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.int_quant is None:

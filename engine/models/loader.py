@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from pagoda.engine.config import CHECKPOINT_QUANTIZATIONS
+from pagoda.engine.config import CHECKPOINT_QUANTIZATIONS, ONLINE_QUANTIZATIONS
 from pagoda.engine.layers.fp8 import ONLINE_BLOCK
 from pagoda.engine.layers.int_quant import IntQuantConfig
 from pagoda.engine.layers.attention import Attention
@@ -178,14 +178,15 @@ def load_weights(model: nn.Module, path: Path, fmt: IntCheckpointFormat | Fp8Con
 
 def build_model(cfg: ModelConfig, device: torch.device, quantization: str | None = None) -> nn.Module:
     """Instantiates the registered class for the config on `device` and loads its weights;
-    `quantization="fp8"` turns a full-precision checkpoint's projections into FP8 once loaded."""
+    `quantization="fp8"` turns a full-precision checkpoint's projections into FP8 once loaded, and
+    "bitsandbytes" into NF4."""
     stored = cfg.quantization.method if cfg.quantization is not None else None
     if stored is not None and quantization is not None:
         if stored not in (quantization, CHECKPOINT_QUANTIZATIONS.get(quantization)):
             raise ValueError(f"quantization={quantization!r} does not fit the checkpoint, which is already quantized "
                              f"({stored}): leave it unset or name the checkpoint's format")
         quantization = None
-    if quantization in CHECKPOINT_QUANTIZATIONS:
+    if quantization in CHECKPOINT_QUANTIZATIONS and quantization not in ONLINE_QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r} names the checkpoint's format, but {cfg.path} is not quantized")
     fmt = int_checkpoint_format(cfg.quantization) if isinstance(cfg.quantization, IntQuantConfig) else cfg.quantization
     old = torch.get_default_dtype()
@@ -204,4 +205,8 @@ def build_model(cfg: ModelConfig, device: torch.device, quantization: str | None
         for module in model.modules():
             if hasattr(module, "quantize_loaded") and module.fp8_block is None:
                 module.quantize_loaded(ONLINE_BLOCK)
+    elif quantization == "bitsandbytes":  # the attention and dense MLP projections; experts stay as loaded
+        for module in model.modules():
+            if hasattr(module, "quantize_loaded_nf4") and module.int_quant is None:
+                module.quantize_loaded_nf4()
     return model.eval()

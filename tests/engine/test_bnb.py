@@ -12,6 +12,7 @@ import torch
 
 from pagoda.engine.fixtures import read_weights
 from pagoda.engine.int_quant_fixtures import make_bnb_model
+from pagoda.engine.layers.int_quant import NF4, quantize_codebook_groups
 from pagoda.engine.llm import LLM
 from pagoda.kernels import reference
 from tests.engine.hf_reference import engine_token_ids, hf_greedy
@@ -77,3 +78,45 @@ def test_vllm_s_quantization_name_asserts_the_checkpoint_s_format(bnb_model) -> 
     with pytest.raises(ValueError, match=r"quantization='gptq' does not fit the checkpoint, which is already "
                                          r"quantized \(bitsandbytes\)"):
         LLM(str(packed), dtype="float32", quantization="gptq")
+
+
+def test_nf4_quantization_is_bitsandbytes_own() -> None:
+    """Quantizing at load gives bitsandbytes' quantize_4bit: its absmax and its nearest codes."""
+    import bitsandbytes.functional as bnb
+
+    weight = torch.randn(48, 256, generator=torch.Generator().manual_seed(0))
+    packed, state = bnb.quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=False)
+    assert torch.equal(state.code.float(), torch.tensor(NF4))
+    ints, scales = quantize_codebook_groups(weight, torch.tensor(NF4), 64)
+    flat = packed.view(-1).long()
+    assert torch.equal(ints.long(), torch.stack([flat >> 4, flat & 15], dim=-1).view(48, 256))
+    assert torch.equal(scales.flatten(), state.absmax.float())
+
+
+@pytest.mark.parametrize(("arch", "tp"), [("qwen3", 1), ("llama", 2)])
+def test_nf4_at_load_from_a_full_precision_checkpoint(tiny_model, arch: str, tp: int) -> None:
+    """quantization="bitsandbytes" on a full-precision checkpoint holds every attention and MLP
+    projection in NF4 within its precision of the checkpoint, and generates what the model given
+    exactly those dequantized weights generates; two ranks, each quantizing its shard in blocks of 64
+    (a hidden size of 128: 64 columns a rank), what one rank generates."""
+    path = tiny_model(arch, hidden_size=128) if tp > 1 else tiny_model(arch)
+    nf4 = LLM(str(path), dtype="float32", block_size=4, quantization="bitsandbytes", tensor_parallel_size=tp)
+    layers = [(name, m) for name, m in nf4.engine.runner.model.named_modules() if getattr(m, "codebook", None) is not None]
+    assert len(layers) == 4 * 2
+    got = engine_token_ids(nf4, PROMPTS, GREEDY)  # shut down before another engine starts in this process
+    if tp > 1:  # each rank quantizes its own shard, in the blocks one rank has
+        one = LLM(str(path), dtype="float32", block_size=4, quantization="bitsandbytes")
+        assert got == engine_token_ids(one, PROMPTS, GREEDY)
+        return
+    dense = LLM(str(path), dtype="float32", block_size=4)
+    plain = engine_token_ids(dense, PROMPTS, GREEDY)
+    dense = LLM(str(path), dtype="float32", block_size=4)
+    params = dict(dense.engine.runner.model.named_parameters())
+    with torch.no_grad():
+        for name, layer in layers:
+            approx = reference.int_dequantize(layer.qweight, layer.scales, layer.zeros, None, 4, 64, layer.codebook)
+            exact = params[f"{name}.weight"]
+            assert (approx - exact).norm() / exact.norm() < 0.15, name
+            exact.copy_(approx)
+    assert got == engine_token_ids(dense, PROMPTS, GREEDY), "NF4 serving is the dense model on its weights"
+    assert got != plain, "quantization is visible in the output"
