@@ -189,10 +189,10 @@ class EngineSpec(_Model):
     max_loras: int | None = Field(None, ge=1, le=64, description="Most LoRA adapters in one batch.")
     max_lora_rank: int | None = Field(None, ge=1, le=512, description="Largest LoRA adapter rank served.")
     speculative_config: SpeculativeSpec | None = None
-    quantization: Literal["fp8"] | None = Field(
-        None, description="fp8: projections held in FP8 with 128x128 block scales, quantized at load from a "
-        "full-precision checkpoint (FP8 checkpoints are served as FP8 without it): half the weight memory and bytes "
-        "per decode step.")
+    quantization: Literal["fp8", "bitsandbytes"] | None = Field(
+        None, description="Quantization at load of a full-precision checkpoint (quantized checkpoints are served "
+        "as they are without it). fp8: projections in FP8 with 128x128 block scales, half the weight memory and "
+        "bytes per decode step; bitsandbytes: attention and MLP projections in NF4 (blocks of 64), a quarter.")
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
         None, description="fp8 (fp8_e4m3) or fp8_e5m2: keys and values cached in one byte each, twice the "
         "tokens of a 16-bit cache in the same memory (each value rounded to the format).")

@@ -23,7 +23,7 @@ def test_every_flag_the_operator_passes_is_one_the_server_defines() -> None:
                                              ("kv_cache_dtype", flags.KV_CACHE_DTYPE),
                                              ("scheduling_policy", flags.SCHEDULING_POLICY)])
 def test_the_crd_offers_only_values_the_server_accepts(field: str, flag: str) -> None:
-    """An enum of the CRD is the server's choices, or a subset of them (online quantization: fp8 only)."""
+    """An enum of the CRD is the server's choices, or a subset of them (quantization: the ones at load)."""
     import typing
 
     from pagoda.operator.v1alpha1 import EngineSpec
