@@ -6,8 +6,9 @@ the target verifies them all in one pass exactly as n-gram drafts are verified (
 output is the target's own, greedy or sampled: a draft only decides how many tokens a pass yields.
 
 The draft keeps its own paged KV cache with the target's block count and block size, addressed by the
-target's block tables: a sequence's blocks (and the lookahead blocks the scheduler reserved for its
-drafts) hold the target's KV in one cache and the draft's in the other. The draft never trusts
+target's block tables (a full-attention group's, where sliding-window layers have tables of their own):
+a sequence's blocks (and the lookahead blocks the scheduler reserved for its drafts) hold the target's
+KV in one cache and the draft's in the other. The draft never trusts
 the prefix cache (a shared block may have been filled by a request that never drafted); it catches
 up on whatever tokens it has not run for a sequence (`Sequence.draft_computed`): the whole prompt
 first, then each step the tokens the target accepted since. A preempted sequence starts over.
@@ -45,6 +46,8 @@ class DraftModel:
             raise ValueError(f"the draft model ({self.config.architecture}) has no language-model head")
         self.backend = select_backend(device)
         self.kv_cache: torch.Tensor | None = None
+        # Which of a sequence's block tables (KV-cache groups) addresses this cache: a full-attention group's.
+        self.table_group = 0
 
     def block_bytes(self, block_size: int) -> int:
         """Bytes of one block of the draft's K and V over all its layers."""
@@ -91,12 +94,13 @@ class DraftModel:
             ids.extend(tokens)
             span = range(start, start + len(tokens))
             positions.extend(span)
-            slots.extend(seq.block_tables[0][p // bs] * bs + p % bs for p in span)
+            slots.extend(seq.block_tables[self.table_group][p // bs] * bs + p % bs for p in span)
             query_lens.append(len(tokens))
             seq_lens.append(start + len(tokens))
             rows.append(len(ids) - 1)
-        width = max(len(seq.block_tables[0]) for seq, _, _ in runs)
-        tables = [seq.block_tables[0] + [0] * (width - len(seq.block_tables[0])) for seq, _, _ in runs]
+        width = max(len(seq.block_tables[self.table_group]) for seq, _, _ in runs)
+        tables = [seq.block_tables[self.table_group] + [0] * (width - len(seq.block_tables[self.table_group]))
+                  for seq, _, _ in runs]
         num_decodes = sum(1 for q in query_lens if q == 1)
         inputs = StepInputs(ids, positions, [slots], query_lens, seq_lens, [tables], num_decodes, rows)
         ids_t, pos_t, meta = inputs.to_device(self.device)

@@ -85,10 +85,14 @@ class ModelRunner:
         # A draft model for speculative decoding: loaded before the KV cache is sized, whose blocks it shares.
         self.draft = (DraftModel(spec.model, model_config, self.device, self.kv_cache_dtype)
                       if spec is not None and spec.method == "draft_model" else None)
-        # Sliding-window layers in block tables of their own, unless turned off or a draft model shares
-        # the target's one table.
-        self.layout = plan_kv_cache(attention_windows(self.model),
-                                    hybrid=not config.disable_hybrid_kv_cache_manager and self.draft is None)
+        # Sliding-window layers in block tables of their own, unless turned off; a draft model addresses its
+        # cache by a full-attention group's tables (blocks that live as long as their sequence), so a target
+        # whose every layer slides keeps one table then.
+        windows = attention_windows(self.model)
+        self.layout = plan_kv_cache(windows, hybrid=not config.disable_hybrid_kv_cache_manager
+                                    and (self.draft is None or None in windows))
+        if self.draft is not None:
+            self.draft.table_group = self.layout.windows.index(None)
         self.num_blocks = self._num_kv_blocks()
         self.kv_cache = torch.zeros(
             2, self.layout.group_size, self.num_blocks, self.block_size, self.num_kv_heads, model_config.head_dim,

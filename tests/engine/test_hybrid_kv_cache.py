@@ -89,3 +89,20 @@ def test_prefix_cache_hits_in_a_sliding_group(tiny_model) -> None:
 def engine_token_ids_kept(llm: LLM, prompts: list[list[int]]) -> list[list[int]]:
     """As engine_token_ids, leaving the engine (and its prefix cache) running."""
     return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], GREEDY)]
+
+
+def test_a_draft_model_over_a_hybrid_target(tiny_model, tmp_path) -> None:
+    """Gemma 3 keeps its sliding layer's table when a draft model (its own first layer) drafts: the draft's
+    cache follows the global layer's blocks, and the output is the target's plain greedy output."""
+    from pagoda.engine.fixtures import make_truncated_model
+
+    path = tiny_model("gemma3")
+    draft = make_truncated_model(path, tmp_path / "draft", num_layers=1)
+    llm = LLM(str(path), dtype="float32", block_size=4, max_num_batched_tokens=16,
+              speculative_config={"model": str(draft), "num_speculative_tokens": 3})
+    assert [g.window for g in llm.engine.runner.layout.groups] == [None, 8]
+    assert llm.engine.runner.draft.table_group == 0
+    got = engine_token_ids_kept(llm, PROMPTS)
+    assert llm.engine.spec_stats.draft_tokens > 0
+    assert got == [hf_greedy(path, p, GREEDY.max_tokens) for p in PROMPTS]
+    llm.engine.shutdown()
