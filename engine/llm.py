@@ -16,7 +16,7 @@ from pagoda.engine.config import EngineConfig
 from pagoda.engine.llm_engine import LLMEngine, PromptType
 from pagoda.engine.lora import LoRARequest
 from pagoda.engine.outputs import ClassificationOutput, RequestOutput, ScoringOutput
-from pagoda.engine.pooling import cosine, label_names, label_probs, pairs
+from pagoda.engine.pooling import label_names, label_probs, pairs, relevances, score_texts
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.engine.tokenizer import apply_chat_template
 
@@ -102,14 +102,14 @@ class LLM:
         """Relevance of each (text_1, text_2) pair (see pooling.pairs): a one-label classifier's sigmoid
         of the pair read as one prompt (a cross-encoder), or the cosine of an embedding model's embeddings."""
         pairs_ = pairs(text_1, text_2)
-        if self.engine.pooling_task == "classify":
+        cross_encoder = self.engine.pooling_task == "classify"
+        if cross_encoder:
             self.engine.require_pooling("score")
-            prompts: list[PromptType] = [{"prompt_token_ids": self.tokenizer(a, text_pair=b)["input_ids"]}
-                                         for a, b in pairs_]
-            return [ScoringOutput(label_probs(logits)[0]) for logits in self._pool(prompts, lora_request)]
-        texts = list(dict.fromkeys(text for pair in pairs_ for text in pair))  # each distinct text embedded once
-        vectors = dict(zip(texts, self._pool(texts, lora_request)))
-        return [ScoringOutput(cosine(vectors[a], vectors[b])) for a, b in pairs_]
+        texts = score_texts(pairs_, cross_encoder)
+        prompts: list[PromptType] = texts if not cross_encoder else [
+            {"prompt_token_ids": self.tokenizer(a, text_pair=b)["input_ids"]} for a, b in texts]
+        pooled = self._pool(prompts, lora_request)
+        return [ScoringOutput(score) for score in relevances(pairs_, texts, pooled, cross_encoder)]
 
     def _pool(self, prompts: list[PromptType], lora_request: LoRARequest | None) -> list[list[float]]:
         """Each prompt's pooled output: an embedding, or a classifier's logits."""

@@ -48,3 +48,19 @@ def pairs(text_1: str | list[str], text_2: str | list[str]) -> list[tuple[str, s
         raise ValueError(f"text_1 has {len(firsts)} texts and text_2 {len(seconds)}: give one text_1, "
                          "or as many as text_2")
     return list(zip(firsts, seconds))
+
+
+def score_texts(pairs_: list[tuple[str, str]], cross_encoder: bool) -> list[tuple[str, str]] | list[str]:
+    """What a score or rerank request runs: each pair, read as one prompt by a cross-encoder; else each
+    distinct text once, to be embedded."""
+    return pairs_ if cross_encoder else list(dict.fromkeys(text for pair in pairs_ for text in pair))
+
+
+def relevances(pairs_: list[tuple[str, str]], texts: list[tuple[str, str]] | list[str], pooled: list[list[float]],
+               cross_encoder: bool) -> list[float]:
+    """Each pair's relevance from the pooled outputs of `score_texts`: the label's sigmoid of a
+    cross-encoder's pair, or the cosine of the pair's two embeddings."""
+    if cross_encoder:
+        return [label_probs(row)[0] for row in pooled]
+    vectors = dict(zip(texts, pooled))
+    return [cosine(vectors[a], vectors[b]) for a, b in pairs_]

@@ -43,7 +43,7 @@ from pagoda.engine.entrypoints.serving_engine import (
     until_disconnect,
 )
 from pagoda.engine.lora import LoRARequest
-from pagoda.engine.pooling import cosine, label_names, label_probs, pairs
+from pagoda.engine.pooling import label_names, label_probs, pairs, relevances, score_texts
 from pagoda.engine.sampling_params import SamplingParams
 
 
@@ -168,19 +168,19 @@ class OpenAIServingPooling(PoolingServing):
                          raw_request: Request, truncate: int | None) -> tuple[list[float], list[Prompt]]:
         """(each pair's relevance, the prompts run): a cross-encoder's sigmoid of the pair read as one prompt,
         or the cosine of an embedding model's embeddings of each text."""
-        if self.engine.engine.pooling_task == "classify":
+        cross_encoder = self.engine.engine.pooling_task == "classify"
+        texts = score_texts(pairs_, cross_encoder)
+        if cross_encoder:
             try:
                 encoded = [Prompt(await self.run_tokenizer(lambda a=a, b=b: self.tokenizer(a, text_pair=b)["input_ids"]))
-                           for a, b in pairs_]
+                           for a, b in texts]
             except (ValueError, TypeError) as exc:
                 raise APIError(400, f"the texts are not valid text: {exc}") from None
-            prompts = self.truncate(encoded, truncate, 0)
-            logits = await self.pooled(request_id, prompts, lora, raw_request, "text_2")
-            return [label_probs(row)[0] for row in logits], prompts
-        texts = list(dict.fromkeys(text for pair in pairs_ for text in pair))  # each distinct text embedded once
-        prompts = self.truncate(await self.prompts_of(texts, "text_2"), truncate, 0)
-        vectors = dict(zip(texts, await self.pooled(request_id, prompts, lora, raw_request, "text_2")))
-        return [cosine(vectors[a], vectors[b]) for a, b in pairs_], prompts
+        else:
+            encoded = await self.prompts_of(texts, "text_2")
+        prompts = self.truncate(encoded, truncate, 0)
+        pooled = await self.pooled(request_id, prompts, lora, raw_request, "text_2")
+        return relevances(pairs_, texts, pooled, cross_encoder), prompts
 
 
 def _usage(prompts: list[Prompt]) -> UsageInfo:
