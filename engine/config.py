@@ -42,6 +42,9 @@ class EngineConfig:
     # Fixes the number of KV blocks outright (tests use it to force preemption).
     num_kv_blocks: int | None = None
     tensor_parallel_size: int = 1
+    # MoE layers give each tensor-parallel rank E / tensor_parallel_size whole experts instead of a slice
+    # of every expert (vLLM's --enable-expert-parallel).
+    enable_expert_parallel: bool = False
     # Multi-node tensor parallelism: the ranks spread over `nnodes` machines, tensor_parallel_size / nnodes
     # on each. Node 0 runs the engine (rank 0); the others run `pagoda serve --headless`. Every node
     # meets at master_addr:master_port (node 0's address).

@@ -17,16 +17,19 @@ class _TPState:
     rank: int = 0
     size: int = 1
     group: dist.ProcessGroup | None = None
+    expert_parallel: bool = False
 
 
 _state = _TPState()
 
 
-def init_tensor_parallel(rank: int, size: int, group: dist.ProcessGroup | None = None) -> None:
-    """Records this process's place in the tensor-parallel group (called by each worker)."""
+def init_tensor_parallel(rank: int, size: int, group: dist.ProcessGroup | None = None,
+                         expert_parallel: bool = False) -> None:
+    """Records this process's place in the tensor-parallel group (called by each worker), and whether
+    MoE layers spread whole experts over the ranks rather than splitting each one."""
     if not 0 <= rank < size:
         raise ValueError(f"rank {rank} outside tensor-parallel size {size}")
-    _state.rank, _state.size, _state.group = rank, size, group
+    _state.rank, _state.size, _state.group, _state.expert_parallel = rank, size, group, expert_parallel
 
 
 def tp_rank() -> int:
@@ -35,6 +38,11 @@ def tp_rank() -> int:
 
 def tp_size() -> int:
     return _state.size
+
+
+def expert_parallel() -> bool:
+    """Whether this rank holds E / tp whole experts of each MoE layer (vLLM's --enable-expert-parallel)."""
+    return _state.expert_parallel and _state.size > 1
 
 
 def all_reduce(x: torch.Tensor) -> torch.Tensor:

@@ -69,24 +69,21 @@ def _rendezvous(config: EngineConfig) -> str:
     return f"tcp://127.0.0.1:{_free_port()}"
 
 
-def _init_process(rank: int, size: int, address: str, device: torch.device,
-                  ranks_per_node: int) -> dist.ProcessGroup:
+def _init_process(rank: int, config: EngineConfig, address: str, device: torch.device) -> dist.ProcessGroup:
     """Joins the default (compute) group and returns the gloo control group."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
         # A node's ranks share its cores: oversubscribing them makes every rank slower.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_per_node))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.ranks_per_node))
     dist.init_process_group(
         backend="nccl" if device.type == "cuda" else "gloo",
         init_method=address,
         rank=rank,
-        world_size=size,
+        world_size=config.tensor_parallel_size,
         timeout=COLLECTIVE_TIMEOUT,
     )
-    control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
-    init_tensor_parallel(rank, size, None)
-    return control
+    return dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
 
 
 def _broadcast_step(payload: torch.Tensor | None, control: dist.ProcessGroup) -> torch.Tensor | None:
@@ -106,19 +103,22 @@ def _broadcast_step(payload: torch.Tensor | None, control: dist.ProcessGroup) ->
 
 def _share_configs(control: dist.ProcessGroup, configs: tuple[EngineConfig, ModelConfig] | None = None,
                    ) -> tuple[EngineConfig, ModelConfig]:
-    """Rank 0's engine and model settings, on every rank: a headless node's own flags say only
-    where it stands (model directory, topology); block size, dtype, context length and the rest
-    must be the engine's, or the ranks' KV caches and shards would not line up."""
+    """Rank 0's engine and model settings, on every rank, which then records its place by them: a
+    headless node's own flags say only where it stands (model directory, topology); block size,
+    dtype, context length, expert parallelism and the rest must be the engine's, or the ranks' KV
+    caches and shards would not line up."""
     shared = list(configs) if configs is not None else [None, None]
     dist.broadcast_object_list(shared, src=0, group=control)
-    return shared[0], shared[1]
+    config = shared[0]
+    init_tensor_parallel(dist.get_rank(), config.tensor_parallel_size, None, config.enable_expert_parallel)
+    return config, shared[1]
 
 
 def _worker_main(rank: int, address: str, config: EngineConfig, model_config: ModelConfig) -> None:
     from pagoda.engine.model_runner import ModelRunner
 
     device = _device_for_rank(config, rank)
-    control = _init_process(rank, config.tensor_parallel_size, address, device, config.ranks_per_node)
+    control = _init_process(rank, config, address, device)
     config, model_config = _share_configs(control)
     runner = ModelRunner(config, model_config, eos_token_ids=(), device=device)
     while (payload := _broadcast_step(None, control)) is not None:
@@ -178,7 +178,7 @@ class TensorParallelGroup:
         self._closed = False
         address = _rendezvous(config)
         self.workers = _spawn_workers(range(1, config.ranks_per_node), address, config, model_config)
-        self.control = _init_process(0, size, address, self.device, config.ranks_per_node)
+        self.control = _init_process(0, config, address, self.device)
         _share_configs(self.control, (config, model_config))
         self._monitor = threading.Thread(target=self._watch, name="pagoda-tp-monitor", daemon=True)
         self._monitor.start()

@@ -189,7 +189,7 @@ class IntExperts:
 def fused_moe(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
     w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
-    int_experts: IntExperts | None = None,
+    int_experts: IntExperts | None = None, expert_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A mixture-of-experts SwiGLU MLP: each token's chosen experts, weighted and summed.
 
@@ -197,7 +197,9 @@ def fused_moe(
     topk_weights, topk_ids: [T, k]. Every expert runs once, on the tokens routed to
     it; the weighting and the sum over a token's k experts are in fp32. With `block`,
     the weights are FP8 and w13_scale, w2_scale their per-expert block scales; with
-    `int_experts`, w13 and w2 are packed integers [E, N, K * bits / 32].
+    `int_experts`, w13 and w2 are packed integers [E, N, K * bits / 32]. With `expert_map` [E_all]
+    (expert parallelism), topk_ids index all experts, the map gives each one's index in w13 and w2, and
+    an expert mapped to -1 (another rank's) contributes nothing.
     """
 
     def weight(w: torch.Tensor, scale: torch.Tensor | None, expert: int) -> torch.Tensor:
@@ -212,11 +214,11 @@ def fused_moe(
 
     tokens, top_k = topk_ids.shape
     out = torch.zeros(tokens, x.shape[-1], dtype=torch.float32, device=x.device)
-    flat = topk_ids.reshape(-1)
+    flat = topk_ids.reshape(-1) if expert_map is None else expert_map.long()[topk_ids.reshape(-1)]
     weights = topk_weights.reshape(-1, 1).float()
     order = torch.argsort(flat, stable=True)
-    start = 0
-    for expert, count in enumerate(torch.bincount(flat, minlength=w13.shape[0]).tolist()):
+    start = int((flat < 0).sum())  # assignments to other ranks' experts sort first: skipped
+    for expert, count in enumerate(torch.bincount(flat[flat >= 0], minlength=w13.shape[0]).tolist()):
         if count == 0:
             continue
         rows = order[start : start + count]

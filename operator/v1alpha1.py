@@ -165,6 +165,9 @@ class EngineSpec(_Model):
             f"self in {list(TENSOR_PARALLEL_SIZES)}",
             "engine.tensorParallelSize must be a power of two between 1 and 64",
         )))
+    enable_expert_parallel: bool = Field(
+        False, description="MoE models: each of the tensorParallelSize GPUs holds whole experts (E / "
+        "tensorParallelSize of them) instead of a slice of every expert, as vLLM's --enable-expert-parallel.")
     nnodes: int = Field(
         1, ge=1, le=MAX_NNODES,
         description="Machines one replica spans; tensorParallelSize / nnodes GPUs on each. Above 1 the replica is "

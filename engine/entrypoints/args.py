@@ -147,6 +147,8 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("gpu-memory-utilization", float, "fraction of GPU memory for weights and KV cache",
           dest=_ENGINE + "gpu_memory_utilization"),
     _Flag("tensor-parallel-size", int, "GPUs to shard the model over", dest=_ENGINE + "tensor_parallel_size"),
+    _Flag("enable-expert-parallel", _parse_bool, "MoE layers: each tensor-parallel rank holds whole experts "
+          "(E / tensor-parallel-size of them) instead of a slice of every expert", dest=_ENGINE + "enable_expert_parallel"),
     _Flag("nnodes", int, "machines the tensor-parallel ranks spread over (tensor-parallel-size / nnodes each)",
           dest=_ENGINE + "nnodes"),
     _Flag("node-rank", int, "this machine's place among the nnodes (0: the one serving HTTP)",

@@ -8,6 +8,10 @@ load into `w13` [E, 2I/tp, H] (gate rows then up rows) and `w2` [E, H, I/tp].
 Tensor parallelism splits every expert's intermediate dimension, as a dense
 MLP's: each rank computes a partial sum of every token's output, which the
 caller all-reduces once together with anything else it adds (a shared expert).
+Expert parallelism (vLLM's --enable-expert-parallel) instead gives each rank
+E / tp whole experts: a rank runs only the assignments to its own experts
+(`expert_map`), and the same all-reduce sums the ranks' contributions; each
+expert's GEMMs keep their full width and quantized experts need no split scales.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pagoda.engine.distributed import tp_rank, tp_size
+from pagoda.engine.distributed import expert_parallel, tp_rank, tp_size
 from pagoda.engine.layers.fp8 import block_span, fp8_weight, quantize_fp8_blocks, read_scales, scale_grid
 from pagoda.engine.layers.int_quant import IntQuantConfig
 from pagoda.engine.layers.linear import divide
@@ -47,20 +51,42 @@ class FusedMoE(nn.Module):
         super().__init__()
         self.num_experts = num_experts
         self.intermediate_size = intermediate_size
-        self.per_rank = divide(intermediate_size, tp_size(), "expert intermediate size")
-        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * self.per_rank, hidden_size), requires_grad=False)
-        self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, self.per_rank), requires_grad=False)
+        ep = expert_parallel()
+        # This rank's experts, [first_expert, first_expert + local_experts), and its share of each one's
+        # intermediate columns, [shard_start, shard_start + per_rank).
+        self.local_experts = divide(num_experts, tp_size(), "experts") if ep else num_experts
+        self.first_expert = tp_rank() * self.local_experts if ep else 0
+        self.per_rank = intermediate_size if ep else divide(intermediate_size, tp_size(), "expert intermediate size")
+        self.shard_start = 0 if ep else tp_rank() * self.per_rank
+        self.w13 = nn.Parameter(torch.empty(self.local_experts, 2 * self.per_rank, hidden_size), requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(self.local_experts, hidden_size, self.per_rank), requires_grad=False)
         self.w13.weight_loader = self.weight_loader
         self.w2.weight_loader = self.weight_loader
+        # With expert parallelism, each expert's index among this rank's, -1 for another rank's.
+        ids = torch.arange(num_experts, dtype=torch.int32) - self.first_expert
+        self.register_buffer("expert_map", torch.where((ids >= 0) & (ids < self.local_experts), ids, -1) if ep else None)
+
+    def _local(self, expert: int) -> int | None:
+        """This rank's index of a checkpoint's expert; None when another rank holds it."""
+        if not 0 <= expert < self.num_experts:
+            raise ValueError(f"expert {expert} is out of range for {self.num_experts} experts")
+        local = expert - self.first_expert
+        return local if local < self.local_experts and local >= 0 else None
+
+    def _local_stack(self, src: Any) -> Any:
+        """This rank's experts of a stacked tensor of all of them."""
+        if source_shape(src)[0] != self.num_experts:
+            raise ValueError(f"stacked expert tensor of shape {source_shape(src)} does not hold "
+                             f"{self.num_experts} experts")
+        return src if self.local_experts == self.num_experts else read_shard(src, 0, self.first_expert,
+                                                                              self.local_experts)
 
     def weight_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int]) -> None:
         """Loads one expert's part (`shard` = (expert, part)) or, with expert STACKED, that part of all experts."""
         expert, part = shard
-        size, start = self.per_rank, tp_rank() * self.per_rank
+        size, start = self.per_rank, self.shard_start
         if expert == STACKED:
-            if source_shape(src)[0] != self.num_experts:
-                raise ValueError(f"stacked expert tensor of shape {source_shape(src)} does not hold "
-                                 f"{self.num_experts} experts")
+            src = self._local_stack(src)
             if part == 2:
                 copy_into(param.data, read_shard(src, 2, start, size))
             else:  # gate_up: the gate rows, then the up rows, each split across ranks
@@ -68,8 +94,9 @@ class FusedMoE(nn.Module):
                     rows = read_shard(src, 1, half * self.intermediate_size + start, size)
                     copy_into(param.data.narrow(1, half * size, size), rows)
             return
-        if not 0 <= int(expert) < self.num_experts:
-            raise ValueError(f"expert {expert} is out of range for {self.num_experts} experts")
+        expert = self._local(int(expert))
+        if expert is None:
+            return
         if part == 2:
             copy_into(param.data[expert], read_shard(src, 1, start, size))
         else:
@@ -91,7 +118,10 @@ class FusedMoE(nn.Module):
         expert, part = shard
         if expert == STACKED:
             raise ValueError("FP8 scales of stacked expert tensors are not supported")
-        size, start = self.per_rank, tp_rank() * self.per_rank
+        expert = self._local(int(expert))
+        if expert is None:
+            return
+        size, start = self.per_rank, self.shard_start
         if part == 2:
             _, count, there = block_span(0, size, start, self.intermediate_size, self.fp8_block[1], "expert columns")
             copy_into(param.data[expert], read_scales(src, 1, there, count, param.shape[1:]))
@@ -103,7 +133,7 @@ class FusedMoE(nn.Module):
 
     def quantize_loaded(self, block: tuple[int, int]) -> None:
         """Replaces the loaded experts by their FP8 blocks, expert by expert (FP8 at load)."""
-        quantized = [[quantize_fp8_blocks(w[e], block) for e in range(self.num_experts)] for w in (self.w13, self.w2)]
+        quantized = [[quantize_fp8_blocks(w[e], block) for e in range(self.local_experts)] for w in (self.w13, self.w2)]
         self.fp8_block = block
         for name, parts in zip(("w13", "w2"), quantized):
             setattr(self, name, nn.Parameter(torch.stack([q for q, _ in parts]), requires_grad=False))
@@ -124,7 +154,7 @@ class FusedMoE(nn.Module):
         per_word = 32 // cfg.bits
         h_group, h_groups = cfg.groups(hidden)
         i_group, i_here, every_group = cfg.rank_groups(size, self.intermediate_size, "expert columns")
-        device, experts = self.w13.device, self.num_experts
+        device, experts = self.w13.device, self.local_experts
         del self.w13, self.w2
         self.int_quant = cfg
 
@@ -154,7 +184,10 @@ class FusedMoE(nn.Module):
         expert, part = shard
         if expert == STACKED:
             raise ValueError("integer-quantized stacked expert tensors are not supported")
-        size, start = self.per_rank, tp_rank() * self.per_rank
+        expert = self._local(int(expert))
+        if expert is None:
+            return
+        size, start = self.per_rank, self.shard_start
         if part != 2:
             copy_into(param.data[expert].narrow(0, part * size, size), read_shard(src, 0, start, size))
         elif unit is None:
@@ -166,8 +199,9 @@ class FusedMoE(nn.Module):
         if self.int_quant is not None:
             quant = IntExperts(self.w13_scales, self.w13_zeros, self.w2_scales, self.w2_zeros, self.int_quant.bits,
                                *self.int_group_sizes)
-            return ops.fused_moe(x, self.w13_qweight, self.w2_qweight, topk_weights, topk_ids, int_experts=quant)
+            return ops.fused_moe(x, self.w13_qweight, self.w2_qweight, topk_weights, topk_ids, int_experts=quant,
+                                 expert_map=self.expert_map)
         if self.fp8_block is None:
-            return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids)
+            return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids, expert_map=self.expert_map)
         return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids,
-                             self.w13_scale_inv, self.w2_scale_inv, self.fp8_block)
+                             self.w13_scale_inv, self.w2_scale_inv, self.fp8_block, expert_map=self.expert_map)

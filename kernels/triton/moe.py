@@ -97,22 +97,26 @@ def sort_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tu
     Returns (sorted_rows, tile_expert): sorted_rows[i] is an assignment index
     (token * k + slot) or, for padding, the assignment count; tile_expert[j] is
     the expert of tile j, or -1 past the last group. Sizes depend only on the
-    shapes: at most min(E, T*k) groups each waste under one tile.
+    shapes: at most min(E + 1, T*k) groups each waste under one tile. Assignments
+    to expert -1 (another rank's) form a last group whose tiles are -1 too: never run.
     """
     flat = topk_ids.reshape(-1).long()
+    flat = torch.where(flat < 0, num_experts, flat)
     n = flat.numel()
-    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+    counts = torch.zeros(num_experts + 1, dtype=torch.long, device=flat.device).index_add_(
+        0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     padded_end = torch.cumsum(padded, 0)
     order = torch.argsort(flat, stable=True)
     experts = flat[order]
     rank_in_group = torch.arange(n, device=flat.device) - (torch.cumsum(counts, 0) - counts)[experts]
-    num_tiles = triton.cdiv(n + min(num_experts, n) * (block_m - 1), block_m)
+    num_tiles = triton.cdiv(n + min(num_experts + 1, n) * (block_m - 1), block_m)
     sorted_rows = torch.full((num_tiles * block_m,), n, dtype=torch.int32, device=flat.device)
     sorted_rows[(padded_end - padded)[experts] + rank_in_group] = order.to(torch.int32)
     tile_start = torch.arange(num_tiles, device=flat.device) * block_m
     tile_expert = torch.searchsorted(padded_end, tile_start, right=True)
-    tile_expert = torch.where(tile_start < padded_end[-1], tile_expert, -1).to(torch.int32)
+    tile_expert = torch.where((tile_start < padded_end[-1]) & (tile_expert < num_experts), tile_expert, -1)
+    tile_expert = tile_expert.to(torch.int32)
     return sorted_rows, tile_expert
 
 
@@ -149,7 +153,7 @@ def _grouped_gemm(
 def fused_moe(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
     w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
-    int_experts: IntExperts | None = None,
+    int_experts: IntExperts | None = None, expert_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.fused_moe`."""
     tokens, top_k = topk_ids.shape
@@ -160,7 +164,8 @@ def fused_moe(
     if x.stride(-1) != 1 or w13.stride(-1) != 1 or w2.stride(-1) != 1:
         raise ValueError("fused_moe needs unit-stride rows in x and the expert weights")
     tiles = _tiles(tokens * top_k)
-    sorted_rows, tile_expert = sort_by_expert(topk_ids, w13.shape[0], tiles[0])
+    ids = topk_ids if expert_map is None else expert_map[topk_ids]
+    sorted_rows, tile_expert = sort_by_expert(ids, w13.shape[0], tiles[0])
     weights = topk_weights.reshape(-1).float().contiguous()
     gate_up = torch.empty(tokens * top_k, 2 * inter, dtype=x.dtype, device=x.device)
     act_args: tuple = ()
@@ -172,6 +177,7 @@ def fused_moe(
         w13_scale, w2_scale = q.w13_scales, q.w2_scales
     _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles, w13_scale, block, *act_args)
     act = silu_and_mul(gate_up)
-    down = torch.empty(tokens * top_k, hidden, dtype=x.dtype, device=x.device)
+    # Rows of other ranks' experts are never written: zeros, for the sum over a token's k.
+    down = (torch.empty if expert_map is None else torch.zeros)(tokens * top_k, hidden, dtype=x.dtype, device=x.device)
     _grouped_gemm(act, w2, down, sorted_rows, tile_expert, weights, top_k, False, tiles, w2_scale, block, *down_args)
     return down.view(tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)

@@ -60,6 +60,8 @@ def serve_args(engine: EngineSpec, served_name: str, model_dir: str,
     for flag, value in optional:
         if value is not None:
             args += [flag, str(value)]
+    if engine.enable_expert_parallel:
+        args.append(flags.ENABLE_EXPERT_PARALLEL)
     if engine.speculative_config is not None:  # the engine reads vLLM's JSON, with its snake_case keys
         speculative = engine.speculative_config.model_dump(exclude_none=True)
         if draft_dir is not None:  # the draft model's directory in the pod, not its source

@@ -27,11 +27,11 @@ def _tokens(llm: LLM) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_stacked_expert_tensors_load(tiny_model, tmp_path: pathlib.Path, tp: int) -> None:
+@pytest.mark.parametrize(("tp", "ep"), [(1, False), (2, False), (2, True)])
+def test_stacked_expert_tensors_load(tiny_model, tmp_path: pathlib.Path, tp: int, ep: bool) -> None:
     """transformers 5 holds a layer's experts as two stacked tensors (gate_up_proj [E, 2I, H],
     down_proj [E, H, I]); a checkpoint saved from that state dict loads as the per-expert one does,
-    each rank taking its share of both halves of gate_up."""
+    each rank taking its share of both halves of gate_up (or, expert-parallel, its own experts)."""
     hub = tiny_model("qwen3_moe")
     stacked = tmp_path / "stacked"
     shutil.copytree(hub, stacked)
@@ -39,7 +39,7 @@ def test_stacked_expert_tensors_load(tiny_model, tmp_path: pathlib.Path, tp: int
     state = build_tiny_model("qwen3_moe").state_dict()
     assert "model.layers.1.mlp.experts.gate_up_proj" in state, "the fixture's in-memory layout changed"
     save_file({name: t.contiguous() for name, t in state.items()}, str(stacked / "model.safetensors"))
-    llm = LLM(str(stacked), dtype="float32", tensor_parallel_size=tp, block_size=4)
+    llm = LLM(str(stacked), dtype="float32", tensor_parallel_size=tp, block_size=4, enable_expert_parallel=ep)
     try:
         got = _tokens(llm)
     finally:
@@ -86,3 +86,33 @@ def test_attention_adapter_on_an_moe_model_and_expert_targets_refused(tiny_model
     mlp = make_tiny_lora(base, tmp_path / "mlp", rank=4, targets=("gate_proj",), seed=4)
     with pytest.raises(ValueError, match=r"layers\.1\.mlp\.gate_up_proj .*takes no adapter"):
         llm.generate(PROMPTS, GREEDY, lora_request=LoRARequest("mlp", str(mlp)))
+
+
+@pytest.mark.parametrize(("arch", "tp", "quant"), [
+    ("qwen3_moe", 2, None), ("mixtral", 2, None), ("qwen2_moe", 2, None), ("qwen3_moe", 4, None),
+    ("qwen3_moe", 2, "fp8"), ("qwen3_moe", 2, "gptq"),
+])
+def test_expert_parallelism(tiny_model, tmp_path: pathlib.Path, arch: str, tp: int, quant: str | None) -> None:
+    """enable_expert_parallel: each rank holds E / tp whole experts (Qwen2-MoE's shared expert still split
+    as a dense MLP), runs only its experts' assignments, and the all-reduce sums them: transformers'
+    tokens, for FP8 and GPTQ experts too (whose blocks and groups no longer split across ranks)."""
+    from pagoda.engine.fixtures import make_fp8_model
+    from pagoda.engine.int_quant_fixtures import make_int_quant_model
+
+    path = reference = tiny_model(arch)
+    if quant == "fp8":
+        path = make_fp8_model(reference, tmp_path / "fp8", (16, 16), strategy="block", dequantized_dir=tmp_path / "dq")
+        reference = tmp_path / "dq"
+    elif quant == "gptq":
+        path = make_int_quant_model(reference, tmp_path / "q", tmp_path / "dq", "gptq", group_size=16)
+        reference = tmp_path / "dq"
+    llm = LLM(str(path), dtype="float32", tensor_parallel_size=tp, enable_expert_parallel=True, block_size=4)
+    experts = llm.engine.runner.model.model.layers[1].mlp.experts
+    total = load_model_config(path).moe.num_experts
+    assert experts.local_experts == total // tp and experts.first_expert == 0 and experts.per_rank == \
+        experts.intermediate_size, "the driver holds the first E / tp whole experts"
+    try:
+        got = _tokens(llm)
+    finally:
+        llm.engine.shutdown()
+    assert got == [hf_greedy(reference, p, GREEDY.max_tokens) for p in PROMPTS]

@@ -138,3 +138,35 @@ def test_fused_moe_of_int_experts_matches_reference(shape: tuple[int, ...], bits
     out = kernels.fused_moe(x, q13, q2, weights, ids, int_experts=quant)
     ref = reference.fused_moe(x, q13, q2, weights, ids, int_experts=quant)
     assert_close(out, ref, rel_tol=_tolerance(dtype))
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], SHAPES[4]], ids=str)
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_expert_parallel_shares_sum_to_the_whole(shape: tuple[int, ...], ranks: int) -> None:
+    """Expert parallelism: each rank runs, through its expert_map, only the assignments to its own
+    experts (a contiguous E / ranks of them, its weights alone); the ranks' outputs sum to the
+    layer's, and the kernel's share equals the reference's."""
+    x, w13, w2, weights, ids = _inputs(shape, torch.float32, seed=7 + sum(shape))
+    experts = w13.shape[0]
+    if experts % ranks:
+        pytest.skip("experts do not divide among the ranks")
+    local = experts // ranks
+    total = torch.zeros_like(x)
+    for rank in range(ranks):
+        mapped = torch.arange(experts, dtype=torch.int32) - rank * local
+        expert_map = torch.where((mapped >= 0) & (mapped < local), mapped, -1).to(DEVICE)
+        mine = slice(rank * local, (rank + 1) * local)
+        out = kernels.fused_moe(x, w13[mine].contiguous(), w2[mine].contiguous(), weights, ids, expert_map=expert_map)
+        assert_close(out, reference.fused_moe(x, w13[mine], w2[mine], weights, ids, expert_map=expert_map))
+        total += out
+    assert_close(total, reference.fused_moe(x, w13, w2, weights, ids))
+
+
+def test_assignments_to_other_ranks_experts_run_no_tile() -> None:
+    """Expert -1 (another rank's) gets no tile: its rows sit past every group that runs."""
+    ids = torch.tensor([[0, -1], [-1, -1], [1, 0]])
+    sorted_rows, tile_expert = sort_by_expert(ids, num_experts=2, block_m=2)
+    run = [int(e) for e in tile_expert if e >= 0]
+    assert run == [0, 1]
+    rows = sorted_rows.view(-1, 2)[: len(run)].flatten().tolist()
+    assert sorted(r for r in rows if r < 6) == [0, 4, 5]

@@ -48,7 +48,7 @@ SPECS = {
     "cpu-only tiny model": {"resources": {"gpus": 0, "requests": {"cpu": 1, "memory": "2Gi"}},
                             "modelCache": {"enabled": False, "size": "2Gi"}},
     "tp2 autoscaled": {
-        "engine": {"tensorParallelSize": 2, "maxModelLen": 8192, "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,
+        "engine": {"tensorParallelSize": 2, "enableExpertParallel": True, "maxModelLen": 8192, "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,
                    "blockSize": 16, "maxQueueLen": 100, "dtype": "bfloat16", "enablePrefixCaching": False,
                    "logLevel": "debug", "schedulingPolicy": "priority", "quantization": "fp8", "kvCacheDtype": "fp8",
                    "speculativeConfig": {"numSpeculativeTokens": 3}, "extraArgs": ["--seed=1"]},
