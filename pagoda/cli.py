@@ -11,6 +11,7 @@ import sys
 _COMMAND_MODULES = (
     "pagoda.engine.cli",
     "pagoda.engine.entrypoints.cli",
+    "pagoda.engine.entrypoints.run_batch",
     "pagoda.engine.fixtures",
     "pagoda.operator.cli",
     "pagoda.operator.gateway.cli",
