@@ -32,7 +32,8 @@ from pagoda.engine.layers.fp8 import WHOLE, quantize_fp8_blocks
 from pagoda.kernels import reference
 
 FIXTURE_ARCHS: tuple[str, ...] = (
-    "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe"
+    "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "mixtral", "qwen2_moe",
+    "qwen3_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -171,6 +172,14 @@ _FAMILIES: dict[str, _Family] = {
         "gemma3_text", "Gemma3ForCausalLM", adds_bos=True, rope_theta=1000000.0,
         config={"head_dim": 32, "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
                 "query_pre_attn_scalar": 24, "hidden_activation": "gelu_pytorch_tanh", "rope_local_base_freq": 20000.0},
+    ),
+    # Gemma 2: sliding and global layers alternating (window 8), no q/k norms, and logits soft-capped
+    # hard (caps of 2 and 3: random weights' logits reach past them, so an engine that skips a cap fails).
+    "gemma2": _Family(
+        "gemma2", "Gemma2ForCausalLM", adds_bos=True, rope_theta=10000.0,
+        config={"head_dim": 32, "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+                "query_pre_attn_scalar": 24, "hidden_activation": "gelu_pytorch_tanh",
+                "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0},
     ),
     # Mixture of experts, each with what distinguishes its family: Mixtral renormalizes the top-k
     # weights and sizes experts by intermediate_size; Qwen2-MoE adds a gated shared expert and

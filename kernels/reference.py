@@ -113,13 +113,16 @@ def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int)
 
 
 def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, softcap: float = 0.0,
 ) -> torch.Tensor:
-    """q: [B, Q, Hq, D]; k, v: [B, L, Hkv, D]; mask: [B, Q, L] (True = attend). fp32 softmax."""
+    """q: [B, Q, Hq, D]; k, v: [B, L, Hkv, D]; mask: [B, Q, L] (True = attend). fp32 softmax, over
+    logits capped to softcap * tanh(logit / softcap) where softcap > 0 (Gemma 2)."""
     b, nq, hq, d = q.shape
     hkv = k.shape[2]
     qg = q.float().view(b, nq, hkv, hq // hkv, d)
     scores = torch.einsum("bqhgd,blhd->bhgql", qg, k.float()) * scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("bhgql,blhd->bqhgd", probs, v.float())
@@ -135,6 +138,8 @@ def paged_attention_decode(
     max_seq_len: int,
     scale: float,
     sliding_window: int | None = None,
+    *,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """One query token per sequence against its cached context. q: [B, Hq, D] -> [B, Hq, D]."""
     k = _gather_context(k_cache, block_tables, max_seq_len)
@@ -144,7 +149,7 @@ def paged_attention_decode(
     mask = pos[None, :] < lens
     if sliding_window is not None:
         mask &= pos[None, :] > lens - 1 - sliding_window
-    return _attend(q[:, None], k, v, mask[:, None, :], scale)[:, 0]
+    return _attend(q[:, None], k, v, mask[:, None, :], scale, softcap)[:, 0]
 
 
 def paged_attention_prefill(
@@ -155,6 +160,7 @@ def paged_attention_prefill(
     seq_len: int,
     scale: float,
     sliding_window: int | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Causal attention of one sequence's new tokens (the last q_len of seq_len) over its whole context.
 
@@ -169,7 +175,7 @@ def paged_attention_prefill(
     mask = k_pos <= q_pos
     if sliding_window is not None:
         mask &= k_pos > q_pos - sliding_window
-    return _attend(q[None], k, v, mask[None], scale)[0]
+    return _attend(q[None], k, v, mask[None], scale, softcap)[0]
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,10 @@ class AttentionBackend(Protocol):
         meta: AttentionMetadata,
         scale: float,
         sliding_window: int | None,
+        softcap: float = 0.0,
     ) -> torch.Tensor:
-        """q: [T, Hq, D], k/v: [T, Hkv, D], caches: [blocks, block_size, Hkv, D] -> [T, Hq, D]."""
+        """q: [T, Hq, D], k/v: [T, Hkv, D], caches: [blocks, block_size, Hkv, D] -> [T, Hq, D]; logits
+        capped to softcap * tanh(logit / softcap) where softcap > 0 (Gemma 2)."""
         ...
 
 

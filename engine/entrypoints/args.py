@@ -254,6 +254,14 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     return ServeSettings(engine=EngineConfig(model=model, **engine_kwargs), **serve_kwargs)
 
 
+def settings_or_exit(args: argparse.Namespace, command: str) -> ServeSettings:
+    """settings_from_args, a bad value ending the command with its message."""
+    try:
+        return settings_from_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"pagoda {command}: {exc}") from None
+
+
 def parse_serve_args(argv: list[str], environ: Mapping[str, str] | None = None) -> ServeSettings:
     """Settings from a command line (without `pagoda serve`); what tests and the CLI share."""
     parser = argparse.ArgumentParser(prog="pagoda serve")

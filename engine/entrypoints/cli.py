@@ -20,10 +20,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from pagoda.engine.entrypoints.api_server import run_server
-    from pagoda.engine.entrypoints.args import settings_from_args
+    from pagoda.engine.entrypoints.args import settings_or_exit
 
-    try:
-        settings = settings_from_args(args)
-    except ValueError as exc:
-        raise SystemExit(f"pagoda serve: {exc}") from None
-    return run_server(settings)
+    return run_server(settings_or_exit(args, "serve"))

@@ -124,12 +124,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from pagoda.engine.entrypoints.args import settings_from_args
+    from pagoda.engine.entrypoints.args import settings_or_exit
 
-    try:
-        settings = settings_from_args(args)
-    except ValueError as exc:
-        raise SystemExit(f"pagoda run-batch: {exc}") from None
+    settings = settings_or_exit(args, "run-batch")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     source = sys.stdin if args.input_file == "-" else Path(args.input_file).open(encoding="utf-8")
     with source:

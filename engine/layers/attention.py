@@ -13,7 +13,7 @@ from pagoda.kernels.reference import FP8_CACHE_DTYPES
 class Attention(nn.Module):
     def __init__(
         self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None = None,
-        scale: float | None = None,
+        scale: float | None = None, softcap: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -22,6 +22,7 @@ class Attention(nn.Module):
         # Softmax scale of q.k: 1/sqrt(head_dim) unless the model says otherwise (Gemma's query_pre_attn_scalar).
         self.scale = head_dim**-0.5 if scale is None else scale
         self.sliding_window = sliding_window
+        self.softcap = softcap  # > 0: logits capped to softcap * tanh(logit / softcap) (Gemma 2)
         # Bound by the model runner once the cache is allocated (see bind_kv_cache).
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
@@ -57,6 +58,7 @@ class Attention(nn.Module):
             meta,
             self.scale * k_scale,
             self.sliding_window,
+            self.softcap,
         )
         out = out.view(t, self.num_heads * self.head_dim)
         return out * v_scale if v_scale != 1.0 else out

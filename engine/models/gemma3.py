@@ -1,13 +1,17 @@
-"""Gemma 3 (text): `Gemma3ForCausalLM`, the 1B model and the language half of the larger ones.
+"""Gemma 3 (text): `Gemma3ForCausalLM`, the 1B model and the language half of the larger ones;
+and Gemma 2 (`Gemma2ForCausalLM`), its predecessor.
 
-Against the Llama family it differs in ways each small but none optional:
+Against the Llama family Gemma 3 differs in ways each small but none optional:
 embeddings scaled by sqrt(hidden_size); RMSNorms that scale by (1 + weight)
 (`GemmaRMSNorm`), four per layer (after attention and after the MLP too), and
 on q and k; a GeGLU MLP (tanh GELU); the softmax scale from
 `query_pre_attn_scalar`; and interleaved attention: most layers see a sliding
 window (`layer_types`, or every `sliding_window_pattern`-th layer global) and
 rotate with the local base frequency, the global layers with `rope_theta`
-and the rope scaling. Logit soft-capping (Gemma 2) is refused.
+and the rope scaling. Gemma 2 has no q/k norms and one rotary base, alternates
+sliding and global layers, and soft-caps logits, cap * tanh(logit / cap): the
+attention scores' (`attn_logit_softcapping`, inside the kernels) and the LM
+head's (`final_logit_softcapping`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, LlamaForCau
 SLIDING, FULL = "sliding_attention", "full_attention"
 
 
-def layer_types(cfg: ModelConfig) -> list[str]:
+def layer_types(cfg: ModelConfig, default_pattern: int = 6) -> list[str]:
     """Which layers slide: config.json's `layer_types`, else every pattern-th layer is global."""
     hf = cfg.hf_config
     if hf.get("layer_types"):
         return list(hf["layer_types"])
-    pattern = int(hf.get("sliding_window_pattern") or 6)
+    pattern = int(hf.get("sliding_window_pattern") or default_pattern)
     return [SLIDING if (i + 1) % pattern else FULL for i in range(cfg.num_layers)]
 
 
@@ -46,12 +50,14 @@ def local_rope(cfg: ModelConfig) -> RopeConfig:
 
 
 class Gemma3DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, sliding: bool) -> None:
+    def __init__(self, cfg: ModelConfig, sliding: bool, gemma2: bool = False) -> None:
         super().__init__()
         scale = float(cfg.hf_config.get("query_pre_attn_scalar") or cfg.head_dim) ** -0.5
+        rope = local_rope(cfg) if sliding and not gemma2 else cfg.rope
         self.self_attn = DecoderAttention(
-            cfg, qkv_bias=cfg.attention_bias, qk_norm=True, rope=local_rope(cfg) if sliding else cfg.rope,
-            sliding_window=cfg.sliding_window if sliding else None, scale=scale, norm=GemmaRMSNorm)
+            cfg, qkv_bias=cfg.attention_bias, qk_norm=not gemma2, rope=rope,
+            sliding_window=cfg.sliding_window if sliding else None, scale=scale, norm=GemmaRMSNorm,
+            softcap=float(cfg.hf_config.get("attn_logit_softcapping") or 0.0))
         self.mlp = DecoderMLP(cfg.hidden_size, cfg.intermediate_size, act=GeluAndMul)
         eps = cfg.rms_norm_eps
         self.input_layernorm = GemmaRMSNorm(cfg.hidden_size, eps)
@@ -70,14 +76,14 @@ class Gemma3DecoderLayer(nn.Module):
 
 
 class Gemma3Model(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, gemma2: bool = False) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.embed_scale = cfg.hidden_size**0.5
-        types = layer_types(cfg)
+        types = layer_types(cfg, default_pattern=2 if gemma2 else 6)
         if len(types) != cfg.num_layers or set(types) - {SLIDING, FULL}:
             raise ValueError(f"layer_types must name {cfg.num_layers} layers, each {SLIDING} or {FULL}: {types}")
-        self.layers = nn.ModuleList(Gemma3DecoderLayer(cfg, kind == SLIDING) for kind in types)
+        self.layers = nn.ModuleList(Gemma3DecoderLayer(cfg, kind == SLIDING, gemma2) for kind in types)
         self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -92,12 +98,20 @@ class Gemma3Model(nn.Module):
 
 class Gemma3ForCausalLM(LlamaForCausalLM):
     def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
-        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
-            if cfg.hf_config.get(key):
-                raise ValueError(f"{key} (Gemma 2's logit soft-capping) is not supported")
         if cfg.hf_config.get("use_bidirectional_attention"):
             raise ValueError("use_bidirectional_attention (Gemma 3 embedding models) is not supported")
         return Gemma3Model(cfg)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head's logits, soft-capped where the config says (Gemma 2; Gemma 3 configs leave it null)."""
+        logits = self.lm_head(hidden)
+        cap = float(self.config.hf_config.get("final_logit_softcapping") or 0.0)
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+class Gemma2ForCausalLM(Gemma3ForCausalLM):
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        return Gemma3Model(cfg, gemma2=True)
 
 
 class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):

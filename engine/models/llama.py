@@ -27,11 +27,12 @@ from pagoda.engine.model_config import ModelConfig, RopeConfig
 
 class DecoderAttention(nn.Module):
     """GQA attention with rotary embeddings (`rope`: the model's unless given), an optional
-    sliding window, and a softmax `scale` and q/k `norm` that Gemma 3 sets its own way."""
+    sliding window, and a softmax `scale`, q/k `norm` and logit `softcap` that Gemma sets its own way."""
 
     def __init__(
         self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, *, rope: RopeConfig | None = None,
         sliding_window: int | None = None, scale: float | None = None, norm: type[RMSNorm] = RMSNorm,
+        softcap: float = 0.0,
     ) -> None:
         super().__init__()
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias)
@@ -39,7 +40,8 @@ class DecoderAttention(nn.Module):
         self.kv_size = self.qkv_proj.num_kv_heads * cfg.head_dim
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, rope or cfg.rope, cfg.max_model_len)
-        self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim, sliding_window, scale)
+        self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim, sliding_window, scale,
+                              softcap)
         self.head_dim = cfg.head_dim
         if qk_norm:
             self.q_norm = norm(cfg.head_dim, cfg.rms_norm_eps)

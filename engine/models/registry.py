@@ -15,6 +15,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "GraniteForCausalLM": ("pagoda.engine.models.llama", "GraniteForCausalLM"),
     "Phi3ForCausalLM": ("pagoda.engine.models.llama", "Phi3ForCausalLM"),
     "Gemma3ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma3ForCausalLM"),
+    "Gemma2ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma2ForCausalLM"),
     # Multimodal checkpoints, served as text (their language model).
     "Gemma3ForConditionalGeneration": ("pagoda.engine.models.gemma3", "Gemma3ForConditionalGeneration"),
     # Mixture of experts.

@@ -49,11 +49,20 @@ def widen(kv, q, EXACT: tl.constexpr):
 
 
 @triton.jit
+def soft_cap(s, qk_scale_log2, softcap_log2):
+    """Base-2 scores of raw q.k products `s` whose natural logits z = s * scale are capped to
+    cap * tanh(z / cap) (Gemma 2's attention soft-capping); tanh written with exp, which saturates
+    cleanly to -1 and 1."""
+    z = s * (qk_scale_log2 / softcap_log2)
+    return softcap_log2 * (1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0))
+
+
+@triton.jit
 def attend_range(
     acc, m_i, l_i, q, q_pos,
     k_cache_ptr, v_cache_ptr, table_ptr, kv_head_offset, start, stop, block_size,
-    stride_cb, stride_ct, head_dim, qk_scale_log2, window,
-    MASK_ROWS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    stride_cb, stride_ct, head_dim, qk_scale_log2, window, softcap_log2,
+    MASK_ROWS: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
 ):
     """Folds keys [start, stop) into (acc, m_i, l_i).
@@ -61,7 +70,8 @@ def attend_range(
     q: [M, BLOCK_D] in the activations' dtype; keys and values are read in the cache's (which may
     be FP8) and widened to q's, or to fp32 when EXACT; q_pos: [M] absolute position of each
     row's token, used when MASK_ROWS (causal, and the sliding window when
-    HAS_WINDOW); without it every key in range is visible to every row.
+    HAS_WINDOW); without it every key in range is visible to every row. SOFTCAP caps the
+    logits at softcap_log2 / log2(e) (see soft_cap).
     """
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < head_dim
@@ -72,7 +82,11 @@ def attend_range(
         offs = block * stride_cb + (pos % block_size) * stride_ct + kv_head_offset
         kv_mask = in_range[:, None] & dim_mask[None, :]
         k = widen(tl.load(k_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0), q, EXACT)
-        s = mma(q, tl.trans(k), tl.zeros((q.shape[0], BLOCK_N), tl.float32), EXACT) * qk_scale_log2
+        s = mma(q, tl.trans(k), tl.zeros((q.shape[0], BLOCK_N), tl.float32), EXACT)
+        if SOFTCAP:
+            s = soft_cap(s, qk_scale_log2, softcap_log2)
+        else:
+            s = s * qk_scale_log2
         visible = in_range[None, :]
         if MASK_ROWS:
             visible = visible & (pos[None, :] <= q_pos[:, None])

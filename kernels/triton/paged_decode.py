@@ -38,8 +38,8 @@ MAX_SPLITS = 64
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, seq_lens_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
     stride_qb, stride_qh, stride_ob, stride_oh, stride_tb, stride_cb, stride_ct, stride_ch,
-    block_size, head_dim, num_splits, qk_scale_log2, window,
-    GROUP: tl.constexpr, SPLIT: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    block_size, head_dim, num_splits, qk_scale_log2, window, softcap_log2,
+    GROUP: tl.constexpr, SPLIT: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -64,8 +64,8 @@ def _decode_kernel(
     acc, m_i, l_i = attend_range(
         acc, m_i, l_i, q, rows,
         k_cache_ptr, v_cache_ptr, tables_ptr + seq.to(tl.int64) * stride_tb, kv_head * stride_ch,
-        start, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window,
-        False, False, BLOCK_N, BLOCK_D, EXACT,
+        start, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window, softcap_log2,
+        False, False, SOFTCAP, BLOCK_N, BLOCK_D, EXACT,
     )
     if SPLIT:
         # Partials laid out [seq, head, split, ...] so the merge reads each (seq, head) contiguously.
@@ -122,6 +122,7 @@ def paged_attention_decode(
     scale: float,
     sliding_window: int | None = None,
     *,
+    softcap: float = 0.0,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
     block_n: int = 64,
@@ -131,7 +132,8 @@ def paged_attention_decode(
     """q: [B, Hq, D] -> [B, Hq, D]; caches [num_blocks, block_size, Hkv, D]; seq_lens [B] on the device.
 
     max_seq_len only bounds the split count (see choose_num_splits); `out`
-    may be a view into a larger output (the backend's decode rows).
+    may be a view into a larger output (the backend's decode rows); `softcap` > 0 caps the
+    logits (Gemma 2).
     """
     batch, num_q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -152,8 +154,8 @@ def paged_attention_decode(
         q, k_cache, v_cache, block_tables, seq_lens, out, part_acc, part_ml,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_size, head_dim, num_splits, scale * LOG2E, sliding_window or 0,
-        GROUP=group, SPLIT=num_splits > 1, HAS_WINDOW=sliding_window is not None,
+        block_size, head_dim, num_splits, scale * LOG2E, sliding_window or 0, softcap * LOG2E,
+        GROUP=group, SPLIT=num_splits > 1, HAS_WINDOW=sliding_window is not None, SOFTCAP=softcap > 0,
         BLOCK_M=block_for(group, 16), BLOCK_N=block_n, BLOCK_D=block_d, EXACT=exact_dot(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )

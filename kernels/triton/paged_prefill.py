@@ -30,8 +30,8 @@ from pagoda.kernels.triton.launch import block_for, exact_dot
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, query_start_ptr, seq_lens_ptr, out_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_tb, stride_cb, stride_ct, stride_ch,
-    first_seq, block_size, head_dim, qk_scale_log2, window,
-    GROUP: tl.constexpr, TOKENS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    first_seq, block_size, head_dim, qk_scale_log2, window, softcap_log2,
+    GROUP: tl.constexpr, TOKENS: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
 ):
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -69,13 +69,13 @@ def _prefill_kernel(
         masked_from = tl.minimum(masked_from, stop)
         acc, m_i, l_i = attend_range(
             acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table, kv_head * stride_ch,
-            start, masked_from, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window,
-            False, False, BLOCK_N, BLOCK_D, EXACT,
+            start, masked_from, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window, softcap_log2,
+            False, False, SOFTCAP, BLOCK_N, BLOCK_D, EXACT,
         )
     acc, m_i, l_i = attend_range(
         acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table, kv_head * stride_ch,
-        masked_from, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window,
-        True, HAS_WINDOW, BLOCK_N, BLOCK_D, EXACT,
+        masked_from, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window, softcap_log2,
+        True, HAS_WINDOW, SOFTCAP, BLOCK_N, BLOCK_D, EXACT,
     )
     out = finish(acc, l_i).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + q_rows[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :], out, mask=io_mask)
@@ -92,6 +92,7 @@ def paged_attention_prefill_varlen(
     scale: float,
     sliding_window: int | None = None,
     *,
+    softcap: float = 0.0,
     first_seq: int = 0,
     num_seqs: int | None = None,
     out: torch.Tensor | None = None,
@@ -107,7 +108,8 @@ def paged_attention_prefill_varlen(
     lengths including the new tokens; block_tables [S, max_blocks].
     Tiles default to 64 x 64 for 16-bit caches; fp32 runs its dots on FMA
     units (see launch.exact_dot), whose operands live in registers, so it gets
-    32 x 32 to stay clear of register spills.
+    32 x 32 to stay clear of register spills, as do head dims above 128 (Gemma's
+    256), whose q and accumulator tiles would otherwise spill on sm_90.
     """
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -118,7 +120,7 @@ def paged_attention_prefill_varlen(
     if out is None:
         out = torch.empty_like(q)
     exact = exact_dot(q.dtype)
-    default_tile = 32 if q.dtype == torch.float32 else 64
+    default_tile = 32 if q.dtype == torch.float32 or head_dim > 128 else 64
     block_m = max(block_m or default_tile, block_for(group, 16))
     block_n = block_n or default_tile
     tokens = block_m // group
@@ -128,8 +130,8 @@ def paged_attention_prefill_varlen(
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        first_seq, block_size, head_dim, scale * LOG2E, sliding_window or 0,
-        GROUP=group, TOKENS=tokens, HAS_WINDOW=sliding_window is not None,
+        first_seq, block_size, head_dim, scale * LOG2E, sliding_window or 0, softcap * LOG2E,
+        GROUP=group, TOKENS=tokens, HAS_WINDOW=sliding_window is not None, SOFTCAP=softcap > 0,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_for(head_dim), EXACT=exact,
         num_warps=num_warps, num_stages=num_stages,
     )
@@ -144,6 +146,7 @@ def paged_attention_prefill(
     seq_len: int,
     scale: float,
     sliding_window: int | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """One sequence, with the reference's signature: q [q_len, Hq, D], block_table [max_blocks]."""
     q_len = q.shape[0]
@@ -152,5 +155,5 @@ def paged_attention_prefill(
         q, k_cache, v_cache, block_table.view(1, -1),
         torch.tensor([0, q_len], dtype=torch.int32, device=dev),
         torch.tensor([seq_len], dtype=torch.int32, device=dev),
-        q_len, scale, sliding_window,
+        q_len, scale, sliding_window, softcap=softcap,
     )

@@ -45,7 +45,7 @@ def _greedy() -> SamplingParams:
 def test_greedy_matches_transformers(tiny_model, arch: str, regime: str) -> None:
     path = tiny_model(arch)
     options = dict(REGIMES[regime])
-    if arch == "gemma3" and "num_kv_blocks" in options:
+    if arch in ("gemma2", "gemma3") and "num_kv_blocks" in options:
         # Its sliding and full layers take blocks of one layer each (kv_cache_layout.py): the same
         # memory is twice the blocks, and one more is the sliding layers' null block.
         options["num_kv_blocks"] = 2 * options["num_kv_blocks"] + 1
@@ -156,3 +156,23 @@ def test_granite_logprobs_see_the_logits_scaling(tiny_model) -> None:
     reference = hf_logprobs(path, ids)
     for pos in range(1, len(ids)):
         assert out.prompt_logprobs[pos][ids[pos]].logprob == pytest.approx(float(reference[pos - 1, ids[pos]]), abs=1e-4)
+
+
+def test_gemma2_soft_capping_is_applied(tiny_model, tmp_path) -> None:
+    """The fixture's caps bend its logits. Without the attention cap the same weights generate other
+    tokens, so the parity above shows it applied inside the kernels; the LM head's cap is monotone
+    (greedy tokens cannot show it), so its logprobs are checked against transformers'."""
+    from pagoda.engine.fixtures import write_variant
+
+    path = tiny_model("gemma2")
+    prompt = [2, 17, 42, 99, 7, 256, 3]
+    no_attention_cap = write_variant(path, tmp_path / "no-attention-cap", attn_logit_softcapping=None)
+    assert hf_greedy(no_attention_cap, prompt, MAX_TOKENS) != hf_greedy(path, prompt, MAX_TOKENS)
+    llm = LLM(str(path), dtype="float32")
+    out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
+    capped = hf_logprobs(path, prompt)
+    uncapped = hf_logprobs(write_variant(path, tmp_path / "no-final-cap", final_logit_softcapping=None), prompt)
+    for pos in range(1, len(prompt)):
+        got = out.prompt_logprobs[pos][prompt[pos]].logprob
+        assert got == pytest.approx(capped[pos - 1][prompt[pos]].item(), abs=1e-4)
+        assert abs(got - uncapped[pos - 1][prompt[pos]].item()) > 1e-2

@@ -129,6 +129,13 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
         tables, lens = torch.zeros(4, 2, dtype=torch.int32), torch.ones(4, dtype=torch.int32)
         q = torch.empty(4, 32, 128, dtype=torch.bfloat16)
         call("decode-fp8cache", lambda: kernels.paged_attention_decode(q, cache, cache, tables, lens, 32, 0.1, num_splits=4))
+        # Gemma 2 9B's soft-capped logits (head_dim 256, 16 heads over 8 KV heads), decode and prefill.
+        gemma = torch.empty(8, 16, 8, 256, dtype=torch.bfloat16)
+        q2 = torch.empty(4, 16, 256, dtype=torch.bfloat16)
+        call("decode-softcap", lambda: kernels.paged_attention_decode(
+            q2, gemma, gemma, tables, lens, 32, 0.0625, 4096, softcap=50.0, num_splits=4))
+        call("prefill-softcap", lambda: kernels.paged_attention_prefill_varlen(
+            q2, gemma, gemma, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.0625, 4096, softcap=50.0))
         call("prefill-fp8cache", lambda: kernels.paged_attention_prefill_varlen(
             q, cache, cache, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
         call("store-fp8cache", lambda: kernels.store_kv_cache(q[:, :8], q[:, :8], cache, cache, lens.long()))

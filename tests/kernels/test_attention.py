@@ -113,13 +113,15 @@ def test_prefill_over_an_fp8_cache(cache_dtype: torch.dtype, q_dtype: torch.dtyp
     assert_close(out, _reference_varlen(q, batch, q_lens, 0.2, None))
 
 
-def _reference_varlen(q: torch.Tensor, batch: PagedBatch, q_lens: list[int], scale: float, window: int | None) -> torch.Tensor:
+def _reference_varlen(q: torch.Tensor, batch: PagedBatch, q_lens: list[int], scale: float, window: int | None,
+                      softcap: float = 0.0) -> torch.Tensor:
     parts, start = [], 0
     batch = batch.finite()
     for i, (q_len, seq_len) in enumerate(zip(q_lens, batch.seq_lens)):
         parts.append(
             reference.paged_attention_prefill(
-                q[start : start + q_len], batch.k_cache, batch.v_cache, batch.block_tables[i], seq_len, scale, window
+                q[start : start + q_len], batch.k_cache, batch.v_cache, batch.block_tables[i], seq_len, scale, window,
+                softcap,
             )
         )
         start += q_len
@@ -185,3 +187,30 @@ def test_single_sequence_prefill_matches_reference_signature() -> None:
     out = kernels.paged_attention_prefill(q, batch.k_cache, batch.v_cache, batch.block_tables[0], 21, 0.125)
     ref = batch.finite()
     assert_close(out, reference.paged_attention_prefill(q, ref.k_cache, ref.v_cache, ref.block_tables[0], 21, 0.125))
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logit_soft_capping(window: int | None, dtype: torch.dtype) -> None:
+    """Gemma 2's cap * tanh(logit / cap), in both kernels (decode split or not, prefill with and without
+    a window): scores large enough that the cap bends them, so forgetting it fails."""
+    g = torch.Generator().manual_seed(11)
+    seq_lens, q_lens = [37, 21], [37, 9]
+    batch = make_paged_batch(seq_lens, kv_heads=2, head_dim=64, block_size=8, dtype=dtype, device=DEVICE, g=g)
+    q = _q(sum(q_lens), 4, 64, dtype, g) * 4
+    scale, cap = 0.5, 5.0
+    starts = torch.tensor([0, 37, 46], dtype=torch.int32, device=DEVICE)
+    out = kernels.paged_attention_prefill_varlen(
+        q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), 37, scale, window,
+        softcap=cap, block_m=32, block_n=16,
+    )
+    want = _reference_varlen(q, batch, q_lens, scale, window, cap)
+    assert_close(out, want)
+    assert not torch.allclose(want.float(), _reference_varlen(q, batch, q_lens, scale, window).float(), atol=1e-2)
+    decode_q = q[[36, 45]].contiguous()
+    args = (batch.block_tables, batch.seq_lens_tensor(), max(seq_lens), scale, window)
+    ref = batch.finite()
+    for splits in (1, 3):
+        got = kernels.paged_attention_decode(decode_q, batch.k_cache, batch.v_cache, *args, softcap=cap,
+                                             num_splits=splits, block_n=16)
+        assert_close(got, reference.paged_attention_decode(decode_q, ref.k_cache, ref.v_cache, *args, softcap=cap))
