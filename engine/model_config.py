@@ -123,6 +123,9 @@ def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
     partial = float(merged.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
     if kind in LONGROPE and "original_max_position_embeddings" not in merged:
         merged["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]  # Phi-3 keeps it apart
+    if kind == "yarn" and "original_max_position_embeddings" not in merged:
+        merged["original_max_position_embeddings"] = cfg.get("original_max_position_embeddings",
+                                                             cfg.get("max_position_embeddings"))
     return RopeConfig(theta=theta, scaling_type=str(kind), scaling=merged, partial_rotary_factor=partial)
 
 

@@ -14,10 +14,10 @@ from torch import nn
 
 from pagoda.engine.model_config import LONGROPE, RopeConfig
 
-SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "longrope")
+SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "longrope", "yarn")
 
 
-def _inv_freq(rotary_dim: int, rope: RopeConfig) -> torch.Tensor:
+def _inv_freq(rotary_dim: int, rope: RopeConfig, max_position: int) -> torch.Tensor:
     # float32 throughout, as the reference implementations compute it: a
     # float64 table would be "more exact" yet disagree with every checkpoint's
     # training-time numerics at long positions.
@@ -29,6 +29,8 @@ def _inv_freq(rotary_dim: int, rope: RopeConfig) -> torch.Tensor:
         return inv_freq / float(rope.scaling["factor"])
     if kind == "llama3":
         return _llama3_scale(inv_freq, rope.scaling)
+    if kind == "yarn":
+        return _yarn_scale(inv_freq, rotary_dim, rope, max_position)
     if kind in LONGROPE:  # the short factors: load_model_config keeps the context where they apply
         factors = torch.tensor(rope.scaling["short_factor"], dtype=torch.float32)
         if factors.numel() != inv_freq.numel():
@@ -51,13 +53,48 @@ def _llama3_scale(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
     return torch.where(middle, blended, out)
 
 
+def _yarn_factor(rope: RopeConfig, max_position: int) -> float:
+    """YaRN's context extension: `factor`, else the model's positions over the original (DeepSeek-V3's way)."""
+    return float(rope.scaling.get("factor") or max_position / float(rope.scaling["original_max_position_embeddings"]))
+
+
+def _yarn_scale(inv_freq: torch.Tensor, rotary_dim: int, rope: RopeConfig, max_position: int) -> torch.Tensor:
+    """YaRN (Qwen2.5 and Qwen3 past 32k, DeepSeek): frequencies that turn fewer than beta_slow times over
+    the original context are interpolated (slowed by `factor`), those that turn more than beta_fast times
+    kept, a linear ramp over the dimensions between."""
+    s = rope.scaling
+    factor, base = _yarn_factor(rope, max_position), rope.theta
+    original = float(s["original_max_position_embeddings"])
+    beta_fast, beta_slow = float(s.get("beta_fast") or 32), float(s.get("beta_slow") or 1)
+
+    def dim_of(rotations: float) -> float:  # the dimension that turns `rotations` times over the context
+        return rotary_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = dim_of(beta_fast), dim_of(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    ramp = ((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / ((high - low) or 0.001)).clamp(0, 1)
+    keep = 1 - ramp  # 1: extrapolate (the original frequency), 0: interpolate
+    return inv_freq / factor * (1 - keep) + inv_freq * keep
+
+
 def _attention_factor(rope: RopeConfig, max_position: int) -> float:
-    """LongRoPE's scale of cos and sin (on q and k alike): sqrt(1 + ln(s) / ln(original context)) for
-    the context extension s, unless the config gives it; 1 for every other rule."""
-    if rope.scaling_type not in LONGROPE:
+    """The scale of cos and sin (on q and k alike) of the context-extending rules, unless the config
+    gives it: LongRoPE's sqrt(1 + ln(s) / ln(original context)) for the extension s; YaRN's
+    0.1 ln(factor) + 1 (DeepSeek's mscale and mscale_all_dim as a ratio of two such); 1 otherwise."""
+    if rope.scaling_type not in (*LONGROPE, "yarn"):
         return 1.0
     if rope.scaling.get("attention_factor") is not None:
         return float(rope.scaling["attention_factor"])
+    if rope.scaling_type == "yarn":
+        factor = _yarn_factor(rope, max_position)
+
+        def mscale(m: float = 1.0) -> float:
+            return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+        m, m_all = rope.scaling.get("mscale"), rope.scaling.get("mscale_all_dim")
+        return mscale(float(m)) / mscale(float(m_all)) if m and m_all else mscale()
     original = float(rope.scaling["original_max_position_embeddings"])
     factor = float(rope.scaling.get("factor") or max_position / original)
     return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
@@ -74,7 +111,7 @@ def _cos_sin_table(rotary_dim: int, max_position: int, num_positions: int, rope:
     device = torch.empty(0).device
     key = (rotary_dim, max_position, num_positions, repr(rope), device)
     if key not in _TABLES:
-        inv_freq = _inv_freq(rotary_dim, rope)
+        inv_freq = _inv_freq(rotary_dim, rope, max_position)
         freqs = torch.outer(torch.arange(num_positions, dtype=torch.float32), inv_freq)
         scale = _attention_factor(rope, max_position)
         _TABLES[key] = torch.cat([freqs.cos() * scale, freqs.sin() * scale], dim=-1)

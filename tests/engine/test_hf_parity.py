@@ -176,3 +176,20 @@ def test_gemma2_soft_capping_is_applied(tiny_model, tmp_path) -> None:
         got = out.prompt_logprobs[pos][prompt[pos]].logprob
         assert got == pytest.approx(capped[pos - 1][prompt[pos]].item(), abs=1e-4)
         assert abs(got - uncapped[pos - 1][prompt[pos]].item()) > 1e-2
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0, "original_max_position_embeddings": 16},
+    {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0, "original_max_position_embeddings": 16,
+     "mscale": 1.0, "mscale_all_dim": 0.5, "beta_fast": 16},
+], ids=["qwen", "deepseek-mscale"])
+def test_yarn_rope_scaling_matches_transformers(tiny_model, rope: dict) -> None:
+    """YaRN (Qwen3's long-context setting), with an original context of 16 that the 40-token prompts
+    outgrow: transformers' tokens, which plain rope on the same weights does not give."""
+    path = tiny_model("qwen3", rope_parameters=rope)
+    prompt = list(range(30, 70))
+    llm = LLM(str(path), dtype="float32")
+    got = llm.generate([{"prompt_token_ids": prompt}], _greedy())[0].outputs[0].token_ids
+    assert got == hf_greedy(path, prompt, MAX_TOKENS)
+    plain = tiny_model("qwen3", rope_parameters={"rope_type": "default", "rope_theta": rope["rope_theta"]})
+    assert got != hf_greedy(plain, prompt, MAX_TOKENS)
