@@ -32,8 +32,8 @@ from pagoda.engine.layers.fp8 import WHOLE, quantize_fp8_blocks
 from pagoda.kernels import reference
 
 FIXTURE_ARCHS: tuple[str, ...] = (
-    "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "mixtral", "qwen2_moe",
-    "qwen3_moe",
+    "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "mixtral",
+    "qwen2_moe", "qwen3_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -181,6 +181,13 @@ _FAMILIES: dict[str, _Family] = {
                 "query_pre_attn_scalar": 24, "hidden_activation": "gelu_pytorch_tanh",
                 "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0},
     ),
+    # GLM-4: q/k/v biases, half the head rotated in interleaved pairs, gate/up stored fused, norms
+    # after attention and after the MLP.
+    "glm4": _Family("glm4", "Glm4ForCausalLM", adds_bos=False, rope_theta=10000.0,
+                    config={"partial_rotary_factor": 0.5, "attention_bias": True, "head_dim": 32}),
+    # GLM (glm-4-9b-chat-hf): GLM-4's layers without the two post-norms.
+    "glm": _Family("glm", "GlmForCausalLM", adds_bos=False, rope_theta=10000.0,
+                   config={"partial_rotary_factor": 0.5, "attention_bias": True, "head_dim": 32}),
     # Mixture of experts, each with what distinguishes its family: Mixtral renormalizes the top-k
     # weights and sizes experts by intermediate_size; Qwen2-MoE adds a gated shared expert and
     # does not renormalize; Qwen3-MoE renormalizes, and here keeps layer 0 dense (mlp_only_layers).
@@ -331,6 +338,8 @@ def _hub_style_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
         config["rope_local_base_freq"] = rope.pop("sliding_attention")["rope_theta"]
         rope = rope.pop("full_attention")
     config["rope_theta"] = rope.pop("rope_theta")
+    if "partial_rotary_factor" in rope:  # GLM's and Phi's, a top-level key in hub configs
+        config["partial_rotary_factor"] = rope.pop("partial_rotary_factor")
     config["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else rope
     if config["model_type"].startswith("qwen") and "num_local_experts" in config:
         # transformers 5 writes Mixtral's name for Qwen3-MoE's expert count; hub checkpoints say num_experts.

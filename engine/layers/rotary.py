@@ -121,14 +121,17 @@ def _cos_sin_table(rotary_dim: int, max_position: int, num_positions: int, rope:
 
 
 class RotaryEmbedding(nn.Module):
-    """Applies the rotation to q and k in the neox (rotate-half) layout used by these families.
+    """Applies the rotation to q and k in the neox (rotate-half) layout most families use, or the
+    gpt-j (interleaved pairs) layout where `interleaved` (GLM).
 
     `max_position` is the model's (LongRoPE's attention factor depends on it); the table covers
     `num_positions` (the served context, by default all of it)."""
 
-    def __init__(self, head_dim: int, max_position: int, rope: RopeConfig, num_positions: int | None = None) -> None:
+    def __init__(self, head_dim: int, max_position: int, rope: RopeConfig, num_positions: int | None = None,
+                 interleaved: bool = False) -> None:
         super().__init__()
         self.head_dim = head_dim
+        self.is_neox = not interleaved
         self.rotary_dim = int(head_dim * rope.partial_rotary_factor)
         table = _cos_sin_table(self.rotary_dim, max_position, num_positions or max_position, rope)
         self.register_buffer("cos_sin_cache", table, persistent=False)
@@ -139,4 +142,4 @@ class RotaryEmbedding(nn.Module):
         """q: [tokens, heads, head_dim], k: [tokens, kv_heads, head_dim]."""
         from pagoda.kernels import ops
 
-        return ops.rotary_embedding(positions, q, k, self.cos_sin_cache, self.rotary_dim)
+        return ops.rotary_embedding(positions, q, k, self.cos_sin_cache, self.rotary_dim, self.is_neox)

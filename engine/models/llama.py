@@ -32,14 +32,16 @@ class DecoderAttention(nn.Module):
     def __init__(
         self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, *, rope: RopeConfig | None = None,
         sliding_window: int | None = None, scale: float | None = None, norm: type[RMSNorm] = RMSNorm,
-        softcap: float = 0.0,
+        softcap: float = 0.0, rotary_interleaved: bool = False, o_bias: bool | None = None,
     ) -> None:
         super().__init__()
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias)
         self.q_size = self.qkv_proj.num_heads * cfg.head_dim
         self.kv_size = self.qkv_proj.num_kv_heads * cfg.head_dim
-        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
-        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, rope or cfg.rope, cfg.max_model_len)
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size,
+                                        bias=cfg.attention_bias if o_bias is None else o_bias)
+        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, rope or cfg.rope, cfg.max_model_len,
+                                          rotary_interleaved)
         self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim, sliding_window, scale,
                               softcap)
         self.head_dim = cfg.head_dim
@@ -103,8 +105,12 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
+    """Embeddings, decoder layers (DecoderLayer, or what `make_layer` builds for a family with other
+    layers), final norm."""
+
     def __init__(
-        self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, make_mlp: Callable[[ModelConfig, int], nn.Module]
+        self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, make_mlp: Callable[[ModelConfig, int], nn.Module],
+        make_layer: Callable[[ModelConfig, int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         # Granite's multipliers (its configs name them; 1 and 1/sqrt(head_dim) everywhere else).
@@ -113,8 +119,8 @@ class DecoderModel(nn.Module):
         residual, attention = float(hf.get("residual_multiplier", 1.0)), hf.get("attention_multiplier")
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg, qkv_bias, qk_norm, make_mlp(cfg, i), residual,
-                         None if attention is None else float(attention))
+            make_layer(cfg, i) if make_layer is not None else
+            DecoderLayer(cfg, qkv_bias, qk_norm, make_mlp(cfg, i), residual, None if attention is None else float(attention))
             for i in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

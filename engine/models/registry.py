@@ -16,6 +16,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Phi3ForCausalLM": ("pagoda.engine.models.llama", "Phi3ForCausalLM"),
     "Gemma3ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma3ForCausalLM"),
     "Gemma2ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma2ForCausalLM"),
+    "GlmForCausalLM": ("pagoda.engine.models.glm", "GlmForCausalLM"),
+    "Glm4ForCausalLM": ("pagoda.engine.models.glm", "Glm4ForCausalLM"),
     # Multimodal checkpoints, served as text (their language model).
     "Gemma3ForConditionalGeneration": ("pagoda.engine.models.gemma3", "Gemma3ForConditionalGeneration"),
     # Mixture of experts.

@@ -193,3 +193,11 @@ def test_yarn_rope_scaling_matches_transformers(tiny_model, rope: dict) -> None:
     assert got == hf_greedy(path, prompt, MAX_TOKENS)
     plain = tiny_model("qwen3", rope_parameters={"rope_type": "default", "rope_theta": rope["rope_theta"]})
     assert got != hf_greedy(plain, prompt, MAX_TOKENS)
+
+
+def test_glm_matches_transformers(tiny_model) -> None:
+    """GLM (the first GLM-4 checkpoints' architecture): GLM-4 without its post-norms."""
+    path = tiny_model("glm")
+    llm = LLM(str(path), dtype="float32", max_num_batched_tokens=9, block_size=4)
+    for out in llm.generate(PROMPTS, _greedy()):
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, MAX_TOKENS), out.prompt
