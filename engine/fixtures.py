@@ -32,8 +32,8 @@ from pagoda.engine.layers.fp8 import WHOLE, quantize_fp8_blocks
 from pagoda.kernels import reference
 
 FIXTURE_ARCHS: tuple[str, ...] = (
-    "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "mixtral",
-    "qwen2_moe", "qwen3_moe",
+    "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
+    "mixtral", "qwen2_moe", "qwen3_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -185,6 +185,8 @@ _FAMILIES: dict[str, _Family] = {
     # after attention and after the MLP.
     "glm4": _Family("glm4", "Glm4ForCausalLM", adds_bos=False, rope_theta=10000.0,
                     config={"partial_rotary_factor": 0.5, "attention_bias": True, "head_dim": 32}),
+    # OLMo 2: post-norm layers, q and k normalized across all their heads.
+    "olmo2": _Family("olmo2", "Olmo2ForCausalLM", adds_bos=False, rope_theta=500000.0),
     # GLM (glm-4-9b-chat-hf): GLM-4's layers without the two post-norms.
     "glm": _Family("glm", "GlmForCausalLM", adds_bos=False, rope_theta=10000.0,
                    config={"partial_rotary_factor": 0.5, "attention_bias": True, "head_dim": 32}),

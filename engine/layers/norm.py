@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pagoda.engine.layers.weights import copy_into, read_full
+from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
+from pagoda.engine.layers.weights import copy_into, read_full, read_shard
 
 
 class RMSNorm(nn.Module):
@@ -45,3 +46,26 @@ class GemmaRMSNorm(RMSNorm):
     @staticmethod
     def weight_loader(param: nn.Parameter, src: Any) -> None:
         copy_into(param, read_full(src).float() + 1.0)
+
+
+class ShardedRMSNorm(nn.Module):
+    """RMSNorm over a vector that tensor parallelism splits: OLMo 2 normalizes q and k across all
+    heads, while each rank holds only its heads' slice. Each rank's sum of squares joins one
+    all-reduce (a scalar per token), and its weight is its slice of the checkpoint's."""
+
+    def __init__(self, local: int, full: int, eps: float) -> None:
+        super().__init__()
+        if local * tp_size() != full:
+            raise ValueError(f"a norm over {full} features cannot be split into this rank's {local}: the "
+                             "tensor-parallel size must divide the heads it spans (here, the KV heads)")
+        self.eps, self.full = eps, full
+        self.weight = nn.Parameter(torch.ones(local), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, src: Any) -> None:
+        size = param.shape[0]
+        copy_into(param, read_shard(src, 0, tp_rank() * size, size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squares = all_reduce(x.float().pow(2).sum(-1, keepdim=True))
+        return self.weight * (x.float() * torch.rsqrt(squares / self.full + self.eps)).to(x.dtype)

@@ -20,7 +20,7 @@ from pagoda.engine.layers.activation import SiluAndMul
 from pagoda.engine.layers.attention import Attention
 from pagoda.engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagoda.engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from pagoda.engine.layers.norm import RMSNorm
+from pagoda.engine.layers.norm import RMSNorm, ShardedRMSNorm
 from pagoda.engine.layers.rotary import RotaryEmbedding
 from pagoda.engine.model_config import ModelConfig, RopeConfig
 
@@ -30,7 +30,7 @@ class DecoderAttention(nn.Module):
     sliding window, and a softmax `scale`, q/k `norm` and logit `softcap` that Gemma sets its own way."""
 
     def __init__(
-        self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, *, rope: RopeConfig | None = None,
+        self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, *, rope: RopeConfig | None = None,
         sliding_window: int | None = None, scale: float | None = None, norm: type[RMSNorm] = RMSNorm,
         softcap: float = 0.0, rotary_interleaved: bool = False, o_bias: bool | None = None,
     ) -> None:
@@ -45,7 +45,12 @@ class DecoderAttention(nn.Module):
         self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim, sliding_window, scale,
                               softcap)
         self.head_dim = cfg.head_dim
-        if qk_norm:
+        # q/k norms: per head (Qwen3, Gemma 3), or across all heads of the projection (OLMo 2's "whole").
+        self.qk_norm_whole = qk_norm == "whole"
+        if self.qk_norm_whole:
+            self.q_norm = ShardedRMSNorm(self.q_size, cfg.num_heads * cfg.head_dim, cfg.rms_norm_eps)
+            self.k_norm = ShardedRMSNorm(self.kv_size, cfg.num_kv_heads * cfg.head_dim, cfg.rms_norm_eps)
+        elif qk_norm:
             self.q_norm = norm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = norm(cfg.head_dim, cfg.rms_norm_eps)
         else:
@@ -54,9 +59,11 @@ class DecoderAttention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         t = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm_whole:
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.reshape(t, -1, self.head_dim)
         k = k.reshape(t, -1, self.head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.qk_norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.contiguous(), meta)
