@@ -33,7 +33,7 @@ from pagoda.kernels import reference
 
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
-    "mixtral", "qwen2_moe", "qwen3_moe",
+    "mixtral", "olmoe", "qwen2_moe", "qwen3_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -201,6 +201,10 @@ _FAMILIES: dict[str, _Family] = {
         "qwen2_moe", "Qwen2MoeForCausalLM", adds_bos=False, rope_theta=1000000.0,
         config={"num_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                 "shared_expert_intermediate_size": 96, "norm_topk_prob": False},
+    ),
+    "olmoe": _Family(
+        "olmoe", "OlmoeForCausalLM", adds_bos=False, rope_theta=10000.0,
+        config={"num_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 32, "norm_topk_prob": False},
     ),
     "qwen3_moe": _Family(
         "qwen3_moe", "Qwen3MoeForCausalLM", adds_bos=False, rope_theta=1000000.0,

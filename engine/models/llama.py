@@ -89,7 +89,7 @@ class DecoderLayer(nn.Module):
     """Pre-norm attention then MLP, each output scaled by `residual_multiplier` before it joins the
     residual stream (1 but in Granite), attention scaled by `attention_scale` (None: 1/sqrt(head_dim))."""
 
-    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, mlp: nn.Module,
+    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, mlp: nn.Module,
                  residual_multiplier: float = 1.0, attention_scale: float | None = None) -> None:
         super().__init__()
         self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm, sliding_window=cfg.sliding_window,
@@ -116,7 +116,7 @@ class DecoderModel(nn.Module):
     layers), final norm."""
 
     def __init__(
-        self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, make_mlp: Callable[[ModelConfig, int], nn.Module],
+        self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, make_mlp: Callable[[ModelConfig, int], nn.Module],
         make_layer: Callable[[ModelConfig, int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
@@ -146,7 +146,7 @@ class LlamaForCausalLM(nn.Module):
     """Also serves Mistral; subclasses switch on Qwen's differences."""
 
     qkv_bias = False
-    qk_norm = False
+    qk_norm: bool | str = False  # True: per head; "whole": across all heads (OLMo 2, OLMoE)
     # Whether it has an LM head (generation); decoder-only checkpoints serve embeddings only.
     generates = True
     # What checkpoint tensor names lack before ours ("model." for decoder-only checkpoints).

@@ -1,4 +1,4 @@
-"""Mixture-of-experts members of the decoder family: Mixtral, Qwen2-MoE (Qwen1.5-MoE) and Qwen3-MoE.
+"""Mixture-of-experts members of the decoder family: Mixtral, Qwen2-MoE (Qwen1.5-MoE), Qwen3-MoE and OLMoE.
 
 Attention is their dense sibling's (Mistral, Qwen2, Qwen3); the MLP of each
 sparse layer becomes a router choosing `top_k` of E SwiGLU experts per token,
@@ -88,3 +88,10 @@ class Qwen2MoeForCausalLM(_MixtureOfExperts, Qwen2ForCausalLM):
 
 class Qwen3MoeForCausalLM(_MixtureOfExperts, Qwen3ForCausalLM):
     pass
+
+
+class OlmoeForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
+    """OLMoE: Llama's pre-norm layers, q and k normalized across all their heads (as OLMo 2's), every
+    MLP routed, without renormalizing the top-k weights."""
+
+    qk_norm = "whole"

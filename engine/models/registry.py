@@ -25,6 +25,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "MixtralForCausalLM": ("pagoda.engine.models.moe", "MixtralForCausalLM"),
     "Qwen2MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen2MoeForCausalLM"),
     "Qwen3MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen3MoeForCausalLM"),
+    "OlmoeForCausalLM": ("pagoda.engine.models.moe", "OlmoeForCausalLM"),
     # Decoder-only checkpoints (embedding models): embeddings only.
     "LlamaModel": ("pagoda.engine.models.llama", "LlamaModel"),
     "MistralModel": ("pagoda.engine.models.llama", "LlamaModel"),
