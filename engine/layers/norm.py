@@ -1,4 +1,4 @@
-"""RMSNorm, optionally fused with the residual add that precedes it."""
+"""RMSNorm (and LayerNorm), optionally fused with the residual add that precedes it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,17 @@ from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
 from pagoda.engine.layers.weights import copy_into, read_full, read_shard
 
 
-class RMSNorm(nn.Module):
+class _ResidualEntry:
+    """A norm's entry into a layer: (norm(x + residual), x + residual), where no residual yet (the
+    first layer, x the embeddings) means x itself starts the residual stream."""
+
+    def with_residual(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            return self(x), x  # type: ignore[operator]
+        return self(x, residual)  # type: ignore[operator]
+
+
+class RMSNorm(_ResidualEntry, nn.Module):
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
@@ -26,13 +36,6 @@ class RMSNorm(nn.Module):
         if residual is None:
             return ops.rms_norm(x, self.weight, self.eps)
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
-
-    def with_residual(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A layer's entry: (norm(x + residual), x + residual), where no residual yet (the first
-        layer, x the embeddings) means x itself starts the residual stream."""
-        if residual is None:
-            return self(x), x
-        return self(x, residual)
 
 
 class GemmaRMSNorm(RMSNorm):
@@ -69,3 +72,22 @@ class ShardedRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squares = all_reduce(x.float().pow(2).sum(-1, keepdim=True))
         return self.weight * (x.float() * torch.rsqrt(squares / self.full + self.eps)).to(x.dtype)
+
+
+class LayerNorm(_ResidualEntry, nn.Module):
+    """LayerNorm with a bias (StarCoder2), with RMSNorm's interface: norm(x), or (norm(x + residual),
+    x + residual). torch's fused layer_norm does the work; fp32 statistics as transformers keeps them."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(hidden_size), requires_grad=False)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is not None:
+            x = x + residual
+        out = nn.functional.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return out if residual is None else (out, x)

@@ -18,6 +18,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Gemma2ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma2ForCausalLM"),
     "GlmForCausalLM": ("pagoda.engine.models.glm", "GlmForCausalLM"),
     "Olmo2ForCausalLM": ("pagoda.engine.models.olmo2", "Olmo2ForCausalLM"),
+    "Starcoder2ForCausalLM": ("pagoda.engine.models.starcoder2", "Starcoder2ForCausalLM"),
     "Glm4ForCausalLM": ("pagoda.engine.models.glm", "Glm4ForCausalLM"),
     # Multimodal checkpoints, served as text (their language model).
     "Gemma3ForConditionalGeneration": ("pagoda.engine.models.gemma3", "Gemma3ForConditionalGeneration"),

@@ -46,9 +46,13 @@ def test_greedy_matches_transformers(tiny_model, arch: str, regime: str) -> None
     path = tiny_model(arch)
     options = dict(REGIMES[regime])
     if arch in ("gemma2", "gemma3") and "num_kv_blocks" in options:
-        # Its sliding and full layers take blocks of one layer each (kv_cache_layout.py): the same
-        # memory is twice the blocks, and one more is the sliding layers' null block.
+        # Gemma's sliding and full layers take blocks of one layer each (kv_cache_layout.py): the same
+        # memory is twice the blocks, and one more is the sliding group's null block.
         options["num_kv_blocks"] = 2 * options["num_kv_blocks"] + 1
+    if arch == "starcoder2" and "num_kv_blocks" in options:
+        # Every layer slides (window 8): a sequence holds at most 5 blocks in steps of 8 tokens, so
+        # preemption needs a pool that small (6 blocks and the null block).
+        options.update(num_kv_blocks=7, max_num_batched_tokens=8)
     llm = LLM(str(path), dtype="float32", **options)
     outputs = llm.generate(PROMPTS, _greedy())
     for out in outputs:
