@@ -87,17 +87,21 @@ class DecoderMLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Pre-norm attention then MLP, each output scaled by `residual_multiplier` before it joins the
-    residual stream (1 but in Granite), attention scaled by `attention_scale` (None: 1/sqrt(head_dim))."""
+    residual stream (1 but in Granite), attention scaled by `attention_scale` (None: 1/sqrt(head_dim));
+    StarCoder2's LayerNorms (`norm`, `eps`) and biased o_proj (`o_bias`) plug in here too."""
 
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, mlp: nn.Module,
-                 residual_multiplier: float = 1.0, attention_scale: float | None = None) -> None:
+                 residual_multiplier: float = 1.0, attention_scale: float | None = None, *,
+                 norm: Callable[[int, float], nn.Module] = RMSNorm, eps: float | None = None,
+                 o_bias: bool | None = None) -> None:
         super().__init__()
         self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm, sliding_window=cfg.sliding_window,
-                                          scale=attention_scale)
+                                          scale=attention_scale, o_bias=o_bias)
         self.mlp = mlp
         self.residual_multiplier = residual_multiplier
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        eps = cfg.rms_norm_eps if eps is None else eps
+        self.input_layernorm = norm(cfg.hidden_size, eps)
+        self.post_attention_layernorm = norm(cfg.hidden_size, eps)
 
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata

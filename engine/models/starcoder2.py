@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.layers.linear import ColumnParallelLinear, RowParallelLinear
 from pagoda.engine.layers.norm import LayerNorm
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.llama import DecoderAttention, DecoderModel, LlamaForCausalLM
+from pagoda.engine.models.llama import DecoderLayer, DecoderModel, LlamaForCausalLM
 
 
 class Starcoder2MLP(nn.Module):
@@ -27,26 +26,10 @@ class Starcoder2MLP(nn.Module):
         return self.c_proj(nn.functional.gelu(self.c_fc(x), approximate="tanh"))
 
 
-class Starcoder2DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        bias, eps = bool(cfg.hf_config.get("use_bias", True)), float(cfg.hf_config.get("norm_epsilon", 1e-5))
-        self.self_attn = DecoderAttention(cfg, qkv_bias=bias, qk_norm=False, sliding_window=cfg.sliding_window,
-                                          o_bias=bias)
-        self.mlp = Starcoder2MLP(cfg, bias)
-        self.input_layernorm = LayerNorm(cfg.hidden_size, eps)
-        self.post_attention_layernorm = LayerNorm(cfg.hidden_size, eps)
-
-    def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        x, residual = self.input_layernorm.with_residual(x, residual)
-        x, residual = self.post_attention_layernorm(self.self_attn(positions, x, meta), residual)
-        return self.mlp(x), residual
-
-
 class Starcoder2ForCausalLM(LlamaForCausalLM):
     def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
-        model = DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, _: Starcoder2DecoderLayer(cfg))
-        model.norm = LayerNorm(cfg.hidden_size, float(cfg.hf_config.get("norm_epsilon", 1e-5)))
+        bias, eps = bool(cfg.hf_config.get("use_bias", True)), float(cfg.hf_config.get("norm_epsilon", 1e-5))
+        model = DecoderModel(cfg, bias, False, self.make_mlp, make_layer=lambda cfg, _: DecoderLayer(
+            cfg, bias, False, Starcoder2MLP(cfg, bias), norm=LayerNorm, eps=eps, o_bias=bias))
+        model.norm = LayerNorm(cfg.hidden_size, eps)
         return model
