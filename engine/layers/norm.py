@@ -75,14 +75,17 @@ class ShardedRMSNorm(nn.Module):
 
 
 class LayerNorm(_ResidualEntry, nn.Module):
-    """LayerNorm with a bias (StarCoder2), with RMSNorm's interface: norm(x), or (norm(x + residual),
-    x + residual). torch's fused layer_norm does the work; fp32 statistics as transformers keeps them."""
+    """LayerNorm, with a bias (StarCoder2) or without (Cohere), with RMSNorm's interface: norm(x), or
+    (norm(x + residual), x + residual). torch's fused layer_norm does the work."""
 
-    def __init__(self, hidden_size: int, eps: float) -> None:
+    def __init__(self, hidden_size: int, eps: float, bias: bool = True) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
-        self.bias = nn.Parameter(torch.zeros(hidden_size), requires_grad=False)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(hidden_size), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None

@@ -19,6 +19,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "GlmForCausalLM": ("pagoda.engine.models.glm", "GlmForCausalLM"),
     "Olmo2ForCausalLM": ("pagoda.engine.models.olmo2", "Olmo2ForCausalLM"),
     "Starcoder2ForCausalLM": ("pagoda.engine.models.starcoder2", "Starcoder2ForCausalLM"),
+    "CohereForCausalLM": ("pagoda.engine.models.cohere", "CohereForCausalLM"),
     "Glm4ForCausalLM": ("pagoda.engine.models.glm", "Glm4ForCausalLM"),
     # Multimodal checkpoints, served as text (their language model).
     "Gemma3ForConditionalGeneration": ("pagoda.engine.models.gemma3", "Gemma3ForConditionalGeneration"),

@@ -205,3 +205,15 @@ def test_glm_matches_transformers(tiny_model) -> None:
     llm = LLM(str(path), dtype="float32", max_num_batched_tokens=9, block_size=4)
     for out in llm.generate(PROMPTS, _greedy()):
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, MAX_TOKENS), out.prompt
+
+
+def test_cohere_logit_scale_reaches_the_logprobs(tiny_model) -> None:
+    """Command-R's logit_scale cannot show in greedy tokens: its prompt logprobs are transformers'."""
+    path = tiny_model("cohere")
+    prompt = [2, 17, 42, 99, 7, 256, 3]
+    out = LLM(str(path), dtype="float32").generate([{"prompt_token_ids": prompt}],
+                                                    SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
+    want = hf_logprobs(path, prompt)
+    for pos in range(1, len(prompt)):
+        assert out.prompt_logprobs[pos][prompt[pos]].logprob == pytest.approx(want[pos - 1][prompt[pos]].item(),
+                                                                               abs=1e-4)

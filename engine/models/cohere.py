@@ -1,0 +1,47 @@
+"""Cohere Command-R (`CohereForCausalLM`: c4ai-command-r-v01, Command-R 08-2024, Aya 23 and Aya Expanse).
+
+Attention and MLP in parallel on one LayerNorm (no bias) of the residual stream, both outputs added
+to it at once; rotary in the interleaved (gpt-j) layout; logits scaled by `logit_scale`. Command R+'s
+per-head q/k LayerNorms (`use_qk_norm`) are refused.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pagoda.engine.attention import AttentionMetadata
+from pagoda.engine.layers.norm import LayerNorm
+from pagoda.engine.model_config import ModelConfig
+from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderModel, LlamaForCausalLM
+
+
+class CohereDecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = DecoderAttention(cfg, qkv_bias=cfg.attention_bias, qk_norm=False, rotary_interleaved=True)
+        self.mlp = DecoderMLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = LayerNorm(cfg.hidden_size, _eps(cfg), bias=False)
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x is the previous layer's output, not yet added to the residual stream (None: the embeddings)."""
+        x, residual = self.input_layernorm.with_residual(x, residual)
+        return self.self_attn(positions, x, meta) + self.mlp(x), residual
+
+
+def _eps(cfg: ModelConfig) -> float:
+    return float(cfg.hf_config.get("layer_norm_eps", 1e-5))
+
+
+class CohereForCausalLM(LlamaForCausalLM):
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        if cfg.hf_config.get("use_qk_norm"):
+            raise ValueError("use_qk_norm (Command R+'s per-head q/k LayerNorms) is not supported")
+        model = DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, _: CohereDecoderLayer(cfg))
+        model.norm = LayerNorm(cfg.hidden_size, _eps(cfg), bias=False)
+        return model
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden) * float(self.config.hf_config.get("logit_scale", 1.0))
