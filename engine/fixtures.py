@@ -33,7 +33,7 @@ from pagoda.kernels import reference
 
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
-    "starcoder2", "cohere", "mixtral", "olmoe", "qwen2_moe", "qwen3_moe",
+    "starcoder2", "cohere", "smollm3", "mixtral", "olmoe", "qwen2_moe", "qwen3_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -190,6 +190,9 @@ _FAMILIES: dict[str, _Family] = {
     # StarCoder2: LayerNorms and biases everywhere, an ungated GELU MLP, a sliding window on every layer.
     "starcoder2": _Family("starcoder2", "Starcoder2ForCausalLM", adds_bos=False, rope_theta=100000.0,
                           config={"sliding_window": 8, "use_bias": True, "hidden_act": "gelu_pytorch_tanh"}),
+    # SmolLM3: the second of its two layers without rotary (NoPE), as every fourth of the real ones.
+    "smollm3": _Family("smollm3", "SmolLM3ForCausalLM", adds_bos=False, rope_theta=5000000.0,
+                       config={"no_rope_layers": [1, 0], "use_sliding_window": False}),
     # Cohere Command-R: parallel attention and MLP on one bias-free LayerNorm, interleaved rotary,
     # logits scaled (0.5 here, 0.0625 in Command-R).
     "cohere": _Family("cohere", "CohereForCausalLM", adds_bos=True, rope_theta=10000.0, config={"logit_scale": 0.5}),

@@ -32,7 +32,7 @@ class DecoderAttention(nn.Module):
     def __init__(
         self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, *, rope: RopeConfig | None = None,
         sliding_window: int | None = None, scale: float | None = None, norm: type[RMSNorm] = RMSNorm,
-        softcap: float = 0.0, rotary_interleaved: bool = False, o_bias: bool | None = None,
+        softcap: float = 0.0, rotary_interleaved: bool = False, o_bias: bool | None = None, use_rope: bool = True,
     ) -> None:
         super().__init__()
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias)
@@ -40,8 +40,9 @@ class DecoderAttention(nn.Module):
         self.kv_size = self.qkv_proj.num_kv_heads * cfg.head_dim
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size,
                                         bias=cfg.attention_bias if o_bias is None else o_bias)
+        # None: a NoPE layer (SmolLM3's every fourth), which sees positions only through the causal mask.
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, rope or cfg.rope, cfg.max_model_len,
-                                          rotary_interleaved)
+                                          rotary_interleaved) if use_rope else None
         self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim, sliding_window, scale,
                               softcap)
         self.head_dim = cfg.head_dim
@@ -65,7 +66,8 @@ class DecoderAttention(nn.Module):
         k = k.reshape(t, -1, self.head_dim)
         if self.q_norm is not None and not self.qk_norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
+        if self.rotary_emb is not None:
+            q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.contiguous(), meta)
         return self.o_proj(out)
 
@@ -93,10 +95,10 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, mlp: nn.Module,
                  residual_multiplier: float = 1.0, attention_scale: float | None = None, *,
                  norm: Callable[[int, float], nn.Module] = RMSNorm, eps: float | None = None,
-                 o_bias: bool | None = None) -> None:
+                 o_bias: bool | None = None, use_rope: bool = True) -> None:
         super().__init__()
         self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm, sliding_window=cfg.sliding_window,
-                                          scale=attention_scale, o_bias=o_bias)
+                                          scale=attention_scale, o_bias=o_bias, use_rope=use_rope)
         self.mlp = mlp
         self.residual_multiplier = residual_multiplier
         eps = cfg.rms_norm_eps if eps is None else eps
@@ -213,6 +215,18 @@ class Qwen3ForCausalLM(LlamaForCausalLM):
 class Phi3ForCausalLM(LlamaForCausalLM):
     """Phi-3 and Phi-4 (mini): Llama's structure with q/k/v and gate/up stored fused in the checkpoint
     (the fused layers' loaders split them), partial rotary and LongRoPE, both read from the config."""
+
+
+class SmolLM3ForCausalLM(LlamaForCausalLM):
+    """SmolLM3: Llama with rotary off in the layers `no_rope_layers` marks 0 (every fourth)."""
+
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        interval = int(cfg.hf_config.get("no_rope_layer_interval") or 4)
+        uses_rope = cfg.hf_config.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(cfg.num_layers)]
+        if len(uses_rope) != cfg.num_layers:
+            raise ValueError(f"no_rope_layers must name {cfg.num_layers} layers, got {len(uses_rope)}")
+        return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
+            cfg, qkv_bias, False, self.make_mlp(cfg, i), use_rope=bool(uses_rope[i])))
 
 
 class GraniteForCausalLM(LlamaForCausalLM):

@@ -13,6 +13,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Qwen2ForCausalLM": ("pagoda.engine.models.llama", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("pagoda.engine.models.llama", "Qwen3ForCausalLM"),
     "GraniteForCausalLM": ("pagoda.engine.models.llama", "GraniteForCausalLM"),
+    "SmolLM3ForCausalLM": ("pagoda.engine.models.llama", "SmolLM3ForCausalLM"),
     "Phi3ForCausalLM": ("pagoda.engine.models.llama", "Phi3ForCausalLM"),
     "Gemma3ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma3ForCausalLM"),
     "Gemma2ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma2ForCausalLM"),
