@@ -33,7 +33,7 @@ from pagoda.kernels import reference
 
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
-    "starcoder2", "cohere", "smollm3", "mixtral", "olmoe", "qwen2_moe", "qwen3_moe",
+    "starcoder2", "cohere", "smollm3", "mixtral", "olmoe", "granitemoe", "qwen2_moe", "qwen3_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -210,6 +210,12 @@ _FAMILIES: dict[str, _Family] = {
         "qwen2_moe", "Qwen2MoeForCausalLM", adds_bos=False, rope_theta=1000000.0,
         config={"num_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                 "shared_expert_intermediate_size": 96, "norm_topk_prob": False},
+    ),
+    "granitemoe": _Family(
+        "granitemoe", "GraniteMoeForCausalLM", adds_bos=False, rope_theta=10000.0,
+        config={"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32,
+                "embedding_multiplier": 6.0, "residual_multiplier": 0.4, "attention_multiplier": 0.1,
+                "logits_scaling": 2.5},
     ),
     "olmoe": _Family(
         "olmoe", "OlmoeForCausalLM", adds_bos=False, rope_theta=10000.0,

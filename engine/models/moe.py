@@ -1,4 +1,5 @@
-"""Mixture-of-experts members of the decoder family: Mixtral, Qwen2-MoE (Qwen1.5-MoE), Qwen3-MoE and OLMoE.
+"""Mixture-of-experts members of the decoder family: Mixtral, Qwen2-MoE (Qwen1.5-MoE), Qwen3-MoE, OLMoE
+and Granite MoE.
 
 Attention is their dense sibling's (Mistral, Qwen2, Qwen3); the MLP of each
 sparse layer becomes a router choosing `top_k` of E SwiGLU experts per token,
@@ -19,7 +20,8 @@ from pagoda.engine.distributed import all_reduce
 from pagoda.engine.layers.linear import ReplicatedLinear
 from pagoda.engine.layers.moe import EXPERT_PARTS, STACKED, FusedMoE, route
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.llama import DecoderMLP, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+from pagoda.engine.models.llama import (DecoderMLP, GraniteForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM,
+                                        Qwen3ForCausalLM)
 
 # experts.<e>.<projection>.weight (and .weight_scale_inv of FP8 checkpoints, or the integer layout's
 # qweight, scales and zeros): one expert's part.
@@ -95,3 +97,22 @@ class OlmoeForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
     MLP routed, without renormalizing the top-k weights."""
 
     qk_norm = "whole"
+
+
+class GraniteMoeForCausalLM(_MixtureOfExperts, GraniteForCausalLM):
+    """IBM Granite 3.x MoE: Granite's multipliers around Mixtral-like layers, whose checkpoints stack
+    each layer's experts (`input_linear` [E, 2I, H], gate rows then up rows; `output_linear`
+    [E, H, I]) and name the router `router.layer`."""
+
+    _NAMES = {".block_sparse_moe.input_linear.": ".mlp.experts.gate_up_proj.",
+              ".block_sparse_moe.output_linear.": ".mlp.experts.down_proj.",
+              ".block_sparse_moe.router.layer.": ".mlp.gate."}
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        for theirs, ours in self._NAMES.items():
+            if theirs in name:
+                name = name.replace(theirs, ours)
+                if ours.startswith(".mlp.experts."):  # a stacked tensor: named as transformers 5 holds it
+                    name = name.removesuffix(".weight")
+                break
+        return super().checkpoint_target(name)

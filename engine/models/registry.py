@@ -29,6 +29,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Qwen2MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen2MoeForCausalLM"),
     "Qwen3MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen3MoeForCausalLM"),
     "OlmoeForCausalLM": ("pagoda.engine.models.moe", "OlmoeForCausalLM"),
+    "GraniteMoeForCausalLM": ("pagoda.engine.models.moe", "GraniteMoeForCausalLM"),
     # Decoder-only checkpoints (embedding models): embeddings only.
     "LlamaModel": ("pagoda.engine.models.llama", "LlamaModel"),
     "MistralModel": ("pagoda.engine.models.llama", "LlamaModel"),
