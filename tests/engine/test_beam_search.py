@@ -73,3 +73,17 @@ def test_too_long_a_prompt_is_refused_before_anything_runs(llm: LLM) -> None:
     with pytest.raises(ValueError, match="maximum model length"):
         llm.beam_search("x" * 5000, BeamSearchParams(beam_width=2, max_tokens=4))
     assert not llm.engine.requests
+
+
+def test_beams_of_a_hybrid_kv_model_equal_transformers(tiny_model) -> None:
+    """Gemma 3's sliding layer in a KV group of its own (window 8): beams that fork and share prefix
+    blocks, the sliding group's included, keep transformers' beams."""
+    path = tiny_model("gemma3")
+    llm = LLM(str(path), dtype="float32", block_size=4)
+    ids = list(range(40, 52))
+    result = llm.beam_search([{"prompt_token_ids": ids}], BeamSearchParams(beam_width=3, max_tokens=10,
+                                                                            ignore_eos=True))[0]
+    expected = hf_beam_search(path, ids, 3, 10)
+    assert not any(EOS_TOKEN_ID in beam for beam in expected)
+    assert [beam.output_token_ids for beam in result.sequences] == expected
+    assert llm.engine.block_manager.usage == 0.0
