@@ -33,7 +33,8 @@ from pagoda.kernels import reference
 
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
-    "starcoder2", "cohere", "smollm3", "mixtral", "olmoe", "granitemoe", "qwen2_moe", "qwen3_moe",
+    "starcoder2", "cohere", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
+    "qwen3_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -196,6 +197,12 @@ _FAMILIES: dict[str, _Family] = {
     # Cohere Command-R: parallel attention and MLP on one bias-free LayerNorm, interleaved rotary,
     # logits scaled (0.5 here, 0.0625 in Command-R).
     "cohere": _Family("cohere", "CohereForCausalLM", adds_bos=True, rope_theta=10000.0, config={"logit_scale": 0.5}),
+    # Ministral and OLMo 3: sliding and global layers as `layer_types` lists them (window 8).
+    "ministral": _Family("ministral", "MinistralForCausalLM", adds_bos=True, rope_theta=100000000.0,
+                         config={"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 8,
+                                 "head_dim": 16}),
+    "olmo3": _Family("olmo3", "Olmo3ForCausalLM", adds_bos=False, rope_theta=500000.0,
+                     config={"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 8}),
     # GLM (glm-4-9b-chat-hf): GLM-4's layers without the two post-norms.
     "glm": _Family("glm", "GlmForCausalLM", adds_bos=False, rope_theta=10000.0,
                    config={"partial_rotary_factor": 0.5, "attention_bias": True, "head_dim": 32}),

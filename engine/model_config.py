@@ -129,6 +129,13 @@ def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
     return RopeConfig(theta=theta, scaling_type=str(kind), scaling=merged, partial_rotary_factor=partial)
 
 
+def sliding_rope(hf: dict[str, Any]) -> RopeConfig | None:
+    """The sliding-window layers' own rotary settings, where `rope_parameters` nests them per layer
+    type (Gemma 3, OLMo 3); None where every layer rotates alike."""
+    nested = (hf.get("rope_parameters") or {}).get("sliding_attention")
+    return _rope_config({**hf, "rope_parameters": nested, "rope_scaling": None}) if nested else None
+
+
 def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
     """The mixture-of-experts settings, or None for a dense model."""
     num_experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)

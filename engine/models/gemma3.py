@@ -25,7 +25,7 @@ from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.layers.activation import GeluAndMul
 from pagoda.engine.layers.embedding import VocabParallelEmbedding
 from pagoda.engine.layers.norm import GemmaRMSNorm
-from pagoda.engine.model_config import ModelConfig, RopeConfig
+from pagoda.engine.model_config import ModelConfig, RopeConfig, sliding_rope
 from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, LlamaForCausalLM
 
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -43,10 +43,7 @@ def layer_types(cfg: ModelConfig, default_pattern: int = 6) -> list[str]:
 def local_rope(cfg: ModelConfig) -> RopeConfig:
     """The sliding layers' rotary settings: `rope_parameters.sliding_attention`, else the classic
     `rope_local_base_freq` with no scaling."""
-    nested: dict[str, Any] = dict((cfg.hf_config.get("rope_parameters") or {}).get(SLIDING) or {})
-    theta = float(nested.pop("rope_theta", cfg.hf_config.get("rope_local_base_freq", 10000.0)))
-    kind = nested.pop("rope_type", "default")
-    return RopeConfig(theta=theta, scaling_type=kind, scaling=nested)
+    return sliding_rope(cfg.hf_config) or RopeConfig(theta=float(cfg.hf_config.get("rope_local_base_freq", 10000.0)))
 
 
 class Gemma3DecoderLayer(nn.Module):

@@ -22,7 +22,7 @@ from pagoda.engine.layers.embedding import ParallelLMHead, VocabParallelEmbeddin
 from pagoda.engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagoda.engine.layers.norm import RMSNorm, ShardedRMSNorm
 from pagoda.engine.layers.rotary import RotaryEmbedding
-from pagoda.engine.model_config import ModelConfig, RopeConfig
+from pagoda.engine.model_config import ModelConfig, RopeConfig, sliding_rope
 
 
 class DecoderAttention(nn.Module):
@@ -87,6 +87,21 @@ class DecoderMLP(nn.Module):
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
+def layer_attention(cfg: ModelConfig, layer: int) -> tuple[int | None, RopeConfig]:
+    """A layer's sliding window and rotary settings: where config.json's `layer_types` names the
+    sliding layers (Ministral, OLMo 3) only those slide, with their own rope if rope_parameters
+    nests one; otherwise every layer has the model's window (None, or Mistral v0.1's)."""
+    kinds = cfg.hf_config.get("layer_types")
+    if not kinds:
+        return cfg.sliding_window, cfg.rope
+    if len(kinds) != cfg.num_layers or kinds[layer] not in ("sliding_attention", "full_attention"):
+        raise ValueError(f"layer_types must name {cfg.num_layers} layers, each sliding_attention or "
+                         f"full_attention: {kinds}")
+    if kinds[layer] == "full_attention" or cfg.sliding_window is None:
+        return None, cfg.rope
+    return cfg.sliding_window, sliding_rope(cfg.hf_config) or cfg.rope
+
+
 class DecoderLayer(nn.Module):
     """Pre-norm attention then MLP, each output scaled by `residual_multiplier` before it joins the
     residual stream (1 but in Granite), attention scaled by `attention_scale` (None: 1/sqrt(head_dim));
@@ -95,9 +110,10 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, mlp: nn.Module,
                  residual_multiplier: float = 1.0, attention_scale: float | None = None, *,
                  norm: Callable[[int, float], nn.Module] = RMSNorm, eps: float | None = None,
-                 o_bias: bool | None = None, use_rope: bool = True) -> None:
+                 o_bias: bool | None = None, use_rope: bool = True, layer: int = 0) -> None:
         super().__init__()
-        self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm, sliding_window=cfg.sliding_window,
+        window, rope = layer_attention(cfg, layer)
+        self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm, rope=rope, sliding_window=window,
                                           scale=attention_scale, o_bias=o_bias, use_rope=use_rope)
         self.mlp = mlp
         self.residual_multiplier = residual_multiplier
@@ -133,7 +149,8 @@ class DecoderModel(nn.Module):
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(
             make_layer(cfg, i) if make_layer is not None else
-            DecoderLayer(cfg, qkv_bias, qk_norm, make_mlp(cfg, i), residual, None if attention is None else float(attention))
+            DecoderLayer(cfg, qkv_bias, qk_norm, make_mlp(cfg, i), residual, None if attention is None else float(attention),
+                         layer=i)
             for i in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -226,7 +243,7 @@ class SmolLM3ForCausalLM(LlamaForCausalLM):
         if len(uses_rope) != cfg.num_layers:
             raise ValueError(f"no_rope_layers must name {cfg.num_layers} layers, got {len(uses_rope)}")
         return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
-            cfg, qkv_bias, False, self.make_mlp(cfg, i), use_rope=bool(uses_rope[i])))
+            cfg, qkv_bias, False, self.make_mlp(cfg, i), use_rope=bool(uses_rope[i]), layer=i))
 
 
 class GraniteForCausalLM(LlamaForCausalLM):

@@ -1,4 +1,5 @@
-"""OLMo 2 (`Olmo2ForCausalLM`: AI2's OLMo-2 7B, 13B, 32B).
+"""OLMo 2 (`Olmo2ForCausalLM`: AI2's OLMo-2 7B, 13B, 32B) and OLMo 3 (`Olmo3ForCausalLM`: OLMo 2's layers,
+three in four with a sliding window, as `layer_types` says).
 
 Llama's attention and MLP in a post-norm layer: no norm before attention or the MLP; each
 branch's output is normalized before it joins the residual stream (`post_attention_layernorm`,
@@ -14,13 +15,15 @@ from torch import nn
 from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderModel, LlamaForCausalLM
+from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderModel, LlamaForCausalLM, layer_attention
 
 
 class Olmo2DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
-        self.self_attn = DecoderAttention(cfg, qkv_bias=cfg.attention_bias, qk_norm="whole")
+        window, rope = layer_attention(cfg, layer)
+        self.self_attn = DecoderAttention(cfg, qkv_bias=cfg.attention_bias, qk_norm="whole", rope=rope,
+                                          sliding_window=window)
         self.mlp = DecoderMLP(cfg.hidden_size, cfg.intermediate_size)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -36,4 +39,4 @@ class Olmo2DecoderLayer(nn.Module):
 
 class Olmo2ForCausalLM(LlamaForCausalLM):
     def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
-        return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, _: Olmo2DecoderLayer(cfg))
+        return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=Olmo2DecoderLayer)

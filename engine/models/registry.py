@@ -10,6 +10,7 @@ import torch.nn as nn
 _REGISTRY: dict[str, tuple[str, str]] = {
     "LlamaForCausalLM": ("pagoda.engine.models.llama", "LlamaForCausalLM"),
     "MistralForCausalLM": ("pagoda.engine.models.llama", "LlamaForCausalLM"),
+    "MinistralForCausalLM": ("pagoda.engine.models.llama", "LlamaForCausalLM"),
     "Qwen2ForCausalLM": ("pagoda.engine.models.llama", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("pagoda.engine.models.llama", "Qwen3ForCausalLM"),
     "GraniteForCausalLM": ("pagoda.engine.models.llama", "GraniteForCausalLM"),
@@ -19,6 +20,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Gemma2ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma2ForCausalLM"),
     "GlmForCausalLM": ("pagoda.engine.models.glm", "GlmForCausalLM"),
     "Olmo2ForCausalLM": ("pagoda.engine.models.olmo2", "Olmo2ForCausalLM"),
+    "Olmo3ForCausalLM": ("pagoda.engine.models.olmo2", "Olmo2ForCausalLM"),
     "Starcoder2ForCausalLM": ("pagoda.engine.models.starcoder2", "Starcoder2ForCausalLM"),
     "CohereForCausalLM": ("pagoda.engine.models.cohere", "CohereForCausalLM"),
     "Glm4ForCausalLM": ("pagoda.engine.models.glm", "Glm4ForCausalLM"),

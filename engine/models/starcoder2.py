@@ -29,7 +29,7 @@ class Starcoder2MLP(nn.Module):
 class Starcoder2ForCausalLM(LlamaForCausalLM):
     def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
         bias, eps = bool(cfg.hf_config.get("use_bias", True)), float(cfg.hf_config.get("norm_epsilon", 1e-5))
-        model = DecoderModel(cfg, bias, False, self.make_mlp, make_layer=lambda cfg, _: DecoderLayer(
-            cfg, bias, False, Starcoder2MLP(cfg, bias), norm=LayerNorm, eps=eps, o_bias=bias))
+        model = DecoderModel(cfg, bias, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
+            cfg, bias, False, Starcoder2MLP(cfg, bias), norm=LayerNorm, eps=eps, o_bias=bias, layer=i))
         model.norm = LayerNorm(cfg.hidden_size, eps)
         return model
