@@ -203,6 +203,9 @@ _FAMILIES: dict[str, _Family] = {
                                  "head_dim": 16}),
     "olmo3": _Family("olmo3", "Olmo3ForCausalLM", adds_bos=False, rope_theta=500000.0,
                      config={"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 8}),
+    # EXAONE 4.0: OLMo 2's post-norm layers, per-head q/k norms, the global layer without rotary.
+    "exaone4": _Family("exaone4", "Exaone4ForCausalLM", adds_bos=False, rope_theta=1000000.0,
+                       config={"sliding_window": 8, "sliding_window_pattern": 2, "head_dim": 16}),
     # GLM (glm-4-9b-chat-hf): GLM-4's layers without the two post-norms.
     "glm": _Family("glm", "GlmForCausalLM", adds_bos=False, rope_theta=10000.0,
                    config={"partial_rotary_factor": 0.5, "attention_bias": True, "head_dim": 32}),

@@ -87,11 +87,11 @@ class DecoderMLP(nn.Module):
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
-def layer_attention(cfg: ModelConfig, layer: int) -> tuple[int | None, RopeConfig]:
-    """A layer's sliding window and rotary settings: where config.json's `layer_types` names the
-    sliding layers (Ministral, OLMo 3) only those slide, with their own rope if rope_parameters
-    nests one; otherwise every layer has the model's window (None, or Mistral v0.1's)."""
-    kinds = cfg.hf_config.get("layer_types")
+def layer_attention(cfg: ModelConfig, layer: int, kinds: list[str] | None = None) -> tuple[int | None, RopeConfig]:
+    """A layer's sliding window and rotary settings: where config.json's `layer_types` (or `kinds`)
+    names the sliding layers (Ministral, OLMo 3) only those slide, with their own rope if
+    rope_parameters nests one; otherwise every layer has the model's window (None, or Mistral v0.1's)."""
+    kinds = kinds or cfg.hf_config.get("layer_types")
     if not kinds:
         return cfg.sliding_window, cfg.rope
     if len(kinds) != cfg.num_layers or kinds[layer] not in ("sliding_attention", "full_attention"):

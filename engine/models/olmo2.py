@@ -1,5 +1,5 @@
-"""OLMo 2 (`Olmo2ForCausalLM`: AI2's OLMo-2 7B, 13B, 32B) and OLMo 3 (`Olmo3ForCausalLM`: OLMo 2's layers,
-three in four with a sliding window, as `layer_types` says).
+"""OLMo 2 (`Olmo2ForCausalLM`: AI2's OLMo-2 7B, 13B, 32B), OLMo 3 (`Olmo3ForCausalLM`: OLMo 2's layers,
+three in four with a sliding window, as `layer_types` says) and EXAONE 4.0 (`Exaone4ForCausalLM`).
 
 Llama's attention and MLP in a post-norm layer: no norm before attention or the MLP; each
 branch's output is normalized before it joins the residual stream (`post_attention_layernorm`,
@@ -19,11 +19,16 @@ from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderMode
 
 
 class Olmo2DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    """Post-norm attention then MLP; `qk_norm` across all heads ("whole") or per head (EXAONE 4), and
+    with `kinds` (EXAONE 4's sliding pattern) rotary only in the sliding layers, the global ones NoPE."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, qk_norm: bool | str = "whole",
+                 kinds: list[str] | None = None) -> None:
         super().__init__()
-        window, rope = layer_attention(cfg, layer)
-        self.self_attn = DecoderAttention(cfg, qkv_bias=cfg.attention_bias, qk_norm="whole", rope=rope,
-                                          sliding_window=window)
+        window, rope = layer_attention(cfg, layer, kinds)
+        nope = kinds is not None and cfg.sliding_window is not None and window is None
+        self.self_attn = DecoderAttention(cfg, qkv_bias=cfg.attention_bias, qk_norm=qk_norm, rope=rope,
+                                          sliding_window=window, use_rope=not nope)
         self.mlp = DecoderMLP(cfg.hidden_size, cfg.intermediate_size)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -40,3 +45,25 @@ class Olmo2DecoderLayer(nn.Module):
 class Olmo2ForCausalLM(LlamaForCausalLM):
     def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
         return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=Olmo2DecoderLayer)
+
+
+def exaone_layer_types(cfg: ModelConfig) -> list[str]:
+    """EXAONE 4's layer kinds: `layer_types`, else `sliding_window_pattern` ("LLLG": local, local,
+    local, global, repeated; or every n-th layer global)."""
+    if cfg.hf_config.get("layer_types"):
+        return list(cfg.hf_config["layer_types"])
+    pattern = cfg.hf_config.get("sliding_window_pattern") or 4
+    if isinstance(pattern, str):
+        return ["sliding_attention" if pattern[i % len(pattern)] == "L" else "full_attention"
+                for i in range(cfg.num_layers)]
+    return ["sliding_attention" if (i + 1) % int(pattern) else "full_attention" for i in range(cfg.num_layers)]
+
+
+class Exaone4ForCausalLM(Olmo2ForCausalLM):
+    """EXAONE 4.0: OLMo 2's post-norm layers with per-head q/k norms; with a sliding window, three
+    local layers with rotary to one global layer without (NoPE)."""
+
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        kinds = exaone_layer_types(cfg) if cfg.sliding_window is not None else None
+        return DecoderModel(cfg, qkv_bias, False, self.make_mlp,
+                            make_layer=lambda cfg, i: Olmo2DecoderLayer(cfg, i, qk_norm=True, kinds=kinds))

@@ -21,6 +21,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "GlmForCausalLM": ("pagoda.engine.models.glm", "GlmForCausalLM"),
     "Olmo2ForCausalLM": ("pagoda.engine.models.olmo2", "Olmo2ForCausalLM"),
     "Olmo3ForCausalLM": ("pagoda.engine.models.olmo2", "Olmo2ForCausalLM"),
+    "Exaone4ForCausalLM": ("pagoda.engine.models.olmo2", "Exaone4ForCausalLM"),
     "Starcoder2ForCausalLM": ("pagoda.engine.models.starcoder2", "Starcoder2ForCausalLM"),
     "CohereForCausalLM": ("pagoda.engine.models.cohere", "CohereForCausalLM"),
     "Glm4ForCausalLM": ("pagoda.engine.models.glm", "Glm4ForCausalLM"),

@@ -217,3 +217,12 @@ def test_cohere_logit_scale_reaches_the_logprobs(tiny_model) -> None:
     for pos in range(1, len(prompt)):
         assert out.prompt_logprobs[pos][prompt[pos]].logprob == pytest.approx(want[pos - 1][prompt[pos]].item(),
                                                                                abs=1e-4)
+
+
+def test_exaone4_matches_transformers(tiny_model) -> None:
+    """EXAONE 4.0: a sliding local layer with rotary, a global one without (NoPE), post-norms."""
+    path = tiny_model("exaone4")
+    llm = LLM(str(path), dtype="float32", max_num_batched_tokens=9, block_size=4)
+    assert [g.window for g in llm.engine.runner.layout.groups] == [None, 8]
+    for out in llm.generate(PROMPTS, _greedy()):
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, MAX_TOKENS), out.prompt
