@@ -206,6 +206,11 @@ _FAMILIES: dict[str, _Family] = {
     # EXAONE 4.0: OLMo 2's post-norm layers, per-head q/k norms, the global layer without rotary.
     "exaone4": _Family("exaone4", "Exaone4ForCausalLM", adds_bos=False, rope_theta=1000000.0,
                        config={"sliding_window": 8, "sliding_window_pattern": 2, "head_dim": 16}),
+    # Seed-OSS: q/k/v biases without an o_proj bias; ERNIE 4.5: interleaved rotary.
+    "seed_oss": _Family("seed_oss", "SeedOssForCausalLM", adds_bos=False, rope_theta=10000000.0,
+                        config={"attention_bias": True, "attention_out_bias": False, "head_dim": 16}),
+    "ernie4_5": _Family("ernie4_5", "Ernie4_5ForCausalLM", adds_bos=False, rope_theta=500000.0,
+                        config={"use_bias": False, "head_dim": 16}),
     # GLM (glm-4-9b-chat-hf): GLM-4's layers without the two post-norms.
     "glm": _Family("glm", "GlmForCausalLM", adds_bos=False, rope_theta=10000.0,
                    config={"partial_rotary_factor": 0.5, "attention_bias": True, "head_dim": 32}),

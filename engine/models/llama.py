@@ -110,11 +110,13 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, mlp: nn.Module,
                  residual_multiplier: float = 1.0, attention_scale: float | None = None, *,
                  norm: Callable[[int, float], nn.Module] = RMSNorm, eps: float | None = None,
-                 o_bias: bool | None = None, use_rope: bool = True, layer: int = 0) -> None:
+                 o_bias: bool | None = None, use_rope: bool = True, layer: int = 0,
+                 rotary_interleaved: bool = False) -> None:
         super().__init__()
         window, rope = layer_attention(cfg, layer)
         self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm, rope=rope, sliding_window=window,
-                                          scale=attention_scale, o_bias=o_bias, use_rope=use_rope)
+                                          scale=attention_scale, o_bias=o_bias, use_rope=use_rope,
+                                          rotary_interleaved=rotary_interleaved)
         self.mlp = mlp
         self.residual_multiplier = residual_multiplier
         eps = cfg.rms_norm_eps if eps is None else eps
@@ -244,6 +246,26 @@ class SmolLM3ForCausalLM(LlamaForCausalLM):
             raise ValueError(f"no_rope_layers must name {cfg.num_layers} layers, got {len(uses_rope)}")
         return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
             cfg, qkv_bias, False, self.make_mlp(cfg, i), use_rope=bool(uses_rope[i]), layer=i))
+
+
+class SeedOssForCausalLM(LlamaForCausalLM):
+    """ByteDance Seed-OSS: Llama with q/k/v biases (`attention_bias`) and the o_proj's set apart
+    (`attention_out_bias`)."""
+
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        o_bias = bool(cfg.hf_config.get("attention_out_bias", False))
+        return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
+            cfg, qkv_bias, False, self.make_mlp(cfg, i), o_bias=o_bias, layer=i))
+
+
+class Ernie45ForCausalLM(LlamaForCausalLM):
+    """Baidu ERNIE 4.5 (dense): Llama with rotary in the interleaved (gpt-j) layout."""
+
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        if cfg.hf_config.get("use_bias"):
+            raise ValueError("ERNIE 4.5 checkpoints with use_bias are not supported")
+        return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
+            cfg, qkv_bias, False, self.make_mlp(cfg, i), layer=i, rotary_interleaved=True))
 
 
 class GraniteForCausalLM(LlamaForCausalLM):

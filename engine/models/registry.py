@@ -15,6 +15,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Qwen3ForCausalLM": ("pagoda.engine.models.llama", "Qwen3ForCausalLM"),
     "GraniteForCausalLM": ("pagoda.engine.models.llama", "GraniteForCausalLM"),
     "SmolLM3ForCausalLM": ("pagoda.engine.models.llama", "SmolLM3ForCausalLM"),
+    "SeedOssForCausalLM": ("pagoda.engine.models.llama", "SeedOssForCausalLM"),
+    "Ernie4_5ForCausalLM": ("pagoda.engine.models.llama", "Ernie45ForCausalLM"),
     "Phi3ForCausalLM": ("pagoda.engine.models.llama", "Phi3ForCausalLM"),
     "Gemma3ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma3ForCausalLM"),
     "Gemma2ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma2ForCausalLM"),

@@ -199,9 +199,11 @@ def test_yarn_rope_scaling_matches_transformers(tiny_model, rope: dict) -> None:
     assert got != hf_greedy(plain, prompt, MAX_TOKENS)
 
 
-def test_glm_matches_transformers(tiny_model) -> None:
-    """GLM (the first GLM-4 checkpoints' architecture): GLM-4 without its post-norms."""
-    path = tiny_model("glm")
+@pytest.mark.parametrize("arch", ["glm", "seed_oss", "ernie4_5"])
+def test_llama_relatives_match_transformers(tiny_model, arch: str) -> None:
+    """GLM (GLM-4 without its post-norms), Seed-OSS (no o_proj bias beside q/k/v biases), ERNIE 4.5
+    (interleaved rotary): one chunked, prefix-cached run each."""
+    path = tiny_model(arch)
     llm = LLM(str(path), dtype="float32", max_num_batched_tokens=9, block_size=4)
     for out in llm.generate(PROMPTS, _greedy()):
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, MAX_TOKENS), out.prompt
