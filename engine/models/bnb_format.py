@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from pagoda.engine.layers.int_quant import IntQuantConfig, pack_along_rows
 from pagoda.engine.layers.weights import read_full, source_shape
+from pagoda.engine.models.quant_formats import two_slices
 
 BLOCK = 64  # bitsandbytes' block size, the only one transformers writes
 # A projection's tensors: the packed weight, and its quantization state's parts.
@@ -63,7 +64,7 @@ class _Packed:
         return [self.shape[0], self.shape[1] // 8]
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        rows, words = _slices(index, self.get_shape())
+        rows, words = two_slices(index, tuple(self.get_shape()))
         half = self.shape[1] // 2
         flat = self.src[rows.start * half : rows.stop * half, 0:1].reshape(-1, half).to(torch.int32)
         values = torch.stack([flat >> 4, flat & 15], dim=-1).view(flat.shape[0], -1)
@@ -81,7 +82,7 @@ class _Scales:
         return [self.state.shape[0], self.state.shape[1] // BLOCK]
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        rows, cols = _slices(index, self.get_shape())
+        rows, cols = two_slices(index, tuple(self.get_shape()))
         groups = self.get_shape()[1]
         flat = self.src[rows.start * groups : rows.stop * groups]
         state = self.state
@@ -89,12 +90,6 @@ class _Scales:
             position = torch.arange(rows.start * groups, rows.stop * groups) // state.nested_block
             flat = state.nested_code[flat.long()] * state.nested_absmax[position] + state.offset
         return flat.float().view(-1, groups)[:, cols]
-
-
-def _slices(index: Any, shape: list[int]) -> tuple[slice, slice]:
-    parts = index if isinstance(index, tuple) else (index,)
-    parts = parts + (slice(None),) * (2 - len(parts))
-    return tuple(slice(*part.indices(size)[:2]) for part, size in zip(parts, shape))  # type: ignore[return-value]
 
 
 @dataclass

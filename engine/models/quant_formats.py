@@ -28,7 +28,7 @@ from pagoda.engine.layers.weights import source_shape
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
 
-def _two_slices(index: Any, shape: tuple[int, ...]) -> tuple[slice, slice]:
+def two_slices(index: Any, shape: tuple[int, ...]) -> tuple[slice, slice]:
     """(rows, columns) as concrete slices, from `[:]` or a (rows, columns) index."""
     parts = index if isinstance(index, tuple) else (index,)
     parts = parts + (slice(None),) * (2 - len(parts))
@@ -45,7 +45,7 @@ class _Transposed:
         return list(reversed(source_shape(self.src)))
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        rows, cols = _two_slices(index, tuple(self.get_shape()))
+        rows, cols = two_slices(index, tuple(self.get_shape()))
         return self.src[cols, rows].t()
 
 
@@ -65,7 +65,7 @@ class _Unpacked:
         return [rows, words * self.per_word]
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        rows, cols = _two_slices(index, tuple(self.get_shape()))
+        rows, cols = two_slices(index, tuple(self.get_shape()))
         first, last = cols.start // self.per_word, -(-cols.stop // self.per_word)
         words = self.src[rows, first:last].to(torch.int32)
         values = (words.unsqueeze(-1) >> (self.position * self.bits)) & ((1 << self.bits) - 1)
@@ -85,7 +85,7 @@ class _Packed:
         return [rows, cols // self.per_word]
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        rows, words = _two_slices(index, tuple(self.get_shape()))
+        rows, words = two_slices(index, tuple(self.get_shape()))
         return pack_along_rows(self.src[rows, words.start * self.per_word : words.stop * self.per_word], self.bits)
 
 
