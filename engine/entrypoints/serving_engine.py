@@ -125,7 +125,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
         watcher.cancel()
         if not task.done():
             task.cancel()
-    if task.cancelled():
+    if not task.done() or task.cancelled():  # cancelled just now: it ends at the loop's next turn
         return None
     return task.result()
 

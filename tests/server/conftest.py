@@ -100,6 +100,10 @@ class RunningServer:
 def serve_in_thread(argv: list[str]) -> Iterator[RunningServer]:
     """`pagoda serve ARGV`, but in a thread of this process, on a free loopback port."""
     settings = parse_serve_args([*argv, "--host", "127.0.0.1", "--port", str(free_port())], environ={})
+    if settings.engine.kv_cache_memory_bytes is None and settings.engine.num_kv_blocks is None:
+        # Tiny models need little cache: the CPU default (1 GiB) for every server a session keeps
+        # running would add up to most of the machine's memory.
+        settings.engine.kv_cache_memory_bytes = 64 << 20
     app = build_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=5)
