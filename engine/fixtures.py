@@ -34,7 +34,7 @@ from pagoda.kernels import reference
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
-    "qwen3_moe",
+    "qwen3_moe", "deepseek_v2", "deepseek_v3",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -241,6 +241,27 @@ _FAMILIES: dict[str, _Family] = {
         config={"head_dim": 32, "num_experts": 8, "num_experts_per_tok": 3, "moe_intermediate_size": 48,
                 "norm_topk_prob": True, "mlp_only_layers": [0]},
     ),
+    # DeepSeek: latent attention (a 32-wide latent, 16+8-wide query/key heads, 16-wide values) and
+    # fine-grained experts after a dense first layer. V2 as V2-Lite (queries without a bottleneck,
+    # softmax router) but with V2's group-limited routing; V3 with a query bottleneck, the sigmoid
+    # router whose correction bias steers the choice, scaled weights, and YaRN whose mscale and
+    # mscale_all_dim differ (rotary amplitude and softmax temperature both change).
+    "deepseek_v2": _Family(
+        "deepseek_v2", "DeepseekV2ForCausalLM", adds_bos=True, rope_theta=10000.0,
+        config={"num_key_value_heads": 4, "q_lora_rank": None, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+                "v_head_dim": 16, "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 2,
+                "moe_intermediate_size": 32, "first_k_dense_replace": 1, "topk_method": "group_limited_greedy",
+                "n_group": 4, "topk_group": 2, "routed_scaling_factor": 1.5, "norm_topk_prob": False},
+    ),
+    "deepseek_v3": _Family(
+        "deepseek_v3", "DeepseekV3ForCausalLM", adds_bos=True, rope_theta=10000.0,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                      "mscale": 0.707, "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1},
+        config={"num_key_value_heads": 4, "q_lora_rank": 24, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+                "v_head_dim": 16, "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
+                "moe_intermediate_size": 32, "first_k_dense_replace": 1, "n_group": 4, "topk_group": 2,
+                "routed_scaling_factor": 2.5, "norm_topk_prob": True, "num_nextn_predict_layers": 0},
+    ),
 }
 
 _BASE_CONFIG: dict[str, Any] = {
@@ -354,6 +375,9 @@ def build_tiny_model(
                 param.normal_(0.0, config.initializer_range)
             elif "norm" in name:
                 param.uniform_(0.5, 1.5)
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # DeepSeek V3's router bias, zero at init
+                buffer.uniform_(-0.3, 0.3)
         # Rows past the tokenizer are padding: trained models never pick them, and a
         # zero row keeps their logit at 0, well below the random winners.
         model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
@@ -518,8 +542,9 @@ def write_variant(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path,
     return out_dir
 
 
-# Projections an FP8 checkpoint stores in FP8 (embeddings, norms, routers and the LM head stay as they are).
-_FP8_PROJECTION = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
+# Projections an FP8 checkpoint stores in FP8 (embeddings, norms, routers and the LM head stay as they are),
+# DeepSeek's latent-attention ones too (as DeepSeek-V3's own FP8 checkpoint).
+_FP8_PROJECTION = re.compile(r"\.((q|k|v|o|gate|up|down|q_a|q_b|kv_b)_proj|kv_a_proj_with_mqa)\.weight$")
 
 
 def make_fp8_model(

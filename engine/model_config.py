@@ -72,10 +72,38 @@ class MoEConfig:
     shared_expert_intermediate_size: int = 0
     sparse_step: int = 1
     dense_layers: tuple[int, ...] = ()
+    # DeepSeek's router: scores by `scoring` (softmax or sigmoid), experts in `num_groups` groups of
+    # which the best `topk_groups` are searched, a learned bias steering the choice (V3's
+    # e_score_correction_bias), the chosen weights times `routed_scaling_factor`.
+    scoring: str = "softmax"
+    num_groups: int = 1
+    topk_groups: int = 1
+    score_bias: bool = False
+    routed_scaling_factor: float = 1.0
+    shared_expert_gated: bool = True  # Qwen2-MoE's sigmoid gate on its shared expert; DeepSeek's has none
+    router_fp32: bool = False  # logits from fp32 activations and weights (DeepSeek's reference)
 
     def is_sparse(self, layer: int) -> bool:
         """Whether `layer` routes to experts (else it has a dense MLP of the model's intermediate_size)."""
         return layer not in self.dense_layers and (layer + 1) % self.sparse_step == 0
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek V2/V3, Kimi K2): keys and values are decompressed from
+    one `kv_lora_rank`-wide latent per token plus a `qk_rope_head_dim`-wide rotary key shared by all
+    heads; queries come straight from the hidden state or through a `q_lora_rank` bottleneck."""
+
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+    @property
+    def latent_dim(self) -> int:
+        """What the KV cache holds per token and layer: the latent and the rotated shared key."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
 
 
 @dataclass(frozen=True)
@@ -104,6 +132,13 @@ class ModelConfig:
     bos_token_id: int | None
     moe: MoEConfig | None = None
     quantization: Fp8Config | IntQuantConfig | None = None
+    mla: MLAConfig | None = None
+
+    @property
+    def kv_planes(self) -> int:
+        """Tensors the KV cache keeps per layer: K and V, or with latent attention the one latent,
+        which is both (see engine/models/deepseek.py)."""
+        return 1 if self.mla is not None else 2
 
 
 # Rope scaling types of LongRoPE ("su" is its older name in Phi-3 configs).
@@ -136,24 +171,67 @@ def sliding_rope(hf: dict[str, Any]) -> RopeConfig | None:
     return _rope_config({**hf, "rope_parameters": nested, "rope_scaling": None}) if nested else None
 
 
+def _mla_config(cfg: dict[str, Any]) -> MLAConfig | None:
+    """The latent-attention settings of a DeepSeek-style config, or None."""
+    if not cfg.get("kv_lora_rank"):
+        return None
+    q_lora = cfg.get("q_lora_rank")
+    return MLAConfig(q_lora_rank=int(q_lora) if q_lora else None, kv_lora_rank=int(cfg["kv_lora_rank"]),
+                     qk_nope_head_dim=int(cfg["qk_nope_head_dim"]), qk_rope_head_dim=int(cfg["qk_rope_head_dim"]),
+                     v_head_dim=int(cfg["v_head_dim"]))
+
+
+# DeepSeek's routing rules (config.json's topk_method) and what each reads.
+_TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
+# Families whose configs may leave the rule out (transformers writes none) and mean V3's.
+_NOAUX_TC_MODELS = ("deepseek_v3", "glm4_moe")
+
+
+def _routing(cfg: dict[str, Any], num_experts: int) -> dict[str, Any]:
+    """MoEConfig's router fields of a DeepSeek-style config (first_k_dense_replace marks one);
+    ValueError for a routing rule the engine does not know."""
+    if "first_k_dense_replace" not in cfg:
+        return {}
+    method = cfg.get("topk_method") or ("noaux_tc" if cfg.get("model_type") in _NOAUX_TC_MODELS else "greedy")
+    scoring = cfg.get("scoring_func") or ("sigmoid" if method == "noaux_tc" else "softmax")
+    if method not in _TOPK_METHODS or scoring not in ("softmax", "sigmoid"):
+        raise ValueError(f"MoE routing topk_method={method!r} scoring_func={scoring!r} is not supported "
+                         f"(supported: topk_method {', '.join(_TOPK_METHODS)}; scoring_func softmax, sigmoid)")
+    grouped = method != "greedy"
+    groups = int(cfg.get("n_group") or 1) if grouped else 1
+    if num_experts % groups:
+        raise ValueError(f"n_group {groups} does not divide the {num_experts} experts")
+    moe_layers = range(int(cfg["first_k_dense_replace"]), int(cfg["num_hidden_layers"]))
+    freq = max(1, int(cfg.get("moe_layer_freq") or 1))
+    return dict(
+        scoring=scoring, num_groups=groups, topk_groups=int(cfg.get("topk_group") or 1) if grouped else 1,
+        score_bias=method == "noaux_tc", routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
+        shared_expert_gated=False, router_fp32=True,
+        dense_layers=tuple(i for i in range(int(cfg["num_hidden_layers"])) if i not in moe_layers or i % freq),
+    )
+
+
 def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
     """The mixture-of-experts settings, or None for a dense model."""
-    num_experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+    num_experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 0)
     if num_experts == 0:
         return None
     top_k = int(cfg.get("num_experts_per_tok") or 0)
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"num_experts_per_tok must be in 1..{num_experts} (the experts), got {top_k}")
     renormalize = cfg.get("norm_topk_prob")
-    return MoEConfig(
+    expert_size = int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"])
+    shared = int(cfg.get("shared_expert_intermediate_size") or 0) or expert_size * int(cfg.get("n_shared_experts") or 0)
+    fields: dict[str, Any] = dict(
         num_experts=num_experts,
         top_k=top_k,
-        intermediate_size=int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"]),
+        intermediate_size=expert_size,
         renormalize=True if renormalize is None else bool(renormalize),
-        shared_expert_intermediate_size=int(cfg.get("shared_expert_intermediate_size") or 0),
+        shared_expert_intermediate_size=shared,
         sparse_step=max(1, int(cfg.get("decoder_sparse_step") or 1)),
         dense_layers=tuple(int(i) for i in cfg.get("mlp_only_layers") or ()),
     )
+    return MoEConfig(**{**fields, **_routing(cfg, num_experts)})
 
 
 def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
@@ -248,6 +326,7 @@ def load_model_config(
     sliding = cfg.get("sliding_window")
     if cfg.get("use_sliding_window") is False:
         sliding = None
+    mla = _mla_config(cfg)
     return ModelConfig(
         path=path,
         architecture=architecture,
@@ -258,8 +337,9 @@ def load_model_config(
         intermediate_size=int(cfg["intermediate_size"]),
         num_layers=int(cfg["num_hidden_layers"]),
         num_heads=num_heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
-        head_dim=int(cfg.get("head_dim") or hidden // num_heads),
+        # Latent attention caches one latent per token, shared by every head: a single "KV head" as wide as it.
+        num_kv_heads=1 if mla else int(cfg.get("num_key_value_heads") or num_heads),
+        head_dim=mla.latent_dim if mla else int(cfg.get("head_dim") or hidden // num_heads),
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         max_position_embeddings=max_pos,
         max_model_len=max_model_len,
@@ -271,4 +351,5 @@ def load_model_config(
         bos_token_id=cfg.get("bos_token_id"),
         moe=_moe_config(cfg),
         quantization=_quantization(cfg),
+        mla=mla,
     )

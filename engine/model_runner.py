@@ -95,7 +95,7 @@ class ModelRunner:
             self.draft.table_group = self.layout.windows.index(None)
         self.num_blocks = self._num_kv_blocks()
         self.kv_cache = torch.zeros(
-            2, self.layout.group_size, self.num_blocks, self.block_size, self.num_kv_heads, model_config.head_dim,
+            model_config.kv_planes, self.layout.group_size, self.num_blocks, self.block_size, self.num_kv_heads, model_config.head_dim,
             dtype=self.kv_cache_dtype, device=self.device,
         )
         bind_kv_cache(self.model, self.kv_cache, self.backend, self.layout)
@@ -112,7 +112,7 @@ class ModelRunner:
         """Bytes of one block of K and V over a group's layers, on this rank (the draft model's too)."""
         cfg = self.model_config
         target = kv_block_bytes(self.layout.group_size, self.num_kv_heads, cfg.head_dim, self.kv_cache_dtype,
-                                self.block_size)
+                                self.block_size, cfg.kv_planes)
         return target + (self.draft.block_bytes(self.block_size) if self.draft is not None else 0)
 
     def _num_kv_blocks(self) -> int:
@@ -135,7 +135,7 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         n = min(self.config.max_num_batched_tokens, self.model_config.max_model_len)
         one_block_cache = torch.zeros(
-            2, self.layout.group_size, 1, n, self.num_kv_heads,
+            self.model_config.kv_planes, self.layout.group_size, 1, n, self.num_kv_heads,
             self.model_config.head_dim, dtype=self.kv_cache_dtype, device=self.device,
         )
         bind_kv_cache(self.model, one_block_cache, self.backend, self.layout)

@@ -75,8 +75,9 @@ def attention_windows(model: nn.Module) -> list[int | None]:
 
 def bind_kv_cache(model: nn.Module, kv_cache: torch.Tensor, backend: AttentionBackend,
                   layout: KVCacheLayout | None = None) -> int:
-    """Hands each layer its group and the views kv_cache[0, slot] (K) and kv_cache[1, slot] (V) of its
-    slot in that group's blocks (`layout`; default: one group, layer i in slot i); returns the layer count."""
+    """Hands each layer its group and the views kv_cache[0, slot] (K) and kv_cache[-1, slot] (V) of its
+    slot in that group's blocks (`layout`; default: one group, layer i in slot i); returns the layer count.
+    A cache of one plane (latent attention) gives K and V the same view."""
     layers = _attention_layers(model)
     layout = layout or plan_kv_cache([None] * len(layers))
     if layout.num_layers != len(layers) or kv_cache.shape[1] != layout.group_size:
@@ -84,11 +85,13 @@ def bind_kv_cache(model: nn.Module, kv_cache: torch.Tensor, backend: AttentionBa
                          f"do not fit the model's {len(layers)} layers")
     for i, layer in enumerate(layers):
         layer.kv_group, slot = layout.place(i)
-        layer.k_cache, layer.v_cache, layer.backend = kv_cache[0, slot], kv_cache[1, slot], backend
+        layer.k_cache, layer.v_cache, layer.backend = kv_cache[0, slot], kv_cache[-1, slot], backend
         layer.scaled_cache = kv_cache.dtype in FP8_CACHE_DTYPES
     return len(layers)
 
 
-def kv_block_bytes(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, block_size: int) -> int:
-    """Bytes one KV-cache block holds: K and V of `block_size` tokens over `num_layers` layers."""
-    return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size() * block_size
+def kv_block_bytes(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, block_size: int,
+                   planes: int = 2) -> int:
+    """Bytes one KV-cache block holds: K and V (`planes` 2; 1: a latent that is both) of `block_size`
+    tokens over `num_layers` layers."""
+    return planes * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size() * block_size

@@ -44,10 +44,12 @@ class ReplicatedLinear(nn.Module):
 class ColumnParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
     """y = x W^T + b with W's rows (output features) split across ranks."""
 
+    split = True  # False: every rank holds every row (ReplicatedProjection)
+
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
         self.in_features = in_features
-        self.out_features_per_rank = divide(out_features, tp_size(), "output features")
+        self.out_features_per_rank = divide(out_features, tp_size(), "output features") if self.split else out_features
         self.weight = nn.Parameter(torch.empty(self.out_features_per_rank, in_features), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         if bias:
@@ -68,6 +70,8 @@ class ColumnParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
         """Where a part's rows go in this rank's weight and come from in the full one:
         (offset here, rows here, first row in the checkpoint, rows in the checkpoint)."""
         size = self.out_features_per_rank
+        if not self.split:
+            return 0, size, 0, size
         return 0, size, tp_rank() * size, size * tp_size()
 
     def weight_loader(self, param: nn.Parameter, src: Any, shard_id: Any = None) -> None:
@@ -111,6 +115,13 @@ class ColumnParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(x, self.bias)
         return y if self.lora is None else self.lora.apply(x, y)
+
+
+class ReplicatedProjection(ColumnParallelLinear):
+    """A projection whole on every rank that checkpoints may quantize (FP8, integers) and LoRA may
+    target: DeepSeek's low-rank q_a_proj and kv_a_proj_with_mqa, small next to what they feed."""
+
+    split = False
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):

@@ -35,13 +35,30 @@ EXPERT_PARTS = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, 
 STACKED = "stacked"
 
 
-def route(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights [T, k] fp32, expert ids [T, k]): the softmax's top k, optionally rescaled to sum to 1."""
-    probs = torch.softmax(router_logits.float(), dim=-1)
-    weights, ids = torch.topk(probs, top_k, dim=-1)
+def route(router_logits: torch.Tensor, top_k: int, renormalize: bool, *, scoring: str = "softmax",
+                  num_groups: int = 1, topk_groups: int = 1, bias: torch.Tensor | None = None,
+                  scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights [T, k] fp32, expert ids [T, k]): the top k scores, optionally rescaled to sum to 1.
+
+    Scores are the softmax (Mixtral, Qwen, DeepSeek V2) or sigmoids (DeepSeek V3) of the logits.
+    DeepSeek's routers group the experts: of `num_groups`
+    groups, and only the best `topk_groups` groups are searched, a group ranked by its best score
+    or, with a correction `bias` (V3's e_score_correction_bias, which steers the choice but not the
+    weights), by the sum of its two best biased scores. The chosen scores, optionally renormalized,
+    are multiplied by `scaling` (routed_scaling_factor)."""
+    scores = torch.softmax(router_logits.float(), dim=-1) if scoring == "softmax" else torch.sigmoid(router_logits.float())
+    choice = scores if bias is None else scores + bias.float()
+    if num_groups > 1:
+        grouped = choice.view(choice.shape[0], num_groups, -1)
+        group_scores = grouped.amax(dim=-1) if bias is None else grouped.topk(2, dim=-1).values.sum(dim=-1)
+        kept = torch.zeros_like(group_scores, dtype=torch.bool)
+        kept.scatter_(1, group_scores.topk(topk_groups, dim=-1).indices, True)
+        choice = choice.masked_fill(~kept[:, :, None].expand_as(grouped).reshape_as(choice), float("-inf"))
+    ids = choice.topk(top_k, dim=-1).indices
+    weights = scores.gather(1, ids)
     if renormalize:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights, ids
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights * scaling if scaling != 1.0 else weights, ids
 
 
 class FusedMoE(nn.Module):

@@ -201,6 +201,9 @@ def build_model(cfg: ModelConfig, device: torch.device, quantization: str | None
     finally:
         torch.set_default_dtype(old)
     load_weights(model, cfg.path, fmt)
+    for module in list(model.modules()):  # layers that derive what they compute with from the loaded weights
+        if hasattr(module, "finish_loading"):
+            module.finish_loading()
     if quantization == "fp8":
         for module in model.modules():
             if hasattr(module, "quantize_loaded") and module.fp8_block is None:

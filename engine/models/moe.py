@@ -34,27 +34,46 @@ _EXPERT_LEAVES = {"weight": "", "weight_scale_inv": "_scale_inv", "qweight": "_q
 _STACKED = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<part>gate_up_proj|down_proj)$")
 
 
+class Router(ReplicatedLinear):
+    """Expert logits, in fp32 where the family computes them so (`fp32`: DeepSeek), with DeepSeek V3's
+    `e_score_correction_bias` (fp32 in checkpoints too) where its routing uses one."""
+
+    def __init__(self, hidden_size: int, num_experts: int, score_bias: bool, fp32: bool) -> None:
+        super().__init__(hidden_size, num_experts)
+        self.fp32 = fp32
+        self.e_score_correction_bias = (nn.Parameter(torch.empty(num_experts, dtype=torch.float32), requires_grad=False)
+                                        if score_bias else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x.float(), self.weight.float()) if self.fp32 else super().forward(x)
+
+
 class SparseMoeBlock(nn.Module):
-    """Router + routed experts (+ gated shared expert); one all-reduce for all of it."""
+    """Router + routed experts (+ shared expert, gated in Qwen2-MoE); one all-reduce for all of it."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         moe = cfg.moe
         assert moe is not None
-        self.top_k, self.renormalize = moe.top_k, moe.renormalize
-        self.gate = ReplicatedLinear(cfg.hidden_size, moe.num_experts)
+        self.moe = moe
+        self.gate = Router(cfg.hidden_size, moe.num_experts, moe.score_bias, moe.router_fp32)
         self.experts = FusedMoE(moe.num_experts, cfg.hidden_size, moe.intermediate_size)
+        self.shared_expert = self.shared_expert_gate = None
         if moe.shared_expert_intermediate_size:
             self.shared_expert = DecoderMLP(cfg.hidden_size, moe.shared_expert_intermediate_size, reduce_results=False)
-            self.shared_expert_gate = ReplicatedLinear(cfg.hidden_size, 1)
-        else:
-            self.shared_expert = self.shared_expert_gate = None
+            if moe.shared_expert_gated:
+                self.shared_expert_gate = ReplicatedLinear(cfg.hidden_size, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, ids = route(self.gate(x), self.top_k, self.renormalize)
+        moe = self.moe
+        weights, ids = route(self.gate(x), moe.top_k, moe.renormalize, scoring=moe.scoring, num_groups=moe.num_groups,
+                             topk_groups=moe.topk_groups, bias=self.gate.e_score_correction_bias,
+                             scaling=moe.routed_scaling_factor)
         y = self.experts(x, weights, ids)
-        if self.shared_expert is not None:
+        if self.shared_expert_gate is not None:
             y = y + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        elif self.shared_expert is not None:
+            y = y + self.shared_expert(x)
         return all_reduce(y)
 
 
@@ -69,6 +88,7 @@ class _MixtureOfExperts:
 
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
         name = name.replace(".block_sparse_moe.", ".mlp.")  # Mixtral's name for the MoE block
+        name = name.replace(".mlp.shared_experts.", ".mlp.shared_expert.")  # DeepSeek's
         if match := _EXPERT.match(name):
             part = EXPERT_PARTS.get(match["part"])
             if part is not None:

@@ -90,7 +90,7 @@ def test_attention_adapter_on_an_moe_model_and_expert_targets_refused(tiny_model
 
 @pytest.mark.parametrize(("arch", "tp", "quant"), [
     ("qwen3_moe", 2, None), ("mixtral", 2, None), ("qwen2_moe", 2, None), ("qwen3_moe", 4, None),
-    ("qwen3_moe", 2, "fp8"), ("qwen3_moe", 2, "gptq"),
+    ("qwen3_moe", 2, "fp8"), ("qwen3_moe", 2, "gptq"), ("deepseek_v3", 2, None),
 ])
 def test_expert_parallelism(tiny_model, tmp_path: pathlib.Path, arch: str, tp: int, quant: str | None) -> None:
     """enable_expert_parallel: each rank holds E / tp whole experts (Qwen2-MoE's shared expert still split
