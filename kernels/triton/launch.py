@@ -8,6 +8,12 @@ import torch
 import triton
 
 
+# The widest (padded) head dim whose attention tiles keep their usual sizes; wider ones (DeepSeek's
+# latent of 576, padded to 1024) take smaller key tiles over more warps to fit sm_90's registers
+# and shared memory (tests/kernels/sm90.py checks both).
+WIDEST_FULL_TILE_DIM = 256
+
+
 def block_for(n: int, minimum: int = 1) -> int:
     """The power-of-two tile that covers n elements (Triton tiles must be powers of two)."""
     return max(minimum, triton.next_power_of_2(n))

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels.triton.attention_tile import LOG2E, NEG_LARGE, attend_range, check_layout, finish
-from pagoda.kernels.triton.launch import block_for, exact_dot, num_sms
+from pagoda.kernels.triton.launch import WIDEST_FULL_TILE_DIM, block_for, exact_dot, num_sms
 
 # A split shorter than this spends more on its partial and the merge than it saves.
 MIN_TOKENS_PER_SPLIT = 256
@@ -125,15 +125,16 @@ def paged_attention_decode(
     softcap: float = 0.0,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
-    block_n: int = 64,
-    num_warps: int = 4,
+    block_n: int | None = None,
+    num_warps: int | None = None,
     num_stages: int = 2,
 ) -> torch.Tensor:
     """q: [B, Hq, D] -> [B, Hq, D]; caches [num_blocks, block_size, Hkv, D]; seq_lens [B] on the device.
 
     max_seq_len only bounds the split count (see choose_num_splits); `out`
     may be a view into a larger output (the backend's decode rows); `softcap` > 0 caps the
-    logits (Gemma 2).
+    logits (Gemma 2). Key tiles are 64 tokens, or 16 over 8 warps for head dims past 256 (DeepSeek's
+    576-wide latent, padded to 1024): 64 such keys would not fit sm_90's shared memory.
     """
     batch, num_q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -150,6 +151,9 @@ def paged_attention_decode(
         part_acc = torch.empty(batch, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
         part_ml = torch.empty(batch, num_q_heads, num_splits, 2, dtype=torch.float32, device=q.device)
     block_d = block_for(head_dim)
+    wide = block_d > WIDEST_FULL_TILE_DIM
+    block_n = block_n or (16 if wide else 64)
+    num_warps = num_warps or (8 if wide else 4)
     _decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part_acc, part_ml,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),

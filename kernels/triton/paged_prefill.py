@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels.triton.attention_tile import LOG2E, NEG_LARGE, attend_range, check_layout, finish
-from pagoda.kernels.triton.launch import block_for, exact_dot
+from pagoda.kernels.triton.launch import WIDEST_FULL_TILE_DIM, block_for, exact_dot
 
 
 @triton.jit
@@ -98,7 +98,7 @@ def paged_attention_prefill_varlen(
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     num_stages: int = 2,
 ) -> torch.Tensor:
     """Sequences first_seq .. first_seq + num_seqs of a batch; their tokens' rows of out are written.
@@ -109,7 +109,8 @@ def paged_attention_prefill_varlen(
     Tiles default to 64 x 64 for 16-bit caches; fp32 runs its dots on FMA
     units (see launch.exact_dot), whose operands live in registers, so it gets
     32 x 32 to stay clear of register spills, as do head dims above 128 (Gemma's
-    256), whose q and accumulator tiles would otherwise spill on sm_90.
+    256), whose q and accumulator tiles would otherwise spill on sm_90; past 256 (DeepSeek's
+    576-wide latent, padded to 1024) tiles are 16 x 16 over 8 warps.
     """
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -120,7 +121,9 @@ def paged_attention_prefill_varlen(
     if out is None:
         out = torch.empty_like(q)
     exact = exact_dot(q.dtype)
-    default_tile = 32 if q.dtype == torch.float32 or head_dim > 128 else 64
+    wide = block_for(head_dim) > WIDEST_FULL_TILE_DIM
+    default_tile = 16 if wide else 32 if q.dtype == torch.float32 or head_dim > 128 else 64
+    num_warps = num_warps or (8 if wide else 4)
     block_m = max(block_m or default_tile, block_for(group, 16))
     block_n = block_n or default_tile
     tokens = block_m // group

@@ -136,6 +136,18 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
             q2, gemma, gemma, tables, lens, 32, 0.0625, 4096, softcap=50.0, num_splits=4))
         call("prefill-softcap", lambda: kernels.paged_attention_prefill_varlen(
             q2, gemma, gemma, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.0625, 4096, softcap=50.0))
+        # DeepSeek-V3's latent attention at tensor-parallel 8: 16 query heads over one 576-wide latent.
+        latent = torch.empty(8, 16, 1, 576, dtype=torch.bfloat16)
+        q3 = torch.empty(4, 16, 576, dtype=torch.bfloat16)
+        call("decode-mla", lambda: kernels.paged_attention_decode(q3, latent, latent, tables, lens, 32, 0.1, num_splits=4))
+        call("prefill-mla", lambda: kernels.paged_attention_prefill_varlen(
+            q3, latent, latent, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
+        # DeepSeek-V3's latent attention at tensor-parallel 8: 16 query heads over one 576-wide latent.
+        latent = torch.empty(8, 16, 1, 576, dtype=torch.bfloat16)
+        q3 = torch.empty(4, 16, 576, dtype=torch.bfloat16)
+        call("decode-mla", lambda: kernels.paged_attention_decode(q3, latent, latent, tables, lens, 32, 0.1, num_splits=4))
+        call("prefill-mla", lambda: kernels.paged_attention_prefill_varlen(
+            q3, latent, latent, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
         call("prefill-fp8cache", lambda: kernels.paged_attention_prefill_varlen(
             q, cache, cache, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
         call("store-fp8cache", lambda: kernels.store_kv_cache(q[:, :8], q[:, :8], cache, cache, lens.long()))

@@ -9,6 +9,7 @@ and split counts from none to more splits than there are key tiles.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -214,3 +215,26 @@ def test_logit_soft_capping(window: int | None, dtype: torch.dtype) -> None:
         got = kernels.paged_attention_decode(decode_q, batch.k_cache, batch.v_cache, *args, softcap=cap,
                                              num_splits=splits, block_n=16)
         assert_close(got, reference.paged_attention_decode(decode_q, ref.k_cache, ref.v_cache, *args, softcap=cap))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_latent_attention_shape_with_the_wide_tiles(dtype: torch.dtype) -> None:
+    """DeepSeek's absorbed latent attention: 16 query heads over one 576-wide KV head whose value is
+    the key itself (one cache passed as both), through the launchers' own tile choice for head dims
+    past 256 (16-key tiles), decode with splits and a chunked prefill."""
+    g = torch.Generator().manual_seed(576)
+    block_size, lens = 16, [37, 20]
+    batch = make_paged_batch(lens, kv_heads=1, head_dim=576, block_size=block_size, dtype=dtype, device=DEVICE, g=g)
+    cache = batch.k_cache
+    scale = 192**-0.5
+    q = _q(len(lens), 16, 576, dtype, g)
+    args = (batch.block_tables, batch.seq_lens_tensor(), max(lens), scale)
+    ref = batch.finite()
+    out = kernels.paged_attention_decode(q, cache, cache, *args, num_splits=2)
+    assert_close(out, reference.paged_attention_decode(q, ref.k_cache, ref.k_cache, *args))
+    q_lens = [5, 20]
+    q = _q(sum(q_lens), 16, 576, dtype, g)
+    starts = torch.tensor([0, *itertools.accumulate(q_lens)], dtype=torch.int32, device=DEVICE)
+    out = kernels.paged_attention_prefill_varlen(q, cache, cache, batch.block_tables, starts, batch.seq_lens_tensor(),
+                                                 max(q_lens), scale)
+    assert_close(out, _reference_varlen(q, dataclasses.replace(batch, v_cache=cache), q_lens, scale, None))

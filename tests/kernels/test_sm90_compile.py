@@ -1,4 +1,5 @@
-"""Every kernel compiles for Hopper down to a cubin, and the 16-bit ones do so without register spills.
+"""Every kernel compiles for Hopper down to a cubin within its shared memory, and the 16-bit ones do so
+without register spills.
 
 See tests/kernels/sm90.py. It runs in a subprocess because this test
 process holds the interpreted kernels. On a GPU the native tests compile the
@@ -18,6 +19,7 @@ import pytest
 from tests.kernels.conftest import ON_GPU
 
 ROOT = Path(__file__).resolve().parents[2]
+SM90_MAX_SHARED_BYTES = 227 * 1024
 
 
 @pytest.mark.skipif(ON_GPU, reason="the native kernel tests compile for the GPU at hand")
@@ -33,3 +35,6 @@ def test_kernels_compile_for_sm90_without_spills() -> None:
     # fp32 runs its dots on FMA units with operands in registers; it is a test-fixture path, not a serving one.
     spilling = {label: r for label, r in report.items() if r["spill_bytes"] and "float32" not in label}
     assert not spilling, spilling
+    # A block of an H100 offers at most 227 KiB of shared memory; a kernel asking more fails to launch.
+    oversized = {label: r for label, r in report.items() if r["shared_bytes"] > SM90_MAX_SHARED_BYTES}
+    assert not oversized, oversized
