@@ -34,7 +34,7 @@ from pagoda.kernels import reference
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
-    "qwen3_moe", "deepseek_v2", "deepseek_v3",
+    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -240,6 +240,15 @@ _FAMILIES: dict[str, _Family] = {
         "qwen3_moe", "Qwen3MoeForCausalLM", adds_bos=False, rope_theta=1000000.0,
         config={"head_dim": 32, "num_experts": 8, "num_experts_per_tok": 3, "moe_intermediate_size": 48,
                 "norm_topk_prob": True, "mlp_only_layers": [0]},
+    ),
+    # GLM-4.5: q/k/v biases (none on o_proj), per-head q/k norms, half of each head rotated, V3's
+    # router (here with 2 groups of which 1 is searched) and a shared expert after a dense layer.
+    "glm4_moe": _Family(
+        "glm4_moe", "Glm4MoeForCausalLM", adds_bos=False, rope_theta=1000000.0,
+        config={"partial_rotary_factor": 0.5, "attention_bias": True, "use_qk_norm": True, "head_dim": 32,
+                "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1, "moe_intermediate_size": 32,
+                "first_k_dense_replace": 1, "n_group": 2, "topk_group": 1, "routed_scaling_factor": 1.8,
+                "norm_topk_prob": True},
     ),
     # DeepSeek: latent attention (a 32-wide latent, 16+8-wide query/key heads, 16-wide values) and
     # fine-grained experts after a dense first layer. V2 as V2-Lite (queries without a bottleneck,

@@ -32,7 +32,7 @@ from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.layers.rotary import RotaryEmbedding
 from pagoda.engine.model_config import MLAConfig, ModelConfig, RopeConfig
 from pagoda.engine.models.llama import DecoderLayer, DecoderModel, LlamaForCausalLM
-from pagoda.engine.models.moe import _MixtureOfExperts
+from pagoda.engine.models.moe import _MixtureOfExperts, mtp_layer_prefixes
 
 # The latent and query bottleneck norms' epsilon: DeepSeek's reference builds them with its default.
 _LATENT_NORM_EPS = 1e-6
@@ -117,9 +117,7 @@ class DeepseekV2ForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
         if cfg.mla is None:
             raise ValueError(f"{cfg.architecture} needs kv_lora_rank and the other latent-attention settings")
         super().__init__(cfg)
-        # Multi-token-prediction layers stored after the last decoder layer (V3): a speculative head not served.
-        extra = int(cfg.hf_config.get("num_nextn_predict_layers") or 0)
-        self.ignored_checkpoint_prefixes = tuple(f"model.layers.{cfg.num_layers + i}." for i in range(extra))
+        self.ignored_checkpoint_prefixes = mtp_layer_prefixes(cfg)
 
     def rotary_interleaved(self) -> bool:
         return True

@@ -1,5 +1,5 @@
-"""Mixture-of-experts members of the decoder family: Mixtral, Qwen2-MoE (Qwen1.5-MoE), Qwen3-MoE, OLMoE
-and Granite MoE.
+"""Mixture-of-experts members of the decoder family: Mixtral, Qwen2-MoE (Qwen1.5-MoE), Qwen3-MoE, OLMoE,
+Granite MoE and GLM-4.5 (DeepSeek's, with latent attention, are in deepseek.py).
 
 Attention is their dense sibling's (Mistral, Qwen2, Qwen3); the MLP of each
 sparse layer becomes a router choosing `top_k` of E SwiGLU experts per token,
@@ -20,8 +20,8 @@ from pagoda.engine.distributed import all_reduce
 from pagoda.engine.layers.linear import ReplicatedLinear
 from pagoda.engine.layers.moe import EXPERT_PARTS, STACKED, FusedMoE, route
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.llama import (DecoderMLP, GraniteForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM,
-                                        Qwen3ForCausalLM)
+from pagoda.engine.models.llama import (DecoderLayer, DecoderMLP, DecoderModel, GraniteForCausalLM, LlamaForCausalLM,
+                                        Qwen2ForCausalLM, Qwen3ForCausalLM)
 
 # experts.<e>.<projection>.weight (and .weight_scale_inv of FP8 checkpoints, or the integer layout's
 # qweight, scales and zeros): one expert's part.
@@ -75,6 +75,13 @@ class SparseMoeBlock(nn.Module):
         elif self.shared_expert is not None:
             y = y + self.shared_expert(x)
         return all_reduce(y)
+
+
+def mtp_layer_prefixes(cfg: ModelConfig) -> tuple[str, ...]:
+    """Checkpoint prefixes of the multi-token-prediction layers DeepSeek-V3 and GLM-4.5 store after
+    their last decoder layer (`num_nextn_predict_layers`): a speculative head the engine does not serve."""
+    extra = int(cfg.hf_config.get("num_nextn_predict_layers") or 0)
+    return tuple(f"model.layers.{cfg.num_layers + i}." for i in range(extra))
 
 
 class _MixtureOfExperts:
@@ -136,3 +143,19 @@ class GraniteMoeForCausalLM(_MixtureOfExperts, GraniteForCausalLM):
                     name = name.removesuffix(".weight")
                 break
         return super().checkpoint_target(name)
+
+
+class Glm4MoeForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
+    """GLM-4.5, 4.6 and 4.5-Air (Zhipu's MoE): Llama's pre-norm layers with q/k/v biases but none on
+    o_proj, per-head q/k norms where `use_qk_norm` says, half of each head rotated (neox layout),
+    DeepSeek-V3's router (sigmoid scores steered by a correction bias, scaled weights) and a shared
+    expert, dense first layers (`first_k_dense_replace`); MTP layers in the checkpoint are skipped."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.ignored_checkpoint_prefixes = mtp_layer_prefixes(cfg)
+
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        qk_norm = bool(cfg.hf_config.get("use_qk_norm"))
+        return DecoderModel(cfg, qkv_bias, qk_norm, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
+            cfg, qkv_bias, qk_norm, self.make_mlp(cfg, i), o_bias=False, layer=i))
