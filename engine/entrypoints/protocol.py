@@ -172,6 +172,10 @@ class _SamplingRequest(_Request):
         """Top alternatives per prompt token, or None for no prompt logprobs."""
         return None
 
+    def skips_special_tokens(self) -> bool:
+        """Whether special tokens are left out of the text."""
+        return self.skip_special_tokens
+
     def to_sampling_params(self, max_tokens: int, defaults: Mapping[str, Any] | None = None) -> SamplingParams:
         """Raises ValueError, naming the field, for any value out of range. `defaults` (the model's
         generation config) fill the sampling fields the request leaves unset."""
@@ -193,7 +197,7 @@ class _SamplingRequest(_Request):
         return SamplingParams(
             n=self.n, max_tokens=max_tokens, stop=self.stop, seed=self.seed, logit_bias=bias,
             ignore_eos=self.ignore_eos, min_tokens=self.min_tokens, stop_token_ids=self.stop_token_ids,
-            skip_special_tokens=self.skip_special_tokens, include_stop_str_in_output=self.include_stop_str_in_output,
+            skip_special_tokens=self.skips_special_tokens(), include_stop_str_in_output=self.include_stop_str_in_output,
             logprobs=self.requested_logprobs(), prompt_logprobs=self.requested_prompt_logprobs(),
             structured_output=self.requested_constraint(), allowed_token_ids=self.allowed_token_ids,
             bad_words=self.bad_words, **given,
@@ -425,6 +429,11 @@ class ChatCompletionRequest(_SamplingRequest, _ChatTemplateInput):
 
     def beam_search_conflicts(self) -> dict[str, bool]:
         return {**super().beam_search_conflicts(), "tools": self.tool_mode != "none"}
+
+    def skips_special_tokens(self) -> bool:
+        """Kept when the model may call tools: the tags of several formats are special tokens
+        (Kimi K2's, and `<tool_call>` in some tokenizers), which the tool-call parser must see."""
+        return self.skip_special_tokens and self.tool_mode != "auto"
 
     def check_tools(self) -> None:
         """ValueError, naming the field, for tools and tool_choice that do not fit together."""

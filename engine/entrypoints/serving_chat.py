@@ -90,7 +90,8 @@ def _tool_calls(pieces: list[CallPiece], new_id: Callable[[], str]) -> list[Tool
     calls: dict[int, ToolCall] = {}
     for piece in pieces:
         if piece.index not in calls:
-            calls[piece.index] = ToolCall(id=new_id(), function=FunctionCall(name=piece.name or "", arguments=""))
+            calls[piece.index] = ToolCall(id=piece.call_id or new_id(),
+                                          function=FunctionCall(name=piece.name or "", arguments=""))
         calls[piece.index].function.arguments += piece.arguments
     return list(calls.values())
 
@@ -174,7 +175,8 @@ class OpenAIServingChat(OpenAIServing):
         if mode == "required":
             return JsonArrayParser()
         if mode == "auto":
-            return AUTO_PARSERS[self.tool_parser](max_calls=None if request.parallel_tool_calls else 1)
+            schemas = {tool.function.name: tool.function.parameters or {} for tool in request.tools or ()}
+            return AUTO_PARSERS[self.tool_parser](max_calls=None if request.parallel_tool_calls else 1, schemas=schemas)
         return None
 
     def _logprobs(self, request: ChatCompletionRequest, entries: list[dict[int, Logprob]],
@@ -218,7 +220,7 @@ class OpenAIServingChat(OpenAIServing):
             return ChatDelta(content=c.delta_text or None)
         piece = st.reply.feed(c.delta_text, final=finished)
         calls = [
-            DeltaToolCall(index=p.index, id=st.reply.new_call_id() if p.name is not None else None,
+            DeltaToolCall(index=p.index, id=(p.call_id or st.reply.new_call_id()) if p.name is not None else None,
                           type="function" if p.name is not None else None,
                           function=DeltaFunctionCall(name=p.name, arguments=p.arguments))
             for p in piece.calls

@@ -13,12 +13,16 @@ given back as content, never dropped.
 - ``hermes`` reads ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``
   blocks (Qwen2.5, Qwen3, Hermes); ``llama3_json`` reads the bare
   ``{"name": ..., "parameters": ...}`` objects of Llama 3.1+, separated by
-  semicolons. These two serve tool_choice "auto".
+  semicolons; ``mistral`` reads ``[TOOL_CALLS]``; ``glm45`` GLM-4.5's
+  ``<tool_call>name<arg_key>..</arg_key><arg_value>..</arg_value></tool_call>``;
+  ``deepseek_v3`` DeepSeek-V3/R1/V3.1's and ``kimi_k2`` Kimi K2's tagged call
+  sections. These serve tool_choice "auto".
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 import uuid
@@ -33,6 +37,7 @@ class CallPiece:
     index: int
     name: str | None = None
     arguments: str = ""
+    call_id: str | None = None  # the model's own id for the call (Kimi K2 writes one), else the server makes one
 
 
 @dataclass
@@ -51,9 +56,12 @@ class Parsed:
 class ToolCallParser:
     """Base: the text arrives by `feed`, `finish` flushes what was held back."""
 
-    def __init__(self, max_calls: int | None = None) -> None:
+    def __init__(self, max_calls: int | None = None, schemas: dict[str, dict[str, Any]] | None = None) -> None:
         self.num_calls = 0
         self._max_calls = max_calls
+        # The request's tools' parameter schemas by function name: formats that write arguments as
+        # bare text (GLM-4.5's) read them by their declared types.
+        self._schemas = schemas or {}
         # Trailing blank content, held until more content follows: blank text next to a call is
         # the call's layout, not content (parsers that read calls out of content use it).
         self._held_space = ""
@@ -82,13 +90,13 @@ class ToolCallParser:
         """The id a call gets in the API (and that the client sends back with its result)."""
         return f"call_{uuid.uuid4().hex[:24]}"
 
-    def _call(self, name: str, arguments: Any) -> list[CallPiece]:
+    def _call(self, name: str, arguments: Any, call_id: str | None = None) -> list[CallPiece]:
         """A complete call as one piece; none once parallel calls are exhausted."""
         if self._max_calls is not None and self.num_calls >= self._max_calls:
             return []
         text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
         self.num_calls += 1
-        return [CallPiece(self.num_calls - 1, name, text)]
+        return [CallPiece(self.num_calls - 1, name, text, call_id)]
 
 
 # Models write control characters raw inside strings (and a constraint's
@@ -186,8 +194,8 @@ class JsonArrayParser(ToolCallParser):
 class _TaggedParser(ToolCallParser):
     """Content until a tag opens the calls: the formats whose calls follow a marker in the text."""
 
-    def __init__(self, max_calls: int | None = None) -> None:
-        super().__init__(max_calls)
+    def __init__(self, max_calls: int | None = None, schemas: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(max_calls, schemas)
         self._buffer = ""
 
     def _content_until(self, tag: str, out: Parsed) -> bool:
@@ -210,8 +218,8 @@ class HermesParser(_TaggedParser):
     start_tag = "<tool_call>"
     end_tag = "</tool_call>"
 
-    def __init__(self, max_calls: int | None = None) -> None:
-        super().__init__(max_calls)
+    def __init__(self, max_calls: int | None = None, schemas: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(max_calls, schemas)
         self._in_call = False
 
     def feed(self, text: str) -> Parsed:
@@ -231,11 +239,15 @@ class HermesParser(_TaggedParser):
 
     def _block(self, inner: str, closing: str) -> Parsed:
         """One tag's text as a call, or as content (tags included) when it is not one."""
-        fields = _decode_call(inner)
+        fields = self._decode(inner)
         if fields is None:
             return Parsed(content=self._content(self.start_tag + inner + closing))
         self._held_space = ""
         return Parsed(calls=self._call(*fields))
+
+    def _decode(self, inner: str) -> tuple[str, Any] | None:
+        """(name, arguments) of a block's text: a JSON call object."""
+        return _decode_call(inner)
 
     def finish(self) -> Parsed:
         rest, self._buffer = self._buffer, ""
@@ -257,8 +269,8 @@ class Llama3JsonParser(ToolCallParser):
 
     PYTHON_TAG = "<|python_tag|>"
 
-    def __init__(self, max_calls: int | None = None) -> None:
-        super().__init__(max_calls)
+    def __init__(self, max_calls: int | None = None, schemas: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(max_calls, schemas)
         self._buffer = ""
         self._mode: str | None = None  # "text" or "json", decided by the first visible characters
 
@@ -309,8 +321,8 @@ class MistralParser(_TaggedParser):
     ARGS = "[ARGS]"
     _ID_CHARS = string.ascii_letters + string.digits
 
-    def __init__(self, max_calls: int | None = None) -> None:
-        super().__init__(max_calls)
+    def __init__(self, max_calls: int | None = None, schemas: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(max_calls, schemas)
         self._in_calls = False
 
     @classmethod
@@ -367,6 +379,130 @@ class MistralParser(_TaggedParser):
         return Parsed(content=(held if self.num_calls == 0 else "") + rest)  # blank text after calls is layout
 
 
+class Glm45Parser(HermesParser):
+    """GLM-4.5/4.6's calls: `<tool_call>name` then `<arg_key>k</arg_key><arg_value>v</arg_value>` per
+    argument. Values are bare text: an argument the tool's schema declares a string is taken as
+    written, any other is read as JSON (and kept as text where it is not JSON)."""
+
+    _ARGUMENT = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
+
+    def _decode(self, inner: str) -> tuple[str, Any] | None:
+        name = inner.split("<arg_key>", 1)[0].strip()
+        if not name or any(c in name for c in "{}<>\n\""):
+            return None
+        properties = (self._schemas.get(name) or {}).get("properties") or {}
+        arguments: dict[str, Any] = {}
+        for key, value in self._ARGUMENT.findall(inner):
+            key = key.strip()
+            if (properties.get(key) or {}).get("type") == "string":
+                arguments[key] = value
+                continue
+            try:
+                arguments[key] = _DECODER.decode(value.strip())
+            except ValueError:
+                arguments[key] = value
+        return name, arguments
+
+
+class _SectionParser(_TaggedParser):
+    """Calls as blocks inside a section: content until SECTION_BEGIN, then CALL_BEGIN ... CALL_END blocks
+    until SECTION_END (DeepSeek, Kimi K2). A block that cannot be read, or one cut off by the end of
+    the reply, is given back as content."""
+
+    SECTION_BEGIN = SECTION_END = CALL_BEGIN = CALL_END = ""
+
+    def __init__(self, max_calls: int | None = None, schemas: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(max_calls, schemas)
+        self._in_section = False
+
+    def _read(self, inner: str) -> tuple[str, Any, str | None] | None:
+        """(name, arguments, the model's call id) of one block's text; None when it is not a call."""
+        raise NotImplementedError
+
+    def feed(self, text: str) -> Parsed:
+        self._buffer += text
+        out = Parsed()
+        while True:
+            if not self._in_section:
+                if not self._content_until(self.SECTION_BEGIN, out):
+                    return out
+                self._held_space = ""
+                self._in_section = True
+            rest = self._buffer.lstrip()
+            if rest.startswith(self.SECTION_END):
+                self._buffer, self._in_section = rest[len(self.SECTION_END):], False
+                continue
+            if not rest.startswith(self.CALL_BEGIN):
+                if any(partial_suffix(rest, tag) == len(rest) for tag in (self.CALL_BEGIN, self.SECTION_END)):
+                    return out  # empty, or the start of a tag
+                self._in_section = False  # not a block: the section is over, what follows is content
+                continue
+            end = rest.find(self.CALL_END)
+            if end < 0:
+                return out
+            block = rest[: end + len(self.CALL_END)]
+            read = self._read(rest[len(self.CALL_BEGIN):end])
+            if read is None:
+                out.content += self._content(block)
+            else:
+                out.calls += self._call(*read)
+            self._buffer = rest[len(block):]
+
+    def finish(self) -> Parsed:
+        rest, self._buffer = self._buffer, ""
+        content = self._content(rest) if rest.strip() else ""
+        held, self._held_space = self._held_space, ""
+        if self._in_section and content and self.num_calls == 0:
+            content = self.SECTION_BEGIN + content  # a section cut off before its first call, as written
+        self._in_section = False
+        return Parsed(content=content + (held if self.num_calls == 0 else ""))
+
+
+class DeepSeekV3Parser(_SectionParser):
+    """DeepSeek-V3, R1-0528 and V3.1's calls, between their full-width-bar tags: V3's
+    `function<｜tool▁sep｜>name` then the arguments in a ```json fence, or V3.1's
+    `name<｜tool▁sep｜>{arguments}`."""
+
+    SECTION_BEGIN, SECTION_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+    CALL_BEGIN, CALL_END = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>"
+    SEP = "<｜tool▁sep｜>"
+
+    def _read(self, inner: str) -> tuple[str, Any, str | None] | None:
+        head, sep, rest = inner.partition(self.SEP)
+        if not sep:
+            return None
+        if "```" in rest:  # V3: the call's type, then its name and a fenced JSON block
+            name, _, body = rest.partition("\n")
+            body = body.strip().removeprefix("```json").removeprefix("```").removesuffix("```")
+        else:  # V3.1
+            name, body = head, rest
+        try:
+            arguments = _DECODER.decode(body.strip())
+        except ValueError:
+            return None
+        name = name.strip()
+        return (name, arguments, None) if name and isinstance(arguments, dict) else None
+
+
+class KimiK2Parser(_SectionParser):
+    """Kimi K2's calls: `functions.name:index<|tool_call_argument_begin|>{arguments}` blocks; the
+    `functions.name:index` is the call's id, which its chat template expects back."""
+
+    SECTION_BEGIN, SECTION_END = "<|tool_calls_section_begin|>", "<|tool_calls_section_end|>"
+    CALL_BEGIN, CALL_END = "<|tool_call_begin|>", "<|tool_call_end|>"
+    ARGUMENTS = "<|tool_call_argument_begin|>"
+
+    def _read(self, inner: str) -> tuple[str, Any, str | None] | None:
+        call_id, sep, body = inner.partition(self.ARGUMENTS)
+        call_id = call_id.strip()
+        name = call_id.split(":", 1)[0].removeprefix("functions.")
+        try:
+            arguments = _DECODER.decode(body.strip())
+        except ValueError:
+            return None
+        return (name, arguments, call_id) if sep and name and isinstance(arguments, dict) else None
+
+
 def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a proper start of `tag`."""
     for size in range(min(len(text), len(tag) - 1), 0, -1):
@@ -376,7 +512,8 @@ def partial_suffix(text: str, tag: str) -> int:
 
 
 AUTO_PARSERS: dict[str, type[ToolCallParser]] = {
-    "hermes": HermesParser, "llama3_json": Llama3JsonParser, "mistral": MistralParser,
+    "hermes": HermesParser, "llama3_json": Llama3JsonParser, "mistral": MistralParser, "glm45": Glm45Parser,
+    "deepseek_v3": DeepSeekV3Parser, "kimi_k2": KimiK2Parser,
 }
 """The parsers tool_choice "auto" can use, by their --tool-call-parser name."""
 
@@ -387,8 +524,14 @@ def detect_tool_parser(chat_template: str | dict[str, str] | None) -> str | None
         chat_template = "\n".join(chat_template.values())
     if not chat_template:
         return None
+    if "<arg_key>" in chat_template:
+        return "glm45"
     if "<tool_call>" in chat_template:
         return "hermes"
+    if DeepSeekV3Parser.CALL_BEGIN in chat_template:
+        return "deepseek_v3"
+    if KimiK2Parser.SECTION_BEGIN in chat_template:
+        return "kimi_k2"
     if "<|python_tag|>" in chat_template or "Environment: ipython" in chat_template:
         return "llama3_json"
     if "[TOOL_CALLS]" in chat_template:

@@ -246,6 +246,31 @@ def test_mistral_calls_with_mistral_ids(model_dir: pathlib.Path) -> None:
         running.wait_idle()
 
 
+KIMI_REPLY = (r"<\|tool_calls_section_begin\|><\|tool_call_begin\|>functions\.get_time:0<\|tool_call_argument_begin\|>"
+              r'\{"zone": "UTC"\}<\|tool_call_end\|><\|tool_calls_section_end\|>')
+GLM45_REPLY = (r"<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>1984</arg_value>\n<arg_key>unit</arg_key>\n"
+               r"<arg_value>celsius</arg_value>\n</tool_call>")
+
+
+@pytest.mark.parametrize(("parser", "reply", "expected"), [
+    # Kimi K2: the call id is the model's own, which its template expects back.
+    ("kimi_k2", KIMI_REPLY, ("functions.get_time:0", "get_time", {"zone": "UTC"})),
+    # GLM-4.5: bare argument values, a string-typed one kept as written though it reads as a number.
+    ("glm45", GLM45_REPLY, (None, "get_weather", {"city": "1984", "unit": "celsius"})),
+])
+def test_kimi_k2_and_glm45_calls(model_dir: pathlib.Path, parser: str, reply: str, expected: tuple) -> None:
+    with serve_in_thread(tool_server_args(model_dir, "--tool-call-parser", parser)) as running:
+        client = client_of(running)
+        for stream in (False, True):
+            content, calls, finish = create(client, stream, max_tokens=256,
+                                            extra_body={"structured_outputs": {"regex": reply}})
+            assert (content, finish) == (None, "tool_calls")
+            [(call_id, name, arguments)] = calls
+            assert (name, json.loads(arguments)) == expected[1:]
+            assert call_id == expected[0] if expected[0] else call_id.startswith("call_")
+        running.wait_idle()
+
+
 def test_auto_tool_choice_refused_without_a_parser(model_dir: pathlib.Path) -> None:
     """With no tool-call format, "auto" is a 400 that says what to do; the others still work."""
     with serve_in_thread(tool_server_args(model_dir, "--tool-call-parser", "none")) as running:

@@ -8,7 +8,10 @@ import random
 import pytest
 
 from pagoda.engine.entrypoints.tool_parsers import (
+    DeepSeekV3Parser,
+    Glm45Parser,
     HermesParser,
+    KimiK2Parser,
     JsonArrayParser,
     Llama3JsonParser,
     MistralParser,
@@ -114,10 +117,65 @@ MISTRAL = [
     ('[TOOL_CALLS] [{"name": "f"', '[TOOL_CALLS] [{"name": "f"', []),
 ]
 
+GLM45 = [
+    ("<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n"
+     "<arg_value>3</arg_value>\n</tool_call>", "", [("get_weather", {"city": "Paris", "days": 3})]),
+    ("Checking.\n<tool_call>time\n</tool_call><tool_call>f\n<arg_key>opts</arg_key>\n<arg_value>{\"a\": [1]}"
+     "</arg_value>\n</tool_call>", "Checking.", [("time", {}), ("f", {"opts": {"a": [1]}})]),
+    # Not a call (a JSON object where the name goes): content, tags and all.
+    ('<tool_call>{"name": "f"}</tool_call>', '<tool_call>{"name": "f"}</tool_call>', []),
+    ("no calls here", "no calls here", []),
+]
+
+_DS = {"begin": "<｜tool▁calls▁begin｜>", "end": "<｜tool▁calls▁end｜>", "call": "<｜tool▁call▁begin｜>",
+       "call_end": "<｜tool▁call▁end｜>", "sep": "<｜tool▁sep｜>"}
+DEEPSEEK_V3 = [
+    # V3 and R1-0528: the call's type, its name, the arguments in a JSON fence.
+    ("Let me check.{begin}{call}function{sep}get_weather\n```json\n{{\"city\": \"Paris\"}}\n```{call_end}"
+     "{call}function{sep}time\n```json\n{{}}\n```{call_end}{end}".format(**_DS),
+     "Let me check.", [("get_weather", {"city": "Paris"}), ("time", {})]),
+    # V3.1: the name, then the arguments.
+    ("{begin}{call}get_weather{sep}{{\"city\": \"Oslo\", \"s\": \"{sep}\"}}{call_end}{end}".format(**_DS), "",
+     [("get_weather", {"city": "Oslo", "s": _DS["sep"]})]),
+    # Unreadable block: content; cut off mid-call: the text as written.
+    ("{begin}{call}f{sep}{{not json}}{call_end}{end}".format(**_DS), "{call}f{sep}{{not json}}{call_end}".format(**_DS), []),
+    ("{begin}{call}f{sep}{{\"x\": ".format(**_DS), "{begin}{call}f{sep}{{\"x\": ".format(**_DS), []),
+    ("plain reply", "plain reply", []),
+]
+
+KIMI = [
+    ("I'll look.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
+     '{"city": "Paris"}<|tool_call_end|><|tool_call_begin|>functions.time:1<|tool_call_argument_begin|>{}'
+     "<|tool_call_end|><|tool_calls_section_end|>", "I'll look.", [("get_weather", {"city": "Paris"}), ("time", {})]),
+    ("<|tool_calls_section_begin|> <|tool_call_begin|> functions.f:0 <|tool_call_argument_begin|> {\"x\": 1} "
+     "<|tool_call_end|> <|tool_calls_section_end|>", "", [("f", {"x": 1})]),
+    ("<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{\"x",
+     "<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{\"x", []),
+]
 
 CASES = [(parser, *case) for parser, cases in ((HermesParser, HERMES), (Llama3JsonParser, LLAMA3),
-                                               (JsonArrayParser, JSON_ARRAYS), (MistralParser, MISTRAL))
+                                               (JsonArrayParser, JSON_ARRAYS), (MistralParser, MISTRAL),
+                                               (Glm45Parser, GLM45), (DeepSeekV3Parser, DEEPSEEK_V3),
+                                               (KimiK2Parser, KIMI))
          for case in cases]
+
+
+def test_glm45_reads_arguments_by_their_declared_types() -> None:
+    """GLM-4.5 writes argument values bare: a string-typed one stays as written even when it looks
+    like JSON; others are read as JSON, and stay text where they are not JSON."""
+    text = ("<tool_call>book\n<arg_key>code</arg_key>\n<arg_value>123</arg_value>\n<arg_key>seats</arg_key>\n"
+            "<arg_value>2</arg_value>\n<arg_key>note</arg_key>\n<arg_value>window, please</arg_value>\n</tool_call>")
+    schemas = {"book": {"type": "object", "properties": {"code": {"type": "string"}, "seats": {"type": "integer"}}}}
+    assert calls_of(Glm45Parser(schemas=schemas).parse(text)) == [
+        ("book", {"code": "123", "seats": 2, "note": "window, please"})]
+    assert calls_of(Glm45Parser().parse(text))[0][1]["code"] == 123, "without the schema the value reads as JSON"
+
+
+def test_kimi_k2_calls_keep_the_ids_the_model_wrote() -> None:
+    """Kimi K2's template expects its calls' ids (functions.name:index) back with their results."""
+    parsed = KimiK2Parser().parse(KIMI[0][0])
+    assert [p.call_id for p in parsed.calls if p.name] == ["functions.get_weather:0", "functions.time:1"]
+    assert all(p.call_id is None for p in DeepSeekV3Parser().parse(DEEPSEEK_V3[0][0]).calls)
 
 
 def test_mistral_call_ids_are_what_its_templates_accept() -> None:
@@ -158,4 +216,8 @@ def test_detect_tool_parser(tmp_path) -> None:
     assert detect_tool_parser({"default": "{{ messages }}", "tool_use": template}) == "hermes"
     assert detect_tool_parser("{%- if message.tool_calls %}{{- '[TOOL_CALLS]' + message.tool_calls|tojson }}") == \
         "mistral"
+    assert detect_tool_parser("{{ '<tool_call>' + tc.name }}{% for k, v in args %}<arg_key>{{ k }}</arg_key>") == "glm45"
+    assert detect_tool_parser("{{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type']}}") == \
+        "deepseek_v3"
+    assert detect_tool_parser("{{ '<|tool_calls_section_begin|>' }}") == "kimi_k2"
     assert detect_tool_parser("{{ messages }}") is None and detect_tool_parser(None) is None
