@@ -21,6 +21,7 @@ matrices. Under tensor parallelism the heads split across ranks and every rank c
 from __future__ import annotations
 
 import math
+from typing import Any
 import torch
 from torch import nn
 
@@ -31,7 +32,7 @@ from pagoda.engine.layers.linear import ColumnParallelLinear, ReplicatedProjecti
 from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.layers.rotary import RotaryEmbedding
 from pagoda.engine.model_config import MLAConfig, ModelConfig, RopeConfig
-from pagoda.engine.models.llama import DecoderLayer, DecoderModel, LlamaForCausalLM
+from pagoda.engine.models.llama import LlamaForCausalLM
 from pagoda.engine.models.moe import _MixtureOfExperts, mtp_layer_prefixes
 
 # The latent and query bottleneck norms' epsilon: DeepSeek's reference builds them with its default.
@@ -122,10 +123,8 @@ class DeepseekV2ForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
     def rotary_interleaved(self) -> bool:
         return True
 
-    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
-        interleaved = self.rotary_interleaved()
-        return DecoderModel(cfg, False, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
-            cfg, False, False, self.make_mlp(cfg, i), layer=i, attention=MLAAttention(cfg, interleaved)))
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
+        return {"attention": MLAAttention(cfg, self.rotary_interleaved())}
 
 
 class DeepseekV3ForCausalLM(DeepseekV2ForCausalLM):

@@ -137,12 +137,13 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    """Embeddings, decoder layers (DecoderLayer, or what `make_layer` builds for a family with other
-    layers), final norm."""
+    """Embeddings, decoder layers (DecoderLayer with each layer's `layer_options`, or what `make_layer`
+    builds for a family with other layers), final norm."""
 
     def __init__(
         self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, make_mlp: Callable[[ModelConfig, int], nn.Module],
         make_layer: Callable[[ModelConfig, int], nn.Module] | None = None,
+        layer_options: Callable[[ModelConfig, int], dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         # Granite's multipliers (its configs name them; 1 and 1/sqrt(head_dim) everywhere else).
@@ -153,7 +154,7 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(
             make_layer(cfg, i) if make_layer is not None else
             DecoderLayer(cfg, qkv_bias, qk_norm, make_mlp(cfg, i), residual, None if attention is None else float(attention),
-                         layer=i)
+                         layer=i, **(layer_options(cfg, i) if layer_options is not None else {}))
             for i in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -197,7 +198,11 @@ class LlamaForCausalLM(nn.Module):
 
     def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
         """The decoder stack (embeddings, layers, final norm); families with other layers replace it."""
-        return DecoderModel(cfg, qkv_bias, self.qk_norm, self.make_mlp)
+        return DecoderModel(cfg, qkv_bias, self.qk_norm, self.make_mlp, layer_options=self.layer_options)
+
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
+        """DecoderLayer's keyword options for one layer: where a family's layers differ from Llama's."""
+        return {}
 
     @staticmethod
     def make_mlp(cfg: ModelConfig, layer: int) -> nn.Module:
@@ -240,33 +245,29 @@ class Phi3ForCausalLM(LlamaForCausalLM):
 class SmolLM3ForCausalLM(LlamaForCausalLM):
     """SmolLM3: Llama with rotary off in the layers `no_rope_layers` marks 0 (every fourth)."""
 
-    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
         interval = int(cfg.hf_config.get("no_rope_layer_interval") or 4)
         uses_rope = cfg.hf_config.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(cfg.num_layers)]
         if len(uses_rope) != cfg.num_layers:
             raise ValueError(f"no_rope_layers must name {cfg.num_layers} layers, got {len(uses_rope)}")
-        return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
-            cfg, qkv_bias, False, self.make_mlp(cfg, i), use_rope=bool(uses_rope[i]), layer=i))
+        return {"use_rope": bool(uses_rope[layer])}
 
 
 class SeedOssForCausalLM(LlamaForCausalLM):
     """ByteDance Seed-OSS: Llama with q/k/v biases (`attention_bias`) and the o_proj's set apart
     (`attention_out_bias`)."""
 
-    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
-        o_bias = bool(cfg.hf_config.get("attention_out_bias", False))
-        return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
-            cfg, qkv_bias, False, self.make_mlp(cfg, i), o_bias=o_bias, layer=i))
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
+        return {"o_bias": bool(cfg.hf_config.get("attention_out_bias", False))}
 
 
 class Ernie45ForCausalLM(LlamaForCausalLM):
     """Baidu ERNIE 4.5 (dense): Llama with rotary in the interleaved (gpt-j) layout."""
 
-    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
         if cfg.hf_config.get("use_bias"):
             raise ValueError("ERNIE 4.5 checkpoints with use_bias are not supported")
-        return DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
-            cfg, qkv_bias, False, self.make_mlp(cfg, i), layer=i, rotary_interleaved=True))
+        return {"rotary_interleaved": True}
 
 
 class GraniteForCausalLM(LlamaForCausalLM):

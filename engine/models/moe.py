@@ -20,8 +20,8 @@ from pagoda.engine.distributed import all_reduce
 from pagoda.engine.layers.linear import ReplicatedLinear
 from pagoda.engine.layers.moe import EXPERT_PARTS, STACKED, FusedMoE, route
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.llama import (DecoderLayer, DecoderMLP, DecoderModel, GraniteForCausalLM, LlamaForCausalLM,
-                                        Qwen2ForCausalLM, Qwen3ForCausalLM)
+from pagoda.engine.models.llama import (DecoderMLP, GraniteForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM,
+                                        Qwen3ForCausalLM)
 
 # experts.<e>.<projection>.weight (and .weight_scale_inv of FP8 checkpoints, or the integer layout's
 # qweight, scales and zeros): one expert's part.
@@ -155,7 +155,9 @@ class Glm4MoeForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
         super().__init__(cfg)
         self.ignored_checkpoint_prefixes = mtp_layer_prefixes(cfg)
 
-    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
-        qk_norm = bool(cfg.hf_config.get("use_qk_norm"))
-        return DecoderModel(cfg, qkv_bias, qk_norm, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
-            cfg, qkv_bias, qk_norm, self.make_mlp(cfg, i), o_bias=False, layer=i))
+    @property
+    def qk_norm(self) -> bool:  # type: ignore[override]
+        return bool(self.config.hf_config.get("use_qk_norm"))
+
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
+        return {"o_bias": False}

@@ -7,13 +7,15 @@ KV cache keeps only the window's blocks: one sliding group).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from pagoda.engine.layers.linear import ColumnParallelLinear, RowParallelLinear
 from pagoda.engine.layers.norm import LayerNorm
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.llama import DecoderLayer, DecoderModel, LlamaForCausalLM
+from pagoda.engine.models.llama import DecoderModel, LlamaForCausalLM
 
 
 class Starcoder2MLP(nn.Module):
@@ -28,8 +30,18 @@ class Starcoder2MLP(nn.Module):
 
 class Starcoder2ForCausalLM(LlamaForCausalLM):
     def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
-        bias, eps = bool(cfg.hf_config.get("use_bias", True)), float(cfg.hf_config.get("norm_epsilon", 1e-5))
-        model = DecoderModel(cfg, bias, False, self.make_mlp, make_layer=lambda cfg, i: DecoderLayer(
-            cfg, bias, False, Starcoder2MLP(cfg, bias), norm=LayerNorm, eps=eps, o_bias=bias, layer=i))
+        bias, eps = self._bias_and_eps(cfg)
+        model = DecoderModel(cfg, bias, False, self.make_mlp, layer_options=self.layer_options)
         model.norm = LayerNorm(cfg.hidden_size, eps)
         return model
+
+    @staticmethod
+    def _bias_and_eps(cfg: ModelConfig) -> tuple[bool, float]:
+        return bool(cfg.hf_config.get("use_bias", True)), float(cfg.hf_config.get("norm_epsilon", 1e-5))
+
+    def make_mlp(self, cfg: ModelConfig, layer: int) -> nn.Module:  # type: ignore[override]
+        return Starcoder2MLP(cfg, self._bias_and_eps(cfg)[0])
+
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
+        bias, eps = self._bias_and_eps(cfg)
+        return {"norm": LayerNorm, "eps": eps, "o_bias": bias}
