@@ -56,7 +56,7 @@ def hf_greedy_fp8_cache(path: pathlib.Path, prompt: list[int], max_new_tokens: i
 
 
 @pytest.mark.parametrize(("arch", "kv_cache_dtype"), [("llama", "fp8"), ("qwen3", "fp8_e4m3"), ("qwen2", "fp8_e5m2"),
-                                                       ("gemma3", "fp8")])
+                                                       ("gemma3", "fp8"), ("deepseek_v3", "fp8")])
 def test_fp8_kv_cache_matches_transformers_with_a_rounding_cache(tiny_model, arch: str, kv_cache_dtype: str) -> None:
     path = tiny_model(arch)
     cache_dtype = KV_CACHE_DTYPES[kv_cache_dtype]
