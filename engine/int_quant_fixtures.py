@@ -22,7 +22,7 @@ from pagoda.engine.layers.int_quant import quantize_int_groups
 from pagoda.engine.models.quant_formats import AWQ_ORDER
 
 # Dense and expert projections (Mixtral's experts call theirs w1, w3, w2); routers stay as they are.
-_PROJECTION = re.compile(r"\.((q|k|v|o|gate|up|down)_proj|experts\.\d+\.w[123])\.weight$")
+_PROJECTION = re.compile(r"\.((q|k|v|o|gate|up|down|q_a|q_b|kv_b)_proj|kv_a_proj_with_mqa|experts\.\d+\.w[123])\.weight$")
 
 
 def _pack(values: np.ndarray, bits: int, axis: int, order: tuple[int, ...] | None = None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """DeepSeek V2/V3 specifics beyond the parity suites (which run both fixtures through every
 scheduling regime, tensor parallelism, expert parallelism and the interpreted Triton kernels): the
-latent KV cache's size, the router against transformers' own, FP8 checkpoints of every latent
-projection, multi-token-prediction layers left unloaded, and configs refused by name."""
+latent KV cache's size, the router against transformers' own, FP8 and integer checkpoints of every
+latent projection, multi-token-prediction layers left unloaded, and configs refused by name."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2TopkR
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
 from pagoda.engine.fixtures import make_fp8_model, read_weights, tiny_config, write_variant
+from pagoda.engine.int_quant_fixtures import make_int_quant_model
 from pagoda.engine.layers.attention import kv_block_bytes
 from pagoda.engine.layers.moe import route
 from pagoda.engine.llm import LLM
@@ -89,6 +90,19 @@ def test_fp8_checkpoint_matches_transformers(tiny_model, tmp_path: pathlib.Path,
     for proj in (attention.q_a_proj, attention.q_b_proj, attention.kv_a_proj_with_mqa, attention.o_proj):
         assert proj.weight.dtype == torch.float8_e4m3fn
     assert not hasattr(attention, "kv_b_proj") and attention.w_uk.dtype == torch.float32
+    got = engine_token_ids(llm, PROMPTS, GREEDY)
+    assert got == [hf_greedy(tmp_path / "plain", p, GREEDY.max_tokens) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_integer_checkpoint_matches_transformers(tiny_model, tmp_path: pathlib.Path, method: str) -> None:
+    """A 4-bit DeepSeek-V2 checkpoint (every projection packed: q, kv_a, kv_b, o, experts, shared
+    experts), kv_b_proj read out of its packed words into the absorbed matrices: transformers' tokens
+    on the same weights dequantized."""
+    path = make_int_quant_model(tiny_model("deepseek_v2"), tmp_path / "q", tmp_path / "plain", method)
+    llm = LLM(str(path), dtype="float32", block_size=4, max_num_batched_tokens=8)
+    attention = llm.engine.runner.model.model.layers[1].self_attn
+    assert attention.kv_a_proj_with_mqa.int_quant is not None and not hasattr(attention, "kv_b_proj")
     got = engine_token_ids(llm, PROMPTS, GREEDY)
     assert got == [hf_greedy(tmp_path / "plain", p, GREEDY.max_tokens) for p in PROMPTS]
 
