@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.lora import LoRARequest
 from pagoda.engine.metrics import EngineMetrics, EngineStats
+from pagoda.engine.multimodal import ImageInputs
 from pagoda.engine.output_processor import StopRequest
 from pagoda.engine.outputs import RequestOutput
 from pagoda.engine.sampling_params import SamplingParams
@@ -66,6 +67,7 @@ class EngineRequest:
     embed: bool = False
     priority: int = 0
     thinking: Thinking | None = None
+    images: ImageInputs | None = None  # the prompt's images, placeholders already expanded in its ids
 
 
 @dataclass
@@ -228,7 +230,7 @@ class AsyncLLMEngine:
                 return True
 
     def _add_to_engine(self, add: EngineRequest) -> None:
-        prompt = {"prompt": add.prompt, "prompt_token_ids": add.prompt_token_ids}
+        prompt = {"prompt": add.prompt, "prompt_token_ids": add.prompt_token_ids, "images": add.images}
         try:
             self.engine.add_request(add.request_id, prompt, add.params, arrival_time=add.arrival_time,
                                     lora_request=add.lora_request, cache_salt=add.cache_salt, embed=add.embed,

@@ -1,7 +1,8 @@
 """The paged KV cache's bookkeeping: a pool of fixed-size blocks, reference counted.
 
 Prefix caching keys every *full* block by a hash chained over all tokens up
-to and including it, so equal prefixes map to equal keys whatever follows.
+to and including it (and over the images behind any image placeholders in it:
+multimodal.ImageInputs.block_key), so equal prefixes map to equal keys whatever follows.
 A block whose last user finished stays in the cache while it sits in the
 free list; it is evicted only when the pool needs it, least recently used
 first (blocks holding nothing reusable are handed out before any cached one).
@@ -79,7 +80,9 @@ class BlockManager:
         hashes = seq.block_hashes
         for i in range(len(hashes), num_tokens // bs):
             parent = hashes[-1] if hashes else seq.cache_salt
-            hashes.append(hash((parent, tuple(seq.token_ids[i * bs : (i + 1) * bs]))))
+            tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            images = seq.images.block_key(i * bs, (i + 1) * bs) if seq.images is not None else ()
+            hashes.append(hash((parent, tokens, images) if images else (parent, tokens)))
 
     def match_prefix(self, seq: Sequence) -> list[list[int]]:
         """Per group, the table of cached blocks holding seq's leading tokens (NULL_BLOCK where a

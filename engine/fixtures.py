@@ -109,7 +109,13 @@ _CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{{- '<|im_end|>\\n' }}"
     "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    # A list of parts (images and text, as multimodal templates take them): an image is its placeholder.
+    "{%- if message['content'] is string %}{{- message['content'] }}{%- else %}"
+    "{%- for part in message['content'] %}"
+    "{{- '<image>\\n' if part['type'] == 'image' else part['text'] }}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
     "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
@@ -422,8 +428,12 @@ def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _write_tokenizer(out_dir: pathlib.Path, arch: str, model_max_length: int) -> None:
-    build_tokenizer(arch).save(str(out_dir / "tokenizer.json"), pretty=True)
+def _write_tokenizer(out_dir: pathlib.Path, arch: str, model_max_length: int, extra_special: tuple[str, ...] = ()) -> None:
+    """tokenizer.json and its config; `extra_special` tokens (an image placeholder) take the ids after
+    the trained vocabulary, in order."""
+    tokenizer = build_tokenizer(arch)
+    tokenizer.add_special_tokens(list(extra_special))
+    tokenizer.save(str(out_dir / "tokenizer.json"), pretty=True)
     chat_template = ("{{- bos_token }}" if _family(arch).adds_bos else "") + _CHAT_TEMPLATE
     special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
     added_tokens = {
@@ -435,7 +445,8 @@ def _write_tokenizer(out_dir: pathlib.Path, arch: str, model_max_length: int) ->
             "single_word": False,
             "special": True,
         }
-        for token_id, content in enumerate(SPECIAL_TOKENS)
+        for token_id, content in [*enumerate(SPECIAL_TOKENS),
+                                  *((TOKENIZER_VOCAB_SIZE + i, token) for i, token in enumerate(extra_special))]
     }
     _write_json(
         out_dir / "tokenizer_config.json",
@@ -526,6 +537,55 @@ def make_tiny_gemma3_multimodal(out_dir: str | pathlib.Path, seed: int = 0) -> p
     _write_json(out_dir / "generation_config.json",
                 {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID})
     _write_tokenizer(out_dir, "gemma3", text.max_position_embeddings)
+    return out_dir
+
+
+IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN_ID = TOKENIZER_VOCAB_SIZE  # the first id after the trained vocabulary
+
+
+def make_tiny_llava(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """A random-weight LlavaForConditionalGeneration checkpoint (as llava-hf/llava-1.5-7b-hf ships): the
+    llama fixture's language model, a two-layer CLIP tower over 28-pixel images in patches of 7 (16
+    features per image, the CLS token dropped, the second-to-last layer's states), the projector, and
+    the image processor's settings; `<image>` is the placeholder token."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    out_dir = pathlib.Path(out_dir)
+    text = tiny_config("llama")
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=28, patch_size=7, projection_dim=32)
+    config = LlavaConfig(text_config=text, vision_config=vision, image_token_index=IMAGE_TOKEN_ID,
+                         projector_hidden_act="gelu", vision_feature_layer=-2, vision_feature_select_strategy="default")
+    config.architectures = ["LlavaForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, text.initializer_range)
+            elif "norm" in name:
+                param.uniform_(0.5, 1.5)
+            elif "vision_tower" in name or "projector" in name:
+                param.normal_(0.0, 0.3)  # large enough that images move the logits
+        model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
+        model.get_output_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out_dir)
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
+    _write_json(out_dir / "generation_config.json",
+                {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID})
+    _write_tokenizer(out_dir, "llama", text.max_position_embeddings, extra_special=(IMAGE_TOKEN,))
+    # CLIP's preprocessing (resize the short side, center crop, rescale, normalize), at 28 pixels.
+    _write_json(out_dir / "preprocessor_config.json", {
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 28},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": 28, "width": 28}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": True})
     return out_dir
 
 

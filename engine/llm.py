@@ -172,9 +172,9 @@ class LLM:
         """Every prompt tokenized and checked before any is queued: a bad one fails the call, not the batch."""
         tokenized = []
         for prompt, params in zip(prompts, params_list):
-            text, ids = self.engine.tokenize(prompt)
+            text, ids, images = self.engine.process_prompt(prompt)
             self.engine.validate_prompt(ids, params, embed)
-            tokenized.append({"prompt": text, "prompt_token_ids": ids})
+            tokenized.append({"prompt": text, "prompt_token_ids": ids, "images": images})
         return tokenized
 
     def _run(self, request_ids: list[str]) -> list[RequestOutput]:

@@ -21,6 +21,7 @@ from pagoda.engine.draft_model import DraftModelProposer
 from pagoda.engine.lora import LoRAAdapter, LoRARequest, read_adapter
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.model_runner import ModelRunner, StepResult
+from pagoda.engine.multimodal import ImageInputs, ImagePrompts
 from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagoda.engine.pooling import label_names
@@ -57,6 +58,7 @@ class LLMEngine:
         self.config = config
         self.model_config = load_model_config(config.model, config.dtype, config.max_model_len)
         self.tokenizer = load_tokenizer(config.tokenizer or config.model)
+        self.image_prompts = ImagePrompts(self.model_config)
         # What a request that sets no sampling parameter gets: the model's recommended ones.
         self.sampling_defaults = sampling_defaults(config.model, config.generation_config)
         self.eos_token_ids = self._eos_token_ids()
@@ -108,6 +110,22 @@ class LLMEngine:
         return self.model_config.max_model_len
 
     # ---- requests -------------------------------------------------------------------------
+
+    def process_prompt(self, prompt: PromptType) -> tuple[str | None, list[int], ImageInputs | None]:
+        """(text or None, token ids, images) of a prompt in any accepted form. A dict may carry images as
+        vLLM's offline API takes them, `multi_modal_data={"image": one or a list}`, whose placeholder
+        tokens are expanded here, or as `images` already processed (ImageInputs)."""
+        text, token_ids = self.tokenize(prompt)
+        if not isinstance(prompt, dict):
+            return text, token_ids, None
+        data = prompt.get("multi_modal_data")
+        if not data:
+            return text, token_ids, prompt.get("images")
+        if not isinstance(data, dict) or set(data) - {"image"}:
+            raise ValueError(f"multi_modal_data takes 'image' (one image or a list), got {data!r:.80}")
+        images = data["image"] if isinstance(data["image"], (list, tuple)) else [data["image"]]
+        token_ids, inputs = self.image_prompts.process(token_ids, list(images))
+        return text, token_ids, inputs
 
     def tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         """(text or None, token ids) of a prompt in any accepted form."""
@@ -216,7 +234,7 @@ class LLMEngine:
         params = params or SamplingParams()
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        text, token_ids = self.tokenize(prompt)
+        text, token_ids, images = self.process_prompt(prompt)
         self.validate_prompt(token_ids, params, embed)
         if priority != 0 and self.config.scheduling_policy != "priority":
             raise ValueError("priority needs the priority scheduling policy (pagoda serve --scheduling-policy priority)")
@@ -230,7 +248,7 @@ class LLMEngine:
         if lora is not None or cache_salt is not None:
             salt = hash((lora.cache_salt if lora is not None else None, cache_salt))
         for seq in seqs:
-            seq.lora, seq.cache_salt, seq.embed, seq.priority = lora, salt, embed, priority
+            seq.lora, seq.cache_salt, seq.embed, seq.priority, seq.images = lora, salt, embed, priority, images
         if constraint is not None:
             for seq in seqs:
                 seq.grammar = Grammar(constraint, self.grammars.vocab_size, thinking)

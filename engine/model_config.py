@@ -107,6 +107,36 @@ class MLAConfig:
 
 
 @dataclass(frozen=True)
+class VisionConfig:
+    """The image side of a LLaVA-style model: its CLIP vision tower, which hidden states feed the
+    projector (`feature_layer`; "default" drops the CLS token, "full" keeps it), and the placeholder
+    token that stands for an image in the prompt, one per image feature once expanded."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    image_size: int
+    patch_size: int
+    layer_norm_eps: float
+    hidden_act: str
+    feature_layer: int
+    select_strategy: str
+    image_token_id: int
+    projector_act: str
+    projector_bias: bool
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + (self.select_strategy == "full")
+
+    @property
+    def layers_run(self) -> int:
+        """Encoder layers up to the feature layer (hidden state k is the output of k layers; -1 the last)."""
+        return self.feature_layer if self.feature_layer >= 0 else self.num_layers + 1 + self.feature_layer
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The architecture-level facts of one model directory."""
 
@@ -133,6 +163,7 @@ class ModelConfig:
     moe: MoEConfig | None = None
     quantization: Fp8Config | IntQuantConfig | None = None
     mla: MLAConfig | None = None
+    vision: VisionConfig | None = None  # models that take images (LLaVA)
 
     @property
     def kv_planes(self) -> int:
@@ -256,6 +287,29 @@ def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
                      f"float-quantized, bitsandbytes 4-bit; not yet: {_UNSUPPORTED_QUANT})")
 
 
+# Multimodal architectures whose image inputs are served (the others are served as text).
+IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+
+
+def _vision_config(path: Path) -> VisionConfig:
+    """A LLaVA checkpoint's vision settings, with transformers' defaults for what config.json leaves out."""
+    from transformers import AutoConfig
+
+    full = AutoConfig.from_pretrained(str(path))
+    vision = full.vision_config
+    layer, strategy = full.vision_feature_layer, full.vision_feature_select_strategy
+    if vision.model_type != "clip_vision_model" or not isinstance(layer, int) or strategy not in ("default", "full"):
+        raise ValueError(f"LLaVA with a {vision.model_type} vision tower, feature layer {layer} and strategy "
+                         f"{strategy!r} is not supported (supported: a CLIP tower, one feature layer)")
+    return VisionConfig(
+        hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
+        num_layers=vision.num_hidden_layers, num_heads=vision.num_attention_heads, image_size=vision.image_size,
+        patch_size=vision.patch_size, layer_norm_eps=vision.layer_norm_eps, hidden_act=vision.hidden_act,
+        feature_layer=layer, select_strategy=strategy, image_token_id=int(full.image_token_id),
+        projector_act=full.projector_hidden_act, projector_bias=bool(getattr(full, "multimodal_projector_bias", True)),
+    )
+
+
 def _text_config(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """A multimodal checkpoint's language-model settings, which the engine serves (as text), with
     transformers' defaults filled in: hub configs (Gemma 3 4B and up) leave most of them out."""
@@ -327,6 +381,7 @@ def load_model_config(
     if cfg.get("use_sliding_window") is False:
         sliding = None
     mla = _mla_config(cfg)
+    vision = _vision_config(path) if architecture in IMAGE_ARCHITECTURES else None
     return ModelConfig(
         path=path,
         architecture=architecture,
@@ -352,4 +407,5 @@ def load_model_config(
         moe=_moe_config(cfg),
         quantization=_quantization(cfg),
         mla=mla,
+        vision=vision,
     )

@@ -176,11 +176,17 @@ class ModelRunner:
         samplers: list[Sequence] = []
         prompt_chunks: list[tuple[Sequence, int, int]] = []
         pooled: list[tuple[Sequence, int]] = []
+        image_rows: list[int] = []
+        image_features: list[torch.Tensor] = []
         num_decodes = 0
         for seq, n in sched.scheduled:
             start = seq.num_computed_tokens
             end = start + n
             offset = len(ids)
+            if seq.images is not None and start < seq.num_prompt_tokens:
+                for image, feature, position, count in seq.images.spans(start, end):
+                    image_rows.extend(range(offset + position - start, offset + position - start + count))
+                    image_features.append(self._image_features(seq)[image, feature : feature + count])
             ids.extend(seq.token_ids[start:end] + seq.spec_token_ids)
             positions.extend(range(start, end))
             for table, group_slots in zip(seq.block_tables, slots):
@@ -207,8 +213,16 @@ class ModelRunner:
         width = max(len(seq.block_tables[0]) for seq, _ in sched.scheduled)
         tables = [[seq.block_tables[g] + [0] * (width - len(seq.block_tables[g])) for seq, _ in sched.scheduled]
                   for g in groups]
-        inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows)
+        inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows,
+                            image_rows=image_rows, image_features=torch.cat(image_features) if image_features else None)
         return inputs, samplers, prompt_chunks, pooled
+
+    def _image_features(self, seq: Sequence) -> torch.Tensor:
+        """The sequence's images through the vision tower and projector, once per request (kept on its inputs)."""
+        images = seq.images
+        if images.features is None:
+            images.features = self.model.encode_images(images.pixel_values.to(self.device))
+        return images.features
 
     def load_loras(self, loads: list[tuple[int, str, str]]) -> None:
         """A worker's side of the driver's LoRA placements: each adapter read from its path into its slot."""
@@ -265,9 +279,13 @@ class ModelRunner:
         ids, pos, meta = inputs.to_device(self.device)
         if self.lora is not None:
             self.lora.set_mask(inputs.lora_slots)
-        # Steps with adapters run eagerly: the decode graphs were captured without them.
+        # Steps with adapters run eagerly: the decode graphs were captured without them; so do steps with images.
         eager = self.lora is not None and self.lora.mask is not None
-        hidden = self.model(ids, pos, meta) if eager else self.forward(ids, pos, meta)
+        if inputs.image_rows:
+            rows = torch.tensor(inputs.image_rows, dtype=torch.long, device=self.device)
+            hidden = self.model(ids, pos, meta, image_embeds=(rows, inputs.image_features.to(self.device)))
+        else:
+            hidden = self.model(ids, pos, meta) if eager else self.forward(ids, pos, meta)
         if not inputs.logit_rows:
             return None, hidden
         rows = torch.tensor(inputs.logit_rows, dtype=torch.long, device=self.device)

@@ -15,6 +15,7 @@ import torch
 
 if TYPE_CHECKING:
     from pagoda.engine.lora import LoRAAdapter
+    from pagoda.engine.multimodal import ImageInputs
     from pagoda.engine.sampling_params import SamplingParams
     from pagoda.engine.structured_output import Grammar
 
@@ -49,6 +50,7 @@ class Sequence:
     # Where its prefix-cache hash chain starts: None, or a value of its adapter and
     # its request's cache_salt, so KV blocks are shared only under both alike.
     cache_salt: int | None = None
+    images: ImageInputs | None = None  # the prompt's images, shared by the request's n sequences
 
     token_ids: list[int] = field(init=False)
     output_token_ids: list[int] = field(default_factory=list)

@@ -16,8 +16,9 @@ import torch
 
 from pagoda.engine.attention import AttentionMetadata
 
-# num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_logit_rows, num_lora_slots, lora_loads_bytes
-_HEADER = 8
+# num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_logit_rows, num_lora_slots, lora_loads_bytes,
+# num_image_rows
+_HEADER = 9
 
 
 @dataclass
@@ -36,6 +37,10 @@ class StepInputs:
     # (slot, name, path) of adapters the driver put in slots for this step, which workers load too.
     lora_slots: list[int] = field(default_factory=list)
     lora_loads: list[tuple[int, str, str]] = field(default_factory=list)
+    # Images: the rows whose input embeddings are image features instead of token embeddings, and
+    # those features [rows, hidden] (shipped to tensor-parallel workers apart from the packed ints).
+    image_rows: list[int] = field(default_factory=list)
+    image_features: torch.Tensor | None = None
 
     def to_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         qsl = [0]
@@ -65,7 +70,7 @@ class StepInputs:
         max_blocks = len(self.block_tables[0][0]) if self.block_tables[0] else 0
         loads = json.dumps(self.lora_loads).encode() if self.lora_loads else b""
         header = [len(self.input_ids), len(self.seq_lens), len(self.slots), max_blocks, self.num_decodes,
-                  len(self.logit_rows), len(self.lora_slots), len(loads)]
+                  len(self.logit_rows), len(self.lora_slots), len(loads), len(self.image_rows)]
         flat = [*header, *self.input_ids, *self.positions, *self.query_lens, *self.seq_lens]
         for slots, tables in zip(self.slots, self.block_tables):
             flat.extend(slots)
@@ -74,13 +79,14 @@ class StepInputs:
         flat.extend(self.logit_rows)
         flat.extend(self.lora_slots)
         flat.extend(loads)
+        flat.extend(self.image_rows)
         return torch.tensor(flat, dtype=torch.long)
 
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> StepInputs:
         values = packed.tolist()
-        num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_rows, num_lora_slots, loads_bytes = \
-            values[:_HEADER]
+        num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_rows, num_lora_slots, loads_bytes, \
+            num_image_rows = values[:_HEADER]
         pos = _HEADER
 
         def take(n: int) -> list[int]:
@@ -96,4 +102,5 @@ class StepInputs:
             tables.append([take(max_blocks) for _ in range(num_seqs)])
         rows, lora_slots = take(num_rows), take(num_lora_slots)
         loads = [tuple(load) for load in json.loads(bytes(take(loads_bytes)))] if loads_bytes else []
-        return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, rows, lora_slots, loads)
+        return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, rows, lora_slots, loads,
+                   take(num_image_rows))

@@ -123,6 +123,9 @@ def _worker_main(rank: int, address: str, config: EngineConfig, model_config: Mo
     runner = ModelRunner(config, model_config, eos_token_ids=(), device=device)
     while (payload := _broadcast_step(None, control)) is not None:
         inputs = StepInputs.unpack(payload)
+        if inputs.image_rows:
+            inputs.image_features = torch.empty(len(inputs.image_rows), model_config.hidden_size)
+            dist.broadcast(inputs.image_features, src=0, group=control)
         if inputs.lora_loads:
             runner.load_loras(inputs.lora_loads)
         runner.forward_logits(inputs)
@@ -202,6 +205,8 @@ class TensorParallelGroup:
         self.check_health()
         try:
             _broadcast_step(inputs.pack(), self.control)
+            if inputs.image_rows:  # the driver's vision tower ran; the workers take its features
+                dist.broadcast(inputs.image_features.float().cpu().contiguous(), src=0, group=self.control)
         except RuntimeError as exc:
             raise WorkerDiedError(self.failure or f"tensor-parallel broadcast failed: {exc}") from exc
 

@@ -159,10 +159,15 @@ class DecoderModel(nn.Module):
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`image_embeds` (rows, features): inputs that are image features in place of the token embeddings."""
         x, residual = self.embed_tokens(input_ids), None
         if self.embedding_multiplier != 1.0:
             x = x * self.embedding_multiplier
+        if image_embeds is not None:
+            rows, features = image_embeds
+            x = x.index_copy(0, rows, features.to(x.dtype))
         for layer in self.layers:
             x, residual = layer(positions, x, residual, meta)
         x, _ = self.norm(x, residual)
@@ -217,9 +222,12 @@ class LlamaForCausalLM(nn.Module):
                 return name.replace(ckpt_name, ours), shard_id
         return name, None
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Hidden states of every new token; logits are computed only where needed."""
-        return self.model(input_ids, positions, meta)
+        if image_embeds is None:
+            return self.model(input_ids, positions, meta)
+        return self.model(input_ids, positions, meta, image_embeds)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

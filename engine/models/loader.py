@@ -35,7 +35,7 @@ def int_checkpoint_format(config: IntQuantConfig) -> IntCheckpointFormat:
 
 
 # Tensors some checkpoints carry that are recomputed here, never loaded.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
 
 
 def checkpoint_files(path: Path) -> list[Path]:

@@ -29,6 +29,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Glm4ForCausalLM": ("pagoda.engine.models.glm", "Glm4ForCausalLM"),
     # Multimodal checkpoints, served as text (their language model).
     "Gemma3ForConditionalGeneration": ("pagoda.engine.models.gemma3", "Gemma3ForConditionalGeneration"),
+    # Image and text in.
+    "LlavaForConditionalGeneration": ("pagoda.engine.models.llava", "LlavaForConditionalGeneration"),
     # Mixture of experts.
     "MixtralForCausalLM": ("pagoda.engine.models.moe", "MixtralForCausalLM"),
     "Qwen2MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen2MoeForCausalLM"),

@@ -1,0 +1,164 @@
+"""Images in prompts: from what a request gives to placeholder tokens, pixels and cache keys.
+
+A prompt names each image with one placeholder token (`<image>` for LLaVA), where its chat
+template or the user put it. The engine expands each to `tokens_per_image` placeholders, one per
+image feature, so positions, the KV cache, chunked prefill and preemption treat an image as the
+run of tokens it becomes; the model runner puts the image's features in those rows. Pixels come
+from the model directory's own image processor (preprocessor_config.json), as transformers'
+processor makes them.
+
+Prefix caching must not confuse two images behind the same placeholder tokens: every KV block
+that covers part of an image is keyed by that image's content hash and where the block starts in
+it (`ImageInputs.block_key`), as vLLM keys blocks by multimodal hashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pagoda.engine.model_config import ModelConfig, VisionConfig
+
+# Bounds on what a request may make the server fetch and decode.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+FETCH_TIMEOUT_S = 10.0
+
+
+@dataclass(eq=False)
+class ImageInputs:
+    """A prompt's images: pixels, where each one's placeholder run starts, their content hashes, and
+    their features once the vision tower has run (kept for preemption and the other n - 1 sequences)."""
+
+    pixel_values: torch.Tensor  # [images, 3, H, W]
+    offsets: list[int]  # first prompt position of each image's placeholders
+    tokens_per_image: int
+    hashes: list[int]
+    features: torch.Tensor | None = field(default=None, repr=False)  # [images, tokens_per_image, hidden]
+
+    def spans(self, start: int, end: int) -> list[tuple[int, int, int, int]]:
+        """(image, first feature, first position, count) of each image's placeholder run overlapping
+        positions [start, end), clipped to them."""
+        found = []
+        for image, offset in enumerate(self.offsets):
+            lo, hi = max(start, offset), min(end, offset + self.tokens_per_image)
+            if lo < hi:
+                found.append((image, lo - offset, lo, hi - lo))
+        return found
+
+    def block_key(self, start: int, end: int) -> tuple[tuple[int, int], ...]:
+        """What a KV block over positions [start, end) depends on besides its tokens: the hash of each
+        image it covers part of and where in that image the block starts."""
+        return tuple((self.hashes[image], feature) for image, feature, _, _ in self.spans(start, end))
+
+
+def load_image(source: Any) -> Any:
+    """A PIL image from a PIL image, bytes, a data: URL, an http(s) URL or a local path; ValueError for
+    anything that is not a readable image (or is too large)."""
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    elif isinstance(source, str) and source.startswith("data:"):
+        header, _, payload = source.partition(",")
+        if ";base64" not in header:
+            raise ValueError("an image data URL must be base64-encoded (data:image/...;base64,...)")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"the image data URL is not valid base64: {exc}") from None
+    elif isinstance(source, str) and source.startswith(("http://", "https://")):
+        data = _fetch(source)
+    elif isinstance(source, (str, Path)) and not str(source).startswith(("file:", "ftp:")):
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read image {str(source)!r}: {exc.strerror}") from None
+    else:
+        raise ValueError(f"an image must be a PIL image, bytes, a data: or http(s) URL or a path, not {source!r:.80}")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValueError(f"the image is {len(data)} bytes, more than the {MAX_IMAGE_BYTES} allowed")
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise ValueError(f"the image has {image.width}x{image.height} pixels, more than {MAX_IMAGE_PIXELS}")
+        image.load()
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot decode the image: {exc}") from None
+    return image
+
+
+def _fetch(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (http(s) only)
+            data = response.read(MAX_IMAGE_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot fetch image {url!r}: {exc}") from None
+    return data
+
+
+def image_hash(image: Any) -> int:
+    """A content hash of a decoded image (mode, size and pixels), the same for the same picture
+    however it arrived (path, bytes, URL)."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return int.from_bytes(digest.digest()[:8], "little")
+
+
+class ImagePrompts:
+    """Expands image placeholders in prompts and makes their pixels, for a model that takes images."""
+
+    def __init__(self, model_config: ModelConfig) -> None:
+        self.path = model_config.path
+        self.vision: VisionConfig | None = model_config.vision
+        self._processor: Any = None
+
+    @property
+    def image_token_id(self) -> int | None:
+        return self.vision.image_token_id if self.vision is not None else None
+
+    def _pixels(self, images: list[Any]) -> torch.Tensor:
+        if self._processor is None:
+            from transformers import AutoImageProcessor
+
+            self._processor = AutoImageProcessor.from_pretrained(str(self.path), local_files_only=True)
+        try:
+            return self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
+        except Exception as exc:  # the processor raises its own types for odd images
+            raise ValueError(f"cannot preprocess the image: {exc}") from exc
+
+    def process(self, token_ids: list[int], images: list[Any]) -> tuple[list[int], ImageInputs]:
+        """(token ids with each image's placeholder expanded, the images' inputs). The prompt holds one
+        placeholder per image, or the expanded runs already; anything else is a ValueError."""
+        if self.vision is None:
+            raise ValueError("this model takes no images (it is served as text)")
+        token, per_image = self.vision.image_token_id, self.vision.tokens_per_image
+        loaded = [load_image(image) for image in images]
+        count = token_ids.count(token)
+        runs = [i for i, t in enumerate(token_ids) if t == token][::per_image]
+        if (count == len(loaded) * per_image and per_image > 1
+                and all(token_ids[i : i + per_image] == [token] * per_image for i in runs)):  # already expanded
+            expanded, offsets = list(token_ids), runs
+        elif count == len(loaded):
+            expanded, offsets = [], []
+            for t in token_ids:
+                if t == token:
+                    offsets.append(len(expanded))
+                    expanded.extend([token] * per_image)
+                else:
+                    expanded.append(t)
+        else:
+            raise ValueError(f"the prompt has {count} image placeholder tokens for {len(loaded)} images: "
+                             "put one per image where it belongs")
+        inputs = ImageInputs(self._pixels(loaded), offsets, per_image, [image_hash(image) for image in loaded])
+        return expanded, inputs

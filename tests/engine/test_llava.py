@@ -1,0 +1,152 @@
+"""Images in prompts (LLaVA): greedy tokens equal transformers' LlavaForConditionalGeneration on
+the same weights and pixels, through chunked prefill that cuts images apart, prefix caching
+(which must tell images apart behind identical placeholder tokens), preemption and tensor
+parallelism; bad image inputs are refused by name."""
+
+from __future__ import annotations
+
+import functools
+import io
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, LlavaForConditionalGeneration
+
+from pagoda.engine.fixtures import IMAGE_TOKEN_ID, make_tiny_llava
+from pagoda.engine.llm import LLM
+from pagoda.engine.multimodal import image_hash, load_image
+from pagoda.engine.sampling_params import SamplingParams
+
+MAX_TOKENS = 8
+GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
+TWO_IMAGES = "USER: Compare <image> with <image>, please. ASSISTANT:"
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory) -> pathlib.Path:
+    return make_tiny_llava(tmp_path_factory.mktemp("llava") / "model")
+
+
+def picture(seed: int, size: tuple[int, int] = (40, 50)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((*size, 3)) * 255).astype("uint8"))
+
+
+@functools.cache
+def _hf(path: pathlib.Path) -> tuple[LlavaForConditionalGeneration, object]:
+    return LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval(), \
+        AutoImageProcessor.from_pretrained(str(path))
+
+
+@torch.inference_mode()
+def hf_greedy(path: pathlib.Path, prompt_ids: list[int], images: list[Image.Image]) -> list[int]:
+    """transformers' greedy continuation of the expanded prompt with the images' pixels, never stopping at EOS."""
+    model, processor = _hf(path)
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    out = model(input_ids=torch.tensor([prompt_ids]), pixel_values=pixels, use_cache=True)
+    generated: list[int] = []
+    for _ in range(MAX_TOKENS):
+        token = int(out.logits[0, -1].argmax())
+        generated.append(token)
+        out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+    return generated
+
+
+REGIMES = {
+    "default": {},
+    # Budgets of 7 tokens: prefill chunks start and end inside the 16-token images.
+    "chunked": {"max_num_batched_tokens": 7, "block_size": 4, "max_num_seqs": 3},
+    "preemption": {"num_kv_blocks": 24, "block_size": 4, "max_model_len": 96},
+}
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_greedy_matches_transformers(llava: pathlib.Path, regime: str) -> None:
+    llm = LLM(str(llava), dtype="float32", **REGIMES[regime])
+    requests = [(PROMPT, [picture(0)]), (PROMPT, [picture(1)]), (TWO_IMAGES, [picture(2), picture(3)]),
+                (PROMPT, [picture(0)])]
+    outputs = llm.generate([{"prompt": text, "multi_modal_data": {"image": images}} for text, images in requests],
+                           GREEDY)
+    for out, (_, images) in zip(outputs, requests):
+        assert out.prompt_token_ids.count(IMAGE_TOKEN_ID) == 16 * len(images), "one placeholder per feature"
+        assert list(out.outputs[0].token_ids) == hf_greedy(llava, out.prompt_token_ids, images), regime
+    assert outputs[0].outputs[0].token_ids != outputs[1].outputs[0].token_ids, "the image changes the answer"
+    if regime == "preemption":
+        assert llm.engine.scheduler.num_preemptions > 0
+    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_usable
+
+
+def test_prefix_cache_tells_images_apart(llava: pathlib.Path) -> None:
+    """The same prompt with the same image hits the cache through the image; with another image the hit
+    stops where that image begins, though the tokens are the same."""
+    llm = LLM(str(llava), dtype="float32", block_size=4)
+    first = llm.generate({"prompt": PROMPT, "multi_modal_data": {"image": picture(5)}}, GREEDY)[0]
+    image_start = first.prompt_token_ids.index(IMAGE_TOKEN_ID)
+    same = llm.generate({"prompt": PROMPT, "multi_modal_data": {"image": picture(5)}}, GREEDY)[0]
+    other = llm.generate({"prompt": PROMPT, "multi_modal_data": {"image": picture(6)}}, GREEDY)[0]
+    assert same.num_cached_tokens > image_start + 16
+    assert other.num_cached_tokens <= image_start
+    assert same.outputs[0].token_ids == first.outputs[0].token_ids
+    assert list(other.outputs[0].token_ids) == hf_greedy(llava, other.prompt_token_ids, [picture(6)])
+
+
+def test_prompt_forms(llava: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Token ids with one placeholder per image or already expanded, and an image as a path, bytes or a
+    data URL: the same request as text with a PIL image."""
+    llm = LLM(str(llava), dtype="float32")
+    image = picture(7)
+    reference = llm.generate({"prompt": PROMPT, "multi_modal_data": {"image": image}}, GREEDY)[0]
+    ids = llm.tokenizer.encode(PROMPT)
+    path = tmp_path / "p.png"
+    image.save(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    import base64
+
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    for prompt in ({"prompt_token_ids": ids, "multi_modal_data": {"image": str(path)}},
+                   {"prompt_token_ids": reference.prompt_token_ids, "multi_modal_data": {"image": [buffer.getvalue()]}},
+                   {"prompt": PROMPT, "multi_modal_data": {"image": url}}):
+        out = llm.generate(prompt, GREEDY)[0]
+        assert (out.prompt_token_ids, out.outputs[0].token_ids) == (reference.prompt_token_ids,
+                                                                    reference.outputs[0].token_ids)
+    assert image_hash(load_image(str(path))) == image_hash(image) != image_hash(picture(8))
+
+
+@pytest.mark.parametrize(("prompt", "message"), [
+    ({"prompt": "no placeholder here", "multi_modal_data": {"image": "IMG"}}, "0 image placeholder tokens for 1"),
+    ({"prompt": TWO_IMAGES, "multi_modal_data": {"image": "IMG"}}, "2 image placeholder tokens for 1"),
+    ({"prompt": PROMPT, "multi_modal_data": {"image": b"not an image"}}, "cannot decode the image"),
+    ({"prompt": PROMPT, "multi_modal_data": {"image": "data:image/png,abc"}}, "must be base64"),
+    ({"prompt": PROMPT, "multi_modal_data": {"video": "IMG"}}, "multi_modal_data takes 'image'"),
+    ({"prompt": PROMPT, "multi_modal_data": {"image": "/nonexistent.png"}}, "cannot read image"),
+])
+def test_bad_image_inputs_are_refused(llava: pathlib.Path, prompt: dict, message: str) -> None:
+    llm = LLM(str(llava), dtype="float32")
+    prompt = {**prompt, "multi_modal_data": {k: picture(0) if v == "IMG" else v
+                                             for k, v in prompt["multi_modal_data"].items()}}
+    with pytest.raises(ValueError, match=message):
+        llm.generate(prompt, GREEDY)
+    assert not llm.engine.has_unfinished_requests()
+
+
+def test_a_text_model_refuses_images(tiny_model) -> None:
+    llm = LLM(str(tiny_model("llama")), dtype="float32")
+    with pytest.raises(ValueError, match="takes no images"):
+        llm.generate({"prompt": "hi", "multi_modal_data": {"image": picture(0)}}, GREEDY)
+
+
+def test_tensor_parallel_matches_transformers(llava: pathlib.Path) -> None:
+    """The driver's vision tower runs; its features reach the workers with the step."""
+    llm = LLM(str(llava), dtype="float32", tensor_parallel_size=2, max_num_batched_tokens=7, block_size=4)
+    try:
+        requests = [(PROMPT, [picture(0)]), (TWO_IMAGES, [picture(2), picture(3)])]
+        outputs = llm.generate([{"prompt": t, "multi_modal_data": {"image": i}} for t, i in requests], GREEDY)
+    finally:
+        llm.engine.shutdown()
+    for out, (_, images) in zip(outputs, requests):
+        assert list(out.outputs[0].token_ids) == hf_greedy(llava, out.prompt_token_ids, images)
