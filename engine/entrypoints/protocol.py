@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
@@ -305,6 +305,19 @@ class TextContentPart(_Request):
     text: str
 
 
+class ImageURL(_Request):
+    url: str  # data:image/...;base64,... or http(s)://
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImageContentPart(_Request):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextContentPart | ImageContentPart, Field(discriminator="type")]
+
+
 class FunctionDefinition(_Request):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str | None = None
@@ -350,15 +363,24 @@ def _template_arguments(arguments: str) -> dict[str, Any] | str:
 class ChatMessage(_Request):
     # The model's chat template decides which of these it accepts.
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextContentPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
     tool_call_id: str | None = None  # the call a tool message answers
 
+    def image_urls(self) -> list[str]:
+        """Its images, in order."""
+        parts = self.content if isinstance(self.content, list) else []
+        return [part.image_url.url for part in parts if isinstance(part, ImageContentPart)]
+
     def to_template(self) -> dict[str, Any]:
-        """The message as chat templates expect it: content flattened to one string."""
+        """The message as chat templates expect it: content flattened to one string, or with images a
+        list of parts ({"type": "image"} where each image goes, which the template renders as its placeholder)."""
         content = self.content
-        if isinstance(content, list):
+        if isinstance(content, list) and self.image_urls():
+            content = [{"type": "image"} if isinstance(part, ImageContentPart) else {"type": "text", "text": part.text}
+                       for part in content]
+        elif isinstance(content, list):
             content = "".join(part.text for part in content)
         message: dict[str, Any] = {"role": self.role, "content": content or ""}
         if self.name is not None:

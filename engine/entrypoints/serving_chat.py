@@ -123,8 +123,12 @@ class OpenAIServingChat(OpenAIServing):
                                 'none that the server knows: start it with --tool-call-parser, or send tool_choice '
                                 '"required", "none" or a named function', param="tool_choice")
         messages = [m.to_template() for m in request.messages]
+        urls = [url for m in request.messages for url in m.image_urls()]
+        if urls and request.use_beam_search:
+            raise APIError(400, "beam search with images is not supported", param="use_beam_search")
         try:
             token_ids = await self.render_chat(messages, request.add_generation_prompt, request.template_kwargs())
+            prompt = await self.with_images(token_ids, urls)
         except ValueError as exc:
             raise bad_request(exc, request, "messages") from None
         in_reasoning, thinking = False, None
@@ -142,8 +146,7 @@ class OpenAIServingChat(OpenAIServing):
             return await self._beam_search_response(raw_request, request, Prompt(token_ids), lora,
                                                     lambda: self._new_reply(request, in_reasoning))
 
-        return await self.generate(raw_request, request, [Prompt(token_ids)], arrival, "messages", lora, new_choice,
-                                   thinking)
+        return await self.generate(raw_request, request, [prompt], arrival, "messages", lora, new_choice, thinking)
 
     async def _beam_search_response(self, raw_request: Request, request: ChatCompletionRequest, prompt: Prompt,
                                     lora: LoRARequest | None,

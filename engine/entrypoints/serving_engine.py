@@ -34,6 +34,7 @@ from pagoda.engine.entrypoints.protocol import (
 )
 from pagoda.engine.entrypoints.reply import ReplyParser
 from pagoda.engine.lora import LoRARequest
+from pagoda.engine.multimodal import ImageInputs, load_image
 from pagoda.engine.beam_search import Beam, BeamSearch, BeamSearchParams
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pagoda.engine.sampling_params import SamplingParams
@@ -134,10 +135,16 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
 class Prompt:
     token_ids: list[int]
     text: str | None = None
+    images: ImageInputs | None = None  # with its image placeholders expanded in token_ids
 
     def last(self, count: int) -> Prompt:
-        """Its last `count` tokens (the text no longer matches them, so it goes)."""
-        return self if len(self.token_ids) <= count else Prompt(self.token_ids[-count:])
+        """Its last `count` tokens (the text no longer matches them, so it goes); ValueError where that
+        would cut into its images."""
+        if len(self.token_ids) <= count:
+            return self
+        if self.images is not None:
+            raise ValueError("a prompt with images cannot be truncated")
+        return Prompt(self.token_ids[-count:])
 
 
 @dataclass
@@ -256,7 +263,22 @@ class OpenAIServing:
         if count == 0 or (count == -1 and reserve >= self.max_model_len):
             raise APIError(400, "truncate_prompt_tokens must be -1 or at least 1, and leave room for a prompt",
                            param="truncate_prompt_tokens")
-        return [p.last(self.max_model_len - reserve if count == -1 else count) for p in prompts]
+        try:
+            return [p.last(self.max_model_len - reserve if count == -1 else count) for p in prompts]
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="truncate_prompt_tokens") from None
+
+    async def with_images(self, token_ids: list[int], urls: list[str]) -> Prompt:
+        """The prompt of a rendered chat with its images: fetched and decoded off the event loop, then
+        their placeholders expanded and pixels made on the tokenizer's thread; bad images are a ValueError."""
+        if not urls:
+            return Prompt(token_ids)
+        for url in urls:  # never the server's own files
+            if not url.startswith(("data:", "http://", "https://")):
+                raise ValueError(f"an image_url must be a data: URL or an http(s) URL, not {url!r:.60}")
+        images = await asyncio.to_thread(lambda: [load_image(url) for url in urls])
+        token_ids, inputs = await self.run_tokenizer(self.engine.engine.image_prompts.process, token_ids, images)
+        return Prompt(token_ids, images=inputs)
 
     async def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool,
                           template_kwargs: dict[str, Any] | None = None) -> list[int]:
@@ -299,7 +321,7 @@ class OpenAIServing:
                 raise bad_request(exc, ctx.request, prompt_field) from None
             requests.append(EngineRequest(f"{ctx.request_id}-{i}", prompt.token_ids, params, prompt.text, ctx.arrival,
                                           ctx.lora_request, ctx.request.cache_salt,
-                                          priority=ctx.request.priority, thinking=ctx.thinking))
+                                          priority=ctx.request.priority, thinking=ctx.thinking, images=prompt.images))
         return requests
 
     def _submit(self, requests: list[EngineRequest]) -> OutputStream:

@@ -1,0 +1,141 @@
+"""Images in chat messages through the official openai client: base64 data URLs and http URLs
+(fetched from a loopback server), whole and streamed, the same tokens as the offline engine given
+the same images; bad images, and images for a text-only model, are 400s naming `messages`."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import pathlib
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pagoda.engine.fixtures import make_tiny_llava
+from pagoda.engine.llm import LLM
+from pagoda.engine.sampling_params import SamplingParams
+from tests.server.conftest import MODEL_NAME, API_KEY, RunningServer, serve_in_thread
+from tests.server.test_errors import assert_error
+
+openai = pytest.importorskip("openai")
+
+QUESTION = "What is in the picture?"
+
+
+def png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray((rng.random((40, 50, 3)) * 255).astype("uint8")).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_url(seed: int) -> str:
+    return "data:image/png;base64," + base64.b64encode(png(seed)).decode()
+
+
+def image_message(*urls: str) -> list[dict]:
+    parts = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": QUESTION}]}]
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory) -> pathlib.Path:
+    return make_tiny_llava(tmp_path_factory.mktemp("llava") / "model")
+
+
+@pytest.fixture(scope="module")
+def llava_server(llava_dir: pathlib.Path) -> Iterator[RunningServer]:
+    with serve_in_thread([str(llava_dir), "--served-model-name", MODEL_NAME]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def image_host() -> Iterator[str]:
+    """A loopback HTTP server with /<seed>.png images."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            name = self.path.strip("/")
+            if not name.endswith(".png") or not name[:-4].isdigit():
+                self.send_error(404)
+                return
+            body = png(int(name[:-4]))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def offline_tokens(llava_dir: pathlib.Path, seeds: list[int]) -> list[int]:
+    """The offline engine's greedy tokens for the same conversation and images."""
+    llm = LLM(str(llava_dir), dtype="float32")
+    conversation = [{"role": "user", "content": [*({"type": "image"} for _ in seeds), {"type": "text", "text": QUESTION}]}]
+    ids = llm.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    out = llm.generate({"prompt_token_ids": ids, "multi_modal_data": {"image": [png(s) for s in seeds]}},
+                       SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))[0]
+    return list(out.outputs[0].token_ids)
+
+
+def test_images_by_data_url_and_http_url(llava_server: RunningServer, llava_dir: pathlib.Path, image_host: str) -> None:
+    client = openai.OpenAI(base_url=llava_server.url + "/v1", api_key="unused", max_retries=0)
+    expected = {seeds: offline_tokens(llava_dir, list(seeds)) for seeds in [(1,), (2,), (1, 2)]}
+    assert expected[(1,)] != expected[(2,)], "the image changes the answer"
+    cases = [((1,), [data_url(1)]), ((2,), [f"{image_host}/2.png"]), ((1, 2), [data_url(1), f"{image_host}/2.png"])]
+    for seeds, urls in cases:
+        kwargs = dict(model=MODEL_NAME, messages=image_message(*urls), max_tokens=8, temperature=0,
+                      extra_body={"ignore_eos": True})
+        reply = client.chat.completions.create(**kwargs)
+        text = reply.choices[0].message.content
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in
+                           client.chat.completions.create(stream=True, **kwargs) if chunk.choices)
+        assert streamed == text
+        assert reply.usage.prompt_tokens > 16 * len(seeds), "each image is 16 placeholder tokens"
+        assert text == llm_text(llava_dir, expected[seeds])
+    llava_server.wait_idle()
+
+
+def llm_text(llava_dir: pathlib.Path, tokens: list[int]) -> str:
+    from pagoda.engine.tokenizer import load_tokenizer
+
+    return load_tokenizer(llava_dir).decode(tokens, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("data:image/png;base64,not-base64!", "base64"),
+    ("data:image/png;base64," + base64.b64encode(b"not an image").decode(), "cannot decode the image"),
+    ("http://127.0.0.1:9/missing.png", "cannot fetch image"),
+    # Never the server's own files.
+    ("ftp://example.com/a.png", "must be a data: URL or an http(s) URL"),
+    ("/etc/hostname", "must be a data: URL or an http(s) URL"),
+    ("file:///etc/hostname", "must be a data: URL or an http(s) URL"),
+])
+def test_bad_images_are_400(llava_server: RunningServer, url: str, message: str) -> None:
+    result = llava_server.request("POST", "/v1/chat/completions", {
+        "model": MODEL_NAME, "messages": image_message(url), "max_tokens": 4})
+    error = assert_error(result, 400, "messages")
+    assert message in error["message"]
+    llava_server.wait_idle()
+
+
+def test_a_text_model_refuses_images(server: RunningServer) -> None:
+    result = server.request("POST", "/v1/chat/completions", {
+        "model": MODEL_NAME, "messages": image_message(data_url(1)), "max_tokens": 4},
+        headers={"Authorization": f"Bearer {API_KEY}"})
+    assert "takes no images" in assert_error(result, 400, "messages")["message"]
