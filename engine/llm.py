@@ -15,6 +15,7 @@ from pagoda.engine.beam_search import BeamSearch, BeamSearchOutput, BeamSearchPa
 from pagoda.engine.config import EngineConfig
 from pagoda.engine.llm_engine import LLMEngine, PromptType
 from pagoda.engine.lora import LoRARequest
+from pagoda.engine.multimodal import conversation_images
 from pagoda.engine.outputs import ClassificationOutput, RequestOutput, ScoringOutput
 from pagoda.engine.pooling import label_names, label_probs, pairs, relevances, score_texts
 from pagoda.engine.sampling_params import SamplingParams
@@ -130,13 +131,17 @@ class LLM:
         tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
         """Generate replies to one conversation or a list of them, rendered by the model's chat template
-        (with `tools`, OpenAI-style function definitions, shown to the model by the template)."""
+        (with `tools`, OpenAI-style function definitions, shown to the model by the template); image
+        parts (`image_url`, or `image_pil` with a PIL image) go to a model that takes images."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         kwargs = {**(chat_template_kwargs or {}), **({"tools": tools} if tools else {})}
-        prompts: list[PromptType] = [
-            {"prompt_token_ids": self.apply_chat_template(c, add_generation_prompt, kwargs)}
-            for c in conversations
-        ]
+        prompts: list[PromptType] = []
+        for conversation in conversations:
+            rendered, images = conversation_images(conversation)
+            prompt: dict[str, Any] = {"prompt_token_ids": self.apply_chat_template(rendered, add_generation_prompt, kwargs)}
+            if images:
+                prompt["multi_modal_data"] = {"image": images}
+            prompts.append(prompt)
         return self.generate(prompts, sampling_params)
 
     def apply_chat_template(

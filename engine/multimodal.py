@@ -98,6 +98,33 @@ def load_image(source: Any) -> Any:
     return image
 
 
+# Content parts that carry an image in an offline conversation: OpenAI's, and vLLM's PIL forms.
+_IMAGE_PARTS = ("image_url", "image_pil", "image")
+
+
+def conversation_images(conversation: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """(the conversation as chat templates take it, its images in order): each image part, OpenAI's
+    {"type": "image_url", "image_url": {"url": ...}} or vLLM's {"type": "image_pil", "image_pil": ...},
+    becomes {"type": "image"}, which the template renders as the image's placeholder."""
+    images: list[Any] = []
+    rendered = []
+    for message in conversation:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                kind = part.get("type")
+                if kind in _IMAGE_PARTS:
+                    source = part.get(kind)
+                    images.append(source["url"] if isinstance(source, dict) else source)
+                    parts.append({"type": "image"})
+                else:
+                    parts.append(part)
+            message = {**message, "content": parts}
+        rendered.append(message)
+    return rendered, images
+
+
 def _fetch(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (http(s) only)

@@ -5,6 +5,7 @@ parallelism; bad image inputs are refused by name."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import io
 import pathlib
@@ -105,8 +106,6 @@ def test_prompt_forms(llava: pathlib.Path, tmp_path: pathlib.Path) -> None:
     image.save(path)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    import base64
-
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     for prompt in ({"prompt_token_ids": ids, "multi_modal_data": {"image": str(path)}},
                    {"prompt_token_ids": reference.prompt_token_ids, "multi_modal_data": {"image": [buffer.getvalue()]}},
@@ -115,6 +114,19 @@ def test_prompt_forms(llava: pathlib.Path, tmp_path: pathlib.Path) -> None:
         assert (out.prompt_token_ids, out.outputs[0].token_ids) == (reference.prompt_token_ids,
                                                                     reference.outputs[0].token_ids)
     assert image_hash(load_image(str(path))) == image_hash(image) != image_hash(picture(8))
+
+
+def test_offline_chat_with_image_parts(llava: pathlib.Path) -> None:
+    """llm.chat takes OpenAI's image_url parts and vLLM's image_pil parts; the template places each image."""
+    llm = LLM(str(llava), dtype="float32")
+    buffer = io.BytesIO()
+    picture(9).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    replies = [llm.chat([{"role": "user", "content": [part, {"type": "text", "text": "What is it?"}]}], GREEDY)[0]
+               for part in ({"type": "image_url", "image_url": {"url": url}}, {"type": "image_pil", "image_pil": picture(9)})]
+    assert replies[0].prompt_token_ids == replies[1].prompt_token_ids
+    assert replies[0].outputs[0].token_ids == replies[1].outputs[0].token_ids == \
+        hf_greedy(llava, replies[0].prompt_token_ids, [picture(9)])
 
 
 @pytest.mark.parametrize(("prompt", "message"), [
