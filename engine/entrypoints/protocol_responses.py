@@ -10,7 +10,7 @@ function calls, and the message.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -22,13 +22,28 @@ class InputText(_Request):
     text: str
 
 
+class InputImage(_Request):
+    type: Literal["input_image"]
+    image_url: str  # a data: URL or an http(s) URL (uploaded files, file_id, are not served)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+InputPart = Annotated[InputText | InputImage, Field(discriminator="type")]
+
+
 class MessageItem(_Request):
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
-    content: str | list[InputText]
+    content: str | list[InputPart]
 
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+    def chat_content(self) -> str | list[dict[str, Any]]:
+        """The content as a chat message holds it: text, or with images a list of text and image_url parts."""
+        if isinstance(self.content, str):
+            return self.content
+        if not any(isinstance(part, InputImage) for part in self.content):
+            return "".join(part.text for part in self.content)
+        return [{"type": "image_url", "image_url": {"url": part.image_url}} if isinstance(part, InputImage)
+                else {"type": "text", "text": part.text} for part in self.content]
 
 
 class FunctionCallItem(_Request):
@@ -125,7 +140,7 @@ class ResponsesRequest(_Request):
             return [*messages, {"role": "user", "content": self.input}]
         for item in self.input:
             if isinstance(item, MessageItem):
-                messages.append({"role": item.role, "content": item.text()})
+                messages.append({"role": item.role, "content": item.chat_content()})
             elif isinstance(item, FunctionCallItem):
                 call = {"id": item.call_id, "type": "function",
                         "function": {"name": item.name, "arguments": item.arguments}}

@@ -139,3 +139,15 @@ def test_a_text_model_refuses_images(server: RunningServer) -> None:
         "model": MODEL_NAME, "messages": image_message(data_url(1)), "max_tokens": 4},
         headers={"Authorization": f"Bearer {API_KEY}"})
     assert "takes no images" in assert_error(result, 400, "messages")["message"]
+
+
+def test_responses_api_input_image(llava_server: RunningServer) -> None:
+    """The Responses API's input_image parts: the same reply as the chat completion of the same message."""
+    client = openai.OpenAI(base_url=llava_server.url + "/v1", api_key="unused", max_retries=0)
+    chat = client.chat.completions.create(model=MODEL_NAME, messages=image_message(data_url(3)), max_tokens=8,
+                                          temperature=0).choices[0].message.content
+    response = client.responses.create(model=MODEL_NAME, max_output_tokens=8, temperature=0, store=False, input=[
+        {"role": "user", "content": [{"type": "input_image", "image_url": data_url(3)},
+                                     {"type": "input_text", "text": QUESTION}]}])
+    assert chat and response.output_text == chat
+    llava_server.wait_idle()
