@@ -544,17 +544,20 @@ IMAGE_TOKEN = "<image>"
 IMAGE_TOKEN_ID = TOKENIZER_VOCAB_SIZE  # the first id after the trained vocabulary
 
 
-def make_tiny_llava(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+def make_tiny_llava(out_dir: str | pathlib.Path, seed: int = 0, *, text: dict[str, Any] | None = None,
+                    vision: dict[str, Any] | None = None) -> pathlib.Path:
     """A random-weight LlavaForConditionalGeneration checkpoint (as llava-hf/llava-1.5-7b-hf ships): the
     llama fixture's language model, a two-layer CLIP tower over 28-pixel images in patches of 7 (16
     features per image, the CLS token dropped, the second-to-last layer's states), the projector, and
-    the image processor's settings; `<image>` is the placeholder token."""
+    the image processor's settings; `<image>` is the placeholder token. `text` and `vision` override
+    the two configs (a benchmark's larger shapes)."""
     from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
     out_dir = pathlib.Path(out_dir)
-    text = tiny_config("llama")
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=28, patch_size=7, projection_dim=32)
+    vision = CLIPVisionConfig(**{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                 "num_attention_heads": 2, "image_size": 28, "patch_size": 7, "projection_dim": 32,
+                                 **(vision or {})})
+    text = tiny_config("llama", **(text or {}))
     config = LlavaConfig(text_config=text, vision_config=vision, image_token_index=IMAGE_TOKEN_ID,
                          projector_hidden_act="gelu", vision_feature_layer=-2, vision_feature_select_strategy="default")
     config.architectures = ["LlavaForConditionalGeneration"]
@@ -580,10 +583,11 @@ def make_tiny_llava(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
     _write_json(out_dir / "generation_config.json",
                 {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID})
     _write_tokenizer(out_dir, "llama", text.max_position_embeddings, extra_special=(IMAGE_TOKEN,))
-    # CLIP's preprocessing (resize the short side, center crop, rescale, normalize), at 28 pixels.
+    # CLIP's preprocessing (resize the short side, center crop, rescale, normalize), at the tower's size.
+    side = vision.image_size
     _write_json(out_dir / "preprocessor_config.json", {
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 28},
-        "resample": 3, "do_center_crop": True, "crop_size": {"height": 28, "width": 28}, "do_rescale": True,
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": side},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": side, "width": side}, "do_rescale": True,
         "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": True})
     return out_dir

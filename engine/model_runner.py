@@ -179,6 +179,8 @@ class ModelRunner:
         image_rows: list[int] = []
         image_features: list[torch.Tensor] = []
         num_decodes = 0
+        self._encode_images([seq for seq, n in sched.scheduled if seq.images is not None and seq.images.features is None
+                             and seq.images.spans(seq.num_computed_tokens, seq.num_computed_tokens + n)])
         for seq, n in sched.scheduled:
             start = seq.num_computed_tokens
             end = start + n
@@ -186,7 +188,7 @@ class ModelRunner:
             if seq.images is not None and start < seq.num_prompt_tokens:
                 for image, feature, position, count in seq.images.spans(start, end):
                     image_rows.extend(range(offset + position - start, offset + position - start + count))
-                    image_features.append(self._image_features(seq)[image, feature : feature + count])
+                    image_features.append(seq.images.features[image, feature : feature + count])
             ids.extend(seq.token_ids[start:end] + seq.spec_token_ids)
             positions.extend(range(start, end))
             for table, group_slots in zip(seq.block_tables, slots):
@@ -217,12 +219,15 @@ class ModelRunner:
                             image_rows=image_rows, image_features=torch.cat(image_features) if image_features else None)
         return inputs, samplers, prompt_chunks, pooled
 
-    def _image_features(self, seq: Sequence) -> torch.Tensor:
-        """The sequence's images through the vision tower and projector, once per request (kept on its inputs)."""
-        images = seq.images
-        if images.features is None:
-            images.features = self.model.encode_images(images.pixel_values.to(self.device))
-        return images.features
+    def _encode_images(self, seqs: list[Sequence]) -> None:
+        """The images of sequences whose prefill reaches them, through the vision tower and projector in one
+        batch; kept on each request's inputs (its other sequences, and a recompute after preemption, reuse them)."""
+        inputs = list({id(seq.images): seq.images for seq in seqs}.values())
+        if not inputs:
+            return
+        features = self.model.encode_images(torch.cat([i.pixel_values for i in inputs]).to(self.device))
+        for i, chunk in zip(inputs, features.split([len(i.offsets) for i in inputs])):
+            i.features = chunk
 
     def load_loras(self, loads: list[tuple[int, str, str]]) -> None:
         """A worker's side of the driver's LoRA placements: each adapter read from its path into its slot."""
