@@ -113,6 +113,8 @@ class _SamplingRequest(_Request):
     priority: int = Field(0, ge=-(2**31), lt=2**31)
     # Keep only the prompt's last N tokens (-1: as many as fit beside the completion), vLLM's extra.
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    # vLLM's: token ids beside the text, the prompt's and each choice's (a stream's chunks carry their new ones).
+    return_token_ids: bool | None = None
     # vLLM's extras: the n most likely completions by beam search (n beams), ranked by
     # cumulative logprob / length ** length_penalty.
     use_beam_search: bool = False
@@ -286,6 +288,9 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None = None
     # What stopped it: the stop string or token id; null for EOS or length (vLLM's extra).
     stop_reason: int | str | None = None
+    # With return_token_ids (vLLM's): the prompt's ids (a stream's first chunk) and the choice's new ones.
+    prompt_token_ids: list[int] | None = None
+    token_ids: list[int] | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -532,6 +537,7 @@ class ChatCompletionChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    token_ids: list[int] | None = None  # with return_token_ids (vLLM's)
 
 
 class ChatCompletionResponse(BaseModel):
@@ -543,6 +549,7 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo | None = None
     # vLLM's extra, when the request asked for prompt_logprobs: the rendered prompt's tokens.
     prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids: the rendered prompt's ids
 
 
 class _OmitUnset(BaseModel):
@@ -581,6 +588,7 @@ class ChatStreamChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    token_ids: list[int] | None = None  # with return_token_ids: the chunk's new ones
 
 
 class ChatCompletionChunk(BaseModel):
@@ -590,6 +598,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatStreamChoice]
     usage: UsageInfo | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids, in a choice's first chunk
 
 
 # ---- embeddings -------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from pagoda.engine.entrypoints.serving_engine import (
     RequestContext,
     bad_request,
     beam_usage,
+    new_token_ids,
     vllm_prompt_logprobs,
 )
 from pagoda.engine.entrypoints.reply import (
@@ -206,12 +207,13 @@ class OpenAIServingChat(OpenAIServing):
             message, finish_reason = self._message(ctx.request, ctx.new_choice().reply, c)
             choices.append(ChatCompletionChoice(
                 index=c.index, message=message, logprobs=logprobs, finish_reason=finish_reason,
-                stop_reason=c.stop_reason,
+                stop_reason=c.stop_reason, token_ids=list(c.token_ids) if ctx.request.return_token_ids else None,
             ))
         prompt_logprobs = outputs[0].prompt_logprobs if ctx.request.prompt_logprobs is not None else None
         return ChatCompletionResponse(id=ctx.request_id, created=ctx.created, model=ctx.model, choices=choices,
                                       usage=ctx.usage(),
-                                      prompt_logprobs=vllm_prompt_logprobs(prompt_logprobs) if prompt_logprobs else None)
+                                      prompt_logprobs=vllm_prompt_logprobs(prompt_logprobs) if prompt_logprobs else None,
+                                      prompt_token_ids=ctx.prompts[0].token_ids if ctx.request.return_token_ids else None)
 
     def _chunk(self, ctx: RequestContext, choice: ChatStreamChoice) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=ctx.request_id, created=ctx.created, model=ctx.model, choices=[choice])
@@ -244,8 +246,10 @@ class OpenAIServingChat(OpenAIServing):
                 continue
             if not st.started:  # OpenAI opens every choice with the role and empty content
                 st.started = True
-                chunks.append(self._chunk(ctx, ChatStreamChoice(index=c.index,
-                                                                delta=ChatDelta(role="assistant", content=""))))
+                opening = self._chunk(ctx, ChatStreamChoice(index=c.index, delta=ChatDelta(role="assistant", content="")))
+                if ctx.request.return_token_ids:
+                    opening.prompt_token_ids = ctx.prompts[0].token_ids
+                chunks.append(opening)
             logprobs = None
             if c.logprobs is not None:
                 new = c.logprobs[st.logprobs_sent:]
@@ -259,7 +263,7 @@ class OpenAIServingChat(OpenAIServing):
                 finish_reason = _finish_reason(ctx.request, c, made_calls) if st.finished else None
                 chunks.append(self._chunk(ctx, ChatStreamChoice(
                     index=c.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason,
-                    stop_reason=c.stop_reason,
+                    stop_reason=c.stop_reason, token_ids=new_token_ids(ctx.request, st, c),
                 )))
         return chunks
 

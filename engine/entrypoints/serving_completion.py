@@ -22,6 +22,7 @@ from pagoda.engine.entrypoints.serving_engine import (
     RequestContext,
     bad_request,
     beam_usage,
+    new_token_ids,
     vllm_prompt_logprobs,
 )
 from pagoda.engine.lora import LoRARequest
@@ -84,10 +85,12 @@ class OpenAIServingCompletion(OpenAIServing):
         return Response(body.model_dump_json(), media_type="application/json")
 
     def _choice(self, ctx: RequestContext, prompt_index: int, c: CompletionOutput, text: str,
-                logprobs: CompletionLogprobs | None, prompt_logprobs: list | None = None) -> CompletionChoice:
+                logprobs: CompletionLogprobs | None, prompt_logprobs: list | None = None,
+                token_ids: tuple[list[int] | None, list[int] | None] = (None, None)) -> CompletionChoice:
+        """`token_ids`: (the prompt's, the choice's new) ids, with return_token_ids."""
         return CompletionChoice(index=ctx.choice_index(prompt_index, c.index), text=text, logprobs=logprobs,
                                 finish_reason=c.finish_reason, stop_reason=c.stop_reason,
-                                prompt_logprobs=prompt_logprobs)
+                                prompt_logprobs=prompt_logprobs, prompt_token_ids=token_ids[0], token_ids=token_ids[1])
 
     def _echo(self, ctx: RequestContext, prompt_index: int, out: RequestOutput) -> tuple[str, CompletionLogprobs | None]:
         """What echo puts in front of a choice: the prompt's text and, with logprobs, its tokens
@@ -118,7 +121,8 @@ class OpenAIServingCompletion(OpenAIServing):
                 logprobs = None if c.logprobs is None else completion_logprobs(c.logprobs, c.token_ids, offset)[0]
                 if echoed_logprobs is not None and logprobs is not None:
                     logprobs = _merge(echoed_logprobs, logprobs)
-                choices.append(self._choice(ctx, prompt_index, c, echoed + c.text, logprobs, prompt_logprobs))
+                ids = (ctx.prompts[prompt_index].token_ids, list(c.token_ids)) if ctx.request.return_token_ids else (None, None)
+                choices.append(self._choice(ctx, prompt_index, c, echoed + c.text, logprobs, prompt_logprobs, ids))
         return CompletionResponse(id=ctx.request_id, created=ctx.created, model=ctx.model, choices=choices,
                                   usage=ctx.usage())
 
@@ -130,10 +134,12 @@ class OpenAIServingCompletion(OpenAIServing):
             st = state.setdefault(ctx.choice_index(prompt_index, c.index), ChoiceState())
             if st.finished:
                 continue
-            echoed, echoed_logprobs, prompt_logprobs = "", None, None
+            echoed, echoed_logprobs, prompt_logprobs, prompt_ids = "", None, None, None
             if not st.started:  # the first chunk of a choice carries what precedes its text
                 st.started = True
                 echoed, echoed_logprobs, prompt_logprobs = self._prompt_parts(ctx, prompt_index, output)
+                if ctx.request.return_token_ids:
+                    prompt_ids = ctx.prompts[prompt_index].token_ids
                 if echoed_logprobs is not None:
                     st.text_offset = echoed_logprobs.text_offset[-1] + len(echoed_logprobs.tokens[-1])
             logprobs = None
@@ -146,10 +152,12 @@ class OpenAIServingCompletion(OpenAIServing):
                     logprobs = _merge(echoed_logprobs, logprobs)
             st.finished = c.finish_reason is not None
             text = echoed + c.delta_text
-            if text or st.finished or (logprobs is not None and logprobs.tokens) or prompt_logprobs is not None:
+            if (text or st.finished or (logprobs is not None and logprobs.tokens) or prompt_logprobs is not None
+                    or prompt_ids is not None):
+                ids = (prompt_ids, new_token_ids(ctx.request, st, c))
                 chunks.append(CompletionResponse(id=ctx.request_id, created=ctx.created, model=ctx.model,
                                                  choices=[self._choice(ctx, prompt_index, c, text, logprobs,
-                                                                       prompt_logprobs)]))
+                                                                       prompt_logprobs, ids)]))
         return chunks
 
     def usage_chunk(self, ctx: RequestContext) -> CompletionResponse:

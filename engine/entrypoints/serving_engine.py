@@ -152,10 +152,19 @@ class ChoiceState:
     """What a stream has already sent of one choice."""
 
     logprobs_sent: int = 0
+    tokens_sent: int = 0  # token ids sent (return_token_ids)
     text_offset: int = 0
     started: bool = False
     finished: bool = False
     reply: ReplyParser | None = None  # chat with tools or reasoning: the reply's reading so far
+
+
+def new_token_ids(request: _SamplingRequest, st: ChoiceState, c: CompletionOutput) -> list[int] | None:
+    """With return_token_ids, the choice's token ids a stream has not sent yet (recorded as sent)."""
+    if not request.return_token_ids:
+        return None
+    new, st.tokens_sent = list(c.token_ids[st.tokens_sent:]), len(c.token_ids)
+    return new
 
 
 @dataclass

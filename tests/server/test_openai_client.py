@@ -10,7 +10,7 @@ import pytest
 
 from pagoda.engine.beam_search import BeamSearchParams
 from pagoda.engine.llm import LLM
-from pagoda.engine.tokenizer import apply_chat_template, bad_word_sequences
+from pagoda.engine.tokenizer import apply_chat_template, bad_word_sequences, load_tokenizer
 from tests.server.conftest import API_KEY, MAX_MODEL_LEN, MODEL_NAME, RunningServer
 
 openai = pytest.importorskip("openai")
@@ -324,3 +324,38 @@ def test_beam_search_fits_the_context(client: openai.OpenAI) -> None:
         client.completions.create(model=MODEL_NAME, prompt=[5] * (MAX_MODEL_LEN - 4), n=2, max_tokens=8,
                                   extra_body={"use_beam_search": True})
     assert refused.value.body["code"] == "context_length_exceeded"
+
+
+def test_return_token_ids(client: openai.OpenAI, model_dir: pathlib.Path) -> None:
+    """vLLM's return_token_ids: the prompt's ids (the rendered chat for chat) and each choice's, whole
+    or, streamed, the prompt's in a choice's first chunk and each chunk's new ones; absent otherwise."""
+    tok = load_tokenizer(model_dir)
+    args = dict(model=MODEL_NAME, max_tokens=6, temperature=0, extra_body={"return_token_ids": True, "ignore_eos": True})
+    whole = client.completions.create(prompt="Hello there", n=2, **{**args, "temperature": 1.0, "seed": 3})
+    for choice in whole.choices:
+        assert choice.prompt_token_ids == tok.encode("Hello there")
+        assert len(choice.token_ids) == 6 and tok.decode(choice.token_ids) == choice.text
+    streamed: dict[int, list[int]] = {}
+    prompts: dict[int, list[int]] = {}
+    for chunk in client.completions.create(prompt="Hello there", stream=True, n=2,
+                                           **{**args, "temperature": 1.0, "seed": 3}):
+        for choice in chunk.choices:
+            streamed.setdefault(choice.index, []).extend(choice.token_ids or [])
+            if choice.prompt_token_ids is not None:
+                assert choice.index not in prompts, "the prompt's ids come once per choice"
+                prompts[choice.index] = choice.prompt_token_ids
+    assert streamed == {c.index: c.token_ids for c in whole.choices} and set(prompts) == {0, 1}
+
+    messages = [{"role": "user", "content": "Hi!"}]
+    rendered = apply_chat_template(tok, messages)
+    chat = client.chat.completions.create(messages=messages, **args)
+    assert chat.prompt_token_ids == rendered and len(chat.choices[0].token_ids) == 6
+    ids, prompt = [], None
+    for chunk in client.chat.completions.create(messages=messages, stream=True, **args):
+        if getattr(chunk, "prompt_token_ids", None) is not None:
+            prompt = chunk.prompt_token_ids
+        for choice in chunk.choices:
+            ids.extend(getattr(choice, "token_ids", None) or [])
+    assert prompt == rendered and ids == chat.choices[0].token_ids
+    plain = client.chat.completions.create(messages=messages, model=MODEL_NAME, max_tokens=2)
+    assert getattr(plain, "prompt_token_ids", None) is None and getattr(plain.choices[0], "token_ids", None) is None
