@@ -428,13 +428,15 @@ def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _write_tokenizer(out_dir: pathlib.Path, arch: str, model_max_length: int, extra_special: tuple[str, ...] = ()) -> None:
-    """tokenizer.json and its config; `extra_special` tokens (an image placeholder) take the ids after
-    the trained vocabulary, in order."""
+def _write_tokenizer(out_dir: pathlib.Path, arch: str, model_max_length: int, extra_special: tuple[str, ...] = (),
+                     image_placeholder: str = "<image>") -> None:
+    """tokenizer.json and its config; `extra_special` tokens (image placeholders) take the ids after
+    the trained vocabulary, in order; the chat template writes `image_placeholder` for an image part."""
     tokenizer = build_tokenizer(arch)
     tokenizer.add_special_tokens(list(extra_special))
     tokenizer.save(str(out_dir / "tokenizer.json"), pretty=True)
-    chat_template = ("{{- bos_token }}" if _family(arch).adds_bos else "") + _CHAT_TEMPLATE
+    chat_template = ("{{- bos_token }}" if _family(arch).adds_bos else "") + _CHAT_TEMPLATE.replace(
+        "'<image>\\n'", f"'{image_placeholder}\\n'")
     special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
     added_tokens = {
         str(token_id): {
@@ -504,17 +506,23 @@ def make_tiny_model(
     return out_dir
 
 
+# Gemma 3's image tokens, with the ids after the trained vocabulary in this order: the placeholder a
+# prompt writes (begin of image), the end of image, and the soft token each feature takes.
+GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
+
+
 def make_tiny_gemma3_multimodal(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
     """A random-weight Gemma3ForConditionalGeneration checkpoint (as Gemma 3 4B and up ship): the
-    gemma3 fixture's language model beside a one-layer SigLIP vision tower and its projector."""
+    gemma3 fixture's language model beside a two-layer SigLIP vision tower over 56-pixel images in
+    patches of 7 (an 8 x 8 grid), pooled 2 x 2 to 16 features per image, its projector and image processor."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
 
     out_dir = pathlib.Path(out_dir)
     # Untied (the hub's are tied): with a tied head this random model just repeats its input token.
     text = tiny_config("gemma3")
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=28, patch_size=14)
-    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=56, patch_size=7, vision_use_head=False)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=16,
                           boi_token_index=TOKENIZER_VOCAB_SIZE, eoi_token_index=TOKENIZER_VOCAB_SIZE + 1,
                           image_token_index=TOKENIZER_VOCAB_SIZE + 2, tie_word_embeddings=False,
                           initializer_range=text.initializer_range)
@@ -523,8 +531,10 @@ def make_tiny_gemma3_multimodal(out_dir: str | pathlib.Path, seed: int = 0) -> p
     model = Gemma3ForConditionalGeneration(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "norm" in name and "language_model" in name:
+            if "norm" in name and ("language_model" in name or "mm_soft_emb_norm" in name):
                 param.uniform_(-0.5, 0.5)  # Gemma's norms scale by 1 + weight: offsets from one
+            elif "vision_tower" in name or "projector" in name:
+                param.normal_(0.0, 0.3)  # large enough that images move the logits
         model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
         model.get_output_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
     bars_were_enabled = hf_logging.is_progress_bar_enabled()
@@ -536,7 +546,14 @@ def make_tiny_gemma3_multimodal(out_dir: str | pathlib.Path, seed: int = 0) -> p
             hf_logging.enable_progress_bar()
     _write_json(out_dir / "generation_config.json",
                 {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID})
-    _write_tokenizer(out_dir, "gemma3", text.max_position_embeddings)
+    _write_tokenizer(out_dir, "gemma3", text.max_position_embeddings, extra_special=GEMMA3_IMAGE_TOKENS,
+                     image_placeholder=GEMMA3_IMAGE_TOKENS[0])
+    # Gemma 3's preprocessing (resize to the tower's size, rescale, normalize to [-1, 1]), without pan and scan.
+    _write_json(out_dir / "preprocessor_config.json", {
+        "image_processor_type": "Gemma3ImageProcessor", "do_resize": True, "size": {"height": 56, "width": 56},
+        "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True,
+        "do_pan_and_scan": False})
     return out_dir
 
 

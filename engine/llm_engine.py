@@ -58,7 +58,12 @@ class LLMEngine:
         self.config = config
         self.model_config = load_model_config(config.model, config.dtype, config.max_model_len)
         self.tokenizer = load_tokenizer(config.tokenizer or config.model)
-        self.image_prompts = ImagePrompts(self.model_config)
+        self.image_prompts = ImagePrompts(self.model_config, self.tokenizer)
+        vision = self.model_config.vision
+        if vision is not None and vision.bidirectional and config.max_num_batched_tokens < vision.tokens_per_image:
+            raise ValueError(f"an image's {vision.tokens_per_image} tokens attend to each other both ways and must be "
+                             f"computed in one step: max_num_batched_tokens ({config.max_num_batched_tokens}) must "
+                             "be at least that")
         # What a request that sets no sampling parameter gets: the model's recommended ones.
         self.sampling_defaults = sampling_defaults(config.model, config.generation_config)
         self.eos_token_ids = self._eos_token_ids()

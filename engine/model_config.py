@@ -108,10 +108,15 @@ class MLAConfig:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """The image side of a LLaVA-style model: its CLIP vision tower, which hidden states feed the
-    projector (`feature_layer`; "default" drops the CLS token, "full" keeps it), and the placeholder
-    token that stands for an image in the prompt, one per image feature once expanded."""
+    """The image side of a multimodal model: its vision tower (`tower`: "clip" for LLaVA, "siglip"
+    for Gemma 3), which hidden states feed the projector (CLIP's `feature_layer`; "default" drops the
+    CLS token, "full" keeps it), and how an image enters the prompt: the `placeholder_id` token a
+    prompt writes for it becomes `tokens_per_image` image tokens (`image_token_id`, one per feature),
+    between `begin_id` and `end_id` wrapped in blank lines where `wrap_newlines` (Gemma 3's
+    "\n\n<start_of_image>...<end_of_image>\n\n"); `bidirectional`: an image's tokens attend to
+    one another both ways (Gemma 3)."""
 
+    tower: str
     hidden_size: int
     intermediate_size: int
     num_layers: int
@@ -120,15 +125,17 @@ class VisionConfig:
     patch_size: int
     layer_norm_eps: float
     hidden_act: str
-    feature_layer: int
-    select_strategy: str
+    tokens_per_image: int
     image_token_id: int
-    projector_act: str
-    projector_bias: bool
-
-    @property
-    def tokens_per_image(self) -> int:
-        return (self.image_size // self.patch_size) ** 2 + (self.select_strategy == "full")
+    placeholder_id: int
+    feature_layer: int = -1
+    select_strategy: str = "full"
+    projector_act: str = "gelu"
+    projector_bias: bool = True
+    begin_id: int | None = None
+    end_id: int | None = None
+    wrap_newlines: bool = False
+    bidirectional: bool = False
 
     @property
     def layers_run(self) -> int:
@@ -287,26 +294,37 @@ def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
                      f"float-quantized, bitsandbytes 4-bit; not yet: {_UNSUPPORTED_QUANT})")
 
 
-# Multimodal architectures whose image inputs are served (the others are served as text).
-IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+# Multimodal architectures whose image inputs are served.
+IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration", "Gemma3ForConditionalGeneration")
 
 
-def _vision_config(path: Path) -> VisionConfig:
-    """A LLaVA checkpoint's vision settings, with transformers' defaults for what config.json leaves out."""
+def _vision_config(path: Path, architecture: str) -> VisionConfig:
+    """A multimodal checkpoint's vision settings, with transformers' defaults for what config.json leaves out."""
     from transformers import AutoConfig
 
     full = AutoConfig.from_pretrained(str(path))
     vision = full.vision_config
+    tower = dict(hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
+                 num_layers=vision.num_hidden_layers, num_heads=vision.num_attention_heads,
+                 image_size=vision.image_size, patch_size=vision.patch_size, layer_norm_eps=vision.layer_norm_eps,
+                 hidden_act=vision.hidden_act)
+    patches = (vision.image_size // vision.patch_size) ** 2
+    if architecture == "Gemma3ForConditionalGeneration":
+        tokens, side = int(full.mm_tokens_per_image), int(full.mm_tokens_per_image**0.5)
+        if vision.model_type != "siglip_vision_model" or side * side != tokens or patches % tokens:
+            raise ValueError(f"Gemma 3 with a {vision.model_type} tower and {tokens} tokens per image is not supported")
+        return VisionConfig(tower="siglip", **tower, tokens_per_image=tokens, image_token_id=int(full.image_token_index),
+                            placeholder_id=int(full.boi_token_index), begin_id=int(full.boi_token_index),
+                            end_id=int(full.eoi_token_index), wrap_newlines=True, bidirectional=True)
     layer, strategy = full.vision_feature_layer, full.vision_feature_select_strategy
     if vision.model_type != "clip_vision_model" or not isinstance(layer, int) or strategy not in ("default", "full"):
         raise ValueError(f"LLaVA with a {vision.model_type} vision tower, feature layer {layer} and strategy "
                          f"{strategy!r} is not supported (supported: a CLIP tower, one feature layer)")
     return VisionConfig(
-        hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
-        num_layers=vision.num_hidden_layers, num_heads=vision.num_attention_heads, image_size=vision.image_size,
-        patch_size=vision.patch_size, layer_norm_eps=vision.layer_norm_eps, hidden_act=vision.hidden_act,
-        feature_layer=layer, select_strategy=strategy, image_token_id=int(full.image_token_id),
-        projector_act=full.projector_hidden_act, projector_bias=bool(getattr(full, "multimodal_projector_bias", True)),
+        tower="clip", **tower, tokens_per_image=patches + (strategy == "full"),
+        image_token_id=int(full.image_token_id), placeholder_id=int(full.image_token_id),
+        feature_layer=layer, select_strategy=strategy, projector_act=full.projector_hidden_act,
+        projector_bias=bool(getattr(full, "multimodal_projector_bias", True)),
     )
 
 
@@ -381,7 +399,7 @@ def load_model_config(
     if cfg.get("use_sliding_window") is False:
         sliding = None
     mla = _mla_config(cfg)
-    vision = _vision_config(path) if architecture in IMAGE_ARCHITECTURES else None
+    vision = _vision_config(path, architecture) if architecture in IMAGE_ARCHITECTURES else None
     return ModelConfig(
         path=path,
         architecture=architecture,

@@ -178,6 +178,7 @@ class ModelRunner:
         pooled: list[tuple[Sequence, int]] = []
         image_rows: list[int] = []
         image_features: list[torch.Tensor] = []
+        key_limits: list[int] | None = None  # every token's, once some token sees past itself
         num_decodes = 0
         self._encode_images([seq for seq, n in sched.scheduled if seq.images is not None and seq.images.features is None
                              and seq.images.spans(seq.num_computed_tokens, seq.num_computed_tokens + n)])
@@ -185,10 +186,16 @@ class ModelRunner:
             start = seq.num_computed_tokens
             end = start + n
             offset = len(ids)
+            limits = None
             if seq.images is not None and start < seq.num_prompt_tokens:
                 for image, feature, position, count in seq.images.spans(start, end):
                     image_rows.extend(range(offset + position - start, offset + position - start + count))
                     image_features.append(seq.images.features[image, feature : feature + count])
+                limits = seq.images.key_limits(start, end)
+            if limits is not None and key_limits is None:
+                key_limits = list(positions)  # every earlier token sees up to itself
+            if key_limits is not None:
+                key_limits.extend(limits or range(start, end))
             ids.extend(seq.token_ids[start:end] + seq.spec_token_ids)
             positions.extend(range(start, end))
             for table, group_slots in zip(seq.block_tables, slots):
@@ -216,7 +223,8 @@ class ModelRunner:
         tables = [[seq.block_tables[g] + [0] * (width - len(seq.block_tables[g])) for seq, _ in sched.scheduled]
                   for g in groups]
         inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows,
-                            image_rows=image_rows, image_features=torch.cat(image_features) if image_features else None)
+                            image_rows=image_rows, image_features=torch.cat(image_features) if image_features else None,
+                            key_limits=key_limits or [])
         return inputs, samplers, prompt_chunks, pooled
 
     def _encode_images(self, seqs: list[Sequence]) -> None:

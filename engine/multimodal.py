@@ -42,6 +42,9 @@ class ImageInputs:
     offsets: list[int]  # first prompt position of each image's placeholders
     tokens_per_image: int
     hashes: list[int]
+    # Whether an image's tokens attend to one another both ways (Gemma 3): the whole run is then
+    # computed in one step, and each of its tokens sees keys to the run's end.
+    bidirectional: bool = False
     features: torch.Tensor | None = field(default=None, repr=False)  # [images, tokens_per_image, hidden]
 
     def spans(self, start: int, end: int) -> list[tuple[int, int, int, int]]:
@@ -53,6 +56,28 @@ class ImageInputs:
             if lo < hi:
                 found.append((image, lo - offset, lo, hi - lo))
         return found
+
+    def chunk_end(self, start: int, end: int) -> int:
+        """Where a prefill chunk over [start, end) may end: before a bidirectional image it would cut,
+        or `start` (nothing this step) when it begins inside one and cannot reach its end."""
+        if not self.bidirectional:
+            return end
+        for offset in self.offsets:
+            if offset < end < offset + self.tokens_per_image:
+                return offset if offset > start else start
+        return end
+
+    def key_limits(self, start: int, end: int) -> list[int] | None:
+        """The last key each position of [start, end) sees, where a bidirectional image is among them:
+        its own position, or its image's last."""
+        spans = self.spans(start, end) if self.bidirectional else []
+        if not spans:
+            return None
+        limits = list(range(start, end))
+        for image, _, position, count in spans:
+            last = self.offsets[image] + self.tokens_per_image - 1
+            limits[position - start : position - start + count] = [last] * count
+        return limits
 
     def block_key(self, start: int, end: int) -> tuple[tuple[int, int], ...]:
         """What a KV block over positions [start, end) depends on besides its tokens: the hash of each
@@ -145,10 +170,15 @@ def image_hash(image: Any) -> int:
 class ImagePrompts:
     """Expands image placeholders in prompts and makes their pixels, for a model that takes images."""
 
-    def __init__(self, model_config: ModelConfig) -> None:
+    def __init__(self, model_config: ModelConfig, tokenizer: Any) -> None:
         self.path = model_config.path
         self.vision: VisionConfig | None = model_config.vision
         self._processor: Any = None
+        v = self.vision
+        # What surrounds an image's tokens once expanded (Gemma 3's blank lines and begin/end tokens).
+        newlines = tokenizer.encode("\n\n", add_special_tokens=False) if v is not None and v.wrap_newlines else []
+        self._before = newlines + ([v.begin_id] if v is not None and v.begin_id is not None else [])
+        self._after = ([v.end_id] if v is not None and v.end_id is not None else []) + newlines
 
     @property
     def image_token_id(self) -> int | None:
@@ -169,23 +199,26 @@ class ImagePrompts:
         placeholder per image, or the expanded runs already; anything else is a ValueError."""
         if self.vision is None:
             raise ValueError("this model takes no images (it is served as text)")
-        token, per_image = self.vision.image_token_id, self.vision.tokens_per_image
+        v = self.vision
+        token, per_image = v.image_token_id, v.tokens_per_image
         loaded = [load_image(image) for image in images]
-        count = token_ids.count(token)
         runs = [i for i, t in enumerate(token_ids) if t == token][::per_image]
-        if (count == len(loaded) * per_image and per_image > 1
+        count = token_ids.count(v.placeholder_id)
+        if (token_ids.count(token) == len(loaded) * per_image and per_image > 1
                 and all(token_ids[i : i + per_image] == [token] * per_image for i in runs)):  # already expanded
             expanded, offsets = list(token_ids), runs
         elif count == len(loaded):
             expanded, offsets = [], []
             for t in token_ids:
-                if t == token:
+                if t == v.placeholder_id:
+                    expanded.extend(self._before)
                     offsets.append(len(expanded))
-                    expanded.extend([token] * per_image)
+                    expanded.extend([token] * per_image + self._after)
                 else:
                     expanded.append(t)
         else:
             raise ValueError(f"the prompt has {count} image placeholder tokens for {len(loaded)} images: "
                              "put one per image where it belongs")
-        inputs = ImageInputs(self._pixels(loaded), offsets, per_image, [image_hash(image) for image in loaded])
+        inputs = ImageInputs(self._pixels(loaded), offsets, per_image, [image_hash(image) for image in loaded],
+                             bidirectional=v.bidirectional)
         return expanded, inputs

@@ -49,6 +49,14 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+def _chunk(seq: Sequence, start: int, count: int) -> int:
+    """How many of `count` tokens from `start` a prefill chunk may take: all, but never part of an image
+    whose tokens attend to each other both ways (multimodal.ImageInputs.chunk_end)."""
+    if seq.images is None or start >= seq.num_prompt_tokens:
+        return count
+    return seq.images.chunk_end(start, start + count) - start
+
+
 def _rank(seq: Sequence) -> tuple[int, float, int]:
     """Priority order: lower priority value first, then earlier arrival."""
     return seq.priority, seq.arrival_time, seq.seq_id
@@ -98,7 +106,10 @@ class Scheduler:
         drafting: list[tuple[Sequence, int, int]] = []  # a draft model's batch: (seq, limit, its place in out)
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            num_new = _chunk(seq, seq.num_computed_tokens, min(seq.num_tokens - seq.num_computed_tokens, budget))
+            if num_new == 0:  # its next chunk is an image that does not fit this step's budget
+                i += 1
+                continue
             limit = self._draft_limit(seq, budget) if num_new == 1 else 0
             if limit > 0 and self.proposer.batched:
                 # A draft model drafts for the whole batch at once, once the lookahead slots are reserved.
@@ -145,8 +156,9 @@ class Scheduler:
                 continue
             hits = self.block_manager.match_prefix(seq) if seq.num_computed_tokens == 0 else None
             num_cached = len(hits[0]) * self.block_manager.block_size if hits else 0
-            num_new = min(seq.num_tokens - seq.num_computed_tokens - num_cached, budget)
-            if not self.block_manager.allocate(seq, num_new, hits):
+            start = seq.num_computed_tokens + num_cached
+            num_new = _chunk(seq, start, min(seq.num_tokens - start, budget))
+            if num_new == 0 or not self.block_manager.allocate(seq, num_new, hits):
                 break
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING

@@ -17,8 +17,8 @@ import torch
 from pagoda.engine.attention import AttentionMetadata
 
 # num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_logit_rows, num_lora_slots, lora_loads_bytes,
-# num_image_rows
-_HEADER = 9
+# num_image_rows, num_key_limits
+_HEADER = 10
 
 
 @dataclass
@@ -41,6 +41,8 @@ class StepInputs:
     # those features [rows, hidden] (shipped to tensor-parallel workers apart from the packed ints).
     image_rows: list[int] = field(default_factory=list)
     image_features: torch.Tensor | None = None
+    # Each token's last visible key position, where some token sees past itself (AttentionMetadata.key_limits).
+    key_limits: list[int] = field(default_factory=list)
 
     def to_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         qsl = [0]
@@ -55,6 +57,9 @@ class StepInputs:
             query_lens_host=self.query_lens,
             seq_lens_host=self.seq_lens,
         )
+        if self.key_limits:
+            common.update(key_limits=torch.tensor(self.key_limits, dtype=torch.int32, device=device),
+                          key_limits_host=self.key_limits)
         metas = [AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
                                    block_tables=torch.tensor(tables, dtype=torch.int32, device=device), **common)
                  for slots, tables in zip(self.slots, self.block_tables)]
@@ -70,7 +75,7 @@ class StepInputs:
         max_blocks = len(self.block_tables[0][0]) if self.block_tables[0] else 0
         loads = json.dumps(self.lora_loads).encode() if self.lora_loads else b""
         header = [len(self.input_ids), len(self.seq_lens), len(self.slots), max_blocks, self.num_decodes,
-                  len(self.logit_rows), len(self.lora_slots), len(loads), len(self.image_rows)]
+                  len(self.logit_rows), len(self.lora_slots), len(loads), len(self.image_rows), len(self.key_limits)]
         flat = [*header, *self.input_ids, *self.positions, *self.query_lens, *self.seq_lens]
         for slots, tables in zip(self.slots, self.block_tables):
             flat.extend(slots)
@@ -80,13 +85,14 @@ class StepInputs:
         flat.extend(self.lora_slots)
         flat.extend(loads)
         flat.extend(self.image_rows)
+        flat.extend(self.key_limits)
         return torch.tensor(flat, dtype=torch.long)
 
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> StepInputs:
         values = packed.tolist()
         num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_rows, num_lora_slots, loads_bytes, \
-            num_image_rows = values[:_HEADER]
+            num_image_rows, num_key_limits = values[:_HEADER]
         pos = _HEADER
 
         def take(n: int) -> list[int]:
@@ -102,5 +108,6 @@ class StepInputs:
             tables.append([take(max_blocks) for _ in range(num_seqs)])
         rows, lora_slots = take(num_rows), take(num_lora_slots)
         loads = [tuple(load) for load in json.loads(bytes(take(loads_bytes)))] if loads_bytes else []
+        image_rows = take(num_image_rows)
         return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, rows, lora_slots, loads,
-                   take(num_image_rows))
+                   image_rows, key_limits=take(num_key_limits))

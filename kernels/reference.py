@@ -161,18 +161,22 @@ def paged_attention_prefill(
     scale: float,
     sliding_window: int | None = None,
     softcap: float = 0.0,
+    key_limits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of one sequence's new tokens (the last q_len of seq_len) over its whole context.
 
     q: [q_len, Hq, D]. The context may begin with prefix-cached or earlier-chunk
     blocks; all of it is read from the cache, which already holds the new K/V.
+    `key_limits` [q_len]: the last key each token sees, where it is not the token itself (an image
+    attending to itself both ways); the sliding window still counts back from the token.
     """
     q_len = q.shape[0]
     k = _gather_context(k_cache, block_table[None], seq_len)
     v = _gather_context(v_cache, block_table[None], seq_len)
     q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)[:, None]
     k_pos = torch.arange(seq_len, device=q.device)[None, :]
-    mask = k_pos <= q_pos
+    limit = q_pos if key_limits is None else torch.maximum(key_limits.to(q.device).long()[:, None], q_pos)
+    mask = k_pos <= limit
     if sliding_window is not None:
         mask &= k_pos > q_pos - sliding_window
     return _attend(q[None], k, v, mask[None], scale, softcap)[0]

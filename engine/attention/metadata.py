@@ -25,6 +25,10 @@ class AttentionMetadata:
     # built from the same lists, so no device synchronisation is needed.
     query_lens_host: list[int]
     seq_lens_host: list[int]
+    # [num_tokens] int32, in steps where some token sees past itself (an image attending to its whole
+    # self, Gemma 3): the last key position each new token may see; None: each sees up to itself.
+    key_limits: torch.Tensor | None = None
+    key_limits_host: list[int] | None = None
     # With several KV-cache groups, each group's metadata (its own slot mapping and block tables, the
     # rest shared), the first being this one; empty with one group.
     groups: list[AttentionMetadata] = field(default_factory=list, repr=False, compare=False)

@@ -41,8 +41,11 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softc
     return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)
 
 
-def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
-    mask = k_pos <= q_pos
+def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None,
+                 q_limit: torch.Tensor | None = None) -> torch.Tensor:
+    """Keys up to each query's position (or its `q_limit`, an image seeing its whole self), within the
+    window counted back from the position."""
+    mask = k_pos <= (q_pos if q_limit is None else q_limit)
     if sliding_window is not None:
         mask &= k_pos > q_pos - sliding_window
     return mask
@@ -75,17 +78,21 @@ class TorchAttentionBackend:
         for i in range(nd, meta.num_seqs):
             q_len, seq_len = meta.query_lens_host[i], meta.seq_lens_host[i]
             qi = q[start : start + q_len].transpose(0, 1)[None]
+            q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)[:, None]
+            limits = meta.key_limits_host[start : start + q_len] if meta.key_limits_host else None
+            q_limit = None
+            if limits is not None and any(limit > p for p, limit in enumerate(limits, seq_len - q_len)):
+                q_limit = torch.tensor(limits, device=q.device)[:, None]
             # A wholly new context attends over its fresh K/V, unless the cache holds them rounded (FP8),
             # which is what every later step will see.
-            if q_len == seq_len and sliding_window is None and k_cache.dtype == q.dtype:
+            if q_len == seq_len and sliding_window is None and k_cache.dtype == q.dtype and q_limit is None:
                 ki = k[start : start + q_len].transpose(0, 1)[None]
                 vi = v[start : start + q_len].transpose(0, 1)[None]
                 res = _sdpa(qi, ki, vi, scale, softcap, is_causal=True)
             else:
                 ki = _gather(k_cache, meta.block_tables[i : i + 1], seq_len, q.dtype)
                 vi = _gather(v_cache, meta.block_tables[i : i + 1], seq_len, q.dtype)
-                q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)[:, None]
-                mask = _window_mask(q_pos, torch.arange(seq_len, device=q.device)[None, :], sliding_window)
+                mask = _window_mask(q_pos, torch.arange(seq_len, device=q.device)[None, :], sliding_window, q_limit)
                 res = _sdpa(qi, ki, vi, scale, softcap, attn_mask=mask)
             out[start : start + q_len] = res[0].transpose(0, 1)
             start += q_len

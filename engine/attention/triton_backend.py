@@ -43,5 +43,6 @@ class TritonAttentionBackend:
             paged_attention_prefill_varlen(
                 q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, meta.max_query_len,
                 scale, sliding_window, softcap=softcap, first_seq=nd, num_seqs=meta.num_seqs - nd, out=out,
+                key_limits=meta.key_limits,
             )
         return out

@@ -27,6 +27,7 @@ from pagoda.engine.layers.embedding import VocabParallelEmbedding
 from pagoda.engine.layers.norm import GemmaRMSNorm
 from pagoda.engine.model_config import ModelConfig, RopeConfig, sliding_rope
 from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, LlamaForCausalLM
+from pagoda.engine.models.vision import SiglipVisionTower, vision_checkpoint_name
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -83,10 +84,15 @@ class Gemma3Model(nn.Module):
         self.layers = nn.ModuleList(Gemma3DecoderLayer(cfg, kind == SLIDING, gemma2) for kind in types)
         self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`image_embeds` (rows, features): image features in place of those rows' (scaled) embeddings."""
         x = self.embed_tokens(input_ids)
         # The scale rounded to the model dtype first, as transformers applies it.
         x, residual = x * torch.tensor(self.embed_scale, dtype=x.dtype), None
+        if image_embeds is not None:
+            rows, features = image_embeds
+            x = x.index_copy(0, rows, features.to(x.dtype))
         for layer in self.layers:
             x, residual = layer(positions, x, residual, meta)
         x, _ = self.norm(x, residual)
@@ -111,15 +117,46 @@ class Gemma2ForCausalLM(Gemma3ForCausalLM):
         return Gemma3Model(cfg, gemma2=True)
 
 
-class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):
-    """A multimodal Gemma 3 checkpoint (4B and up) served as text: its language model, under either
-    naming (`language_model.model.*`, or `model.language_model.*` of newer conversions); the vision
-    tower and projector are not loaded, and image inputs are refused by the API's message schema."""
+class Gemma3MultiModalProjector(nn.Module):
+    """Gemma 3's projector: the patch grid average-pooled to `tokens_per_image` features, normalized
+    (Gemma's 1 + weight RMSNorm), then one matrix into the language model's width."""
 
-    ignored_checkpoint_prefixes = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
-                                   "model.multi_modal_projector.")
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        v = cfg.vision
+        self.patches_per_side = v.image_size // v.patch_size
+        self.pool = self.patches_per_side // int(v.tokens_per_image**0.5)
+        self.mm_soft_emb_norm = GemmaRMSNorm(v.hidden_size, v.layer_norm_eps)
+        self.mm_input_projection_weight = nn.Parameter(torch.empty(v.hidden_size, cfg.hidden_size), requires_grad=False)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        b, _, d = patches.shape
+        grid = patches.transpose(1, 2).reshape(b, d, self.patches_per_side, self.patches_per_side)
+        pooled = nn.functional.avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)
+        return self.mm_soft_emb_norm(pooled) @ self.mm_input_projection_weight
+
+
+class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):
+    """Gemma 3 4B and up: the language model with its SigLIP vision tower and projector, under either
+    naming of the language model (`language_model.model.*`, or `model.language_model.*` of newer
+    conversions). An image's tokens attend to one another both ways (VisionConfig.bidirectional)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.vision_tower = SiglipVisionTower(cfg.vision)
+        self.multi_modal_projector = Gemma3MultiModalProjector(cfg)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[images, 3, H, W] -> [images, tokens_per_image, hidden] in the language model's space."""
+        weight = self.multi_modal_projector.mm_input_projection_weight
+        return self.multi_modal_projector(self.vision_tower(pixels.to(weight.dtype)))
 
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        for prefix in ("model.vision_tower.", "model.multi_modal_projector."):
+            if name.startswith(prefix):
+                name = name.removeprefix("model.")
+        if name.startswith(("vision_tower.", "multi_modal_projector.")):
+            return vision_checkpoint_name(name), None
         for prefix in ("language_model.model.", "model.language_model."):
             if name.startswith(prefix):
                 name = "model." + name[len(prefix):]

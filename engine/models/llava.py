@@ -19,85 +19,10 @@ from torch import nn
 
 from pagoda.engine.model_config import ModelConfig, VisionConfig
 from pagoda.engine.models.llama import LlamaForCausalLM
+from pagoda.engine.models.vision import ClipVisionTower, activation, vision_checkpoint_name
 
-_ACTIVATIONS = {"quick_gelu": lambda x: x * torch.sigmoid(1.702 * x), "gelu": nn.functional.gelu,
-                "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh")}
 # Language models a LLaVA checkpoint may wrap: their text config's model_type -> q/k/v biases.
 _LANGUAGE_MODELS = {"llama": False, "mistral": False, "qwen2": True}
-
-
-def _activation(name: str) -> Any:
-    try:
-        return _ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"activation {name!r} is not supported (supported: {', '.join(_ACTIVATIONS)})") from None
-
-
-class _ClipEmbeddings(nn.Module):
-    def __init__(self, v: VisionConfig) -> None:
-        super().__init__()
-        self.class_embedding = nn.Parameter(torch.empty(v.hidden_size), requires_grad=False)
-        self.patch_embedding = nn.Conv2d(3, v.hidden_size, v.patch_size, v.patch_size, bias=False)
-        self.position_embedding = nn.Embedding((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        patches = self.patch_embedding(pixels).flatten(2).transpose(1, 2)  # [images, patches, hidden]
-        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
-        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
-
-
-class _ClipAttention(nn.Module):
-    """Bidirectional multi-head attention over one image's tokens."""
-
-    def __init__(self, v: VisionConfig) -> None:
-        super().__init__()
-        self.num_heads = v.num_heads
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(v.hidden_size, v.hidden_size)
-                                                                 for _ in range(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = (proj(x).view(b, t, self.num_heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj,
-                                                                                         self.v_proj))
-        out = nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
-
-
-class _ClipLayer(nn.Module):
-    def __init__(self, v: VisionConfig) -> None:
-        super().__init__()
-        self.layer_norm1 = nn.LayerNorm(v.hidden_size, eps=v.layer_norm_eps)
-        self.self_attn = _ClipAttention(v)
-        self.layer_norm2 = nn.LayerNorm(v.hidden_size, eps=v.layer_norm_eps)
-        self.mlp = nn.Module()
-        self.mlp.fc1 = nn.Linear(v.hidden_size, v.intermediate_size)
-        self.mlp.fc2 = nn.Linear(v.intermediate_size, v.hidden_size)
-        self.act = _activation(v.hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp.fc2(self.act(self.mlp.fc1(self.layer_norm2(x))))
-
-
-class ClipVisionTower(nn.Module):
-    """CLIP's vision transformer up to the layer whose hidden states LLaVA uses; the layers past it
-    and the final norm are loaded (they are in the checkpoint) but never run."""
-
-    def __init__(self, v: VisionConfig) -> None:
-        super().__init__()
-        self.config = v
-        self.embeddings = _ClipEmbeddings(v)
-        self.pre_layrnorm = nn.LayerNorm(v.hidden_size, eps=v.layer_norm_eps)  # CLIP's spelling
-        self.encoder = nn.Module()
-        self.encoder.layers = nn.ModuleList(_ClipLayer(v) for _ in range(v.num_layers))
-        self.post_layernorm = nn.LayerNorm(v.hidden_size, eps=v.layer_norm_eps)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[images, 3, H, W] -> the feature layer's hidden states [images, tokens_per_image, hidden]."""
-        x = self.pre_layrnorm(self.embeddings(pixels))
-        for layer in self.encoder.layers[: self.config.layers_run]:
-            x = layer(x)
-        return x[:, 1:] if self.config.select_strategy == "default" else x
 
 
 class LlavaProjector(nn.Module):
@@ -105,7 +30,7 @@ class LlavaProjector(nn.Module):
         super().__init__()
         self.linear_1 = nn.Linear(v.hidden_size, text_hidden, bias=v.projector_bias)
         self.linear_2 = nn.Linear(text_hidden, text_hidden, bias=v.projector_bias)
-        self.act = _activation(v.projector_act)
+        self.act = activation(v.projector_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(x)))
@@ -141,6 +66,5 @@ class LlavaForConditionalGeneration(LlamaForCausalLM):
                 name = ours + name[len(theirs):]
                 break
         if name.startswith(("vision_tower.", "multi_modal_projector.")):
-            # Stored as our modules hold them (nothing fused); hub conversions keep CLIP's inner `vision_model.`.
-            return name.replace("vision_tower.vision_model.", "vision_tower.", 1), None
+            return vision_checkpoint_name(name), None  # stored as our modules hold them (nothing fused)
         return super().checkpoint_target(name)

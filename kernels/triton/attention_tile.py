@@ -59,7 +59,7 @@ def soft_cap(s, qk_scale_log2, softcap_log2):
 
 @triton.jit
 def attend_range(
-    acc, m_i, l_i, q, q_pos,
+    acc, m_i, l_i, q, q_pos, q_limit,
     k_cache_ptr, v_cache_ptr, table_ptr, kv_head_offset, start, stop, block_size,
     stride_cb, stride_ct, head_dim, qk_scale_log2, window, softcap_log2,
     MASK_ROWS: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
@@ -69,9 +69,10 @@ def attend_range(
 
     q: [M, BLOCK_D] in the activations' dtype; keys and values are read in the cache's (which may
     be FP8) and widened to q's, or to fp32 when EXACT; q_pos: [M] absolute position of each
-    row's token, used when MASK_ROWS (causal, and the sliding window when
-    HAS_WINDOW); without it every key in range is visible to every row. SOFTCAP caps the
-    logits at softcap_log2 / log2(e) (see soft_cap).
+    row's token and q_limit: [M] the last key it may see (q_pos, but the end of its image where
+    an image attends to itself bidirectionally), used when MASK_ROWS (the sliding window, counted
+    back from q_pos, when HAS_WINDOW); without it every key in range is visible to every row.
+    SOFTCAP caps the logits at softcap_log2 / log2(e) (see soft_cap).
     """
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < head_dim
@@ -89,7 +90,7 @@ def attend_range(
             s = s * qk_scale_log2
         visible = in_range[None, :]
         if MASK_ROWS:
-            visible = visible & (pos[None, :] <= q_pos[:, None])
+            visible = visible & (pos[None, :] <= q_limit[:, None])
             if HAS_WINDOW:
                 visible = visible & (pos[None, :] > q_pos[:, None] - window)
         s = tl.where(visible, s, float("-inf"))

@@ -62,7 +62,7 @@ def _decode_kernel(
     m_i = tl.full((BLOCK_M,), NEG_LARGE, tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc, m_i, l_i = attend_range(
-        acc, m_i, l_i, q, rows,
+        acc, m_i, l_i, q, rows, rows,
         k_cache_ptr, v_cache_ptr, tables_ptr + seq.to(tl.int64) * stride_tb, kv_head * stride_ch,
         start, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window, softcap_log2,
         False, False, SOFTCAP, BLOCK_N, BLOCK_D, EXACT,

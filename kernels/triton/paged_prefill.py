@@ -28,10 +28,11 @@ from pagoda.kernels.triton.launch import WIDEST_FULL_TILE_DIM, block_for, exact_
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, query_start_ptr, seq_lens_ptr, out_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, query_start_ptr, seq_lens_ptr, out_ptr, limits_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_tb, stride_cb, stride_ct, stride_ch,
     first_seq, block_size, head_dim, qk_scale_log2, window, softcap_log2,
     GROUP: tl.constexpr, TOKENS: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    HAS_LIMITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
 ):
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -48,6 +49,11 @@ def _prefill_kernel(
     q_pos = seq_len - q_len + token
     first_pos = seq_len - q_len + tile * TOKENS
     stop = tl.minimum(first_pos + TOKENS, seq_len)
+    q_limit = q_pos
+    if HAS_LIMITS:  # image tokens that see their whole image: keys up to the farthest limit of the tile
+        q_limit = tl.load(limits_ptr + q_start + token, mask=row_mask, other=0)
+        q_limit = tl.where(row_mask, tl.maximum(q_limit, q_pos), q_pos)
+        stop = tl.minimum(tl.maximum(stop, tl.max(tl.where(row_mask, q_limit, 0), axis=0) + 1), seq_len)
     start = 0
     if HAS_WINDOW:
         start = tl.maximum(first_pos - window + 1, 0)
@@ -68,12 +74,12 @@ def _prefill_kernel(
         masked_from = start + tl.maximum(first_pos + 1 - start, 0) // BLOCK_N * BLOCK_N
         masked_from = tl.minimum(masked_from, stop)
         acc, m_i, l_i = attend_range(
-            acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table, kv_head * stride_ch,
+            acc, m_i, l_i, q, q_pos, q_limit, k_cache_ptr, v_cache_ptr, table, kv_head * stride_ch,
             start, masked_from, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window, softcap_log2,
             False, False, SOFTCAP, BLOCK_N, BLOCK_D, EXACT,
         )
     acc, m_i, l_i = attend_range(
-        acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table, kv_head * stride_ch,
+        acc, m_i, l_i, q, q_pos, q_limit, k_cache_ptr, v_cache_ptr, table, kv_head * stride_ch,
         masked_from, stop, block_size, stride_cb, stride_ct, head_dim, qk_scale_log2, window, softcap_log2,
         True, HAS_WINDOW, SOFTCAP, BLOCK_N, BLOCK_D, EXACT,
     )
@@ -100,6 +106,7 @@ def paged_attention_prefill_varlen(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int = 2,
+    key_limits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sequences first_seq .. first_seq + num_seqs of a batch; their tokens' rows of out are written.
 
@@ -111,6 +118,8 @@ def paged_attention_prefill_varlen(
     32 x 32 to stay clear of register spills, as do head dims above 128 (Gemma's
     256), whose q and accumulator tiles would otherwise spill on sm_90; past 256 (DeepSeek's
     576-wide latent, padded to 1024) tiles are 16 x 16 over 8 warps.
+    `key_limits` [T] int32, given: the last key position each new token may see (its own position,
+    or the end of its image where an image attends to itself both ways, Gemma 3).
     """
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -131,10 +140,12 @@ def paged_attention_prefill_varlen(
         return out
     _prefill_kernel[(triton.cdiv(max_query_len, tokens), num_kv_heads, num_seqs)](
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out,
+        key_limits if key_limits is not None else seq_lens,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         first_seq, block_size, head_dim, scale * LOG2E, sliding_window or 0, softcap * LOG2E,
         GROUP=group, TOKENS=tokens, HAS_WINDOW=sliding_window is not None, SOFTCAP=softcap > 0,
+        HAS_LIMITS=key_limits is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_for(head_dim), EXACT=exact,
         num_warps=num_warps, num_stages=num_stages,
     )

@@ -136,12 +136,20 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
             q2, gemma, gemma, tables, lens, 32, 0.0625, 4096, softcap=50.0, num_splits=4))
         call("prefill-softcap", lambda: kernels.paged_attention_prefill_varlen(
             q2, gemma, gemma, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.0625, 4096, softcap=50.0))
+        # Gemma 3's images attending to themselves both ways: per-token key limits (head_dim 256, 16 over 8 heads).
+        call("prefill-key-limits", lambda: kernels.paged_attention_prefill_varlen(
+            q2, gemma, gemma, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.0625, 4096,
+            key_limits=torch.zeros(4, dtype=torch.int32)))
         # DeepSeek-V3's latent attention at tensor-parallel 8: 16 query heads over one 576-wide latent.
         latent = torch.empty(8, 16, 1, 576, dtype=torch.bfloat16)
         q3 = torch.empty(4, 16, 576, dtype=torch.bfloat16)
         call("decode-mla", lambda: kernels.paged_attention_decode(q3, latent, latent, tables, lens, 32, 0.1, num_splits=4))
         call("prefill-mla", lambda: kernels.paged_attention_prefill_varlen(
             q3, latent, latent, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
+        # Gemma 3's images attending to themselves both ways: per-token key limits (head_dim 256, 16 over 8 heads).
+        call("prefill-key-limits", lambda: kernels.paged_attention_prefill_varlen(
+            q2, gemma, gemma, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.0625, 4096,
+            key_limits=torch.zeros(4, dtype=torch.int32)))
         # DeepSeek-V3's latent attention at tensor-parallel 8: 16 query heads over one 576-wide latent.
         latent = torch.empty(8, 16, 1, 576, dtype=torch.bfloat16)
         q3 = torch.empty(4, 16, 576, dtype=torch.bfloat16)

@@ -238,3 +238,35 @@ def test_latent_attention_shape_with_the_wide_tiles(dtype: torch.dtype) -> None:
     out = kernels.paged_attention_prefill_varlen(q, cache, cache, batch.block_tables, starts, batch.seq_lens_tensor(),
                                                  max(q_lens), scale)
     assert_close(out, _reference_varlen(q, dataclasses.replace(batch, v_cache=cache), q_lens, scale, None))
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_with_key_limits(window: int | None, dtype: torch.dtype) -> None:
+    """Image tokens that see their whole image (Gemma 3's bidirectional image attention): a token's
+    keys reach its limit, past its own position, while the window still counts back from it. A fresh
+    prefill with an image in its middle, and a chunk that ends with one, over a prefix hit."""
+    g = torch.Generator().manual_seed(11)
+    block_size, seq_lens, q_lens = 4, [29, 23], [29, 10]
+    batch = make_paged_batch(seq_lens, kv_heads=2, head_dim=32, block_size=block_size, dtype=dtype, device=DEVICE, g=g)
+    q = _q(sum(q_lens), 4, 32, dtype, g)
+    limits = []
+    for seq_len, q_len, (a, b) in zip(seq_lens, q_lens, [(5, 17), (18, 23)]):
+        positions = range(seq_len - q_len, seq_len)
+        limits.append(torch.tensor([b - 1 if a <= p < b else p for p in positions], dtype=torch.int32))
+    key_limits = torch.cat(limits).to(DEVICE)
+    starts = torch.tensor([0, *itertools.accumulate(q_lens)], dtype=torch.int32, device=DEVICE)
+    scale = 32**-0.5
+    out = kernels.paged_attention_prefill_varlen(
+        q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), max(q_lens), scale,
+        window, block_m=16, block_n=8, key_limits=key_limits)
+    ref, parts, start = batch.finite(), [], 0
+    for i, (q_len, seq_len) in enumerate(zip(q_lens, seq_lens)):
+        parts.append(reference.paged_attention_prefill(q[start:start + q_len], ref.k_cache, ref.v_cache,
+                                                       ref.block_tables[i], seq_len, scale, window,
+                                                       key_limits=limits[i]))
+        start += q_len
+    expected = torch.cat(parts)
+    assert_close(out, expected)
+    causal = _reference_varlen(q, batch, q_lens, scale, window)
+    assert not torch.allclose(expected.float(), causal.float()), "the limits change what the image tokens see"

@@ -101,3 +101,20 @@ def test_fp8_kv_cache_on_triton_kernels(arch: str, scaled: bool, tiny_model, tmp
         want = hf_greedy_fp8_cache(reference, llm.tokenizer.encode(prompt), MAX_TOKENS, torch.float8_e4m3fn,
                                    SCALES if scaled else None)
         assert list(out.outputs[0].token_ids) == want, prompt
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
+def test_images_attending_both_ways_on_triton_kernels(tmp_path, triton_everywhere: None) -> None:
+    """Gemma 3's images through the prefill kernel's per-token key limits (each image token sees its
+    whole image), in chunks that stop before an image, with prefix hits: transformers' tokens."""
+    from pagoda.engine.fixtures import make_tiny_gemma3_multimodal
+    from tests.engine.test_image_prompts import hf_greedy, picture
+
+    path = make_tiny_gemma3_multimodal(tmp_path / "gemma3")
+    llm = LLM(str(path), device="cpu", max_num_batched_tokens=20, block_size=4, max_num_seqs=3)
+    prompt = "USER: <start_of_image>\nWhat is in the picture? ASSISTANT:"
+    images = [picture(0), picture(1), picture(0)]
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outputs = llm.generate([{"prompt": prompt, "multi_modal_data": {"image": image}} for image in images], params)
+    for out, image in zip(outputs, images):
+        assert list(out.outputs[0].token_ids) == hf_greedy(path, out.prompt_token_ids, [image])[:MAX_TOKENS]

@@ -1,7 +1,8 @@
-"""Images in prompts (LLaVA): greedy tokens equal transformers' LlavaForConditionalGeneration on
-the same weights and pixels, through chunked prefill that cuts images apart, prefix caching
-(which must tell images apart behind identical placeholder tokens), preemption and tensor
-parallelism; bad image inputs are refused by name."""
+"""Images in prompts (LLaVA, Gemma 3): greedy tokens equal transformers' own model on the same
+weights and pixels, through chunked prefill (which cuts a causal image apart and never a Gemma 3
+image, whose tokens attend to one another both ways), prefix caching (which must tell images apart
+behind identical placeholder tokens), preemption and tensor parallelism; bad image inputs are
+refused by name."""
 
 from __future__ import annotations
 
@@ -9,27 +10,56 @@ import base64
 import functools
 import io
 import pathlib
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, LlavaForConditionalGeneration
+from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
-from pagoda.engine.fixtures import IMAGE_TOKEN_ID, make_tiny_llava
+from pagoda.engine.fixtures import IMAGE_TOKEN_ID, make_tiny_gemma3_multimodal, make_tiny_llava
 from pagoda.engine.llm import LLM
+from pagoda.engine.model_config import load_model_config
 from pagoda.engine.multimodal import image_hash, load_image
 from pagoda.engine.sampling_params import SamplingParams
 
 MAX_TOKENS = 8
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
-TWO_IMAGES = "USER: Compare <image> with <image>, please. ASSISTANT:"
+
+
+@dataclass(frozen=True)
+class ImageModel:
+    path: pathlib.Path
+    placeholder: str  # what a prompt writes for an image
+    image_token_id: int
+    tokens_per_image: int
+    bidirectional: bool
+
+    def prompt(self, images: int = 1) -> str:
+        if images == 1:
+            return f"USER: {self.placeholder}\nWhat is in the picture? ASSISTANT:"
+        return "USER: Compare " + " with ".join([self.placeholder] * images) + ", please. ASSISTANT:"
 
 
 @pytest.fixture(scope="module")
-def llava(tmp_path_factory) -> pathlib.Path:
-    return make_tiny_llava(tmp_path_factory.mktemp("llava") / "model")
+def models(tmp_path_factory) -> dict[str, ImageModel]:
+    llava = make_tiny_llava(tmp_path_factory.mktemp("llava") / "model")
+    gemma3 = make_tiny_gemma3_multimodal(tmp_path_factory.mktemp("gemma3") / "model")
+    found = {}
+    for name, path, placeholder in (("llava", llava, "<image>"), ("gemma3", gemma3, "<start_of_image>")):
+        v = load_model_config(path).vision
+        found[name] = ImageModel(path, placeholder, v.image_token_id, v.tokens_per_image, v.bidirectional)
+    return found
+
+
+@pytest.fixture(scope="module")
+def llava(models: dict[str, ImageModel]) -> pathlib.Path:
+    return models["llava"].path
+
+
+PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
+TWO_IMAGES = "USER: Compare <image> with <image>, please. ASSISTANT:"
 
 
 def picture(seed: int, size: tuple[int, int] = (40, 50)) -> Image.Image:
@@ -38,17 +68,22 @@ def picture(seed: int, size: tuple[int, int] = (40, 50)) -> Image.Image:
 
 
 @functools.cache
-def _hf(path: pathlib.Path) -> tuple[LlavaForConditionalGeneration, object]:
-    return LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval(), \
+def _hf(path: pathlib.Path) -> tuple[torch.nn.Module, object]:
+    return AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32).eval(), \
         AutoImageProcessor.from_pretrained(str(path))
 
 
 @torch.inference_mode()
 def hf_greedy(path: pathlib.Path, prompt_ids: list[int], images: list[Image.Image]) -> list[int]:
-    """transformers' greedy continuation of the expanded prompt with the images' pixels, never stopping at EOS."""
+    """transformers' greedy continuation of the expanded prompt with the images' pixels, never stopping at
+    EOS (Gemma 3 told which tokens are image tokens, for its bidirectional image attention)."""
     model, processor = _hf(path)
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-    out = model(input_ids=torch.tensor([prompt_ids]), pixel_values=pixels, use_cache=True)
+    ids = torch.tensor([prompt_ids])
+    extra = {}
+    if model.config.model_type == "gemma3":
+        extra["token_type_ids"] = (ids == model.config.image_token_index).long()
+    out = model(input_ids=ids, pixel_values=pixels, use_cache=True, **extra)
     generated: list[int] = []
     for _ in range(MAX_TOKENS):
         token = int(out.logits[0, -1].argmax())
@@ -59,26 +94,55 @@ def hf_greedy(path: pathlib.Path, prompt_ids: list[int], images: list[Image.Imag
 
 REGIMES = {
     "default": {},
-    # Budgets of 7 tokens: prefill chunks start and end inside the 16-token images.
-    "chunked": {"max_num_batched_tokens": 7, "block_size": 4, "max_num_seqs": 3},
+    # Budgets of 20 tokens: prefill chunks would end inside the 16-token images (LLaVA's are cut there,
+    # Gemma 3's chunk stops before the image instead).
+    "chunked": {"max_num_batched_tokens": 20, "block_size": 4, "max_num_seqs": 3},
     "preemption": {"num_kv_blocks": 24, "block_size": 4, "max_model_len": 96},
 }
 
 
+@pytest.mark.parametrize("name", ["llava", "gemma3"])
 @pytest.mark.parametrize("regime", REGIMES)
-def test_greedy_matches_transformers(llava: pathlib.Path, regime: str) -> None:
-    llm = LLM(str(llava), dtype="float32", **REGIMES[regime])
-    requests = [(PROMPT, [picture(0)]), (PROMPT, [picture(1)]), (TWO_IMAGES, [picture(2), picture(3)]),
-                (PROMPT, [picture(0)])]
+def test_greedy_matches_transformers(models: dict[str, ImageModel], name: str, regime: str) -> None:
+    model = models[name]
+    options = dict(REGIMES[regime])
+    if name == "gemma3" and "num_kv_blocks" in options:
+        # Blocks of one layer each (sliding and full layers apart): as few as one sequence needs, and prefill
+        # in chunks so that running sequences outgrow the pool (sliding layers give blocks back as they go).
+        options.update(num_kv_blocks=49, max_num_batched_tokens=20)
+    llm = LLM(str(model.path), dtype="float32", **options)
+    requests = [(model.prompt(), [picture(0)]), (model.prompt(), [picture(1)]),
+                (model.prompt(2), [picture(2), picture(3)]), (model.prompt(), [picture(0)])]
     outputs = llm.generate([{"prompt": text, "multi_modal_data": {"image": images}} for text, images in requests],
                            GREEDY)
     for out, (_, images) in zip(outputs, requests):
-        assert out.prompt_token_ids.count(IMAGE_TOKEN_ID) == 16 * len(images), "one placeholder per feature"
-        assert list(out.outputs[0].token_ids) == hf_greedy(llava, out.prompt_token_ids, images), regime
+        assert out.prompt_token_ids.count(model.image_token_id) == model.tokens_per_image * len(images)
+        assert list(out.outputs[0].token_ids) == hf_greedy(model.path, out.prompt_token_ids, images), regime
     assert outputs[0].outputs[0].token_ids != outputs[1].outputs[0].token_ids, "the image changes the answer"
     if regime == "preemption":
         assert llm.engine.scheduler.num_preemptions > 0
     assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_usable
+
+
+def test_gemma3_images_attend_both_ways(models: dict[str, ImageModel]) -> None:
+    """Without the bidirectional image attention transformers' Gemma 3 gives other tokens: the test above sees it."""
+    model = models["gemma3"]
+    llm = LLM(str(model.path), dtype="float32")
+    out = llm.generate({"prompt": model.prompt(), "multi_modal_data": {"image": picture(4)}}, GREEDY)[0]
+    hf, _ = _hf(model.path)
+    pixels = _hf(model.path)[1](images=[picture(4)], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        causal = hf(input_ids=torch.tensor([out.prompt_token_ids]), pixel_values=pixels).logits[0, -1]
+        both_ways = hf(input_ids=torch.tensor([out.prompt_token_ids]), pixel_values=pixels,
+                       token_type_ids=(torch.tensor([out.prompt_token_ids]) == model.image_token_id).long()).logits[0, -1]
+    assert not torch.allclose(causal, both_ways)
+    text = llm.tokenizer.decode(out.prompt_token_ids)
+    assert "\n\n<start_of_image>" in text and "<end_of_image>\n\n" in text, "Gemma 3's image wrapping"
+
+
+def test_a_bidirectional_image_needs_a_budget_that_holds_it(models: dict[str, ImageModel]) -> None:
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        LLM(str(models["gemma3"].path), dtype="float32", max_num_batched_tokens=8)
 
 
 def test_prefix_cache_tells_images_apart(llava: pathlib.Path) -> None:
@@ -152,13 +216,16 @@ def test_a_text_model_refuses_images(tiny_model) -> None:
         llm.generate({"prompt": "hi", "multi_modal_data": {"image": picture(0)}}, GREEDY)
 
 
-def test_tensor_parallel_matches_transformers(llava: pathlib.Path) -> None:
-    """The driver's vision tower runs; its features reach the workers with the step."""
-    llm = LLM(str(llava), dtype="float32", tensor_parallel_size=2, max_num_batched_tokens=7, block_size=4)
+@pytest.mark.parametrize("name", ["llava", "gemma3"])
+def test_tensor_parallel_matches_transformers(models: dict[str, ImageModel], name: str) -> None:
+    """The driver's vision tower runs; its features reach the workers with the step (and Gemma 3's
+    per-token key limits with the packed inputs)."""
+    model = models[name]
+    llm = LLM(str(model.path), dtype="float32", tensor_parallel_size=2, max_num_batched_tokens=20, block_size=4)
     try:
-        requests = [(PROMPT, [picture(0)]), (TWO_IMAGES, [picture(2), picture(3)])]
+        requests = [(model.prompt(), [picture(0)]), (model.prompt(2), [picture(2), picture(3)])]
         outputs = llm.generate([{"prompt": t, "multi_modal_data": {"image": i}} for t, i in requests], GREEDY)
     finally:
         llm.engine.shutdown()
     for out, (_, images) in zip(outputs, requests):
-        assert list(out.outputs[0].token_ids) == hf_greedy(llava, out.prompt_token_ids, images)
+        assert list(out.outputs[0].token_ids) == hf_greedy(model.path, out.prompt_token_ids, images)
