@@ -506,6 +506,23 @@ def make_tiny_model(
     return out_dir
 
 
+def _save_image_model(model: PreTrainedModel, out_dir: pathlib.Path) -> None:
+    """Saves a multimodal fixture with its generation config: the rows past the tokenizer zeroed (padding,
+    and the image tokens, whose embeddings the image features replace)."""
+    with torch.no_grad():
+        model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
+        model.get_output_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out_dir)
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
+    _write_json(out_dir / "generation_config.json",
+                {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID})
+
+
 # Gemma 3's image tokens, with the ids after the trained vocabulary in this order: the placeholder a
 # prompt writes (begin of image), the end of image, and the soft token each feature takes.
 GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
@@ -535,17 +552,7 @@ def make_tiny_gemma3_multimodal(out_dir: str | pathlib.Path, seed: int = 0) -> p
                 param.uniform_(-0.5, 0.5)  # Gemma's norms scale by 1 + weight: offsets from one
             elif "vision_tower" in name or "projector" in name:
                 param.normal_(0.0, 0.3)  # large enough that images move the logits
-        model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
-        model.get_output_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
-    bars_were_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model.save_pretrained(out_dir)
-    finally:
-        if bars_were_enabled:
-            hf_logging.enable_progress_bar()
-    _write_json(out_dir / "generation_config.json",
-                {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID})
+    _save_image_model(model, out_dir)
     _write_tokenizer(out_dir, "gemma3", text.max_position_embeddings, extra_special=GEMMA3_IMAGE_TOKENS,
                      image_placeholder=GEMMA3_IMAGE_TOKENS[0])
     # Gemma 3's preprocessing (resize to the tower's size, rescale, normalize to [-1, 1]), without pan and scan.
@@ -588,17 +595,7 @@ def make_tiny_llava(out_dir: str | pathlib.Path, seed: int = 0, *, text: dict[st
                 param.uniform_(0.5, 1.5)
             elif "vision_tower" in name or "projector" in name:
                 param.normal_(0.0, 0.3)  # large enough that images move the logits
-        model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
-        model.get_output_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
-    bars_were_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model.save_pretrained(out_dir)
-    finally:
-        if bars_were_enabled:
-            hf_logging.enable_progress_bar()
-    _write_json(out_dir / "generation_config.json",
-                {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID})
+    _save_image_model(model, out_dir)
     _write_tokenizer(out_dir, "llama", text.max_position_embeddings, extra_special=(IMAGE_TOKEN,))
     # CLIP's preprocessing (resize the short side, center crop, rescale, normalize), at the tower's size.
     side = vision.image_size

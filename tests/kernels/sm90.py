@@ -146,16 +146,6 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
         call("decode-mla", lambda: kernels.paged_attention_decode(q3, latent, latent, tables, lens, 32, 0.1, num_splits=4))
         call("prefill-mla", lambda: kernels.paged_attention_prefill_varlen(
             q3, latent, latent, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
-        # Gemma 3's images attending to themselves both ways: per-token key limits (head_dim 256, 16 over 8 heads).
-        call("prefill-key-limits", lambda: kernels.paged_attention_prefill_varlen(
-            q2, gemma, gemma, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.0625, 4096,
-            key_limits=torch.zeros(4, dtype=torch.int32)))
-        # DeepSeek-V3's latent attention at tensor-parallel 8: 16 query heads over one 576-wide latent.
-        latent = torch.empty(8, 16, 1, 576, dtype=torch.bfloat16)
-        q3 = torch.empty(4, 16, 576, dtype=torch.bfloat16)
-        call("decode-mla", lambda: kernels.paged_attention_decode(q3, latent, latent, tables, lens, 32, 0.1, num_splits=4))
-        call("prefill-mla", lambda: kernels.paged_attention_prefill_varlen(
-            q3, latent, latent, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
         call("prefill-fp8cache", lambda: kernels.paged_attention_prefill_varlen(
             q, cache, cache, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
         call("store-fp8cache", lambda: kernels.store_kv_cache(q[:, :8], q[:, :8], cache, cache, lens.long()))
