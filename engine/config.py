@@ -72,6 +72,8 @@ class EngineConfig:
     # The KV cache's element type (vLLM's kv_cache_dtype): "auto" (the model's), or an FP8 format that holds
     # twice the tokens in the same memory, each key and value rounded to it (saturating at its largest value).
     kv_cache_dtype: str = "auto"
+    # Most images one prompt may carry (vLLM's --limit-mm-per-prompt); None: no limit.
+    limit_images_per_prompt: int | None = None
     # Default sampling parameters of requests that set none (vLLM's --generation-config): "auto" reads the
     # model's generation_config.json, "vllm" keeps the engine's defaults, else a directory holding one.
     generation_config: str = "auto"

@@ -170,8 +170,9 @@ def image_hash(image: Any) -> int:
 class ImagePrompts:
     """Expands image placeholders in prompts and makes their pixels, for a model that takes images."""
 
-    def __init__(self, model_config: ModelConfig, tokenizer: Any) -> None:
+    def __init__(self, model_config: ModelConfig, tokenizer: Any, limit: int | None = None) -> None:
         self.path = model_config.path
+        self.limit = limit  # most images per prompt
         self.vision: VisionConfig | None = model_config.vision
         self._processor: Any = None
         v = self.vision
@@ -199,6 +200,9 @@ class ImagePrompts:
         placeholder per image, or the expanded runs already; anything else is a ValueError."""
         if self.vision is None:
             raise ValueError("this model takes no images (it is served as text)")
+        if self.limit is not None and len(images) > self.limit:
+            raise ValueError(f"the prompt has {len(images)} images, more than the {self.limit} allowed "
+                             "(--limit-mm-per-prompt)")
         v = self.vision
         token, per_image = v.image_token_id, v.tokens_per_image
         loaded = [load_image(image) for image in images]

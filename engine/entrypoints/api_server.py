@@ -297,11 +297,12 @@ def build_app(settings: ServeSettings, engine: LLMEngine | None = None) -> FastA
         tool_parser = _tool_parser(settings.tool_call_parser, tokenizer)
         reasoning = None if settings.reasoning_parser == "none" else settings.reasoning_parser
         chat_options = {"tool_parser": tool_parser, "reasoning_parser": reasoning}
-        app.state.server = ServerState(settings, async_engine, metrics, OpenAIServingCompletion(*args),
-                                       OpenAIServingChat(*args, **chat_options), OpenAIServingEmbedding(*args),
-                                       OpenAIServingResponses(*args, **chat_options,
-                                                              store=ResponseStore(settings.responses_store_size)),
-                                       OpenAIServingPooling(*args))
+        chat = OpenAIServingChat(*args, **chat_options)
+        responses = OpenAIServingResponses(*args, **chat_options, store=ResponseStore(settings.responses_store_size))
+        for serving in (chat, responses):
+            serving.allowed_media_domains = settings.allowed_media_domains
+        app.state.server = ServerState(settings, async_engine, metrics, OpenAIServingCompletion(*args), chat,
+                                       OpenAIServingEmbedding(*args), responses, OpenAIServingPooling(*args))
         async_engine.start()
         logger.info("serving %s as %r (max_model_len %d, tool-call parser %s)", settings.engine.model,
                     settings.served_model_name, llm_engine.max_model_len, tool_parser)

@@ -52,6 +52,8 @@ class ServeSettings:
     responses_store_size: int = 1000
     # A node after the first of a multi-node engine: its ranks only, no HTTP server.
     headless: bool = False
+    # Hosts that image URLs may name (empty: any); data: URLs are always accepted.
+    allowed_media_domains: tuple[str, ...] = ()
 
 
 class _BadValue(argparse.ArgumentTypeError, ValueError):
@@ -93,6 +95,25 @@ def _speculative_config(text: str) -> SpeculativeConfig:
         raise _BadValue(f"--speculative-config is not JSON ({exc.msg})") from None
     except ValueError as exc:
         raise _BadValue(str(exc)) from None
+
+
+def _limit_mm(text: str) -> int:
+    """vLLM's --limit-mm-per-prompt, '{"image": N}' (or N)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise _BadValue(f'expected {{"image": N}}, got {text!r}') from None
+    if isinstance(value, dict):
+        if set(value) != {"image"}:
+            raise _BadValue(f"only images are served: expected {{\"image\": N}}, got {text!r}")
+        value = value["image"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _BadValue(f"the image limit must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def _domains(text: str) -> tuple[str, ...]:
+    return tuple(d.strip().lower() for d in text.replace(",", " ").split() if d.strip())
 
 
 def _parse_bool(text: str) -> bool:
@@ -186,6 +207,10 @@ FLAGS: tuple[_Flag, ...] = (
           dest=_ENGINE + "enable_lora"),
     _Flag("max-loras", int, "most LoRA adapters in one batch", dest=_ENGINE + "max_loras"),
     _Flag("max-lora-rank", int, "largest LoRA rank served", dest=_ENGINE + "max_lora_rank"),
+    _Flag("limit-mm-per-prompt", _limit_mm, 'most images one prompt may carry, {"image": N}',
+          dest=_ENGINE + "limit_images_per_prompt"),
+    _Flag("allowed-media-domains", _domains, "hosts that image URLs may name, comma-separated (default: any; "
+          "data: URLs always)"),
     _Flag("reasoning-parser", str, "return a reasoning model's thinking as `reasoning`, apart from the content",
           ("none", *REASONING_PARSERS)),
 )

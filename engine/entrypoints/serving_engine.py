@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -221,6 +222,7 @@ class OpenAIServing:
         self, engine: AsyncLLMEngine, tokenizer: Any, served_model_name: str, tokenizer_pool: ThreadPoolExecutor,
     ) -> None:
         self.engine = engine
+        self.allowed_media_domains: tuple[str, ...] = ()  # hosts image URLs may name (empty: any)
         # The front's own tokenizer: the engine thread detokenizes with the
         # engine's, and HF tokenizers must not be shared across threads.
         self.tokenizer = tokenizer
@@ -285,6 +287,9 @@ class OpenAIServing:
         for url in urls:  # never the server's own files
             if not url.startswith(("data:", "http://", "https://")):
                 raise ValueError(f"an image_url must be a data: URL or an http(s) URL, not {url!r:.60}")
+            host = (urllib.parse.urlsplit(url).hostname or "") if not url.startswith("data:") else None
+            if host is not None and self.allowed_media_domains and host not in self.allowed_media_domains:
+                raise ValueError(f"image URLs may name only {', '.join(self.allowed_media_domains)}, not {host!r}")
         images = await asyncio.to_thread(lambda: [load_image(url) for url in urls])
         token_ids, inputs = await self.run_tokenizer(self.engine.engine.image_prompts.process, token_ids, images)
         return Prompt(token_ids, images=inputs)

@@ -151,3 +151,30 @@ def test_responses_api_input_image(llava_server: RunningServer) -> None:
                                      {"type": "input_text", "text": QUESTION}]}])
     assert chat and response.output_text == chat
     llava_server.wait_idle()
+
+
+def test_image_limits(llava_dir: pathlib.Path, image_host: str) -> None:
+    """--limit-mm-per-prompt caps the images of a prompt, --allowed-media-domains the hosts image URLs
+    may name (data: URLs pass): both 400s naming `messages`, before anything is fetched."""
+    with serve_in_thread([str(llava_dir), "--served-model-name", MODEL_NAME, "--limit-mm-per-prompt", '{"image": 1}',
+                          "--allowed-media-domains", "localhost,example.com"]) as running:
+        for urls, message in [([data_url(1), data_url(2)], "more than the 1 allowed"),
+                              ([f"{image_host}/1.png"], "may name only localhost, example.com")]:
+            result = running.request("POST", "/v1/chat/completions", {
+                "model": MODEL_NAME, "messages": image_message(*urls), "max_tokens": 2})
+            assert message in assert_error(result, 400, "messages")["message"]
+        ok = running.request("POST", "/v1/chat/completions", {
+            "model": MODEL_NAME, "messages": image_message(data_url(1)), "max_tokens": 2})
+        assert ok.status == 200
+        running.wait_idle()
+
+
+@pytest.mark.parametrize(("value", "message"), [('{"video": 1}', "only images"), ("-1", "whole number"),
+                                                ("{", "expected")])
+def test_bad_image_limits_are_refused(llava_dir: pathlib.Path, value: str, message: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from pagoda.engine.entrypoints.args import parse_serve_args
+
+    with pytest.raises(SystemExit):
+        parse_serve_args([str(llava_dir), "--limit-mm-per-prompt", value], environ={})
+    assert message in capsys.readouterr().err
