@@ -18,6 +18,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On a GPU machine, a test parametrized with more tensor-parallel ranks (`tp`) than it has GPUs is
+    skipped (each rank takes its own GPU; on the CPU ranks share the cores)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else None
+    for item in items:
+        tp = getattr(getattr(item, "callspec", None), "params", {}).get("tp")
+        if gpus is not None and isinstance(tp, int) and tp > gpus:
+            item.add_marker(pytest.mark.skip(reason=f"tp={tp} needs {tp} GPUs, this machine has {gpus}"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., pathlib.Path]:
     """tiny_model(arch, **make_tiny_model kwargs) -> model directory, cached per argument set."""
