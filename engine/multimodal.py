@@ -181,9 +181,13 @@ class ImagePrompts:
         self._before = newlines + ([v.begin_id] if v is not None and v.begin_id is not None else [])
         self._after = ([v.end_id] if v is not None and v.end_id is not None else []) + newlines
 
-    @property
-    def image_token_id(self) -> int | None:
-        return self.vision.image_token_id if self.vision is not None else None
+    def admit(self, count: int) -> None:
+        """ValueError unless this model takes `count` images in one prompt: checked before any is fetched."""
+        if self.vision is None:
+            raise ValueError("this model takes no images (it is served as text)")
+        if self.limit is not None and count > self.limit:
+            raise ValueError(f"the prompt has {count} images, more than the {self.limit} allowed "
+                             "(--limit-mm-per-prompt)")
 
     def _pixels(self, images: list[Any]) -> torch.Tensor:
         if self._processor is None:
@@ -198,11 +202,7 @@ class ImagePrompts:
     def process(self, token_ids: list[int], images: list[Any]) -> tuple[list[int], ImageInputs]:
         """(token ids with each image's placeholder expanded, the images' inputs). The prompt holds one
         placeholder per image, or the expanded runs already; anything else is a ValueError."""
-        if self.vision is None:
-            raise ValueError("this model takes no images (it is served as text)")
-        if self.limit is not None and len(images) > self.limit:
-            raise ValueError(f"the prompt has {len(images)} images, more than the {self.limit} allowed "
-                             "(--limit-mm-per-prompt)")
+        self.admit(len(images))
         v = self.vision
         token, per_image = v.image_token_id, v.tokens_per_image
         loaded = [load_image(image) for image in images]

@@ -284,14 +284,18 @@ class OpenAIServing:
         their placeholders expanded and pixels made on the tokenizer's thread; bad images are a ValueError."""
         if not urls:
             return Prompt(token_ids)
+        image_prompts = self.engine.engine.image_prompts
+        image_prompts.admit(len(urls))
         for url in urls:  # never the server's own files
-            if not url.startswith(("data:", "http://", "https://")):
+            if url.startswith("data:"):
+                continue
+            if not url.startswith(("http://", "https://")):
                 raise ValueError(f"an image_url must be a data: URL or an http(s) URL, not {url!r:.60}")
-            host = (urllib.parse.urlsplit(url).hostname or "") if not url.startswith("data:") else None
-            if host is not None and self.allowed_media_domains and host not in self.allowed_media_domains:
+            host = urllib.parse.urlsplit(url).hostname or ""
+            if self.allowed_media_domains and host not in self.allowed_media_domains:
                 raise ValueError(f"image URLs may name only {', '.join(self.allowed_media_domains)}, not {host!r}")
         images = await asyncio.to_thread(lambda: [load_image(url) for url in urls])
-        token_ids, inputs = await self.run_tokenizer(self.engine.engine.image_prompts.process, token_ids, images)
+        token_ids, inputs = await self.run_tokenizer(image_prompts.process, token_ids, images)
         return Prompt(token_ids, images=inputs)
 
     async def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool,

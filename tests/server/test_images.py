@@ -24,6 +24,7 @@ from tests.server.test_errors import assert_error
 openai = pytest.importorskip("openai")
 
 QUESTION = "What is in the picture?"
+SERVED: list[str] = []  # paths the loopback image host was asked for
 
 
 def png(seed: int) -> bytes:
@@ -59,6 +60,7 @@ def image_host() -> Iterator[str]:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            SERVED.append(self.path)
             name = self.path.strip("/")
             if not name.endswith(".png") or not name[:-4].isdigit():
                 self.send_error(404)
@@ -158,11 +160,14 @@ def test_image_limits(llava_dir: pathlib.Path, image_host: str) -> None:
     may name (data: URLs pass): both 400s naming `messages`, before anything is fetched."""
     with serve_in_thread([str(llava_dir), "--served-model-name", MODEL_NAME, "--limit-mm-per-prompt", '{"image": 1}',
                           "--allowed-media-domains", "localhost,example.com"]) as running:
+        served = len(SERVED)
         for urls, message in [([data_url(1), data_url(2)], "more than the 1 allowed"),
+                              ([f"{image_host}/1.png", f"{image_host}/2.png"], "more than the 1 allowed"),
                               ([f"{image_host}/1.png"], "may name only localhost, example.com")]:
             result = running.request("POST", "/v1/chat/completions", {
                 "model": MODEL_NAME, "messages": image_message(*urls), "max_tokens": 2})
             assert message in assert_error(result, 400, "messages")["message"]
+        assert len(SERVED) == served, "refused before any image was fetched"
         ok = running.request("POST", "/v1/chat/completions", {
             "model": MODEL_NAME, "messages": image_message(data_url(1)), "max_tokens": 2})
         assert ok.status == 200
