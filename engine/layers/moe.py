@@ -36,16 +36,16 @@ STACKED = "stacked"
 
 
 def route(router_logits: torch.Tensor, top_k: int, renormalize: bool, *, scoring: str = "softmax",
-                  num_groups: int = 1, topk_groups: int = 1, bias: torch.Tensor | None = None,
-                  scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+          num_groups: int = 1, topk_groups: int = 1, bias: torch.Tensor | None = None,
+          scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights [T, k] fp32, expert ids [T, k]): the top k scores, optionally rescaled to sum to 1.
 
     Scores are the softmax (Mixtral, Qwen, DeepSeek V2) or sigmoids (DeepSeek V3) of the logits.
-    DeepSeek's routers group the experts: of `num_groups`
-    groups, and only the best `topk_groups` groups are searched, a group ranked by its best score
-    or, with a correction `bias` (V3's e_score_correction_bias, which steers the choice but not the
-    weights), by the sum of its two best biased scores. The chosen scores, optionally renormalized,
-    are multiplied by `scaling` (routed_scaling_factor)."""
+    DeepSeek's routers split the experts into `num_groups` groups and search only the best
+    `topk_groups` of them, a group ranked by its best score or, with a correction `bias` (V3's
+    e_score_correction_bias, which steers the choice but not the weights), by the sum of its two
+    best biased scores. The chosen scores, optionally renormalized, are multiplied by `scaling`
+    (routed_scaling_factor)."""
     scores = torch.softmax(router_logits.float(), dim=-1) if scoring == "softmax" else torch.sigmoid(router_logits.float())
     choice = scores if bias is None else scores + bias.float()
     if num_groups > 1:

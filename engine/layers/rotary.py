@@ -79,6 +79,11 @@ def _yarn_scale(inv_freq: torch.Tensor, rotary_dim: int, rope: RopeConfig, max_p
     return inv_freq / factor * (1 - keep) + inv_freq * keep
 
 
+def yarn_mscale(factor: float, m: float = 1.0) -> float:
+    """YaRN's attention temperature for a context extended `factor` times: 0.1 m ln(factor) + 1."""
+    return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+
 def _attention_factor(rope: RopeConfig, max_position: int) -> float:
     """The scale of cos and sin (on q and k alike) of the context-extending rules, unless the config
     gives it: LongRoPE's sqrt(1 + ln(s) / ln(original context)) for the extension s; YaRN's
@@ -89,12 +94,8 @@ def _attention_factor(rope: RopeConfig, max_position: int) -> float:
         return float(rope.scaling["attention_factor"])
     if rope.scaling_type == "yarn":
         factor = _yarn_factor(rope, max_position)
-
-        def mscale(m: float = 1.0) -> float:
-            return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
-
         m, m_all = rope.scaling.get("mscale"), rope.scaling.get("mscale_all_dim")
-        return mscale(float(m)) / mscale(float(m_all)) if m and m_all else mscale()
+        return yarn_mscale(factor, float(m)) / yarn_mscale(factor, float(m_all)) if m and m_all else yarn_mscale(factor)
     original = float(rope.scaling["original_max_position_embeddings"])
     factor = float(rope.scaling.get("factor") or max_position / original)
     return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))

@@ -20,7 +20,6 @@ matrices. Under tensor parallelism the heads split across ranks and every rank c
 
 from __future__ import annotations
 
-import math
 from typing import Any
 import torch
 from torch import nn
@@ -30,7 +29,7 @@ from pagoda.engine.distributed import tp_size
 from pagoda.engine.layers.attention import Attention
 from pagoda.engine.layers.linear import ColumnParallelLinear, ReplicatedProjection, RowParallelLinear, divide
 from pagoda.engine.layers.norm import RMSNorm
-from pagoda.engine.layers.rotary import RotaryEmbedding
+from pagoda.engine.layers.rotary import RotaryEmbedding, yarn_mscale
 from pagoda.engine.model_config import MLAConfig, ModelConfig, RopeConfig
 from pagoda.engine.models.llama import LlamaForCausalLM
 from pagoda.engine.models.moe import _MixtureOfExperts, mtp_layer_prefixes
@@ -43,10 +42,9 @@ def mla_softmax_scale(mla: MLAConfig, rope: RopeConfig) -> float:
     """1/sqrt(qk head dim), times YaRN's mscale(factor, mscale_all_dim) squared where the rope scaling
     sets mscale_all_dim (DeepSeek's long-context checkpoints): the logit temperature the model was trained with."""
     scale = (mla.qk_nope_head_dim + mla.qk_rope_head_dim) ** -0.5
-    factor, m_all = float(rope.scaling.get("factor", 1.0)), float(rope.scaling.get("mscale_all_dim") or 0.0)
-    if rope.scaling_type != "default" and m_all and factor > 1:
-        mscale = 0.1 * m_all * math.log(factor) + 1.0
-        scale *= mscale * mscale
+    m_all = float(rope.scaling.get("mscale_all_dim") or 0.0)
+    if rope.scaling_type != "default" and m_all:
+        scale *= yarn_mscale(float(rope.scaling.get("factor", 1.0)), m_all) ** 2
     return scale
 
 

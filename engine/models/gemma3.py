@@ -27,7 +27,7 @@ from pagoda.engine.layers.embedding import VocabParallelEmbedding
 from pagoda.engine.layers.norm import GemmaRMSNorm
 from pagoda.engine.model_config import ModelConfig, RopeConfig, sliding_rope
 from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, LlamaForCausalLM
-from pagoda.engine.models.vision import SiglipVisionTower, vision_checkpoint_name
+from pagoda.engine.models.vision import SiglipVisionTower, multimodal_checkpoint_name
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -152,13 +152,5 @@ class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):
         return self.multi_modal_projector(self.vision_tower(pixels.to(weight.dtype)))
 
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
-        for prefix in ("model.vision_tower.", "model.multi_modal_projector."):
-            if name.startswith(prefix):
-                name = name.removeprefix("model.")
-        if name.startswith(("vision_tower.", "multi_modal_projector.")):
-            return vision_checkpoint_name(name), None
-        for prefix in ("language_model.model.", "model.language_model."):
-            if name.startswith(prefix):
-                name = "model." + name[len(prefix):]
-                break
-        return super().checkpoint_target(name.removeprefix("language_model."))
+        name, image_side = multimodal_checkpoint_name(name)
+        return (name, None) if image_side else super().checkpoint_target(name)

@@ -19,7 +19,7 @@ from torch import nn
 
 from pagoda.engine.model_config import ModelConfig, VisionConfig
 from pagoda.engine.models.llama import LlamaForCausalLM
-from pagoda.engine.models.vision import ClipVisionTower, activation, vision_checkpoint_name
+from pagoda.engine.models.vision import ClipVisionTower, activation, multimodal_checkpoint_name
 
 # Language models a LLaVA checkpoint may wrap: their text config's model_type -> q/k/v biases.
 _LANGUAGE_MODELS = {"llama": False, "mistral": False, "qwen2": True}
@@ -59,12 +59,5 @@ class LlavaForConditionalGeneration(LlamaForCausalLM):
         return self.multi_modal_projector(self.vision_tower(pixels.to(self.multi_modal_projector.linear_1.weight.dtype)))
 
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
-        for theirs, ours in (("language_model.model.", "model."), ("model.language_model.", "model."),
-                             ("language_model.lm_head.", "lm_head."), ("model.vision_tower.", "vision_tower."),
-                             ("model.multi_modal_projector.", "multi_modal_projector.")):
-            if name.startswith(theirs):
-                name = ours + name[len(theirs):]
-                break
-        if name.startswith(("vision_tower.", "multi_modal_projector.")):
-            return vision_checkpoint_name(name), None  # stored as our modules hold them (nothing fused)
-        return super().checkpoint_target(name)
+        name, image_side = multimodal_checkpoint_name(name)
+        return (name, None) if image_side else super().checkpoint_target(name)

@@ -116,7 +116,21 @@ class SiglipVisionTower(_Tower):
         return self.post_layernorm(x)
 
 
-def vision_checkpoint_name(name: str) -> str:
-    """A tower's checkpoint name as our modules spell it: transformers' hub conversions keep the
-    towers' inner `vision_model.`, transformers 5 writes them without it."""
-    return name.replace("vision_tower.vision_model.", "vision_tower.", 1)
+# How multimodal checkpoints name the language model and the image side (original conversions:
+# `language_model.model.*`; transformers 5: `model.language_model.*`, `model.vision_tower.*`), and our names.
+_MULTIMODAL_NAMES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                     ("language_model.", ""), ("model.vision_tower.", "vision_tower."),
+                     ("model.multi_modal_projector.", "multi_modal_projector."))
+
+
+def multimodal_checkpoint_name(name: str) -> tuple[str, bool]:
+    """(our name for a multimodal checkpoint's tensor, whether it is the image side's: the tower's or the
+    projector's, stored as our modules hold them). Hub conversions keep the towers' inner
+    `vision_model.`, transformers 5 writes them without it."""
+    for theirs, ours in _MULTIMODAL_NAMES:
+        if name.startswith(theirs):
+            name = ours + name[len(theirs):]
+            break
+    if name.startswith(("vision_tower.", "multi_modal_projector.")):
+        return name.replace("vision_tower.vision_model.", "vision_tower.", 1), True
+    return name, False
