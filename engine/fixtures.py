@@ -34,7 +34,7 @@ from pagoda.kernels import reference
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
-    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3",
+    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -277,6 +277,16 @@ _FAMILIES: dict[str, _Family] = {
                 "moe_intermediate_size": 32, "first_k_dense_replace": 1, "n_group": 4, "topk_group": 2,
                 "routed_scaling_factor": 2.5, "norm_topk_prob": True, "num_nextn_predict_layers": 0},
     ),
+    # GPT-OSS: attention sinks, sliding (window 8) and full layers alternating, q/k/v/o biases, YaRN
+    # (not truncated), experts with biases and a clamped SwiGLU whose limit the fixture's activations
+    # reach (1 where the real models say 7).
+    "gpt_oss": _Family(
+        "gpt_oss", "GptOssForCausalLM", adds_bos=False, rope_theta=150000.0,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                      "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False},
+        config={"head_dim": 32, "num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 32,
+                "sliding_window": 8, "attention_bias": True, "swiglu_limit": 1.0},
+    ),
 }
 
 _BASE_CONFIG: dict[str, Any] = {
@@ -388,6 +398,8 @@ def build_tiny_model(
         for name, param in model.named_parameters():
             if name.endswith("bias"):
                 param.normal_(0.0, config.initializer_range)
+            elif name.endswith(".sinks"):  # GPT-OSS: sinks that take a real share of each softmax
+                param.uniform_(-1.0, 2.0)
             elif "norm" in name:
                 param.uniform_(0.5, 1.5)
         for name, buffer in model.named_buffers():

@@ -72,6 +72,23 @@ def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
 
 
+@dataclass(frozen=True)
+class ClampedSwiglu:
+    """GPT-OSS's expert activation: the gate clamped from above and up on both sides at `limit`, then
+    (up + 1) * gate * sigmoid(alpha * gate)."""
+
+    alpha: float
+    limit: float
+
+
+def clamped_swiglu_and_mul(x: torch.Tensor, act: ClampedSwiglu) -> torch.Tensor:
+    """x: [..., 2d], gate then up halves -> [..., d] (see ClampedSwiglu)."""
+    d = x.shape[-1] // 2
+    gate = x[..., :d].clamp(max=act.limit)
+    up = x[..., d:].clamp(-act.limit, act.limit)
+    return (up + 1) * (gate * torch.sigmoid(gate * act.alpha))
+
+
 # The FP8 formats a KV cache may use.
 FP8_CACHE_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
@@ -112,11 +129,23 @@ def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int)
     return cache.view(-1, *cache.shape[2:])[slots]
 
 
+def softmax_with_sinks(scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over the last dim of scores [..., H, Q, L] (fp32) with, where `sinks` [H] is given, each
+    head's sink logit as one more key whose value is zero (GPT-OSS's attention sinks): its share of the
+    probability mass is attended to nothing."""
+    if sinks is None:
+        return torch.softmax(scores, dim=-1)
+    sink = sinks.float().view(*sinks.shape, 1, 1).expand(*scores.shape[:-1], 1)
+    return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+
+
 def _attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q: [B, Q, Hq, D]; k, v: [B, L, Hkv, D]; mask: [B, Q, L] (True = attend). fp32 softmax, over
-    logits capped to softcap * tanh(logit / softcap) where softcap > 0 (Gemma 2)."""
+    logits capped to softcap * tanh(logit / softcap) where softcap > 0 (Gemma 2), with `sinks` [Hq]
+    (see softmax_with_sinks)."""
     b, nq, hq, d = q.shape
     hkv = k.shape[2]
     qg = q.float().view(b, nq, hkv, hq // hkv, d)
@@ -124,7 +153,7 @@ def _attend(
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
+    probs = softmax_with_sinks(scores, None if sinks is None else sinks.view(hkv, hq // hkv))
     out = torch.einsum("bhgql,blhd->bqhgd", probs, v.float())
     return out.reshape(b, nq, hq, d).to(q.dtype)
 
@@ -140,8 +169,10 @@ def paged_attention_decode(
     sliding_window: int | None = None,
     *,
     softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One query token per sequence against its cached context. q: [B, Hq, D] -> [B, Hq, D]."""
+    """One query token per sequence against its cached context. q: [B, Hq, D] -> [B, Hq, D]; `sinks`
+    [Hq] fp32: each head's attention-sink logit (see softmax_with_sinks)."""
     k = _gather_context(k_cache, block_tables, max_seq_len)
     v = _gather_context(v_cache, block_tables, max_seq_len)
     pos = torch.arange(max_seq_len, device=q.device)
@@ -149,7 +180,7 @@ def paged_attention_decode(
     mask = pos[None, :] < lens
     if sliding_window is not None:
         mask &= pos[None, :] > lens - 1 - sliding_window
-    return _attend(q[:, None], k, v, mask[:, None, :], scale, softcap)[:, 0]
+    return _attend(q[:, None], k, v, mask[:, None, :], scale, softcap, sinks)[:, 0]
 
 
 def paged_attention_prefill(
@@ -162,13 +193,15 @@ def paged_attention_prefill(
     sliding_window: int | None = None,
     softcap: float = 0.0,
     key_limits: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of one sequence's new tokens (the last q_len of seq_len) over its whole context.
 
     q: [q_len, Hq, D]. The context may begin with prefix-cached or earlier-chunk
     blocks; all of it is read from the cache, which already holds the new K/V.
     `key_limits` [q_len]: the last key each token sees, where it is not the token itself (an image
-    attending to itself both ways); the sliding window still counts back from the token.
+    attending to itself both ways); the sliding window still counts back from the token. `sinks` as
+    in paged_attention_decode.
     """
     q_len = q.shape[0]
     k = _gather_context(k_cache, block_table[None], seq_len)
@@ -179,7 +212,7 @@ def paged_attention_prefill(
     mask = k_pos <= limit
     if sliding_window is not None:
         mask &= k_pos > q_pos - sliding_window
-    return _attend(q[None], k, v, mask[None], scale, softcap)[0]
+    return _attend(q[None], k, v, mask[None], scale, softcap, sinks)[0]
 
 
 @dataclass(frozen=True)
@@ -200,6 +233,7 @@ def fused_moe(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
     w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
     int_experts: IntExperts | None = None, expert_map: torch.Tensor | None = None,
+    biases: tuple[torch.Tensor | None, torch.Tensor | None] | None = None, clamped: ClampedSwiglu | None = None,
 ) -> torch.Tensor:
     """A mixture-of-experts SwiGLU MLP: each token's chosen experts, weighted and summed.
 
@@ -209,8 +243,11 @@ def fused_moe(
     the weights are FP8 and w13_scale, w2_scale their per-expert block scales; with
     `int_experts`, w13 and w2 are packed integers [E, N, K * bits / 32]. With `expert_map` [E_all]
     (expert parallelism), topk_ids index all experts, the map gives each one's index in w13 and w2, and
-    an expert mapped to -1 (another rank's) contributes nothing.
+    an expert mapped to -1 (another rank's) contributes nothing. `biases` (w13's [E, 2I], w2's [E, H];
+    either may be None) are added to each expert's GEMM outputs, the second before the routing weight,
+    and `clamped` replaces SwiGLU by GPT-OSS's clamped one.
     """
+    b13, b2 = biases or (None, None)
 
     def weight(w: torch.Tensor, scale: torch.Tensor | None, expert: int) -> torch.Tensor:
         if int_experts is not None:
@@ -233,8 +270,9 @@ def fused_moe(
             continue
         rows = order[start : start + count]
         start += count
-        gate_up = F.linear(x[rows // top_k], weight(w13, w13_scale, expert))
-        y = F.linear(silu_and_mul(gate_up), weight(w2, w2_scale, expert))
+        gate_up = F.linear(x[rows // top_k], weight(w13, w13_scale, expert), None if b13 is None else b13[expert])
+        act = silu_and_mul(gate_up) if clamped is None else clamped_swiglu_and_mul(gate_up, clamped)
+        y = F.linear(act, weight(w2, w2_scale, expert), None if b2 is None else b2[expert])
         out.index_add_(0, rows // top_k, y.float() * weights[rows])
     return out.to(x.dtype)
 

@@ -26,9 +26,11 @@ class AttentionBackend(Protocol):
         scale: float,
         sliding_window: int | None,
         softcap: float = 0.0,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """q: [T, Hq, D], k/v: [T, Hkv, D], caches: [blocks, block_size, Hkv, D] -> [T, Hq, D]; logits
-        capped to softcap * tanh(logit / softcap) where softcap > 0 (Gemma 2)."""
+        capped to softcap * tanh(logit / softcap) where softcap > 0 (Gemma 2); `sinks` [Hq] fp32: each
+        head's attention-sink logit, a key of value zero in every softmax (GPT-OSS)."""
         ...
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from pagoda.engine.attention.metadata import AttentionMetadata
 from pagoda.kernels import ops
+from pagoda.kernels.reference import softmax_with_sinks
 
 
 def _gather(cache: torch.Tensor, block_tables: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
@@ -25,20 +26,24 @@ def _gather(cache: torch.Tensor, block_tables: torch.Tensor, length: int, dtype:
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float = 0.0,
-          attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+          attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+          sinks: torch.Tensor | None = None) -> torch.Tensor:
     """q: [B, Hq, Q, D], k/v: [B, Hkv, L, D]; grouped-query heads share their KV head. Soft-capped
-    logits (Gemma 2) are beyond torch's fused kernel: the scores are formed, capped and masked here."""
-    if softcap <= 0:
+    logits (Gemma 2) and attention sinks (GPT-OSS) are beyond torch's fused kernel: the scores are
+    formed, capped, masked and normalized with the sinks here."""
+    if softcap <= 0 and sinks is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    scores = softcap * torch.tanh((q.float() @ k.float().transpose(-1, -2)) * (scale / softcap))
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
     if is_causal:
         attn_mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
-    return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)
+    return (softmax_with_sinks(scores, sinks) @ v.float()).to(q.dtype)
 
 
 def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None,
@@ -63,6 +68,7 @@ class TorchAttentionBackend:
         scale: float,
         sliding_window: int | None,
         softcap: float = 0.0,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         ops.store_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
@@ -73,7 +79,8 @@ class TorchAttentionBackend:
             values = _gather(v_cache, meta.block_tables[:nd], max_len, q.dtype)
             q_pos = meta.seq_lens[:nd, None].long() - 1
             mask = _window_mask(q_pos, torch.arange(max_len, device=q.device)[None, :], sliding_window)
-            out[:nd] = _sdpa(q[:nd, :, None], keys, values, scale, softcap, attn_mask=mask[:, None, None, :])[:, :, 0]
+            out[:nd] = _sdpa(q[:nd, :, None], keys, values, scale, softcap, attn_mask=mask[:, None, None, :],
+                             sinks=sinks)[:, :, 0]
         start = nd
         for i in range(nd, meta.num_seqs):
             q_len, seq_len = meta.query_lens_host[i], meta.seq_lens_host[i]
@@ -88,12 +95,12 @@ class TorchAttentionBackend:
             if q_len == seq_len and sliding_window is None and k_cache.dtype == q.dtype and q_limit is None:
                 ki = k[start : start + q_len].transpose(0, 1)[None]
                 vi = v[start : start + q_len].transpose(0, 1)[None]
-                res = _sdpa(qi, ki, vi, scale, softcap, is_causal=True)
+                res = _sdpa(qi, ki, vi, scale, softcap, is_causal=True, sinks=sinks)
             else:
                 ki = _gather(k_cache, meta.block_tables[i : i + 1], seq_len, q.dtype)
                 vi = _gather(v_cache, meta.block_tables[i : i + 1], seq_len, q.dtype)
                 mask = _window_mask(q_pos, torch.arange(seq_len, device=q.device)[None, :], sliding_window, q_limit)
-                res = _sdpa(qi, ki, vi, scale, softcap, attn_mask=mask)
+                res = _sdpa(qi, ki, vi, scale, softcap, attn_mask=mask, sinks=sinks)
             out[start : start + q_len] = res[0].transpose(0, 1)
             start += q_len
         return out

@@ -28,6 +28,7 @@ class TritonAttentionBackend:
         scale: float,
         sliding_window: int | None,
         softcap: float = 0.0,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         num_tokens = meta.slot_mapping.shape[0]
         # Contract: all new K/V of the layer are in the cache before any attention reads it.
@@ -37,12 +38,12 @@ class TritonAttentionBackend:
         if nd:
             paged_attention_decode(
                 q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.seq_lens[:nd], meta.max_seq_len,
-                scale, sliding_window, softcap=softcap, out=out[:nd],
+                scale, sliding_window, softcap=softcap, sinks=sinks, out=out[:nd],
             )
         if meta.num_seqs > nd:
             paged_attention_prefill_varlen(
                 q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, meta.max_query_len,
                 scale, sliding_window, softcap=softcap, first_seq=nd, num_seqs=meta.num_seqs - nd, out=out,
-                key_limits=meta.key_limits,
+                key_limits=meta.key_limits, sinks=sinks,
             )
         return out

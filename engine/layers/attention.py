@@ -6,14 +6,16 @@ import torch
 from torch import nn
 
 from pagoda.engine.attention import AttentionBackend, AttentionMetadata
+from pagoda.engine.distributed import tp_rank
 from pagoda.engine.kv_cache_layout import KVCacheLayout, plan_kv_cache
+from pagoda.engine.layers.weights import copy_into, read_shard
 from pagoda.kernels.reference import FP8_CACHE_DTYPES
 
 
 class Attention(nn.Module):
     def __init__(
         self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None = None,
-        scale: float | None = None, softcap: float = 0.0,
+        scale: float | None = None, softcap: float = 0.0, sinks: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -23,6 +25,11 @@ class Attention(nn.Module):
         self.scale = head_dim**-0.5 if scale is None else scale
         self.sliding_window = sliding_window
         self.softcap = softcap  # > 0: logits capped to softcap * tanh(logit / softcap) (Gemma 2)
+        # GPT-OSS's learned per-head sink logits (this rank's heads): a key of value zero in every softmax,
+        # which lets a head attend to nothing.
+        self.sinks = nn.Parameter(torch.empty(num_heads), requires_grad=False) if sinks else None
+        if self.sinks is not None:
+            self.sinks.weight_loader = self._sinks_loader
         # Bound by the model runner once the cache is allocated (see bind_kv_cache).
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
@@ -59,9 +66,14 @@ class Attention(nn.Module):
             self.scale * k_scale,
             self.sliding_window,
             self.softcap,
+            self.sinks,
         )
         out = out.view(t, self.num_heads * self.head_dim)
         return out * v_scale if v_scale != 1.0 else out
+
+
+    def _sinks_loader(self, param: nn.Parameter, src: object) -> None:
+        copy_into(param.data, read_shard(src, 0, tp_rank() * self.num_heads, self.num_heads))
 
 
 def _attention_layers(model: nn.Module) -> list[Attention]:

@@ -31,14 +31,15 @@ def divide(numerator: int, denominator: int, what: str) -> int:
 
 
 class ReplicatedLinear(nn.Module):
-    """y = x W^T, the whole weight on every rank: small projections such as an MoE router."""
+    """y = x W^T (+ b), the whole weight on every rank: small projections such as an MoE router."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight)
+        return nn.functional.linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):

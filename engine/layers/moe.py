@@ -27,7 +27,7 @@ from pagoda.engine.layers.int_quant import IntQuantConfig
 from pagoda.engine.layers.linear import divide
 from pagoda.engine.layers.weights import copy_into, read_full, read_shard, source_shape
 from pagoda.kernels import ops
-from pagoda.kernels.reference import IntExperts
+from pagoda.kernels.reference import ClampedSwiglu, IntExperts
 
 # Which part of an expert a checkpoint tensor holds, by projection name: 0 gate, 1 up, 2 down.
 EXPERT_PARTS = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, "w2": 2}
@@ -62,10 +62,16 @@ def route(router_logits: torch.Tensor, top_k: int, renormalize: bool, *, scoring
 
 
 class FusedMoE(nn.Module):
-    """E SwiGLU experts of one layer; forward returns this rank's partial sum (not reduced)."""
+    """E SwiGLU experts of one layer; forward returns this rank's partial sum (not reduced).
 
-    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+    GPT-OSS's experts add a `bias` to both GEMMs (w13_bias [E, 2I/tp], gate then up like w13's rows;
+    w2_bias [E, H], held by one rank only unless experts are whole per rank, since every rank's partial
+    sums are added) and use the `clamped` SwiGLU."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, *, bias: bool = False,
+                 clamped: ClampedSwiglu | None = None) -> None:
         super().__init__()
+        self.clamped = clamped
         self.num_experts = num_experts
         self.intermediate_size = intermediate_size
         ep = expert_parallel()
@@ -82,6 +88,11 @@ class FusedMoE(nn.Module):
         # With expert parallelism, each expert's index among this rank's, -1 for another rank's.
         ids = torch.arange(num_experts, dtype=torch.int32) - self.first_expert
         self.register_buffer("expert_map", torch.where((ids >= 0) & (ids < self.local_experts), ids, -1) if ep else None)
+        self.w13_bias = self.w2_bias = None
+        if bias:
+            self.w13_bias = nn.Parameter(torch.empty(self.local_experts, 2 * self.per_rank), requires_grad=False)
+            self.w2_bias = nn.Parameter(torch.empty(self.local_experts, hidden_size), requires_grad=False)
+            self.w13_bias.weight_loader = self.w2_bias.weight_loader = self.weight_loader
 
     def _local(self, expert: int) -> int | None:
         """This rank's index of a checkpoint's expert; None when another rank holds it."""
@@ -98,18 +109,26 @@ class FusedMoE(nn.Module):
         return src if self.local_experts == self.num_experts else read_shard(src, 0, self.first_expert,
                                                                               self.local_experts)
 
+    def load_local_stack(self, param: nn.Parameter, src: Any, part: int) -> None:
+        """This rank's experts' part `part` (0: gate_up, gate rows then up rows; 2: down) of weights or
+        biases, given as a stack of this rank's experts: each split across ranks as its parameter is."""
+        size, start = self.per_rank, self.shard_start
+        if param is self.w2_bias:  # added once to the sum over ranks: by the first, or by an expert's own rank
+            whole = self.local_experts != self.num_experts or tp_rank() == 0
+            copy_into(param.data, read_full(src) if whole else torch.zeros(param.shape))
+        elif part == 2:
+            copy_into(param.data, read_shard(src, 2, start, size))
+        else:  # gate_up: the gate rows, then the up rows, each split across ranks
+            for half in (0, 1):
+                rows = read_shard(src, 1, half * self.intermediate_size + start, size)
+                copy_into(param.data.narrow(1, half * size, size), rows)
+
     def weight_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int]) -> None:
         """Loads one expert's part (`shard` = (expert, part)) or, with expert STACKED, that part of all experts."""
         expert, part = shard
         size, start = self.per_rank, self.shard_start
         if expert == STACKED:
-            src = self._local_stack(src)
-            if part == 2:
-                copy_into(param.data, read_shard(src, 2, start, size))
-            else:  # gate_up: the gate rows, then the up rows, each split across ranks
-                for half in (0, 1):
-                    rows = read_shard(src, 1, half * self.intermediate_size + start, size)
-                    copy_into(param.data.narrow(1, half * size, size), rows)
+            self.load_local_stack(param, self._local_stack(src), part)
             return
         expert = self._local(int(expert))
         if expert is None:
@@ -213,12 +232,14 @@ class FusedMoE(nn.Module):
             copy_into(param.data[expert], read_shard(src, 1, start // unit, size // unit))
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        common = dict(expert_map=self.expert_map, clamped=self.clamped,
+                      biases=None if self.w13_bias is None else (self.w13_bias, self.w2_bias))
         if self.int_quant is not None:
             quant = IntExperts(self.w13_scales, self.w13_zeros, self.w2_scales, self.w2_zeros, self.int_quant.bits,
                                *self.int_group_sizes)
             return ops.fused_moe(x, self.w13_qweight, self.w2_qweight, topk_weights, topk_ids, int_experts=quant,
-                                 expert_map=self.expert_map)
+                                 **common)
         if self.fp8_block is None:
-            return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids, expert_map=self.expert_map)
+            return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids, **common)
         return ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids,
-                             self.w13_scale_inv, self.w2_scale_inv, self.fp8_block, expert_map=self.expert_map)
+                             self.w13_scale_inv, self.w2_scale_inv, self.fp8_block, **common)

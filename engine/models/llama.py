@@ -27,12 +27,14 @@ from pagoda.engine.model_config import ModelConfig, RopeConfig, sliding_rope
 
 class DecoderAttention(nn.Module):
     """GQA attention with rotary embeddings (`rope`: the model's unless given), an optional
-    sliding window, and a softmax `scale`, q/k `norm` and logit `softcap` that Gemma sets its own way."""
+    sliding window, and a softmax `scale`, q/k `norm` and logit `softcap` that Gemma sets its own way;
+    `sinks`: per-head attention sinks (GPT-OSS)."""
 
     def __init__(
         self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, *, rope: RopeConfig | None = None,
         sliding_window: int | None = None, scale: float | None = None, norm: type[RMSNorm] = RMSNorm,
         softcap: float = 0.0, rotary_interleaved: bool = False, o_bias: bool | None = None, use_rope: bool = True,
+        sinks: bool = False,
     ) -> None:
         super().__init__()
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias)
@@ -44,7 +46,7 @@ class DecoderAttention(nn.Module):
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, rope or cfg.rope, cfg.max_model_len,
                                           rotary_interleaved) if use_rope else None
         self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim, sliding_window, scale,
-                              softcap)
+                              softcap, sinks)
         self.head_dim = cfg.head_dim
         # q/k norms: per head (Qwen3, Gemma 3), or across all heads of the projection (OLMo 2's "whole").
         self.qk_norm_whole = qk_norm == "whole"
@@ -105,19 +107,19 @@ def layer_attention(cfg: ModelConfig, layer: int, kinds: list[str] | None = None
 class DecoderLayer(nn.Module):
     """Pre-norm attention then MLP, each output scaled by `residual_multiplier` before it joins the
     residual stream (1 but in Granite), attention scaled by `attention_scale` (None: 1/sqrt(head_dim));
-    StarCoder2's LayerNorms (`norm`, `eps`) and biased o_proj (`o_bias`) plug in here too, and another
-    attention module altogether (`attention`: DeepSeek's latent attention)."""
+    StarCoder2's LayerNorms (`norm`, `eps`) and biased o_proj (`o_bias`) plug in here too, GPT-OSS's
+    attention `sinks`, and another attention module altogether (`attention`: DeepSeek's latent attention)."""
 
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, mlp: nn.Module,
                  residual_multiplier: float = 1.0, attention_scale: float | None = None, *,
                  norm: Callable[[int, float], nn.Module] = RMSNorm, eps: float | None = None,
                  o_bias: bool | None = None, use_rope: bool = True, layer: int = 0,
-                 rotary_interleaved: bool = False, attention: nn.Module | None = None) -> None:
+                 rotary_interleaved: bool = False, attention: nn.Module | None = None, sinks: bool = False) -> None:
         super().__init__()
         window, rope = layer_attention(cfg, layer)
         self.self_attn = attention or DecoderAttention(cfg, qkv_bias, qk_norm, rope=rope, sliding_window=window,
                                                        scale=attention_scale, o_bias=o_bias, use_rope=use_rope,
-                                                       rotary_interleaved=rotary_interleaved)
+                                                       rotary_interleaved=rotary_interleaved, sinks=sinks)
         self.mlp = mlp
         self.residual_multiplier = residual_multiplier
         eps = cfg.rms_norm_eps if eps is None else eps

@@ -38,6 +38,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "OlmoeForCausalLM": ("pagoda.engine.models.moe", "OlmoeForCausalLM"),
     "GraniteMoeForCausalLM": ("pagoda.engine.models.moe", "GraniteMoeForCausalLM"),
     "Glm4MoeForCausalLM": ("pagoda.engine.models.moe", "Glm4MoeForCausalLM"),
+    "GptOssForCausalLM": ("pagoda.engine.models.gpt_oss", "GptOssForCausalLM"),
     # Latent attention (MLA) with experts: DeepSeek V2/V3, R1, Kimi K2.
     "DeepseekV2ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV2ForCausalLM"),
     "DeepseekV3ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV3ForCausalLM"),

@@ -7,7 +7,7 @@ decides, once, whether the kernels are compiled or interpreted: Triton reads
 TRITON_INTERPRET when a kernel is decorated.
 """
 
-from pagoda.kernels.triton.activation import gelu_tanh_and_mul, silu_and_mul
+from pagoda.kernels.triton.activation import clamped_swiglu_and_mul, gelu_tanh_and_mul, silu_and_mul
 from pagoda.kernels.triton.fp8_linear import fp8_block_linear
 from pagoda.kernels.triton.int_gemm import int_linear
 from pagoda.kernels.triton.kv_cache import store_kv_cache
@@ -18,6 +18,7 @@ from pagoda.kernels.triton.paged_prefill import paged_attention_prefill, paged_a
 from pagoda.kernels.triton.rotary import rotary_embedding
 
 __all__ = [
+    "clamped_swiglu_and_mul",
     "fp8_block_linear",
     "fused_add_rms_norm",
     "fused_moe",

@@ -23,6 +23,7 @@ import triton.language as tl
 NEG_LARGE = tl.constexpr(-1.0e30)
 # Scores are scaled by softmax_scale * log2(e) once, so the softmax runs on exp2.
 LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)
 
 
 def check_layout(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
@@ -55,6 +56,17 @@ def soft_cap(s, qk_scale_log2, softcap_log2):
     cleanly to -1 and 1."""
     z = s * (qk_scale_log2 / softcap_log2)
     return softcap_log2 * (1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0))
+
+
+@triton.jit
+def initial_state(sinks_ptr, heads, mask, HAS_SINKS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The online softmax's (m, l) before any key: empty, or, with attention sinks (GPT-OSS), each
+    row's head's sink logit folded in as a key whose value is zero (m = sink, l = 1, acc stays 0), so
+    the sink takes its share of the normalization and adds nothing to the output."""
+    if HAS_SINKS:
+        m_i = tl.load(sinks_ptr + heads, mask=mask, other=0.0).to(tl.float32) * _LOG2E
+        return m_i, tl.full((BLOCK_M,), 1.0, tl.float32)
+    return tl.full((BLOCK_M,), NEG_LARGE, tl.float32), tl.zeros((BLOCK_M,), tl.float32)
 
 
 @triton.jit

@@ -14,7 +14,7 @@ decode step stays capturable in a CUDA graph; tiles past the last expert's
 run see expert -1 and exit.
 
     gate_up[a] = x[a // k] @ w13[e(a)]^T            (first GEMM, rows gathered per token)
-    act        = silu(gate) * up                     (silu_and_mul kernel)
+    act        = silu(gate) * up                     (silu_and_mul kernel; GPT-OSS: clamped, with biases)
     down[a]    = weight[a] * act[a] @ w2[e(a)]^T     (second GEMM, routing weight fused)
     out[t]     = sum over the token's k rows of down (fp32)
 
@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from pagoda.kernels.reference import IntExperts
-from pagoda.kernels.triton.activation import silu_and_mul
+from pagoda.kernels.reference import ClampedSwiglu, IntExperts
+from pagoda.kernels.triton.activation import clamped_swiglu_and_mul, silu_and_mul
 from pagoda.kernels.triton.attention_tile import mma
 from pagoda.kernels.triton.int_gemm import dequantize_tile
 from pagoda.kernels.triton.launch import exact_dot
@@ -39,9 +39,11 @@ from pagoda.kernels.triton.launch import exact_dot
 
 @triton.jit
 def _moe_gemm_kernel(
-    a_ptr, w_ptr, c_ptr, weights_ptr, sorted_rows_ptr, tile_expert_ptr, s_ptr, z_ptr,
+    a_ptr, w_ptr, c_ptr, weights_ptr, sorted_rows_ptr, tile_expert_ptr, s_ptr, z_ptr, bias_ptr,
     n, k, num_rows, stride_am, stride_we, stride_wn, stride_cm, stride_se, stride_sn, stride_ze, stride_zn,
+    stride_be,
     TOP_K: tl.constexpr, ROWS_BY_TOKEN: tl.constexpr, MUL_WEIGHT: tl.constexpr, EXACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     FP8: tl.constexpr, SCALE_ROWS: tl.constexpr, SCALE_COLS: tl.constexpr,
     INT_BITS: tl.constexpr, GROUP_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -85,6 +87,8 @@ def _moe_gemm_kernel(
             w_ptrs += BLOCK_K
         acc = mma(a, w, acc, EXACT)
         a_ptrs += BLOCK_K
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + expert.to(tl.int64) * stride_be + offs_n, mask=n_in, other=0.0).to(tl.float32)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(weights_ptr + rows, mask=valid, other=0.0)[:, None]
     c_ptrs = c_ptr + rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
@@ -130,20 +134,23 @@ def _grouped_gemm(
     a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, sorted_rows: torch.Tensor, tile_expert: torch.Tensor,
     weights: torch.Tensor, top_k: int, rows_by_token: bool, tiles: tuple[int, int, int],
     scale: torch.Tensor | None, block: tuple[int, int] | None,
-    zeros: torch.Tensor | None = None, bits: int = 0, group_size: int = 0,
+    zeros: torch.Tensor | None = None, bits: int = 0, group_size: int = 0, bias: torch.Tensor | None = None,
 ) -> None:
-    """One GEMM over the sorted rows; `scale` with `block` (FP8) or with `zeros` and `bits` (integers)."""
+    """One GEMM over the sorted rows; `scale` with `block` (FP8) or with `zeros` and `bits` (integers);
+    `bias` [E, N] added to each expert's outputs (before the routing weight)."""
     block_m, block_n, block_k = tiles
     n, k = w.shape[1], w.shape[2] * (32 // bits if bits else 1)
     grid = (tile_expert.numel(), triton.cdiv(n, block_n))
     s = weights if scale is None else scale  # any pointer when there are no scales
     z = weights if zeros is None else zeros
     _moe_gemm_kernel[grid](
-        a, w, out, weights, sorted_rows, tile_expert, s, z,
+        a, w, out, weights, sorted_rows, tile_expert, s, z, weights if bias is None else bias,
         n, k, out.shape[0], a.stride(0), w.stride(0), w.stride(1), out.stride(0),
         0 if scale is None else scale.stride(0), 0 if scale is None else scale.stride(1),
         0 if zeros is None else zeros.stride(0), 0 if zeros is None else zeros.stride(1),
+        0 if bias is None else bias.stride(0),
         TOP_K=top_k, ROWS_BY_TOKEN=rows_by_token, MUL_WEIGHT=not rows_by_token, EXACT=exact_dot(a.dtype),
+        HAS_BIAS=bias is not None,
         FP8=block is not None, SCALE_ROWS=block[0] if block else 1, SCALE_COLS=block[1] if block else 1,
         INT_BITS=bits, GROUP_SIZE=group_size or 1,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
@@ -154,6 +161,7 @@ def fused_moe(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
     w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
     int_experts: IntExperts | None = None, expert_map: torch.Tensor | None = None,
+    biases: tuple[torch.Tensor | None, torch.Tensor | None] | None = None, clamped: ClampedSwiglu | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.fused_moe`."""
     tokens, top_k = topk_ids.shape
@@ -175,9 +183,12 @@ def fused_moe(
         act_args = (q.w13_zeros, q.bits, q.w13_group_size)
         down_args = (q.w2_zeros, q.bits, q.w2_group_size)
         w13_scale, w2_scale = q.w13_scales, q.w2_scales
-    _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles, w13_scale, block, *act_args)
-    act = silu_and_mul(gate_up)
+    b13, b2 = biases or (None, None)
+    _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles, w13_scale, block, *act_args,
+                  bias=b13)
+    act = silu_and_mul(gate_up) if clamped is None else clamped_swiglu_and_mul(gate_up, clamped)
     # Rows of other ranks' experts are never written: zeros, for the sum over a token's k.
     down = (torch.empty if expert_map is None else torch.zeros)(tokens * top_k, hidden, dtype=x.dtype, device=x.device)
-    _grouped_gemm(act, w2, down, sorted_rows, tile_expert, weights, top_k, False, tiles, w2_scale, block, *down_args)
+    _grouped_gemm(act, w2, down, sorted_rows, tile_expert, weights, top_k, False, tiles, w2_scale, block, *down_args,
+                  bias=b2)
     return down.view(tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)

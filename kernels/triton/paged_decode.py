@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagoda.kernels.triton.attention_tile import LOG2E, NEG_LARGE, attend_range, check_layout, finish
+from pagoda.kernels.triton.attention_tile import LOG2E, NEG_LARGE, attend_range, check_layout, finish, initial_state
 from pagoda.kernels.triton.launch import WIDEST_FULL_TILE_DIM, block_for, exact_dot, num_sms
 
 # A split shorter than this spends more on its partial and the merge than it saves.
@@ -36,10 +36,11 @@ MAX_SPLITS = 64
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, seq_lens_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, seq_lens_ptr, out_ptr, part_acc_ptr, part_ml_ptr, sinks_ptr,
     stride_qb, stride_qh, stride_ob, stride_oh, stride_tb, stride_cb, stride_ct, stride_ch,
     block_size, head_dim, num_splits, qk_scale_log2, window, softcap_log2,
     GROUP: tl.constexpr, SPLIT: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -59,8 +60,11 @@ def _decode_kernel(
     io_mask = (rows < GROUP)[:, None] & (dims < head_dim)[None, :]
     q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :], mask=io_mask, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    m_i = tl.full((BLOCK_M,), NEG_LARGE, tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    m_i, l_i = initial_state(sinks_ptr, heads, rows < GROUP, HAS_SINKS, BLOCK_M)
+    if HAS_SINKS:
+        if SPLIT:  # a sink is one key of the whole context: only the first split's partial carries it
+            m_i = tl.where(split == 0, m_i, NEG_LARGE)
+            l_i = tl.where(split == 0, l_i, 0.0)
     acc, m_i, l_i = attend_range(
         acc, m_i, l_i, q, rows, rows,
         k_cache_ptr, v_cache_ptr, tables_ptr + seq.to(tl.int64) * stride_tb, kv_head * stride_ch,
@@ -123,6 +127,7 @@ def paged_attention_decode(
     sliding_window: int | None = None,
     *,
     softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
     block_n: int | None = None,
@@ -133,7 +138,7 @@ def paged_attention_decode(
 
     max_seq_len only bounds the split count (see choose_num_splits); `out`
     may be a view into a larger output (the backend's decode rows); `softcap` > 0 caps the
-    logits (Gemma 2). Key tiles are 64 tokens, or 16 over 8 warps for head dims past 256 (DeepSeek's
+    logits (Gemma 2); `sinks` [Hq] fp32 are attention-sink logits (GPT-OSS). Key tiles are 64 tokens, or 16 over 8 warps for head dims past 256 (DeepSeek's
     576-wide latent, padded to 1024): 64 such keys would not fit sm_90's shared memory.
     """
     batch, num_q_heads, head_dim = q.shape
@@ -155,12 +160,12 @@ def paged_attention_decode(
     block_n = block_n or (16 if wide else 64)
     num_warps = num_warps or (8 if wide else 4)
     _decode_kernel[(batch, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, out, part_acc, part_ml,
+        q, k_cache, v_cache, block_tables, seq_lens, out, part_acc, part_ml, out if sinks is None else sinks,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_size, head_dim, num_splits, scale * LOG2E, sliding_window or 0, softcap * LOG2E,
         GROUP=group, SPLIT=num_splits > 1, HAS_WINDOW=sliding_window is not None, SOFTCAP=softcap > 0,
-        BLOCK_M=block_for(group, 16), BLOCK_N=block_n, BLOCK_D=block_d, EXACT=exact_dot(q.dtype),
+        HAS_SINKS=sinks is not None, BLOCK_M=block_for(group, 16), BLOCK_N=block_n, BLOCK_D=block_d, EXACT=exact_dot(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1:

@@ -22,17 +22,17 @@ import torch
 import triton
 import triton.language as tl
 
-from pagoda.kernels.triton.attention_tile import LOG2E, NEG_LARGE, attend_range, check_layout, finish
+from pagoda.kernels.triton.attention_tile import LOG2E, attend_range, check_layout, finish, initial_state
 from pagoda.kernels.triton.launch import WIDEST_FULL_TILE_DIM, block_for, exact_dot
 
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, query_start_ptr, seq_lens_ptr, out_ptr, limits_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, query_start_ptr, seq_lens_ptr, out_ptr, limits_ptr, sinks_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_tb, stride_cb, stride_ct, stride_ch,
     first_seq, block_size, head_dim, qk_scale_log2, window, softcap_log2,
     GROUP: tl.constexpr, TOKENS: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    HAS_LIMITS: tl.constexpr,
+    HAS_LIMITS: tl.constexpr, HAS_SINKS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
 ):
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -65,8 +65,7 @@ def _prefill_kernel(
     q_rows = (q_start + token).to(tl.int64)
     q = tl.load(q_ptr + q_rows[:, None] * stride_qt + heads[:, None] * stride_qh + dims[None, :], mask=io_mask, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    m_i = tl.full((BLOCK_M,), NEG_LARGE, tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    m_i, l_i = initial_state(sinks_ptr, heads, row_mask, HAS_SINKS, BLOCK_M)
     table = tables_ptr + seq.to(tl.int64) * stride_tb
     masked_from = start
     if not HAS_WINDOW:
@@ -107,6 +106,7 @@ def paged_attention_prefill_varlen(
     num_warps: int | None = None,
     num_stages: int = 2,
     key_limits: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sequences first_seq .. first_seq + num_seqs of a batch; their tokens' rows of out are written.
 
@@ -119,7 +119,8 @@ def paged_attention_prefill_varlen(
     256), whose q and accumulator tiles would otherwise spill on sm_90; past 256 (DeepSeek's
     576-wide latent, padded to 1024) tiles are 16 x 16 over 8 warps.
     `key_limits` [T] int32, given: the last key position each new token may see (its own position,
-    or the end of its image where an image attends to itself both ways, Gemma 3).
+    or the end of its image where an image attends to itself both ways, Gemma 3). `sinks` [Hq] fp32:
+    attention-sink logits (GPT-OSS).
     """
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -140,12 +141,12 @@ def paged_attention_prefill_varlen(
         return out
     _prefill_kernel[(triton.cdiv(max_query_len, tokens), num_kv_heads, num_seqs)](
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out,
-        key_limits if key_limits is not None else seq_lens,
+        key_limits if key_limits is not None else seq_lens, sinks if sinks is not None else seq_lens,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         first_seq, block_size, head_dim, scale * LOG2E, sliding_window or 0, softcap * LOG2E,
         GROUP=group, TOKENS=tokens, HAS_WINDOW=sliding_window is not None, SOFTCAP=softcap > 0,
-        HAS_LIMITS=key_limits is not None,
+        HAS_LIMITS=key_limits is not None, HAS_SINKS=sinks is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_for(head_dim), EXACT=exact,
         num_warps=num_warps, num_stages=num_stages,
     )
@@ -161,6 +162,8 @@ def paged_attention_prefill(
     scale: float,
     sliding_window: int | None = None,
     softcap: float = 0.0,
+    key_limits: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One sequence, with the reference's signature: q [q_len, Hq, D], block_table [max_blocks]."""
     q_len = q.shape[0]
@@ -169,5 +172,5 @@ def paged_attention_prefill(
         q, k_cache, v_cache, block_table.view(1, -1),
         torch.tensor([0, q_len], dtype=torch.int32, device=dev),
         torch.tensor([seq_len], dtype=torch.int32, device=dev),
-        q_len, scale, sliding_window, softcap=softcap,
+        q_len, scale, sliding_window, softcap=softcap, key_limits=key_limits, sinks=sinks,
     )

@@ -115,14 +115,14 @@ def test_prefill_over_an_fp8_cache(cache_dtype: torch.dtype, q_dtype: torch.dtyp
 
 
 def _reference_varlen(q: torch.Tensor, batch: PagedBatch, q_lens: list[int], scale: float, window: int | None,
-                      softcap: float = 0.0) -> torch.Tensor:
+                      softcap: float = 0.0, sinks: torch.Tensor | None = None) -> torch.Tensor:
     parts, start = [], 0
     batch = batch.finite()
     for i, (q_len, seq_len) in enumerate(zip(q_lens, batch.seq_lens)):
         parts.append(
             reference.paged_attention_prefill(
                 q[start : start + q_len], batch.k_cache, batch.v_cache, batch.block_tables[i], seq_len, scale, window,
-                softcap,
+                softcap, sinks=sinks,
             )
         )
         start += q_len
@@ -270,3 +270,32 @@ def test_prefill_with_key_limits(window: int | None, dtype: torch.dtype) -> None
     assert_close(out, expected)
     causal = _reference_varlen(q, batch, q_lens, scale, window)
     assert not torch.allclose(expected.float(), causal.float()), "the limits change what the image tokens see"
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_sinks(window: int | None, dtype: torch.dtype) -> None:
+    """GPT-OSS's per-head sink logits, a key of value zero in every softmax: both kernels (decode with
+    and without splits, where only the first split may count the sink; a chunk over a prefix hit)
+    against the reference, whose sinks the GPT-OSS parity tests check against transformers. Sinks
+    large enough to take most of the mass, so dropping them fails."""
+    g = torch.Generator().manual_seed(7)
+    seq_lens, q_lens = [37, 21], [37, 9]
+    batch = make_paged_batch(seq_lens, kv_heads=2, head_dim=64, block_size=8, dtype=dtype, device=DEVICE, g=g)
+    q = _q(sum(q_lens), 8, 64, dtype, g)
+    sinks = (torch.randn(8, generator=g) * 2 + 2).to(DEVICE)
+    scale = 64**-0.5
+    starts = torch.tensor([0, 37, 46], dtype=torch.int32, device=DEVICE)
+    out = kernels.paged_attention_prefill_varlen(
+        q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), 37, scale, window,
+        block_m=16, block_n=16, sinks=sinks)
+    want = _reference_varlen(q, batch, q_lens, scale, window, sinks=sinks)
+    assert_close(out, want)
+    assert not torch.allclose(want.float(), _reference_varlen(q, batch, q_lens, scale, window).float(), atol=1e-2)
+    decode_q = q[[36, 45]].contiguous()
+    args = (batch.block_tables, batch.seq_lens_tensor(), max(seq_lens), scale, window)
+    ref = batch.finite()
+    for splits in (1, 3):
+        got = kernels.paged_attention_decode(decode_q, batch.k_cache, batch.v_cache, *args, sinks=sinks,
+                                             num_splits=splits, block_n=8)
+        assert_close(got, reference.paged_attention_decode(decode_q, ref.k_cache, ref.v_cache, *args, sinks=sinks))

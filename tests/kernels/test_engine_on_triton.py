@@ -37,7 +37,7 @@ def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
-@pytest.mark.parametrize("arch", ["llama3", "qwen3", "gemma2", "gemma3", "qwen2_moe", "deepseek_v3"])
+@pytest.mark.parametrize("arch", ["llama3", "qwen3", "gemma2", "gemma3", "qwen2_moe", "deepseek_v3", "gpt_oss"])
 def test_greedy_matches_hf_on_triton_kernels(arch: str, tiny_model, triton_everywhere: None) -> None:
     path = tiny_model(arch)
     # A token budget of 7 chunks the prompts, so steps mix decodes with prefill chunks and prefix hits.

@@ -57,6 +57,25 @@ def test_fused_moe_matches_reference(shape: tuple[int, ...], dtype: torch.dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[4]], ids=str)
+def test_fused_moe_with_biases_and_clamped_swiglu(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """GPT-OSS's experts: both GEMMs biased per expert (the second's bias weighted with its output),
+    the clamped SwiGLU between them; without either bias the result differs."""
+    x, w13, w2, weights, ids = _inputs(shape, dtype, seed=sum(shape) + 7)
+    g = torch.Generator().manual_seed(5)
+    experts, inter, hidden = w13.shape[0], w13.shape[1] // 2, w2.shape[1]
+    biases = (torch.randn(experts, 2 * inter, generator=g).to(DEVICE, dtype),
+              torch.randn(experts, hidden, generator=g).to(DEVICE, dtype))
+    act = reference.ClampedSwiglu(alpha=1.702, limit=1.0)
+    out = kernels.fused_moe(x, w13, w2, weights, ids, biases=biases, clamped=act)
+    ref = reference.fused_moe(x, w13, w2, weights, ids, biases=biases, clamped=act)
+    assert_close(out, ref, rel_tol=_tolerance(dtype))
+    for dropped in ((None, biases[1]), (biases[0], None)):
+        other = reference.fused_moe(x, w13, w2, weights, ids, biases=dropped, clamped=act)
+        assert not torch.allclose(other.float(), ref.float(), atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "block"), [(SHAPES[0], (16, 16)), (SHAPES[3], (32, 24)), (SHAPES[4], (128, 128)),
                                               (SHAPES[3], (1, WHOLE))], ids=str)
 def test_fused_moe_of_fp8_experts_matches_reference(shape: tuple[int, ...], block: tuple[int, int],

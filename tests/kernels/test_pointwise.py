@@ -65,6 +65,17 @@ def test_gated_activation(dtype: torch.dtype, d: int, act: str) -> None:
     assert_close(getattr(kernels, act)(x), getattr(reference, act)(x))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_clamped_swiglu(dtype: torch.dtype) -> None:
+    """GPT-OSS's experts' activation, on values well past its clamp on both sides."""
+    act = reference.ClampedSwiglu(alpha=1.702, limit=2.5)
+    x = _randn(6, 2 * 96, dtype=dtype, g=_gen(96)) * 4
+    want = reference.clamped_swiglu_and_mul(x, act)
+    assert_close(kernels.clamped_swiglu_and_mul(x, act), want)
+    unclamped = reference.clamped_swiglu_and_mul(x, reference.ClampedSwiglu(alpha=1.702, limit=1e4))
+    assert not torch.allclose(want.float(), unclamped.float())
+
+
 def _rope_table(head_dim: int, rope: RopeConfig, partial: float = 1.0, max_pos: int = 4096) -> tuple[torch.Tensor, int]:
     rope = RopeConfig(rope.theta, rope.scaling_type, rope.scaling, partial)
     layer = RotaryEmbedding(head_dim, max_pos, rope)
