@@ -14,7 +14,8 @@ SCHEDULING_POLICIES = ("fcfs", "priority")
 # vLLM's --quantization names of checkpoint formats (its marlin kernels' names included), each the
 # quant_method it requires of the checkpoint; "fp8" alone quantizes at load.
 CHECKPOINT_QUANTIZATIONS = {"gptq": "gptq", "gptq_marlin": "gptq", "awq": "awq", "awq_marlin": "awq",
-                            "compressed-tensors": "compressed-tensors", "bitsandbytes": "bitsandbytes"}
+                            "compressed-tensors": "compressed-tensors", "bitsandbytes": "bitsandbytes",
+                            "mxfp4": "mxfp4"}
 # Quantizations applied at load to a full-precision checkpoint (any checkpoint format names its own).
 ONLINE_QUANTIZATIONS = ("fp8", "bitsandbytes")
 QUANTIZATIONS = ("fp8", *CHECKPOINT_QUANTIZATIONS)

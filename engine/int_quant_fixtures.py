@@ -149,3 +149,47 @@ def make_bnb_model(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, d
             plain[f"{name}.weight"] = bnb.dequantize_4bit(module.weight.data, state).to(plain[f"{name}.weight"].dtype)
     write_variant(model_dir, dequantized_dir, plain)
     return out_dir
+
+
+# GPT-OSS's stacked experts, [E, in, out] as transformers holds them.
+_GPT_OSS_EXPERTS = re.compile(r"\.mlp\.experts\.(gate_up_proj|down_proj)$")
+# E2M1's values by code, written out from the format's definition (1 sign, 2 exponent, 1 mantissa bits).
+_E2M1 = [sign * (mantissa / 2 if exponent == 0 else (1 + mantissa / 2) * 2 ** (exponent - 1))
+         for sign in (1.0, -1.0) for exponent in range(4) for mantissa in range(2)]
+
+
+def _mxfp4_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(blocks uint8 [..., G, 16], scales uint8 [..., G], dequantized weight) of `weight` [..., K]
+    quantized along K in groups of 32 as the OCP MX spec says: a group's scale is 2 ** (floor(log2
+    of its largest magnitude) - 2) (E2M1's largest exponent), each value the nearest E2M1 code of
+    value / scale (saturating at 6)."""
+    *lead, k = weight.shape
+    groups = weight.float().reshape(*lead, k // 32, 32)
+    amax = groups.abs().amax(dim=-1, keepdim=True).clamp_min(2.0**-100)
+    exponent = torch.floor(torch.log2(amax)) - 2
+    values = torch.tensor(_E2M1)
+    codes = ((groups / 2.0**exponent)[..., None] - values).abs().argmin(dim=-1).to(torch.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    dequantized = (values[codes.long()] * 2.0**exponent).reshape(*lead, k)
+    return blocks, (exponent[..., 0] + 127).to(torch.uint8), dequantized
+
+
+def make_mxfp4_model(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path,
+                     dequantized_dir: str | pathlib.Path) -> pathlib.Path:
+    """The GPT-OSS fixture in `model_dir` as OpenAI ships gpt-oss, its experts in MXFP4
+    (`<stack>_blocks` [E, out, in / 32, 16], `<stack>_scales` [E, out, in / 32]; biases, attention,
+    routers, embeddings and head as they were), and in `dequantized_dir` the plain checkpoint of the
+    weights the MXFP4 stacks stand for."""
+    tensors = read_weights(model_dir)
+    packed, plain = {}, dict(tensors)
+    for name, weight in tensors.items():
+        if not _GPT_OSS_EXPERTS.search(name):
+            packed[name] = weight
+            continue
+        blocks, scales, dequantized = _mxfp4_groups(weight.transpose(1, 2))  # [E, out, in]
+        packed[f"{name}_blocks"], packed[f"{name}_scales"] = blocks, scales
+        plain[name] = dequantized.transpose(1, 2).contiguous().to(weight.dtype)
+    write_variant(model_dir, dequantized_dir, plain)
+    not_converted = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
+    return write_variant(model_dir, out_dir, packed,
+                         quantization_config={"quant_method": "mxfp4", "modules_to_not_convert": not_converted})

@@ -16,6 +16,7 @@ import torch
 
 from pagoda.engine.layers.int_quant import IntQuantConfig
 from pagoda.engine.models.bnb_format import bitsandbytes_config
+from pagoda.engine.models.mxfp4 import mxfp4_config
 from pagoda.engine.models.fp8_formats import Fp8Config, compressed_tensors_fp8_config, fp8_config, is_float_quantized
 from pagoda.engine.models.quant_formats import INT_METHODS
 
@@ -52,7 +53,7 @@ class RopeConfig:
 
 
 # quant_method values of config.json's quantization_config that the engine cannot serve yet.
-_UNSUPPORTED_QUANT = "bitsandbytes 8-bit, gguf, hqq, compressed-tensors 2:4 sparse or FP4"
+_UNSUPPORTED_QUANT = "bitsandbytes 8-bit, gguf, hqq, compressed-tensors 2:4 sparse or NVFP4"
 
 
 @dataclass(frozen=True)
@@ -289,9 +290,11 @@ def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
         return INT_METHODS[method](quant)
     if method == "bitsandbytes":
         return bitsandbytes_config(quant)
+    if method == "mxfp4":
+        return mxfp4_config(quant)
     raise ValueError(f"quantization {method!r} is not supported (supported: fp8 (block-wise, per-channel or "
                      f"per-tensor), 4- and 8-bit weight-only gptq and awq, compressed-tensors pack-quantized and "
-                     f"float-quantized, bitsandbytes 4-bit; not yet: {_UNSUPPORTED_QUANT})")
+                     f"float-quantized, bitsandbytes 4-bit, mxfp4 experts; not yet: {_UNSUPPORTED_QUANT})")
 
 
 # Multimodal architectures whose image inputs are served.

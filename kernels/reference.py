@@ -218,15 +218,17 @@ def paged_attention_prefill(
 @dataclass(frozen=True)
 class IntExperts:
     """The integer quantization of a stack of experts (see `int_linear`): scales and zeros
-    [E, N, G] per GEMM, and each GEMM's group size (they differ when channel-wise)."""
+    [E, N, G] per GEMM, and each GEMM's group size (they differ when channel-wise); with a
+    `codebook` (MXFP4's FP4 values) the integers index it and there are no zeros."""
 
     w13_scales: torch.Tensor
-    w13_zeros: torch.Tensor
+    w13_zeros: torch.Tensor | None
     w2_scales: torch.Tensor
-    w2_zeros: torch.Tensor
+    w2_zeros: torch.Tensor | None
     bits: int
     w13_group_size: int
     w2_group_size: int
+    codebook: torch.Tensor | None = None
 
 
 def fused_moe(
@@ -254,7 +256,8 @@ def fused_moe(
             q = int_experts
             scales, zeros, size = ((q.w13_scales, q.w13_zeros, q.w13_group_size) if w is w13 else
                                    (q.w2_scales, q.w2_zeros, q.w2_group_size))
-            return int_dequantize(w[expert], scales[expert], zeros[expert], None, q.bits, size).to(x.dtype)
+            return int_dequantize(w[expert], scales[expert], None if zeros is None else zeros[expert], None, q.bits,
+                                  size, q.codebook).to(x.dtype)
         if block is None:
             return w[expert]
         return fp8_block_dequantize(w[expert], scale[expert], block).to(x.dtype)
@@ -304,7 +307,7 @@ def int_unpack(qweight: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def int_dequantize(
-    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor | None, bits: int,
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, g_idx: torch.Tensor | None, bits: int,
     group_size: int, codebook: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The real weight (fp32) [N, K] of integer weights: (q - zero) * scale of the column's group,

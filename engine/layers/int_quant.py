@@ -109,6 +109,8 @@ NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.
        -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
        0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
 NF4_GROUP = 64  # bitsandbytes' block
+# E2M1's 16 values by their 4-bit code, the sign in the top bit (MXFP4, OCP microscaling).
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 
 def quantize_codebook_groups(weight: torch.Tensor, codebook: torch.Tensor, group_size: int) -> tuple[

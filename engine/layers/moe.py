@@ -23,7 +23,7 @@ from torch import nn
 
 from pagoda.engine.distributed import expert_parallel, tp_rank, tp_size
 from pagoda.engine.layers.fp8 import block_span, fp8_weight, quantize_fp8_blocks, read_scales, scale_grid
-from pagoda.engine.layers.int_quant import IntQuantConfig
+from pagoda.engine.layers.int_quant import FP4_VALUES, IntQuantConfig
 from pagoda.engine.layers.linear import divide
 from pagoda.engine.layers.weights import copy_into, read_full, read_shard, source_shape
 from pagoda.kernels import ops
@@ -179,9 +179,10 @@ class FusedMoE(nn.Module):
 
     def use_int_quant(self, cfg: IntQuantConfig, scale_dtype: torch.dtype) -> None:
         """Holds every expert's weights as packed integers with group scales and zeros (GPTQ, AWQ or
-        compressed-tensors experts, e.g. Qwen3-30B-A3B-GPTQ-Int4); this rank's share of each expert's
-        intermediate columns must be whole groups."""
-        if cfg.act_order or cfg.codebook:
+        compressed-tensors experts, e.g. Qwen3-30B-A3B-GPTQ-Int4) or FP4 codes with power-of-two
+        group scales (MXFP4: gpt-oss); this rank's share of each expert's intermediate columns must be
+        whole groups."""
+        if cfg.act_order or (cfg.codebook and cfg.method != "mxfp4"):
             raise ValueError(f"{cfg.method} experts with {'act-order (desc_act, g_idx)' if cfg.act_order else 'a codebook'}"
                              " are not supported")
         hidden, size = self.w2.shape[1], self.per_rank
@@ -208,10 +209,13 @@ class FusedMoE(nn.Module):
         self.w2_scales = param((experts, hidden, i_here), scale_dtype, None if every_group else i_group)
         self.w2_zeros = param((experts, hidden, i_here), torch.uint8, None if every_group else i_group)
         if not cfg.stored_zeros:
-            for name in ("w13_zeros", "w2_zeros"):
-                zeros = getattr(self, name).data.fill_(1 << (cfg.bits - 1))
+            for name in ("w13_zeros", "w2_zeros"):  # symmetric: every zero point is the middle; a codebook has none
+                zeros = None if cfg.codebook else getattr(self, name).data.fill_(1 << (cfg.bits - 1))
                 delattr(self, name)
                 self.register_buffer(name, zeros)
+        # MXFP4's integers stand for FP4's values, the same for every checkpoint.
+        self.register_buffer("int_codebook", torch.tensor(FP4_VALUES, dtype=torch.float32, device=device)
+                             if cfg.codebook else None)
         self.int_group_sizes = (h_group, i_group)
 
     def _int_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int], unit: int | None) -> None:
@@ -236,7 +240,7 @@ class FusedMoE(nn.Module):
                       biases=None if self.w13_bias is None else (self.w13_bias, self.w2_bias))
         if self.int_quant is not None:
             quant = IntExperts(self.w13_scales, self.w13_zeros, self.w2_scales, self.w2_zeros, self.int_quant.bits,
-                               *self.int_group_sizes)
+                               *self.int_group_sizes, self.int_codebook)
             return ops.fused_moe(x, self.w13_qweight, self.w2_qweight, topk_weights, topk_ids, int_experts=quant,
                                  **common)
         if self.fp8_block is None:

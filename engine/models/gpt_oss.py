@@ -25,31 +25,49 @@ from torch import nn
 from pagoda.engine.distributed import all_reduce
 from pagoda.engine.layers.linear import ReplicatedLinear
 from pagoda.engine.layers.moe import STACKED, FusedMoE, route
-from pagoda.engine.layers.weights import read_full
+from pagoda.engine.layers.weights import copy_into, read_full
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.llama import LlamaForCausalLM
 from pagoda.kernels.reference import ClampedSwiglu
 
-# experts.gate_up_proj[_bias] / experts.down_proj[_bias]: every expert's, stacked.
-_EXPERTS = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<part>gate_up_proj|down_proj)(?P<bias>_bias)?$")
+# Every expert's tensors, stacked: experts.gate_up_proj / experts.down_proj and their `_bias`, or, in an
+# MXFP4 checkpoint, their `.qweight` and `.scales` (as the format names them once read).
+_EXPERTS = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<part>gate_up_proj|down_proj)(?P<leaf>_bias|\.qweight|\.scales)?$")
+_LEAVES = {None: "", "_bias": "_bias", ".qweight": "_qweight", ".scales": "_scales"}
 
 
-def deinterleave(gate_up: torch.Tensor) -> torch.Tensor:
-    """[..., 2I] with gate and up alternating -> [..., 2I] with the I gates, then the I ups."""
-    return torch.cat([gate_up[..., 0::2], gate_up[..., 1::2]], dim=-1)
+def deinterleave(gate_up: torch.Tensor, dim: int) -> torch.Tensor:
+    """gate and up alternating along `dim` -> the gates, then the ups."""
+    pairs = gate_up.unflatten(dim, (-1, 2))
+    pair_dim = dim + 1 if dim >= 0 else dim
+    return torch.cat([pairs.select(pair_dim, 0), pairs.select(pair_dim, 1)], dim=dim)
 
 
 class GptOssExperts(FusedMoE):
-    """The fused experts, loaded from transformers' transposed, interleaved stacks."""
+    """The fused experts, loaded from transformers' transposed, interleaved stacks or MXFP4's."""
 
-    def weight_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int]) -> None:
+    def _read_stack(self, src: Any, shard: tuple[int | str, int], dim: int) -> torch.Tensor:
+        """This rank's experts of a stacked tensor, gate and up (alternating along `dim`) separated."""
         expert, part = shard
         if expert != STACKED:
             raise ValueError("GPT-OSS experts are stored stacked")
         local = read_full(self._local_stack(src))
-        if part == 0:  # gate/up alternate along the last dim of both the weight [E, H, 2I] and the bias [E, 2I]
-            local = deinterleave(local)
-        self.load_local_stack(param, local.transpose(1, 2) if local.dim() == 3 else local, part)
+        return deinterleave(local, dim) if part == 0 else local
+
+    def weight_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int]) -> None:
+        # The weights are [E, in, out] (gate and up alternating along out), the biases [E, out].
+        local = self._read_stack(src, shard, -1)
+        self.load_local_stack(param, local.transpose(1, 2) if local.dim() == 3 else local, shard[1])
+
+    def _int_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int], unit: int | None) -> None:
+        # MXFP4 words and scales are [E, out, in / unit] (gate and up alternating along out).
+        local = self._read_stack(src, shard, 1)
+        size, start = self.per_rank, self.shard_start
+        if shard[1] == 2:
+            copy_into(param.data, local if unit is None else local.narrow(2, start // unit, size // unit))
+            return
+        for half in (0, 1):
+            copy_into(param.data.narrow(1, half * size, size), local.narrow(1, half * self.intermediate_size + start, size))
 
 
 class GptOssMoeBlock(nn.Module):
@@ -86,6 +104,5 @@ class GptOssForCausalLM(LlamaForCausalLM):
             return name.replace(".self_attn.sinks", ".self_attn.attn.sinks"), None
         if match := _EXPERTS.match(name):
             down = match["part"] == "down_proj"
-            param = ("w2" if down else "w13") + ("_bias" if match["bias"] else "")
-            return f"{match['layer']}.{param}", (STACKED, 2 if down else 0)
+            return f"{match['layer']}.{'w2' if down else 'w13'}{_LEAVES[match['leaf']]}", (STACKED, 2 if down else 0)
         return super().checkpoint_target(name)

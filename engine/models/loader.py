@@ -23,15 +23,17 @@ from pagoda.engine.layers.weights import default_weight_loader, read_full
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.fp8_formats import Fp8Config
 from pagoda.engine.models.bnb_format import BitsAndBytesFormat
+from pagoda.engine.models.mxfp4 import Mxfp4Format
 from pagoda.engine.models.quant_formats import CheckpointFormat
 from pagoda.engine.models.registry import model_class
 
-IntCheckpointFormat = CheckpointFormat | BitsAndBytesFormat
+IntCheckpointFormat = CheckpointFormat | BitsAndBytesFormat | Mxfp4Format
+_CODEBOOK_FORMATS = {"bitsandbytes": BitsAndBytesFormat, "mxfp4": Mxfp4Format}
 
 
 def int_checkpoint_format(config: IntQuantConfig) -> IntCheckpointFormat:
     """The reader of an integer-quantized checkpoint's tensors."""
-    return BitsAndBytesFormat(config) if config.method == "bitsandbytes" else CheckpointFormat(config)
+    return _CODEBOOK_FORMATS.get(config.method, CheckpointFormat)(config)
 
 
 # Tensors some checkpoints carry that are recomputed here, never loaded.

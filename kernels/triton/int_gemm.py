@@ -42,17 +42,17 @@ def dequantize_tile(
     q = tl.reshape((words[:, None, :] >> shifts) & ((1 << BITS) - 1), (BLOCK_K, BLOCK_N))
     if HAS_G_IDX:
         group = tl.load(g_ptr + kk, mask=k_in, other=0)[:, None]
-        scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
-        zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
+        mask = tile_in
     elif ONE_GROUP_PER_TILE:
-        scale = tl.load(s_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0.0).to(tl.float32)
-        zero = tl.load(z_rows + k0 // GROUP_SIZE, mask=n_in[None, :], other=0).to(tl.int32)
+        group = k0 // GROUP_SIZE
+        mask = n_in[None, :]
     else:
         group = (kk // GROUP_SIZE)[:, None]
-        scale = tl.load(s_rows + group, mask=tile_in, other=0.0).to(tl.float32)
-        zero = tl.load(z_rows + group, mask=tile_in, other=0).to(tl.int32)
-    if CODEBOOK:  # 16 entries: a gather that stays in L1
+        mask = tile_in
+    scale = tl.load(s_rows + group, mask=mask, other=0.0).to(tl.float32)
+    if CODEBOOK:  # 16 entries: a gather that stays in L1; no zero points
         return tl.load(c_ptr + q).to(tl.float32) * scale
+    zero = tl.load(z_rows + group, mask=mask, other=0).to(tl.int32)
     return (q - zero).to(tl.float32) * scale
 
 

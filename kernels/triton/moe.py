@@ -21,7 +21,8 @@ run see expert -1 and exit.
 FP8 experts (block-scaled, as Qwen3-30B-A3B-FP8 ships them) are read as one
 byte per weight and dequantized in registers by their expert's block scales;
 integer experts (GPTQ, AWQ, compressed-tensors: Qwen3-30B-A3B-GPTQ-Int4) as
-packed words, unpacked and scaled by their expert's group scales and zeros.
+packed words, unpacked and scaled by their expert's group scales and zeros, or,
+for MXFP4 (GPT-OSS), looked up in FP4's 16 values and scaled by their group's power of two.
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ from pagoda.kernels.triton.launch import exact_dot
 
 @triton.jit
 def _moe_gemm_kernel(
-    a_ptr, w_ptr, c_ptr, weights_ptr, sorted_rows_ptr, tile_expert_ptr, s_ptr, z_ptr, bias_ptr,
+    a_ptr, w_ptr, c_ptr, weights_ptr, sorted_rows_ptr, tile_expert_ptr, s_ptr, z_ptr, bias_ptr, book_ptr,
     n, k, num_rows, stride_am, stride_we, stride_wn, stride_cm, stride_se, stride_sn, stride_ze, stride_zn,
     stride_be,
     TOP_K: tl.constexpr, ROWS_BY_TOKEN: tl.constexpr, MUL_WEIGHT: tl.constexpr, EXACT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     FP8: tl.constexpr, SCALE_ROWS: tl.constexpr, SCALE_COLS: tl.constexpr,
-    INT_BITS: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    INT_BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, CODEBOOK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -73,8 +74,8 @@ def _moe_gemm_kernel(
         k_in = offs_k < k - k0
         a = tl.load(a_ptrs, mask=valid[:, None] & k_in[None, :], other=0.0)
         if INT_BITS:
-            w = dequantize_tile(w_ptrs, s_rows, z_rows, s_ptr, s_ptr, k0, k, offs_k, offs_w, n_in, INT_BITS,
-                                GROUP_SIZE, False, GROUP_SIZE % BLOCK_K == 0, False, BLOCK_K,
+            w = dequantize_tile(w_ptrs, s_rows, z_rows, s_ptr, book_ptr, k0, k, offs_k, offs_w, n_in, INT_BITS,
+                                GROUP_SIZE, False, GROUP_SIZE % BLOCK_K == 0, CODEBOOK, BLOCK_K,
                                 BLOCK_N).to(a_ptr.dtype.element_ty)
             w_ptrs += WORDS
         else:
@@ -134,9 +135,11 @@ def _grouped_gemm(
     a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, sorted_rows: torch.Tensor, tile_expert: torch.Tensor,
     weights: torch.Tensor, top_k: int, rows_by_token: bool, tiles: tuple[int, int, int],
     scale: torch.Tensor | None, block: tuple[int, int] | None,
-    zeros: torch.Tensor | None = None, bits: int = 0, group_size: int = 0, bias: torch.Tensor | None = None,
+    zeros: torch.Tensor | None = None, bits: int = 0, group_size: int = 0, codebook: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> None:
-    """One GEMM over the sorted rows; `scale` with `block` (FP8) or with `zeros` and `bits` (integers);
+    """One GEMM over the sorted rows; `scale` with `block` (FP8) or with `bits` and `zeros` or a
+    `codebook` (integers);
     `bias` [E, N] added to each expert's outputs (before the routing weight)."""
     block_m, block_n, block_k = tiles
     n, k = w.shape[1], w.shape[2] * (32 // bits if bits else 1)
@@ -145,6 +148,7 @@ def _grouped_gemm(
     z = weights if zeros is None else zeros
     _moe_gemm_kernel[grid](
         a, w, out, weights, sorted_rows, tile_expert, s, z, weights if bias is None else bias,
+        weights if codebook is None else codebook,
         n, k, out.shape[0], a.stride(0), w.stride(0), w.stride(1), out.stride(0),
         0 if scale is None else scale.stride(0), 0 if scale is None else scale.stride(1),
         0 if zeros is None else zeros.stride(0), 0 if zeros is None else zeros.stride(1),
@@ -152,7 +156,7 @@ def _grouped_gemm(
         TOP_K=top_k, ROWS_BY_TOKEN=rows_by_token, MUL_WEIGHT=not rows_by_token, EXACT=exact_dot(a.dtype),
         HAS_BIAS=bias is not None,
         FP8=block is not None, SCALE_ROWS=block[0] if block else 1, SCALE_COLS=block[1] if block else 1,
-        INT_BITS=bits, GROUP_SIZE=group_size or 1,
+        INT_BITS=bits, GROUP_SIZE=group_size or 1, CODEBOOK=codebook is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
     )
 
@@ -180,8 +184,8 @@ def fused_moe(
     down_args: tuple = ()
     if int_experts is not None:
         q = int_experts
-        act_args = (q.w13_zeros, q.bits, q.w13_group_size)
-        down_args = (q.w2_zeros, q.bits, q.w2_group_size)
+        act_args = (q.w13_zeros, q.bits, q.w13_group_size, q.codebook)
+        down_args = (q.w2_zeros, q.bits, q.w2_group_size, q.codebook)
         w13_scale, w2_scale = q.w13_scales, q.w2_scales
     b13, b2 = biases or (None, None)
     _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles, w13_scale, block, *act_args,

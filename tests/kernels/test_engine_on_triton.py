@@ -16,7 +16,7 @@ import pagoda.kernels.triton as kernels
 from pagoda.engine import model_runner
 from pagoda.engine.attention.triton_backend import TritonAttentionBackend
 from pagoda.engine.fixtures import make_fp8_model
-from pagoda.engine.int_quant_fixtures import make_bnb_model, make_int_quant_model
+from pagoda.engine.int_quant_fixtures import make_bnb_model, make_int_quant_model, make_mxfp4_model
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.kernels import ops
@@ -66,14 +66,17 @@ def test_fp8_checkpoint_on_triton_kernels(arch: str, options: dict, tiny_model, 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
 @pytest.mark.parametrize(("arch", "method", "options"), [
     ("qwen3", "gptq", {"act_order": True}), ("qwen3", "awq", {"group_size": 32}), ("qwen3_moe", "gptq", {}),
-    ("llama3", "bitsandbytes", {}),
+    ("llama3", "bitsandbytes", {}), ("gpt_oss", "mxfp4", {}),
 ])
 def test_int4_checkpoint_on_triton_kernels(arch: str, method: str, options: dict, tiny_model, tmp_path,
                                            triton_everywhere: None) -> None:
     """Every projection through the integer GEMM (GPTQ with act-order, AWQ, bitsandbytes' NF4 codebook) and
-    packed experts through the fused MoE kernel: Hugging Face's greedy tokens on the dequantized weights."""
+    packed experts through the fused MoE kernel (GPTQ, GPT-OSS's MXFP4 with FP4's codebook): Hugging Face's
+    greedy tokens on the dequantized weights."""
     if method == "bitsandbytes":
         path = make_bnb_model(tiny_model(arch), tmp_path / "q", tmp_path / "dq")
+    elif method == "mxfp4":
+        path = make_mxfp4_model(tiny_model(arch), tmp_path / "q", tmp_path / "dq")
     else:
         path = make_int_quant_model(tiny_model(arch), tmp_path / "q", tmp_path / "dq", method, **options)
     llm = LLM(str(path), device="cpu", max_num_batched_tokens=7, block_size=4, max_num_seqs=3)

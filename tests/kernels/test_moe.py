@@ -7,7 +7,7 @@ import torch
 
 import pagoda.kernels.triton as kernels
 from pagoda.engine.layers.fp8 import WHOLE, quantize_fp8_blocks
-from pagoda.engine.layers.int_quant import pack_along_rows, quantize_int_groups
+from pagoda.engine.layers.int_quant import FP4_VALUES, pack_along_rows, quantize_int_groups
 from pagoda.kernels import reference
 from pagoda.kernels.triton.launch import interpreting
 from pagoda.kernels.triton.moe import sort_by_expert
@@ -156,6 +156,31 @@ def test_fused_moe_of_int_experts_matches_reference(shape: tuple[int, ...], bits
     x = x.to(dtype)
     out = kernels.fused_moe(x, q13, q2, weights, ids, int_experts=quant)
     ref = reference.fused_moe(x, q13, q2, weights, ids, int_experts=quant)
+    assert_close(out, ref, rel_tol=_tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 4, 2, 64, 96), (150, 6, 2, 64, 128)], ids=str)
+def test_fused_moe_of_mxfp4_experts_matches_reference(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """GPT-OSS's MXFP4 experts: FP4 codes looked up in the codebook (no zero points), a power-of-two
+    scale per group of 32, with its biases and clamped SwiGLU; random codes over every value."""
+    tokens, experts, top_k, hidden, inter = shape
+    x, _, _, weights, ids = _inputs(shape, dtype, seed=sum(shape) + 3)
+    g = torch.Generator().manual_seed(3)
+
+    def stack(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = torch.randint(0, 16, (experts, n, k), generator=g)
+        scales = 2.0 ** torch.randint(-4, 0, (experts, n, k // 32), generator=g)
+        return (torch.stack([pack_along_rows(c, 4) for c in codes]).to(DEVICE), scales.to(DEVICE, torch.bfloat16))
+
+    (q13, s13), (q2, s2) = stack(2 * inter, hidden), stack(hidden, inter)
+    codebook = torch.tensor(FP4_VALUES, device=DEVICE)
+    quant = reference.IntExperts(s13, None, s2, None, 4, 32, 32, codebook)
+    biases = (torch.randn(experts, 2 * inter, generator=g).to(DEVICE, dtype),
+              torch.randn(experts, hidden, generator=g).to(DEVICE, dtype))
+    act = reference.ClampedSwiglu(alpha=1.702, limit=7.0)
+    out = kernels.fused_moe(x, q13, q2, weights, ids, int_experts=quant, biases=biases, clamped=act)
+    ref = reference.fused_moe(x, q13, q2, weights, ids, int_experts=quant, biases=biases, clamped=act)
     assert_close(out, ref, rel_tol=_tolerance(dtype))
 
 
