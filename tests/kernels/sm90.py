@@ -30,7 +30,7 @@ from triton.compiler import ASTSource
 
 import pagoda.kernels.triton as kernels
 from pagoda.engine.layers.fp8 import WHOLE
-from pagoda.kernels.reference import IntExperts
+from pagoda.kernels.reference import ClampedSwiglu, IntExperts
 from pagoda.kernels.triton import (activation, fp8_linear, int_gemm, kv_cache, moe, norm, paged_decode, paged_prefill,
                                    rotary)
 
@@ -146,6 +146,13 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
         call("decode-mla", lambda: kernels.paged_attention_decode(q3, latent, latent, tables, lens, 32, 0.1, num_splits=4))
         call("prefill-mla", lambda: kernels.paged_attention_prefill_varlen(
             q3, latent, latent, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
+        # GPT-OSS-120B's attention sinks (64 query heads over 8 KV heads of 64, window 128).
+        oss = torch.empty(8, 16, 8, 64, dtype=torch.bfloat16)
+        q4, sinks = torch.empty(4, 64, 64, dtype=torch.bfloat16), torch.empty(64)
+        call("decode-sinks", lambda: kernels.paged_attention_decode(
+            q4, oss, oss, tables, lens, 32, 0.125, 128, sinks=sinks, num_splits=4))
+        call("prefill-sinks", lambda: kernels.paged_attention_prefill_varlen(
+            q4, oss, oss, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.125, 128, sinks=sinks))
         call("prefill-fp8cache", lambda: kernels.paged_attention_prefill_varlen(
             q, cache, cache, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
         call("store-fp8cache", lambda: kernels.store_kv_cache(q[:, :8], q[:, :8], cache, cache, lens.long()))
@@ -197,6 +204,17 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
                 torch.empty(tokens, 2048, dtype=torch.bfloat16), torch.empty(8, 2 * 768, 2048 // 8, dtype=torch.int32),
                 torch.empty(8, 2048, 768 // 8, dtype=torch.int32), torch.ones(tokens, 8),
                 torch.arange(tokens * 8).view(tokens, 8) % 8, int_experts=int4))
+        # GPT-OSS-120B's MXFP4 experts (8 of its 128; 2880 wide): FP4 codes, bf16 power-of-two scales per 32,
+        # biases and the clamped SwiGLU.
+        mxfp4 = IntExperts(torch.empty(8, 2 * 2880, 90, dtype=torch.bfloat16), None,
+                           torch.empty(8, 2880, 90, dtype=torch.bfloat16), None, 4, 32, 32, torch.empty(16))
+        biases = (torch.empty(8, 2 * 2880, dtype=torch.bfloat16), torch.empty(8, 2880, dtype=torch.bfloat16))
+        for tokens in (4, 300):
+            call(f"moe-mxfp4-t{tokens}", lambda: kernels.fused_moe(
+                torch.empty(tokens, 2880, dtype=torch.bfloat16), torch.empty(8, 2 * 2880, 2880 // 8, dtype=torch.int32),
+                torch.empty(8, 2880, 2880 // 8, dtype=torch.int32), torch.ones(tokens, 4),
+                torch.arange(tokens * 4).view(tokens, 4) % 8, int_experts=mxfp4, biases=biases,
+                clamped=ClampedSwiglu(1.702, 7.0)))
     finally:
         for module, name in modules.items():
             setattr(module, name, originals[module])
