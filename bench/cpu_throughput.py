@@ -8,7 +8,7 @@ Every request has its own random-token prompt (uniform lengths) and the same num
 of output tokens with EOS ignored, so all three do exactly the same useful work;
 the reported figure is useful output tokens per second and the ratios between them.
 
-    python -m bench.cpu_throughput [--arch llama|deepseek_v3] [--num-seqs 32] [--output-len 32]
+    python -m bench.cpu_throughput [--arch llama|deepseek_v3|gpt_oss] [--num-seqs 32] [--output-len 32]
 
 With --arch deepseek_v3 the model is DeepSeek-V3-shaped (latent attention, grouped sigmoid router,
 shared expert, a dense first layer), and the record adds the KV-cache bytes per token that latent
@@ -40,6 +40,10 @@ SHAPES = {
                         qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=16, num_experts_per_tok=4, n_group=4,
                         topk_group=2, moe_intermediate_size=192, first_k_dense_replace=1,
                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    # GPT-OSS's structure at that size: sinks, 64-wide heads, sliding (window 128) and full layers
+    # alternating, 16 biased experts with the clamped SwiGLU (4 routed per token).
+    "gpt_oss": dict(MODEL_SHAPE, head_dim=64, num_local_experts=16, num_experts_per_tok=4, intermediate_size=192,
+                    sliding_window=128, swiglu_limit=7.0),
 }
 # (layers, attention heads, kv_lora_rank + qk_rope_head_dim, qk head dim, v head dim) of config.json.
 MLA_MODELS = {"DeepSeek-V3 / R1": (61, 128, 576, 192, 128), "DeepSeek-V2-Lite": (27, 16, 576, 192, 128),
@@ -97,7 +101,10 @@ def run_hf_generate(path: str, prompts: list[list[int]], output_len: int, batch_
 
 
 def run_hf_generate_batch(path: str, prompts: list[list[int]], output_len: int) -> dict:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="paged|sdpa").eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="paged|sdpa").eval()
+    except ValueError:  # families without an SDPA path (GPT-OSS's sinks) page their eager attention
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="paged|eager").eval()
     config = _hf_config(output_len)
     model.generate_batch(inputs=[prompts[0]], generation_config=_hf_config(2))
     start = time.perf_counter()

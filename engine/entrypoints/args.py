@@ -19,13 +19,14 @@ from typing import Any
 
 from pagoda.engine.config import KV_CACHE_DTYPES, QUANTIZATIONS, SCHEDULING_POLICIES, EngineConfig
 from pagoda.engine.spec_decode import SpeculativeConfig
+from pagoda.engine.entrypoints import harmony
 from pagoda.engine.entrypoints.reply import REASONING_PARSERS
 from pagoda.engine.entrypoints.tool_parsers import AUTO_PARSERS
 
 ENV_PREFIX = "PAGODA_"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-TOOL_CALL_PARSERS = ("auto", *AUTO_PARSERS, "none")
+TOOL_CALL_PARSERS = ("auto", *AUTO_PARSERS, harmony.TOOL_PARSER, "none")
 
 
 @dataclass
@@ -212,7 +213,7 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("allowed-media-domains", _domains, "hosts that image URLs may name, comma-separated (default: any; "
           "data: URLs always)"),
     _Flag("reasoning-parser", str, "return a reasoning model's thinking as `reasoning`, apart from the content",
-          ("none", *REASONING_PARSERS)),
+          ("none", *REASONING_PARSERS, harmony.REASONING_PARSER)),
 )
 
 

@@ -40,12 +40,15 @@ from pagoda.engine.entrypoints.serving_engine import (
     ChoiceState,
     OpenAIServing,
     Prompt,
+    ReplyReader,
     RequestContext,
     bad_request,
     beam_usage,
     new_token_ids,
     vllm_prompt_logprobs,
 )
+from pagoda.engine.entrypoints import harmony
+from pagoda.engine.entrypoints.harmony import HarmonyParser
 from pagoda.engine.entrypoints.reply import (
     ReplyParser,
     ThinkParser,
@@ -108,6 +111,8 @@ class OpenAIServingChat(OpenAIServing):
         super().__init__(engine, tokenizer, served_model_name, tokenizer_pool)
         self.tool_parser = tool_parser  # the format of tool_choice "auto" calls; None: auto is refused
         self.reasoning_parser = reasoning_parser  # None: thinking stays in the content
+        # GPT-OSS's harmony format: one reader for reasoning, content and calls, which reads special tokens.
+        self.harmony = tool_parser == harmony.TOOL_PARSER or reasoning_parser == harmony.REASONING_PARSER
         # With a reasoning parser, constraints wait for the end of the thinking (when its tags are tokens).
         self.think_tokens = think_tokens(tokenizer.get_vocab()) if reasoning_parser is not None else None
 
@@ -123,6 +128,8 @@ class OpenAIServingChat(OpenAIServing):
             raise APIError(400, 'tool_choice "auto" needs a tool-call format, and this model\'s chat template teaches '
                                 'none that the server knows: start it with --tool-call-parser, or send tool_choice '
                                 '"required", "none" or a named function', param="tool_choice")
+        if self.harmony:
+            request.skip_special_tokens = False
         messages = [m.to_template() for m in request.messages]
         urls = [url for m in request.messages for url in m.image_urls()]
         if urls and request.use_beam_search:
@@ -151,7 +158,7 @@ class OpenAIServingChat(OpenAIServing):
 
     async def _beam_search_response(self, raw_request: Request, request: ChatCompletionRequest, prompt: Prompt,
                                     lora: LoRARequest | None,
-                                    new_reply: Callable[[], ReplyParser | None]) -> Response:
+                                    new_reply: Callable[[], ReplyReader | None]) -> Response:
         """vLLM's use_beam_search: the n best beams as the n choices (a reasoning model's
         thinking apart, as in any reply)."""
         results = await self.beam_search(raw_request, request, [prompt], lora, "messages")
@@ -165,8 +172,11 @@ class OpenAIServingChat(OpenAIServing):
                                       choices=choices, usage=beam_usage([prompt], results))
         return Response(body.model_dump_json(), media_type="application/json")
 
-    def _new_reply(self, request: ChatCompletionRequest, in_reasoning: bool) -> ReplyParser | None:
+    def _new_reply(self, request: ChatCompletionRequest, in_reasoning: bool) -> ReplyReader | None:
         """The reader of one choice's reply; None when the text is all content."""
+        if self.harmony and request.tool_mode not in ("named", "required"):  # those force bare JSON
+            schemas = {tool.function.name: tool.function.parameters or {} for tool in request.tools or ()}
+            return HarmonyParser(max_calls=None if request.parallel_tool_calls else 1, schemas=schemas)
         tools = self._new_tool_parser(request)
         if tools is None and self.reasoning_parser is None:
             return None
@@ -188,7 +198,7 @@ class OpenAIServingChat(OpenAIServing):
         return chat_logprobs(entries, token_ids, request.top_logprobs or 0)
 
     @staticmethod
-    def _message(request: ChatCompletionRequest, reply: ReplyParser | None,
+    def _message(request: ChatCompletionRequest, reply: ReplyReader | None,
                  c: CompletionOutput) -> tuple[ChatResponseMessage, str | None]:
         if reply is None:
             return ChatResponseMessage(content=c.text), c.finish_reason

@@ -33,6 +33,7 @@ from pagoda.engine.entrypoints.protocol import (
     UsageInfo,
     _SamplingRequest,
 )
+from pagoda.engine.entrypoints.harmony import HarmonyParser
 from pagoda.engine.entrypoints.reply import ReplyParser
 from pagoda.engine.lora import LoRARequest
 from pagoda.engine.multimodal import ImageInputs, load_image
@@ -148,6 +149,10 @@ class Prompt:
         return Prompt(self.token_ids[-count:])
 
 
+# What reads one chat choice's reply: reasoning, content and tool calls.
+ReplyReader = ReplyParser | HarmonyParser
+
+
 @dataclass
 class ChoiceState:
     """What a stream has already sent of one choice."""
@@ -157,7 +162,7 @@ class ChoiceState:
     text_offset: int = 0
     started: bool = False
     finished: bool = False
-    reply: ReplyParser | None = None  # chat with tools or reasoning: the reply's reading so far
+    reply: ReplyReader | None = None  # chat with tools or reasoning: the reply's reading so far
 
 
 def new_token_ids(request: _SamplingRequest, st: ChoiceState, c: CompletionOutput) -> list[int] | None:

@@ -518,12 +518,18 @@ AUTO_PARSERS: dict[str, type[ToolCallParser]] = {
 """The parsers tool_choice "auto" can use, by their --tool-call-parser name."""
 
 
+HARMONY_TOOL_PARSER = "openai"
+"""GPT-OSS's harmony format, whose calls are messages of their own (read by harmony.HarmonyParser)."""
+
+
 def detect_tool_parser(chat_template: str | dict[str, str] | None) -> str | None:
     """The parser for the tool-call format a chat template teaches the model, if it teaches one."""
     if isinstance(chat_template, dict):
         chat_template = "\n".join(chat_template.values())
     if not chat_template:
         return None
+    if "<|channel|>" in chat_template:
+        return HARMONY_TOOL_PARSER
     if "<arg_key>" in chat_template:
         return "glm45"
     if "<tool_call>" in chat_template:
