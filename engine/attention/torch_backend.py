@@ -29,9 +29,12 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softc
           attn_mask: torch.Tensor | None = None, is_causal: bool = False,
           sinks: torch.Tensor | None = None) -> torch.Tensor:
     """q: [B, Hq, Q, D], k/v: [B, Hkv, L, D]; grouped-query heads share their KV head. Soft-capped
-    logits (Gemma 2) and attention sinks (GPT-OSS) are beyond torch's fused kernel: the scores are
-    formed, capped, masked and normalized with the sinks here."""
-    if softcap <= 0 and sinks is None:
+    logits (Gemma 2) are beyond torch's fused kernel: the scores are formed, capped, masked and
+    normalized (with any sinks) here; attention sinks alone (GPT-OSS) ride it as one more key."""
+    if softcap <= 0:
+        if sinks is not None:
+            k, v, attn_mask = _sink_as_key(q, k, v, attn_mask, is_causal, sinks)
+            is_causal = False
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
     group = q.shape[1] // k.shape[1]
@@ -44,6 +47,23 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softc
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     return (softmax_with_sinks(scores, sinks) @ v.float()).to(q.dtype)
+
+
+def _sink_as_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool,
+                 sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(k, v, float mask) with a zero key and value appended to every KV head and the mask adding each
+    query head's sink logit to that key's score (q . 0 = 0): softmax over [scores, sink], the sink
+    attending to nothing, in torch's fused kernel."""
+    b, hq, nq, _ = q.shape
+    zeros = k.new_zeros(k.shape[0], k.shape[1], 1, k.shape[3])
+    if is_causal:
+        attn_mask = torch.ones(nq, k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - nq)
+    visible = torch.zeros((), dtype=q.dtype, device=q.device)
+    if attn_mask is not None:
+        visible = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, float("-inf"))
+    scores = visible.expand(b, hq, nq, k.shape[2])
+    sink = sinks.to(q.dtype).view(1, hq, 1, 1).expand(b, hq, nq, 1)
+    return torch.cat([k, zeros], dim=2), torch.cat([v, zeros], dim=2), torch.cat([scores, sink], dim=-1)
 
 
 def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None,

@@ -196,25 +196,30 @@ def test_logit_soft_capping(window: int | None, dtype: torch.dtype) -> None:
     """Gemma 2's cap * tanh(logit / cap), in both kernels (decode split or not, prefill with and without
     a window): scores large enough that the cap bends them, so forgetting it fails."""
     g = torch.Generator().manual_seed(11)
-    seq_lens, q_lens = [37, 21], [37, 9]
-    batch = make_paged_batch(seq_lens, kv_heads=2, head_dim=64, block_size=8, dtype=dtype, device=DEVICE, g=g)
-    q = _q(sum(q_lens), 4, 64, dtype, g) * 4
-    scale, cap = 0.5, 5.0
-    starts = torch.tensor([0, 37, 46], dtype=torch.int32, device=DEVICE)
+    batch = make_paged_batch([37, 21], kv_heads=2, head_dim=64, block_size=8, dtype=dtype, device=DEVICE, g=g)
+    _check_softmax_variant(batch, _q(46, 4, 64, dtype, g) * 4, 0.5, window, softcap=5.0)
+
+
+def _check_softmax_variant(batch: PagedBatch, q: torch.Tensor, scale: float, window: int | None,
+                           **variant: object) -> None:
+    """Both kernels with a softmax `variant` (softcap, sinks) against the reference, on a fresh prefill
+    of sequence 0 and a 9-token chunk of sequence 1 over its cached start, then decodes (with and
+    without splits) of their last tokens; the variant must change the result."""
+    q_lens = [batch.seq_lens[0], 9]
+    starts = torch.tensor([0, q_lens[0], sum(q_lens)], dtype=torch.int32, device=DEVICE)
     out = kernels.paged_attention_prefill_varlen(
-        q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), 37, scale, window,
-        softcap=cap, block_m=32, block_n=16,
-    )
-    want = _reference_varlen(q, batch, q_lens, scale, window, cap)
+        q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), q_lens[0], scale, window,
+        block_m=32 if "softcap" in variant else 16, block_n=16, **variant)
+    want = _reference_varlen(q, batch, q_lens, scale, window, **variant)
     assert_close(out, want)
     assert not torch.allclose(want.float(), _reference_varlen(q, batch, q_lens, scale, window).float(), atol=1e-2)
-    decode_q = q[[36, 45]].contiguous()
-    args = (batch.block_tables, batch.seq_lens_tensor(), max(seq_lens), scale, window)
+    decode_q = q[[q_lens[0] - 1, sum(q_lens) - 1]].contiguous()
+    args = (batch.block_tables, batch.seq_lens_tensor(), max(batch.seq_lens), scale, window)
     ref = batch.finite()
     for splits in (1, 3):
-        got = kernels.paged_attention_decode(decode_q, batch.k_cache, batch.v_cache, *args, softcap=cap,
-                                             num_splits=splits, block_n=16)
-        assert_close(got, reference.paged_attention_decode(decode_q, ref.k_cache, ref.v_cache, *args, softcap=cap))
+        got = kernels.paged_attention_decode(decode_q, batch.k_cache, batch.v_cache, *args, num_splits=splits,
+                                             block_n=8, **variant)
+        assert_close(got, reference.paged_attention_decode(decode_q, ref.k_cache, ref.v_cache, *args, **variant))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -280,22 +285,6 @@ def test_attention_sinks(window: int | None, dtype: torch.dtype) -> None:
     against the reference, whose sinks the GPT-OSS parity tests check against transformers. Sinks
     large enough to take most of the mass, so dropping them fails."""
     g = torch.Generator().manual_seed(7)
-    seq_lens, q_lens = [37, 21], [37, 9]
-    batch = make_paged_batch(seq_lens, kv_heads=2, head_dim=64, block_size=8, dtype=dtype, device=DEVICE, g=g)
-    q = _q(sum(q_lens), 8, 64, dtype, g)
-    sinks = (torch.randn(8, generator=g) * 2 + 2).to(DEVICE)
-    scale = 64**-0.5
-    starts = torch.tensor([0, 37, 46], dtype=torch.int32, device=DEVICE)
-    out = kernels.paged_attention_prefill_varlen(
-        q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), 37, scale, window,
-        block_m=16, block_n=16, sinks=sinks)
-    want = _reference_varlen(q, batch, q_lens, scale, window, sinks=sinks)
-    assert_close(out, want)
-    assert not torch.allclose(want.float(), _reference_varlen(q, batch, q_lens, scale, window).float(), atol=1e-2)
-    decode_q = q[[36, 45]].contiguous()
-    args = (batch.block_tables, batch.seq_lens_tensor(), max(seq_lens), scale, window)
-    ref = batch.finite()
-    for splits in (1, 3):
-        got = kernels.paged_attention_decode(decode_q, batch.k_cache, batch.v_cache, *args, sinks=sinks,
-                                             num_splits=splits, block_n=8)
-        assert_close(got, reference.paged_attention_decode(decode_q, ref.k_cache, ref.v_cache, *args, sinks=sinks))
+    batch = make_paged_batch([37, 21], kv_heads=2, head_dim=64, block_size=8, dtype=dtype, device=DEVICE, g=g)
+    q = _q(46, 8, 64, dtype, g)
+    _check_softmax_variant(batch, q, 64**-0.5, window, sinks=(torch.randn(8, generator=g) * 2 + 2).to(DEVICE))
