@@ -37,6 +37,16 @@ MODEL_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
         mlp_only_layers=[], rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6,
         tie_word_embeddings=False,
     )),
+    # gpt-oss-20b's layers (attention sinks, window 128 every other layer, 32 biased experts, top 4), 8 of its
+    # 24: 7.7B parameters, 15 GB in bf16 (the experts full precision: random weights have no MXFP4 stacks).
+    "gpt-oss-20b-8l": ("gpt_oss", dict(
+        hidden_size=2880, intermediate_size=2880, num_hidden_layers=8, num_attention_heads=64,
+        num_key_value_heads=8, head_dim=64, vocab_size=201088, max_position_embeddings=131072,
+        num_local_experts=32, num_experts_per_tok=4, sliding_window=128, swiglu_limit=7.0,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 4096},
+        rms_norm_eps=1e-5, tie_word_embeddings=False,
+    )),
 }
 # The comparison models; the others run when named.
 DEFAULT_MODELS = ("qwen3-0.6b", "llama-3.2-1b")

@@ -20,7 +20,7 @@ work. Hugging Face runs the first --hf-num-seqs requests of the same
 workload (its full run would not fit a lease); rates are per second either
 way. Targets: >= 24x hf_generate and >= 3x hf_generate_batch.
 
-    python -m bench.gpu_throughput [--models qwen3-0.6b llama-3.2-1b qwen3-30b-a3b-8l] [--hf-num-seqs 64]
+    python -m bench.gpu_throughput [--models qwen3-0.6b llama-3.2-1b qwen3-30b-a3b-8l gpt-oss-20b-8l] [--hf-num-seqs 64]
 """
 
 from __future__ import annotations
