@@ -15,6 +15,17 @@ from typing import Any
 RESULTS_DIR = pathlib.Path(__file__).with_name("results")
 
 
+def load_hf_paged(path: str, dtype: Any) -> Any:
+    """transformers' model with the paged attention its `generate_batch` runs on: SDPA, or eager for
+    families without an SDPA path (GPT-OSS, whose sinks only its eager attention computes)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="paged|sdpa").eval()
+    except ValueError:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="paged|eager").eval()
+
+
 def environment() -> dict[str, Any]:
     """Device and versions, recorded with every result so numbers stay comparable."""
     import tokenizers

@@ -25,7 +25,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from bench.common import write_result
+from bench.common import load_hf_paged, write_result
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE, make_tiny_model
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
@@ -101,10 +101,7 @@ def run_hf_generate(path: str, prompts: list[list[int]], output_len: int, batch_
 
 
 def run_hf_generate_batch(path: str, prompts: list[list[int]], output_len: int) -> dict:
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="paged|sdpa").eval()
-    except ValueError:  # families without an SDPA path (GPT-OSS's sinks) page their eager attention
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="paged|eager").eval()
+    model = load_hf_paged(path, torch.float32)
     config = _hf_config(output_len)
     model.generate_batch(inputs=[prompts[0]], generation_config=_hf_config(2))
     start = time.perf_counter()

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from bench.common import load_hf_paged
 from bench.gpu_env import device_facts, record
 from bench.gpu_models import DEFAULT_MODELS, MODEL_SHAPES, build_model_dir, describe
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE
@@ -122,9 +123,7 @@ def run_hf_generate(path: str, prompts: list[list[int]], outputs: list[int], bat
 
 
 def run_hf_generate_batch(path: str, prompts: list[list[int]], outputs: list[int]) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="paged|sdpa").cuda().eval()
+    model = load_hf_paged(path, torch.bfloat16).cuda()
     manager = model.init_continuous_batching(generation_config=_hf_config(max(outputs)))
     manager.start()
     try:
