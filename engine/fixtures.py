@@ -122,6 +122,51 @@ _CHAT_TEMPLATE = (
 )
 
 
+# OpenAI's harmony format (GPT-OSS): its markers are special tokens, taking the ids after the trained vocabulary;
+# a reply ends at <|return|> or, to call a tool, at <|call|>.
+HARMONY_TOKENS = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>")
+HARMONY_STOP_IDS = [TOKENIZER_VOCAB_SIZE + HARMONY_TOKENS.index("<|return|>"),
+                    TOKENIZER_VOCAB_SIZE + HARMONY_TOKENS.index("<|call|>"), EOS_TOKEN_ID]
+# gpt-oss's template, shortened: the system message with the reasoning effort, the developer message with
+# the instructions and the tools as a TypeScript namespace, earlier calls as commentary messages addressed
+# to functions.NAME, tool results as messages from them, and the reply opened as the assistant's.
+_HARMONY_TEMPLATE = (
+    "{{- '<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+    "Knowledge cutoff: 2024-06\n\nReasoning: ' + (reasoning_effort | default('medium')) + '\n\n"
+    "# Valid channels: analysis, commentary, final. Channel must be included for every message.' }}"
+    "{%- if tools %}{{- \"\\nCalls to these tools must go to the commentary channel: 'functions'.\" }}{%- endif %}"
+    "{{- '<|end|>' }}"
+    "{%- set instructions = messages[0]['content'] if messages[0]['role'] in ['system', 'developer'] else '' %}"
+    "{%- if instructions or tools %}"
+    "{{- '<|start|>developer<|message|>' }}"
+    "{%- if instructions %}{{- '# Instructions\n\n' + instructions + '\n\n' }}{%- endif %}"
+    "{%- if tools %}{{- '# Tools\n\n## functions\n\nnamespace functions {\n' }}"
+    "{%- for tool in tools %}{{- '\n// ' + (tool['function']['description'] | default('')) + '\ntype ' + "
+    "tool['function']['name'] + ' = (_: ' + (tool['function']['parameters'] | default({}) | tojson) + ') => any;\n' }}"
+    "{%- endfor %}{{- '\n} // namespace functions' }}{%- endif %}"
+    "{{- '<|end|>' }}"
+    "{%- endif %}"
+    "{%- set ns = namespace(last_call='') %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}"
+    "{{- '<|start|>user<|message|>' + message['content'] + '<|end|>' }}"
+    "{%- elif message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}"
+    "{%- for call in message['tool_calls'] %}{%- set ns.last_call = call['function']['name'] %}"
+    "{%- set arguments = call['function']['arguments'] %}"
+    "{{- '<|start|>assistant to=functions.' + call['function']['name'] + '<|channel|>commentary json<|message|>' + "
+    "(arguments if arguments is string else arguments | tojson) + '<|call|>' }}"
+    "{%- endfor %}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{- '<|start|>assistant<|channel|>final<|message|>' + message['content'] + '<|end|>' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{- '<|start|>functions.' + ns.last_call + ' to=assistant<|channel|>commentary<|message|>' + message['content'] + "
+    "'<|end|>' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start|>assistant' }}{%- endif %}"
+)
+
+
 # Qwen2/3's pre-tokenization: GPT-2's pattern with single digits and no leading
 # space before punctuation runs.
 _QWEN_SPLIT_PATTERN = (
@@ -140,6 +185,7 @@ class _Family:
     rope_theta: float
     rope_scaling: dict[str, Any] | None = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    harmony: bool = False  # GPT-OSS: harmony's special tokens, chat template and stop tokens
 
 
 _FAMILIES: dict[str, _Family] = {
@@ -286,6 +332,7 @@ _FAMILIES: dict[str, _Family] = {
                       "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False},
         config={"head_dim": 32, "num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 32,
                 "sliding_window": 8, "attention_bias": True, "swiglu_limit": 1.0},
+        harmony=True,
     ),
 }
 
@@ -449,6 +496,8 @@ def _write_tokenizer(out_dir: pathlib.Path, arch: str, model_max_length: int, ex
     tokenizer.save(str(out_dir / "tokenizer.json"), pretty=True)
     chat_template = ("{{- bos_token }}" if _family(arch).adds_bos else "") + _CHAT_TEMPLATE.replace(
         "'<image>\\n'", f"'{image_placeholder}\\n'")
+    if _family(arch).harmony:
+        chat_template = _HARMONY_TEMPLATE
     special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
     added_tokens = {
         str(token_id): {
@@ -510,11 +559,13 @@ def make_tiny_model(
 
     config_path = out_dir / "config.json"
     _write_json(config_path, _hub_style_config(json.loads(config_path.read_text()), dtype))
+    harmony = _family(arch).harmony
     _write_json(
         out_dir / "generation_config.json",
-        {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID},
+        {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": HARMONY_STOP_IDS if harmony else EOS_TOKEN_ID,
+         "pad_token_id": PAD_TOKEN_ID},
     )
-    _write_tokenizer(out_dir, arch, model.config.max_position_embeddings)
+    _write_tokenizer(out_dir, arch, model.config.max_position_embeddings, HARMONY_TOKENS if harmony else ())
     return out_dir
 
 

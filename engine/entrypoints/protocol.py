@@ -440,10 +440,19 @@ class ChatCompletionRequest(_SamplingRequest, _ChatTemplateInput):
     prompt_logprobs: int | None = Field(None, ge=0)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    # How long a reasoning model thinks: the chat template's `reasoning_effort` (GPT-OSS's system message
+    # says it), unless chat_template_kwargs sets one.
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     # The deprecated function-calling fields are refused unless "none"
     # (silently ignoring them would answer a different question).
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
+
+    def template_kwargs(self) -> dict[str, Any]:
+        kwargs = super().template_kwargs()
+        if self.reasoning_effort is not None:
+            kwargs.setdefault("reasoning_effort", self.reasoning_effort)
+        return kwargs
 
     @property
     def tool_mode(self) -> ToolMode:

@@ -100,6 +100,13 @@ _ENGINE_EXTRAS = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "f
                   "chat_template_kwargs", "cache_salt", "priority")
 
 
+class ReasoningConfig(BaseModel):
+    """How long a reasoning model thinks (the chat template's reasoning_effort); a summary is not made."""
+
+    effort: Literal["minimal", "low", "medium", "high"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+
+
 _INPUT_ITEMS: TypeAdapter[list[InputItem]] = TypeAdapter(list[InputItem])
 
 
@@ -117,6 +124,7 @@ class ResponsesRequest(_Request):
     tool_choice: Literal["auto", "none", "required"] | FunctionChoice | None = None
     parallel_tool_calls: bool = True
     text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
     previous_response_id: str | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None
@@ -180,6 +188,7 @@ class ResponsesRequest(_Request):
             "temperature": self.temperature, "top_p": self.top_p, "stream": self.stream, "tools": tools,
             "tool_choice": tool_choice, "parallel_tool_calls": self.parallel_tool_calls,
             "response_format": self._response_format(), "user": self.user,
+            "reasoning_effort": self.reasoning.effort if self.reasoning is not None else None,
             **{key: value for key, value in (self.model_extra or {}).items() if key in _ENGINE_EXTRAS},
         })
         chat.responses = self

@@ -8,10 +8,14 @@ import pathlib
 
 import pytest
 
+from transformers import AutoTokenizer
+
 from pagoda.engine.entrypoints.harmony import HarmonyParser
+from pagoda.engine.entrypoints.protocol import ChatCompletionRequest
+from pagoda.engine.entrypoints.protocol_responses import ResponsesRequest
 from pagoda.engine.entrypoints.reply import ReplyPiece
 from pagoda.engine.entrypoints.tool_parsers import detect_tool_parser
-from tests.server.conftest import serve_in_thread
+from tests.server.conftest import MODEL_NAME, serve_in_thread
 from tests.server.test_tool_calls import client_of, create_reply, tool_server_args
 
 ANALYSIS = "<|channel|>analysis<|message|>The user wants the time; call the clock.<|end|>"
@@ -82,3 +86,28 @@ def test_server_reads_harmony(model_dir: pathlib.Path) -> None:
             [(call_id, name, arguments)] = reply.calls
             assert (name, json.loads(arguments)) == ("get_time", {"zone": "UTC"}) and call_id.startswith("call_")
         running.wait_idle()
+
+
+def test_gpt_oss_served_as_harmony(tiny_model) -> None:
+    """The GPT-OSS fixture (harmony's template, special tokens and stop tokens): the server reads replies
+    as harmony without being told, and `reasoning_effort` reaches the template's system message."""
+    path = tiny_model("gpt_oss")
+    with serve_in_thread(tool_server_args(path)) as running:
+        client = client_of(running)
+        reply = create_reply(client, False, max_tokens=256, reasoning_effort="high",
+                             extra_body={"structured_outputs": {"regex": HARMONY_REPLY}})
+        assert (reply.content, reply.reasoning, reply.finish) == (None, "Need the clock.", "tool_calls")
+        response = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "Hi"}],
+                                                  max_tokens=1, reasoning_effort="low",
+                                                  extra_body={"return_token_ids": True})
+        prompt = AutoTokenizer.from_pretrained(path).decode(response.model_extra["prompt_token_ids"])
+        assert "Reasoning: low" in prompt and prompt.endswith("<|start|>assistant")
+        running.wait_idle()
+
+
+def test_responses_reasoning_effort_reaches_the_template() -> None:
+    chat = ResponsesRequest.model_validate({"input": "Hi", "reasoning": {"effort": "high"}}).to_chat()
+    assert chat.template_kwargs()["reasoning_effort"] == "high"
+    chat = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "Hi"}], "reasoning_effort": "low",
+                                                 "chat_template_kwargs": {"reasoning_effort": "medium"}})
+    assert chat.template_kwargs()["reasoning_effort"] == "medium", "the template's own kwargs win"
