@@ -229,6 +229,9 @@ class IntExperts:
     w13_group_size: int
     w2_group_size: int
     codebook: torch.Tensor | None = None
+    # Where w2's first column sits in its first group (a rank's share of the experts' intermediate columns
+    # may begin inside a group).
+    w2_group_offset: int = 0
 
 
 def fused_moe(
@@ -254,10 +257,10 @@ def fused_moe(
     def weight(w: torch.Tensor, scale: torch.Tensor | None, expert: int) -> torch.Tensor:
         if int_experts is not None:
             q = int_experts
-            scales, zeros, size = ((q.w13_scales, q.w13_zeros, q.w13_group_size) if w is w13 else
-                                   (q.w2_scales, q.w2_zeros, q.w2_group_size))
+            scales, zeros, size, offset = ((q.w13_scales, q.w13_zeros, q.w13_group_size, 0) if w is w13 else
+                                           (q.w2_scales, q.w2_zeros, q.w2_group_size, q.w2_group_offset))
             return int_dequantize(w[expert], scales[expert], None if zeros is None else zeros[expert], None, q.bits,
-                                  size, q.codebook).to(x.dtype)
+                                  size, q.codebook, offset).to(x.dtype)
         if block is None:
             return w[expert]
         return fp8_block_dequantize(w[expert], scale[expert], block).to(x.dtype)
@@ -308,14 +311,14 @@ def int_unpack(qweight: torch.Tensor, bits: int) -> torch.Tensor:
 
 def int_dequantize(
     qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, g_idx: torch.Tensor | None, bits: int,
-    group_size: int, codebook: torch.Tensor | None = None,
+    group_size: int, codebook: torch.Tensor | None = None, group_offset: int = 0,
 ) -> torch.Tensor:
     """The real weight (fp32) [N, K] of integer weights: (q - zero) * scale of the column's group,
-    the group being g_idx[k] where given (GPTQ's act-order), else k // group_size; with a
-    `codebook` (bitsandbytes' NF4 or FP4 values), codebook[q] * scale, zeros unused."""
+    the group being g_idx[k] where given (GPTQ's act-order), else (k + group_offset) // group_size; with
+    a `codebook` (bitsandbytes' NF4 or FP4 values, MXFP4's), codebook[q] * scale, zeros unused."""
     q = int_unpack(qweight, bits)
     k = q.shape[1]
-    groups = g_idx.long() if g_idx is not None else torch.arange(k, device=q.device) // group_size
+    groups = g_idx.long() if g_idx is not None else (torch.arange(k, device=q.device) + group_offset) // group_size
     values = codebook.float()[q.long()] if codebook is not None else q.float() - zeros.float()[:, groups]
     return values * scales.float()[:, groups]
 

@@ -71,6 +71,16 @@ class IntQuantConfig:
         return group_size, groups if every_group else size // group_size, every_group
 
 
+    def group_span(self, size: int, start: int, full: int) -> tuple[int, int, int, int]:
+        """(group size, first group, groups held, offset) of a rank holding input columns [start, start +
+        size) of `full` (an MoE expert's share of its intermediate columns): the groups those columns
+        touch, where the rank's first column is `offset` columns into the first; a group split between
+        ranks is held by both, each reading its own columns' part."""
+        group_size, _ = self.groups(full)
+        first = start // group_size
+        return group_size, first, (start + size - 1) // group_size - first + 1, start - first * group_size
+
+
 def pack_along_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     """int32 words [N, K * bits / 32] of unsigned integers [N, K] (K a multiple of 32 / bits)."""
     per_word = 32 // bits

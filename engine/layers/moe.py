@@ -180,8 +180,9 @@ class FusedMoE(nn.Module):
     def use_int_quant(self, cfg: IntQuantConfig, scale_dtype: torch.dtype) -> None:
         """Holds every expert's weights as packed integers with group scales and zeros (GPTQ, AWQ or
         compressed-tensors experts, e.g. Qwen3-30B-A3B-GPTQ-Int4) or FP4 codes with power-of-two
-        group scales (MXFP4: gpt-oss); this rank's share of each expert's intermediate columns must be
-        whole groups."""
+        group scales (MXFP4: gpt-oss). A rank's share of each expert's intermediate columns may split a
+        group (gpt-oss's 2880 columns over 4 or 8 ranks, groups of 32): both ranks hold its scales, and
+        the down projection's kernel counts this rank's columns from their offset into the first group."""
         if cfg.act_order or (cfg.codebook and cfg.method != "mxfp4"):
             raise ValueError(f"{cfg.method} experts with {'act-order (desc_act, g_idx)' if cfg.act_order else 'a codebook'}"
                              " are not supported")
@@ -190,24 +191,25 @@ class FusedMoE(nn.Module):
         cfg.check_words(size)
         per_word = 32 // cfg.bits
         h_group, h_groups = cfg.groups(hidden)
-        i_group, i_here, every_group = cfg.rank_groups(size, self.intermediate_size, "expert columns")
+        i_group, first_group, i_here, offset = cfg.group_span(size, self.shard_start, self.intermediate_size)
         device, experts = self.w13.device, self.local_experts
         del self.w13, self.w2
         self.int_quant = cfg
 
-        def param(shape: tuple[int, ...], dtype: torch.dtype, unit: int | None) -> nn.Parameter:
-            """`unit`: how many of an expert's intermediate columns one column of this tensor covers
-            (None: the tensor is whole on every rank)."""
+        def param(shape: tuple[int, ...], dtype: torch.dtype, columns: tuple[int, int] | None) -> nn.Parameter:
+            """`columns`: (first, count) of the checkpoint tensor's columns this rank's down projection holds
+            (gate and up rows are split by rows; None: every column)."""
             p = nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
-            p.weight_loader = lambda prm, src, shard: self._int_loader(prm, src, shard, unit)
+            p.weight_loader = lambda prm, src, shard: self._int_loader(prm, src, shard, columns)
             return p
 
-        self.w13_qweight = param((experts, 2 * size, hidden // per_word), torch.int32, per_word)
-        self.w13_scales = param((experts, 2 * size, h_groups), scale_dtype, per_word)
-        self.w13_zeros = param((experts, 2 * size, h_groups), torch.uint8, per_word)
-        self.w2_qweight = param((experts, hidden, size // per_word), torch.int32, per_word)
-        self.w2_scales = param((experts, hidden, i_here), scale_dtype, None if every_group else i_group)
-        self.w2_zeros = param((experts, hidden, i_here), torch.uint8, None if every_group else i_group)
+        words, groups = (self.shard_start // per_word, size // per_word), (first_group, i_here)
+        self.w13_qweight = param((experts, 2 * size, hidden // per_word), torch.int32, None)
+        self.w13_scales = param((experts, 2 * size, h_groups), scale_dtype, None)
+        self.w13_zeros = param((experts, 2 * size, h_groups), torch.uint8, None)
+        self.w2_qweight = param((experts, hidden, size // per_word), torch.int32, words)
+        self.w2_scales = param((experts, hidden, i_here), scale_dtype, groups)
+        self.w2_zeros = param((experts, hidden, i_here), torch.uint8, groups)
         if not cfg.stored_zeros:
             for name in ("w13_zeros", "w2_zeros"):  # symmetric: every zero point is the middle; a codebook has none
                 zeros = None if cfg.codebook else getattr(self, name).data.fill_(1 << (cfg.bits - 1))
@@ -217,10 +219,12 @@ class FusedMoE(nn.Module):
         self.register_buffer("int_codebook", torch.tensor(FP4_VALUES, dtype=torch.float32, device=device)
                              if cfg.codebook else None)
         self.int_group_sizes = (h_group, i_group)
+        self.int_group_offset = offset
 
-    def _int_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int], unit: int | None) -> None:
+    def _int_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int],
+                    columns: tuple[int, int] | None) -> None:
         """One expert's part of the integer layout: gate or up rows (any tensor), or, for the down
-        projection, this rank's columns in units of `unit` intermediate columns (words or groups)."""
+        projection, this rank's `columns` (first, count) of words or groups."""
         expert, part = shard
         if expert == STACKED:
             raise ValueError("integer-quantized stacked expert tensors are not supported")
@@ -230,17 +234,15 @@ class FusedMoE(nn.Module):
         size, start = self.per_rank, self.shard_start
         if part != 2:
             copy_into(param.data[expert].narrow(0, part * size, size), read_shard(src, 0, start, size))
-        elif unit is None:
-            copy_into(param.data[expert], read_full(src))
         else:
-            copy_into(param.data[expert], read_shard(src, 1, start // unit, size // unit))
+            copy_into(param.data[expert], read_full(src) if columns is None else read_shard(src, 1, *columns))
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         common = dict(expert_map=self.expert_map, clamped=self.clamped,
                       biases=None if self.w13_bias is None else (self.w13_bias, self.w2_bias))
         if self.int_quant is not None:
             quant = IntExperts(self.w13_scales, self.w13_zeros, self.w2_scales, self.w2_zeros, self.int_quant.bits,
-                               *self.int_group_sizes, self.int_codebook)
+                               *self.int_group_sizes, self.int_codebook, self.int_group_offset)
             return ops.fused_moe(x, self.w13_qweight, self.w2_qweight, topk_weights, topk_ids, int_experts=quant,
                                  **common)
         if self.fp8_block is None:

@@ -59,12 +59,13 @@ class GptOssExperts(FusedMoE):
         local = self._read_stack(src, shard, -1)
         self.load_local_stack(param, local.transpose(1, 2) if local.dim() == 3 else local, shard[1])
 
-    def _int_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int], unit: int | None) -> None:
-        # MXFP4 words and scales are [E, out, in / unit] (gate and up alternating along out).
+    def _int_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int],
+                    columns: tuple[int, int] | None) -> None:
+        # MXFP4 words and scales are [E, out, words or groups] (gate and up alternating along out).
         local = self._read_stack(src, shard, 1)
         size, start = self.per_rank, self.shard_start
         if shard[1] == 2:
-            copy_into(param.data, local if unit is None else local.narrow(2, start // unit, size // unit))
+            copy_into(param.data, local if columns is None else local.narrow(2, *columns))
             return
         for half in (0, 1):
             copy_into(param.data.narrow(1, half * size, size), local.narrow(1, half * self.intermediate_size + start, size))

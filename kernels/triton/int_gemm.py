@@ -24,15 +24,15 @@ from pagoda.kernels.triton.launch import exact_dot
 
 @triton.jit
 def dequantize_tile(
-    q_ptrs, s_rows, z_rows, g_ptr, c_ptr, k0, k, offs_k, offs_w, n_in,
+    q_ptrs, s_rows, z_rows, g_ptr, c_ptr, k0, k, offs_k, offs_w, n_in, group_offset,
     BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_G_IDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
     CODEBOOK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The fp32 weights [BLOCK_K, BLOCK_N] of the K tile at k0: words [BLOCK_K / PER_WORD, BLOCK_N] at
     q_ptrs, each loaded once and split into its values (K-consecutive as packed), less their zero
     points (or looked up in the codebook at c_ptr, CODEBOOK), times their scales (rows s_rows,
-    z_rows); the group of a column is g_idx's (HAS_G_IDX), or k // GROUP_SIZE, one per tile when
-    ONE_GROUP_PER_TILE."""
+    z_rows); the group of a column is g_idx's (HAS_G_IDX), or (k + group_offset) // GROUP_SIZE, one per
+    tile when ONE_GROUP_PER_TILE."""
     PER_WORD: tl.constexpr = 32 // BITS
     kk = k0 + offs_k
     k_in = kk < k
@@ -44,10 +44,10 @@ def dequantize_tile(
         group = tl.load(g_ptr + kk, mask=k_in, other=0)[:, None]
         mask = tile_in
     elif ONE_GROUP_PER_TILE:
-        group = k0 // GROUP_SIZE
+        group = (k0 + group_offset) // GROUP_SIZE
         mask = n_in[None, :]
     else:
-        group = (kk // GROUP_SIZE)[:, None]
+        group = ((kk + group_offset) // GROUP_SIZE)[:, None]
         mask = tile_in
     scale = tl.load(s_rows + group, mask=mask, other=0.0).to(tl.float32)
     if CODEBOOK:  # 16 entries: a gather that stays in L1; no zero points
@@ -76,7 +76,7 @@ def _int_linear_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, k, BLOCK_K):
         a = tl.load(x_ptrs, mask=m_in[:, None] & (offs_k < k - k0)[None, :], other=0.0)
-        w = dequantize_tile(q_ptrs, s_rows, z_rows, g_ptr, c_ptr, k0, k, offs_k, offs_w, n_in, BITS, GROUP_SIZE,
+        w = dequantize_tile(q_ptrs, s_rows, z_rows, g_ptr, c_ptr, k0, k, offs_k, offs_w, n_in, 0, BITS, GROUP_SIZE,
                             HAS_G_IDX, ONE_GROUP_PER_TILE, CODEBOOK, BLOCK_K, BLOCK_N)
         acc = mma(a, w.to(x_ptr.dtype.element_ty), acc, EXACT)
         x_ptrs += BLOCK_K

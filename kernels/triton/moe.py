@@ -42,11 +42,11 @@ from pagoda.kernels.triton.launch import exact_dot
 def _moe_gemm_kernel(
     a_ptr, w_ptr, c_ptr, weights_ptr, sorted_rows_ptr, tile_expert_ptr, s_ptr, z_ptr, bias_ptr, book_ptr,
     n, k, num_rows, stride_am, stride_we, stride_wn, stride_cm, stride_se, stride_sn, stride_ze, stride_zn,
-    stride_be,
+    stride_be, group_offset,
     TOP_K: tl.constexpr, ROWS_BY_TOKEN: tl.constexpr, MUL_WEIGHT: tl.constexpr, EXACT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     FP8: tl.constexpr, SCALE_ROWS: tl.constexpr, SCALE_COLS: tl.constexpr,
-    INT_BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, CODEBOOK: tl.constexpr,
+    INT_BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, ONE_GROUP: tl.constexpr, CODEBOOK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -74,8 +74,8 @@ def _moe_gemm_kernel(
         k_in = offs_k < k - k0
         a = tl.load(a_ptrs, mask=valid[:, None] & k_in[None, :], other=0.0)
         if INT_BITS:
-            w = dequantize_tile(w_ptrs, s_rows, z_rows, s_ptr, book_ptr, k0, k, offs_k, offs_w, n_in, INT_BITS,
-                                GROUP_SIZE, False, GROUP_SIZE % BLOCK_K == 0, CODEBOOK, BLOCK_K,
+            w = dequantize_tile(w_ptrs, s_rows, z_rows, s_ptr, book_ptr, k0, k, offs_k, offs_w, n_in, group_offset,
+                                INT_BITS, GROUP_SIZE, False, ONE_GROUP, CODEBOOK, BLOCK_K,
                                 BLOCK_N).to(a_ptr.dtype.element_ty)
             w_ptrs += WORDS
         else:
@@ -136,7 +136,7 @@ def _grouped_gemm(
     weights: torch.Tensor, top_k: int, rows_by_token: bool, tiles: tuple[int, int, int],
     scale: torch.Tensor | None, block: tuple[int, int] | None,
     zeros: torch.Tensor | None = None, bits: int = 0, group_size: int = 0, codebook: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
+    group_offset: int = 0, bias: torch.Tensor | None = None,
 ) -> None:
     """One GEMM over the sorted rows; `scale` with `block` (FP8) or with `bits` and `zeros` or a
     `codebook` (integers);
@@ -152,11 +152,12 @@ def _grouped_gemm(
         n, k, out.shape[0], a.stride(0), w.stride(0), w.stride(1), out.stride(0),
         0 if scale is None else scale.stride(0), 0 if scale is None else scale.stride(1),
         0 if zeros is None else zeros.stride(0), 0 if zeros is None else zeros.stride(1),
-        0 if bias is None else bias.stride(0),
+        0 if bias is None else bias.stride(0), group_offset,
         TOP_K=top_k, ROWS_BY_TOKEN=rows_by_token, MUL_WEIGHT=not rows_by_token, EXACT=exact_dot(a.dtype),
         HAS_BIAS=bias is not None,
         FP8=block is not None, SCALE_ROWS=block[0] if block else 1, SCALE_COLS=block[1] if block else 1,
         INT_BITS=bits, GROUP_SIZE=group_size or 1, CODEBOOK=codebook is not None,
+        ONE_GROUP=bool(group_size) and group_size % block_k == 0 and group_offset % block_k == 0,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
     )
 
@@ -185,7 +186,7 @@ def fused_moe(
     if int_experts is not None:
         q = int_experts
         act_args = (q.w13_zeros, q.bits, q.w13_group_size, q.codebook)
-        down_args = (q.w2_zeros, q.bits, q.w2_group_size, q.codebook)
+        down_args = (q.w2_zeros, q.bits, q.w2_group_size, q.codebook, q.w2_group_offset)
         w13_scale, w2_scale = q.w13_scales, q.w2_scales
     b13, b2 = biases or (None, None)
     _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles, w13_scale, block, *act_args,

@@ -19,8 +19,9 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def mxfp4_model(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> tuple[pathlib.Path, pathlib.Path]:
-    """(MXFP4 checkpoint, the base model it quantizes); experts 64 wide, so two ranks hold a group each."""
-    base = tiny_model("gpt_oss", intermediate_size=64)
+    """(MXFP4 checkpoint, the base model it quantizes); experts 96 wide, three groups of 32, so two ranks
+    split the middle group (the second rank's columns begin 16 into it), as gpt-oss's 2880 do over 4 or 8."""
+    base = tiny_model("gpt_oss", intermediate_size=96)
     root = tmp_path_factory.mktemp("gpt-oss-mxfp4")
     return make_mxfp4_model(base, root / "mxfp4", root / "dequantized"), base
 

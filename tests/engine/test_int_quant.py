@@ -106,11 +106,12 @@ def test_int_experts_with_act_order_are_refused(quantized) -> None:
         LLM(str(packed), dtype="float32")
 
 
-def test_a_tensor_parallel_split_inside_an_expert_group_is_refused(quantized) -> None:
-    """qwen3_moe's experts are 48 wide: 24 columns per rank at tp=2, inside the second group of 16."""
-    packed, _ = quantized("qwen3_moe", "gptq", bits=4, group_size=16)
-    with pytest.raises(ValueError, match="gptq groups of 16 expert columns do not fall on this rank's 24 columns"):
-        LLM(str(packed), dtype="float32", tensor_parallel_size=2)
+def test_a_tensor_parallel_split_inside_an_expert_group(quantized) -> None:
+    """qwen3_moe's experts are 48 wide: 24 columns per rank at tp=2, the second rank's starting 8 into the
+    second group of 16, whose scales and zeros both ranks hold."""
+    packed, dequantized = quantized("qwen3_moe", "gptq", bits=4, group_size=16)
+    llm = LLM(str(packed), dtype="float32", tensor_parallel_size=2, block_size=4)
+    assert engine_token_ids(llm, PROMPTS, GREEDY) == [hf_greedy(dequantized, p, 10) for p in PROMPTS]
 
 
 def test_online_quantization_of_a_quantized_checkpoint_is_refused(quantized) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -160,28 +162,35 @@ def test_fused_moe_of_int_experts_matches_reference(shape: tuple[int, ...], bits
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(5, 4, 2, 64, 96), (150, 6, 2, 64, 128)], ids=str)
-def test_fused_moe_of_mxfp4_experts_matches_reference(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("shape", "offset"), [((5, 4, 2, 64, 96), 0), ((150, 6, 2, 64, 128), 0),
+                                               ((5, 4, 2, 64, 48), 16), ((150, 6, 2, 64, 72), 8)], ids=str)
+def test_fused_moe_of_mxfp4_experts_matches_reference(shape: tuple[int, ...], offset: int, dtype: torch.dtype) -> None:
     """GPT-OSS's MXFP4 experts: FP4 codes looked up in the codebook (no zero points), a power-of-two
-    scale per group of 32, with its biases and clamped SwiGLU; random codes over every value."""
+    scale per group of 32, with its biases and clamped SwiGLU; random codes over every value. With an
+    `offset`, the down projection's columns are a rank's share that begins inside a group (gpt-oss's
+    2880 intermediate columns over 4 or 8 ranks)."""
     tokens, experts, top_k, hidden, inter = shape
     x, _, _, weights, ids = _inputs(shape, dtype, seed=sum(shape) + 3)
     g = torch.Generator().manual_seed(3)
 
-    def stack(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def stack(n: int, k: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         codes = torch.randint(0, 16, (experts, n, k), generator=g)
-        scales = 2.0 ** torch.randint(-4, 0, (experts, n, k // 32), generator=g)
+        scales = 2.0 ** torch.randint(-4, 0, (experts, n, (first + k - 1) // 32 + 1), generator=g)
         return (torch.stack([pack_along_rows(c, 4) for c in codes]).to(DEVICE), scales.to(DEVICE, torch.bfloat16))
 
-    (q13, s13), (q2, s2) = stack(2 * inter, hidden), stack(hidden, inter)
+    (q13, s13), (q2, s2) = stack(2 * inter, hidden), stack(hidden, inter, offset)
     codebook = torch.tensor(FP4_VALUES, device=DEVICE)
-    quant = reference.IntExperts(s13, None, s2, None, 4, 32, 32, codebook)
+    quant = reference.IntExperts(s13, None, s2, None, 4, 32, 32, codebook, offset)
     biases = (torch.randn(experts, 2 * inter, generator=g).to(DEVICE, dtype),
               torch.randn(experts, hidden, generator=g).to(DEVICE, dtype))
     act = reference.ClampedSwiglu(alpha=1.702, limit=7.0)
     out = kernels.fused_moe(x, q13, q2, weights, ids, int_experts=quant, biases=biases, clamped=act)
     ref = reference.fused_moe(x, q13, q2, weights, ids, int_experts=quant, biases=biases, clamped=act)
     assert_close(out, ref, rel_tol=_tolerance(dtype))
+    if offset:
+        aligned = dataclasses.replace(quant, w2_group_offset=0)
+        assert not torch.allclose(ref.float(), reference.fused_moe(x, q13, q2, weights, ids, int_experts=aligned,
+                                                                   biases=biases, clamped=act).float())
 
 
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], SHAPES[4]], ids=str)
