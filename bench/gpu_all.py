@@ -63,7 +63,8 @@ def run_tests() -> None:
         "hf_parity_tests": _pytest("hf_parity_tests", ["tests/engine/test_hf_parity.py", "tests/engine/test_fp8.py",
                                                        "tests/engine/test_fp8_formats.py", "tests/engine/test_int_quant.py",
                                                        "tests/engine/test_bnb.py", "tests/engine/test_deepseek.py",
-                                                       "tests/engine/test_image_prompts.py", "tests/engine/test_gpt_oss.py"]),
+                                                       "tests/engine/test_image_prompts.py", "tests/engine/test_gpt_oss.py",
+                                                       "tests/engine/test_encoders.py"]),
     }
     (RESULTS / "gpu_tests.json").write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -64,6 +64,10 @@ class LLMEngine:
             raise ValueError(f"an image's {vision.tokens_per_image} tokens attend to each other both ways and must be "
                              f"computed in one step: max_num_batched_tokens ({config.max_num_batched_tokens}) must "
                              "be at least that")
+        if self.model_config.encoder and config.max_num_batched_tokens < self.model_config.max_model_len:
+            raise ValueError(f"an encoder's prompt runs in one step: max_num_batched_tokens "
+                             f"({config.max_num_batched_tokens}) must be at least max_model_len "
+                             f"({self.model_config.max_model_len})")
         # What a request that sets no sampling parameter gets: the model's recommended ones.
         self.sampling_defaults = sampling_defaults(config.model, config.generation_config)
         self.eos_token_ids = self._eos_token_ids()
@@ -71,7 +75,9 @@ class LLMEngine:
         try:
             self.runner = ModelRunner(config, self.model_config, self.eos_token_ids, tp_group=self.tp_group)
             layout = self.runner.layout
-            self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching,
+            # An encoder's keys depend on the tokens after them: a prefix's cached KV is not another prompt's.
+            self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
+                                              config.enable_prefix_caching and not self.model_config.encoder,
                                               layout.windows)
             needed = layout.blocks_for(self.model_config.max_model_len, config.max_num_batched_tokens,
                                        config.block_size)
@@ -254,6 +260,7 @@ class LLMEngine:
             salt = hash((lora.cache_salt if lora is not None else None, cache_salt))
         for seq in seqs:
             seq.lora, seq.cache_salt, seq.embed, seq.priority, seq.images = lora, salt, embed, priority, images
+            seq.bidirectional = self.model_config.encoder
         if constraint is not None:
             for seq in seqs:
                 seq.grammar = Grammar(constraint, self.grammars.vocab_size, thinking)

@@ -172,6 +172,9 @@ class ModelConfig:
     quantization: Fp8Config | IntQuantConfig | None = None
     mla: MLAConfig | None = None
     vision: VisionConfig | None = None  # models that take images (LLaVA)
+    # A bidirectional encoder (BERT, XLM-RoBERTa): every prompt token sees the whole prompt, so a prompt
+    # runs in one step, is never served from the prefix cache, and generates nothing.
+    encoder: bool = False
 
     @property
     def kv_planes(self) -> int:
@@ -297,6 +300,17 @@ def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
                      f"float-quantized, bitsandbytes 4-bit, mxfp4 experts; not yet: {_UNSUPPORTED_QUANT})")
 
 
+# Bidirectional encoders (embedding models and cross-encoders), and the RoBERTa family among them, whose
+# positions start past the padding index.
+ENCODER_ARCHITECTURES = ("BertModel", "RobertaModel", "XLMRobertaModel", "XLMRobertaForSequenceClassification")
+ROBERTA_ARCHITECTURES = ("RobertaModel", "XLMRobertaModel", "XLMRobertaForSequenceClassification")
+
+
+def roberta_position_offset(cfg: dict[str, Any], architecture: str) -> int:
+    """How far past a token's index its position embedding is: RoBERTa's count from padding_idx + 1."""
+    return int(cfg.get("pad_token_id", 1)) + 1 if architecture in ROBERTA_ARCHITECTURES else 0
+
+
 # Multimodal architectures whose image inputs are served.
 IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration", "Gemma3ForConditionalGeneration")
 
@@ -380,7 +394,7 @@ def load_model_config(
         torch_dtype = parse_dtype(dtype)
     num_heads = int(cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
-    max_pos = int(cfg.get("max_position_embeddings", 2048))
+    max_pos = int(cfg.get("max_position_embeddings", 2048)) - roberta_position_offset(cfg, architecture)
     rope = _rope_config(cfg)
     # LongRoPE (Phi-3/3.5/4-mini) switches to its long factors past the original context;
     # only the short ones are served, so the context stops there.
@@ -429,4 +443,5 @@ def load_model_config(
         quantization=_quantization(cfg),
         mla=mla,
         vision=vision,
+        encoder=architecture in ENCODER_ARCHITECTURES,
     )

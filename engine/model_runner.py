@@ -23,7 +23,7 @@ from pagoda.engine.kv_cache_layout import plan_kv_cache
 from pagoda.engine.layers.attention import attention_windows, bind_kv_cache, kv_block_bytes
 from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.classifier import embedding_pool
+from pagoda.engine.models.classifier import embedding_pool, pool_rows
 from pagoda.engine.models.loader import build_model
 from pagoda.engine.sampler import Sampler, SamplingRow, banned_next_tokens, token_logprobs
 from pagoda.engine.scheduler import SchedulerOutput
@@ -158,9 +158,10 @@ class ModelRunner:
 
     def _build_inputs(
         self, sched: SchedulerOutput,
-    ) -> tuple[StepInputs, list[Sequence], list[tuple[Sequence, int, int]], list[tuple[Sequence, int]]]:
+    ) -> tuple[StepInputs, list[Sequence], list[tuple[Sequence, int, int]], list[tuple[Sequence, int, int]]]:
         """The step's inputs, the sequences that sample, the (seq, first position, rows) of prompt-logprob
-        chunks, and the (seq, hidden row) of embedding requests whose prompt this step completes.
+        chunks, and the (seq, first hidden row, rows) of embedding requests whose prompt this step completes
+        (an encoder's whole prompt; a decoder's last chunk, whose last row is its last token).
 
         Logit rows list the prompt-logprob rows first, then one row per sampling sequence.
         """
@@ -175,7 +176,7 @@ class ModelRunner:
         sample_rows: list[int] = []
         samplers: list[Sequence] = []
         prompt_chunks: list[tuple[Sequence, int, int]] = []
-        pooled: list[tuple[Sequence, int]] = []
+        pooled: list[tuple[Sequence, int, int]] = []
         image_rows: list[int] = []
         image_features: list[torch.Tensor] = []
         key_limits: list[int] | None = None  # every token's, once some token sees past itself
@@ -192,6 +193,8 @@ class ModelRunner:
                     image_rows.extend(range(offset + position - start, offset + position - start + count))
                     image_features.append(seq.images.features[image, feature : feature + count])
                 limits = seq.images.key_limits(start, end)
+            if seq.bidirectional and start < seq.num_prompt_tokens:  # an encoder's prompt: one step, both ways
+                limits = [seq.num_prompt_tokens - 1] * n
             if limits is not None and key_limits is None:
                 key_limits = list(positions)  # every earlier token sees up to itself
             if key_limits is not None:
@@ -212,7 +215,7 @@ class ModelRunner:
                 prompt_rows.extend(range(offset, offset + rows))
                 prompt_chunks.append((seq, start, rows))
             if end == seq.num_tokens and seq.embed:
-                pooled.append((seq, offset + n - 1))
+                pooled.append((seq, offset, n))
             elif seq.spec_token_ids:  # every position samples: the real token's and each draft's
                 sample_rows.extend(range(offset, offset + n))
                 samplers.append(seq)
@@ -316,9 +319,10 @@ class ModelRunner:
         logits, hidden = self.forward_logits(inputs)
         embeddings = []
         if pooled:
-            rows = torch.tensor([row for _, row in pooled], dtype=torch.long, device=self.device)
-            vectors = getattr(self.model, "pool", embedding_pool)(hidden[rows]).cpu().tolist()
-            embeddings = [(seq, vector) for (seq, _), vector in zip(pooled, vectors)]
+            pooling = getattr(self.model, "pooling", "last")
+            rows = torch.stack([pool_rows(hidden[first : first + n], pooling) for _, first, n in pooled])
+            vectors = getattr(self.model, "pool", embedding_pool)(rows).cpu().tolist()
+            embeddings = [(seq, vector) for (seq, _, _), vector in zip(pooled, vectors)]
         prompt_lp: list[tuple[Sequence, PromptLogprobs]] = []
         row = 0
         for seq, start, rows in prompt_chunks:

@@ -51,7 +51,10 @@ class SchedulerOutput:
 
 def _chunk(seq: Sequence, start: int, count: int) -> int:
     """How many of `count` tokens from `start` a prefill chunk may take: all, but never part of an image
-    whose tokens attend to each other both ways (multimodal.ImageInputs.chunk_end)."""
+    whose tokens attend to each other both ways (multimodal.ImageInputs.chunk_end), nor part of an
+    encoder's prompt (all of it or nothing)."""
+    if seq.bidirectional and start < seq.num_prompt_tokens:
+        return count if start + count >= seq.num_prompt_tokens else 0
     if seq.images is None or start >= seq.num_prompt_tokens:
         return count
     return seq.images.chunk_end(start, start + count) - start
@@ -107,7 +110,7 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = _chunk(seq, seq.num_computed_tokens, min(seq.num_tokens - seq.num_computed_tokens, budget))
-            if num_new == 0:  # its next chunk is an image that does not fit this step's budget
+            if num_new == 0:  # its next chunk is an image (or an encoder's prompt) that does not fit this step's budget
                 i += 1
                 continue
             limit = self._draft_limit(seq, budget) if num_new == 1 else 0

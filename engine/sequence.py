@@ -45,6 +45,8 @@ class Sequence:
     bad_words: list[list[int]] = field(default_factory=list)  # token sequences of params.bad_words
     lora: LoRAAdapter | None = None  # the adapter it runs with, if any
     embed: bool = False  # an embedding request: its prompt is run, nothing is generated
+    # Its prompt's tokens attend to each other both ways (an encoder's): computed in one step.
+    bidirectional: bool = False
     priority: int = 0  # under the priority policy: lower runs first
     embedding: list[float] | None = None
     # Where its prefix-cache hash chain starts: None, or a value of its adapter and

@@ -47,6 +47,15 @@ class Qwen3ForSequenceClassification(_SequenceClassifier, Qwen3ForCausalLM):
     pass
 
 
+def pool_rows(hidden: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One prompt's pooled hidden state from its rows [n, H] of a step: the last token's (decoders, whose
+    last chunk this is), the first's (`cls`: BERT's [CLS], RoBERTa's <s>), or the mean of all (`mean`,
+    an encoder's whole prompt)."""
+    if pooling == "mean":
+        return hidden.float().mean(dim=0).to(hidden.dtype)
+    return hidden[0] if pooling == "cls" else hidden[-1]
+
+
 def embedding_pool(hidden: torch.Tensor) -> torch.Tensor:
     """Embedding models' pooling: the last token's final hidden state at unit length (fp32)."""
     return nn.functional.normalize(hidden.float(), dim=-1)

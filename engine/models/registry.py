@@ -42,6 +42,11 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     # Latent attention (MLA) with experts: DeepSeek V2/V3, R1, Kimi K2.
     "DeepseekV2ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV2ForCausalLM"),
     "DeepseekV3ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV3ForCausalLM"),
+    # Bidirectional encoders: embedding models and cross-encoders.
+    "BertModel": ("pagoda.engine.models.bert", "BertModel"),
+    "RobertaModel": ("pagoda.engine.models.bert", "XLMRobertaModel"),
+    "XLMRobertaModel": ("pagoda.engine.models.bert", "XLMRobertaModel"),
+    "XLMRobertaForSequenceClassification": ("pagoda.engine.models.bert", "XLMRobertaForSequenceClassification"),
     # Decoder-only checkpoints (embedding models): embeddings only.
     "LlamaModel": ("pagoda.engine.models.llama", "LlamaModel"),
     "MistralModel": ("pagoda.engine.models.llama", "LlamaModel"),

@@ -121,3 +121,17 @@ def test_images_attending_both_ways_on_triton_kernels(tmp_path, triton_everywher
     outputs = llm.generate([{"prompt": prompt, "multi_modal_data": {"image": image}} for image in images], params)
     for out, image in zip(outputs, images):
         assert list(out.outputs[0].token_ids) == hf_greedy(path, out.prompt_token_ids, [image])[:MAX_TOKENS]
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
+def test_encoder_on_triton_kernels(tmp_path, triton_everywhere: None) -> None:
+    """A BERT embedding model through the prefill kernel, every token's key limit at its prompt's end:
+    transformers' mean-pooled embeddings."""
+    import torch
+
+    from pagoda.engine.encoder_fixtures import make_tiny_encoder
+    from tests.engine.test_encoders import TEXTS, _reference_embeddings
+
+    path = make_tiny_encoder(tmp_path / "bert", "bert", pooling="mean")
+    llm = LLM(str(path), device="cpu", block_size=4, max_num_seqs=3)
+    torch.testing.assert_close(torch.tensor(llm.embed(TEXTS)), _reference_embeddings(path, "mean"), atol=1e-5, rtol=1e-5)

@@ -78,3 +78,27 @@ def test_truncated_embedding_input(client: openai.OpenAI, idle_server: RunningSe
     long = client.embeddings.create(model=MODEL_NAME, input=[[5] * (MAX_MODEL_LEN + 9)], encoding_format="float",
                                     extra_body={"truncate_prompt_tokens": -1})
     assert long.usage.prompt_tokens == MAX_MODEL_LEN
+
+
+def test_an_encoder_embedding_model_served(tmp_path: pathlib.Path) -> None:
+    """A BERT embedding model (mean pooling) behind /v1/embeddings and an XLM-RoBERTa cross-encoder behind
+    /v1/rerank: the offline engine's numbers, through the server."""
+    from pagoda.engine.encoder_fixtures import make_tiny_encoder
+    from pagoda.engine.llm import LLM
+    from tests.server.conftest import serve_in_thread
+
+    bert = make_tiny_encoder(tmp_path / "bert", "bert", pooling="mean")
+    want = torch.tensor(LLM(str(bert), dtype="float32").embed(TEXTS))
+    with serve_in_thread([str(bert), "--served-model-name", "bge", "--dtype", "float32"]) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+        got = client.embeddings.create(model="bge", input=TEXTS, encoding_format="float")
+        torch.testing.assert_close(torch.tensor([d.embedding for d in got.data]), want, atol=1e-5, rtol=1e-5)
+        assert got.usage.prompt_tokens == sum(len(token_ids(running, t)) for t in TEXTS)
+        running.wait_idle()
+    reranker = make_tiny_encoder(tmp_path / "reranker", "xlm_roberta_reranker")
+    scores = [s.score for s in LLM(str(reranker), dtype="float32").score(TEXTS[0], TEXTS[1:])]
+    with serve_in_thread([str(reranker), "--served-model-name", "rerank", "--dtype", "float32"]) as running:
+        result = running.request("POST", "/v1/rerank", {"model": "rerank", "query": TEXTS[0], "documents": TEXTS[1:]})
+        by_index = {r["index"]: r["relevance_score"] for r in result.json()["results"]}
+        assert [by_index[i] for i in range(len(scores))] == pytest.approx(scores, abs=1e-6)
+        running.wait_idle()
