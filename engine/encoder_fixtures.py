@@ -17,6 +17,7 @@ from pagoda.engine.fixtures import (BOS_TOKEN, BOS_TOKEN_ID, EOS_TOKEN, EOS_TOKE
 
 # name -> (model_type, architecture)
 ENCODERS = {"bert": ("bert", "BertModel"), "xlm_roberta": ("xlm-roberta", "XLMRobertaModel"),
+            "bert_reranker": ("bert", "BertForSequenceClassification"),
             "xlm_roberta_reranker": ("xlm-roberta", "XLMRobertaForSequenceClassification")}
 MAX_TOKENS = 128  # the encoders' context
 
@@ -37,7 +38,10 @@ def _write_tokenizer(out_dir: pathlib.Path, roberta: bool) -> None:
     _write_json(out_dir / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN,
         "cls_token": BOS_TOKEN, "sep_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": None,
-        "model_max_length": MAX_TOKENS, "clean_up_tokenization_spaces": False})
+        "model_max_length": MAX_TOKENS, "clean_up_tokenization_spaces": False,
+        # BERT's tokenizers hand the model each token's segment; RoBERTa's have one.
+        "model_input_names": ["input_ids", "attention_mask"] if roberta else
+                             ["input_ids", "token_type_ids", "attention_mask"]})
 
 
 def _write_pooling(out_dir: pathlib.Path, hidden: int, pooling: str) -> None:

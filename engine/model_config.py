@@ -302,7 +302,8 @@ def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
 
 # Bidirectional encoders (embedding models and cross-encoders), and the RoBERTa family among them, whose
 # positions start past the padding index.
-ENCODER_ARCHITECTURES = ("BertModel", "RobertaModel", "XLMRobertaModel", "XLMRobertaForSequenceClassification")
+ENCODER_ARCHITECTURES = ("BertModel", "RobertaModel", "XLMRobertaModel", "BertForSequenceClassification",
+                         "XLMRobertaForSequenceClassification")
 ROBERTA_ARCHITECTURES = ("RobertaModel", "XLMRobertaModel", "XLMRobertaForSequenceClassification")
 
 

@@ -1,9 +1,9 @@
 """Bidirectional encoders: BERT and XLM-RoBERTa embedding models (bge, e5, gte, all-MiniLM, bge-m3) and
-XLM-RoBERTa cross-encoders (bge-reranker-base/large/v2-m3).
+cross-encoders (BERT's ms-marco-MiniLM, XLM-RoBERTa's bge-reranker-base/large/v2-m3).
 
 Post-norm layers: attention with biases, then LayerNorm(x + attention), a GELU MLP, then
-LayerNorm(x + MLP); learned absolute positions (RoBERTa's counted from padding_idx + 1) and one
-token type. Every token sees the whole prompt: the engine runs an encoder's prompt in one step
+LayerNorm(x + MLP); learned absolute positions (RoBERTa's counted from padding_idx + 1) and token
+types (a pair's second segment, after its first separator, is BERT's type 1). Every token sees the whole prompt: the engine runs an encoder's prompt in one step
 with each token's key limit at the prompt's end (the same per-token limits that let Gemma 3's image
 tokens see their whole image), so the paged attention backends and kernels serve it as they are.
 Nothing is generated; an embedding is the prompt's pooled hidden state, [CLS]/<s> or the mean over
@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from pagoda.engine.attention import AttentionMetadata
@@ -37,6 +38,16 @@ _LAYER_PARTS = {"attention.self.query": ("qkv_proj", "q"), "attention.self.key":
                 "attention.output.LayerNorm": ("attention_norm", None), "intermediate.dense": ("up_proj", None),
                 "output.dense": ("down_proj", None), "output.LayerNorm": ("output_norm", None)}
 _LAYER = re.compile(r"^encoder\.layer\.(?P<i>\d+)\.(?P<part>.+)\.(?P<leaf>weight|bias)$")
+
+
+def separator_id(cfg: ModelConfig) -> int | None:
+    """The id of the tokenizer's separator ([SEP], RoBERTa's </s>), which ends a pair's first segment."""
+    settings, vocab = cfg.path / "tokenizer_config.json", cfg.path / "tokenizer.json"
+    if not settings.exists() or not vocab.exists():
+        return None
+    sep = json.loads(settings.read_text()).get("sep_token")
+    sep = sep.get("content") if isinstance(sep, dict) else sep
+    return None if sep is None else Tokenizer.from_file(str(vocab)).token_to_id(sep)
 
 
 def sentence_pooling(cfg: ModelConfig) -> str:
@@ -101,15 +112,28 @@ class BertModel(nn.Module):
         self.embedding_norm = LayerNorm(cfg.hidden_size, float(hf.get("layer_norm_eps", 1e-12)))
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
         self.pooling = sentence_pooling(cfg)
+        # BERT's pairs type their second segment 1: the tokens after the first separator.
+        self.sep_id = separator_id(cfg) if int(hf.get("type_vocab_size", 2)) > 1 else None
 
     @property
     def kv_heads_per_rank(self) -> int:
         return max(1, self.config.num_heads // tp_size())
 
+    def token_types(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """0 up to a prompt's first separator, 1 after it (a pair's second segment, as BERT's tokenizer
+        types it). The step holds whole prompts, each starting at position 0: a token's prompt starts
+        `position` rows before it, so separators are counted within each prompt without a loop."""
+        if self.sep_id is None:
+            return torch.zeros_like(input_ids)
+        seps = (input_ids == self.sep_id).long()
+        before = torch.cumsum(seps, 0) - seps  # separators strictly before each row, over the whole step
+        start = torch.arange(input_ids.shape[0], device=input_ids.device) - positions
+        return (before - before[start]).clamp(max=1)
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Final hidden states of every token (all of one segment: token type 0)."""
+        """Final hidden states of every token."""
         x = (self.word_embeddings(input_ids) + self.position_embeddings(positions + self.position_offset)
-             + self.token_type_embeddings(torch.zeros_like(input_ids)))
+             + self.token_type_embeddings(self.token_types(input_ids, positions)))
         x = self.embedding_norm(x)
         for layer in self.layers:
             x = layer(x, meta)
@@ -128,6 +152,29 @@ class BertModel(nn.Module):
 
 class XLMRobertaModel(BertModel):
     """XLM-RoBERTa (bge-m3, multilingual-e5) and RoBERTa embedding models: positions from padding_idx + 1."""
+
+
+class BertForSequenceClassification(BertModel):
+    """A BERT cross-encoder (cross-encoder/ms-marco-MiniLM, bge-reranker's BERT kin): [CLS] through the
+    pooler (dense, tanh), then `classifier`, one logit per label; the pair's segments typed 0 and 1."""
+
+    classifies = True
+    ignored_checkpoint_prefixes = ()
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.pooling = "cls"
+        self.pooler = ReplicatedLinear(cfg.hidden_size, cfg.hidden_size, bias=True)
+        self.classifier = ReplicatedLinear(cfg.hidden_size, num_labels(cfg.hf_config), bias=True)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.tanh(self.pooler(hidden))).float()
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        name = name.removeprefix("bert.")
+        if name.startswith("pooler.dense."):
+            return name.replace("pooler.dense.", "pooler."), None
+        return super().checkpoint_target(name)
 
 
 class XLMRobertaForSequenceClassification(BertModel):

@@ -46,6 +46,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "BertModel": ("pagoda.engine.models.bert", "BertModel"),
     "RobertaModel": ("pagoda.engine.models.bert", "XLMRobertaModel"),
     "XLMRobertaModel": ("pagoda.engine.models.bert", "XLMRobertaModel"),
+    "BertForSequenceClassification": ("pagoda.engine.models.bert", "BertForSequenceClassification"),
     "XLMRobertaForSequenceClassification": ("pagoda.engine.models.bert", "XLMRobertaForSequenceClassification"),
     # Decoder-only checkpoints (embedding models): embeddings only.
     "LlamaModel": ("pagoda.engine.models.llama", "LlamaModel"),

@@ -56,9 +56,11 @@ def test_embeddings_match_transformers(encoder, arch: str, pooling: str, options
     torch.testing.assert_close(ours, _reference_embeddings(path, pooling), atol=1e-5, rtol=1e-5)
 
 
-def test_cross_encoder_scores_match_transformers(encoder) -> None:
-    """An XLM-RoBERTa reranker: each (query, document) pair read as one prompt, its one logit's sigmoid."""
-    path = encoder("xlm_roberta_reranker")
+@pytest.mark.parametrize("arch", ["bert_reranker", "xlm_roberta_reranker"])
+def test_cross_encoder_scores_match_transformers(encoder, arch: str) -> None:
+    """Rerankers: each (query, document) pair read as one prompt (BERT's second segment typed 1), its one
+    logit's sigmoid; a step of several pairs."""
+    path = encoder(arch)
     llm = LLM(str(path), dtype="float32")
     scores = [s.score for s in llm.score(TEXTS[0], TEXTS[1:])]
     tokenizer = AutoTokenizer.from_pretrained(path)
