@@ -154,34 +154,13 @@ class XLMRobertaModel(BertModel):
     """XLM-RoBERTa (bge-m3, multilingual-e5) and RoBERTa embedding models: positions from padding_idx + 1."""
 
 
-class BertForSequenceClassification(BertModel):
-    """A BERT cross-encoder (cross-encoder/ms-marco-MiniLM, bge-reranker's BERT kin): [CLS] through the
-    pooler (dense, tanh), then `classifier`, one logit per label; the pair's segments typed 0 and 1."""
+class _EncoderClassifier(BertModel):
+    """A cross-encoder: the first token's hidden state through dense, tanh and a projection to one logit
+    per label (one for rerankers, whose relevance is its sigmoid); `_HEAD` maps the checkpoint's names of
+    the two onto ours."""
 
     classifies = True
-    ignored_checkpoint_prefixes = ()
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
-        self.pooling = "cls"
-        self.pooler = ReplicatedLinear(cfg.hidden_size, cfg.hidden_size, bias=True)
-        self.classifier = ReplicatedLinear(cfg.hidden_size, num_labels(cfg.hf_config), bias=True)
-
-    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.tanh(self.pooler(hidden))).float()
-
-    def checkpoint_target(self, name: str) -> tuple[str, Any]:
-        name = name.removeprefix("bert.")
-        if name.startswith("pooler.dense."):
-            return name.replace("pooler.dense.", "pooler."), None
-        return super().checkpoint_target(name)
-
-
-class XLMRobertaForSequenceClassification(BertModel):
-    """A cross-encoder (bge-reranker): <s>'s hidden state through dense, tanh and out_proj, one logit per
-    label (one for rerankers, whose relevance is its sigmoid)."""
-
-    classifies = True
+    _HEAD: dict[str, str] = {}
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -193,6 +172,21 @@ class XLMRobertaForSequenceClassification(BertModel):
         return self.out_proj(torch.tanh(self.dense(hidden))).float()
 
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
-        if name.startswith("classifier."):
-            return name.removeprefix("classifier."), None
+        for theirs, ours in self._HEAD.items():
+            if name.startswith(theirs):
+                return ours + name.removeprefix(theirs), None
         return super().checkpoint_target(name)
+
+
+class BertForSequenceClassification(_EncoderClassifier):
+    """BERT's cross-encoders (cross-encoder/ms-marco-MiniLM): its pooler, then `classifier`; the pair's
+    segments typed 0 and 1."""
+
+    ignored_checkpoint_prefixes = ()  # the pooler is the head here
+    _HEAD = {"bert.pooler.dense.": "dense.", "pooler.dense.": "dense.", "classifier.": "out_proj."}
+
+
+class XLMRobertaForSequenceClassification(_EncoderClassifier):
+    """XLM-RoBERTa's cross-encoders (bge-reranker-base/large/v2-m3): the `classifier` head over <s>."""
+
+    _HEAD = {"classifier.dense.": "dense.", "classifier.out_proj.": "out_proj."}
