@@ -26,7 +26,7 @@ def _write_json(path: pathlib.Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _write_tokenizer(out_dir: pathlib.Path, roberta: bool) -> None:
+def _write_tokenizer(out_dir: pathlib.Path, roberta: bool, max_tokens: int) -> None:
     """The fixture vocabulary with BERT's or RoBERTa's framing: <s> A </s>, pairs <s> A </s> B </s> (BERT,
     B typed 1) or <s> A </s></s> B </s> (RoBERTa); <s> and </s> stand for [CLS] and [SEP]."""
     tokenizer = build_tokenizer("llama")
@@ -38,7 +38,7 @@ def _write_tokenizer(out_dir: pathlib.Path, roberta: bool) -> None:
     _write_json(out_dir / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN,
         "cls_token": BOS_TOKEN, "sep_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": None,
-        "model_max_length": MAX_TOKENS, "clean_up_tokenization_spaces": False,
+        "model_max_length": max_tokens, "clean_up_tokenization_spaces": False,
         # BERT's tokenizers hand the model each token's segment; RoBERTa's have one.
         "model_input_names": ["input_ids", "attention_mask"] if roberta else
                              ["input_ids", "token_type_ids", "attention_mask"]})
@@ -58,17 +58,19 @@ def _write_pooling(out_dir: pathlib.Path, hidden: int, pooling: str) -> None:
     (out_dir / "2_Normalize").mkdir()
 
 
-def make_tiny_encoder(out_dir: str | pathlib.Path, arch: str = "bert", *, pooling: str = "cls",
-                      seed: int = 0) -> pathlib.Path:
+def make_tiny_encoder(out_dir: str | pathlib.Path, arch: str = "bert", *, pooling: str = "cls", seed: int = 0,
+                      max_tokens: int = MAX_TOKENS, **shape: int) -> pathlib.Path:
     """A random-weight encoder of `arch` (see ENCODERS) in `out_dir`, pooled by `pooling` ("cls" or
-    "mean") when it is an embedding model; LayerNorms and biases random too, so none can be skipped."""
+    "mean") when it is an embedding model, of `max_tokens` context and `shape` (hidden_size, layers...,
+    tiny by default); LayerNorms and biases random too, so none can be skipped."""
     out_dir = pathlib.Path(out_dir)
     model_type, architecture = ENCODERS[arch]
     roberta = model_type == "xlm-roberta"
+    shape = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, **shape}
     # RoBERTa's positions start past the padding index, so its table is that much longer.
     config = AutoConfig.for_model(
-        model_type, vocab_size=MODEL_VOCAB_SIZE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=MAX_TOKENS + (PAD_TOKEN_ID + 1 if roberta else 0),
+        model_type, vocab_size=MODEL_VOCAB_SIZE, **shape,
+        max_position_embeddings=max_tokens + (PAD_TOKEN_ID + 1 if roberta else 0),
         type_vocab_size=1 if roberta else 2, pad_token_id=PAD_TOKEN_ID, bos_token_id=BOS_TOKEN_ID,
         eos_token_id=EOS_TOKEN_ID, initializer_range=0.1, architectures=[architecture], num_labels=1)
     torch.manual_seed(seed)
@@ -82,7 +84,7 @@ def make_tiny_encoder(out_dir: str | pathlib.Path, arch: str = "bert", *, poolin
                 param.uniform_(0.5, 1.5)
         model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
     model.save_pretrained(out_dir)
-    _write_tokenizer(out_dir, roberta)
+    _write_tokenizer(out_dir, roberta, max_tokens)
     if factory is AutoModel:
         _write_pooling(out_dir, config.hidden_size, pooling)
     return out_dir
