@@ -17,12 +17,26 @@ from pagoda.kernels import ops
 from pagoda.kernels.reference import softmax_with_sinks
 
 
-def _gather(cache: torch.Tensor, block_tables: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
-    """The first `length` cached tokens of each table's sequence, as `dtype`: [B, Hkv, length, D]."""
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor, pos: torch.Tensor | int, dtype: torch.dtype,
+            sink_key: bool = False) -> torch.Tensor:
+    """Cached tokens of each table's sequence, as `dtype`: [B, Hkv, L, D]; `pos` [B, L] their positions,
+    or an int L for the first L of each; with `sink_key`, one more key of zeros after them (see _sdpa),
+    gathered in the same copy."""
     block_size = cache.shape[1]
-    pos = torch.arange(length, device=cache.device)
-    slots = block_tables[:, pos // block_size].long() * block_size + pos % block_size
-    return cache.view(-1, *cache.shape[2:])[slots].transpose(1, 2).to(dtype)
+    if isinstance(pos, int):
+        pos = torch.arange(pos, device=cache.device).expand(block_tables.shape[0], pos)
+    if sink_key:
+        pos = torch.cat([pos, pos[:, :1]], dim=1)
+    slots = block_tables.gather(1, pos // block_size).long() * block_size + pos % block_size
+    rows = cache.view(-1, *cache.shape[2:])[slots].to(dtype)
+    if sink_key:
+        rows[:, -1] = 0
+    return rows.transpose(1, 2)
+
+
+def _with_sink_key(x: torch.Tensor) -> torch.Tensor:
+    """Fresh keys or values [B, Hkv, L, D] with one more of zeros after them (see _sdpa)."""
+    return torch.cat([x, x.new_zeros(*x.shape[:2], 1, x.shape[3])], dim=2)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float = 0.0,
@@ -30,18 +44,18 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softc
           sinks: torch.Tensor | None = None) -> torch.Tensor:
     """q: [B, Hq, Q, D], k/v: [B, Hkv, L, D]; grouped-query heads share their KV head. Soft-capped
     logits (Gemma 2) are beyond torch's fused kernel: the scores are formed, capped, masked and
-    normalized (with any sinks) here; attention sinks alone (GPT-OSS) ride it as one more key."""
+    normalized (with any sinks) here. Attention sinks alone (GPT-OSS) ride the fused kernel as a last
+    key of zeros that k and v then carry (see _gather, _with_sink_key), whose score a float mask sets to
+    each head's sink (q . 0 = 0): softmax over [scores, sink], the sink attending to nothing."""
     if softcap <= 0:
         if sinks is not None:
-            k, v, attn_mask = _sink_as_key(q, k, v, attn_mask, is_causal, sinks)
+            attn_mask = _sink_mask(q, attn_mask, is_causal, sinks, k.shape[2] - 1)
             is_causal = False
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
-    if softcap > 0:
-        scores = softcap * torch.tanh(scores / softcap)
+    scores = softcap * torch.tanh((q.float() @ k.float().transpose(-1, -2)) * (scale / softcap))
     if is_causal:
         attn_mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
     if attn_mask is not None:
@@ -49,21 +63,18 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softc
     return (softmax_with_sinks(scores, sinks) @ v.float()).to(q.dtype)
 
 
-def _sink_as_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool,
-                 sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(k, v, float mask) with a zero key and value appended to every KV head and the mask adding each
-    query head's sink logit to that key's score (q . 0 = 0): softmax over [scores, sink], the sink
-    attending to nothing, in torch's fused kernel."""
+def _sink_mask(q: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool, sinks: torch.Tensor,
+               keys: int) -> torch.Tensor:
+    """The float mask over `keys` keys and the sink key after them: 0 or -inf by `attn_mask` (or the
+    causal rule), each query head's sink logit for the last."""
     b, hq, nq, _ = q.shape
-    zeros = k.new_zeros(k.shape[0], k.shape[1], 1, k.shape[3])
     if is_causal:
-        attn_mask = torch.ones(nq, k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - nq)
+        attn_mask = torch.ones(nq, keys, dtype=torch.bool, device=q.device).tril(keys - nq)
     visible = torch.zeros((), dtype=q.dtype, device=q.device)
     if attn_mask is not None:
         visible = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, float("-inf"))
-    scores = visible.expand(b, hq, nq, k.shape[2])
     sink = sinks.to(q.dtype).view(1, hq, 1, 1).expand(b, hq, nq, 1)
-    return torch.cat([k, zeros], dim=2), torch.cat([v, zeros], dim=2), torch.cat([scores, sink], dim=-1)
+    return torch.cat([visible.expand(b, hq, nq, keys), sink], dim=-1)
 
 
 def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None,
@@ -92,13 +103,19 @@ class TorchAttentionBackend:
     ) -> torch.Tensor:
         ops.store_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
+        sink_key = sinks is not None and softcap <= 0  # sinks as one more (zero) key: see _sdpa
         nd = meta.num_decodes
         if nd:
-            max_len = max(meta.seq_lens_host[:nd])
-            keys = _gather(k_cache, meta.block_tables[:nd], max_len, q.dtype)
-            values = _gather(v_cache, meta.block_tables[:nd], max_len, q.dtype)
+            # Each decode's last `span` keys, right-aligned (a shorter context's leading ones masked): the
+            # window, where it is shorter than the longest context, so a sliding layer reads only its window.
+            span = max(meta.seq_lens_host[:nd])
+            if sliding_window is not None:
+                span = min(span, sliding_window)
             q_pos = meta.seq_lens[:nd, None].long() - 1
-            mask = _window_mask(q_pos, torch.arange(max_len, device=q.device)[None, :], sliding_window)
+            k_pos = q_pos + 1 - span + torch.arange(span, device=q.device)
+            keys = _gather(k_cache, meta.block_tables[:nd], k_pos.clamp(min=0), q.dtype, sink_key)
+            values = _gather(v_cache, meta.block_tables[:nd], k_pos.clamp(min=0), q.dtype, sink_key)
+            mask = (k_pos >= 0) & _window_mask(q_pos, k_pos, sliding_window)
             out[:nd] = _sdpa(q[:nd, :, None], keys, values, scale, softcap, attn_mask=mask[:, None, None, :],
                              sinks=sinks)[:, :, 0]
         start = nd
@@ -106,20 +123,24 @@ class TorchAttentionBackend:
             q_len, seq_len = meta.query_lens_host[i], meta.seq_lens_host[i]
             qi = q[start : start + q_len].transpose(0, 1)[None]
             q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)[:, None]
+            k_pos = torch.arange(seq_len, device=q.device)[None, :]
             limits = meta.key_limits_host[start : start + q_len] if meta.key_limits_host else None
             q_limit = None
             if limits is not None and any(limit > p for p, limit in enumerate(limits, seq_len - q_len)):
                 q_limit = torch.tensor(limits, device=q.device)[:, None]
             # A wholly new context attends over its fresh K/V, unless the cache holds them rounded (FP8),
             # which is what every later step will see.
-            if q_len == seq_len and sliding_window is None and k_cache.dtype == q.dtype and q_limit is None:
+            if q_len == seq_len and k_cache.dtype == q.dtype and q_limit is None:
                 ki = k[start : start + q_len].transpose(0, 1)[None]
                 vi = v[start : start + q_len].transpose(0, 1)[None]
-                res = _sdpa(qi, ki, vi, scale, softcap, is_causal=True, sinks=sinks)
+                if sink_key:
+                    ki, vi = _with_sink_key(ki), _with_sink_key(vi)
+                mask = None if sliding_window is None else _window_mask(q_pos, k_pos, sliding_window)
+                res = _sdpa(qi, ki, vi, scale, softcap, attn_mask=mask, is_causal=mask is None, sinks=sinks)
             else:
-                ki = _gather(k_cache, meta.block_tables[i : i + 1], seq_len, q.dtype)
-                vi = _gather(v_cache, meta.block_tables[i : i + 1], seq_len, q.dtype)
-                mask = _window_mask(q_pos, torch.arange(seq_len, device=q.device)[None, :], sliding_window, q_limit)
+                ki = _gather(k_cache, meta.block_tables[i : i + 1], seq_len, q.dtype, sink_key)
+                vi = _gather(v_cache, meta.block_tables[i : i + 1], seq_len, q.dtype, sink_key)
+                mask = _window_mask(q_pos, k_pos, sliding_window, q_limit)
                 res = _sdpa(qi, ki, vi, scale, softcap, attn_mask=mask, sinks=sinks)
             out[start : start + q_len] = res[0].transpose(0, 1)
             start += q_len
