@@ -102,9 +102,10 @@ class ModelRunner:
         if self.draft is not None:
             self.draft.allocate(self.num_blocks, self.block_size)
         self.sampler = Sampler(config.seed)
-        # Decode steps replay CUDA graphs on GPU (unless enforce_eager); everything else runs the model.
+        # Decode steps replay CUDA graphs on GPU (unless enforce_eager; an encoder never decodes); everything
+        # else runs the model.
         self.forward = decode_forward(
-            self.model, self.device, config.enforce_eager, config.max_num_seqs,
+            self.model, self.device, config.enforce_eager or model_config.encoder, config.max_num_seqs,
             model_config.max_model_len, self.block_size, len(self.layout.groups),
         )
 
@@ -118,6 +119,10 @@ class ModelRunner:
     def _num_kv_blocks(self) -> int:
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
+        if self.model_config.encoder:
+            # An encoder's prompt needs its KV only during the one step it runs in: a step's blocks (each
+            # prompt may leave one partly filled, and the pool keeps a null block), not the memory budget.
+            return -(-self.config.max_num_batched_tokens // self.block_size) + self.config.max_num_seqs + 1
         if self.device.type == "cuda":
             budget = self._profile_free_gpu_memory()
         else:

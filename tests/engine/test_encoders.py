@@ -79,3 +79,13 @@ def test_an_encoder_generates_nothing_and_needs_a_step_for_a_whole_prompt(encode
     assert not llm.engine.block_manager.enable_prefix_caching, "an encoder's KV depends on the tokens after it"
     with pytest.raises(ValueError, match="embeddings"):
         llm.generate("Hello")
+
+
+def test_an_encoder_keeps_only_a_step_of_kv_cache(encoder) -> None:
+    """Its blocks hold one step (a prompt's KV is needed only in the step it runs in): many prompts
+    through a pool of a 128-token step's blocks, three at a time, each embedding as transformers'."""
+    path = encoder("bert")
+    llm = LLM(str(path), dtype="float32", max_num_batched_tokens=MAX_TOKENS, max_num_seqs=3, block_size=4)
+    assert llm.engine.block_manager.num_usable <= MAX_TOKENS // 4 + 3 + 1
+    torch.testing.assert_close(torch.tensor(llm.embed(TEXTS * 5)), _reference_embeddings(path, "cls").repeat(5, 1),
+                               atol=1e-5, rtol=1e-5)
