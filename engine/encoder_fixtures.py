@@ -4,16 +4,14 @@ that say how a prompt is pooled."""
 
 from __future__ import annotations
 
-import json
 import pathlib
-from typing import Any
 
 import torch
 from tokenizers import processors
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 from pagoda.engine.fixtures import (BOS_TOKEN, BOS_TOKEN_ID, EOS_TOKEN, EOS_TOKEN_ID, MODEL_VOCAB_SIZE, PAD_TOKEN,
-                                    PAD_TOKEN_ID, TOKENIZER_VOCAB_SIZE, build_tokenizer)
+                                    PAD_TOKEN_ID, TOKENIZER_VOCAB_SIZE, _write_json, build_tokenizer)
 
 # name -> (model_type, architecture)
 ENCODERS = {"bert": ("bert", "BertModel"), "xlm_roberta": ("xlm-roberta", "XLMRobertaModel"),
@@ -22,15 +20,12 @@ ENCODERS = {"bert": ("bert", "BertModel"), "xlm_roberta": ("xlm-roberta", "XLMRo
 MAX_TOKENS = 128  # the encoders' context
 
 
-def _write_json(path: pathlib.Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def _write_tokenizer(out_dir: pathlib.Path, roberta: bool, max_tokens: int) -> None:
     """The fixture vocabulary with BERT's or RoBERTa's framing: <s> A </s>, pairs <s> A </s> B </s> (BERT,
     B typed 1) or <s> A </s></s> B </s> (RoBERTa); <s> and </s> stand for [CLS] and [SEP]."""
     tokenizer = build_tokenizer("llama")
-    pair = f"{BOS_TOKEN} $A {EOS_TOKEN} {EOS_TOKEN} $B {EOS_TOKEN}" if roberta else f"{BOS_TOKEN} $A {EOS_TOKEN} $B:1 {EOS_TOKEN}:1"
+    pair = (f"{BOS_TOKEN} $A {EOS_TOKEN} {EOS_TOKEN} $B {EOS_TOKEN}" if roberta
+            else f"{BOS_TOKEN} $A {EOS_TOKEN} $B:1 {EOS_TOKEN}:1")
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS_TOKEN} $A {EOS_TOKEN}", pair=pair,
         special_tokens=[(BOS_TOKEN, BOS_TOKEN_ID), (EOS_TOKEN, EOS_TOKEN_ID)])

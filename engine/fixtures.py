@@ -489,15 +489,17 @@ def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
 
 def _write_tokenizer(out_dir: pathlib.Path, arch: str, model_max_length: int, extra_special: tuple[str, ...] = (),
                      image_placeholder: str = "<image>") -> None:
-    """tokenizer.json and its config; `extra_special` tokens (image placeholders) take the ids after
-    the trained vocabulary, in order; the chat template writes `image_placeholder` for an image part."""
+    """tokenizer.json and its config; `extra_special` tokens (image placeholders; harmony's markers for a
+    harmony family, with its template) take the ids after the trained vocabulary, in order; the chat
+    template writes `image_placeholder` for an image part."""
+    harmony = _family(arch).harmony
+    if harmony:
+        extra_special = HARMONY_TOKENS
     tokenizer = build_tokenizer(arch)
     tokenizer.add_special_tokens(list(extra_special))
     tokenizer.save(str(out_dir / "tokenizer.json"), pretty=True)
-    chat_template = ("{{- bos_token }}" if _family(arch).adds_bos else "") + _CHAT_TEMPLATE.replace(
-        "'<image>\\n'", f"'{image_placeholder}\\n'")
-    if _family(arch).harmony:
-        chat_template = _HARMONY_TEMPLATE
+    chat_template = _HARMONY_TEMPLATE if harmony else ("{{- bos_token }}" if _family(arch).adds_bos else "") + (
+        _CHAT_TEMPLATE.replace("'<image>\\n'", f"'{image_placeholder}\\n'"))
     special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
     added_tokens = {
         str(token_id): {
@@ -559,13 +561,12 @@ def make_tiny_model(
 
     config_path = out_dir / "config.json"
     _write_json(config_path, _hub_style_config(json.loads(config_path.read_text()), dtype))
-    harmony = _family(arch).harmony
     _write_json(
         out_dir / "generation_config.json",
-        {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": HARMONY_STOP_IDS if harmony else EOS_TOKEN_ID,
+        {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": HARMONY_STOP_IDS if _family(arch).harmony else EOS_TOKEN_ID,
          "pad_token_id": PAD_TOKEN_ID},
     )
-    _write_tokenizer(out_dir, arch, model.config.max_position_embeddings, HARMONY_TOKENS if harmony else ())
+    _write_tokenizer(out_dir, arch, model.config.max_position_embeddings)
     return out_dir
 
 

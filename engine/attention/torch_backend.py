@@ -17,21 +17,27 @@ from pagoda.kernels import ops
 from pagoda.kernels.reference import softmax_with_sinks
 
 
-def _gather(cache: torch.Tensor, block_tables: torch.Tensor, pos: torch.Tensor | int, dtype: torch.dtype,
-            sink_key: bool = False) -> torch.Tensor:
-    """Cached tokens of each table's sequence, as `dtype`: [B, Hkv, L, D]; `pos` [B, L] their positions,
-    or an int L for the first L of each; with `sink_key`, one more key of zeros after them (see _sdpa),
-    gathered in the same copy."""
-    block_size = cache.shape[1]
+def _gather(k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor, pos: torch.Tensor | int,
+            dtype: torch.dtype, sink_key: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, values) cached for each table's sequence, as `dtype`: [B, Hkv, L, D] each; `pos` [B, L]
+    their positions, or an int L for the first L of each; with `sink_key`, one more key of zeros after
+    them (see _sdpa), gathered in the same copy. Both caches share one layout, so one set of slots; a
+    latent cache that is both (DeepSeek's) is gathered once."""
+    block_size = k_cache.shape[1]
     if isinstance(pos, int):
-        pos = torch.arange(pos, device=cache.device).expand(block_tables.shape[0], pos)
+        pos = torch.arange(pos, device=k_cache.device).expand(block_tables.shape[0], pos)
     if sink_key:
         pos = torch.cat([pos, pos[:, :1]], dim=1)
     slots = block_tables.gather(1, pos // block_size).long() * block_size + pos % block_size
-    rows = cache.view(-1, *cache.shape[2:])[slots].to(dtype)
-    if sink_key:
-        rows[:, -1] = 0
-    return rows.transpose(1, 2)
+
+    def rows(cache: torch.Tensor) -> torch.Tensor:
+        out = cache.view(-1, *cache.shape[2:])[slots].to(dtype)
+        if sink_key:
+            out[:, -1] = 0
+        return out.transpose(1, 2)
+
+    keys = rows(k_cache)
+    return keys, keys if v_cache.data_ptr() == k_cache.data_ptr() else rows(v_cache)
 
 
 def _with_sink_key(x: torch.Tensor) -> torch.Tensor:
@@ -113,8 +119,7 @@ class TorchAttentionBackend:
                 span = min(span, sliding_window)
             q_pos = meta.seq_lens[:nd, None].long() - 1
             k_pos = q_pos + 1 - span + torch.arange(span, device=q.device)
-            keys = _gather(k_cache, meta.block_tables[:nd], k_pos.clamp(min=0), q.dtype, sink_key)
-            values = _gather(v_cache, meta.block_tables[:nd], k_pos.clamp(min=0), q.dtype, sink_key)
+            keys, values = _gather(k_cache, v_cache, meta.block_tables[:nd], k_pos.clamp(min=0), q.dtype, sink_key)
             mask = (k_pos >= 0) & _window_mask(q_pos, k_pos, sliding_window)
             out[:nd] = _sdpa(q[:nd, :, None], keys, values, scale, softcap, attn_mask=mask[:, None, None, :],
                              sinks=sinks)[:, :, 0]
@@ -138,8 +143,7 @@ class TorchAttentionBackend:
                 mask = None if sliding_window is None else _window_mask(q_pos, k_pos, sliding_window)
                 res = _sdpa(qi, ki, vi, scale, softcap, attn_mask=mask, is_causal=mask is None, sinks=sinks)
             else:
-                ki = _gather(k_cache, meta.block_tables[i : i + 1], seq_len, q.dtype, sink_key)
-                vi = _gather(v_cache, meta.block_tables[i : i + 1], seq_len, q.dtype, sink_key)
+                ki, vi = _gather(k_cache, v_cache, meta.block_tables[i : i + 1], seq_len, q.dtype, sink_key)
                 mask = _window_mask(q_pos, k_pos, sliding_window, q_limit)
                 res = _sdpa(qi, ki, vi, scale, softcap, attn_mask=mask, sinks=sinks)
             out[start : start + q_len] = res[0].transpose(0, 1)

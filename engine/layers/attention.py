@@ -71,7 +71,6 @@ class Attention(nn.Module):
         out = out.view(t, self.num_heads * self.head_dim)
         return out * v_scale if v_scale != 1.0 else out
 
-
     def _sinks_loader(self, param: nn.Parameter, src: object) -> None:
         copy_into(param.data, read_shard(src, 0, tp_rank() * self.num_heads, self.num_heads))
 

@@ -70,7 +70,6 @@ class IntQuantConfig:
                              "columns; this tensor-parallel size splits a group")
         return group_size, groups if every_group else size // group_size, every_group
 
-
     def group_span(self, size: int, start: int, full: int) -> tuple[int, int, int, int]:
         """(group size, first group, groups held, offset) of a rank holding input columns [start, start +
         size) of `full` (an MoE expert's share of its intermediate columns): the groups those columns

@@ -109,15 +109,18 @@ class FusedMoE(nn.Module):
         return src if self.local_experts == self.num_experts else read_shard(src, 0, self.first_expert,
                                                                               self.local_experts)
 
-    def load_local_stack(self, param: nn.Parameter, src: Any, part: int) -> None:
-        """This rank's experts' part `part` (0: gate_up, gate rows then up rows; 2: down) of weights or
-        biases, given as a stack of this rank's experts: each split across ranks as its parameter is."""
+    def load_local_stack(self, param: nn.Parameter, src: Any, part: int,
+                         columns: tuple[int, int] | None = None) -> None:
+        """This rank's experts' part `part` (0: gate_up, gate rows then up rows; 2: down) of weights, biases or
+        their integer layout, given as a stack of this rank's experts: each split across ranks as its parameter
+        is (the down projection's by `columns`, (first, count) of its last dim, where they are not its own
+        intermediate columns: words or groups)."""
         size, start = self.per_rank, self.shard_start
         if param is self.w2_bias:  # added once to the sum over ranks: by the first, or by an expert's own rank
             whole = self.local_experts != self.num_experts or tp_rank() == 0
             copy_into(param.data, read_full(src) if whole else torch.zeros(param.shape))
         elif part == 2:
-            copy_into(param.data, read_shard(src, 2, start, size))
+            copy_into(param.data, read_shard(src, 2, *(columns or (start, size))))
         else:  # gate_up: the gate rows, then the up rows, each split across ranks
             for half in (0, 1):
                 rows = read_shard(src, 1, half * self.intermediate_size + start, size)
@@ -224,7 +227,7 @@ class FusedMoE(nn.Module):
     def _int_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int],
                     columns: tuple[int, int] | None) -> None:
         """One expert's part of the integer layout: gate or up rows (any tensor), or, for the down
-        projection, this rank's `columns` (first, count) of words or groups."""
+        projection, this rank's `columns` (first, count) of words or groups (None for the gate_up tensors)."""
         expert, part = shard
         if expert == STACKED:
             raise ValueError("integer-quantized stacked expert tensors are not supported")
@@ -235,7 +238,7 @@ class FusedMoE(nn.Module):
         if part != 2:
             copy_into(param.data[expert].narrow(0, part * size, size), read_shard(src, 0, start, size))
         else:
-            copy_into(param.data[expert], read_full(src) if columns is None else read_shard(src, 1, *columns))
+            copy_into(param.data[expert], read_shard(src, 1, *columns))
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         common = dict(expert_map=self.expert_map, clamped=self.clamped,

@@ -3,9 +3,10 @@ cross-encoders (BERT's ms-marco-MiniLM, XLM-RoBERTa's bge-reranker-base/large/v2
 
 Post-norm layers: attention with biases, then LayerNorm(x + attention), a GELU MLP, then
 LayerNorm(x + MLP); learned absolute positions (RoBERTa's counted from padding_idx + 1) and token
-types (a pair's second segment, after its first separator, is BERT's type 1). Every token sees the whole prompt: the engine runs an encoder's prompt in one step
-with each token's key limit at the prompt's end (the same per-token limits that let Gemma 3's image
-tokens see their whole image), so the paged attention backends and kernels serve it as they are.
+types (a pair's second segment, after its first separator, is BERT's type 1). Every token sees the
+whole prompt: the engine runs an encoder's prompt in one step with each token's key limit at the
+prompt's end (the same per-token limits that let Gemma 3's image tokens see their whole image), so
+the paged attention backends and kernels serve it as they are.
 Nothing is generated; an embedding is the prompt's pooled hidden state, [CLS]/<s> or the mean over
 its tokens as the checkpoint's sentence-transformers Pooling module says; a cross-encoder's score is
 its classification head over <s>.
@@ -22,7 +23,6 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from pagoda.engine.attention import AttentionMetadata
-from pagoda.engine.distributed import tp_size
 from pagoda.engine.layers.attention import Attention
 from pagoda.engine.layers.embedding import VocabParallelEmbedding
 from pagoda.engine.layers.linear import ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear, RowParallelLinear
@@ -114,10 +114,6 @@ class BertModel(nn.Module):
         self.pooling = sentence_pooling(cfg)
         # BERT's pairs type their second segment 1: the tokens after the first separator.
         self.sep_id = separator_id(cfg) if int(hf.get("type_vocab_size", 2)) > 1 else None
-
-    @property
-    def kv_heads_per_rank(self) -> int:
-        return max(1, self.config.num_heads // tp_size())
 
     def token_types(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """0 up to a prompt's first separator, 1 after it (a pair's second segment, as BERT's tokenizer

@@ -25,14 +25,15 @@ from torch import nn
 from pagoda.engine.distributed import all_reduce
 from pagoda.engine.layers.linear import ReplicatedLinear
 from pagoda.engine.layers.moe import STACKED, FusedMoE, route
-from pagoda.engine.layers.weights import copy_into, read_full
+from pagoda.engine.layers.weights import read_full
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.llama import LlamaForCausalLM
 from pagoda.kernels.reference import ClampedSwiglu
 
 # Every expert's tensors, stacked: experts.gate_up_proj / experts.down_proj and their `_bias`, or, in an
 # MXFP4 checkpoint, their `.qweight` and `.scales` (as the format names them once read).
-_EXPERTS = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<part>gate_up_proj|down_proj)(?P<leaf>_bias|\.qweight|\.scales)?$")
+_EXPERTS = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<part>gate_up_proj|down_proj)"
+                      r"(?P<leaf>_bias|\.qweight|\.scales)?$")
 _LEAVES = {None: "", "_bias": "_bias", ".qweight": "_qweight", ".scales": "_scales"}
 
 
@@ -62,13 +63,7 @@ class GptOssExperts(FusedMoE):
     def _int_loader(self, param: nn.Parameter, src: Any, shard: tuple[int | str, int],
                     columns: tuple[int, int] | None) -> None:
         # MXFP4 words and scales are [E, out, words or groups] (gate and up alternating along out).
-        local = self._read_stack(src, shard, 1)
-        size, start = self.per_rank, self.shard_start
-        if shard[1] == 2:
-            copy_into(param.data, local if columns is None else local.narrow(2, *columns))
-            return
-        for half in (0, 1):
-            copy_into(param.data.narrow(1, half * size, size), local.narrow(1, half * self.intermediate_size + start, size))
+        self.load_local_stack(param, self._read_stack(src, shard, 1), shard[1], columns)
 
 
 class GptOssMoeBlock(nn.Module):
@@ -105,5 +100,6 @@ class GptOssForCausalLM(LlamaForCausalLM):
             return name.replace(".self_attn.sinks", ".self_attn.attn.sinks"), None
         if match := _EXPERTS.match(name):
             down = match["part"] == "down_proj"
-            return f"{match['layer']}.{'w2' if down else 'w13'}{_LEAVES[match['leaf']]}", (STACKED, 2 if down else 0)
+            param = f"{'w2' if down else 'w13'}{_LEAVES[match['leaf']]}"
+            return f"{match['layer']}.{param}", (STACKED, 2 if down else 0)
         return super().checkpoint_target(name)

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from pagoda.engine.attention import AttentionMetadata
-from pagoda.engine.distributed import tp_size
 from pagoda.engine.layers.activation import SiluAndMul
 from pagoda.engine.layers.attention import Attention
 from pagoda.engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -233,10 +232,6 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
-
-    @property
-    def kv_heads_per_rank(self) -> int:
-        return max(1, self.config.num_kv_heads // tp_size())
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):

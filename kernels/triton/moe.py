@@ -89,7 +89,8 @@ def _moe_gemm_kernel(
         acc = mma(a, w, acc, EXACT)
         a_ptrs += BLOCK_K
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + expert.to(tl.int64) * stride_be + offs_n, mask=n_in, other=0.0).to(tl.float32)[None, :]
+        bias = tl.load(bias_ptr + expert.to(tl.int64) * stride_be + offs_n, mask=n_in, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(weights_ptr + rows, mask=valid, other=0.0)[:, None]
     c_ptrs = c_ptr + rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
