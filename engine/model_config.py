@@ -115,7 +115,13 @@ class VisionConfig:
     prompt writes for it becomes `tokens_per_image` image tokens (`image_token_id`, one per feature),
     between `begin_id` and `end_id` wrapped in blank lines where `wrap_newlines` (Gemma 3's
     "\n\n<start_of_image>...<end_of_image>\n\n"); `bidirectional`: an image's tokens attend to
-    one another both ways (Gemma 3)."""
+    one another both ways (Gemma 3).
+
+    Qwen2-VL and Qwen2.5-VL ("qwen2_vl", "qwen2_5_vl" towers) take images at their own resolution:
+    `tokens_per_image` is 0, an image's count is its patch grid over `spatial_merge`² (2 x 2 patches
+    merge into one feature of `out_hidden_size`); patches span `temporal_patch` frames (a still image
+    repeats); Qwen2.5-VL's layers attend within windows of `window_size` pixels except the
+    `full_attention_layers`; the language model rotates with three positions per token (`mrope`)."""
 
     tower: str
     hidden_size: int
@@ -137,6 +143,12 @@ class VisionConfig:
     end_id: int | None = None
     wrap_newlines: bool = False
     bidirectional: bool = False
+    spatial_merge: int = 1
+    temporal_patch: int = 1
+    window_size: int = 0
+    full_attention_layers: tuple[int, ...] = ()
+    out_hidden_size: int = 0
+    mrope: bool = False
 
     @property
     def layers_run(self) -> int:
@@ -197,6 +209,8 @@ def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
     theta = float(merged.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
     kind = merged.pop("rope_type", None) or merged.pop("type", None) or "default"
     merged.pop("type", None)
+    if kind == "mrope":  # Qwen2-VL's older spelling: plain frequencies, `mrope_section` (kept) splits them
+        kind = "default"
     partial = float(merged.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
     if kind in LONGROPE and "original_max_position_embeddings" not in merged:
         merged["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]  # Phi-3 keeps it apart
@@ -313,7 +327,27 @@ def roberta_position_offset(cfg: dict[str, Any], architecture: str) -> int:
 
 
 # Multimodal architectures whose image inputs are served.
-IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration", "Gemma3ForConditionalGeneration")
+QWEN_VL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration", "Gemma3ForConditionalGeneration", *QWEN_VL_ARCHITECTURES)
+
+
+def _qwen_vl_vision(full: Any, architecture: str) -> VisionConfig:
+    """Qwen2-VL's and Qwen2.5-VL's vision settings (their towers name the same facts differently)."""
+    vision = full.vision_config
+    if architecture == "Qwen2VLForConditionalGeneration":
+        width, ffn, out = vision.embed_dim, int(vision.embed_dim * vision.mlp_ratio), vision.hidden_size
+        tower, window, full_layers = "qwen2_vl", 0, ()
+    else:
+        width, ffn, out = vision.hidden_size, vision.intermediate_size, vision.out_hidden_size
+        tower, window, full_layers = "qwen2_5_vl", vision.window_size, tuple(vision.fullatt_block_indexes)
+    token = int(full.image_token_id)
+    return VisionConfig(
+        tower=tower, hidden_size=width, intermediate_size=ffn, num_layers=vision.depth, num_heads=vision.num_heads,
+        image_size=0, patch_size=vision.patch_size, layer_norm_eps=1e-6, hidden_act=vision.hidden_act,
+        tokens_per_image=0, image_token_id=token, placeholder_id=token, spatial_merge=vision.spatial_merge_size,
+        temporal_patch=vision.temporal_patch_size, window_size=window, full_attention_layers=full_layers,
+        out_hidden_size=out, mrope=True,
+    )
 
 
 def _vision_config(path: Path, architecture: str) -> VisionConfig:
@@ -322,6 +356,8 @@ def _vision_config(path: Path, architecture: str) -> VisionConfig:
 
     full = AutoConfig.from_pretrained(str(path))
     vision = full.vision_config
+    if architecture in QWEN_VL_ARCHITECTURES:
+        return _qwen_vl_vision(full, architecture)
     tower = dict(hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
                  num_layers=vision.num_hidden_layers, num_heads=vision.num_attention_heads,
                  image_size=vision.image_size, patch_size=vision.patch_size, layer_norm_eps=vision.layer_norm_eps,

@@ -185,6 +185,7 @@ class ModelRunner:
         image_rows: list[int] = []
         image_features: list[torch.Tensor] = []
         key_limits: list[int] | None = None  # every token's, once some token sees past itself
+        rope: list[list[int]] | None = None  # every token's three positions, once a prompt chunk has them
         num_decodes = 0
         self._encode_images([seq for seq, n in sched.scheduled if seq.images is not None and seq.images.features is None
                              and seq.images.spans(seq.num_computed_tokens, seq.num_computed_tokens + n)])
@@ -196,7 +197,7 @@ class ModelRunner:
             if seq.images is not None and start < seq.num_prompt_tokens:
                 for image, feature, position, count in seq.images.spans(start, end):
                     image_rows.extend(range(offset + position - start, offset + position - start + count))
-                    image_features.append(seq.images.features[image, feature : feature + count])
+                    image_features.append(seq.images.features[image][feature : feature + count])
                 limits = seq.images.key_limits(start, end)
             if seq.bidirectional and start < seq.num_prompt_tokens:  # an encoder's prompt: one step, both ways
                 limits = [seq.num_prompt_tokens - 1] * n
@@ -205,7 +206,15 @@ class ModelRunner:
             if key_limits is not None:
                 key_limits.extend(limits or range(start, end))
             ids.extend(seq.token_ids[start:end] + seq.spec_token_ids)
-            positions.extend(range(start, end))
+            # Multimodal RoPE: a prompt's tokens have three positions; later ones one, shifted by the delta.
+            delta = seq.images.rope_delta if seq.images is not None else 0
+            three = seq.images.positions(start, end) if seq.images is not None and start < seq.num_prompt_tokens else None
+            if three is not None and rope is None:
+                rope = [list(positions) for _ in range(3)]
+            if rope is not None:
+                for stream, row in zip(rope, three or [range(start + delta, end + delta)] * 3):
+                    stream.extend(row)
+            positions.extend(range(start + delta, end + delta))
             for table, group_slots in zip(seq.block_tables, slots):
                 if n == 1:
                     group_slots.append(table[start // bs] * bs + start % bs)
@@ -232,7 +241,7 @@ class ModelRunner:
                   for g in groups]
         inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows,
                             image_rows=image_rows, image_features=torch.cat(image_features) if image_features else None,
-                            key_limits=key_limits or [])
+                            key_limits=key_limits or [], rope_positions=[p for stream in rope for p in stream] if rope else [])
         return inputs, samplers, prompt_chunks, pooled
 
     def _encode_images(self, seqs: list[Sequence]) -> None:
@@ -241,9 +250,10 @@ class ModelRunner:
         inputs = list({id(seq.images): seq.images for seq in seqs}.values())
         if not inputs:
             return
-        features = self.model.encode_images(torch.cat([i.pixel_values for i in inputs]).to(self.device))
-        for i, chunk in zip(inputs, features.split([len(i.offsets) for i in inputs])):
-            i.features = chunk
+        grids = torch.cat([i.grids for i in inputs]) if inputs[0].grids is not None else None
+        features = list(self.model.encode_images(torch.cat([i.pixel_values for i in inputs]).to(self.device), grids))
+        for i in inputs:
+            i.features, features = features[: len(i.offsets)], features[len(i.offsets):]
 
     def load_loras(self, loads: list[tuple[int, str, str]]) -> None:
         """A worker's side of the driver's LoRA placements: each adapter read from its path into its slot."""

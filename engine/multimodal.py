@@ -35,24 +35,32 @@ FETCH_TIMEOUT_S = 10.0
 
 @dataclass(eq=False)
 class ImageInputs:
-    """A prompt's images: pixels, where each one's placeholder run starts, their content hashes, and
-    their features once the vision tower has run (kept for preemption and the other n - 1 sequences)."""
+    """A prompt's images: pixels, where each one's placeholder run starts and how long it is, their
+    content hashes, and their features once the vision tower has run (kept for preemption and the
+    other n - 1 sequences)."""
 
-    pixel_values: torch.Tensor  # [images, 3, H, W]
+    pixel_values: torch.Tensor  # [images, 3, H, W], or Qwen2-VL's patches of every image [patches, C*T*P*P]
     offsets: list[int]  # first prompt position of each image's placeholders
-    tokens_per_image: int
+    lengths: list[int]  # each image's placeholder count (its feature count)
     hashes: list[int]
     # Whether an image's tokens attend to one another both ways (Gemma 3): the whole run is then
     # computed in one step, and each of its tokens sees keys to the run's end.
     bidirectional: bool = False
-    features: torch.Tensor | None = field(default=None, repr=False)  # [images, tokens_per_image, hidden]
+    # Qwen2-VL: each image's patch grid (temporal, height, width), which sizes its features.
+    grids: torch.Tensor | None = None
+    # Multimodal RoPE (Qwen2-VL): the prompt's (temporal, height, width) positions [3, prompt tokens],
+    # and how far past its index a later token's position is (text after images counts from the
+    # largest image position, not from the number of tokens).
+    rope_positions: torch.Tensor | None = field(default=None, repr=False)
+    rope_delta: int = 0
+    features: list[torch.Tensor] | None = field(default=None, repr=False)  # per image [length, hidden]
 
     def spans(self, start: int, end: int) -> list[tuple[int, int, int, int]]:
         """(image, first feature, first position, count) of each image's placeholder run overlapping
         positions [start, end), clipped to them."""
         found = []
-        for image, offset in enumerate(self.offsets):
-            lo, hi = max(start, offset), min(end, offset + self.tokens_per_image)
+        for image, (offset, length) in enumerate(zip(self.offsets, self.lengths)):
+            lo, hi = max(start, offset), min(end, offset + length)
             if lo < hi:
                 found.append((image, lo - offset, lo, hi - lo))
         return found
@@ -62,8 +70,8 @@ class ImageInputs:
         or `start` (nothing this step) when it begins inside one and cannot reach its end."""
         if not self.bidirectional:
             return end
-        for offset in self.offsets:
-            if offset < end < offset + self.tokens_per_image:
+        for offset, length in zip(self.offsets, self.lengths):
+            if offset < end < offset + length:
                 return offset if offset > start else start
         return end
 
@@ -75,9 +83,19 @@ class ImageInputs:
             return None
         limits = list(range(start, end))
         for image, _, position, count in spans:
-            last = self.offsets[image] + self.tokens_per_image - 1
+            last = self.offsets[image] + self.lengths[image] - 1
             limits[position - start : position - start + count] = [last] * count
         return limits
+
+    def positions(self, start: int, end: int) -> list[list[int]] | None:
+        """The three rotary positions of each of [start, end) with multimodal RoPE ([3][end - start]):
+        the prompt's as computed, each later token's index plus `rope_delta` on all three; None without."""
+        if self.rope_positions is None:
+            return None
+        prompt = self.rope_positions.shape[1]
+        rows = self.rope_positions[:, start:min(end, prompt)].tolist()
+        later = list(range(max(start, prompt) + self.rope_delta, end + self.rope_delta))
+        return [row + later for row in rows]
 
     def block_key(self, start: int, end: int) -> tuple[tuple[int, int], ...]:
         """What a KV block over positions [start, end) depends on besides its tokens: the hash of each
@@ -189,40 +207,86 @@ class ImagePrompts:
             raise ValueError(f"the prompt has {count} images, more than the {self.limit} allowed "
                              "(--limit-mm-per-prompt)")
 
-    def _pixels(self, images: list[Any]) -> torch.Tensor:
+    def _pixels(self, images: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pixel values, Qwen2-VL's patch grids or None) as the model directory's image processor makes them."""
         if self._processor is None:
             from transformers import AutoImageProcessor
 
             self._processor = AutoImageProcessor.from_pretrained(str(self.path), local_files_only=True)
         try:
-            return self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
+            out = self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
         except Exception as exc:  # the processor raises its own types for odd images
             raise ValueError(f"cannot preprocess the image: {exc}") from exc
+        return out["pixel_values"], out.get("image_grid_thw")
 
     def process(self, token_ids: list[int], images: list[Any]) -> tuple[list[int], ImageInputs]:
         """(token ids with each image's placeholder expanded, the images' inputs). The prompt holds one
         placeholder per image, or the expanded runs already; anything else is a ValueError."""
         self.admit(len(images))
         v = self.vision
-        token, per_image = v.image_token_id, v.tokens_per_image
+        token = v.image_token_id
         loaded = [load_image(image) for image in images]
-        runs = [i for i, t in enumerate(token_ids) if t == token][::per_image]
+        pixels, grids = self._pixels(loaded)
+        if grids is not None:  # as many features as the image's patches merged spatial_merge x spatial_merge
+            lengths = (grids.prod(dim=1) // v.spatial_merge**2).tolist()
+        else:
+            lengths = [v.tokens_per_image] * len(loaded)
         count = token_ids.count(v.placeholder_id)
-        if (token_ids.count(token) == len(loaded) * per_image and per_image > 1
-                and all(token_ids[i : i + per_image] == [token] * per_image for i in runs)):  # already expanded
-            expanded, offsets = list(token_ids), runs
+        offsets = _expanded_offsets(token_ids, token, lengths)
+        if offsets is not None:
+            expanded = list(token_ids)
         elif count == len(loaded):
             expanded, offsets = [], []
+            lengths_left = iter(lengths)
             for t in token_ids:
                 if t == v.placeholder_id:
                     expanded.extend(self._before)
                     offsets.append(len(expanded))
-                    expanded.extend([token] * per_image + self._after)
+                    expanded.extend([token] * next(lengths_left) + self._after)
                 else:
                     expanded.append(t)
         else:
             raise ValueError(f"the prompt has {count} image placeholder tokens for {len(loaded)} images: "
                              "put one per image where it belongs")
-        inputs = ImageInputs(self._pixels(loaded), offsets, per_image, [image_hash(image) for image in loaded],
-                             bidirectional=v.bidirectional)
+        inputs = ImageInputs(pixels, offsets, lengths, [image_hash(image) for image in loaded],
+                             bidirectional=v.bidirectional, grids=grids)
+        if v.mrope:
+            inputs.rope_positions, inputs.rope_delta = mrope_positions(len(expanded), offsets, grids, v.spatial_merge)
         return expanded, inputs
+
+
+def _expanded_offsets(token_ids: list[int], token: int, lengths: list[int]) -> list[int] | None:
+    """Where each image's run starts, if the prompt holds the runs already expanded (runs of the given
+    lengths, in order); None otherwise (one placeholder per image, when no run is longer than one)."""
+    where = [i for i, t in enumerate(token_ids) if t == token]
+    if len(where) != sum(lengths) or max(lengths, default=0) < 2:
+        return None
+    offsets, taken = [], 0
+    for length in lengths:
+        run = where[taken : taken + length]
+        if run[-1] - run[0] != length - 1:
+            return None
+        offsets.append(run[0])
+        taken += length
+    return offsets
+
+
+def mrope_positions(num_tokens: int, offsets: list[int], grids: torch.Tensor,
+                    merge: int) -> tuple[torch.Tensor, int]:
+    """Qwen2-VL's multimodal rotary positions of a prompt, [3, num_tokens] (temporal, height, width),
+    and the delta of the tokens after it. Text counts up on all three; an image's features, row-major
+    over its merged grid, sit at (p, p + row, p + column) from the position p it starts at, and the
+    text after it resumes at p + max(rows, columns)."""
+    positions = torch.empty(3, num_tokens, dtype=torch.long)
+    index, next_position = 0, 0
+    for offset, (frames, height, width) in zip(offsets, grids.tolist()):
+        text = offset - index
+        positions[:, index:offset] = torch.arange(next_position, next_position + text)
+        start = next_position + text
+        rows, columns = height // merge, width // merge
+        t, h, w = torch.meshgrid(torch.arange(frames), torch.arange(rows), torch.arange(columns), indexing="ij")
+        length = frames * rows * columns
+        positions[:, offset : offset + length] = torch.stack([t, h, w]).reshape(3, -1) + start
+        index, next_position = offset + length, start + max(rows, columns)
+    positions[:, index:] = torch.arange(next_position, next_position + num_tokens - index)
+    return positions, int(positions.max()) + 1 - num_tokens if num_tokens else 0

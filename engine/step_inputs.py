@@ -17,8 +17,8 @@ import torch
 from pagoda.engine.attention import AttentionMetadata
 
 # num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_logit_rows, num_lora_slots, lora_loads_bytes,
-# num_image_rows, num_key_limits
-_HEADER = 10
+# num_image_rows, num_key_limits, num_rope_positions
+_HEADER = 11
 
 
 @dataclass
@@ -43,6 +43,9 @@ class StepInputs:
     image_features: torch.Tensor | None = None
     # Each token's last visible key position, where some token sees past itself (AttentionMetadata.key_limits).
     key_limits: list[int] = field(default_factory=list)
+    # Multimodal RoPE: every token's (temporal, height, width) positions, the three streams one after
+    # another, where a prompt chunk of such a model is in the step (empty otherwise).
+    rope_positions: list[int] = field(default_factory=list)
 
     def to_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         qsl = [0]
@@ -67,7 +70,9 @@ class StepInputs:
         if len(metas) > 1:
             meta.groups = metas
         ids = torch.tensor(self.input_ids, dtype=torch.long, device=device)
-        pos = torch.tensor(self.positions, dtype=torch.long, device=device)
+        pos = torch.tensor(self.rope_positions or self.positions, dtype=torch.long, device=device)
+        if self.rope_positions:
+            pos = pos.view(3, -1)
         return ids, pos, meta
 
     def pack(self) -> torch.Tensor:
@@ -75,7 +80,8 @@ class StepInputs:
         max_blocks = len(self.block_tables[0][0]) if self.block_tables[0] else 0
         loads = json.dumps(self.lora_loads).encode() if self.lora_loads else b""
         header = [len(self.input_ids), len(self.seq_lens), len(self.slots), max_blocks, self.num_decodes,
-                  len(self.logit_rows), len(self.lora_slots), len(loads), len(self.image_rows), len(self.key_limits)]
+                  len(self.logit_rows), len(self.lora_slots), len(loads), len(self.image_rows), len(self.key_limits),
+                  len(self.rope_positions)]
         flat = [*header, *self.input_ids, *self.positions, *self.query_lens, *self.seq_lens]
         for slots, tables in zip(self.slots, self.block_tables):
             flat.extend(slots)
@@ -86,13 +92,14 @@ class StepInputs:
         flat.extend(loads)
         flat.extend(self.image_rows)
         flat.extend(self.key_limits)
+        flat.extend(self.rope_positions)
         return torch.tensor(flat, dtype=torch.long)
 
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> StepInputs:
         values = packed.tolist()
         num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_rows, num_lora_slots, loads_bytes, \
-            num_image_rows, num_key_limits = values[:_HEADER]
+            num_image_rows, num_key_limits, num_rope_positions = values[:_HEADER]
         pos = _HEADER
 
         def take(n: int) -> list[int]:
@@ -110,4 +117,4 @@ class StepInputs:
         loads = [tuple(load) for load in json.loads(bytes(take(loads_bytes)))] if loads_bytes else []
         image_rows = take(num_image_rows)
         return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, rows, lora_slots, loads,
-                   image_rows, key_limits=take(num_key_limits))
+                   image_rows, key_limits=take(num_key_limits), rope_positions=take(num_rope_positions))

@@ -126,7 +126,12 @@ class RotaryEmbedding(nn.Module):
     gpt-j (interleaved pairs) layout where `interleaved` (GLM).
 
     `max_position` is the model's (LongRoPE's attention factor depends on it); the table covers
-    `num_positions` (the served context, by default all of it)."""
+    `num_positions` (the served context, by default all of it).
+
+    Multimodal RoPE (Qwen2-VL's `mrope_section`, e.g. [16, 24, 24]): a token has three positions
+    (temporal, height, width) and each run of frequencies turns with one of them. Positions then come
+    as [3, tokens]; where all three are equal (text, every decode) it is plain RoPE, so such steps
+    pass [tokens] and take the kernel's usual path (CUDA graphs included)."""
 
     def __init__(self, head_dim: int, max_position: int, rope: RopeConfig, num_positions: int | None = None,
                  interleaved: bool = False) -> None:
@@ -136,11 +141,33 @@ class RotaryEmbedding(nn.Module):
         self.rotary_dim = int(head_dim * rope.partial_rotary_factor)
         table = _cos_sin_table(self.rotary_dim, max_position, num_positions or max_position, rope)
         self.register_buffer("cos_sin_cache", table, persistent=False)
+        sections = rope.scaling.get("mrope_section")
+        self.register_buffer("mrope_streams", None if sections is None else _mrope_streams(sections, self.rotary_dim),
+                             persistent=False)
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [tokens, heads, head_dim], k: [tokens, kv_heads, head_dim]."""
+        """q: [tokens, heads, head_dim], k: [tokens, kv_heads, head_dim]; positions [tokens], or [3, tokens]
+        with multimodal RoPE."""
         from pagoda.kernels import ops
 
-        return ops.rotary_embedding(positions, q, k, self.cos_sin_cache, self.rotary_dim, self.is_neox)
+        table = self.cos_sin_cache
+        if positions.dim() == 2:
+            if self.mrope_streams is None:
+                raise ValueError("three positions per token need a model with multimodal RoPE (mrope_section)")
+            # Each token's own row: every column taken from the position stream its frequency follows.
+            rows = table[positions]  # [3, tokens, rotary_dim]
+            streams = self.mrope_streams.expand(1, rows.shape[1], -1)
+            table = rows.gather(0, streams)[0]
+            positions = torch.arange(table.shape[0], device=table.device)
+        return ops.rotary_embedding(positions, q, k, table, self.rotary_dim, self.is_neox)
+
+
+def _mrope_streams(sections: list[int], rotary_dim: int) -> torch.Tensor:
+    """[1, 1, rotary_dim]: which of the (temporal, height, width) positions each cos and sin column
+    turns with; `sections` counts frequencies per stream."""
+    if sum(sections) != rotary_dim // 2 or len(sections) != 3:
+        raise ValueError(f"mrope_section {sections} must give three counts of the {rotary_dim // 2} frequencies")
+    per_frequency = torch.repeat_interleave(torch.arange(3), torch.tensor(sections))
+    return torch.cat([per_frequency, per_frequency]).view(1, 1, -1)

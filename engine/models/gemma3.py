@@ -146,8 +146,9 @@ class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):
         self.vision_tower = SiglipVisionTower(cfg.vision)
         self.multi_modal_projector = Gemma3MultiModalProjector(cfg)
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[images, 3, H, W] -> [images, tokens_per_image, hidden] in the language model's space."""
+    def encode_images(self, pixels: torch.Tensor, grids: torch.Tensor | None) -> torch.Tensor:
+        """[images, 3, H, W] -> [images, tokens_per_image, hidden] in the language model's space (images of
+        one size: no grids)."""
         weight = self.multi_modal_projector.mm_input_projection_weight
         return self.multi_modal_projector(self.vision_tower(pixels.to(weight.dtype)))
 

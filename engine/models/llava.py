@@ -54,8 +54,9 @@ class LlavaForConditionalGeneration(LlamaForCausalLM):
     def qkv_bias(self) -> bool:  # type: ignore[override]
         return _LANGUAGE_MODELS[self.config.hf_config["model_type"]]
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[images, 3, H, W] -> their features in the language model's space, [images, tokens_per_image, hidden]."""
+    def encode_images(self, pixels: torch.Tensor, grids: torch.Tensor | None) -> torch.Tensor:
+        """[images, 3, H, W] -> their features in the language model's space, [images, tokens_per_image, hidden]
+        (images of one size: no grids)."""
         return self.multi_modal_projector(self.vision_tower(pixels.to(self.multi_modal_projector.linear_1.weight.dtype)))
 
     def checkpoint_target(self, name: str) -> tuple[str, Any]:

@@ -18,7 +18,7 @@ from torch import nn
 from pagoda.engine.model_config import VisionConfig
 
 _ACTIVATIONS = {"quick_gelu": lambda x: x * torch.sigmoid(1.702 * x), "gelu": nn.functional.gelu,
-                "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh")}
+                "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"), "silu": nn.functional.silu}
 
 
 def activation(name: str) -> Any:

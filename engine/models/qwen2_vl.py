@@ -1,0 +1,223 @@
+"""Qwen2-VL and Qwen2.5-VL (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`):
+a vision transformer that reads an image at its own resolution in front of a Qwen2 language model
+that rotates with three positions per token (multimodal RoPE).
+
+The image processor resizes an image to a multiple of patch x spatial_merge pixels and hands its
+patches over flattened ([patches, 3 * temporal_patch * patch²], a still image repeated over the
+temporal patch) with their grid (1, rows, columns). The tower embeds each patch (a 3-D convolution
+that is one matrix product here), rotates q/k by the patch's (row, column) in the head's two
+halves, runs pre-norm layers of bidirectional attention within the image (Qwen2.5-VL: within
+windows of `window_size` pixels, except in its few full-attention layers), and merges each 2 x 2
+block of patches into one feature of the language model's width. Patches arrive block-major (each
+block's four together), so features come out row-major over the merged grid, as the prompt's
+placeholders and their positions (engine/multimodal.py `mrope_positions`) expect.
+
+The tower runs on the driver rank, once per image, image by image (their sizes differ); its
+features enter the language model as LLaVA's do (engine/models/llava.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagoda.engine.layers.norm import RMSNorm
+from pagoda.engine.model_config import ModelConfig, VisionConfig
+from pagoda.engine.models.llama import Qwen2ForCausalLM
+from pagoda.engine.models.vision import activation
+
+VISION_ROPE_THETA = 10000.0
+
+
+class _PatchEmbed(nn.Module):
+    """The checkpoint's Conv3d over one patch (kernel = stride = the patch): one matrix product."""
+
+    def __init__(self, v: VisionConfig) -> None:
+        super().__init__()
+        size = (v.temporal_patch, v.patch_size, v.patch_size)
+        self.proj = nn.Conv3d(3, v.hidden_size, size, size, bias=False)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        weight = self.proj.weight
+        return nn.functional.linear(patches.to(weight.dtype), weight.view(weight.shape[0], -1))
+
+
+class _Attention(nn.Module):
+    def __init__(self, v: VisionConfig) -> None:
+        super().__init__()
+        self.num_heads = v.num_heads
+        self.qkv = nn.Linear(v.hidden_size, 3 * v.hidden_size)
+        self.proj = nn.Linear(v.hidden_size, v.hidden_size)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
+        """x: [patches, hidden]; `segments`: each patch's window id (patches attend within theirs), or None
+        (the whole image)."""
+        n = x.shape[0]
+        q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        mask = None if segments is None else segments[:, None] == segments[None, :]
+        out = nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                                         attn_mask=mask)
+        return self.proj(out.transpose(0, 1).reshape(n, -1))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary in float32 (as the towers were trained), x: [patches, heads, head_dim]."""
+    x32 = x.float()
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
+    return (x32 * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+
+
+class _GatedMLP(nn.Module):
+    """Qwen2.5-VL's tower MLP: act(gate) * up, with biases."""
+
+    def __init__(self, v: VisionConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(v.hidden_size, v.intermediate_size)
+        self.up_proj = nn.Linear(v.hidden_size, v.intermediate_size)
+        self.down_proj = nn.Linear(v.intermediate_size, v.hidden_size)
+        self.act = activation(v.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _MLP(nn.Module):
+    """Qwen2-VL's tower MLP: fc2(act(fc1))."""
+
+    def __init__(self, v: VisionConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(v.hidden_size, v.intermediate_size)
+        self.fc2 = nn.Linear(v.intermediate_size, v.hidden_size)
+        self.act = activation(v.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def _norm(v: VisionConfig, width: int) -> nn.Module:
+    """LayerNorm (Qwen2-VL) or RMSNorm (Qwen2.5-VL), both at eps 1e-6."""
+    return nn.LayerNorm(width, eps=v.layer_norm_eps) if v.tower == "qwen2_vl" else RMSNorm(width, v.layer_norm_eps)
+
+
+class _Block(nn.Module):
+    def __init__(self, v: VisionConfig) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = _norm(v, v.hidden_size), _norm(v, v.hidden_size)
+        self.attn = _Attention(v)
+        self.mlp = _MLP(v) if v.tower == "qwen2_vl" else _GatedMLP(v)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, segments)
+        return x + self.mlp(self.norm2(x))
+
+
+class _PatchMerger(nn.Module):
+    """Each block of spatial_merge² patches, normed, concatenated and through a GELU MLP to one feature."""
+
+    def __init__(self, v: VisionConfig) -> None:
+        super().__init__()
+        width = v.hidden_size * v.spatial_merge**2
+        self.ln_q = _norm(v, v.hidden_size)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, v.out_hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ln_q(x)
+        return self.mlp(x.reshape(-1, self.mlp[0].in_features))
+
+
+class QwenVisionTower(nn.Module):
+    """Qwen2-VL's (and Qwen2.5-VL's windowed) vision transformer with its patch merger."""
+
+    def __init__(self, v: VisionConfig) -> None:
+        super().__init__()
+        self.config = v
+        self.patch_embed = _PatchEmbed(v)
+        self.blocks = nn.ModuleList(_Block(v) for _ in range(v.num_layers))
+        self.merger = _PatchMerger(v)
+        half = v.hidden_size // v.num_heads // 2  # row and column each turn a quarter of the head's frequencies
+        self.register_buffer("inv_freq", 1.0 / VISION_ROPE_THETA ** (torch.arange(0, half, 2).float() / half),
+                             persistent=False)
+
+    def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> list[torch.Tensor]:
+        """Every image's patches [patches, 3 * T * P * P] with their grids [images, 3] -> each image's
+        features [rows * columns / merge², out_hidden_size]."""
+        counts = grids.prod(dim=1).tolist()
+        return [self._image(chunk, tuple(grid)) for chunk, grid in zip(patches.split(counts), grids.tolist())]
+
+    def _image(self, patches: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        v, unit = self.config, self.config.spatial_merge**2
+        order, windows = _windows(grid, v) if v.window_size else (None, None)
+        x = self.patch_embed(patches)
+        angles = _patch_positions(grid, v.spatial_merge).to(x.device).float()[..., None] * self.inv_freq
+        angles = angles.flatten(1).repeat(1, 2)  # [patches, head_dim]: (row, column) halves, twice
+        frames = torch.arange(grid[0], device=x.device).repeat_interleave(grid[1] * grid[2])
+        if order is not None:  # windows' blocks together (each block's patches stay contiguous)
+            order, windows = order.to(x.device), windows.to(x.device)
+            x = x.view(-1, unit, x.shape[-1])[order].flatten(0, 1)
+            angles = angles.view(-1, unit, angles.shape[-1])[order].flatten(0, 1)
+            frames = frames.view(-1, unit)[order].flatten()
+        cos, sin = angles.cos(), angles.sin()
+        whole = frames if grid[0] > 1 else None  # each frame attends within itself
+        for i, block in enumerate(self.blocks):
+            full = windows is None or i in v.full_attention_layers
+            x = block(x, cos, sin, whole if full else windows)
+        features = self.merger(x)
+        return features if order is None else features[torch.argsort(order)]
+
+
+def _patch_positions(grid: tuple[int, int, int], merge: int) -> torch.Tensor:
+    """(row, column) of each patch [patches, 2], patches in block-major order (the processor's): each
+    merge x merge block's patches together, blocks row-major, frames one after another."""
+    frames, rows, columns = grid
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(columns), indexing="ij")
+    shape = (rows // merge, merge, columns // merge, merge)
+    blocks = torch.stack([r.reshape(shape).transpose(1, 2).flatten(), c.reshape(shape).transpose(1, 2).flatten()], -1)
+    return blocks.repeat(frames, 1)
+
+
+def _windows(grid: tuple[int, int, int], v: VisionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2.5-VL's windows over one image: (the merged blocks in window order, each patch's window id in
+    that order). Windows of window_size pixels tile each frame's block grid row-major (the last row and
+    column of windows may be narrower); inside a window its blocks stay row-major."""
+    frames, rows, columns = grid[0], grid[1] // v.spatial_merge, grid[2] // v.spatial_merge
+    side = v.window_size // v.spatial_merge // v.patch_size
+    blocks = torch.arange(frames * rows * columns).view(frames, rows, columns)
+    order, ids = [], []
+    for frame in blocks:
+        for top in range(0, rows, side):
+            for left in range(0, columns, side):
+                window = frame[top : top + side, left : left + side].flatten()
+                order.append(window)
+                ids.append(torch.full((window.numel() * v.spatial_merge**2,), len(ids)))
+    return torch.cat(order), torch.cat(ids)
+
+
+class Qwen2VLForConditionalGeneration(Qwen2ForCausalLM):
+    """The Qwen2 language model (its rotary embedding reads `mrope_section` from the config) with the
+    vision tower beside it, under both checkpoint namings (`model.*` and `visual.*` of the hub's
+    checkpoints, `model.language_model.*` and `model.visual.*` of transformers 5)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        if cfg.vision is None or "mrope_section" not in cfg.rope.scaling:
+            raise ValueError(f"{cfg.architecture} needs a vision_config and rope mrope_section in config.json")
+        super().__init__(cfg)
+        self.visual = QwenVisionTower(cfg.vision)
+
+    def encode_images(self, pixels: torch.Tensor, grids: torch.Tensor | None) -> list[torch.Tensor]:
+        """Every image's patches and grid -> each image's features in the language model's space."""
+        return self.visual(pixels, grids)
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        for theirs, ours in (("model.language_model.", "model."), ("model.visual.", "visual.")):
+            if name.startswith(theirs):
+                name = ours + name[len(theirs):]
+                break
+        return (name, None) if name.startswith("visual.") else super().checkpoint_target(name)
+
+
+class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):  # noqa: N801 (transformers' name)
+    """Qwen2.5-VL: the same model with a windowed, RMS-normed, gated-MLP tower (the VisionConfig says so)."""

@@ -1,0 +1,71 @@
+"""Random-weight Qwen2-VL and Qwen2.5-VL checkpoints for tests and benchmarks, written as transformers
+writes them, with a tokenizer and an image processor of their own.
+
+The language model is the qwen2 fixture's with multimodal RoPE over its 8 frequencies
+(mrope_section [2, 3, 3]); the vision tower is two layers over patches of 4 pixels merged 2 x 2,
+so an image resized to h x w pixels (multiples of 8) becomes h * w / 64 placeholder tokens.
+Qwen2.5-VL's tower attends within windows of 16 pixels (2 x 2 merged blocks) in its first layer and
+over the whole image in its second.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import torch
+
+from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE, _save_image_model, _write_json, _write_tokenizer, tiny_config
+
+# The ids after the trained vocabulary, in this order; a chat template writes the three in a row.
+QWEN_VL_TOKENS = ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
+QWEN_VL_IMAGE_TOKEN_ID = TOKENIZER_VOCAB_SIZE
+QWEN_VL_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+PATCH, MERGE = 4, 2
+
+
+def make_tiny_qwen_vl(out_dir: str | pathlib.Path, version: str = "2", seed: int = 0) -> pathlib.Path:
+    """A random-weight Qwen2VLForConditionalGeneration (`version` "2") or
+    Qwen2_5_VLForConditionalGeneration ("2.5") checkpoint with its tokenizer and image processor
+    (images resized to between 16 x 16 and 64 x 64 pixels' worth, sides multiples of 8)."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
+
+    out_dir = pathlib.Path(out_dir)
+    text = tiny_config("qwen2", rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                                 "mrope_section": [2, 3, 3]}).to_dict()
+    common = dict(depth=2, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2)
+    ids = dict(image_token_id=QWEN_VL_IMAGE_TOKEN_ID, vision_start_token_id=TOKENIZER_VOCAB_SIZE + 1,
+               vision_end_token_id=TOKENIZER_VOCAB_SIZE + 2)
+    if version == "2":
+        vision = dict(common, embed_dim=32, mlp_ratio=2, hidden_size=text["hidden_size"], hidden_act="quick_gelu")
+        config, model_class = Qwen2VLConfig(text_config=text, vision_config=vision, **ids), Qwen2VLForConditionalGeneration
+        config.architectures = ["Qwen2VLForConditionalGeneration"]
+    elif version == "2.5":
+        vision = dict(common, hidden_size=32, intermediate_size=48, out_hidden_size=text["hidden_size"],
+                      hidden_act="silu", window_size=2 * MERGE * PATCH, fullatt_block_indexes=[1])
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+        model_class = Qwen2_5_VLForConditionalGeneration
+        config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    else:
+        raise ValueError(f"version must be '2' or '2.5', not {version!r}")
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.15)
+            elif "norm" in name or "ln_q" in name:
+                param.uniform_(0.5, 1.5)
+            elif "visual" in name:
+                param.normal_(0.0, 0.3)  # large enough that images move the logits
+    _save_image_model(model, out_dir)
+    _write_tokenizer(out_dir, "qwen2", text["max_position_embeddings"], extra_special=QWEN_VL_TOKENS,
+                     image_placeholder=QWEN_VL_PLACEHOLDER)
+    side = MERGE * PATCH
+    _write_json(out_dir / "preprocessor_config.json", {
+        "image_processor_type": "Qwen2VLImageProcessor", "patch_size": PATCH, "temporal_patch_size": 2,
+        "merge_size": MERGE, "size": {"shortest_edge": 4 * side * side, "longest_edge": 64 * side * side},
+        "do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_convert_rgb": True})
+    return out_dir
