@@ -135,3 +135,20 @@ def test_encoder_on_triton_kernels(tmp_path, triton_everywhere: None) -> None:
     path = make_tiny_encoder(tmp_path / "bert", "bert", pooling="mean")
     llm = LLM(str(path), device="cpu", block_size=4, max_num_seqs=3)
     torch.testing.assert_close(torch.tensor(llm.embed(TEXTS)), _reference_embeddings(path, "mean"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
+def test_multimodal_rope_on_triton_kernels(tmp_path, triton_everywhere: None) -> None:
+    """Qwen2.5-VL's three positions per prompt token through the rotary kernel (each token's own
+    cos/sin row), images cut by chunks, decodes at the shifted positions: transformers' tokens."""
+    from pagoda.engine.qwen_vl_fixtures import make_tiny_qwen_vl
+    from tests.engine.test_qwen_vl import hf_greedy, picture, prompt
+
+    path = make_tiny_qwen_vl(tmp_path / "qwen2.5-vl", "2.5")
+    llm = LLM(str(path), device="cpu", max_num_batched_tokens=20, block_size=4, max_num_seqs=3)
+    requests = [[picture(0)], [picture(1, (70, 30)), picture(2, (64, 64))], [picture(0)]]
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outputs = llm.generate([{"prompt": prompt(len(images)), "multi_modal_data": {"image": images}}
+                            for images in requests], params)
+    for out, images in zip(outputs, requests):
+        assert list(out.outputs[0].token_ids) == hf_greedy(path, out.prompt_token_ids, images)[:MAX_TOKENS]

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from pagoda.engine.fixtures import make_tiny_llava
+from pagoda.engine.qwen_vl_fixtures import make_tiny_qwen_vl
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
 from tests.server.conftest import MODEL_NAME, API_KEY, RunningServer, serve_in_thread
@@ -27,15 +28,15 @@ QUESTION = "What is in the picture?"
 SERVED: list[str] = []  # paths the loopback image host was asked for
 
 
-def png(seed: int) -> bytes:
+def png(seed: int, size: tuple[int, int] = (40, 50)) -> bytes:
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()
-    Image.fromarray((rng.random((40, 50, 3)) * 255).astype("uint8")).save(buffer, format="PNG")
+    Image.fromarray((rng.random((*size, 3)) * 255).astype("uint8")).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def data_url(seed: int) -> str:
-    return "data:image/png;base64," + base64.b64encode(png(seed)).decode()
+def data_url(seed: int, size: tuple[int, int] = (40, 50)) -> str:
+    return "data:image/png;base64," + base64.b64encode(png(seed, size)).decode()
 
 
 def image_message(*urls: str) -> list[dict]:
@@ -84,20 +85,20 @@ def image_host() -> Iterator[str]:
         server.shutdown()
 
 
-def offline_tokens(llava_dir: pathlib.Path, seeds: list[int]) -> list[int]:
+def offline_tokens(model_dir: pathlib.Path, images: list[bytes]) -> list[int]:
     """The offline engine's greedy tokens for the same conversation and images."""
-    llm = LLM(str(llava_dir), dtype="float32")
-    conversation = [{"role": "user", "content": [*({"type": "image"} for _ in seeds), {"type": "text", "text": QUESTION}]}]
+    llm = LLM(str(model_dir), dtype="float32")
+    conversation = [{"role": "user", "content": [*({"type": "image"} for _ in images), {"type": "text", "text": QUESTION}]}]
     ids = llm.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    out = llm.generate({"prompt_token_ids": ids, "multi_modal_data": {"image": [png(s) for s in seeds]}},
+    out = llm.generate({"prompt_token_ids": ids, "multi_modal_data": {"image": images}},
                        SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))[0]
     return list(out.outputs[0].token_ids)
 
 
 def test_images_by_data_url_and_http_url(llava_server: RunningServer, llava_dir: pathlib.Path, image_host: str) -> None:
     client = openai.OpenAI(base_url=llava_server.url + "/v1", api_key="unused", max_retries=0)
-    expected = {seeds: offline_tokens(llava_dir, list(seeds)) for seeds in [(1,), (2,), (1, 2)]}
+    expected = {seeds: offline_tokens(llava_dir, [png(s) for s in seeds]) for seeds in [(1,), (2,), (1, 2)]}
     assert expected[(1,)] != expected[(2,)], "the image changes the answer"
     cases = [((1,), [data_url(1)]), ((2,), [f"{image_host}/2.png"]), ((1, 2), [data_url(1), f"{image_host}/2.png"])]
     for seeds, urls in cases:
@@ -113,10 +114,24 @@ def test_images_by_data_url_and_http_url(llava_server: RunningServer, llava_dir:
     llava_server.wait_idle()
 
 
-def llm_text(llava_dir: pathlib.Path, tokens: list[int]) -> str:
+def llm_text(model_dir: pathlib.Path, tokens: list[int]) -> str:
     from pagoda.engine.tokenizer import load_tokenizer
 
-    return load_tokenizer(llava_dir).decode(tokens, skip_special_tokens=True)
+    return load_tokenizer(model_dir).decode(tokens, skip_special_tokens=True)
+
+
+def test_images_at_their_own_size(tmp_path_factory) -> None:
+    """Qwen2.5-VL through the chat API: two images of different sizes become their own numbers of
+    tokens (the chat template writes one placeholder each); the offline engine's tokens."""
+    path = make_tiny_qwen_vl(tmp_path_factory.mktemp("qwen-vl") / "model", "2.5")
+    expected = offline_tokens(path, [png(1), png(4, (70, 30))])
+    with serve_in_thread([str(path), "--served-model-name", MODEL_NAME]) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model=MODEL_NAME, messages=image_message(data_url(1), data_url(4, (70, 30))),
+                                               max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+        assert reply.choices[0].message.content == llm_text(path, expected)
+        assert reply.usage.prompt_tokens > 30 + 36, "30 and 36 image tokens"
+        running.wait_idle()
 
 
 @pytest.mark.parametrize(("url", "message"), [
