@@ -75,6 +75,9 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"
     # Most images one prompt may carry (vLLM's --limit-mm-per-prompt); None: no limit.
     limit_images_per_prompt: int | None = None
+    # Settings handed to the model's image processor (vLLM's --mm-processor-kwargs), e.g. Qwen2-VL's
+    # {"max_pixels": 1003520} to bound an image's token count.
+    mm_processor_kwargs: dict[str, Any] | None = None
     # Default sampling parameters of requests that set none (vLLM's --generation-config): "auto" reads the
     # model's generation_config.json, "vllm" keeps the engine's defaults, else a directory holding one.
     generation_config: str = "auto"

@@ -188,9 +188,11 @@ def image_hash(image: Any) -> int:
 class ImagePrompts:
     """Expands image placeholders in prompts and makes their pixels, for a model that takes images."""
 
-    def __init__(self, model_config: ModelConfig, tokenizer: Any, limit: int | None = None) -> None:
+    def __init__(self, model_config: ModelConfig, tokenizer: Any, limit: int | None = None,
+                 processor_kwargs: dict[str, Any] | None = None) -> None:
         self.path = model_config.path
         self.limit = limit  # most images per prompt
+        self.processor_kwargs = processor_kwargs or {}
         self.vision: VisionConfig | None = model_config.vision
         self._processor: Any = None
         v = self.vision
@@ -212,7 +214,12 @@ class ImagePrompts:
         if self._processor is None:
             from transformers import AutoImageProcessor
 
-            self._processor = AutoImageProcessor.from_pretrained(str(self.path), local_files_only=True)
+            try:
+                self._processor = AutoImageProcessor.from_pretrained(str(self.path), local_files_only=True,
+                                                                     **self.processor_kwargs)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"the image processor refuses mm_processor_kwargs "
+                                 f"{self.processor_kwargs}: {exc}") from exc
         try:
             out = self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
         except Exception as exc:  # the processor raises its own types for odd images

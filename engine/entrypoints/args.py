@@ -113,6 +113,17 @@ def _limit_mm(text: str) -> int:
     return value
 
 
+def _mm_processor_kwargs(text: str) -> dict[str, Any]:
+    """vLLM's --mm-processor-kwargs: a JSON object of image processor settings."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise _BadValue(f'expected a JSON object such as {{"max_pixels": 1003520}}, got {text!r}') from None
+    if not isinstance(value, dict):
+        raise _BadValue(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def _domains(text: str) -> tuple[str, ...]:
     return tuple(d.strip().lower() for d in text.replace(",", " ").split() if d.strip())
 
@@ -210,6 +221,8 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("max-lora-rank", int, "largest LoRA rank served", dest=_ENGINE + "max_lora_rank"),
     _Flag("limit-mm-per-prompt", _limit_mm, 'most images one prompt may carry, {"image": N}',
           dest=_ENGINE + "limit_images_per_prompt"),
+    _Flag("mm-processor-kwargs", _mm_processor_kwargs, 'settings of the model\'s image processor, e.g. '
+          '{"max_pixels": 1003520} (Qwen2-VL: fewer tokens per image)', dest=_ENGINE + "mm_processor_kwargs"),
     _Flag("allowed-media-domains", _domains, "hosts that image URLs may name, comma-separated (default: any; "
           "data: URLs always)"),
     _Flag("reasoning-parser", str, "return a reasoning model's thinking as `reasoning`, apart from the content",

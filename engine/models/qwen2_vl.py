@@ -18,6 +18,7 @@ features enter the language model as LLaVA's do (engine/models/llava.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,16 +52,42 @@ class _Attention(nn.Module):
         self.qkv = nn.Linear(v.hidden_size, 3 * v.hidden_size)
         self.proj = nn.Linear(v.hidden_size, v.hidden_size)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
-        """x: [patches, hidden]; `segments`: each patch's window id (patches attend within theirs), or None
-        (the whole image)."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, windows: _Windows | None) -> torch.Tensor:
+        """x: [patches, hidden]; patches attend within their `windows`, or (None) across the image."""
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        mask = None if segments is None else segments[:, None] == segments[None, :]
-        out = nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                                         attn_mask=mask)
-        return self.proj(out.transpose(0, 1).reshape(n, -1))
+        if windows is None:
+            out = nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
+            return self.proj(out.transpose(0, 1).reshape(n, -1))
+        count, longest = windows.valid.shape[0], windows.valid.shape[-1]
+
+        def padded(t: torch.Tensor) -> torch.Tensor:  # [windows, heads, longest, head_dim]
+            out = t.new_zeros(count * longest, *t.shape[1:])
+            out[windows.slots] = t
+            return out.view(count, longest, *t.shape[1:]).transpose(1, 2)
+
+        out = nn.functional.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=windows.valid)
+        return self.proj(out.transpose(1, 2).reshape(count * longest, -1)[windows.slots])
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Qwen2.5-VL's windows as a padded batch (one SDPA call, no patches x patches mask): each patch's
+    place in [windows * longest], and which places of each window hold a patch [windows, 1, 1, longest]."""
+
+    slots: torch.Tensor
+    valid: torch.Tensor
+
+    @classmethod
+    def of(cls, lengths: torch.Tensor) -> _Windows:
+        """The windows of `lengths` patches each, patches grouped by window in order."""
+        longest = int(lengths.max())
+        window = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        slots = window * longest + torch.arange(len(window), device=lengths.device) - starts[window]
+        valid = torch.arange(longest, device=lengths.device) < lengths[:, None]
+        return cls(slots, valid[:, None, None, :])
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -110,8 +137,8 @@ class _Block(nn.Module):
         self.attn = _Attention(v)
         self.mlp = _MLP(v) if v.tower == "qwen2_vl" else _GatedMLP(v)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, segments)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, windows: _Windows | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, windows)
         return x + self.mlp(self.norm2(x))
 
 
@@ -149,22 +176,20 @@ class QwenVisionTower(nn.Module):
         return [self._image(chunk, tuple(grid)) for chunk, grid in zip(patches.split(counts), grids.tolist())]
 
     def _image(self, patches: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """One image's features (a still image: one frame)."""
         v, unit = self.config, self.config.spatial_merge**2
-        order, windows = _windows(grid, v) if v.window_size else (None, None)
         x = self.patch_embed(patches)
         angles = _patch_positions(grid, v.spatial_merge).to(x.device).float()[..., None] * self.inv_freq
         angles = angles.flatten(1).repeat(1, 2)  # [patches, head_dim]: (row, column) halves, twice
-        frames = torch.arange(grid[0], device=x.device).repeat_interleave(grid[1] * grid[2])
-        if order is not None:  # windows' blocks together (each block's patches stay contiguous)
-            order, windows = order.to(x.device), windows.to(x.device)
+        order = windows = None
+        if v.window_size:  # windows' blocks together (each block's patches stay contiguous)
+            order, lengths = (t.to(x.device) for t in _windows(grid, v))
+            windows = _Windows.of(lengths * unit)
             x = x.view(-1, unit, x.shape[-1])[order].flatten(0, 1)
             angles = angles.view(-1, unit, angles.shape[-1])[order].flatten(0, 1)
-            frames = frames.view(-1, unit)[order].flatten()
         cos, sin = angles.cos(), angles.sin()
-        whole = frames if grid[0] > 1 else None  # each frame attends within itself
         for i, block in enumerate(self.blocks):
-            full = windows is None or i in v.full_attention_layers
-            x = block(x, cos, sin, whole if full else windows)
+            x = block(x, cos, sin, None if i in v.full_attention_layers else windows)
         features = self.merger(x)
         return features if order is None else features[torch.argsort(order)]
 
@@ -180,20 +205,15 @@ def _patch_positions(grid: tuple[int, int, int], merge: int) -> torch.Tensor:
 
 
 def _windows(grid: tuple[int, int, int], v: VisionConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Qwen2.5-VL's windows over one image: (the merged blocks in window order, each patch's window id in
-    that order). Windows of window_size pixels tile each frame's block grid row-major (the last row and
-    column of windows may be narrower); inside a window its blocks stay row-major."""
+    """Qwen2.5-VL's windows over one image: (its merged blocks in window order, each window's block
+    count). Windows of window_size pixels tile the block grid row-major (the last row and column of
+    windows may be narrower); inside a window its blocks stay row-major."""
     frames, rows, columns = grid[0], grid[1] // v.spatial_merge, grid[2] // v.spatial_merge
     side = v.window_size // v.spatial_merge // v.patch_size
     blocks = torch.arange(frames * rows * columns).view(frames, rows, columns)
-    order, ids = [], []
-    for frame in blocks:
-        for top in range(0, rows, side):
-            for left in range(0, columns, side):
-                window = frame[top : top + side, left : left + side].flatten()
-                order.append(window)
-                ids.append(torch.full((window.numel() * v.spatial_merge**2,), len(ids)))
-    return torch.cat(order), torch.cat(ids)
+    order = [frame[top : top + side, left : left + side].flatten()
+             for frame in blocks for top in range(0, rows, side) for left in range(0, columns, side)]
+    return torch.cat(order), torch.tensor([len(window) for window in order])
 
 
 class Qwen2VLForConditionalGeneration(Qwen2ForCausalLM):

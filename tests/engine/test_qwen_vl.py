@@ -167,3 +167,11 @@ def test_tensor_parallel_matches_transformers(models: dict[str, pathlib.Path], v
         llm.engine.shutdown()
     for out, (_, images) in zip(outputs, requests):
         assert list(out.outputs[0].token_ids) == hf_greedy(path, out.prompt_token_ids, images)
+
+
+def test_processor_kwargs_bound_an_images_tokens(models: dict[str, pathlib.Path]) -> None:
+    """vLLM's mm_processor_kwargs reach the image processor: max_pixels 1024 shrinks a 64x64 image
+    (64 tokens) to 32x32 (16)."""
+    llm = LLM(str(models["2"]), dtype="float32", mm_processor_kwargs={"max_pixels": 1024})
+    out = llm.generate({"prompt": prompt(1), "multi_modal_data": {"image": picture(3, (64, 64))}}, GREEDY)[0]
+    assert out.prompt_token_ids.count(QWEN_VL_IMAGE_TOKEN_ID) == 16

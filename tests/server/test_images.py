@@ -198,3 +198,13 @@ def test_bad_image_limits_are_refused(llava_dir: pathlib.Path, value: str, messa
     with pytest.raises(SystemExit):
         parse_serve_args([str(llava_dir), "--limit-mm-per-prompt", value], environ={})
     assert message in capsys.readouterr().err
+
+
+def test_mm_processor_kwargs_flag(llava_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pagoda.engine.entrypoints.args import parse_serve_args
+
+    args = parse_serve_args([str(llava_dir), "--mm-processor-kwargs", '{"max_pixels": 1024}'], environ={})
+    assert args.engine.mm_processor_kwargs == {"max_pixels": 1024}
+    with pytest.raises(SystemExit):
+        parse_serve_args([str(llava_dir), "--mm-processor-kwargs", "[1]"], environ={})
+    assert "expected a JSON object" in capsys.readouterr().err
