@@ -11,6 +11,7 @@ over the whole image in its second.
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import torch
 
@@ -23,27 +24,34 @@ QWEN_VL_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 PATCH, MERGE = 4, 2
 
 
-def make_tiny_qwen_vl(out_dir: str | pathlib.Path, version: str = "2", seed: int = 0) -> pathlib.Path:
+def make_tiny_qwen_vl(out_dir: str | pathlib.Path, version: str = "2", seed: int = 0, *,
+                      text: dict[str, Any] | None = None, vision: dict[str, Any] | None = None) -> pathlib.Path:
     """A random-weight Qwen2VLForConditionalGeneration (`version` "2") or
     Qwen2_5_VLForConditionalGeneration ("2.5") checkpoint with its tokenizer and image processor
-    (images resized to between 16 x 16 and 64 x 64 pixels' worth, sides multiples of 8)."""
+    (images resized to between 16 x 16 and 64 x 64 pixels' worth, sides multiples of 8). `text` and
+    `vision` override the two configs (a benchmark's larger shapes); mrope_section splits the head's
+    frequencies as Qwen's [16, 24, 24] splits 64."""
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
                               Qwen2VLForConditionalGeneration)
 
     out_dir = pathlib.Path(out_dir)
-    text = tiny_config("qwen2", rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                                                 "mrope_section": [2, 3, 3]}).to_dict()
-    common = dict(depth=2, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2)
+    text = tiny_config("qwen2", **(text or {})).to_dict()
+    frequencies = text["hidden_size"] // text["num_attention_heads"] // 2
+    spatial = (frequencies - frequencies // 4) // 2
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0,
+                               "mrope_section": [frequencies - 2 * spatial, spatial, spatial]}
+    base = dict(depth=2, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2)
     ids = dict(image_token_id=QWEN_VL_IMAGE_TOKEN_ID, vision_start_token_id=TOKENIZER_VOCAB_SIZE + 1,
                vision_end_token_id=TOKENIZER_VOCAB_SIZE + 2)
     if version == "2":
-        vision = dict(common, embed_dim=32, mlp_ratio=2, hidden_size=text["hidden_size"], hidden_act="quick_gelu")
-        config, model_class = Qwen2VLConfig(text_config=text, vision_config=vision, **ids), Qwen2VLForConditionalGeneration
+        tower = {**base, "embed_dim": 32, "mlp_ratio": 2, "hidden_size": text["hidden_size"], "hidden_act": "quick_gelu",
+                 **(vision or {})}
+        config, model_class = Qwen2VLConfig(text_config=text, vision_config=tower, **ids), Qwen2VLForConditionalGeneration
         config.architectures = ["Qwen2VLForConditionalGeneration"]
     elif version == "2.5":
-        vision = dict(common, hidden_size=32, intermediate_size=48, out_hidden_size=text["hidden_size"],
-                      hidden_act="silu", window_size=2 * MERGE * PATCH, fullatt_block_indexes=[1])
-        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+        tower = {**base, "hidden_size": 32, "intermediate_size": 48, "hidden_act": "silu", "window_size": 2 * MERGE * PATCH,
+                 "fullatt_block_indexes": [1], "out_hidden_size": text["hidden_size"], **(vision or {})}
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=tower, **ids)
         model_class = Qwen2_5_VLForConditionalGeneration
         config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     else:
