@@ -10,12 +10,13 @@ PORT ?= 8000
 
 # Targets and test prerequisites contributed by each half of the project
 # (operator, local cluster, e2e) live in mk/*.mk; they may append to
-# EXTRAS (pip extras of the venv) and TEST_PREREQS.
+# EXTRAS (pip extras of the venv), TEST_PREREQS and SLOW_PREREQS.
 EXTRAS := engine,test
 TEST_PREREQS :=
+SLOW_PREREQS :=
 -include mk/*.mk
 
-.PHONY: venv run generate test bench clean
+.PHONY: venv run generate test test-slow bench clean
 
 # One virtual environment at the repository root; torch comes from PyPI only.
 $(VENV)/.installed: pyproject.toml $(wildcard mk/*.mk)
@@ -39,7 +40,12 @@ generate: venv $(MODEL)/config.json
 	$(VENV)/bin/pagoda generate $(MODEL) --prompt "Hello, my name is" --max-tokens 32
 
 test: venv $(TEST_PREREQS)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not slow"
+
+# The heavier tests (marked `slow`: more families and kernel variants of what `make test` proves, the
+# Prometheus/helm/image/proxy suites, autoscaling end to end); .ci/run runs them after `make test`.
+test-slow: venv $(SLOW_PREREQS)
+	$(VENV)/bin/pytest -q -m slow tests e2e
 
 bench: venv
 	$(PY) -m bench.engine_overhead

@@ -20,6 +20,7 @@ import json
 import pathlib
 import re
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -570,16 +571,22 @@ def make_tiny_model(
     return out_dir
 
 
-def _save_image_model(model: PreTrainedModel, out_dir: pathlib.Path) -> None:
+def _save_image_model(model: PreTrainedModel, out_dir: pathlib.Path,
+                      layout: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
     """Saves a multimodal fixture with its generation config: the rows past the tokenizer zeroed (padding,
-    and the image tokens, whose embeddings the image features replace)."""
+    and the image tokens, whose embeddings the image features replace). `layout` rewrites the tensors
+    the way a hub checkpoint stores them where save_pretrained would not."""
     with torch.no_grad():
         model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
         model.get_output_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
     bars_were_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(out_dir)
+        if layout is None:
+            model.save_pretrained(out_dir)
+        else:
+            model.config.save_pretrained(out_dir)
+            save_file(layout(dict(model.state_dict())), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     finally:
         if bars_were_enabled:
             hf_logging.enable_progress_bar()

@@ -117,11 +117,14 @@ class VisionConfig:
     "\n\n<start_of_image>...<end_of_image>\n\n"); `bidirectional`: an image's tokens attend to
     one another both ways (Gemma 3).
 
-    Qwen2-VL and Qwen2.5-VL ("qwen2_vl", "qwen2_5_vl" towers) take images at their own resolution:
-    `tokens_per_image` is 0, an image's count is its patch grid over `spatial_merge`² (2 x 2 patches
-    merge into one feature of `out_hidden_size`); patches span `temporal_patch` frames (a still image
-    repeats); Qwen2.5-VL's layers attend within windows of `window_size` pixels except the
-    `full_attention_layers`; the language model rotates with three positions per token (`mrope`)."""
+    Qwen2-VL, Qwen2.5-VL and Qwen3-VL ("qwen2_vl", "qwen2_5_vl", "qwen3_vl" towers) take images at
+    their own resolution: `tokens_per_image` is 0, an image's count is its patch grid over
+    `spatial_merge`² (2 x 2 patches merge into one feature of `out_hidden_size`); patches span
+    `temporal_patch` frames (a still image repeats); Qwen2.5-VL's layers attend within windows of `window_size` pixels except the
+    `full_attention_layers`; the language model rotates with three positions per token (`mrope`).
+    Qwen3-VL adds a learned table of `position_embeddings` positions (a square, resampled to each
+    image's grid) and DeepStack: after each of the `deepstack_layers`, one more feature per image
+    token, for the language model's first layers (`feature_width`)."""
 
     tower: str
     hidden_size: int
@@ -149,6 +152,12 @@ class VisionConfig:
     full_attention_layers: tuple[int, ...] = ()
     out_hidden_size: int = 0
     mrope: bool = False
+    position_embeddings: int = 0
+    deepstack_layers: tuple[int, ...] = ()
+
+    def feature_width(self, text_hidden: int) -> int:
+        """The width of an image token's features: the language model's, once more per DeepStack layer."""
+        return text_hidden * (1 + len(self.deepstack_layers))
 
     @property
     def layers_run(self) -> int:
@@ -327,26 +336,32 @@ def roberta_position_offset(cfg: dict[str, Any], architecture: str) -> int:
 
 
 # Multimodal architectures whose image inputs are served.
-QWEN_VL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+QWEN_VL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+                         "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")
 IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration", "Gemma3ForConditionalGeneration", *QWEN_VL_ARCHITECTURES)
 
 
 def _qwen_vl_vision(full: Any, architecture: str) -> VisionConfig:
-    """Qwen2-VL's and Qwen2.5-VL's vision settings (their towers name the same facts differently)."""
+    """Qwen2-VL's, Qwen2.5-VL's and Qwen3-VL's vision settings (their towers name the same facts differently)."""
     vision = full.vision_config
+    window, full_layers, table, deepstack = 0, (), 0, ()
     if architecture == "Qwen2VLForConditionalGeneration":
         width, ffn, out = vision.embed_dim, int(vision.embed_dim * vision.mlp_ratio), vision.hidden_size
-        tower, window, full_layers = "qwen2_vl", 0, ()
+        tower = "qwen2_vl"
     else:
         width, ffn, out = vision.hidden_size, vision.intermediate_size, vision.out_hidden_size
-        tower, window, full_layers = "qwen2_5_vl", vision.window_size, tuple(vision.fullatt_block_indexes)
+        tower = "qwen2_5_vl" if architecture == "Qwen2_5_VLForConditionalGeneration" else "qwen3_vl"
+    if tower == "qwen2_5_vl":
+        window, full_layers = vision.window_size, tuple(vision.fullatt_block_indexes)
+    if tower == "qwen3_vl":
+        table, deepstack = vision.num_position_embeddings, tuple(vision.deepstack_visual_indexes)
     token = int(full.image_token_id)
     return VisionConfig(
         tower=tower, hidden_size=width, intermediate_size=ffn, num_layers=vision.depth, num_heads=vision.num_heads,
         image_size=0, patch_size=vision.patch_size, layer_norm_eps=1e-6, hidden_act=vision.hidden_act,
         tokens_per_image=0, image_token_id=token, placeholder_id=token, spatial_merge=vision.spatial_merge_size,
         temporal_patch=vision.temporal_patch_size, window_size=window, full_attention_layers=full_layers,
-        out_hidden_size=out, mrope=True,
+        out_hidden_size=out, mrope=True, position_embeddings=table, deepstack_layers=deepstack,
     )
 
 

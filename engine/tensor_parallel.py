@@ -124,7 +124,8 @@ def _worker_main(rank: int, address: str, config: EngineConfig, model_config: Mo
     while (payload := _broadcast_step(None, control)) is not None:
         inputs = StepInputs.unpack(payload)
         if inputs.image_rows:
-            inputs.image_features = torch.empty(len(inputs.image_rows), model_config.hidden_size)
+            width = model_config.vision.feature_width(model_config.hidden_size)
+            inputs.image_features = torch.empty(len(inputs.image_rows), width)
             dist.broadcast(inputs.image_features, src=0, group=control)
         if inputs.lora_loads:
             runner.load_loras(inputs.lora_loads)

@@ -4,6 +4,7 @@
 # installs the Debian packages on a fresh machine, as root or through sudo.
 
 TEST_PREREQS += chart-prereqs
+SLOW_PREREQS += chart-prereqs
 CHART_DEBS := prometheus podman runc debootstrap
 
 .PHONY: chart-prereqs chart-crds chart-test

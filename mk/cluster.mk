@@ -4,6 +4,7 @@
 # builds what is missing first (a fresh machine: see the README's timing).
 
 TEST_PREREQS += cluster-binaries
+SLOW_PREREQS += cluster-binaries
 
 .PHONY: cluster-binaries cluster-up cluster-down cluster-status
 

@@ -131,7 +131,12 @@ class FusedMoE(nn.Module):
         expert, part = shard
         size, start = self.per_rank, self.shard_start
         if expert == STACKED:
-            self.load_local_stack(param, self._local_stack(src), part)
+            stack = self._local_stack(src)
+            shape, hidden = tuple(source_shape(stack)[1:]), self.w2.shape[1]
+            linear = (2 * self.intermediate_size, hidden) if part == 0 else (hidden, self.intermediate_size)
+            if len(shape) == 2 and shape != linear and shape == linear[::-1]:  # [experts, in, out]: Qwen3-VL-MoE's
+                stack = read_full(stack).transpose(1, 2)
+            self.load_local_stack(param, stack, part)
             return
         expert = self._local(int(expert))
         if expert is None:

@@ -129,7 +129,8 @@ class RotaryEmbedding(nn.Module):
     `num_positions` (the served context, by default all of it).
 
     Multimodal RoPE (Qwen2-VL's `mrope_section`, e.g. [16, 24, 24]): a token has three positions
-    (temporal, height, width) and each run of frequencies turns with one of them. Positions then come
+    (temporal, height, width) and each run of frequencies turns with one of them (Qwen3-VL's
+    `mrope_interleaved`: every third frequency with height, the next with width). Positions then come
     as [3, tokens]; where all three are equal (text, every decode) it is plain RoPE, so such steps
     pass [tokens] and take the kernel's usual path (CUDA graphs included)."""
 
@@ -142,8 +143,9 @@ class RotaryEmbedding(nn.Module):
         table = _cos_sin_table(self.rotary_dim, max_position, num_positions or max_position, rope)
         self.register_buffer("cos_sin_cache", table, persistent=False)
         sections = rope.scaling.get("mrope_section")
-        self.register_buffer("mrope_streams", None if sections is None else _mrope_streams(sections, self.rotary_dim),
-                             persistent=False)
+        streams = None if sections is None else _mrope_streams(sections, self.rotary_dim,
+                                                               bool(rope.scaling.get("mrope_interleaved")))
+        self.register_buffer("mrope_streams", streams, persistent=False)
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
@@ -164,10 +166,17 @@ class RotaryEmbedding(nn.Module):
         return ops.rotary_embedding(positions, q, k, table, self.rotary_dim, self.is_neox)
 
 
-def _mrope_streams(sections: list[int], rotary_dim: int) -> torch.Tensor:
+def _mrope_streams(sections: list[int], rotary_dim: int, interleaved: bool = False) -> torch.Tensor:
     """[1, 1, rotary_dim]: which of the (temporal, height, width) positions each cos and sin column
-    turns with; `sections` counts frequencies per stream."""
+    turns with; `sections` counts frequencies per stream, in runs or interleaved t, h, w, t, h, w, ...
+    (height and width stop after their counts, temporal takes the rest)."""
     if sum(sections) != rotary_dim // 2 or len(sections) != 3:
         raise ValueError(f"mrope_section {sections} must give three counts of the {rotary_dim // 2} frequencies")
-    per_frequency = torch.repeat_interleave(torch.arange(3), torch.tensor(sections))
+    if interleaved:
+        j = torch.arange(rotary_dim // 2)
+        per_frequency = torch.zeros_like(j)
+        for stream in (1, 2):
+            per_frequency[(j % 3 == stream) & (j < 3 * sections[stream])] = stream
+    else:
+        per_frequency = torch.repeat_interleave(torch.arange(3), torch.tensor(sections))
     return torch.cat([per_frequency, per_frequency]).view(1, 1, -1)

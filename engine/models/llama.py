@@ -162,15 +162,21 @@ class DecoderModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """`image_embeds` (rows, features): inputs that are image features in place of the token embeddings."""
+        """`image_embeds` (rows, features): inputs that are image features in place of the token embeddings.
+        Features wider than the model (Qwen3-VL's DeepStack) hold one more slice per early layer, added to
+        those rows' hidden states after that layer."""
         x, residual = self.embed_tokens(input_ids), None
         if self.embedding_multiplier != 1.0:
             x = x * self.embedding_multiplier
+        stacked: list[torch.Tensor] = []
         if image_embeds is not None:
             rows, features = image_embeds
-            x = x.index_copy(0, rows, features.to(x.dtype))
-        for layer in self.layers:
+            first, *stacked = features.to(x.dtype).split(x.shape[-1], dim=1)
+            x = x.index_copy(0, rows, first)
+        for i, layer in enumerate(self.layers):
             x, residual = layer(positions, x, residual, meta)
+            if i < len(stacked):  # the layer's output is x + residual: adding to x adds to it
+                x = x.index_add(0, rows, stacked[i])
         x, _ = self.norm(x, residual)
         return x
 

@@ -31,8 +31,10 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Gemma3ForConditionalGeneration": ("pagoda.engine.models.gemma3", "Gemma3ForConditionalGeneration"),
     # Image and text in.
     "LlavaForConditionalGeneration": ("pagoda.engine.models.llava", "LlavaForConditionalGeneration"),
-    "Qwen2VLForConditionalGeneration": ("pagoda.engine.models.qwen2_vl", "Qwen2VLForConditionalGeneration"),
-    "Qwen2_5_VLForConditionalGeneration": ("pagoda.engine.models.qwen2_vl", "Qwen2_5_VLForConditionalGeneration"),
+    "Qwen2VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen2VLForConditionalGeneration"),
+    "Qwen2_5_VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen2_5_VLForConditionalGeneration"),
+    "Qwen3VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen3VLForConditionalGeneration"),
+    "Qwen3VLMoeForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen3VLMoeForConditionalGeneration"),
     # Mixture of experts.
     "MixtralForCausalLM": ("pagoda.engine.models.moe", "MixtralForCausalLM"),
     "Qwen2MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen2MoeForCausalLM"),

@@ -77,14 +77,18 @@ def _hf(path: pathlib.Path) -> tuple[torch.nn.Module, object]:
 @torch.inference_mode()
 def hf_greedy(path: pathlib.Path, prompt_ids: list[int], images: list[Image.Image]) -> list[int]:
     """transformers' greedy continuation of the expanded prompt with the images' pixels, never stopping at
-    EOS (Gemma 3 told which tokens are image tokens, for its bidirectional image attention)."""
+    EOS (Gemma 3 told which tokens are image tokens, for its bidirectional image attention; Qwen-VL too,
+    and each image's grid, for its multimodal RoPE positions)."""
     model, processor = _hf(path)
-    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    processed = processor(images=images, return_tensors="pt")
     ids = torch.tensor([prompt_ids])
     extra = {}
     if model.config.model_type == "gemma3":
         extra["token_type_ids"] = (ids == model.config.image_token_index).long()
-    out = model(input_ids=ids, pixel_values=pixels, use_cache=True, **extra)
+    if "image_grid_thw" in processed:
+        extra.update(image_grid_thw=processed["image_grid_thw"],
+                     mm_token_type_ids=(ids == model.config.image_token_id).int())
+    out = model(input_ids=ids, pixel_values=processed["pixel_values"], use_cache=True, **extra)
     generated: list[int] = []
     for _ in range(MAX_TOKENS):
         token = int(out.logits[0, -1].argmax())

@@ -1,31 +1,25 @@
-"""Qwen2-VL and Qwen2.5-VL: images at their own resolution (each image's placeholder count from its
-patch grid), multimodal RoPE (three positions per prompt token, a delta after it), Qwen2.5-VL's
-windowed tower. Greedy tokens equal transformers' own model on the same weights and pixels, through
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: images at their own resolution (each image's placeholder count
+from its patch grid), multimodal RoPE (three positions per prompt token, a delta after it; Qwen3-VL's
+interleaved), Qwen2.5-VL's windowed tower, Qwen3-VL's resampled position table and DeepStack features. Greedy tokens equal transformers' own model on the same weights and pixels, through
 chunked prefill that cuts images apart, preemption (recomputing prompts and generated tokens),
 prefix caching and tensor parallelism."""
 
 from __future__ import annotations
 
-import functools
 import pathlib
 
-import numpy as np
 import pytest
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
 from pagoda.engine.layers.rotary import RotaryEmbedding
 from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import RopeConfig, load_model_config
 from pagoda.engine.multimodal import mrope_positions
-from pagoda.engine.qwen_vl_fixtures import QWEN_VL_IMAGE_TOKEN_ID, QWEN_VL_PLACEHOLDER, make_tiny_qwen_vl
+from pagoda.engine.qwen_vl_fixtures import QWEN_VL_IMAGE_TOKEN_ID, QWEN_VL_PLACEHOLDER, VERSIONS, make_tiny_qwen_vl
 from pagoda.engine.sampling_params import SamplingParams
+from tests.engine.test_image_prompts import MAX_TOKENS, _hf, hf_greedy, picture
 
-Image = pytest.importorskip("PIL.Image", reason="pillow (the engine extra) reads images")
-
-MAX_TOKENS = 8
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-VERSIONS = ("2", "2.5")
 
 
 @pytest.fixture(scope="module")
@@ -33,38 +27,10 @@ def models(tmp_path_factory) -> dict[str, pathlib.Path]:
     return {v: make_tiny_qwen_vl(tmp_path_factory.mktemp(f"qwen{v}-vl") / "model", v) for v in VERSIONS}
 
 
-def picture(seed: int, size: tuple[int, int] = (40, 50)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((*size, 3)) * 255).astype("uint8"))
-
-
 def prompt(images: int) -> str:
     if images == 1:
         return f"USER: {QWEN_VL_PLACEHOLDER}\nWhat is in the picture? ASSISTANT:"
     return "USER: Compare " + " with ".join([QWEN_VL_PLACEHOLDER] * images) + ", please. ASSISTANT:"
-
-
-@functools.cache
-def _hf(path: pathlib.Path) -> tuple[torch.nn.Module, object]:
-    return AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32).eval(), \
-        AutoImageProcessor.from_pretrained(str(path))
-
-
-@torch.inference_mode()
-def hf_greedy(path: pathlib.Path, prompt_ids: list[int], images: list[Image.Image]) -> list[int]:
-    """transformers' greedy continuation of the expanded prompt, its M-RoPE positions computed from the
-    image tokens and grids, never stopping at EOS."""
-    model, processor = _hf(path)
-    inputs = processor(images=images, return_tensors="pt")
-    ids = torch.tensor([prompt_ids])
-    out = model(input_ids=ids, pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
-                mm_token_type_ids=(ids == QWEN_VL_IMAGE_TOKEN_ID).int(), use_cache=True)
-    generated: list[int] = []
-    for _ in range(MAX_TOKENS):
-        token = int(out.logits[0, -1].argmax())
-        generated.append(token)
-        out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
-    return generated
 
 
 # Images of 40x50 (30 tokens), 70x30 (36) and 64x64 (64) pixels: chunks of 20 tokens cut them apart.
@@ -107,9 +73,10 @@ def test_positions_match_transformers_rope_index(models: dict[str, pathlib.Path]
     assert ours < 0, "images take fewer positions than tokens"
 
 
-def test_three_equal_positions_are_plain_rope() -> None:
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_three_equal_positions_are_plain_rope(interleaved: bool) -> None:
     """Text and every decode pass one position per token: the same rotation as three equal ones."""
-    rope = RopeConfig(theta=10000.0, scaling={"mrope_section": [2, 3, 3]})
+    rope = RopeConfig(theta=10000.0, scaling={"mrope_section": [2, 3, 3], "mrope_interleaved": interleaved})
     rotary = RotaryEmbedding(16, 64, rope)
     q, k = torch.randn(5, 4, 16), torch.randn(5, 2, 16)
     positions = torch.tensor([0, 3, 7, 8, 30])
@@ -120,12 +87,16 @@ def test_three_equal_positions_are_plain_rope() -> None:
     assert not torch.allclose(plain[0], mixed[0])
 
 
-def test_config_reads_both_towers(models: dict[str, pathlib.Path]) -> None:
-    two, two_five = (load_model_config(models[v]) for v in VERSIONS)
-    assert (two.vision.tower, two_five.vision.tower) == ("qwen2_vl", "qwen2_5_vl")
+def test_config_reads_every_tower(models: dict[str, pathlib.Path]) -> None:
+    two, two_five, three, three_moe = (load_model_config(models[v]) for v in VERSIONS)
+    assert three_moe.vision.tower == "qwen3_vl" and three_moe.moe.num_experts == 8 and three.moe is None
+    assert (two.vision.tower, two_five.vision.tower, three.vision.tower) == ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
     assert two.rope.scaling["mrope_section"] == [2, 3, 3] and two.vision.mrope
     assert two_five.vision.window_size == 16 and two_five.vision.full_attention_layers == (1,)
     assert two.vision.placeholder_id == two.vision.image_token_id == QWEN_VL_IMAGE_TOKEN_ID
+    assert three.rope.scaling["mrope_interleaved"] and three.rope.scaling["mrope_section"] == [6, 5, 5]
+    assert three.vision.deepstack_layers == (0,) and three.vision.feature_width(64) == 128
+    assert three.vision.position_embeddings == 16 and two.vision.feature_width(64) == 64
 
 
 def test_prefix_cache_and_prompt_forms(models: dict[str, pathlib.Path]) -> None:

@@ -28,7 +28,12 @@ def _param_bytes(llm: LLM) -> int:
     return sum(p.numel() * p.element_size() for p in llm.engine.runner.model.parameters())
 
 
-@pytest.mark.parametrize(("arch", "tp"), [(arch, 2) for arch in FIXTURE_ARCHS] + [("llama", 4)])
+# Families whose parity runs in the default suite; the others' (same code paths, other layers) under `slow`.
+CORE_ARCHS = ("llama", "qwen3_moe", "deepseek_v3", "gemma3", "gpt_oss")
+
+
+@pytest.mark.parametrize(("arch", "tp"), [pytest.param(arch, 2, marks=() if arch in CORE_ARCHS else pytest.mark.slow)
+                                          for arch in FIXTURE_ARCHS] + [("llama", 4)])
 def test_tensor_parallel_matches_transformers(tiny_model, arch: str, tp: int) -> None:
     # tp=4 with 2 KV heads: each KV head is replicated on two ranks.
     path = tiny_model(arch, tie_word_embeddings=arch == "qwen3")
@@ -82,7 +87,7 @@ def _headless_node(path: str, port: int, node_rank: int, tp: int, nnodes: int) -
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-@pytest.mark.parametrize(("tp", "nnodes"), [(2, 2), (4, 2)])
+@pytest.mark.parametrize(("tp", "nnodes"), [(2, 2), pytest.param(4, 2, marks=pytest.mark.slow)])
 def test_ranks_over_several_nodes_match_transformers(tiny_model, tp: int, nnodes: int) -> None:
     """Node 0 (this process, the engine) and headless nodes (processes started as `pagoda serve
     --headless`, as other pods would be) run one model; node 0 stopping ends them cleanly."""

@@ -23,6 +23,8 @@ from pagoda.kernels import ops
 from tests.engine.hf_reference import hf_greedy
 from tests.kernels.conftest import ON_GPU
 
+# Variants of what the default suite already runs on the kernels: `make test-slow` (and .ci/run) runs them.
+SLOW = pytest.mark.slow
 SHARED = "The quick brown fox jumps over the lazy dog. Hello, my name is"
 PROMPTS = [SHARED + " Pagoda", "Once upon a time", SHARED + " tea"]
 MAX_TOKENS = 4
@@ -37,7 +39,8 @@ def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
-@pytest.mark.parametrize("arch", ["llama3", "qwen3", "gemma2", "gemma3", "qwen2_moe", "deepseek_v3", "gpt_oss"])
+@pytest.mark.parametrize("arch", ["llama3", "gemma3", "deepseek_v3", *(pytest.param(arch, marks=SLOW) for arch in
+                                                                       ("qwen3", "gemma2", "qwen2_moe", "gpt_oss"))])
 def test_greedy_matches_hf_on_triton_kernels(arch: str, tiny_model, triton_everywhere: None) -> None:
     path = tiny_model(arch)
     # A token budget of 7 chunks the prompts, so steps mix decodes with prefill chunks and prefix hits.
@@ -49,7 +52,8 @@ def test_greedy_matches_hf_on_triton_kernels(arch: str, tiny_model, triton_every
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
 @pytest.mark.parametrize(("arch", "options"), [
-    ("qwen3", {"block": (16, 32)}), ("qwen3_moe", {"method": "compressed-tensors", "strategy": "channel"}),
+    ("qwen3", {"block": (16, 32)}),
+    pytest.param("qwen3_moe", {"method": "compressed-tensors", "strategy": "channel"}, marks=SLOW),
 ])
 def test_fp8_checkpoint_on_triton_kernels(arch: str, options: dict, tiny_model, tmp_path,
                                           triton_everywhere: None) -> None:
@@ -65,8 +69,9 @@ def test_fp8_checkpoint_on_triton_kernels(arch: str, options: dict, tiny_model, 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
 @pytest.mark.parametrize(("arch", "method", "options"), [
-    ("qwen3", "gptq", {"act_order": True}), ("qwen3", "awq", {"group_size": 32}), ("qwen3_moe", "gptq", {}),
-    ("llama3", "bitsandbytes", {}), ("gpt_oss", "mxfp4", {}),
+    ("qwen3", "gptq", {"act_order": True}), ("qwen3_moe", "gptq", {}),
+    *(pytest.param(*case, marks=SLOW) for case in (("qwen3", "awq", {"group_size": 32}), ("llama3", "bitsandbytes", {}),
+                                                   ("gpt_oss", "mxfp4", {}))),
 ])
 def test_int4_checkpoint_on_triton_kernels(arch: str, method: str, options: dict, tiny_model, tmp_path,
                                            triton_everywhere: None) -> None:
@@ -86,7 +91,8 @@ def test_int4_checkpoint_on_triton_kernels(arch: str, method: str, options: dict
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
-@pytest.mark.parametrize(("arch", "scaled"), [("llama3", False), ("gemma3", False), ("llama3", True)])
+@pytest.mark.parametrize(("arch", "scaled"), [("llama3", True), pytest.param("llama3", False, marks=SLOW),
+                                              pytest.param("gemma3", False, marks=SLOW)])
 def test_fp8_kv_cache_on_triton_kernels(arch: str, scaled: bool, tiny_model, tmp_path, triton_everywhere: None) -> None:
     """Keys and values stored as FP8 by the store kernel and widened by the attention kernels, with the
     checkpoint's KV-cache scales or without: transformers' greedy tokens with a cache that rounds the
@@ -107,6 +113,7 @@ def test_fp8_kv_cache_on_triton_kernels(arch: str, scaled: bool, tiny_model, tmp
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
+@SLOW
 def test_images_attending_both_ways_on_triton_kernels(tmp_path, triton_everywhere: None) -> None:
     """Gemma 3's images through the prefill kernel's per-token key limits (each image token sees its
     whole image), in chunks that stop before an image, with prefix hits: transformers' tokens."""
@@ -138,11 +145,13 @@ def test_encoder_on_triton_kernels(tmp_path, triton_everywhere: None) -> None:
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
+@SLOW
 def test_multimodal_rope_on_triton_kernels(tmp_path, triton_everywhere: None) -> None:
     """Qwen2.5-VL's three positions per prompt token through the rotary kernel (each token's own
     cos/sin row), images cut by chunks, decodes at the shifted positions: transformers' tokens."""
     from pagoda.engine.qwen_vl_fixtures import make_tiny_qwen_vl
-    from tests.engine.test_qwen_vl import hf_greedy, picture, prompt
+    from tests.engine.test_image_prompts import hf_greedy, picture
+    from tests.engine.test_qwen_vl import prompt
 
     path = make_tiny_qwen_vl(tmp_path / "qwen2.5-vl", "2.5")
     llm = LLM(str(path), device="cpu", max_num_batched_tokens=20, block_size=4, max_num_seqs=3)
