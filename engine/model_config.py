@@ -124,7 +124,12 @@ class VisionConfig:
     `full_attention_layers`; the language model rotates with three positions per token (`mrope`).
     Qwen3-VL adds a learned table of `position_embeddings` positions (a square, resampled to each
     image's grid) and DeepStack: after each of the `deepstack_layers`, one more feature per image
-    token, for the language model's first layers (`feature_width`)."""
+    token, for the language model's first layers (`feature_width`).
+
+    InternVL ("internvl" tower) tiles an image (its processor says how many tiles): each tile's
+    `tokens_per_image` features, pixel-shuffled `spatial_merge` x `spatial_merge`, its run wrapped
+    in `begin_id` ... `end_id`; its ViT's layers norm as `norm` says, with q/k/v biases where
+    `attention_bias`, q/k norms where `qk_norm`, and a final norm where `final_norm`."""
 
     tower: str
     hidden_size: int
@@ -154,6 +159,10 @@ class VisionConfig:
     mrope: bool = False
     position_embeddings: int = 0
     deepstack_layers: tuple[int, ...] = ()
+    norm: str = "layer_norm"
+    attention_bias: bool = True
+    qk_norm: bool = False
+    final_norm: bool = True
 
     def feature_width(self, text_hidden: int) -> int:
         """The width of an image token's features: the language model's, once more per DeepStack layer."""
@@ -338,7 +347,8 @@ def roberta_position_offset(cfg: dict[str, Any], architecture: str) -> int:
 # Multimodal architectures whose image inputs are served.
 QWEN_VL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
                          "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")
-IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration", "Gemma3ForConditionalGeneration", *QWEN_VL_ARCHITECTURES)
+IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration", "Gemma3ForConditionalGeneration", *QWEN_VL_ARCHITECTURES,
+                       "InternVLForConditionalGeneration")
 
 
 def _qwen_vl_vision(full: Any, architecture: str) -> VisionConfig:
@@ -373,6 +383,8 @@ def _vision_config(path: Path, architecture: str) -> VisionConfig:
     vision = full.vision_config
     if architecture in QWEN_VL_ARCHITECTURES:
         return _qwen_vl_vision(full, architecture)
+    if architecture == "InternVLForConditionalGeneration":
+        return _internvl_vision(full, path)
     tower = dict(hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
                  num_layers=vision.num_hidden_layers, num_heads=vision.num_attention_heads,
                  image_size=vision.image_size, patch_size=vision.patch_size, layer_norm_eps=vision.layer_norm_eps,
@@ -394,6 +406,34 @@ def _vision_config(path: Path, architecture: str) -> VisionConfig:
         image_token_id=int(full.image_token_id), placeholder_id=int(full.image_token_id),
         feature_layer=layer, select_strategy=strategy, projector_act=full.projector_hidden_act,
         projector_bias=bool(getattr(full, "multimodal_projector_bias", True)),
+    )
+
+
+def _internvl_vision(full: Any, path: Path) -> VisionConfig:
+    """InternVL's vision settings; the <img> and </img> tokens around an image's run come from its tokenizer."""
+    from tokenizers import Tokenizer
+
+    vision = full.vision_config
+    side, patch = vision.image_size[0], vision.patch_size[0]
+    merge = round(1 / full.downsample_ratio)
+    layer, strategy = full.vision_feature_layer, full.vision_feature_select_strategy
+    if vision.image_size[0] != vision.image_size[1] or not isinstance(layer, int) or strategy != "default" \
+            or (side // patch) % merge:
+        raise ValueError(f"InternVL with {vision.image_size} tiles, feature layer {layer} and strategy {strategy!r} "
+                         "is not supported (supported: square tiles, one feature layer, the class token dropped)")
+    tokens = Tokenizer.from_file(str(path / "tokenizer.json"))
+    begin, end = tokens.token_to_id("<img>"), tokens.token_to_id("</img>")
+    if begin is None or end is None:
+        raise ValueError("InternVL's tokenizer must hold its <img> and </img> tokens")
+    token = int(full.image_token_id)
+    return VisionConfig(
+        tower="internvl", hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
+        num_layers=vision.num_hidden_layers, num_heads=vision.num_attention_heads, image_size=side, patch_size=patch,
+        layer_norm_eps=vision.layer_norm_eps, hidden_act=vision.hidden_act,
+        tokens_per_image=(side // patch // merge) ** 2, image_token_id=token, placeholder_id=token, begin_id=begin,
+        end_id=end, feature_layer=layer, select_strategy=strategy, projector_act=full.projector_hidden_act,
+        spatial_merge=merge, norm=vision.norm_type, attention_bias=vision.attention_bias, qk_norm=vision.use_qk_norm,
+        final_norm=not vision.use_mean_pooling,
     )
 
 

@@ -39,14 +39,15 @@ class ImageInputs:
     content hashes, and their features once the vision tower has run (kept for preemption and the
     other n - 1 sequences)."""
 
-    pixel_values: torch.Tensor  # [images, 3, H, W], or Qwen2-VL's patches of every image [patches, C*T*P*P]
+    pixel_values: torch.Tensor  # [images, 3, H, W]; Qwen-VL's patches [patches, C*T*P*P]; InternVL's tiles
     offsets: list[int]  # first prompt position of each image's placeholders
     lengths: list[int]  # each image's placeholder count (its feature count)
     hashes: list[int]
     # Whether an image's tokens attend to one another both ways (Gemma 3): the whole run is then
     # computed in one step, and each of its tokens sees keys to the run's end.
     bidirectional: bool = False
-    # Qwen2-VL: each image's patch grid (temporal, height, width), which sizes its features.
+    # Each image's layout, which sizes its features: Qwen-VL's patch grid (temporal, height, width) [images, 3],
+    # InternVL's tile count [images].
     grids: torch.Tensor | None = None
     # Multimodal RoPE (Qwen2-VL): the prompt's (temporal, height, width) positions [3, prompt tokens],
     # and how far past its index a later token's position is (text after images counts from the
@@ -209,8 +210,11 @@ class ImagePrompts:
             raise ValueError(f"the prompt has {count} images, more than the {self.limit} allowed "
                              "(--limit-mm-per-prompt)")
 
-    def _pixels(self, images: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(pixel values, Qwen2-VL's patch grids or None) as the model directory's image processor makes them."""
+    def _pixels(self, images: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+        """(pixel values, each image's layout or None, each image's placeholder count) as the model
+        directory's image processor makes them. The layout is Qwen-VL's patch grid (the count: rows x
+        columns over spatial_merge²) or InternVL's tile count (the count: tokens_per_image per tile);
+        without one every image has tokens_per_image."""
         if self._processor is None:
             from transformers import AutoImageProcessor
 
@@ -224,7 +228,12 @@ class ImagePrompts:
             out = self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
         except Exception as exc:  # the processor raises its own types for odd images
             raise ValueError(f"cannot preprocess the image: {exc}") from exc
-        return out["pixel_values"], out.get("image_grid_thw")
+        v = self.vision
+        if (grids := out.get("image_grid_thw")) is not None:
+            return out["pixel_values"], grids, (grids.prod(dim=1) // v.spatial_merge**2).tolist()
+        if (tiles := out.get("num_patches")) is not None:
+            return out["pixel_values"], tiles, (tiles * v.tokens_per_image).tolist()
+        return out["pixel_values"], None, [v.tokens_per_image] * len(images)
 
     def process(self, token_ids: list[int], images: list[Any]) -> tuple[list[int], ImageInputs]:
         """(token ids with each image's placeholder expanded, the images' inputs). The prompt holds one
@@ -233,11 +242,7 @@ class ImagePrompts:
         v = self.vision
         token = v.image_token_id
         loaded = [load_image(image) for image in images]
-        pixels, grids = self._pixels(loaded)
-        if grids is not None:  # as many features as the image's patches merged spatial_merge x spatial_merge
-            lengths = (grids.prod(dim=1) // v.spatial_merge**2).tolist()
-        else:
-            lengths = [v.tokens_per_image] * len(loaded)
+        pixels, grids, lengths = self._pixels(loaded)
         count = token_ids.count(v.placeholder_id)
         offsets = _expanded_offsets(token_ids, token, lengths)
         if offsets is not None:

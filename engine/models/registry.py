@@ -31,6 +31,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Gemma3ForConditionalGeneration": ("pagoda.engine.models.gemma3", "Gemma3ForConditionalGeneration"),
     # Image and text in.
     "LlavaForConditionalGeneration": ("pagoda.engine.models.llava", "LlavaForConditionalGeneration"),
+    "InternVLForConditionalGeneration": ("pagoda.engine.models.internvl", "InternVLForConditionalGeneration"),
     "Qwen2VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen2VLForConditionalGeneration"),
     "Qwen2_5_VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen2_5_VLForConditionalGeneration"),
     "Qwen3VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen3VLForConditionalGeneration"),

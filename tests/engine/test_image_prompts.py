@@ -1,4 +1,4 @@
-"""Images in prompts (LLaVA, Gemma 3): greedy tokens equal transformers' own model on the same
+"""Images in prompts (LLaVA, Gemma 3, InternVL): greedy tokens equal transformers' own model on the same
 weights and pixels, through chunked prefill (which cuts a causal image apart and never a Gemma 3
 image, whose tokens attend to one another both ways), prefix caching (which must tell images apart
 behind identical placeholder tokens), preemption and tensor parallelism; bad image inputs are
@@ -18,6 +18,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
 from pagoda.engine.fixtures import IMAGE_TOKEN_ID, make_tiny_gemma3_multimodal, make_tiny_llava
+from pagoda.engine.internvl_fixtures import INTERNVL_TOKENS, make_tiny_internvl
 from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.multimodal import image_hash, load_image
@@ -47,8 +48,10 @@ class ImageModel:
 def models(tmp_path_factory) -> dict[str, ImageModel]:
     llava = make_tiny_llava(tmp_path_factory.mktemp("llava") / "model")
     gemma3 = make_tiny_gemma3_multimodal(tmp_path_factory.mktemp("gemma3") / "model")
+    internvl = make_tiny_internvl(tmp_path_factory.mktemp("internvl") / "model")
     found = {}
-    for name, path, placeholder in (("llava", llava, "<image>"), ("gemma3", gemma3, "<start_of_image>")):
+    for name, path, placeholder in (("llava", llava, "<image>"), ("gemma3", gemma3, "<start_of_image>"),
+                                    ("internvl", internvl, INTERNVL_TOKENS[0])):
         v = load_model_config(path).vision
         found[name] = ImageModel(path, placeholder, v.image_token_id, v.tokens_per_image, v.bidirectional)
     return found
@@ -106,7 +109,7 @@ REGIMES = {
 }
 
 
-@pytest.mark.parametrize("name", ["llava", "gemma3"])
+@pytest.mark.parametrize("name", ["llava", "gemma3", "internvl"])
 @pytest.mark.parametrize("regime", REGIMES)
 def test_greedy_matches_transformers(models: dict[str, ImageModel], name: str, regime: str) -> None:
     model = models[name]
@@ -115,6 +118,8 @@ def test_greedy_matches_transformers(models: dict[str, ImageModel], name: str, r
         # Blocks of one layer each (sliding and full layers apart): as few as one sequence needs, and prefill
         # in chunks so that running sequences outgrow the pool (sliding layers give blocks back as they go).
         options.update(num_kv_blocks=49, max_num_batched_tokens=20)
+    if name == "internvl" and "num_kv_blocks" in options:  # shorter prompts: fewer blocks, prefill in chunks
+        options.update(num_kv_blocks=20, max_num_batched_tokens=20, max_model_len=80)
     llm = LLM(str(model.path), dtype="float32", **options)
     requests = [(model.prompt(), [picture(0)]), (model.prompt(), [picture(1)]),
                 (model.prompt(2), [picture(2), picture(3)]), (model.prompt(), [picture(0)])]
@@ -143,6 +148,19 @@ def test_gemma3_images_attend_both_ways(models: dict[str, ImageModel]) -> None:
     assert not torch.allclose(causal, both_ways)
     text = llm.tokenizer.decode(out.prompt_token_ids)
     assert "\n\n<start_of_image>" in text and "<end_of_image>\n\n" in text, "Gemma 3's image wrapping"
+
+
+def test_internvl_tiles_an_image_by_its_aspect(models: dict[str, ImageModel]) -> None:
+    """A wide image becomes two tiles and a thumbnail (3 x 16 tokens between <img> and </img>), a square one a
+    single tile: transformers' tokens, in one batch."""
+    model = models["internvl"]
+    llm = LLM(str(model.path), dtype="float32", max_num_batched_tokens=20, block_size=4)
+    images = [picture(10, (60, 130)), picture(11, (64, 64))]
+    out = llm.generate({"prompt": model.prompt(2), "multi_modal_data": {"image": images}}, GREEDY)[0]
+    assert out.prompt_token_ids.count(model.image_token_id) == 16 * (3 + 1)
+    text = llm.tokenizer.decode(out.prompt_token_ids)
+    assert text.count("<img>") == text.count("</img>") == 2
+    assert list(out.outputs[0].token_ids) == hf_greedy(model.path, out.prompt_token_ids, images)
 
 
 def test_a_bidirectional_image_needs_a_budget_that_holds_it(models: dict[str, ImageModel]) -> None:
@@ -222,7 +240,7 @@ def test_a_text_model_refuses_images(tiny_model) -> None:
 
 
 @pytest.mark.parametrize("tp", [2])
-@pytest.mark.parametrize("name", ["llava", "gemma3"])
+@pytest.mark.parametrize("name", ["llava", "gemma3", "internvl"])
 def test_tensor_parallel_matches_transformers(models: dict[str, ImageModel], name: str, tp: int) -> None:
     """The driver's vision tower runs; its features reach the workers with the step (and Gemma 3's
     per-token key limits with the packed inputs)."""
