@@ -146,3 +146,22 @@ def test_processor_kwargs_bound_an_images_tokens(models: dict[str, pathlib.Path]
     llm = LLM(str(models["2"]), dtype="float32", mm_processor_kwargs={"max_pixels": 1024})
     out = llm.generate({"prompt": prompt(1), "multi_modal_data": {"image": picture(3, (64, 64))}}, GREEDY)[0]
     assert out.prompt_token_ids.count(QWEN_VL_IMAGE_TOKEN_ID) == 16
+
+
+def test_hub_style_flat_config(models: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    """Qwen2-VL's and Qwen2.5-VL's hub configs keep the language model's settings at the top level with
+    rope_scaling {"type": "mrope"}: served the same as transformers 5's nested text_config."""
+    import json
+    import shutil
+
+    path = shutil.copytree(models["2.5"], tmp_path / "flat")
+    nested = json.loads((path / "config.json").read_text())
+    text = nested.pop("text_config")
+    rope = text.pop("rope_parameters")
+    flat = {**text, **nested, "rope_theta": rope["rope_theta"],
+            "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]}}
+    (path / "config.json").write_text(json.dumps(flat))
+    request = {"prompt": prompt(1), "multi_modal_data": {"image": picture(7)}}
+    outputs = [LLM(str(p), dtype="float32").generate(request, GREEDY)[0] for p in (models["2.5"], path)]
+    assert load_model_config(path).rope.scaling["mrope_section"] == rope["mrope_section"]
+    assert outputs[0].outputs[0].token_ids == outputs[1].outputs[0].token_ids
