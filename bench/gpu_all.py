@@ -64,7 +64,7 @@ def run_tests() -> None:
                                                        "tests/engine/test_fp8_formats.py", "tests/engine/test_int_quant.py",
                                                        "tests/engine/test_bnb.py", "tests/engine/test_deepseek.py",
                                                        "tests/engine/test_image_prompts.py", "tests/engine/test_gpt_oss.py",
-                                                       "tests/engine/test_encoders.py"]),
+                                                       "tests/engine/test_encoders.py", "tests/engine/test_qwen_vl.py"]),
     }
     (RESULTS / "gpu_tests.json").write_text(json.dumps(summary, indent=2) + "\n")
 
