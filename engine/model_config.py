@@ -129,7 +129,12 @@ class VisionConfig:
     InternVL ("internvl" tower) tiles an image (its processor says how many tiles): each tile's
     `tokens_per_image` features, pixel-shuffled `spatial_merge` x `spatial_merge`, its run wrapped
     in `begin_id` ... `end_id`; its ViT's layers norm as `norm` says, with q/k/v biases where
-    `attention_bias`, q/k norms where `qk_norm`, and a final norm where `final_norm`."""
+    `attention_bias`, q/k norms where `qk_norm`, and a final norm where `final_norm`.
+
+    Pixtral (Mistral 3, "pixtral" tower) reads an image at its own size in patches of `patch_size`,
+    merged `spatial_merge` x `spatial_merge` into features; each row of features in the image's run
+    is followed by `row_break_id` ([IMG_BREAK]), the last by `last_break_id` ([IMG_END]); its 2-D
+    rotary turns at `rope_theta`."""
 
     tower: str
     hidden_size: int
@@ -163,6 +168,9 @@ class VisionConfig:
     attention_bias: bool = True
     qk_norm: bool = False
     final_norm: bool = True
+    row_break_id: int | None = None
+    last_break_id: int | None = None
+    rope_theta: float = 10000.0
 
     def feature_width(self, text_hidden: int) -> int:
         """The width of an image token's features: the language model's, once more per DeepStack layer."""
@@ -348,7 +356,7 @@ def roberta_position_offset(cfg: dict[str, Any], architecture: str) -> int:
 QWEN_VL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
                          "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")
 IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration", "Gemma3ForConditionalGeneration", *QWEN_VL_ARCHITECTURES,
-                       "InternVLForConditionalGeneration")
+                       "InternVLForConditionalGeneration", "Mistral3ForConditionalGeneration")
 
 
 def _qwen_vl_vision(full: Any, architecture: str) -> VisionConfig:
@@ -385,6 +393,8 @@ def _vision_config(path: Path, architecture: str) -> VisionConfig:
         return _qwen_vl_vision(full, architecture)
     if architecture == "InternVLForConditionalGeneration":
         return _internvl_vision(full, path)
+    if architecture == "Mistral3ForConditionalGeneration":
+        return _pixtral_vision(full, path)
     tower = dict(hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
                  num_layers=vision.num_hidden_layers, num_heads=vision.num_attention_heads,
                  image_size=vision.image_size, patch_size=vision.patch_size, layer_norm_eps=vision.layer_norm_eps,
@@ -409,10 +419,37 @@ def _vision_config(path: Path, architecture: str) -> VisionConfig:
     )
 
 
-def _internvl_vision(full: Any, path: Path) -> VisionConfig:
-    """InternVL's vision settings; the <img> and </img> tokens around an image's run come from its tokenizer."""
+def _token_ids(path: Path, *tokens: str) -> list[int]:
+    """The ids of special tokens a multimodal model's runs use, from its tokenizer.json."""
     from tokenizers import Tokenizer
 
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    ids = [tokenizer.token_to_id(token) for token in tokens]
+    if None in ids:
+        raise ValueError(f"the tokenizer must hold the image tokens {', '.join(tokens)}")
+    return ids
+
+
+def _pixtral_vision(full: Any, path: Path) -> VisionConfig:
+    """Mistral 3's Pixtral settings; the break tokens of an image's rows come from its tokenizer."""
+    vision = full.vision_config
+    if full.vision_feature_layer != -1:
+        raise ValueError(f"Mistral 3 with feature layer {full.vision_feature_layer} is not supported (supported: -1)")
+    row_break, last_break = _token_ids(path, "[IMG_BREAK]", "[IMG_END]")
+    token = int(full.image_token_index)
+    return VisionConfig(
+        tower="pixtral", hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
+        num_layers=vision.num_hidden_layers, num_heads=vision.num_attention_heads, image_size=vision.image_size,
+        patch_size=vision.patch_size, layer_norm_eps=1e-5, hidden_act=vision.hidden_act, tokens_per_image=0,
+        image_token_id=token, placeholder_id=token, projector_act=full.projector_hidden_act,
+        projector_bias=bool(full.multimodal_projector_bias), spatial_merge=full.spatial_merge_size,
+        row_break_id=row_break, last_break_id=last_break,
+        rope_theta=float((vision.rope_parameters or {}).get("rope_theta", 10000.0)),
+    )
+
+
+def _internvl_vision(full: Any, path: Path) -> VisionConfig:
+    """InternVL's vision settings; the <img> and </img> tokens around an image's run come from its tokenizer."""
     vision = full.vision_config
     side, patch = vision.image_size[0], vision.patch_size[0]
     merge = round(1 / full.downsample_ratio)
@@ -421,10 +458,7 @@ def _internvl_vision(full: Any, path: Path) -> VisionConfig:
             or (side // patch) % merge:
         raise ValueError(f"InternVL with {vision.image_size} tiles, feature layer {layer} and strategy {strategy!r} "
                          "is not supported (supported: square tiles, one feature layer, the class token dropped)")
-    tokens = Tokenizer.from_file(str(path / "tokenizer.json"))
-    begin, end = tokens.token_to_id("<img>"), tokens.token_to_id("</img>")
-    if begin is None or end is None:
-        raise ValueError("InternVL's tokenizer must hold its <img> and </img> tokens")
+    begin, end = _token_ids(path, "<img>", "</img>")
     token = int(full.image_token_id)
     return VisionConfig(
         tower="internvl", hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,

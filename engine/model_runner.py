@@ -196,8 +196,9 @@ class ModelRunner:
             limits = None
             if seq.images is not None and start < seq.num_prompt_tokens:
                 for image, feature, position, count in seq.images.spans(start, end):
-                    image_rows.extend(range(offset + position - start, offset + position - start + count))
-                    image_features.append(seq.images.features[image][feature : feature + count])
+                    taken, features = seq.images.span_features(image, feature, count)
+                    image_rows.extend(offset + position - start + i for i in taken)
+                    image_features.append(features)
                 limits = seq.images.key_limits(start, end)
             if seq.bidirectional and start < seq.num_prompt_tokens:  # an encoder's prompt: one step, both ways
                 limits = [seq.num_prompt_tokens - 1] * n

@@ -21,7 +21,7 @@ import io
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -54,6 +54,9 @@ class ImageInputs:
     # largest image position, not from the number of tokens).
     rope_positions: torch.Tensor | None = field(default=None, repr=False)
     rope_delta: int = 0
+    # Pixtral (Mistral 3): each image's features per row, where every row of its run ends in a token of
+    # its own ([IMG_BREAK], the last [IMG_END]) that keeps its embedding; None: every run position is a feature.
+    row_widths: list[int] | None = None
     features: list[torch.Tensor] | None = field(default=None, repr=False)  # per image [length, hidden]
 
     def spans(self, start: int, end: int) -> list[tuple[int, int, int, int]]:
@@ -65,6 +68,16 @@ class ImageInputs:
             if lo < hi:
                 found.append((image, lo - offset, lo, hi - lo))
         return found
+
+    def span_features(self, image: int, first: int, count: int) -> tuple[list[int], torch.Tensor]:
+        """Of run positions [first, first + count) of `image`: those that take a feature (counted from
+        `first`), and their features."""
+        features = self.features[image]
+        if self.row_widths is None:
+            return list(range(count)), features[first : first + count]
+        row = self.row_widths[image] + 1
+        taken = [r for r in range(first, first + count) if r % row != row - 1]
+        return [r - first for r in taken], features[[r - r // row for r in taken]]
 
     def chunk_end(self, start: int, end: int) -> int:
         """Where a prefill chunk over [start, end) may end: before a bidirectional image it would cut,
@@ -210,11 +223,8 @@ class ImagePrompts:
             raise ValueError(f"the prompt has {count} images, more than the {self.limit} allowed "
                              "(--limit-mm-per-prompt)")
 
-    def _pixels(self, images: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
-        """(pixel values, each image's layout or None, each image's placeholder count) as the model
-        directory's image processor makes them. The layout is Qwen-VL's patch grid (the count: rows x
-        columns over spatial_merge²) or InternVL's tile count (the count: tokens_per_image per tile);
-        without one every image has tokens_per_image."""
+    def _pixels(self, images: list[Any]) -> _Processed:
+        """The images as the model directory's image processor makes them (see _Processed)."""
         if self._processor is None:
             from transformers import AutoImageProcessor
 
@@ -224,16 +234,30 @@ class ImagePrompts:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"the image processor refuses mm_processor_kwargs "
                                  f"{self.processor_kwargs}: {exc}") from exc
+        v = self.vision
+        # Pixtral's processor sizes images in merged patches (its own processor passes the same).
+        extra = {"patch_size": {"height": v.patch_size * v.spatial_merge, "width": v.patch_size * v.spatial_merge}} \
+            if v.tower == "pixtral" else {}
         try:
-            out = self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
+            out = self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt", **extra)
         except Exception as exc:  # the processor raises its own types for odd images
             raise ValueError(f"cannot preprocess the image: {exc}") from exc
-        v = self.vision
+        if (sizes := out.get("image_sizes")) is not None:
+            return _pixtral_patches(out["pixel_values"], sizes, v.patch_size, v.spatial_merge)
         if (grids := out.get("image_grid_thw")) is not None:
-            return out["pixel_values"], grids, (grids.prod(dim=1) // v.spatial_merge**2).tolist()
+            return _Processed(out["pixel_values"], grids, (grids.prod(dim=1) // v.spatial_merge**2).tolist())
         if (tiles := out.get("num_patches")) is not None:
-            return out["pixel_values"], tiles, (tiles * v.tokens_per_image).tolist()
-        return out["pixel_values"], None, [v.tokens_per_image] * len(images)
+            return _Processed(out["pixel_values"], tiles, (tiles * v.tokens_per_image).tolist())
+        return _Processed(out["pixel_values"], None, [v.tokens_per_image] * len(images))
+
+    def _run(self, length: int, row_width: int | None) -> list[int]:
+        """An image's run of tokens: its placeholders, each row ended by Pixtral's break tokens where it has rows."""
+        v = self.vision
+        if row_width is None:
+            return [v.image_token_id] * length
+        run = ([v.image_token_id] * row_width + [v.row_break_id]) * (length // (row_width + 1))
+        run[-1] = v.last_break_id
+        return run
 
     def process(self, token_ids: list[int], images: list[Any]) -> tuple[list[int], ImageInputs]:
         """(token ids with each image's placeholder expanded, the images' inputs). The prompt holds one
@@ -242,45 +266,74 @@ class ImagePrompts:
         v = self.vision
         token = v.image_token_id
         loaded = [load_image(image) for image in images]
-        pixels, grids, lengths = self._pixels(loaded)
+        processed = self._pixels(loaded)
+        runs = [self._run(length, width) for length, width in
+                zip(processed.lengths, processed.row_widths or [None] * len(loaded))]
         count = token_ids.count(v.placeholder_id)
-        offsets = _expanded_offsets(token_ids, token, lengths)
+        offsets = _expanded_offsets(token_ids, token, runs)
         if offsets is not None:
             expanded = list(token_ids)
         elif count == len(loaded):
             expanded, offsets = [], []
-            lengths_left = iter(lengths)
+            runs_left = iter(runs)
             for t in token_ids:
                 if t == v.placeholder_id:
                     expanded.extend(self._before)
                     offsets.append(len(expanded))
-                    expanded.extend([token] * next(lengths_left) + self._after)
+                    expanded.extend(next(runs_left) + self._after)
                 else:
                     expanded.append(t)
         else:
             raise ValueError(f"the prompt has {count} image placeholder tokens for {len(loaded)} images: "
                              "put one per image where it belongs")
-        inputs = ImageInputs(pixels, offsets, lengths, [image_hash(image) for image in loaded],
-                             bidirectional=v.bidirectional, grids=grids)
+        inputs = ImageInputs(processed.pixels, offsets, processed.lengths, [image_hash(image) for image in loaded],
+                             bidirectional=v.bidirectional, grids=processed.grids, row_widths=processed.row_widths)
         if v.mrope:
-            inputs.rope_positions, inputs.rope_delta = mrope_positions(len(expanded), offsets, grids, v.spatial_merge)
+            inputs.rope_positions, inputs.rope_delta = mrope_positions(len(expanded), offsets, processed.grids,
+                                                                       v.spatial_merge)
         return expanded, inputs
 
 
-def _expanded_offsets(token_ids: list[int], token: int, lengths: list[int]) -> list[int] | None:
-    """Where each image's run starts, if the prompt holds the runs already expanded (runs of the given
-    lengths, in order); None otherwise (one placeholder per image, when no run is longer than one)."""
-    where = [i for i, t in enumerate(token_ids) if t == token]
-    if len(where) != sum(lengths) or max(lengths, default=0) < 2:
+def _expanded_offsets(token_ids: list[int], token: int, runs: list[list[int]]) -> list[int] | None:
+    """Where each image's run starts, if the prompt holds the runs already expanded (each as its tokens
+    would be, in order); None otherwise (one placeholder per image, when no run is longer than one)."""
+    if sum(run.count(token) for run in runs) != token_ids.count(token) or max(map(len, runs), default=0) < 2:
         return None
-    offsets, taken = [], 0
-    for length in lengths:
-        run = where[taken : taken + length]
-        if run[-1] - run[0] != length - 1:
+    offsets, at = [], 0
+    for run in runs:
+        at = token_ids.index(token, at)
+        if token_ids[at : at + len(run)] != run:
             return None
-        offsets.append(run[0])
-        taken += length
+        offsets.append(at)
+        at += len(run)
     return offsets
+
+
+class _Processed(NamedTuple):
+    """What the image processor made of a prompt's images: the pixels (per image [3, H, W]; Qwen-VL's and
+    Pixtral's patches of every image [patches, 3 * T * P * P]; InternVL's tiles), each image's layout
+    (Qwen-VL's patch grid (temporal, height, width); InternVL's tile count; Pixtral's patch grid
+    (height, width)), each image's run length and, for Pixtral, its features per row."""
+
+    pixels: torch.Tensor
+    grids: torch.Tensor | None
+    lengths: list[int]
+    row_widths: list[int] | None = None
+
+
+def _pixtral_patches(pixels: torch.Tensor, sizes: torch.Tensor, patch: int, merge: int) -> _Processed:
+    """Pixtral's padded batch [images, 3, H, W] with each image's own size -> every image's patches,
+    row-major, flattened as its convolution's weight is ([patches, 3 * P * P]), and its run: a row of
+    features per merge rows of patches, each row followed by its break token."""
+    chunks, grids, lengths, widths = [], [], [], []
+    for image, (height, width) in zip(pixels, sizes.tolist()):
+        rows, columns = height // patch, width // patch
+        grid = image[:, : rows * patch, : columns * patch].reshape(3, rows, patch, columns, patch)
+        chunks.append(grid.permute(1, 3, 0, 2, 4).reshape(rows * columns, -1))
+        grids.append((rows, columns))
+        widths.append(columns // merge)
+        lengths.append(rows // merge * (columns // merge + 1))
+    return _Processed(torch.cat(chunks), torch.tensor(grids), lengths, widths)
 
 
 def mrope_positions(num_tokens: int, offsets: list[int], grids: torch.Tensor,

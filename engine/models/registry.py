@@ -32,6 +32,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     # Image and text in.
     "LlavaForConditionalGeneration": ("pagoda.engine.models.llava", "LlavaForConditionalGeneration"),
     "InternVLForConditionalGeneration": ("pagoda.engine.models.internvl", "InternVLForConditionalGeneration"),
+    "Mistral3ForConditionalGeneration": ("pagoda.engine.models.mistral3", "Mistral3ForConditionalGeneration"),
     "Qwen2VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen2VLForConditionalGeneration"),
     "Qwen2_5_VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen2_5_VLForConditionalGeneration"),
     "Qwen3VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen3VLForConditionalGeneration"),

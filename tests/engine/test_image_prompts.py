@@ -1,4 +1,4 @@
-"""Images in prompts (LLaVA, Gemma 3, InternVL): greedy tokens equal transformers' own model on the same
+"""Images in prompts (LLaVA, Gemma 3, InternVL, Mistral 3): greedy tokens equal transformers' own model on the same
 weights and pixels, through chunked prefill (which cuts a causal image apart and never a Gemma 3
 image, whose tokens attend to one another both ways), prefix caching (which must tell images apart
 behind identical placeholder tokens), preemption and tensor parallelism; bad image inputs are
@@ -18,7 +18,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
 from pagoda.engine.fixtures import IMAGE_TOKEN_ID, make_tiny_gemma3_multimodal, make_tiny_llava
-from pagoda.engine.internvl_fixtures import INTERNVL_TOKENS, make_tiny_internvl
+from pagoda.engine.vision_fixtures import INTERNVL_TOKENS, make_tiny_internvl, make_tiny_mistral3
 from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.multimodal import image_hash, load_image
@@ -49,11 +49,14 @@ def models(tmp_path_factory) -> dict[str, ImageModel]:
     llava = make_tiny_llava(tmp_path_factory.mktemp("llava") / "model")
     gemma3 = make_tiny_gemma3_multimodal(tmp_path_factory.mktemp("gemma3") / "model")
     internvl = make_tiny_internvl(tmp_path_factory.mktemp("internvl") / "model")
+    mistral3 = make_tiny_mistral3(tmp_path_factory.mktemp("mistral3") / "model")
     found = {}
     for name, path, placeholder in (("llava", llava, "<image>"), ("gemma3", gemma3, "<start_of_image>"),
-                                    ("internvl", internvl, INTERNVL_TOKENS[0])):
+                                    ("internvl", internvl, INTERNVL_TOKENS[0]), ("mistral3", mistral3, "[IMG]")):
         v = load_model_config(path).vision
-        found[name] = ImageModel(path, placeholder, v.image_token_id, v.tokens_per_image, v.bidirectional)
+        # Mistral 3 reads a picture (40 x 50) at its size: 5 rows of 7 features, 8 pixels each.
+        tokens = v.tokens_per_image or 5 * 7
+        found[name] = ImageModel(path, placeholder, v.image_token_id, tokens, v.bidirectional)
     return found
 
 
@@ -83,9 +86,14 @@ def hf_greedy(path: pathlib.Path, prompt_ids: list[int], images: list[Image.Imag
     EOS (Gemma 3 told which tokens are image tokens, for its bidirectional image attention; Qwen-VL too,
     and each image's grid, for its multimodal RoPE positions)."""
     model, processor = _hf(path)
-    processed = processor(images=images, return_tensors="pt")
     ids = torch.tensor([prompt_ids])
     extra = {}
+    if model.config.model_type == "mistral3":  # its processor sizes images in merged patches, as Pixtral's does
+        side = model.config.vision_config.patch_size * model.config.spatial_merge_size
+        processed = processor(images=images, return_tensors="pt", patch_size={"height": side, "width": side})
+        extra["image_sizes"] = processed["image_sizes"]
+    else:
+        processed = processor(images=images, return_tensors="pt")
     if model.config.model_type == "gemma3":
         extra["token_type_ids"] = (ids == model.config.image_token_index).long()
     if "image_grid_thw" in processed:
@@ -109,7 +117,7 @@ REGIMES = {
 }
 
 
-@pytest.mark.parametrize("name", ["llava", "gemma3", "internvl"])
+@pytest.mark.parametrize("name", ["llava", "gemma3", "internvl", "mistral3"])
 @pytest.mark.parametrize("regime", REGIMES)
 def test_greedy_matches_transformers(models: dict[str, ImageModel], name: str, regime: str) -> None:
     model = models[name]
@@ -120,6 +128,8 @@ def test_greedy_matches_transformers(models: dict[str, ImageModel], name: str, r
         options.update(num_kv_blocks=49, max_num_batched_tokens=20)
     if name == "internvl" and "num_kv_blocks" in options:  # shorter prompts: fewer blocks, prefill in chunks
         options.update(num_kv_blocks=20, max_num_batched_tokens=20, max_model_len=80)
+    if name == "mistral3" and "num_kv_blocks" in options:  # longer ones (rows and their breaks): more
+        options.update(num_kv_blocks=34, max_num_batched_tokens=20, max_model_len=136)
     llm = LLM(str(model.path), dtype="float32", **options)
     requests = [(model.prompt(), [picture(0)]), (model.prompt(), [picture(1)]),
                 (model.prompt(2), [picture(2), picture(3)]), (model.prompt(), [picture(0)])]
@@ -161,6 +171,21 @@ def test_internvl_tiles_an_image_by_its_aspect(models: dict[str, ImageModel]) ->
     text = llm.tokenizer.decode(out.prompt_token_ids)
     assert text.count("<img>") == text.count("</img>") == 2
     assert list(out.outputs[0].token_ids) == hf_greedy(model.path, out.prompt_token_ids, images)
+
+
+def test_mistral3_rows_end_in_break_tokens(models: dict[str, ImageModel]) -> None:
+    """Each row of a Mistral 3 image's features is followed by [IMG_BREAK], the last by [IMG_END]; those
+    keep their embeddings while chunks cut the run anywhere; the run written out already is the same request."""
+    model = models["mistral3"]
+    llm = LLM(str(model.path), dtype="float32", max_num_batched_tokens=9, block_size=4)
+    image = picture(12, (60, 130))  # fitted to 29 x 64 pixels: 4 rows of 8 features
+    out = llm.generate({"prompt": model.prompt(), "multi_modal_data": {"image": image}}, GREEDY)[0]
+    text = llm.tokenizer.decode(out.prompt_token_ids)
+    assert text.count("[IMG_BREAK]") == 3 and text.count("[IMG_END]") == 1
+    assert out.prompt_token_ids.count(model.image_token_id) == 32
+    assert list(out.outputs[0].token_ids) == hf_greedy(model.path, out.prompt_token_ids, [image])
+    again = llm.generate({"prompt_token_ids": out.prompt_token_ids, "multi_modal_data": {"image": image}}, GREEDY)[0]
+    assert again.prompt_token_ids == out.prompt_token_ids and again.outputs[0].token_ids == out.outputs[0].token_ids
 
 
 def test_a_bidirectional_image_needs_a_budget_that_holds_it(models: dict[str, ImageModel]) -> None:
@@ -240,7 +265,7 @@ def test_a_text_model_refuses_images(tiny_model) -> None:
 
 
 @pytest.mark.parametrize("tp", [2])
-@pytest.mark.parametrize("name", ["llava", "gemma3", "internvl"])
+@pytest.mark.parametrize("name", ["llava", "gemma3", "internvl", "mistral3"])
 def test_tensor_parallel_matches_transformers(models: dict[str, ImageModel], name: str, tp: int) -> None:
     """The driver's vision tower runs; its features reach the workers with the step (and Gemma 3's
     per-token key limits with the packed inputs)."""

@@ -1,0 +1,92 @@
+"""Random-weight InternVL and Mistral 3 checkpoints for tests, written as transformers writes them,
+with a tokenizer and the image processor of each.
+
+InternVL: the qwen2 fixture's language model; the InternViT tower is two layers over 56-pixel tiles
+in patches of 7 (an 8 x 8 grid, pixel-shuffled to 16 features per tile); an image is cut into up to
+4 tiles by its aspect ratio, plus a thumbnail when it is cut.
+
+Mistral 3: the mistral fixture's language model; a two-layer Pixtral tower over patches of 4
+pixels merged 2 x 2, images fitted within 64 pixels in multiples of 8 (a row of features per 8
+pixels of height, one feature per 8 of width).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import torch
+
+from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE, _save_image_model, _write_json, _write_tokenizer, tiny_config
+
+# The ids after the trained vocabulary, in this order: the placeholder (one per feature), then <img> and </img>.
+INTERNVL_TOKENS = ("<IMG_CONTEXT>", "<img>", "</img>")
+INTERNVL_IMAGE_TOKEN_ID = TOKENIZER_VOCAB_SIZE
+TILE, TOKENS_PER_TILE = 56, 16
+
+
+def make_tiny_internvl(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """A random-weight InternVLForConditionalGeneration checkpoint (as OpenGVLab/InternVL3-1B-hf ships)."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    out_dir = pathlib.Path(out_dir)
+    text = tiny_config("qwen2")
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=TILE,
+                  patch_size=7, attention_bias=True, use_mean_pooling=True)
+    config = InternVLConfig(text_config=text.to_dict(), vision_config=vision, image_token_id=INTERNVL_IMAGE_TOKEN_ID,
+                            downsample_ratio=0.5, projector_hidden_act="gelu", vision_feature_layer=-1,
+                            vision_feature_select_strategy="default")
+    config.architectures = ["InternVLForConditionalGeneration"]
+    _save_random(InternVLForConditionalGeneration, config, seed, out_dir)
+    _write_tokenizer(out_dir, "qwen2", text.max_position_embeddings, extra_special=INTERNVL_TOKENS,
+                     image_placeholder=INTERNVL_TOKENS[0])
+    _write_json(out_dir / "preprocessor_config.json", {
+        "image_processor_type": "GotOcr2ImageProcessor", "crop_to_patches": True, "min_patches": 1, "max_patches": 4,
+        "size": {"height": TILE, "width": TILE}, "do_resize": True, "resample": 3, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225], "do_convert_rgb": True})
+    return out_dir
+
+
+# The ids after the trained vocabulary, in this order: the placeholder (one per feature), the row break, the end.
+MISTRAL3_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
+MISTRAL3_IMAGE_TOKEN_ID = TOKENIZER_VOCAB_SIZE
+
+
+def make_tiny_mistral3(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """A random-weight Mistral3ForConditionalGeneration checkpoint (as Mistral-Small-3.1-24B-Instruct ships)."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    out_dir = pathlib.Path(out_dir)
+    text = tiny_config("mistral")
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=4,
+                  image_size=64, hidden_act="silu")
+    config = Mistral3Config(text_config=text.to_dict(), vision_config=vision, image_token_index=MISTRAL3_IMAGE_TOKEN_ID,
+                            spatial_merge_size=2, projector_hidden_act="gelu", multimodal_projector_bias=False,
+                            vision_feature_layer=-1)
+    config.architectures = ["Mistral3ForConditionalGeneration"]
+    _save_random(Mistral3ForConditionalGeneration, config, seed, out_dir)
+    _write_tokenizer(out_dir, "mistral", text.max_position_embeddings, extra_special=MISTRAL3_TOKENS,
+                     image_placeholder=MISTRAL3_TOKENS[0])
+    _write_json(out_dir / "preprocessor_config.json", {
+        "image_processor_type": "PixtralImageProcessor", "patch_size": {"height": 4, "width": 4},
+        "size": {"longest_edge": 64}, "do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": True})
+    return out_dir
+
+
+def _save_random(model_class: Any, config: Any, seed: int, out_dir: pathlib.Path) -> None:
+    """Builds a multimodal fixture from `seed`, randomizes its parameters (biases small, norms near one,
+    the image side large enough that images move the logits) and saves it."""
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.15)
+            elif "norm" in name:
+                param.uniform_(0.5, 1.5)
+            elif "vision_tower" in name or "projector" in name:
+                param.normal_(0.0, 0.3)
+    _save_image_model(model, out_dir)
