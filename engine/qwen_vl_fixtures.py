@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE, _save_image_model, _write_json, _write_tokenizer, tiny_config
+from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE, _write_json, _write_tokenizer, tiny_config
+from pagoda.engine.vision_fixtures import save_random_image_model
 
 # The ids after the trained vocabulary, in this order; a chat template writes the three in a row.
 QWEN_VL_TOKENS = ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -72,18 +73,9 @@ def make_tiny_qwen_vl(out_dir: str | pathlib.Path, version: str = "2", seed: int
                                      (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration))
         config = config_class(text_config=text, vision_config=tower, **ids)
         config.architectures = [model_class.__name__]
-    torch.manual_seed(seed)
-    model = model_class(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.normal_(0.0, 0.15)
-            elif "norm" in name or "ln_q" in name:
-                param.uniform_(0.5, 1.5)
-            elif "visual" in name:
-                param.normal_(0.0, 0.3)  # large enough that images move the logits
     # The hub's Qwen3-VL-MoE checkpoints store the expert stacks [experts, in, out].
-    _save_image_model(model, out_dir, _transposed_expert_stacks if version == "3-moe" else None)
+    save_random_image_model(model_class, config, seed, out_dir, image_side=("visual",),
+                            layout=_transposed_expert_stacks if version == "3-moe" else None)
     _write_tokenizer(out_dir, "qwen2", text["max_position_embeddings"], extra_special=QWEN_VL_TOKENS,
                      image_placeholder=QWEN_VL_PLACEHOLDER)
     side = MERGE * PATCH

@@ -13,6 +13,7 @@ pixels of height, one feature per 8 of width).
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ def make_tiny_internvl(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
                             downsample_ratio=0.5, projector_hidden_act="gelu", vision_feature_layer=-1,
                             vision_feature_select_strategy="default")
     config.architectures = ["InternVLForConditionalGeneration"]
-    _save_random(InternVLForConditionalGeneration, config, seed, out_dir)
+    save_random_image_model(InternVLForConditionalGeneration, config, seed, out_dir)
     _write_tokenizer(out_dir, "qwen2", text.max_position_embeddings, extra_special=INTERNVL_TOKENS,
                      image_placeholder=INTERNVL_TOKENS[0])
     _write_json(out_dir / "preprocessor_config.json", {
@@ -65,7 +66,7 @@ def make_tiny_mistral3(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
                             spatial_merge_size=2, projector_hidden_act="gelu", multimodal_projector_bias=False,
                             vision_feature_layer=-1)
     config.architectures = ["Mistral3ForConditionalGeneration"]
-    _save_random(Mistral3ForConditionalGeneration, config, seed, out_dir)
+    save_random_image_model(Mistral3ForConditionalGeneration, config, seed, out_dir)
     _write_tokenizer(out_dir, "mistral", text.max_position_embeddings, extra_special=MISTRAL3_TOKENS,
                      image_placeholder=MISTRAL3_TOKENS[0])
     _write_json(out_dir / "preprocessor_config.json", {
@@ -76,17 +77,20 @@ def make_tiny_mistral3(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
     return out_dir
 
 
-def _save_random(model_class: Any, config: Any, seed: int, out_dir: pathlib.Path) -> None:
+def save_random_image_model(model_class: Any, config: Any, seed: int, out_dir: pathlib.Path,
+                            image_side: tuple[str, ...] = ("vision_tower", "projector"),
+                            layout: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
     """Builds a multimodal fixture from `seed`, randomizes its parameters (biases small, norms near one,
-    the image side large enough that images move the logits) and saves it."""
+    those of the `image_side` modules large enough that images move the logits) and saves it
+    (`layout`: see _save_image_model)."""
     torch.manual_seed(seed)
     model = model_class(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("bias"):
                 param.normal_(0.0, 0.15)
-            elif "norm" in name:
+            elif "norm" in name or "ln_q" in name:
                 param.uniform_(0.5, 1.5)
-            elif "vision_tower" in name or "projector" in name:
+            elif any(part in name for part in image_side):
                 param.normal_(0.0, 0.3)
-    _save_image_model(model, out_dir)
+    _save_image_model(model, out_dir, layout)

@@ -13,19 +13,13 @@ scale on both branches, and optionally q/k RMS norms across all heads (InternViT
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.model_config import ModelConfig, VisionConfig
-from pagoda.engine.models.llama import LlamaForCausalLM
-from pagoda.engine.models.vision import activation, multimodal_checkpoint_name
-
-# Language models an InternVL checkpoint may wrap: their text config's model_type -> (q/k/v biases, q/k norms).
-_LANGUAGE_MODELS = {"qwen2": (True, False), "qwen3": (False, True), "llama": (False, False)}
-
+from pagoda.engine.models.llava import TowerBesideLanguageModel
+from pagoda.engine.models.vision import activation
 
 def _norm(v: VisionConfig) -> nn.Module:
     return RMSNorm(v.hidden_size, v.layer_norm_eps) if v.norm == "rms_norm" else nn.LayerNorm(v.hidden_size,
@@ -125,26 +119,14 @@ class InternVLProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(self.layer_norm(x))))
 
 
-class InternVLForConditionalGeneration(LlamaForCausalLM):
-    """The language model (Llama's structure with Qwen2's q/k/v biases or Qwen3's q/k norms, as its text
-    config says) with the vision tower and projector beside it."""
+class InternVLForConditionalGeneration(TowerBesideLanguageModel):
+    """InternVL over Qwen2 (q/k/v biases), Qwen3 (q/k norms) or Llama."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        model_type = cfg.hf_config.get("model_type")
-        if model_type not in _LANGUAGE_MODELS or cfg.vision is None:
-            raise ValueError(f"InternVL over a {model_type!r} language model is not supported "
-                             f"(supported: {', '.join(_LANGUAGE_MODELS)})")
-        super().__init__(cfg)
-        self.vision_tower = InternVisionTower(cfg.vision)
-        self.multi_modal_projector = InternVLProjector(cfg.vision, cfg.hidden_size)
+    family = "InternVL"
+    language_models = {"qwen2": (True, False), "qwen3": (False, True), "llama": (False, False)}
 
-    @property
-    def qkv_bias(self) -> bool:  # type: ignore[override]
-        return _LANGUAGE_MODELS[self.config.hf_config["model_type"]][0]
-
-    @property
-    def qk_norm(self) -> bool:  # type: ignore[override]
-        return _LANGUAGE_MODELS[self.config.hf_config["model_type"]][1]
+    def build_image_side(self, cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+        return InternVisionTower(cfg.vision), InternVLProjector(cfg.vision, cfg.hidden_size)
 
     def encode_images(self, pixels: torch.Tensor, grids: torch.Tensor | None) -> list[torch.Tensor]:
         """Every image's tiles [tiles, 3, side, side] and each image's tile count (`grids`) -> each image's
@@ -152,7 +134,3 @@ class InternVLForConditionalGeneration(LlamaForCausalLM):
         tiles = self.vision_tower(pixels.to(self.multi_modal_projector.linear_1.weight.dtype))
         features = self.multi_modal_projector(pixel_shuffle(tiles, self.config.vision.spatial_merge))
         return list(features.flatten(0, 1).split((grids * features.shape[1]).tolist()))
-
-    def checkpoint_target(self, name: str) -> tuple[str, Any]:
-        name, image_side = multimodal_checkpoint_name(name)
-        return (name, None) if image_side else super().checkpoint_target(name)

@@ -21,10 +21,6 @@ from pagoda.engine.model_config import ModelConfig, VisionConfig
 from pagoda.engine.models.llama import LlamaForCausalLM
 from pagoda.engine.models.vision import ClipVisionTower, activation, multimodal_checkpoint_name
 
-# Language models a LLaVA checkpoint may wrap: their text config's model_type -> q/k/v biases.
-_LANGUAGE_MODELS = {"llama": False, "mistral": False, "qwen2": True}
-
-
 class LlavaProjector(nn.Module):
     def __init__(self, v: VisionConfig, text_hidden: int) -> None:
         super().__init__()
@@ -36,29 +32,50 @@ class LlavaProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
-class LlavaForConditionalGeneration(LlamaForCausalLM):
-    """The language model (Llama's structure; q/k/v biases when it is a Qwen2) with the vision tower and
-    projector beside it, under both checkpoint namings (`language_model.model.*` of the original
-    conversions, `model.language_model.*` of transformers 5)."""
+class TowerBesideLanguageModel(LlamaForCausalLM):
+    """A Llama-structured language model with a vision tower and projector beside it (LLaVA, InternVL,
+    Mistral 3), under both checkpoint namings (`language_model.model.*` of the original conversions,
+    `model.language_model.*` of transformers 5). `language_models` maps the text config's model_type
+    to its (q/k/v biases, per-head q/k norms); subclasses build their tower and projector."""
+
+    family = ""
+    language_models: dict[str, tuple[bool, bool]] = {}
 
     def __init__(self, cfg: ModelConfig) -> None:
         model_type = cfg.hf_config.get("model_type")
-        if model_type not in _LANGUAGE_MODELS or cfg.vision is None:
-            raise ValueError(f"LLaVA over a {model_type!r} language model is not supported "
-                             f"(supported: {', '.join(_LANGUAGE_MODELS)})")
+        if model_type not in self.language_models or cfg.vision is None:
+            raise ValueError(f"{self.family} over a {model_type!r} language model is not supported "
+                             f"(supported: {', '.join(self.language_models)})")
         super().__init__(cfg)
-        self.vision_tower = ClipVisionTower(cfg.vision)
-        self.multi_modal_projector = LlavaProjector(cfg.vision, cfg.hidden_size)
+        self.vision_tower, self.multi_modal_projector = self.build_image_side(cfg)
+
+    def build_image_side(self, cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+        """(the vision tower, the projector)."""
+        raise NotImplementedError
 
     @property
     def qkv_bias(self) -> bool:  # type: ignore[override]
-        return _LANGUAGE_MODELS[self.config.hf_config["model_type"]]
+        return self.language_models[self.config.hf_config["model_type"]][0]
+
+    @property
+    def qk_norm(self) -> bool:  # type: ignore[override]
+        return self.language_models[self.config.hf_config["model_type"]][1]
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        name, image_side = multimodal_checkpoint_name(name)
+        return (name, None) if image_side else super().checkpoint_target(name)
+
+
+class LlavaForConditionalGeneration(TowerBesideLanguageModel):
+    """LLaVA over Llama, Mistral or Qwen2 (q/k/v biases)."""
+
+    family = "LLaVA"
+    language_models = {"llama": (False, False), "mistral": (False, False), "qwen2": (True, False)}
+
+    def build_image_side(self, cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+        return ClipVisionTower(cfg.vision), LlavaProjector(cfg.vision, cfg.hidden_size)
 
     def encode_images(self, pixels: torch.Tensor, grids: torch.Tensor | None) -> torch.Tensor:
         """[images, 3, H, W] -> their features in the language model's space, [images, tokens_per_image, hidden]
         (images of one size: no grids)."""
         return self.multi_modal_projector(self.vision_tower(pixels.to(self.multi_modal_projector.linear_1.weight.dtype)))
-
-    def checkpoint_target(self, name: str) -> tuple[str, Any]:
-        name, image_side = multimodal_checkpoint_name(name)
-        return (name, None) if image_side else super().checkpoint_target(name)

@@ -13,15 +13,13 @@ keep their token embeddings).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.model_config import ModelConfig, VisionConfig
-from pagoda.engine.models.llama import LlamaForCausalLM
-from pagoda.engine.models.vision import activation, multimodal_checkpoint_name
+from pagoda.engine.models.llava import TowerBesideLanguageModel
+from pagoda.engine.models.vision import activation
 
 PIXTRAL_NORM_EPS = 1e-5
 
@@ -112,24 +110,17 @@ class Mistral3Projector(nn.Module):
         return self.linear_2(self.act(self.linear_1(merged)))
 
 
-class Mistral3ForConditionalGeneration(LlamaForCausalLM):
-    """The Mistral language model with the Pixtral tower and projector beside it, under both checkpoint
-    namings (`language_model.model.*` of the hub's conversions, `model.language_model.*` of transformers 5)."""
+class Mistral3ForConditionalGeneration(TowerBesideLanguageModel):
+    """Mistral 3 over its Mistral language model."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        model_type = cfg.hf_config.get("model_type")
-        if model_type not in ("mistral", "llama") or cfg.vision is None:
-            raise ValueError(f"Mistral 3 over a {model_type!r} language model is not supported (supported: mistral)")
-        super().__init__(cfg)
-        self.vision_tower = PixtralVisionTower(cfg.vision)
-        self.multi_modal_projector = Mistral3Projector(cfg.vision, cfg.hidden_size, cfg.rms_norm_eps)
+    family = "Mistral 3"
+    language_models = {"mistral": (False, False), "llama": (False, False)}
+
+    def build_image_side(self, cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+        return PixtralVisionTower(cfg.vision), Mistral3Projector(cfg.vision, cfg.hidden_size, cfg.rms_norm_eps)
 
     def encode_images(self, pixels: torch.Tensor, grids: torch.Tensor | None) -> list[torch.Tensor]:
         """Every image's patches and patch grid (rows, columns) -> each image's features, row-major."""
         counts = (grids[:, 0] * grids[:, 1]).tolist()
         return [self.multi_modal_projector(self.vision_tower(chunk, rows, columns), rows, columns)
                 for chunk, (rows, columns) in zip(pixels.split(counts), grids.tolist())]
-
-    def checkpoint_target(self, name: str) -> tuple[str, Any]:
-        name, image_side = multimodal_checkpoint_name(name)
-        return (name, None) if image_side else super().checkpoint_target(name)
