@@ -1,11 +1,13 @@
 """Images in prompts: from what a request gives to placeholder tokens, pixels and cache keys.
 
 A prompt names each image with one placeholder token (`<image>` for LLaVA), where its chat
-template or the user put it. The engine expands each to `tokens_per_image` placeholders, one per
-image feature, so positions, the KV cache, chunked prefill and preemption treat an image as the
-run of tokens it becomes; the model runner puts the image's features in those rows. Pixels come
-from the model directory's own image processor (preprocessor_config.json), as transformers'
-processor makes them.
+template or the user put it. The engine expands each to its run of placeholders, one per image
+feature, so positions, the KV cache, chunked prefill and preemption treat an image as the run of
+tokens it becomes; the model runner puts the image's features in those rows. A run's length is
+the model's `tokens_per_image`, or what the processor made of that image: Qwen-VL's patch grid,
+InternVL's tiles, Pixtral's rows (whose break tokens stay in the run as text). Pixels come from the
+model directory's own image processor (preprocessor_config.json), as transformers' processor
+makes them.
 
 Prefix caching must not confuse two images behind the same placeholder tokens: every KV block
 that covers part of an image is keyed by that image's content hash and where the block starts in
