@@ -34,7 +34,7 @@ from pagoda.kernels import reference
 
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
-    "starcoder2", "cohere", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
+    "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -250,6 +250,10 @@ _FAMILIES: dict[str, _Family] = {
     # Cohere Command-R: parallel attention and MLP on one bias-free LayerNorm, interleaved rotary,
     # logits scaled (0.5 here, 0.0625 in Command-R).
     "cohere": _Family("cohere", "CohereForCausalLM", adds_bos=True, rope_theta=10000.0, config={"logit_scale": 0.5}),
+    # Command R7B / Command A: a sliding layer with rotary, then a global one without (window 8).
+    "cohere2": _Family("cohere2", "Cohere2ForCausalLM", adds_bos=True, rope_theta=10000.0,
+                       config={"logit_scale": 0.5, "sliding_window": 8,
+                               "layer_types": ["sliding_attention", "full_attention"]}),
     # Ministral and OLMo 3: sliding and global layers as `layer_types` lists them (window 8).
     "ministral": _Family("ministral", "MinistralForCausalLM", adds_bos=True, rope_theta=100000000.0,
                          config={"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 8,

@@ -1,8 +1,11 @@
-"""Cohere Command-R (`CohereForCausalLM`: c4ai-command-r-v01, Command-R 08-2024, Aya 23 and Aya Expanse).
+"""Cohere Command-R (`CohereForCausalLM`: c4ai-command-r-v01, Command-R 08-2024, Aya 23 and Aya Expanse)
+and its second generation (`Cohere2ForCausalLM`: Command R7B, Command A).
 
 Attention and MLP in parallel on one LayerNorm (no bias) of the residual stream, both outputs added
 to it at once; rotary in the interleaved (gpt-j) layout; logits scaled by `logit_scale`. Command R+'s
-per-head q/k LayerNorms (`use_qk_norm`) are refused.
+per-head q/k LayerNorms (`use_qk_norm`) are refused. The second generation interleaves sliding-window
+layers, which rotate, with global layers, which do not (three to one in the hub's configs, where
+`sliding_window_pattern` stands for `layer_types`).
 """
 
 from __future__ import annotations
@@ -13,13 +16,19 @@ from torch import nn
 from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.layers.norm import LayerNorm
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderModel, LlamaForCausalLM
+from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderModel, LlamaForCausalLM, layer_attention
 
 
 class CohereDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """`kinds`: the second generation's layer types (a sliding layer rotates, a global one does not); None
+    for the first, whose every layer rotates over the whole context."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, kinds: list[str] | None = None) -> None:
         super().__init__()
-        self.self_attn = DecoderAttention(cfg, qkv_bias=cfg.attention_bias, qk_norm=False, rotary_interleaved=True)
+        window, rope = layer_attention(cfg, layer, kinds) if kinds else (None, cfg.rope)
+        self.self_attn = DecoderAttention(cfg, qkv_bias=cfg.attention_bias, qk_norm=False, rope=rope,
+                                          sliding_window=window, rotary_interleaved=True,
+                                          use_rope=kinds is None or window is not None)
         self.mlp = DecoderMLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = LayerNorm(cfg.hidden_size, _eps(cfg), bias=False)
 
@@ -36,12 +45,26 @@ def _eps(cfg: ModelConfig) -> float:
 
 
 class CohereForCausalLM(LlamaForCausalLM):
+    def layer_kinds(self, cfg: ModelConfig) -> list[str] | None:
+        """Each layer's attention kind where the family interleaves sliding and global layers."""
+        return None
+
     def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
         if cfg.hf_config.get("use_qk_norm"):
             raise ValueError("use_qk_norm (Command R+'s per-head q/k LayerNorms) is not supported")
-        model = DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=lambda cfg, _: CohereDecoderLayer(cfg))
+        kinds = self.layer_kinds(cfg)
+        model = DecoderModel(cfg, qkv_bias, False, self.make_mlp,
+                             make_layer=lambda cfg, layer: CohereDecoderLayer(cfg, layer, kinds))
         model.norm = LayerNorm(cfg.hidden_size, _eps(cfg), bias=False)
         return model
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden) * float(self.config.hf_config.get("logit_scale", 1.0))
+
+
+class Cohere2ForCausalLM(CohereForCausalLM):
+    def layer_kinds(self, cfg: ModelConfig) -> list[str]:
+        hf = cfg.hf_config
+        pattern = int(hf.get("sliding_window_pattern") or 4)
+        return hf.get("layer_types") or ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                                         for i in range(cfg.num_layers)]

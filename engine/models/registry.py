@@ -26,6 +26,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Exaone4ForCausalLM": ("pagoda.engine.models.olmo2", "Exaone4ForCausalLM"),
     "Starcoder2ForCausalLM": ("pagoda.engine.models.starcoder2", "Starcoder2ForCausalLM"),
     "CohereForCausalLM": ("pagoda.engine.models.cohere", "CohereForCausalLM"),
+    "Cohere2ForCausalLM": ("pagoda.engine.models.cohere", "Cohere2ForCausalLM"),
     "Glm4ForCausalLM": ("pagoda.engine.models.glm", "Glm4ForCausalLM"),
     # Multimodal checkpoints, served as text (their language model).
     "Gemma3ForConditionalGeneration": ("pagoda.engine.models.gemma3", "Gemma3ForConditionalGeneration"),

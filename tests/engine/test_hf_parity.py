@@ -45,7 +45,7 @@ def _greedy() -> SamplingParams:
 def test_greedy_matches_transformers(tiny_model, arch: str, regime: str) -> None:
     path = tiny_model(arch)
     options = dict(REGIMES[regime])
-    if arch in ("gemma2", "gemma3", "ministral", "olmo3", "gpt_oss") and "num_kv_blocks" in options:
+    if arch in ("gemma2", "gemma3", "ministral", "olmo3", "gpt_oss", "cohere2") and "num_kv_blocks" in options:
         # Their sliding and full layers take blocks of one layer each (kv_cache_layout.py): the same
         # memory is twice the blocks, and one more is the sliding group's null block.
         options["num_kv_blocks"] = 2 * options["num_kv_blocks"] + 1
