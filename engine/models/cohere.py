@@ -2,21 +2,46 @@
 and its second generation (`Cohere2ForCausalLM`: Command R7B, Command A).
 
 Attention and MLP in parallel on one LayerNorm (no bias) of the residual stream, both outputs added
-to it at once; rotary in the interleaved (gpt-j) layout; logits scaled by `logit_scale`. Command R+'s
-per-head q/k LayerNorms (`use_qk_norm`) are refused. The second generation interleaves sliding-window
+to it at once; rotary in the interleaved (gpt-j) layout; logits scaled by `logit_scale`; Command R+
+normalizes q and k per head (`use_qk_norm`: a bias-free LayerNorm with each head's own weight). The
+second generation interleaves sliding-window
 layers, which rotate, with global layers, which do not (three to one in the hub's configs, where
 `sliding_window_pattern` stands for `layer_types`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from pagoda.engine.attention import AttentionMetadata
+from pagoda.engine.distributed import tp_rank
 from pagoda.engine.layers.norm import LayerNorm
+from pagoda.engine.layers.weights import copy_into, read_shard
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderModel, LlamaForCausalLM, layer_attention
+
+
+class HeadLayerNorm(nn.Module):
+    """Command R+'s q or k norm: a bias-free LayerNorm of each head's vector with that head's own weight;
+    a rank holds the weights of its heads, [first_head, first_head + heads)."""
+
+    def __init__(self, heads: int, first_head: int, head_dim: int, eps: float) -> None:
+        super().__init__()
+        self.first_head, self.eps = first_head, eps
+        self.weight = nn.Parameter(torch.ones(heads, head_dim), requires_grad=False)
+        self.weight.weight_loader = self._load
+
+    def _load(self, param: nn.Parameter, src: Any) -> None:
+        copy_into(param, read_shard(src, 0, self.first_head, param.shape[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [tokens, heads, head_dim]."""
+        centered = x.float() - x.float().mean(-1, keepdim=True)
+        normed = centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * normed).to(x.dtype)
 
 
 class CohereDecoderLayer(nn.Module):
@@ -29,6 +54,12 @@ class CohereDecoderLayer(nn.Module):
         self.self_attn = DecoderAttention(cfg, qkv_bias=cfg.attention_bias, qk_norm=False, rope=rope,
                                           sliding_window=window, rotary_interleaved=True,
                                           use_rope=kinds is None or window is not None)
+        if cfg.hf_config.get("use_qk_norm"):
+            qkv = self.self_attn.qkv_proj
+            heads, kv_heads = qkv.num_heads, qkv.num_kv_heads
+            self.self_attn.q_norm = HeadLayerNorm(heads, tp_rank() * heads, cfg.head_dim, _eps(cfg))
+            self.self_attn.k_norm = HeadLayerNorm(kv_heads, tp_rank() // qkv.kv_replicas * kv_heads, cfg.head_dim,
+                                                  _eps(cfg))
         self.mlp = DecoderMLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = LayerNorm(cfg.hidden_size, _eps(cfg), bias=False)
 
@@ -50,8 +81,6 @@ class CohereForCausalLM(LlamaForCausalLM):
         return None
 
     def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
-        if cfg.hf_config.get("use_qk_norm"):
-            raise ValueError("use_qk_norm (Command R+'s per-head q/k LayerNorms) is not supported")
         kinds = self.layer_kinds(cfg)
         model = DecoderModel(cfg, qkv_bias, False, self.make_mlp,
                              make_layer=lambda cfg, layer: CohereDecoderLayer(cfg, layer, kinds))

@@ -221,6 +221,20 @@ def test_cohere_logit_scale_reaches_the_logprobs(tiny_model) -> None:
                                                                                abs=1e-4)
 
 
+@pytest.mark.parametrize("tp", [1, 2, pytest.param(4, marks=pytest.mark.slow)])
+def test_command_r_plus_qk_norms(tiny_model, tp: int) -> None:
+    """Command R+'s per-head q/k LayerNorms, each head with its own weight: a rank holds its heads' (at
+    tp=4 each of the 2 KV heads' on two ranks)."""
+    path = tiny_model("cohere", use_qk_norm=True)
+    llm = LLM(str(path), dtype="float32", tensor_parallel_size=tp, max_num_batched_tokens=9, block_size=4)
+    try:
+        outputs = llm.generate(PROMPTS, _greedy())
+    finally:
+        llm.engine.shutdown()
+    for out in outputs:
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, MAX_TOKENS), out.prompt
+
+
 def test_exaone4_matches_transformers(tiny_model) -> None:
     """EXAONE 4.0: a sliding local layer with rotary, a global one without (NoPE), post-norms."""
     path = tiny_model("exaone4")
