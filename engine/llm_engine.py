@@ -257,8 +257,12 @@ class LLMEngine:
         arrival = time.monotonic() if arrival_time is None else arrival_time
         seqs = [self._new_sequence(request_id, i, token_ids, params, arrival) for i in range(params.n)]
         salt = None
-        if lora is not None or cache_salt is not None:
-            salt = hash((lora.cache_salt if lora is not None else None, cache_salt))
+        # A prompt past LongRoPE's original context rotates every token with the long factors: its KV blocks
+        # are not those of a shorter prompt with the same tokens.
+        longrope = self.model_config.longrope_original
+        long_rotary = longrope is not None and len(token_ids) > longrope
+        if lora is not None or cache_salt is not None or long_rotary:
+            salt = hash((lora.cache_salt if lora is not None else None, cache_salt, long_rotary))
         for seq in seqs:
             seq.lora, seq.cache_salt, seq.embed, seq.priority, seq.images = lora, salt, embed, priority, images
             seq.bidirectional = self.model_config.encoder

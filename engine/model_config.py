@@ -215,6 +215,13 @@ class ModelConfig:
     encoder: bool = False
 
     @property
+    def longrope_original(self) -> int | None:
+        """LongRoPE's original context (Phi-3/3.5/4-mini), None under other rotary rules. As transformers
+        does, a forward pass over positions past it rotates with the long factors: a sequence whose
+        prompt is longer uses them for every token, a shorter one from that position on."""
+        return int(self.rope.scaling["original_max_position_embeddings"]) if self.rope.scaling_type in LONGROPE else None
+
+    @property
     def kv_planes(self) -> int:
         """Tensors the KV cache keeps per layer: K and V, or with latent attention the one latent,
         which is both (see engine/models/deepseek.py)."""
@@ -522,21 +529,13 @@ def load_model_config(
     hidden = int(cfg["hidden_size"])
     max_pos = int(cfg.get("max_position_embeddings", 2048)) - roberta_position_offset(cfg, architecture)
     rope = _rope_config(cfg)
-    # LongRoPE (Phi-3/3.5/4-mini) switches to its long factors past the original context;
-    # only the short ones are served, so the context stops there.
-    longrope_limit = int(rope.scaling["original_max_position_embeddings"]) if rope.scaling_type in LONGROPE else None
     if max_model_len is None:
-        max_model_len = min(max_pos, longrope_limit or max_pos)
+        max_model_len = max_pos
     elif max_model_len < 1:
         raise ValueError(f"max_model_len must be positive, got {max_model_len}")
     elif max_model_len > max_pos:
         raise ValueError(
             f"max_model_len {max_model_len} exceeds the model's max_position_embeddings {max_pos}"
-        )
-    elif longrope_limit is not None and max_model_len > longrope_limit:
-        raise ValueError(
-            f"max_model_len {max_model_len} needs LongRoPE's long factors (past original_max_position_embeddings "
-            f"{longrope_limit}), which are not supported: set max_model_len to at most {longrope_limit}"
         )
     sliding = cfg.get("sliding_window")
     if cfg.get("use_sliding_window") is False:

@@ -208,14 +208,14 @@ class ModelRunner:
                 key_limits.extend(limits or range(start, end))
             ids.extend(seq.token_ids[start:end] + seq.spec_token_ids)
             # Multimodal RoPE: a prompt's tokens have three positions; later ones one, shifted by the delta.
-            delta = seq.images.rope_delta if seq.images is not None else 0
+            plain = self._rotary_positions(seq, start, end)
             three = seq.images.positions(start, end) if seq.images is not None and start < seq.num_prompt_tokens else None
             if three is not None and rope is None:
                 rope = [list(positions) for _ in range(3)]
             if rope is not None:
-                for stream, row in zip(rope, three or [range(start + delta, end + delta)] * 3):
+                for stream, row in zip(rope, three or [plain] * 3):
                     stream.extend(row)
-            positions.extend(range(start + delta, end + delta))
+            positions.extend(plain)
             for table, group_slots in zip(seq.block_tables, slots):
                 if n == 1:
                     group_slots.append(table[start // bs] * bs + start % bs)
@@ -244,6 +244,19 @@ class ModelRunner:
                             image_rows=image_rows, image_features=torch.cat(image_features) if image_features else None,
                             key_limits=key_limits or [], rope_positions=[p for stream in rope for p in stream] if rope else [])
         return inputs, samplers, prompt_chunks, pooled
+
+    def _rotary_positions(self, seq: Sequence, start: int, end: int) -> range | list[int]:
+        """The rotary table rows of seq's positions [start, end): the positions themselves, past a
+        multimodal prompt shifted by its delta, and under LongRoPE offset into the long factors' rows
+        (RotaryEmbedding) where transformers would rotate with those."""
+        delta = seq.images.rope_delta if seq.images is not None else 0
+        original = self.model_config.longrope_original
+        if original is None:
+            return range(start + delta, end + delta)
+        offset = self.model_config.max_model_len
+        if seq.num_prompt_tokens > original:
+            return range(start + offset, end + offset)
+        return [p + offset if p >= original else p for p in range(start, end)]
 
     def _encode_images(self, seqs: list[Sequence]) -> None:
         """The images of sequences whose prefill reaches them, through the vision tower and projector in one

@@ -17,7 +17,7 @@ from pagoda.engine.model_config import LONGROPE, RopeConfig
 SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "longrope", "yarn")
 
 
-def _inv_freq(rotary_dim: int, rope: RopeConfig, max_position: int) -> torch.Tensor:
+def _inv_freq(rotary_dim: int, rope: RopeConfig, max_position: int, long: bool = False) -> torch.Tensor:
     # float32 throughout, as the reference implementations compute it: a
     # float64 table would be "more exact" yet disagree with every checkpoint's
     # training-time numerics at long positions.
@@ -31,10 +31,11 @@ def _inv_freq(rotary_dim: int, rope: RopeConfig, max_position: int) -> torch.Ten
         return _llama3_scale(inv_freq, rope.scaling)
     if kind == "yarn":
         return _yarn_scale(inv_freq, rotary_dim, rope, max_position)
-    if kind in LONGROPE:  # the short factors: load_model_config keeps the context where they apply
-        factors = torch.tensor(rope.scaling["short_factor"], dtype=torch.float32)
+    if kind in LONGROPE:  # the short factors, or the long ones (see RotaryEmbedding)
+        name = "long_factor" if long else "short_factor"
+        factors = torch.tensor(rope.scaling[name], dtype=torch.float32)
         if factors.numel() != inv_freq.numel():
-            raise ValueError(f"longrope short_factor has {factors.numel()} entries, the rotary dims {inv_freq.numel()}")
+            raise ValueError(f"longrope {name} has {factors.numel()} entries, the rotary dims {inv_freq.numel()}")
         return inv_freq / factors
     raise ValueError(f"rope scaling {kind!r} is not supported; supported: {list(SUPPORTED_ROPE_SCALING)}")
 
@@ -106,16 +107,19 @@ _TABLES: dict[tuple[Any, ...], torch.Tensor] = {}
 
 
 def _cos_sin_table(rotary_dim: int, max_position: int, num_positions: int, rope: RopeConfig) -> torch.Tensor:
-    """[num_positions, rotary_dim] cos then sin on the default device, built once per model and device
-    and shared by its layers: at 128k positions a table is 64 MiB, which every layer holding its own
-    would multiply by the layer count."""
+    """[num_positions, rotary_dim] cos then sin on the default device (LongRoPE: the short factors' rows,
+    then as many of the long factors'), built once per model and device and shared by its layers: at
+    128k positions a table is 64 MiB, which every layer holding its own would multiply by the layer count."""
     device = torch.empty(0).device
     key = (rotary_dim, max_position, num_positions, repr(rope), device)
     if key not in _TABLES:
-        inv_freq = _inv_freq(rotary_dim, rope, max_position)
-        freqs = torch.outer(torch.arange(num_positions, dtype=torch.float32), inv_freq)
         scale = _attention_factor(rope, max_position)
-        _TABLES[key] = torch.cat([freqs.cos() * scale, freqs.sin() * scale], dim=-1)
+        tables = []
+        for long in (False, True) if rope.scaling_type in LONGROPE else (False,):
+            freqs = torch.outer(torch.arange(num_positions, dtype=torch.float32),
+                                _inv_freq(rotary_dim, rope, max_position, long))
+            tables.append(torch.cat([freqs.cos() * scale, freqs.sin() * scale], dim=-1))
+        _TABLES[key] = torch.cat(tables)
         if len(_TABLES) > 8:
             del _TABLES[next(iter(_TABLES))]
     return _TABLES[key]
@@ -126,7 +130,9 @@ class RotaryEmbedding(nn.Module):
     gpt-j (interleaved pairs) layout where `interleaved` (GLM).
 
     `max_position` is the model's (LongRoPE's attention factor depends on it); the table covers
-    `num_positions` (the served context, by default all of it).
+    `num_positions` (the served context, by default all of it). Under LongRoPE it holds the long
+    factors' rows after those: the runner offsets by `num_positions` the positions of tokens that
+    rotate with them (ModelConfig.longrope_original).
 
     Multimodal RoPE (Qwen2-VL's `mrope_section`, e.g. [16, 24, 24]): a token has three positions
     (temporal, height, width) and each run of frequencies turns with one of them (Qwen3-VL's

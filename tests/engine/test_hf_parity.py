@@ -105,16 +105,24 @@ LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0
             "long_factor": [2.0, 3.0, 5.0, 8.0, 13.0, 21.0]}
 
 
-def test_longrope_within_the_original_context(tiny_model) -> None:
-    """Phi-3.5/4-mini's LongRoPE: the short factors and the attention factor of the context
-    extension (2048 over 128 here); the served context stops where the long factors would start."""
-    path = tiny_model("phi3", rope_parameters=LONGROPE, original_max_position_embeddings=128)
-    llm = LLM(str(path), dtype="float32", block_size=4, max_num_batched_tokens=16)
-    assert llm.engine.max_model_len == 128
-    for out in llm.generate(PROMPTS, _greedy()):
-        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, MAX_TOKENS), out.prompt
-    with pytest.raises(ValueError, match="long factors.*at most 128"):
-        LLM(str(path), dtype="float32", max_model_len=129)
+def test_longrope_short_and_long_factors(tiny_model) -> None:
+    """Phi-3.5/4-mini's LongRoPE past its original context (32 here, of 2048): as transformers does, a
+    prompt longer than it rotates every token with the long factors, a shorter one its tokens from
+    there on (generation crossing it), both with the extension's attention factor. A long prompt
+    sharing a short one's first blocks computes its own (the prefix cache keeps them apart), in
+    chunks, and both orders agree."""
+    path = tiny_model("phi3", rope_parameters=LONGROPE, original_max_position_embeddings=32)
+    short = PROMPTS[0]  # about 15 tokens, 40 generated: past 32
+    long = short + " and then the scheduler batches requests together so the accelerator is never idle"
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    for order in ([short, long], [long, short]):
+        llm = LLM(str(path), dtype="float32", block_size=4, max_num_batched_tokens=16)
+        assert llm.engine.max_model_len == 2048
+        outputs = [llm.generate(prompt, params)[0] for prompt in order]
+        lengths = {len(out.prompt_token_ids) > 32 for out in outputs}
+        assert lengths == {False, True}, "one prompt within the original context, one past it"
+        for out in outputs:
+            assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 40), out.prompt
 
 
 @pytest.mark.parametrize("naming", ["language_model.model", "model.language_model"])
