@@ -125,8 +125,9 @@ class LLMEngine:
 
     def process_prompt(self, prompt: PromptType) -> tuple[str | None, list[int], ImageInputs | None]:
         """(text or None, token ids, images) of a prompt in any accepted form. A dict may carry images as
-        vLLM's offline API takes them, `multi_modal_data={"image": one or a list}`, whose placeholder
-        tokens are expanded here, or as `images` already processed (ImageInputs)."""
+        vLLM's offline API takes them, `multi_modal_data={"image": one or a list}` (with
+        `mm_processor_kwargs` for the image processor), whose placeholder tokens are expanded here, or
+        as `images` already processed (ImageInputs)."""
         text, token_ids = self.tokenize(prompt)
         if not isinstance(prompt, dict):
             return text, token_ids, None
@@ -136,7 +137,7 @@ class LLMEngine:
         if not isinstance(data, dict) or set(data) - {"image"}:
             raise ValueError(f"multi_modal_data takes 'image' (one image or a list), got {data!r:.80}")
         images = data["image"] if isinstance(data["image"], (list, tuple)) else [data["image"]]
-        token_ids, inputs = self.image_prompts.process(token_ids, list(images))
+        token_ids, inputs = self.image_prompts.process(token_ids, list(images), prompt.get("mm_processor_kwargs"))
         return text, token_ids, inputs
 
     def tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:

@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import io
+import json
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,8 +226,9 @@ class ImagePrompts:
             raise ValueError(f"the prompt has {count} images, more than the {self.limit} allowed "
                              "(--limit-mm-per-prompt)")
 
-    def _pixels(self, images: list[Any]) -> _Processed:
-        """The images as the model directory's image processor makes them (see _Processed)."""
+    def _pixels(self, images: list[Any], request_kwargs: dict[str, Any]) -> _Processed:
+        """The images as the model directory's image processor makes them (see _Processed), with a
+        request's own processor settings."""
         if self._processor is None:
             from transformers import AutoImageProcessor
 
@@ -241,7 +243,8 @@ class ImagePrompts:
         extra = {"patch_size": {"height": v.patch_size * v.spatial_merge, "width": v.patch_size * v.spatial_merge}} \
             if v.tower == "pixtral" else {}
         try:
-            out = self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt", **extra)
+            out = self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt",
+                                  **extra, **request_kwargs)
         except Exception as exc:  # the processor raises its own types for odd images
             raise ValueError(f"cannot preprocess the image: {exc}") from exc
         if (sizes := out.get("image_sizes")) is not None:
@@ -261,14 +264,19 @@ class ImagePrompts:
         run[-1] = v.last_break_id
         return run
 
-    def process(self, token_ids: list[int], images: list[Any]) -> tuple[list[int], ImageInputs]:
+    def process(self, token_ids: list[int], images: list[Any],
+                processor_kwargs: dict[str, Any] | None = None) -> tuple[list[int], ImageInputs]:
         """(token ids with each image's placeholder expanded, the images' inputs). The prompt holds one
-        placeholder per image, or the expanded runs already; anything else is a ValueError."""
+        placeholder per image, or the expanded runs already; anything else is a ValueError.
+        `processor_kwargs`: this request's image processor settings (vLLM's per-request
+        mm_processor_kwargs, e.g. Qwen-VL's max_pixels); they key the images' KV blocks too."""
         self.admit(len(images))
+        if processor_kwargs is not None and not isinstance(processor_kwargs, dict):
+            raise ValueError(f"mm_processor_kwargs must be an object, got {processor_kwargs!r:.80}")
         v = self.vision
         token = v.image_token_id
         loaded = [load_image(image) for image in images]
-        processed = self._pixels(loaded)
+        processed = self._pixels(loaded, processor_kwargs or {})
         runs = [self._run(length, width) for length, width in
                 zip(processed.lengths, processed.row_widths or [None] * len(loaded))]
         count = token_ids.count(v.placeholder_id)
@@ -288,7 +296,10 @@ class ImagePrompts:
         else:
             raise ValueError(f"the prompt has {count} image placeholder tokens for {len(loaded)} images: "
                              "put one per image where it belongs")
-        inputs = ImageInputs(processed.pixels, offsets, processed.lengths, [image_hash(image) for image in loaded],
+        # The same picture processed otherwise is other features: its blocks must not be shared.
+        settings = json.dumps(processor_kwargs, sort_keys=True, default=str) if processor_kwargs else None
+        hashes = [image_hash(image) if settings is None else hash((image_hash(image), settings)) for image in loaded]
+        inputs = ImageInputs(processed.pixels, offsets, processed.lengths, hashes,
                              bidirectional=v.bidirectional, grids=processed.grids, row_widths=processed.row_widths)
         if v.mrope:
             inputs.rope_positions, inputs.rope_delta = mrope_positions(len(expanded), offsets, processed.grids,

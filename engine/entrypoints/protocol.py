@@ -432,6 +432,7 @@ ToolMode = Literal["none", "auto", "required", "named"]
 
 class ChatCompletionRequest(_SamplingRequest, _ChatTemplateInput):
     messages: list[ChatMessage] = Field(min_length=1)
+    mm_processor_kwargs: dict[str, Any] | None = None  # vLLM's: the image processor's settings for this request
     max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens
     max_completion_tokens: int | None = None
     logprobs: bool = False

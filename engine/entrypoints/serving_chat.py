@@ -136,7 +136,7 @@ class OpenAIServingChat(OpenAIServing):
             raise APIError(400, "beam search with images is not supported", param="use_beam_search")
         try:
             token_ids = await self.render_chat(messages, request.add_generation_prompt, request.template_kwargs())
-            prompt = await self.with_images(token_ids, urls)
+            prompt = await self.with_images(token_ids, urls, request.mm_processor_kwargs)
         except ValueError as exc:
             raise bad_request(exc, request, "messages") from None
         in_reasoning, thinking = False, None

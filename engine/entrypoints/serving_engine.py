@@ -284,9 +284,11 @@ class OpenAIServing:
         except ValueError as exc:
             raise APIError(400, str(exc), param="truncate_prompt_tokens") from None
 
-    async def with_images(self, token_ids: list[int], urls: list[str]) -> Prompt:
+    async def with_images(self, token_ids: list[int], urls: list[str],
+                          processor_kwargs: dict[str, Any] | None = None) -> Prompt:
         """The prompt of a rendered chat with its images: fetched and decoded off the event loop, then
-        their placeholders expanded and pixels made on the tokenizer's thread; bad images are a ValueError."""
+        their placeholders expanded and pixels made (with the request's `processor_kwargs`) on the
+        tokenizer's thread; bad images are a ValueError."""
         if not urls:
             return Prompt(token_ids)
         image_prompts = self.engine.engine.image_prompts
@@ -300,7 +302,7 @@ class OpenAIServing:
             if self.allowed_media_domains and host not in self.allowed_media_domains:
                 raise ValueError(f"image URLs may name only {', '.join(self.allowed_media_domains)}, not {host!r}")
         images = await asyncio.to_thread(lambda: [load_image(url) for url in urls])
-        token_ids, inputs = await self.run_tokenizer(image_prompts.process, token_ids, images)
+        token_ids, inputs = await self.run_tokenizer(image_prompts.process, token_ids, images, processor_kwargs)
         return Prompt(token_ids, images=inputs)
 
     async def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool,

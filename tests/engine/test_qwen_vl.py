@@ -165,3 +165,22 @@ def test_hub_style_flat_config(models: dict[str, pathlib.Path], tmp_path: pathli
     outputs = [LLM(str(p), dtype="float32").generate(request, GREEDY)[0] for p in (models["2.5"], path)]
     assert load_model_config(path).rope.scaling["mrope_section"] == rope["mrope_section"]
     assert outputs[0].outputs[0].token_ids == outputs[1].outputs[0].token_ids
+
+
+def test_per_request_processor_kwargs(models: dict[str, pathlib.Path]) -> None:
+    """vLLM's per-request mm_processor_kwargs: max_pixels 1024 shrinks one request's 64x64 image to 16
+    tokens while another keeps 64 in the same engine, the same tokens as an engine set up that way;
+    the prefix cache tells the two apart though the picture is the same."""
+    path = models["2"]
+    llm = LLM(str(path), dtype="float32", block_size=4)
+    image = picture(3, (64, 64))
+    request = {"prompt": prompt(1), "multi_modal_data": {"image": image}}
+    full = llm.generate(request, GREEDY)[0]
+    small = llm.generate({**request, "mm_processor_kwargs": {"max_pixels": 1024}}, GREEDY)[0]
+    assert (full.prompt_token_ids.count(QWEN_VL_IMAGE_TOKEN_ID), small.prompt_token_ids.count(QWEN_VL_IMAGE_TOKEN_ID)) \
+        == (64, 16)
+    assert small.num_cached_tokens <= small.prompt_token_ids.index(QWEN_VL_IMAGE_TOKEN_ID)
+    engine_wide = LLM(str(path), dtype="float32", mm_processor_kwargs={"max_pixels": 1024}).generate(request, GREEDY)[0]
+    assert engine_wide.outputs[0].token_ids == small.outputs[0].token_ids
+    with pytest.raises(ValueError, match="mm_processor_kwargs must be an object"):
+        llm.generate({**request, "mm_processor_kwargs": [1]}, GREEDY)

@@ -131,6 +131,9 @@ def test_images_at_their_own_size(tmp_path_factory) -> None:
                                                max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
         assert reply.choices[0].message.content == llm_text(path, expected)
         assert reply.usage.prompt_tokens > 30 + 36, "30 and 36 image tokens"
+        smaller = client.chat.completions.create(model=MODEL_NAME, messages=image_message(data_url(1), data_url(4, (70, 30))),
+                                                 max_tokens=2, extra_body={"mm_processor_kwargs": {"max_pixels": 256}})
+        assert smaller.usage.prompt_tokens < reply.usage.prompt_tokens - 60, "a few tokens each instead of 30 and 36"
         running.wait_idle()
 
 
