@@ -260,8 +260,7 @@ class LLMEngine:
         salt = None
         # A prompt past LongRoPE's original context rotates every token with the long factors: its KV blocks
         # are not those of a shorter prompt with the same tokens.
-        longrope = self.model_config.longrope_original
-        long_rotary = longrope is not None and len(token_ids) > longrope
+        long_rotary = self.model_config.rotates_long(len(token_ids))
         if lora is not None or cache_salt is not None or long_rotary:
             salt = hash((lora.cache_salt if lora is not None else None, cache_salt, long_rotary))
         for seq in seqs:

@@ -120,8 +120,9 @@ class VisionConfig:
     Qwen2-VL, Qwen2.5-VL and Qwen3-VL ("qwen2_vl", "qwen2_5_vl", "qwen3_vl" towers) take images at
     their own resolution: `tokens_per_image` is 0, an image's count is its patch grid over
     `spatial_merge`² (2 x 2 patches merge into one feature of `out_hidden_size`); patches span
-    `temporal_patch` frames (a still image repeats); Qwen2.5-VL's layers attend within windows of `window_size` pixels except the
-    `full_attention_layers`; the language model rotates with three positions per token (`mrope`).
+    `temporal_patch` frames (a still image repeats); Qwen2.5-VL's layers attend within windows of
+    `window_size` pixels except the `full_attention_layers`; the language model rotates with three
+    positions per token (`mrope`).
     Qwen3-VL adds a learned table of `position_embeddings` positions (a square, resampled to each
     image's grid) and DeepStack: after each of the `deepstack_layers`, one more feature per image
     token, for the language model's first layers (`feature_width`).
@@ -218,8 +219,13 @@ class ModelConfig:
     def longrope_original(self) -> int | None:
         """LongRoPE's original context (Phi-3/3.5/4-mini), None under other rotary rules. As transformers
         does, a forward pass over positions past it rotates with the long factors: a sequence whose
-        prompt is longer uses them for every token, a shorter one from that position on."""
+        prompt is longer uses them for every token (`rotates_long`), a shorter one from that position on."""
         return int(self.rope.scaling["original_max_position_embeddings"]) if self.rope.scaling_type in LONGROPE else None
+
+    def rotates_long(self, num_prompt_tokens: int) -> bool:
+        """Whether every token of a sequence with this many prompt tokens rotates with LongRoPE's long factors."""
+        original = self.longrope_original
+        return original is not None and num_prompt_tokens > original
 
     @property
     def kv_planes(self) -> int:

@@ -254,7 +254,7 @@ class ModelRunner:
         if original is None:
             return range(start + delta, end + delta)
         offset = self.model_config.max_model_len
-        if seq.num_prompt_tokens > original:
+        if self.model_config.rotates_long(seq.num_prompt_tokens):
             return range(start + offset, end + offset)
         return [p + offset if p >= original else p for p in range(start, end)]
 

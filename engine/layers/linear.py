@@ -164,13 +164,21 @@ class QKVParallelLinear(ColumnParallelLinear):
         q_total, kv_total = self.num_heads * tp_size() * self.head_dim, self.total_kv_heads * self.head_dim
         return {"q": 0, "k": q_total, "v": q_total + kv_total}[part]
 
+    def first_head(self, part: str) -> int:
+        """The checkpoint's index of this rank's first q head (`part` "q") or first K/V head ("k", "v"),
+        KV heads replicated over `kv_replicas` ranks each."""
+        if part == "q":
+            return tp_rank() * self.num_heads
+        return tp_rank() // self.kv_replicas * self.num_kv_heads
+
     def rows(self, part: str) -> tuple[int, int, int, int]:
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
+        start = self.first_head(part) * self.head_dim
         if part == "q":
-            return 0, q_size, tp_rank() * q_size, q_size * tp_size()
+            return 0, q_size, start, q_size * tp_size()
         offset = q_size if part == "k" else q_size + kv_size
-        return offset, kv_size, (tp_rank() // self.kv_replicas) * kv_size, self.total_kv_heads * self.head_dim
+        return offset, kv_size, start, self.total_kv_heads * self.head_dim
 
 
 class RowParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):

@@ -4,9 +4,8 @@ and its second generation (`Cohere2ForCausalLM`: Command R7B, Command A).
 Attention and MLP in parallel on one LayerNorm (no bias) of the residual stream, both outputs added
 to it at once; rotary in the interleaved (gpt-j) layout; logits scaled by `logit_scale`; Command R+
 normalizes q and k per head (`use_qk_norm`: a bias-free LayerNorm with each head's own weight). The
-second generation interleaves sliding-window
-layers, which rotate, with global layers, which do not (three to one in the hub's configs, where
-`sliding_window_pattern` stands for `layer_types`).
+second generation interleaves sliding-window layers, which rotate, with global layers, which do not
+(three to one in the hub's configs, where `sliding_window_pattern` stands for `layer_types`).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import torch
 from torch import nn
 
 from pagoda.engine.attention import AttentionMetadata
-from pagoda.engine.distributed import tp_rank
 from pagoda.engine.layers.norm import LayerNorm
 from pagoda.engine.layers.weights import copy_into, read_shard
 from pagoda.engine.model_config import ModelConfig
@@ -55,11 +53,9 @@ class CohereDecoderLayer(nn.Module):
                                           sliding_window=window, rotary_interleaved=True,
                                           use_rope=kinds is None or window is not None)
         if cfg.hf_config.get("use_qk_norm"):
-            qkv = self.self_attn.qkv_proj
-            heads, kv_heads = qkv.num_heads, qkv.num_kv_heads
-            self.self_attn.q_norm = HeadLayerNorm(heads, tp_rank() * heads, cfg.head_dim, _eps(cfg))
-            self.self_attn.k_norm = HeadLayerNorm(kv_heads, tp_rank() // qkv.kv_replicas * kv_heads, cfg.head_dim,
-                                                  _eps(cfg))
+            qkv = self.self_attn.qkv_proj  # the norms' weights split as its heads are
+            self.self_attn.q_norm = HeadLayerNorm(qkv.num_heads, qkv.first_head("q"), cfg.head_dim, _eps(cfg))
+            self.self_attn.k_norm = HeadLayerNorm(qkv.num_kv_heads, qkv.first_head("k"), cfg.head_dim, _eps(cfg))
         self.mlp = DecoderMLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = LayerNorm(cfg.hidden_size, _eps(cfg), bias=False)
 

@@ -19,16 +19,9 @@ from torch import nn
 from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.model_config import ModelConfig, VisionConfig
 from pagoda.engine.models.llava import TowerBesideLanguageModel
-from pagoda.engine.models.vision import activation
+from pagoda.engine.models.vision import activation, rotate_patches
 
 PIXTRAL_NORM_EPS = 1e-5
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half rotary, x: [patches, heads, head_dim]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
 
 
 class _Attention(nn.Module):
@@ -41,7 +34,7 @@ class _Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         q, k, v = (proj(x).view(n, self.num_heads, -1) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = rotate_patches(q, cos, sin), rotate_patches(k, cos, sin)
         out = nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
         return self.o_proj(out.transpose(0, 1).reshape(n, -1))
 

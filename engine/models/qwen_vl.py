@@ -36,7 +36,7 @@ from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.model_config import ModelConfig, VisionConfig
 from pagoda.engine.models.llama import Qwen2ForCausalLM, Qwen3ForCausalLM
 from pagoda.engine.models.moe import Qwen3MoeForCausalLM
-from pagoda.engine.models.vision import activation
+from pagoda.engine.models.vision import activation, rotate_patches
 
 VISION_ROPE_THETA = 10000.0
 
@@ -65,7 +65,8 @@ class _Attention(nn.Module):
         """x: [patches, hidden]; patches attend within their `windows`, or (None) across the image."""
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        # In float32, as the towers were trained.
+        q, k = (rotate_patches(y.float(), cos, sin).to(y.dtype) for y in (q, k))
         if windows is None:
             out = nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
             return self.proj(out.transpose(0, 1).reshape(n, -1))
@@ -97,14 +98,6 @@ class _Windows:
         slots = window * longest + torch.arange(len(window), device=lengths.device) - starts[window]
         valid = torch.arange(longest, device=lengths.device) < lengths[:, None]
         return cls(slots, valid[:, None, None, :])
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half rotary in float32 (as the towers were trained), x: [patches, heads, head_dim]."""
-    x32 = x.float()
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
-    return (x32 * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
 
 
 class _GatedMLP(nn.Module):

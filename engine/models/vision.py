@@ -21,6 +21,14 @@ _ACTIVATIONS = {"quick_gelu": lambda x: x * torch.sigmoid(1.702 * x), "gelu": nn
                 "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"), "silu": nn.functional.silu}
 
 
+def rotate_patches(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary of patch vectors x [patches, heads, head_dim] by each patch's cos/sin
+    [patches, head_dim] (the 2-D rotary of Qwen-VL's and Pixtral's towers), in x's dtype."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
 def activation(name: str) -> Any:
     try:
         return _ACTIVATIONS[name]
