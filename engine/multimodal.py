@@ -273,6 +273,7 @@ class ImagePrompts:
         self.admit(len(images))
         if processor_kwargs is not None and not isinstance(processor_kwargs, dict):
             raise ValueError(f"mm_processor_kwargs must be an object, got {processor_kwargs!r:.80}")
+        _check_processor_sizes(processor_kwargs or {})
         v = self.vision
         token = v.image_token_id
         loaded = [load_image(image) for image in images]
@@ -305,6 +306,16 @@ class ImagePrompts:
             inputs.rope_positions, inputs.rope_delta = mrope_positions(len(expanded), offsets, processed.grids,
                                                                        v.spatial_merge)
         return expanded, inputs
+
+
+def _check_processor_sizes(settings: dict[str, Any]) -> None:
+    """ValueError for a request's processor setting (nested ones too) past the pixels a request may make
+    the server decode: a `min_pixels` of 10^8 would have it resize any image to gigabytes of pixels."""
+    for name, value in settings.items():
+        if isinstance(value, dict):
+            _check_processor_sizes(value)
+        elif isinstance(value, (int, float)) and value > MAX_IMAGE_PIXELS:
+            raise ValueError(f"mm_processor_kwargs {name}={value} is more than the {MAX_IMAGE_PIXELS} pixels allowed")
 
 
 def _expanded_offsets(token_ids: list[int], token: int, runs: list[list[int]]) -> list[int] | None:

@@ -184,3 +184,9 @@ def test_per_request_processor_kwargs(models: dict[str, pathlib.Path]) -> None:
     assert engine_wide.outputs[0].token_ids == small.outputs[0].token_ids
     with pytest.raises(ValueError, match="mm_processor_kwargs must be an object"):
         llm.generate({**request, "mm_processor_kwargs": [1]}, GREEDY)
+    for hostile in ({"min_pixels": 10**8}, {"size": {"shortest_edge": 10**8}}):  # gigabytes of resized pixels
+        with pytest.raises(ValueError, match="pixels allowed"):
+            llm.generate({**request, "mm_processor_kwargs": hostile}, GREEDY)
+    with pytest.raises(ValueError, match="cannot preprocess the image"):
+        llm.generate({**request, "mm_processor_kwargs": {"bogus": 1}}, GREEDY)
+    assert not llm.engine.has_unfinished_requests()
