@@ -12,6 +12,12 @@ take blocks from the one pool. A sliding-window group gives back, step by step,
 the blocks wholly before what its next query reads, its table keeping the
 reserved NULL_BLOCK in their place (never written, so reads of it are zeros);
 its prefix-cache hits need only the blocks inside the window of the hit.
+
+A model with recurrent layers (Mamba) also keeps a fixed-size state per
+sequence: `state_slots` of them, one held by each sequence from its first
+allocation until its blocks are freed (finished, aborted or preempted). Such a
+state sums up every token before it, so no prefix of it can be shared: the
+engine turns prefix caching off for these models.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ class PrefixCacheStats:
 class BlockManager:
     def __init__(
         self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
-        windows: tuple[int | None, ...] | list[int | None] = (None,),
+        windows: tuple[int | None, ...] | list[int | None] = (None,), state_slots: int = 0,
     ) -> None:
         self.windows = list(windows)
         self.null_block = NULL_BLOCK if any(w is not None for w in self.windows) else None
@@ -58,6 +64,8 @@ class BlockManager:
         self.free_blocks: OrderedDict[int, None] = OrderedDict((b, None) for b in range(reserved, num_blocks))
         self.num_usable = num_blocks - reserved
         self.stats = PrefixCacheStats()
+        self.free_state_slots = list(range(state_slots - 1, -1, -1))  # popped from the end: lowest first
+        self.has_state = state_slots > 0
 
     @property
     def num_free_blocks(self) -> int:
@@ -137,6 +145,10 @@ class BlockManager:
         revived = len({b for table in hits or () for b in table if b != self.null_block and self.ref_counts[b] == 0})
         if needed + revived > len(self.free_blocks) + released:
             return False
+        if self.has_state and seq.state_slot is None:
+            if not self.free_state_slots:
+                return False
+            seq.state_slot = self.free_state_slots.pop()
         seq.block_tables = tables
         for g, idx in enumerate(dropped):
             for i in reversed(idx):
@@ -205,6 +217,9 @@ class BlockManager:
                 if block != self.null_block:
                     self._release(block)
         seq.block_tables = []
+        if seq.state_slot is not None:
+            self.free_state_slots.append(seq.state_slot)
+            seq.state_slot = None
         seq.num_computed_tokens = 0
         seq.num_registered_blocks = 0
 

@@ -22,6 +22,10 @@ QUANTIZATIONS = ("fp8", *CHECKPOINT_QUANTIZATIONS)
 # vLLM's --kv-cache-dtype values: "auto" keeps the model's dtype; "fp8" is fp8_e4m3.
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
                    "fp8_e5m2": torch.float8_e5m2}
+# vLLM's --mamba-ssm-cache-dtype values: "auto" is the config's `mamba_ssm_cache_dtype` where it names
+# one (Nemotron-H's float32), else the model's dtype.
+MAMBA_SSM_CACHE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16,
+                          "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -73,6 +77,9 @@ class EngineConfig:
     # The KV cache's element type (vLLM's kv_cache_dtype): "auto" (the model's), or an FP8 format that holds
     # twice the tokens in the same memory, each key and value rounded to it (saturating at its largest value).
     kv_cache_dtype: str = "auto"
+    # Mamba layers' scan states (one [head_dim, state] matrix per head, per sequence): "auto" or a dtype
+    # (MAMBA_SSM_CACHE_DTYPES); float32 keeps long generations closest to a float32 reference.
+    mamba_ssm_cache_dtype: str = "auto"
     # Most images one prompt may carry (vLLM's --limit-mm-per-prompt); None: no limit.
     limit_images_per_prompt: int | None = None
     # Settings handed to the model's image processor (vLLM's --mm-processor-kwargs), e.g. Qwen2-VL's
@@ -101,6 +108,8 @@ class EngineConfig:
             (self.quantization in (None, *QUANTIZATIONS),
              f"quantization must be one of {', '.join(QUANTIZATIONS)} (or unset)"),
             (self.kv_cache_dtype in KV_CACHE_DTYPES, f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}"),
+            (self.mamba_ssm_cache_dtype in MAMBA_SSM_CACHE_DTYPES,
+             f"mamba_ssm_cache_dtype must be one of {', '.join(MAMBA_SSM_CACHE_DTYPES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -116,6 +125,11 @@ class EngineConfig:
 
     def resolve_kv_cache_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         return KV_CACHE_DTYPES[self.kv_cache_dtype] or model_dtype
+
+    def resolve_mamba_ssm_cache_dtype(self, model_dtype: torch.dtype, hf_config: dict[str, Any]) -> torch.dtype:
+        named = MAMBA_SSM_CACHE_DTYPES[self.mamba_ssm_cache_dtype] or MAMBA_SSM_CACHE_DTYPES.get(
+            str(hf_config.get("mamba_ssm_cache_dtype") or "auto"))
+        return named or model_dtype
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

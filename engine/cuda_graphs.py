@@ -7,7 +7,8 @@ at once. Graphs replay fixed addresses and fixed launch shapes, hence:
 
 - inputs are copied into static buffers; a batch of n decodes runs the graph
   of the smallest captured size >= n, its extra rows padded so they do
-  nothing (slot -1: no cache write; context length 0: attention reads no key);
+  nothing (slot -1: no cache write; context length 0: attention reads no key;
+  a Mamba layer's state slot: the spare one, which no sequence holds);
 - launch shapes must not depend on data: the Triton backend reads nothing
   back from the device, and the split count of decode attention is fixed at
   capture from the longest allowed context (`max_model_len`).
@@ -52,8 +53,12 @@ class StaticDecodeInputs:
     """The fixed-address tensors a captured decode step reads, and the metadata views over them."""
 
     def __init__(self, max_batch: int, max_blocks_per_seq: int, max_seq_len: int, device: torch.device,
-                 num_groups: int = 1) -> None:
+                 num_groups: int = 1, spare_state_slot: int | None = None) -> None:
         self.max_seq_len = max_seq_len
+        self.spare_state_slot = spare_state_slot
+        # Recurrent layers' state slot of each row (padding: the spare slot).
+        self.state_slots = (None if spare_state_slot is None else
+                            torch.full((max_batch,), spare_state_slot, dtype=torch.long, device=device))
         self.input_ids = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.positions = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.seq_lens = torch.zeros(max_batch, dtype=torch.int32, device=device)
@@ -75,6 +80,8 @@ class StaticDecodeInputs:
             max_seq_len=self.max_seq_len,
             query_lens_host=[1] * batch,
             seq_lens_host=[self.max_seq_len] * batch,
+            state_slots=None if self.state_slots is None else self.state_slots[:batch],
+            state_slots_host=None if self.state_slots is None else [self.spare_state_slot] * batch,
         ) for slots, tables in zip(self.slot_mappings, self.block_tables)]
         if len(metas) > 1:
             metas[0].groups = metas
@@ -97,6 +104,9 @@ class StaticDecodeInputs:
         self.input_ids[n:batch].zero_()
         self.positions[n:batch].zero_()
         self.seq_lens[n:batch].zero_()
+        if self.state_slots is not None:
+            self.state_slots[:n].copy_(meta.state_slots)
+            self.state_slots[n:batch].fill_(self.spare_state_slot)
 
 
 class DecodeCudaGraphs:
@@ -104,11 +114,12 @@ class DecodeCudaGraphs:
 
     def __init__(
         self, model: nn.Module, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int, device: torch.device,
-        num_groups: int = 1,
+        num_groups: int = 1, spare_state_slot: int | None = None,
     ) -> None:
         self.model = model
         self.sizes = capture_sizes(max_num_seqs)
-        self.inputs = StaticDecodeInputs(self.sizes[-1], max_blocks_per_seq, max_model_len, device, num_groups)
+        self.inputs = StaticDecodeInputs(self.sizes[-1], max_blocks_per_seq, max_model_len, device, num_groups,
+                                         spare_state_slot)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self._capture_all()
@@ -142,11 +153,12 @@ class DecodeCudaGraphs:
 
 def decode_forward(
     model: nn.Module, device: torch.device, enforce_eager: bool, max_num_seqs: int, max_model_len: int, block_size: int,
-    num_groups: int = 1,
+    num_groups: int = 1, spare_state_slot: int | None = None,
 ) -> ModelForward:
     """The callable a runner should use for its forward passes: graphs on CUDA unless enforce_eager;
-    `num_groups` KV-cache groups, each with block tables of its own."""
+    `num_groups` KV-cache groups, each with block tables of its own; `spare_state_slot`: the recurrent
+    layers' slot that padding rows write (None: the model has no such layers)."""
     if device.type != "cuda" or enforce_eager:
         return model
     max_blocks = -(-max_model_len // block_size)
-    return DecodeCudaGraphs(model, max_num_seqs, max_blocks, max_model_len, device, num_groups)
+    return DecodeCudaGraphs(model, max_num_seqs, max_blocks, max_model_len, device, num_groups, spare_state_slot)

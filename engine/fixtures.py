@@ -35,7 +35,7 @@ from pagoda.kernels import reference
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
-    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss",
+    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -339,6 +339,16 @@ _FAMILIES: dict[str, _Family] = {
                 "sliding_window": 8, "attention_bias": True, "swiglu_limit": 1.0},
         harmony=True,
     ),
+    # Granite 4.0-H: Mamba-2 layers around an attention layer without rotary, Granite's multipliers,
+    # routed experts beside a shared MLP; 8 heads in 2 groups, chunks of 8 tokens (so prompts span several).
+    "granitemoehybrid": _Family(
+        "granitemoehybrid", "GraniteMoeHybridForCausalLM", adds_bos=False, rope_theta=10000.0,
+        config={"num_hidden_layers": 3, "layer_types": ["mamba", "attention", "mamba"], "mamba_n_heads": 8,
+                "mamba_n_groups": 2, "mamba_d_state": 16, "mamba_d_head": "auto", "mamba_chunk_size": 8,
+                "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32,
+                "shared_intermediate_size": 48, "position_embedding_type": None, "embedding_multiplier": 6.0,
+                "residual_multiplier": 0.4, "attention_multiplier": 0.1, "logits_scaling": 2.5},
+    ),
 }
 
 _BASE_CONFIG: dict[str, Any] = {
@@ -454,6 +464,8 @@ def build_tiny_model(
                 param.uniform_(-1.0, 2.0)
             elif "norm" in name:
                 param.uniform_(0.5, 1.5)
+            elif name.endswith((".A_log", ".D")):  # Mamba's per-head decay and skip: distinct for each head
+                param.uniform_(-0.5, 1.5)
         for name, buffer in model.named_buffers():
             if name.endswith("e_score_correction_bias"):  # DeepSeek V3's router bias, zero at init
                 buffer.uniform_(-0.3, 0.3)
@@ -668,6 +680,8 @@ def make_tiny_llava(out_dir: str | pathlib.Path, seed: int = 0, *, text: dict[st
                 param.normal_(0.0, text.initializer_range)
             elif "norm" in name:
                 param.uniform_(0.5, 1.5)
+            elif name.endswith((".A_log", ".D")):  # Mamba's per-head decay and skip: distinct for each head
+                param.uniform_(-0.5, 1.5)
             elif "vision_tower" in name or "projector" in name:
                 param.normal_(0.0, 0.3)  # large enough that images move the logits
     _save_image_model(model, out_dir)

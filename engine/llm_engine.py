@@ -76,10 +76,15 @@ class LLMEngine:
         try:
             self.runner = ModelRunner(config, self.model_config, self.eos_token_ids, tp_group=self.tp_group)
             layout = self.runner.layout
+            recurrent = self.runner.num_state_slots > 0
+            if recurrent and config.speculative_config is not None:
+                raise ValueError("speculative decoding is not supported for models with Mamba layers: their states "
+                                 "cannot be rolled back past rejected drafts")
             # An encoder's keys depend on the tokens after them: a prefix's cached KV is not another prompt's.
+            # A recurrent layer's state sums up its whole prefix, which no block holds: no prefix caching either.
             self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
-                                              config.enable_prefix_caching and not self.model_config.encoder,
-                                              layout.windows)
+                                              config.enable_prefix_caching and not self.model_config.encoder
+                                              and not recurrent, layout.windows, self.runner.num_state_slots)
             needed = layout.blocks_for(self.model_config.max_model_len, config.max_num_batched_tokens,
                                        config.block_size)
             usable = self.block_manager.num_usable

@@ -90,6 +90,26 @@ class MoEConfig:
 
 
 @dataclass(frozen=True)
+class MambaConfig:
+    """A Mamba-2 mixer's dimensions, whatever names a family's config.json gives them."""
+
+    num_heads: int
+    head_dim: int
+    num_groups: int
+    state_size: int
+    conv_kernel: int
+    chunk_size: int
+    conv_bias: bool
+    proj_bias: bool
+    norm_eps: float
+    time_step_limit: tuple[float, float] = (0.0, float("inf"))
+
+    @property
+    def inner(self) -> int:
+        return self.num_heads * self.head_dim
+
+
+@dataclass(frozen=True)
 class MLAConfig:
     """Multi-head latent attention (DeepSeek V2/V3, Kimi K2): keys and values are decompressed from
     one `kv_lora_rank`-wide latent per token plus a `qk_rope_head_dim`-wide rotary key shared by all
@@ -266,6 +286,50 @@ def sliding_rope(hf: dict[str, Any]) -> RopeConfig | None:
     return _rope_config({**hf, "rope_parameters": nested, "rope_scaling": None}) if nested else None
 
 
+# Each family's config.json names for MambaConfig's fields (Granite 4.0-H and Bamba; Nemotron-H;
+# Mamba-2 itself), with transformers' defaults.
+_MAMBA_NAMES = {
+    "mamba_n_heads": dict(num_heads="mamba_n_heads", head_dim="mamba_d_head", num_groups=("mamba_n_groups", 1),
+                          state_size=("mamba_d_state", 256), conv_kernel=("mamba_d_conv", 4),
+                          chunk_size=("mamba_chunk_size", 256), conv_bias=("mamba_conv_bias", True),
+                          proj_bias=("mamba_proj_bias", False), expand=("mamba_expand", 2), norm_eps="rms_norm_eps"),
+    "mamba_num_heads": dict(num_heads="mamba_num_heads", head_dim="mamba_head_dim", num_groups=("n_groups", 8),
+                            state_size=("ssm_state_size", 128), conv_kernel=("conv_kernel", 4),
+                            chunk_size=("chunk_size", 128), conv_bias=("use_conv_bias", True),
+                            proj_bias=("mamba_proj_bias", False), expand=("expand", 2), norm_eps="layer_norm_epsilon"),
+    "state_size": dict(num_heads="num_heads", head_dim="head_dim", num_groups=("n_groups", 8),
+                       state_size=("state_size", 128), conv_kernel=("conv_kernel", 4), chunk_size=("chunk_size", 256),
+                       conv_bias=("use_conv_bias", True), proj_bias=("use_bias", False), expand=("expand", 2),
+                       norm_eps="layer_norm_epsilon"),
+}
+
+
+def mamba_config(cfg: dict[str, Any]) -> MambaConfig:
+    """A Mamba-2 mixer's settings from a Granite 4.0-H, Bamba, Nemotron-H or Mamba-2 config."""
+    key = next((k for k in _MAMBA_NAMES if k in cfg), None)
+    if key is None:
+        raise ValueError("config.json names no Mamba-2 mixer settings (mamba_n_heads, mamba_num_heads or state_size)")
+    names = _MAMBA_NAMES[key]
+
+    def read(field: str) -> Any:
+        name, default = names[field] if isinstance(names[field], tuple) else (names[field], None)
+        value = cfg.get(name)
+        return default if value is None else value
+
+    num_heads = int(read("num_heads"))
+    head_dim = read("head_dim")
+    if head_dim in (None, "auto"):
+        head_dim = int(read("expand")) * int(cfg["hidden_size"]) // num_heads
+    # transformers writes an infinite limit as {"__float__": "Infinity"}; hub configs as JSON's Infinity.
+    limit = [float(v["__float__"]) if isinstance(v, dict) else float(v)
+             for v in cfg.get("time_step_limit") or (0.0, float("inf"))]
+    return MambaConfig(num_heads=num_heads, head_dim=int(head_dim), num_groups=int(read("num_groups")),
+                       state_size=int(read("state_size")), conv_kernel=int(read("conv_kernel")),
+                       chunk_size=int(read("chunk_size")), conv_bias=bool(read("conv_bias")),
+                       proj_bias=bool(read("proj_bias")), norm_eps=float(read("norm_eps") or 1e-5),
+                       time_step_limit=(limit[0], limit[1]))
+
+
 def _mla_config(cfg: dict[str, Any]) -> MLAConfig | None:
     """The latent-attention settings of a DeepSeek-style config, or None."""
     if not cfg.get("kv_lora_rank"):
@@ -317,12 +381,15 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
     renormalize = cfg.get("norm_topk_prob")
     expert_size = int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"])
     shared = int(cfg.get("shared_expert_intermediate_size") or 0) or expert_size * int(cfg.get("n_shared_experts") or 0)
+    # Granite 4.0's shared MLP: an always-on expert without a gate.
+    ungated = int(cfg.get("shared_intermediate_size") or 0)
     fields: dict[str, Any] = dict(
         num_experts=num_experts,
         top_k=top_k,
         intermediate_size=expert_size,
         renormalize=True if renormalize is None else bool(renormalize),
-        shared_expert_intermediate_size=shared,
+        shared_expert_intermediate_size=shared or ungated,
+        shared_expert_gated=not ungated,
         sparse_step=max(1, int(cfg.get("decoder_sparse_step") or 1)),
         dense_layers=tuple(int(i) for i in cfg.get("mlp_only_layers") or ()),
     )

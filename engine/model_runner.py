@@ -21,6 +21,7 @@ from pagoda.engine.distributed import agree_min, tp_size
 from pagoda.engine.draft_model import DraftModel
 from pagoda.engine.kv_cache_layout import plan_kv_cache
 from pagoda.engine.layers.attention import attention_windows, bind_kv_cache, kv_block_bytes
+from pagoda.engine.layers.mamba import bind_recurrent_state, mamba_mixers, state_bytes
 from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.classifier import embedding_pool, pool_rows
@@ -75,6 +76,14 @@ class ModelRunner:
         self.eos_token_ids = eos_token_ids
         self.model = build_model(model_config, self.device, config.quantization)
         self.backend = select_backend(self.device)
+        # Recurrent (Mamba) layers: a state slot for each sequence that may run, and one more that the
+        # padding rows of CUDA graphs write; allocated before the KV cache, which takes what they leave.
+        self.num_state_slots = config.max_num_seqs if mamba_mixers(self.model) else 0
+        self.state_bytes = 0
+        if self.num_state_slots:
+            ssm_dtype = config.resolve_mamba_ssm_cache_dtype(model_config.dtype, model_config.hf_config)
+            bind_recurrent_state(self.model, self.num_state_slots + 1, model_config.dtype, ssm_dtype, self.device)
+            self.state_bytes = (self.num_state_slots + 1) * state_bytes(self.model, model_config.dtype, ssm_dtype)
         # LoRA slots before the KV cache is sized, so the cache takes only what they leave.
         self.lora = (LoRASlots(self.model, config.max_loras, config.max_lora_rank, model_config.dtype, self.device)
                      if config.enable_lora else None)
@@ -107,6 +116,7 @@ class ModelRunner:
         self.forward = decode_forward(
             self.model, self.device, config.enforce_eager or model_config.encoder, config.max_num_seqs,
             model_config.max_model_len, self.block_size, len(self.layout.groups),
+            self.num_state_slots if self.num_state_slots else None,
         )
 
     def _block_bytes(self) -> int:
@@ -126,7 +136,12 @@ class ModelRunner:
         if self.device.type == "cuda":
             budget = self._profile_free_gpu_memory()
         else:
-            budget = self.config.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES
+            # Recurrent states share the budget (as vLLM's hybrid models' states share its KV pool).
+            budget = (self.config.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES) - self.state_bytes
+            if budget <= 0:
+                raise ValueError(f"the recurrent states of max_num_seqs={self.config.max_num_seqs} sequences take "
+                                 f"{self.state_bytes} bytes, more than the KV-cache budget: lower max_num_seqs "
+                                 "or raise the budget")
         # Every rank must hold the same blocks: take the smallest budget of any rank.
         blocks = agree_min(budget // self._block_bytes(), self.device)
         if blocks < 1:
@@ -149,6 +164,7 @@ class ModelRunner:
         inputs = StepInputs(
             input_ids=[0] * n, positions=list(range(n)), slots=[list(range(n)) for _ in groups], query_lens=[n],
             seq_lens=[n], block_tables=[[[0]] for _ in groups], num_decodes=0, logit_rows=[],
+            state_slots=[self.num_state_slots] if self.num_state_slots else [],
         )
         ids, pos, meta = inputs.to_device(self.device)
         hidden = self.model(ids, pos, meta)
@@ -242,7 +258,8 @@ class ModelRunner:
                   for g in groups]
         inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows,
                             image_rows=image_rows, image_features=torch.cat(image_features) if image_features else None,
-                            key_limits=key_limits or [], rope_positions=[p for stream in rope for p in stream] if rope else [])
+                            key_limits=key_limits or [], rope_positions=[p for stream in rope for p in stream] if rope else [],
+                            state_slots=[seq.state_slot for seq, _ in sched.scheduled] if self.num_state_slots else [])
         return inputs, samplers, prompt_chunks, pooled
 
     def _rotary_positions(self, seq: Sequence, start: int, end: int) -> range | list[int]:

@@ -17,8 +17,8 @@ import torch
 from pagoda.engine.attention import AttentionMetadata
 
 # num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_logit_rows, num_lora_slots, lora_loads_bytes,
-# num_image_rows, num_key_limits, num_rope_positions
-_HEADER = 11
+# num_image_rows, num_key_limits, num_rope_positions, num_state_slots
+_HEADER = 12
 
 
 @dataclass
@@ -46,6 +46,8 @@ class StepInputs:
     # Multimodal RoPE: every token's (temporal, height, width) positions, the three streams one after
     # another, where a prompt chunk of such a model is in the step (empty otherwise).
     rope_positions: list[int] = field(default_factory=list)
+    # Recurrent layers (Mamba): each sequence's state slot (empty for models without such layers).
+    state_slots: list[int] = field(default_factory=list)
 
     def to_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         qsl = [0]
@@ -63,6 +65,9 @@ class StepInputs:
         if self.key_limits:
             common.update(key_limits=torch.tensor(self.key_limits, dtype=torch.int32, device=device),
                           key_limits_host=self.key_limits)
+        if self.state_slots:
+            common.update(state_slots=torch.tensor(self.state_slots, dtype=torch.long, device=device),
+                          state_slots_host=self.state_slots)
         metas = [AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
                                    block_tables=torch.tensor(tables, dtype=torch.int32, device=device), **common)
                  for slots, tables in zip(self.slots, self.block_tables)]
@@ -81,7 +86,7 @@ class StepInputs:
         loads = json.dumps(self.lora_loads).encode() if self.lora_loads else b""
         header = [len(self.input_ids), len(self.seq_lens), len(self.slots), max_blocks, self.num_decodes,
                   len(self.logit_rows), len(self.lora_slots), len(loads), len(self.image_rows), len(self.key_limits),
-                  len(self.rope_positions)]
+                  len(self.rope_positions), len(self.state_slots)]
         flat = [*header, *self.input_ids, *self.positions, *self.query_lens, *self.seq_lens]
         for slots, tables in zip(self.slots, self.block_tables):
             flat.extend(slots)
@@ -93,13 +98,14 @@ class StepInputs:
         flat.extend(self.image_rows)
         flat.extend(self.key_limits)
         flat.extend(self.rope_positions)
+        flat.extend(self.state_slots)
         return torch.tensor(flat, dtype=torch.long)
 
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> StepInputs:
         values = packed.tolist()
         num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_rows, num_lora_slots, loads_bytes, \
-            num_image_rows, num_key_limits, num_rope_positions = values[:_HEADER]
+            num_image_rows, num_key_limits, num_rope_positions, num_state_slots = values[:_HEADER]
         pos = _HEADER
 
         def take(n: int) -> list[int]:
@@ -117,4 +123,5 @@ class StepInputs:
         loads = [tuple(load) for load in json.loads(bytes(take(loads_bytes)))] if loads_bytes else []
         image_rows = take(num_image_rows)
         return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, rows, lora_slots, loads,
-                   image_rows, key_limits=take(num_key_limits), rope_positions=take(num_rope_positions))
+                   image_rows, key_limits=take(num_key_limits), rope_positions=take(num_rope_positions),
+                   state_slots=take(num_state_slots))

@@ -29,6 +29,10 @@ class AttentionMetadata:
     # self, Gemma 3): the last key position each new token may see; None: each sees up to itself.
     key_limits: torch.Tensor | None = None
     key_limits_host: list[int] | None = None
+    # Recurrent layers (Mamba): each sequence's state slot, [num_seqs] int64 and on the host; None
+    # for models without such layers.
+    state_slots: torch.Tensor | None = None
+    state_slots_host: list[int] | None = None
     # With several KV-cache groups, each group's metadata (its own slot mapping and block tables, the
     # rest shared), the first being this one; empty with one group.
     groups: list[AttentionMetadata] = field(default_factory=list, repr=False, compare=False)

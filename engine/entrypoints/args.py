@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pagoda.engine.config import KV_CACHE_DTYPES, QUANTIZATIONS, SCHEDULING_POLICIES, EngineConfig
+from pagoda.engine.config import KV_CACHE_DTYPES, MAMBA_SSM_CACHE_DTYPES, QUANTIZATIONS, SCHEDULING_POLICIES, EngineConfig
 from pagoda.engine.spec_decode import SpeculativeConfig
 from pagoda.engine.entrypoints import harmony
 from pagoda.engine.entrypoints.reply import REASONING_PARSERS
@@ -172,6 +172,8 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("block-size", int, "tokens per KV-cache block", dest=_ENGINE + "block_size"),
     _Flag("kv-cache-dtype", str, "auto (the model's dtype), or fp8 (fp8_e4m3) or fp8_e5m2: twice the cached tokens "
           "in the same memory", tuple(KV_CACHE_DTYPES), _ENGINE + "kv_cache_dtype"),
+    _Flag("mamba-ssm-cache-dtype", str, "Mamba layers' scan states: auto (the config's mamba_ssm_cache_dtype, "
+          "else the model's dtype) or a dtype", tuple(MAMBA_SSM_CACHE_DTYPES), _ENGINE + "mamba_ssm_cache_dtype"),
     _Flag("enable-prefix-caching", _parse_bool, "share KV blocks of equal prompt prefixes",
           dest=_ENGINE + "enable_prefix_caching"),
     _Flag("disable-hybrid-kv-cache-manager", _parse_bool, "keep every layer's KV blocks for the whole sequence, "

@@ -107,7 +107,7 @@ class DecoderLayer(nn.Module):
     """Pre-norm attention then MLP, each output scaled by `residual_multiplier` before it joins the
     residual stream (1 but in Granite), attention scaled by `attention_scale` (None: 1/sqrt(head_dim));
     StarCoder2's LayerNorms (`norm`, `eps`) and biased o_proj (`o_bias`) plug in here too, GPT-OSS's
-    attention `sinks`, and another attention module altogether (`attention`: DeepSeek's latent attention)."""
+    attention `sinks`, and another attention module altogether (`attention`: DeepSeek's latent attention, a Mamba mixer)."""
 
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, mlp: nn.Module,
                  residual_multiplier: float = 1.0, attention_scale: float | None = None, *,
@@ -115,10 +115,12 @@ class DecoderLayer(nn.Module):
                  o_bias: bool | None = None, use_rope: bool = True, layer: int = 0,
                  rotary_interleaved: bool = False, attention: nn.Module | None = None, sinks: bool = False) -> None:
         super().__init__()
-        window, rope = layer_attention(cfg, layer)
-        self.self_attn = attention or DecoderAttention(cfg, qkv_bias, qk_norm, rope=rope, sliding_window=window,
-                                                       scale=attention_scale, o_bias=o_bias, use_rope=use_rope,
-                                                       rotary_interleaved=rotary_interleaved, sinks=sinks)
+        if attention is None:
+            window, rope = layer_attention(cfg, layer)
+            attention = DecoderAttention(cfg, qkv_bias, qk_norm, rope=rope, sliding_window=window, scale=attention_scale,
+                                         o_bias=o_bias, use_rope=use_rope, rotary_interleaved=rotary_interleaved,
+                                         sinks=sinks)
+        self.self_attn = attention
         self.mlp = mlp
         self.residual_multiplier = residual_multiplier
         eps = cfg.rms_norm_eps if eps is None else eps

@@ -46,6 +46,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "GraniteMoeForCausalLM": ("pagoda.engine.models.moe", "GraniteMoeForCausalLM"),
     "Glm4MoeForCausalLM": ("pagoda.engine.models.moe", "Glm4MoeForCausalLM"),
     "GptOssForCausalLM": ("pagoda.engine.models.gpt_oss", "GptOssForCausalLM"),
+    # Hybrids of Mamba-2 and attention layers.
+    "GraniteMoeHybridForCausalLM": ("pagoda.engine.models.hybrid", "GraniteMoeHybridForCausalLM"),
     # Latent attention (MLA) with experts: DeepSeek V2/V3, R1, Kimi K2.
     "DeepseekV2ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV2ForCausalLM"),
     "DeepseekV3ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV3ForCausalLM"),

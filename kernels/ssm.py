@@ -1,0 +1,88 @@
+"""Mamba-2's state-space math in PyTorch: the causal convolution and the selective scan.
+
+A Mamba-2 layer keeps, per sequence, two states instead of a KV cache: the
+last `kernel - 1` inputs of its depthwise causal convolution, and one
+[head_dim, state] matrix per head that the scan carries from token to token:
+
+    h_t = exp(dt_t * A) h_{t-1} + dt_t x_t B_t^T        y_t = h_t C_t + D x_t
+
+A prompt chunk runs the scan in its chunked ("SSD") form: within a chunk of
+Q tokens the recurrence unrolls into a masked Q x Q matrix (decay between two
+positions times C_t . B_s), so the work is matrix products; from chunk to chunk
+only the state travels. A decode step is the recurrence itself, one token per
+sequence for the whole batch at once, its states gathered from and written back
+to their slots by index (no host synchronization: CUDA graphs capture it).
+Everything accumulates in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def conv_prefill(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence's chunk through the depthwise causal convolution and SiLU.
+
+    x: [L, C] the chunk's inputs; state: [C, K - 1] the inputs before it (zeros at a prompt's start);
+    weight: [C, K]. Returns (outputs [L, C], the new state [C, K - 1]: the last K - 1 inputs)."""
+    kernel = weight.shape[1]
+    history = torch.cat([state.to(x.dtype), x.t()], dim=1)  # [C, K - 1 + L]
+    out = F.conv1d(history.unsqueeze(0), weight.unsqueeze(1), bias, groups=weight.shape[0])[0]
+    return F.silu(out.t()), history[:, history.shape[1] - (kernel - 1):]
+
+
+def conv_decode(x: torch.Tensor, states: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per sequence: x [B, C], states [B, C, K - 1] -> (outputs [B, C], new states)."""
+    window = torch.cat([states.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # [B, C, K]
+    out = (window * weight).sum(-1)
+    if bias is not None:
+        out = out + bias
+    return F.silu(out), window[..., 1:]
+
+
+def _per_head(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """B or C [..., groups, N] -> [..., heads, N]: each group serves heads / groups consecutive heads."""
+    return t.repeat_interleave(num_heads // t.shape[-2], dim=-2)
+
+
+def ssd_prefill(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                D: torch.Tensor, state: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence's chunk of tokens through the scan.
+
+    x: [L, H, P]; dt: [L, H] (already softplus'd and clamped); A: [H] (negative); B, C: [L, G, N];
+    D: [H]; state: [H, P, N] float32, the state before the chunk. Returns (y [L, H, P] float32,
+    the state after its last token)."""
+    num_heads = x.shape[1]
+    x, dt = x.float(), dt.float()
+    B, C = _per_head(B.float(), num_heads), _per_head(C.float(), num_heads)
+    ys = []
+    for s in range(0, x.shape[0], chunk_size):
+        xs, bs, cs = x[s : s + chunk_size], B[s : s + chunk_size], C[s : s + chunk_size]
+        dts = dt[s : s + chunk_size]
+        decay = (dts * A).cumsum(0)  # [Q, H]: log of the decay from the chunk's start to each position
+        # Decay from position j to position i (i >= j): exp(decay_i - decay_j); zero above the diagonal.
+        q = xs.shape[0]
+        causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+        between = (decay[:, None, :] - decay[None, :, :]).masked_fill(~causal[..., None], float("-inf")).exp()
+        weights = torch.einsum("ihn,jhn->ijh", cs, bs) * between  # [Q, Q, H]
+        inputs = xs * dts[..., None]  # dt_j x_j
+        y = torch.einsum("ijh,jhp->ihp", weights, inputs)
+        y = y + torch.einsum("ihn,hpn->ihp", cs, state) * decay.exp()[..., None]
+        to_end = (decay[-1] - decay).exp()  # [Q, H]
+        state = state * decay[-1].exp()[:, None, None] + torch.einsum("jh,jhp,jhn->hpn", to_end, inputs, bs)
+        ys.append(y)
+    return torch.cat(ys) + x * D[:, None], state
+
+
+def ssd_decode(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+               D: torch.Tensor, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per sequence: x [S, H, P], dt [S, H], B/C [S, G, N], states [S, H, P, N] float32
+    -> (y [S, H, P] float32, new states)."""
+    num_heads = x.shape[1]
+    x, dt = x.float(), dt.float()
+    B, C = _per_head(B.float(), num_heads), _per_head(C.float(), num_heads)
+    states = states * (dt * A).exp()[..., None, None] + (x * dt[..., None])[..., None] * B[:, :, None, :]
+    return torch.einsum("shpn,shn->shp", states, C) + x * D[:, None], states
