@@ -91,7 +91,7 @@ def test_each_kv_cache_group_gets_its_own_static_tables() -> None:
 
 
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen3_moe", "mixtral", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen3_moe", "mixtral", "gemma3", "granitemoehybrid"])
 def test_graph_replay_matches_eager_decoding(arch: str, tiny_model) -> None:
     """Same greedy tokens with decode graphs (including padded batch sizes) as launched kernel by kernel."""
     from pagoda.engine.cuda_graphs import DecodeCudaGraphs

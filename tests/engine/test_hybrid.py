@@ -1,0 +1,185 @@
+"""Models with Mamba-2 layers: the scan's two forms agree, state slots live and die with their
+sequences, and whole models match transformers (every scheduling regime is in test_hf_parity's
+matrix; here the variants, tensor parallelism and the engine's rules for such models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pagoda.engine.block_manager import BlockManager
+from pagoda.engine.llm import LLM
+from pagoda.engine.sampling_params import SamplingParams
+from pagoda.engine.sequence import Sequence
+from pagoda.kernels import ssm
+from tests.engine.hf_reference import engine_token_ids, hf_greedy
+from tests.engine.test_hf_parity import PROMPTS
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+
+def _scan_inputs(length: int, heads: int = 6, groups: int = 3, head_dim: int = 4, state: int = 5):
+    torch.manual_seed(length)
+    x = torch.randn(length, heads, head_dim)
+    dt = torch.nn.functional.softplus(torch.randn(length, heads))
+    A = -torch.rand(heads) * 2
+    B, C = torch.randn(length, groups, state), torch.randn(length, groups, state)
+    D = torch.randn(heads)
+    h0 = torch.randn(heads, head_dim, state)
+    return x, dt, A, B, C, D, h0
+
+
+@pytest.mark.parametrize(("length", "chunk"), [(1, 4), (7, 4), (8, 4), (13, 5), (20, 32)])
+def test_chunked_scan_equals_the_recurrence(length: int, chunk: int) -> None:
+    """ssd_prefill (chunks of matrix products) from a non-zero state gives every token's output and
+    the final state that the token-by-token recurrence (ssd_decode) gives."""
+    x, dt, A, B, C, D, h0 = _scan_inputs(length)
+    y, final = ssm.ssd_prefill(x, dt, A, B, C, D, h0, chunk)
+    state, ys = h0[None], []
+    for t in range(length):
+        out, state = ssm.ssd_decode(x[t : t + 1], dt[t : t + 1], A, B[t : t + 1], C[t : t + 1], D, state)
+        ys.append(out[0])
+    torch.testing.assert_close(y, torch.stack(ys), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(final, state[0], rtol=1e-4, atol=1e-4)
+
+
+def test_causal_conv_prefill_equals_decode_steps() -> None:
+    """A chunk through conv_prefill from a carried state equals one conv_decode step per token."""
+    torch.manual_seed(0)
+    channels, kernel = 6, 4
+    weight, bias = torch.randn(channels, kernel), torch.randn(channels)
+    x, state = torch.randn(9, channels), torch.randn(channels, kernel - 1)
+    out, new_state = ssm.conv_prefill(x, state, weight, bias)
+    carried, outs = state[None], []
+    for t in range(x.shape[0]):
+        step, carried = ssm.conv_decode(x[t : t + 1], carried, weight, bias)
+        outs.append(step[0])
+    torch.testing.assert_close(out, torch.stack(outs))
+    torch.testing.assert_close(new_state, carried[0])
+    torch.testing.assert_close(new_state, x[-(kernel - 1):].t())
+
+
+def test_state_slots_are_held_with_the_blocks() -> None:
+    """A sequence takes a slot at its first allocation and gives it back when freed (finished or
+    preempted); with every slot held, allocation fails as when blocks run out."""
+    manager = BlockManager(num_blocks=16, block_size=4, enable_prefix_caching=False, state_slots=2)
+    a, b, c = (Sequence(i, f"r{i}", 0, list(range(5)), SamplingParams()) for i in range(3))
+    assert manager.allocate(a, 5) and manager.allocate(b, 5)
+    assert {a.state_slot, b.state_slot} == {0, 1}
+    free_blocks = manager.num_free_blocks
+    assert not manager.allocate(c, 5) and c.state_slot is None and not c.block_tables
+    assert manager.num_free_blocks == free_blocks
+    assert manager.allocate(a, 1) and a.state_slot in (0, 1)  # a later step keeps its slot
+    slot = b.state_slot
+    manager.free(b)
+    assert b.state_slot is None
+    assert manager.allocate(c, 5) and c.state_slot == slot
+
+
+@pytest.mark.parametrize("variant", [
+    # Granite 4.0's dense models (granite-4.0-h-micro): a shared MLP and no experts.
+    {"num_local_experts": 0},
+    # Attention with rotary (position_embedding_type "rope"), one group of heads, two chunks per prompt at most.
+    {"position_embedding_type": "rope", "mamba_n_groups": 1, "mamba_chunk_size": 16},
+])
+def test_granite_hybrid_variants_match_transformers(tiny_model, variant: dict) -> None:
+    path = tiny_model("granitemoehybrid", **variant)
+    outs = LLM(str(path), dtype="float32", max_num_batched_tokens=7, block_size=4).generate(PROMPTS, GREEDY)
+    for out in outs:
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12), out.prompt
+
+
+def test_hub_layer_names_are_read(tiny_model, tmp_path) -> None:
+    """Hub configs name the kinds "mamba" and "attention" (transformers 5 writes linear_attention,
+    full_attention), and an infinite time-step limit as JSON's Infinity."""
+    path = tiny_model("granitemoehybrid")
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for item in path.iterdir():
+        (hub / item.name).symlink_to(item)
+    config = json.loads((path / "config.json").read_text())
+    config["layer_types"] = ["mamba", "attention", "mamba"]
+    config["time_step_limit"] = [0.0, float("inf")]
+    (hub / "config.json").unlink()
+    (hub / "config.json").write_text(json.dumps(config))
+    outs = LLM(str(hub), dtype="float32").generate(PROMPTS[:3], GREEDY)
+    for out in outs:
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
+
+
+def test_prefix_caching_is_off_and_speculation_refused(tiny_model) -> None:
+    """A Mamba layer's state sums up the whole prefix, which no KV block holds: repeated prompts are
+    recomputed (still matching transformers), and drafts that would have to be rolled back are refused."""
+    path = str(tiny_model("granitemoehybrid"))
+    llm = LLM(path, dtype="float32", block_size=4)
+    assert not llm.engine.block_manager.enable_prefix_caching
+    first = llm.generate([PROMPTS[2]], GREEDY)[0].outputs[0].token_ids
+    assert llm.generate([PROMPTS[2]], GREEDY)[0].outputs[0].token_ids == first
+    assert llm.engine.block_manager.stats.hits == 0
+    with pytest.raises(ValueError, match="speculative decoding is not supported"):
+        LLM(path, dtype="float32", speculative_config={"method": "ngram", "num_speculative_tokens": 2})
+
+
+def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
+    """Two slots for seven prompts (and n=3 samples of one): sequences queue for slots, every one
+    starts from zero states whatever its slot held before, and greedy samples agree."""
+    path = tiny_model("granitemoehybrid")
+    llm = LLM(str(path), dtype="float32", max_num_seqs=2, block_size=4)
+    outs = llm.generate(PROMPTS, GREEDY)
+    for out in outs:
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12), out.prompt
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, n=3)
+    samples = llm.generate([PROMPTS[1]], params)[0].outputs
+    assert [s.token_ids for s in samples] == [hf_greedy(path, outs[1].prompt_token_ids, 12)] * 3
+    assert sorted(llm.engine.block_manager.free_state_slots) == [0, 1]
+
+
+@pytest.mark.parametrize(("groups", "tp"), [(1, 2), (2, 2), pytest.param(1, 4, marks=pytest.mark.slow)])
+def test_tensor_parallel_hybrid_matches_transformers(tiny_model, groups: int, tp: int) -> None:
+    """Heads split over the ranks; B and C split with their groups (2 groups over 2 ranks) or held by
+    every rank of a group (1 group), whose gated norm then sums its squares across ranks."""
+    path = tiny_model("granitemoehybrid", mamba_n_groups=groups)
+    prompts = [list(range(3, 3 + n)) for n in (5, 17, 30)]
+    llm = LLM(str(path), dtype="float32", tensor_parallel_size=tp, block_size=4, max_num_batched_tokens=16)
+    for prompt, tokens in zip(prompts, engine_token_ids(llm, prompts, GREEDY)):
+        assert tokens == hf_greedy(path, prompt, 12)
+
+
+def test_graph_padding_rows_touch_only_the_spare_slot() -> None:
+    """A decode step padded to a CUDA graph's size (StaticDecodeInputs) gives the real rows the eager
+    result and writes only the spare slot, so no sequence's states change under padding."""
+    from pagoda.engine.attention import AttentionMetadata
+    from pagoda.engine.cuda_graphs import StaticDecodeInputs
+    from pagoda.engine.layers.mamba import Mamba2Mixer, bind_recurrent_state
+    from pagoda.engine.model_config import MambaConfig
+
+    torch.manual_seed(0)
+    cfg = MambaConfig(num_heads=4, head_dim=8, num_groups=2, state_size=6, conv_kernel=4, chunk_size=8,
+                      conv_bias=True, proj_bias=False, norm_eps=1e-6)
+    mixer = Mamba2Mixer(16, cfg)
+    for param in mixer.parameters():
+        param.data.normal_(0.0, 0.3)
+    bind_recurrent_state(mixer, 4, torch.float32, torch.float32, torch.device("cpu"))  # slots 0..2, spare 3
+    mixer.conv_state.normal_()
+    mixer.ssm_state.normal_()
+    x = torch.randn(2, 16)
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor([0, 1]), query_start_loc=torch.arange(3, dtype=torch.int32),
+        seq_lens=torch.tensor([5, 9], dtype=torch.int32), block_tables=torch.zeros(2, 3, dtype=torch.int32),
+        num_decodes=2, max_query_len=1, max_seq_len=9, query_lens_host=[1, 1], seq_lens_host=[5, 9],
+        state_slots=torch.tensor([2, 0]), state_slots_host=[2, 0])
+    before = (mixer.conv_state.clone(), mixer.ssm_state.clone())
+    eager = mixer(x, meta)
+    after = (mixer.conv_state.clone(), mixer.ssm_state.clone())
+    mixer.conv_state.copy_(before[0])
+    mixer.ssm_state.copy_(before[1])
+    static = StaticDecodeInputs(max_batch=4, max_blocks_per_seq=3, max_seq_len=64, device=torch.device("cpu"),
+                                spare_state_slot=3)
+    static.fill(torch.arange(2), torch.tensor([4, 8]), meta, 4)
+    padded = mixer(torch.cat([x, torch.randn(2, 16)]), static.meta(4))
+    torch.testing.assert_close(padded[:2], eager)
+    for state, expected, untouched in zip((mixer.conv_state, mixer.ssm_state), after, before):
+        torch.testing.assert_close(state[:3], expected[:3])
+        assert not torch.equal(state[3], untouched[3])  # the padding rows wrote the spare slot
