@@ -21,7 +21,7 @@ from pagoda.engine.distributed import agree_min, tp_size
 from pagoda.engine.draft_model import DraftModel
 from pagoda.engine.kv_cache_layout import plan_kv_cache
 from pagoda.engine.layers.attention import attention_windows, bind_kv_cache, kv_block_bytes
-from pagoda.engine.layers.mamba import bind_recurrent_state, mamba_mixers, state_bytes
+from pagoda.engine.layers.recurrent import bind_recurrent_state, recurrent_mixers, state_bytes
 from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.classifier import embedding_pool, pool_rows
@@ -76,9 +76,9 @@ class ModelRunner:
         self.eos_token_ids = eos_token_ids
         self.model = build_model(model_config, self.device, config.quantization)
         self.backend = select_backend(self.device)
-        # Recurrent (Mamba) layers: a state slot for each sequence that may run, and one more that the
+        # Recurrent layers (Mamba, Gated DeltaNet): a state slot for each sequence that may run, and one more that the
         # padding rows of CUDA graphs write; allocated before the KV cache, which takes what they leave.
-        self.num_state_slots = config.max_num_seqs if mamba_mixers(self.model) else 0
+        self.num_state_slots = config.max_num_seqs if recurrent_mixers(self.model) else 0
         self.state_bytes = 0
         if self.num_state_slots:
             ssm_dtype = config.resolve_mamba_ssm_cache_dtype(model_config.dtype, model_config.hf_config)

@@ -2,12 +2,9 @@
 Nemotron-H, Mamba-2).
 
 Its per-sequence memory is not a KV cache that grows with the context but two
-fixed-size states (kernels/ssm.py), kept in slots: each running sequence holds
-one slot (BlockManager assigns it with the sequence's blocks and takes it back
-with them), every mixer holds its layer's states of every slot, and a step's
-metadata says which slot each sequence reads and writes (`state_slots`). A
-sequence whose chunk starts at position 0 (a new prompt, or one recomputed after
-preemption) starts from zero states, whatever the slot held before.
+fixed-size states (the convolution's last inputs and one [head_dim, state] matrix
+per head, kernels/recurrent.py), kept in slots as every recurrent layer keeps them
+(engine/layers/recurrent.py).
 
 Tensor parallelism splits the heads; the B and C projections belong to groups of
 heads, split with them when the groups divide among the ranks, else each rank
@@ -26,9 +23,10 @@ from torch.nn import functional as F
 from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
 from pagoda.engine.layers.linear import ColumnParallelLinear, RowParallelLinear, divide
+from pagoda.engine.layers.recurrent import RecurrentMixer
 from pagoda.engine.layers.weights import copy_into, read_shard
 from pagoda.engine.model_config import MambaConfig
-from pagoda.kernels import ssm
+from pagoda.kernels import recurrent
 
 
 class _Shard:
@@ -113,22 +111,15 @@ class GatedRMSNorm(nn.Module):
         return (self.weight.float() * normed).to(z.dtype)
 
 
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(RecurrentMixer):
     """in_proj -> causal conv over x, B, C -> selective scan -> gated norm -> out_proj."""
 
     def __init__(self, hidden_size: int, cfg: MambaConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.shard = shard = _Shard(cfg)
-        self.in_proj = MambaInProjection(hidden_size, cfg, shard)
-        local = self.in_proj.local
-        self.conv_dim = local["x"] + local["B"] + local["C"]
-        # The depthwise convolution's weight [conv_dim, K] (checkpoints: [conv_dim, 1, K]) and bias.
-        self.conv1d = nn.Module()
-        self.conv1d.weight = nn.Parameter(torch.empty(self.conv_dim, cfg.conv_kernel), requires_grad=False)
-        self.conv1d.bias = nn.Parameter(torch.empty(self.conv_dim), requires_grad=False) if cfg.conv_bias else None
-        for param in self.conv1d.parameters():
-            param.weight_loader = self._load_conv
+        shard = _Shard(cfg)
+        in_proj = MambaInProjection(hidden_size, cfg, shard)
+        local = in_proj.local
+        super().__init__(local["x"] + local["B"] + local["C"], cfg.conv_kernel, cfg.conv_bias, self._load_conv)
+        self.cfg, self.shard, self.in_proj = cfg, shard, in_proj
         # Per head: A (as log(-A)), the skip D and the time-step bias.
         for name in ("A_log", "D", "dt_bias"):
             param = nn.Parameter(torch.empty(shard.heads), requires_grad=False)
@@ -136,9 +127,6 @@ class Mamba2Mixer(nn.Module):
             setattr(self, name, param)
         self.norm = GatedRMSNorm(cfg, shard)
         self.out_proj = RowParallelLinear(cfg.inner, hidden_size, bias=cfg.proj_bias)
-        # [slots, conv_dim, kernel - 1] and [slots, heads, head_dim, state]: bound by bind_recurrent_state.
-        self.conv_state = torch.empty(0)
-        self.ssm_state = torch.empty(0)
 
     def _load_heads(self, param: nn.Parameter, src: Any) -> None:
         copy_into(param, read_shard(src, 0, self.shard.first_head, self.shard.heads))
@@ -151,26 +139,14 @@ class Mamba2Mixer(nn.Module):
             rows = read_shard(src, 0, self.in_proj.fused_start(part) - self.cfg.inner + start, size)
             copy_into(param.data.narrow(0, offset - skip, size), rows.reshape(size, *param.shape[1:]))
 
-    def state_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Per slot: the convolution's last inputs and the scan's state."""
-        return (self.conv_dim, self.cfg.conv_kernel - 1), (self.shard.heads, self.cfg.head_dim, self.cfg.state_size)
+    def state_shape(self) -> tuple[int, ...]:
+        return self.shard.heads, self.cfg.head_dim, self.cfg.state_size
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        cfg, local = self.cfg, self.in_proj.local
+        local = self.in_proj.local
         z, xbc, dt = self.in_proj(x).split([local["z"], self.conv_dim, local["dt"]], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*cfg.time_step_limit)
-        A = -torch.exp(self.A_log.float())
-        y = torch.empty(x.shape[0], self.shard.heads, cfg.head_dim, dtype=torch.float32, device=x.device)
-        decodes = meta.num_decodes
-        if decodes:
-            y[:decodes] = self._decode(xbc[:decodes], dt[:decodes], A, meta)
-        token = decodes
-        for i in range(decodes, meta.num_seqs):
-            n = meta.query_lens_host[i]
-            fresh = meta.seq_lens_host[i] == n
-            y[token : token + n] = self._prefill(xbc[token : token + n], dt[token : token + n], A,
-                                                 meta.state_slots_host[i], fresh)
-            token += n
+        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.cfg.time_step_limit)
+        y = self.recur(xbc, (dt,), meta)
         return self.out_proj(self.norm(y.view(x.shape[0], -1), z))
 
     def _split(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -180,48 +156,13 @@ class Mamba2Mixer(nn.Module):
         t = xbc.shape[0]
         return xs.reshape(t, -1, cfg.head_dim), B.reshape(t, -1, cfg.state_size), C.reshape(t, -1, cfg.state_size)
 
-    def _decode(self, xbc: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """One token for each of the step's first sequences, their states read and written by slot."""
-        slots = meta.state_slots[: xbc.shape[0]]
-        # A sequence at its first token (a one-token prompt) starts from zero states, as do graph padding rows.
-        carried = (meta.seq_lens[: xbc.shape[0]] > 1)[:, None, None]
-        conv, conv_state = ssm.conv_decode(xbc, self.conv_state[slots] * carried, self.conv1d.weight, self.conv1d.bias)
-        self.conv_state.index_copy_(0, slots, conv_state.to(self.conv_state.dtype))
+    def step(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
+             states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xs, B, C = self._split(conv)
-        y, state = ssm.ssd_decode(xs, dt, A, B, C, self.D.float(), self.ssm_state[slots].float() * carried[..., None])
-        self.ssm_state.index_copy_(0, slots, state.to(self.ssm_state.dtype))
-        return y
+        return recurrent.ssd_decode(xs, inputs[0], -torch.exp(self.A_log.float()), B, C, self.D.float(), states)
 
-    def _prefill(self, xbc: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, slot: int, fresh: bool) -> torch.Tensor:
-        """One sequence's prompt chunk, from its slot's states (zeros where the prompt starts)."""
-        conv_state, state = self.conv_state[slot], self.ssm_state[slot].float()
-        if fresh:
-            conv_state, state = torch.zeros_like(conv_state), torch.zeros_like(state)
-        conv, conv_state = ssm.conv_prefill(xbc, conv_state, self.conv1d.weight, self.conv1d.bias)
-        self.conv_state[slot] = conv_state
+    def chunk(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
+              state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xs, B, C = self._split(conv)
-        y, state = ssm.ssd_prefill(xs, dt, A, B, C, self.D.float(), state, self.cfg.chunk_size)
-        self.ssm_state[slot] = state.to(self.ssm_state.dtype)
-        return y
-
-
-def mamba_mixers(model: nn.Module) -> list[Mamba2Mixer]:
-    return [m for m in model.modules() if isinstance(m, Mamba2Mixer)]
-
-
-def state_bytes(model: nn.Module, conv_dtype: torch.dtype, ssm_dtype: torch.dtype) -> int:
-    """Bytes one state slot takes over every mixer of the model, on this rank."""
-    total = 0
-    for mixer in mamba_mixers(model):
-        conv, scan = mixer.state_shapes()
-        total += torch.Size(conv).numel() * conv_dtype.itemsize + torch.Size(scan).numel() * ssm_dtype.itemsize
-    return total
-
-
-def bind_recurrent_state(model: nn.Module, num_slots: int, conv_dtype: torch.dtype, ssm_dtype: torch.dtype,
-                         device: torch.device) -> None:
-    """Gives every mixer its states for `num_slots` slots."""
-    for mixer in mamba_mixers(model):
-        conv, scan = mixer.state_shapes()
-        mixer.conv_state = torch.zeros(num_slots, *conv, dtype=conv_dtype, device=device)
-        mixer.ssm_state = torch.zeros(num_slots, *scan, dtype=ssm_dtype, device=device)
+        return recurrent.ssd_prefill(xs, inputs[0], -torch.exp(self.A_log.float()), B, C, self.D.float(), state,
+                                     self.cfg.chunk_size)

@@ -13,7 +13,7 @@ from pagoda.engine.block_manager import BlockManager
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
 from pagoda.engine.sequence import Sequence
-from pagoda.kernels import ssm
+from pagoda.kernels import recurrent
 from tests.engine.hf_reference import engine_token_ids, hf_greedy
 from tests.engine.test_hf_parity import PROMPTS
 
@@ -36,10 +36,10 @@ def test_chunked_scan_equals_the_recurrence(length: int, chunk: int) -> None:
     """ssd_prefill (chunks of matrix products) from a non-zero state gives every token's output and
     the final state that the token-by-token recurrence (ssd_decode) gives."""
     x, dt, A, B, C, D, h0 = _scan_inputs(length)
-    y, final = ssm.ssd_prefill(x, dt, A, B, C, D, h0, chunk)
+    y, final = recurrent.ssd_prefill(x, dt, A, B, C, D, h0, chunk)
     state, ys = h0[None], []
     for t in range(length):
-        out, state = ssm.ssd_decode(x[t : t + 1], dt[t : t + 1], A, B[t : t + 1], C[t : t + 1], D, state)
+        out, state = recurrent.ssd_decode(x[t : t + 1], dt[t : t + 1], A, B[t : t + 1], C[t : t + 1], D, state)
         ys.append(out[0])
     torch.testing.assert_close(y, torch.stack(ys), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(final, state[0], rtol=1e-4, atol=1e-4)
@@ -51,10 +51,10 @@ def test_causal_conv_prefill_equals_decode_steps() -> None:
     channels, kernel = 6, 4
     weight, bias = torch.randn(channels, kernel), torch.randn(channels)
     x, state = torch.randn(9, channels), torch.randn(channels, kernel - 1)
-    out, new_state = ssm.conv_prefill(x, state, weight, bias)
+    out, new_state = recurrent.conv_prefill(x, state, weight, bias)
     carried, outs = state[None], []
     for t in range(x.shape[0]):
-        step, carried = ssm.conv_decode(x[t : t + 1], carried, weight, bias)
+        step, carried = recurrent.conv_decode(x[t : t + 1], carried, weight, bias)
         outs.append(step[0])
     torch.testing.assert_close(out, torch.stack(outs))
     torch.testing.assert_close(new_state, carried[0])
@@ -152,7 +152,8 @@ def test_graph_padding_rows_touch_only_the_spare_slot() -> None:
     result and writes only the spare slot, so no sequence's states change under padding."""
     from pagoda.engine.attention import AttentionMetadata
     from pagoda.engine.cuda_graphs import StaticDecodeInputs
-    from pagoda.engine.layers.mamba import Mamba2Mixer, bind_recurrent_state
+    from pagoda.engine.layers.mamba import Mamba2Mixer
+    from pagoda.engine.layers.recurrent import bind_recurrent_state
     from pagoda.engine.model_config import MambaConfig
 
     torch.manual_seed(0)
@@ -163,23 +164,23 @@ def test_graph_padding_rows_touch_only_the_spare_slot() -> None:
         param.data.normal_(0.0, 0.3)
     bind_recurrent_state(mixer, 4, torch.float32, torch.float32, torch.device("cpu"))  # slots 0..2, spare 3
     mixer.conv_state.normal_()
-    mixer.ssm_state.normal_()
+    mixer.state.normal_()
     x = torch.randn(2, 16)
     meta = AttentionMetadata(
         slot_mapping=torch.tensor([0, 1]), query_start_loc=torch.arange(3, dtype=torch.int32),
         seq_lens=torch.tensor([5, 9], dtype=torch.int32), block_tables=torch.zeros(2, 3, dtype=torch.int32),
         num_decodes=2, max_query_len=1, max_seq_len=9, query_lens_host=[1, 1], seq_lens_host=[5, 9],
         state_slots=torch.tensor([2, 0]), state_slots_host=[2, 0])
-    before = (mixer.conv_state.clone(), mixer.ssm_state.clone())
+    before = (mixer.conv_state.clone(), mixer.state.clone())
     eager = mixer(x, meta)
-    after = (mixer.conv_state.clone(), mixer.ssm_state.clone())
+    after = (mixer.conv_state.clone(), mixer.state.clone())
     mixer.conv_state.copy_(before[0])
-    mixer.ssm_state.copy_(before[1])
+    mixer.state.copy_(before[1])
     static = StaticDecodeInputs(max_batch=4, max_blocks_per_seq=3, max_seq_len=64, device=torch.device("cpu"),
                                 spare_state_slot=3)
     static.fill(torch.arange(2), torch.tensor([4, 8]), meta, 4)
     padded = mixer(torch.cat([x, torch.randn(2, 16)]), static.meta(4))
     torch.testing.assert_close(padded[:2], eager)
-    for state, expected, untouched in zip((mixer.conv_state, mixer.ssm_state), after, before):
+    for state, expected, untouched in zip((mixer.conv_state, mixer.state), after, before):
         torch.testing.assert_close(state[:3], expected[:3])
         assert not torch.equal(state[3], untouched[3])  # the padding rows wrote the spare slot

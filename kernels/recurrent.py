@@ -1,4 +1,4 @@
-"""Mamba-2's state-space math in PyTorch: the causal convolution and the selective scan.
+"""Recurrent layers' math in PyTorch: the short causal convolution and Mamba-2's selective scan.
 
 A Mamba-2 layer keeps, per sequence, two states instead of a KV cache: the
 last `kernel - 1` inputs of its depthwise causal convolution, and one
