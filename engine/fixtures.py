@@ -36,6 +36,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid",
+    "qwen3_5", "qwen3_5_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -349,6 +350,21 @@ _FAMILIES: dict[str, _Family] = {
                 "shared_intermediate_size": 48, "position_embedding_type": None, "embedding_multiplier": 6.0,
                 "residual_multiplier": 0.4, "attention_multiplier": 0.1, "logits_scaling": 2.5},
     ),
+    # Qwen3.5: three Gated DeltaNet layers (2 key heads, 4 value heads) to one gated full-attention layer with
+    # rotary over a quarter of each head; the MoE one routes every MLP beside a gated shared expert.
+    "qwen3_5": _Family(
+        "qwen3_5_text", "Qwen3_5ForCausalLM", adds_bos=False, rope_theta=10000000.0,
+        config={"num_hidden_layers": 4, "head_dim": 32, "partial_rotary_factor": 0.25, "linear_num_key_heads": 2,
+                "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 24,
+                "linear_conv_kernel_dim": 4},
+    ),
+    "qwen3_5_moe": _Family(
+        "qwen3_5_moe_text", "Qwen3_5MoeForCausalLM", adds_bos=False, rope_theta=10000000.0,
+        config={"num_hidden_layers": 4, "head_dim": 32, "partial_rotary_factor": 0.25, "linear_num_key_heads": 2,
+                "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 24,
+                "linear_conv_kernel_dim": 4, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                "shared_expert_intermediate_size": 48},
+    ),
 }
 
 _BASE_CONFIG: dict[str, Any] = {
@@ -464,7 +480,7 @@ def build_tiny_model(
                 param.uniform_(-1.0, 2.0)
             elif "norm" in name:
                 param.uniform_(0.5, 1.5)
-            elif name.endswith((".A_log", ".D")):  # Mamba's per-head decay and skip: distinct for each head
+            elif name.endswith((".A_log", ".D")):  # recurrent layers' per-head decay (and skip): distinct per head
                 param.uniform_(-0.5, 1.5)
         for name, buffer in model.named_buffers():
             if name.endswith("e_score_correction_bias"):  # DeepSeek V3's router bias, zero at init
@@ -680,7 +696,7 @@ def make_tiny_llava(out_dir: str | pathlib.Path, seed: int = 0, *, text: dict[st
                 param.normal_(0.0, text.initializer_range)
             elif "norm" in name:
                 param.uniform_(0.5, 1.5)
-            elif name.endswith((".A_log", ".D")):  # Mamba's per-head decay and skip: distinct for each head
+            elif name.endswith((".A_log", ".D")):  # recurrent layers' per-head decay (and skip): distinct per head
                 param.uniform_(-0.5, 1.5)
             elif "vision_tower" in name or "projector" in name:
                 param.normal_(0.0, 0.3)  # large enough that images move the logits

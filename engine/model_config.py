@@ -90,6 +90,24 @@ class MoEConfig:
 
 
 @dataclass(frozen=True)
+class LinearAttentionConfig:
+    """A Gated DeltaNet layer's dimensions (Qwen3.5's and Qwen3-Next's `linear_*` settings)."""
+
+    num_key_heads: int
+    num_value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel: int
+    norm_eps: float
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> LinearAttentionConfig:
+        return cls(num_key_heads=int(cfg["linear_num_key_heads"]), num_value_heads=int(cfg["linear_num_value_heads"]),
+                   key_head_dim=int(cfg["linear_key_head_dim"]), value_head_dim=int(cfg["linear_value_head_dim"]),
+                   conv_kernel=int(cfg.get("linear_conv_kernel_dim") or 4), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)))
+
+
+@dataclass(frozen=True)
 class MambaConfig:
     """A Mamba-2 mixer's dimensions, whatever names a family's config.json gives them."""
 

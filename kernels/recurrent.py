@@ -86,3 +86,58 @@ def ssd_decode(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     B, C = _per_head(B.float(), num_heads), _per_head(C.float(), num_heads)
     states = states * (dt * A).exp()[..., None, None] + (x * dt[..., None])[..., None] * B[:, :, None, :]
     return torch.einsum("shpn,shn->shp", states, C) + x * D[:, None], states
+
+
+def _l2_normalized(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)
+
+
+def _delta_inputs(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and keys per value head (each key head serves heads / key heads consecutive value heads),
+    L2-normalized, the queries also scaled by 1/sqrt(key dim)."""
+    q, k = _per_head(q.float(), num_heads), _per_head(k.float(), num_heads)
+    return _l2_normalized(q) * q.shape[-1] ** -0.5, _l2_normalized(k)
+
+
+def gated_delta_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                        state: torch.Tensor, chunk_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence's chunk of tokens through the gated delta rule (Gated DeltaNet's linear attention).
+
+    Per value head, a state S [key dim, value dim] decays by exp(g_t), then moves toward v_t along k_t
+    by beta_t (the delta rule: S += k_t (beta_t (v_t - S^T k_t))^T), and each token reads o_t = S^T q_t.
+    q, k: [L, Hk, Dk]; v: [L, H, Dv]; g (log decay, <= 0), beta: [L, H]; state: [H, Dk, Dv] float32.
+
+    Within a chunk of Q tokens the corrections d_i = beta_i (v_i - S_{i-1}^T k_i) depend on each other
+    through a unit lower-triangular system, (I + A) d = beta (V - exp(G) K S0) with
+    A_ij = beta_i exp(G_i - G_j) k_i . k_j for j < i (G: the cumulative log decay), solved at once;
+    then o_i = exp(G_i) S0^T q_i + sum_{j <= i} exp(G_i - G_j) (q_i . k_j) d_j and the chunk's last
+    state follows. Returns (outputs [L, H, Dv] float32, the state after the last token)."""
+    num_heads = v.shape[1]
+    q, k = _delta_inputs(q, k, num_heads)
+    v, g, beta = v.float(), g.float(), beta.float()
+    outs = []
+    for s in range(0, v.shape[0], chunk_size):
+        qs, ks, vs = (t[s : s + chunk_size].transpose(0, 1) for t in (q, k, v))  # [H, Q, D]
+        decay = g[s : s + chunk_size].t().cumsum(-1)  # [H, Q]
+        betas = beta[s : s + chunk_size].t()[..., None]  # [H, Q, 1]
+        n = decay.shape[1]
+        lower = torch.ones(n, n, dtype=torch.bool, device=v.device).tril()
+        between = (decay[:, :, None] - decay[:, None, :]).masked_fill(~lower, float("-inf")).exp()  # [H, Q, Q]
+        system = (betas * (ks @ ks.transpose(1, 2)) * between).tril(-1) + torch.eye(n, device=v.device)
+        rhs = betas * (vs - decay.exp()[..., None] * (ks @ state))
+        deltas = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+        outs.append((decay.exp()[..., None] * (qs @ state) + ((qs @ ks.transpose(1, 2)) * between) @ deltas).transpose(0, 1))
+        to_end = (decay[:, -1:] - decay).exp()[..., None]  # [H, Q, 1]
+        state = decay[:, -1].exp()[:, None, None] * state + (ks * to_end).transpose(1, 2) @ deltas
+    return torch.cat(outs), state
+
+
+def gated_delta_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                       states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per sequence: q, k [S, Hk, Dk], v [S, H, Dv], g, beta [S, H], states [S, H, Dk, Dv]
+    float32 -> (outputs [S, H, Dv] float32, new states)."""
+    q, k = _delta_inputs(q, k, v.shape[1])
+    states = states * g.float().exp()[..., None, None]
+    delta = beta.float()[..., None] * (v.float() - torch.einsum("shkv,shk->shv", states, k))
+    states = states + k[..., None] * delta[:, :, None, :]
+    return torch.einsum("shkv,shk->shv", states, q), states

@@ -142,13 +142,17 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
 
 class QKVParallelLinear(ColumnParallelLinear):
-    """The fused q/k/v projection; heads split across ranks, KV heads replicated when fewer than ranks."""
+    """The fused q/k/v projection; heads split across ranks, KV heads replicated when fewer than ranks.
+    `query_width`: a query head's rows in head_dims (2 where each head's query is followed by its output
+    gate, Qwen3.5's gated attention)."""
 
     part_ids = ("q", "k", "v")
 
-    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False) -> None:
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False,
+                 query_width: int = 1) -> None:
         tp = tp_size()
         self.head_dim = head_dim
+        self.query_width = query_width
         self.num_heads = divide(num_heads, tp, "attention heads")
         self.total_kv_heads = num_kv_heads
         if num_kv_heads >= tp:
@@ -157,11 +161,12 @@ class QKVParallelLinear(ColumnParallelLinear):
         else:
             self.num_kv_heads = 1
             self.kv_replicas = divide(tp, num_kv_heads, "tensor_parallel_size over key/value heads")
-        out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
+        out = (self.num_heads * query_width + 2 * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, out, bias)
 
     def fused_start(self, part: str) -> int:
-        q_total, kv_total = self.num_heads * tp_size() * self.head_dim, self.total_kv_heads * self.head_dim
+        q_total = self.num_heads * tp_size() * self.head_dim * self.query_width
+        kv_total = self.total_kv_heads * self.head_dim
         return {"q": 0, "k": q_total, "v": q_total + kv_total}[part]
 
     def first_head(self, part: str) -> int:
@@ -172,11 +177,11 @@ class QKVParallelLinear(ColumnParallelLinear):
         return tp_rank() // self.kv_replicas * self.num_kv_heads
 
     def rows(self, part: str) -> tuple[int, int, int, int]:
-        q_size = self.num_heads * self.head_dim
+        q_size = self.num_heads * self.head_dim * self.query_width
         kv_size = self.num_kv_heads * self.head_dim
         start = self.first_head(part) * self.head_dim
         if part == "q":
-            return 0, q_size, start, q_size * tp_size()
+            return 0, q_size, start * self.query_width, q_size * tp_size()
         offset = q_size if part == "k" else q_size + kv_size
         return offset, kv_size, start, self.total_kv_heads * self.head_dim
 

@@ -27,16 +27,19 @@ from pagoda.engine.model_config import ModelConfig, RopeConfig, sliding_rope
 class DecoderAttention(nn.Module):
     """GQA attention with rotary embeddings (`rope`: the model's unless given), an optional
     sliding window, and a softmax `scale`, q/k `norm` and logit `softcap` that Gemma sets its own way;
-    `sinks`: per-head attention sinks (GPT-OSS)."""
+    `sinks`: per-head attention sinks (GPT-OSS); `output_gate`: Qwen3.5's gated heads."""
 
     def __init__(
         self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, *, rope: RopeConfig | None = None,
         sliding_window: int | None = None, scale: float | None = None, norm: type[RMSNorm] = RMSNorm,
         softcap: float = 0.0, rotary_interleaved: bool = False, o_bias: bool | None = None, use_rope: bool = True,
-        sinks: bool = False,
+        sinks: bool = False, output_gate: bool = False,
     ) -> None:
         super().__init__()
-        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias)
+        # output_gate: each head's query is followed in q_proj by a gate, sigmoid(gate) scaling the head's output.
+        self.output_gate = output_gate
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias,
+                                          query_width=2 if output_gate else 1)
         self.q_size = self.qkv_proj.num_heads * cfg.head_dim
         self.kv_size = self.qkv_proj.num_kv_heads * cfg.head_dim
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size,
@@ -60,7 +63,10 @@ class DecoderAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = self.qkv_proj(x).split([self.q_size * (1 + self.output_gate), self.kv_size, self.kv_size], dim=-1)
+        if self.output_gate:
+            q, gate = q.view(t, -1, 2 * self.head_dim).split(self.head_dim, dim=-1)
+            q = q.reshape(t, -1)
         if self.qk_norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.reshape(t, -1, self.head_dim)
@@ -70,6 +76,8 @@ class DecoderAttention(nn.Module):
         if self.rotary_emb is not None:
             q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.contiguous(), meta)
+        if self.output_gate:
+            out = out * torch.sigmoid(gate.reshape(t, -1))
         return self.o_proj(out)
 
 

@@ -1,0 +1,94 @@
+"""Gated DeltaNet: the linear-attention layers of Qwen3.5 and Qwen3-Next.
+
+Each value head keeps a [key dim, value dim] state that decays by a learned,
+input-dependent gate and is corrected toward each new value along its key (the
+delta rule, kernels/recurrent.py); q, k and v first pass a short causal
+convolution. Its states live in slots as every recurrent layer's do
+(engine/layers/recurrent.py). The output is RMS-normalized per head, gated by
+silu(z), and projected back.
+
+Tensor parallelism splits the key heads, each rank keeping the value heads they
+serve (value heads follow their key head in the checkpoint's order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pagoda.engine.attention import AttentionMetadata
+from pagoda.engine.distributed import tp_rank, tp_size
+from pagoda.engine.layers.linear import MergedColumnParallelLinear, RowParallelLinear, divide
+from pagoda.engine.layers.recurrent import RecurrentMixer
+from pagoda.engine.layers.weights import copy_into, read_shard
+from pagoda.engine.model_config import LinearAttentionConfig
+from pagoda.kernels import recurrent
+
+# Tokens per chunk of the delta rule's chunked form (its triangular solve is chunk x chunk per head).
+CHUNK_SIZE = 64
+
+
+class GatedDeltaNet(RecurrentMixer):
+    """in_proj_qkv -> causal conv -> gated delta rule -> per-head RMSNorm gated by silu(z) -> out_proj;
+    in_proj_zba holds z, b (beta = sigmoid(b)) and a (the decay gate's input), checkpoints' in_proj_z,
+    in_proj_b and in_proj_a."""
+
+    def __init__(self, hidden_size: int, cfg: LinearAttentionConfig) -> None:
+        tp = tp_size()
+        key_heads = divide(cfg.num_key_heads, tp, "linear-attention key heads")
+        value_heads = divide(cfg.num_value_heads, tp, "linear-attention value heads")
+        key_dim, value_dim = cfg.num_key_heads * cfg.key_head_dim, cfg.num_value_heads * cfg.value_head_dim
+        self.parts = [key_heads * cfg.key_head_dim] * 2 + [value_heads * cfg.value_head_dim]
+        super().__init__(sum(self.parts), cfg.conv_kernel, False, self._load_conv)
+        self.cfg, self.key_heads, self.value_heads = cfg, key_heads, value_heads
+        self.in_proj_qkv = MergedColumnParallelLinear(hidden_size, [key_dim, key_dim, value_dim])
+        self.in_proj_zba = MergedColumnParallelLinear(hidden_size, [value_dim, cfg.num_value_heads,
+                                                                    cfg.num_value_heads])
+        for name in ("A_log", "dt_bias"):
+            param = nn.Parameter(torch.empty(value_heads), requires_grad=False)
+            param.weight_loader = self._load_heads
+            setattr(self, name, param)
+        self.norm = nn.Module()  # one weight for every head: the norm is per head
+        self.norm.weight = nn.Parameter(torch.ones(cfg.value_head_dim), requires_grad=False)
+        self.out_proj = RowParallelLinear(value_dim, hidden_size)
+
+    def _load_heads(self, param: nn.Parameter, src: Any) -> None:
+        copy_into(param, read_shard(src, 0, tp_rank() * self.value_heads, self.value_heads))
+
+    def _load_conv(self, param: nn.Parameter, src: Any) -> None:
+        """conv1d's weight [conv_dim, 1, K] holds q, k and v's channels, as in_proj_qkv's rows."""
+        for part in range(3):
+            offset, size, start, _ = self.in_proj_qkv.rows(part)
+            rows = read_shard(src, 0, self.in_proj_qkv.fused_start(part) + start, size)
+            copy_into(param.data.narrow(0, offset, size), rows.reshape(size, *param.shape[1:]))
+
+    def state_shape(self) -> tuple[int, ...]:
+        return self.value_heads, self.cfg.key_head_dim, self.cfg.value_head_dim
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """(positions unused: the recurrence is ordered by itself.)"""
+        t, cfg = x.shape[0], self.cfg
+        z, b, a = self.in_proj_zba(x).split([self.parts[2], self.value_heads, self.value_heads], dim=-1)
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
+        # [T, heads, value dim], rounded to the model's dtype as transformers' kernels return it
+        y = self.recur(self.in_proj_qkv(x), (g, b.float().sigmoid()), meta).to(x.dtype).float()
+        normed = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
+        normed = (self.norm.weight * normed.to(x.dtype)).float() * F.silu(z.float().view(t, -1, cfg.value_head_dim))
+        return self.out_proj(normed.to(x.dtype).view(t, -1))
+
+    def _split(self, conv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = conv.split(self.parts, dim=-1)
+        t, cfg = conv.shape[0], self.cfg
+        return (q.reshape(t, -1, cfg.key_head_dim), k.reshape(t, -1, cfg.key_head_dim),
+                v.reshape(t, -1, cfg.value_head_dim))
+
+    def step(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
+             states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return recurrent.gated_delta_decode(*self._split(conv), *inputs, states)
+
+    def chunk(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
+              state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return recurrent.gated_delta_prefill(*self._split(conv), *inputs, state, CHUNK_SIZE)

@@ -1,0 +1,58 @@
+"""Qwen3.5 (dense 0.8B to 27B, and the MoE 35B-A3B to 397B-A17B): three Gated DeltaNet layers to one
+of full attention, served as text.
+
+The linear-attention layers (engine/layers/gated_delta.py) keep a fixed-size state per sequence;
+the full-attention ones (every `full_attention_interval`-th, as `layer_types` lists them) use the
+paged KV cache, with a sigmoid output gate per head stored after each head's query in q_proj,
+per-head q/k norms and rotary over a quarter of each head. Every RMSNorm outside the linear
+attention scales by (1 + weight), as Gemma's (GemmaRMSNorm adds the one at load).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from pagoda.engine.layers.gated_delta import GatedDeltaNet
+from pagoda.engine.layers.norm import GemmaRMSNorm
+from pagoda.engine.model_config import LinearAttentionConfig, ModelConfig
+from pagoda.engine.models.llama import DecoderAttention, DecoderModel, LlamaForCausalLM
+from pagoda.engine.models.moe import _MixtureOfExperts
+
+_KINDS = ("linear_attention", "full_attention")
+# Checkpoint names of the linear attention's separate z, b and a projections -> their part of our in_proj_zba.
+_ZBA = {".in_proj_z.": 0, ".in_proj_b.": 1, ".in_proj_a.": 2}
+
+
+class Qwen3_5ForCausalLM(LlamaForCausalLM):
+    def __init__(self, cfg: ModelConfig) -> None:
+        kinds = cfg.hf_config.get("layer_types") or []
+        if len(kinds) != cfg.num_layers or any(k not in _KINDS for k in kinds):
+            raise ValueError(f"layer_types must name {cfg.num_layers} layers, each one of {', '.join(_KINDS)}: {kinds}")
+        self.kinds = kinds
+        self.linear = LinearAttentionConfig.from_hf(cfg.hf_config)
+        super().__init__(cfg)
+
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        model = DecoderModel(cfg, qkv_bias, True, self.make_mlp, layer_options=self.layer_options)
+        model.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        return model
+
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
+        if self.kinds[layer] == "linear_attention":
+            attention: nn.Module = GatedDeltaNet(cfg.hidden_size, self.linear)
+        else:
+            attention = DecoderAttention(cfg, cfg.attention_bias, True, norm=GemmaRMSNorm, output_gate=True)
+        return {"attention": attention, "norm": GemmaRMSNorm}
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        name = name.replace(".linear_attn.", ".self_attn.")
+        for theirs, part in _ZBA.items():
+            if theirs in name:
+                return name.replace(theirs, ".in_proj_zba."), part
+        return super().checkpoint_target(name)
+
+
+class Qwen3_5MoeForCausalLM(_MixtureOfExperts, Qwen3_5ForCausalLM):
+    """Qwen3.5's MoE models: every MLP routed to experts, beside a shared expert behind a sigmoid gate."""
