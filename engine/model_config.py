@@ -452,7 +452,8 @@ def roberta_position_offset(cfg: dict[str, Any], architecture: str) -> int:
 
 # Multimodal architectures whose image inputs are served.
 QWEN_VL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
-                         "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")
+                         "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
+                         "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
 IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration", "Gemma3ForConditionalGeneration", *QWEN_VL_ARCHITECTURES,
                        "InternVLForConditionalGeneration", "Mistral3ForConditionalGeneration")
 
@@ -470,7 +471,8 @@ def _qwen_vl_vision(full: Any, architecture: str) -> VisionConfig:
     if tower == "qwen2_5_vl":
         window, full_layers = vision.window_size, tuple(vision.fullatt_block_indexes)
     if tower == "qwen3_vl":
-        table, deepstack = vision.num_position_embeddings, tuple(vision.deepstack_visual_indexes)
+        # Qwen3.5's tower is Qwen3-VL's without DeepStack.
+        table, deepstack = vision.num_position_embeddings, tuple(getattr(vision, "deepstack_visual_indexes", ()) or ())
     token = int(full.image_token_id)
     return VisionConfig(
         tower=tower, hidden_size=width, intermediate_size=ffn, num_layers=vision.depth, num_heads=vision.num_heads,

@@ -25,7 +25,7 @@ QWEN_VL_TOKENS = ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
 QWEN_VL_IMAGE_TOKEN_ID = TOKENIZER_VOCAB_SIZE
 QWEN_VL_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 PATCH, MERGE = 4, 2
-VERSIONS = ("2", "2.5", "3", "3-moe")
+VERSIONS = ("2", "2.5", "3", "3-moe", "3.5", "3.5-moe")
 
 
 def make_tiny_qwen_vl(out_dir: str | pathlib.Path, version: str = "2", seed: int = 0, *,
@@ -38,19 +38,22 @@ def make_tiny_qwen_vl(out_dir: str | pathlib.Path, version: str = "2", seed: int
     frequencies as the real checkpoints split 64 ([16, 24, 24] in runs; Qwen3-VL's [24, 20, 20]
     interleaved)."""
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
-                              Qwen2VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
-                              Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration)
+                              Qwen2VLForConditionalGeneration, Qwen3_5Config, Qwen3_5ForConditionalGeneration,
+                              Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, Qwen3VLConfig,
+                              Qwen3VLForConditionalGeneration, Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration)
 
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, not {version!r}")
     out_dir = pathlib.Path(out_dir)
     qwen3 = version.startswith("3")
-    text = tiny_config({"2": "qwen2", "2.5": "qwen2", "3": "qwen3", "3-moe": "qwen3_moe"}[version],
-                       **(text or {})).to_dict()
-    frequencies = (text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]) // 2
+    text = tiny_config({"2": "qwen2", "2.5": "qwen2", "3": "qwen3", "3-moe": "qwen3_moe", "3.5": "qwen3_5",
+                        "3.5-moe": "qwen3_5_moe"}[version], **(text or {})).to_dict()
+    partial = float(text["rope_parameters"].get("partial_rotary_factor", 1.0))
+    frequencies = int((text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]) * partial) // 2
     spatial = frequencies * 20 // 64 if qwen3 else (frequencies - frequencies // 4) // 2
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_interleaved": qwen3,
-                               "mrope_section": [frequencies - 2 * spatial, spatial, spatial]}
+                               "mrope_section": [frequencies - 2 * spatial, spatial, spatial],
+                               "partial_rotary_factor": partial}
     base = dict(depth=2, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2)
     ids = dict(image_token_id=QWEN_VL_IMAGE_TOKEN_ID, vision_start_token_id=TOKENIZER_VOCAB_SIZE + 1,
                vision_end_token_id=TOKENIZER_VOCAB_SIZE + 2)
@@ -67,10 +70,13 @@ def make_tiny_qwen_vl(out_dir: str | pathlib.Path, version: str = "2", seed: int
         config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     else:  # a 4 x 4 learned position table; DeepStack features from the first layer for the first text layer
         tower = {**base, "hidden_size": 32, "intermediate_size": 48, "hidden_act": "gelu_pytorch_tanh",
-                 "out_hidden_size": text["hidden_size"], "num_position_embeddings": 16, "deepstack_visual_indexes": [0],
-                 **(vision or {})}
-        config_class, model_class = ((Qwen3VLConfig, Qwen3VLForConditionalGeneration) if version == "3" else
-                                     (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration))
+                 "out_hidden_size": text["hidden_size"], "num_position_embeddings": 16,
+                 "deepstack_visual_indexes": [] if version.startswith("3.5") else [0], **(vision or {})}
+        config_class, model_class = {
+            "3": (Qwen3VLConfig, Qwen3VLForConditionalGeneration),
+            "3-moe": (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration),
+            "3.5": (Qwen3_5Config, Qwen3_5ForConditionalGeneration),
+            "3.5-moe": (Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration)}[version]
         config = config_class(text_config=text, vision_config=tower, **ids)
         config.architectures = [model_class.__name__]
     # The hub's Qwen3-VL-MoE checkpoints store the expert stacks [experts, in, out].

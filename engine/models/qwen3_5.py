@@ -26,6 +26,9 @@ _ZBA = {".in_proj_z.": 0, ".in_proj_b.": 1, ".in_proj_a.": 2}
 
 
 class Qwen3_5ForCausalLM(LlamaForCausalLM):
+    # The multi-token-prediction layer hub checkpoints carry: a speculative head the engine does not serve.
+    ignored_checkpoint_prefixes: tuple[str, ...] = ("mtp.",)
+
     def __init__(self, cfg: ModelConfig) -> None:
         kinds = cfg.hf_config.get("layer_types") or []
         if len(kinds) != cfg.num_layers or any(k not in _KINDS for k in kinds):

@@ -1,6 +1,7 @@
-"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL (`Qwen2VLForConditionalGeneration`,
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 (`Qwen2VLForConditionalGeneration`,
 `Qwen2_5_VLForConditionalGeneration`, `Qwen3VLForConditionalGeneration`,
-`Qwen3VLMoeForConditionalGeneration`): a vision transformer that
+`Qwen3VLMoeForConditionalGeneration`, `Qwen3_5ForConditionalGeneration`,
+`Qwen3_5MoeForConditionalGeneration`): a vision transformer that
 reads an image at its own resolution in front of a Qwen2 (Qwen3, Qwen3-MoE) language model that
 rotates with three positions per token (multimodal RoPE).
 
@@ -36,6 +37,7 @@ from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.model_config import ModelConfig, VisionConfig
 from pagoda.engine.models.llama import Qwen2ForCausalLM, Qwen3ForCausalLM
 from pagoda.engine.models.moe import Qwen3MoeForCausalLM
+from pagoda.engine.models.qwen3_5 import Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM
 from pagoda.engine.models.vision import activation, rotate_patches
 
 VISION_ROPE_THETA = 10000.0
@@ -284,3 +286,12 @@ class Qwen3VLForConditionalGeneration(_QwenVL, Qwen3ForCausalLM):
 class Qwen3VLMoeForConditionalGeneration(_QwenVL, Qwen3MoeForCausalLM):
     """Qwen3-VL-30B-A3B and 235B-A22B: the same over Qwen3-MoE, whose experts the hub's checkpoints
     store stacked and transposed ([experts, in, out]; FusedMoE reads either orientation)."""
+
+
+class Qwen3_5ForConditionalGeneration(_QwenVL, Qwen3_5ForCausalLM):  # noqa: N801 (transformers' name)
+    """Qwen3.5 as the hub ships it (every size takes images): the Qwen3.5 language model (Gated DeltaNet and
+    gated attention, rotating with interleaved multimodal RoPE) and Qwen3-VL's tower without DeepStack."""
+
+
+class Qwen3_5MoeForConditionalGeneration(_QwenVL, Qwen3_5MoeForCausalLM):  # noqa: N801
+    """Qwen3.5's MoE models (35B-A3B to 397B-A17B) with the same tower."""

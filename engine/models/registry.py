@@ -38,6 +38,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Qwen2_5_VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen2_5_VLForConditionalGeneration"),
     "Qwen3VLForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen3VLForConditionalGeneration"),
     "Qwen3VLMoeForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen3VLMoeForConditionalGeneration"),
+    "Qwen3_5ForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen3_5ForConditionalGeneration"),
+    "Qwen3_5MoeForConditionalGeneration": ("pagoda.engine.models.qwen_vl", "Qwen3_5MoeForConditionalGeneration"),
     # Mixture of experts.
     "MixtralForCausalLM": ("pagoda.engine.models.moe", "MixtralForCausalLM"),
     "Qwen2MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen2MoeForCausalLM"),

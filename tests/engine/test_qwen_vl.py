@@ -88,7 +88,7 @@ def test_three_equal_positions_are_plain_rope(interleaved: bool) -> None:
 
 
 def test_config_reads_every_tower(models: dict[str, pathlib.Path]) -> None:
-    two, two_five, three, three_moe = (load_model_config(models[v]) for v in VERSIONS)
+    two, two_five, three, three_moe, three_five, three_five_moe = (load_model_config(models[v]) for v in VERSIONS)
     assert three_moe.vision.tower == "qwen3_vl" and three_moe.moe.num_experts == 8 and three.moe is None
     assert (two.vision.tower, two_five.vision.tower, three.vision.tower) == ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
     assert two.rope.scaling["mrope_section"] == [2, 3, 3] and two.vision.mrope
@@ -97,6 +97,11 @@ def test_config_reads_every_tower(models: dict[str, pathlib.Path]) -> None:
     assert three.rope.scaling["mrope_interleaved"] and three.rope.scaling["mrope_section"] == [6, 5, 5]
     assert three.vision.deepstack_layers == (0,) and three.vision.feature_width(64) == 128
     assert three.vision.position_embeddings == 16 and two.vision.feature_width(64) == 64
+    # Qwen3.5: Qwen3-VL's tower without DeepStack, rotary over a quarter of each 32-wide head (4 frequencies).
+    for config in (three_five, three_five_moe):
+        assert config.vision.tower == "qwen3_vl" and config.vision.deepstack_layers == ()
+        assert config.rope.partial_rotary_factor == 0.25 and config.rope.scaling["mrope_section"] == [2, 1, 1]
+    assert three_five_moe.moe.num_experts == 8 and three_five.moe is None
 
 
 def test_prefix_cache_and_prompt_forms(models: dict[str, pathlib.Path]) -> None:
