@@ -36,7 +36,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid",
-    "qwen3_5", "qwen3_5_moe",
+    "qwen3_5", "qwen3_5_moe", "qwen3_next",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -364,6 +364,14 @@ _FAMILIES: dict[str, _Family] = {
                 "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 24,
                 "linear_conv_kernel_dim": 4, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                 "shared_expert_intermediate_size": 48},
+    ),
+    # Qwen3-Next: the same with the linear attention's projections grouped by key head, a dense first layer.
+    "qwen3_next": _Family(
+        "qwen3_next", "Qwen3NextForCausalLM", adds_bos=False, rope_theta=10000000.0,
+        config={"num_hidden_layers": 4, "head_dim": 32, "partial_rotary_factor": 0.25, "linear_num_key_heads": 2,
+                "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 24,
+                "linear_conv_kernel_dim": 4, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                "shared_expert_intermediate_size": 48, "mlp_only_layers": [0], "intermediate_size": 96},
     ),
 }
 

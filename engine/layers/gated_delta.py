@@ -1,4 +1,4 @@
-"""Gated DeltaNet: the linear-attention layers of Qwen3.5 and Qwen3-Next.
+"""Gated DeltaNet: the linear-attention layers of Qwen3.5 and Qwen3-Next (GroupedGatedDeltaNet).
 
 Each value head keeps a [key dim, value dim] state that decays by a learned,
 input-dependent gate and is corrected toward each new value along its key (the
@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.distributed import tp_rank, tp_size
-from pagoda.engine.layers.linear import MergedColumnParallelLinear, RowParallelLinear, divide
+from pagoda.engine.layers.linear import ColumnParallelLinear, MergedColumnParallelLinear, RowParallelLinear, divide
 from pagoda.engine.layers.recurrent import RecurrentMixer
 from pagoda.engine.layers.weights import copy_into, read_shard
 from pagoda.engine.model_config import LinearAttentionConfig
@@ -44,9 +44,7 @@ class GatedDeltaNet(RecurrentMixer):
         self.parts = [key_heads * cfg.key_head_dim] * 2 + [value_heads * cfg.value_head_dim]
         super().__init__(sum(self.parts), cfg.conv_kernel, False, self._load_conv)
         self.cfg, self.key_heads, self.value_heads = cfg, key_heads, value_heads
-        self.in_proj_qkv = MergedColumnParallelLinear(hidden_size, [key_dim, key_dim, value_dim])
-        self.in_proj_zba = MergedColumnParallelLinear(hidden_size, [value_dim, cfg.num_value_heads,
-                                                                    cfg.num_value_heads])
+        self.make_projections(hidden_size, key_dim, value_dim)
         for name in ("A_log", "dt_bias"):
             param = nn.Parameter(torch.empty(value_heads), requires_grad=False)
             param.weight_loader = self._load_heads
@@ -55,29 +53,40 @@ class GatedDeltaNet(RecurrentMixer):
         self.norm.weight = nn.Parameter(torch.ones(cfg.value_head_dim), requires_grad=False)
         self.out_proj = RowParallelLinear(value_dim, hidden_size)
 
+    def make_projections(self, hidden_size: int, key_dim: int, value_dim: int) -> None:
+        self.in_proj_qkv = MergedColumnParallelLinear(hidden_size, [key_dim, key_dim, value_dim])
+        self.in_proj_zba = MergedColumnParallelLinear(hidden_size, [value_dim, self.cfg.num_value_heads,
+                                                                    self.cfg.num_value_heads])
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q|k|v [T, conv_dim], z [T, value heads, value dim], b, a [T, value heads]), this rank's."""
+        z, b, a = self.in_proj_zba(x).split([self.parts[2], self.value_heads, self.value_heads], dim=-1)
+        return self.in_proj_qkv(x), z.reshape(x.shape[0], -1, self.cfg.value_head_dim), b, a
+
     def _load_heads(self, param: nn.Parameter, src: Any) -> None:
         copy_into(param, read_shard(src, 0, tp_rank() * self.value_heads, self.value_heads))
 
     def _load_conv(self, param: nn.Parameter, src: Any) -> None:
-        """conv1d's weight [conv_dim, 1, K] holds q, k and v's channels, as in_proj_qkv's rows."""
-        for part in range(3):
-            offset, size, start, _ = self.in_proj_qkv.rows(part)
-            rows = read_shard(src, 0, self.in_proj_qkv.fused_start(part) + start, size)
+        """conv1d's weight [conv_dim, 1, K] holds q, k and v's channels, each part's split by heads."""
+        cfg, offset = self.cfg, 0
+        full = [cfg.num_key_heads * cfg.key_head_dim] * 2 + [cfg.num_value_heads * cfg.value_head_dim]
+        for part, size in enumerate(self.parts):
+            rows = read_shard(src, 0, sum(full[:part]) + tp_rank() * size, size)
             copy_into(param.data.narrow(0, offset, size), rows.reshape(size, *param.shape[1:]))
+            offset += size
 
     def state_shape(self) -> tuple[int, ...]:
         return self.value_heads, self.cfg.key_head_dim, self.cfg.value_head_dim
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """(positions unused: the recurrence is ordered by itself.)"""
-        t, cfg = x.shape[0], self.cfg
-        z, b, a = self.in_proj_zba(x).split([self.parts[2], self.value_heads, self.value_heads], dim=-1)
+        qkv, z, b, a = self.project(x)
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
         # [T, heads, value dim], rounded to the model's dtype as transformers' kernels return it
-        y = self.recur(self.in_proj_qkv(x), (g, b.float().sigmoid()), meta).to(x.dtype).float()
-        normed = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
-        normed = (self.norm.weight * normed.to(x.dtype)).float() * F.silu(z.float().view(t, -1, cfg.value_head_dim))
-        return self.out_proj(normed.to(x.dtype).view(t, -1))
+        y = self.recur(qkv, (g, b.float().sigmoid()), meta).to(x.dtype).float()
+        normed = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps)
+        normed = (self.norm.weight * normed.to(x.dtype)).float() * F.silu(z.float())
+        return self.out_proj(normed.to(x.dtype).view(x.shape[0], -1))
 
     def _split(self, conv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = conv.split(self.parts, dim=-1)
@@ -92,3 +101,22 @@ class GatedDeltaNet(RecurrentMixer):
     def chunk(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
               state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return recurrent.gated_delta_prefill(*self._split(conv), *inputs, state, CHUNK_SIZE)
+
+
+class GroupedGatedDeltaNet(GatedDeltaNet):
+    """Qwen3-Next's layout of the same layer: in_proj_qkvz and in_proj_ba store their rows by key head, each
+    key head's q, k, its value heads' v and z (and b, a) together, so a rank's key heads are one run of rows
+    of each; the outputs are regrouped into q|k|v and z, b, a."""
+
+    def make_projections(self, hidden_size: int, key_dim: int, value_dim: int) -> None:
+        self.in_proj_qkvz = ColumnParallelLinear(hidden_size, 2 * key_dim + 2 * value_dim)
+        self.in_proj_ba = ColumnParallelLinear(hidden_size, 2 * self.cfg.num_value_heads)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        t, cfg = x.shape[0], self.cfg
+        per_key = self.value_heads // self.key_heads
+        q, k, v, z = self.in_proj_qkvz(x).view(t, self.key_heads, -1).split(
+            [cfg.key_head_dim, cfg.key_head_dim, per_key * cfg.value_head_dim, per_key * cfg.value_head_dim], dim=-1)
+        b, a = self.in_proj_ba(x).view(t, self.key_heads, -1).split(per_key, dim=-1)
+        qkv = torch.cat([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], dim=-1)
+        return qkv, z.reshape(t, -1, cfg.value_head_dim), b.reshape(t, -1), a.reshape(t, -1)

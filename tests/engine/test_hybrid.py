@@ -1,6 +1,7 @@
-"""Models with Mamba-2 layers: the scan's two forms agree, state slots live and die with their
-sequences, and whole models match transformers (every scheduling regime is in test_hf_parity's
-matrix; here the variants, tensor parallelism and the engine's rules for such models)."""
+"""Models with recurrent layers (Mamba-2, Gated DeltaNet): each recurrence's two forms agree, state
+slots live and die with their sequences, and whole models match transformers (every scheduling
+regime is in test_hf_parity's matrix; here the variants, tensor parallelism and the engine's rules
+for such models)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,25 @@ def test_chunked_scan_equals_the_recurrence(length: int, chunk: int) -> None:
     torch.testing.assert_close(final, state[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(("length", "chunk", "key_heads"), [(1, 4, 2), (9, 4, 2), (16, 8, 4), (21, 64, 1)])
+def test_chunked_delta_rule_equals_the_recurrence(length: int, chunk: int, key_heads: int) -> None:
+    """gated_delta_prefill (a triangular solve per chunk) from a non-zero state equals the token-by-token
+    delta rule (gated_delta_decode), value heads sharing key heads 1, 2 or 4 to one."""
+    torch.manual_seed(length)
+    heads = 4
+    q, k = torch.randn(length, key_heads, 8), torch.randn(length, key_heads, 8)
+    v, g, beta = torch.randn(length, heads, 6), -torch.rand(length, heads), torch.rand(length, heads)
+    state = torch.randn(heads, 8, 6)
+    y, final = recurrent.gated_delta_prefill(q, k, v, g, beta, state, chunk)
+    states, ys = state[None], []
+    for t in range(length):
+        out, states = recurrent.gated_delta_decode(q[t : t + 1], k[t : t + 1], v[t : t + 1], g[t : t + 1],
+                                                   beta[t : t + 1], states)
+        ys.append(out[0])
+    torch.testing.assert_close(y, torch.stack(ys), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(final, states[0], rtol=1e-4, atol=1e-4)
+
+
 def test_causal_conv_prefill_equals_decode_steps() -> None:
     """A chunk through conv_prefill from a carried state equals one conv_decode step per token."""
     torch.manual_seed(0)
@@ -78,6 +98,23 @@ def test_state_slots_are_held_with_the_blocks() -> None:
     assert manager.allocate(c, 5) and c.state_slot == slot
 
 
+def _with_config(path, tmp_path, **changes):
+    """A model directory beside `path` sharing its files, its config.json changed (None: key removed)."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for item in path.iterdir():
+        if item.name != "config.json":
+            (hub / item.name).symlink_to(item)
+    config = json.loads((path / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    (hub / "config.json").write_text(json.dumps(config))
+    return hub
+
+
 @pytest.mark.parametrize("variant", [
     # Granite 4.0's dense models (granite-4.0-h-micro): a shared MLP and no experts.
     {"num_local_experts": 0},
@@ -95,15 +132,16 @@ def test_hub_layer_names_are_read(tiny_model, tmp_path) -> None:
     """Hub configs name the kinds "mamba" and "attention" (transformers 5 writes linear_attention,
     full_attention), and an infinite time-step limit as JSON's Infinity."""
     path = tiny_model("granitemoehybrid")
-    hub = tmp_path / "hub"
-    hub.mkdir()
-    for item in path.iterdir():
-        (hub / item.name).symlink_to(item)
-    config = json.loads((path / "config.json").read_text())
-    config["layer_types"] = ["mamba", "attention", "mamba"]
-    config["time_step_limit"] = [0.0, float("inf")]
-    (hub / "config.json").unlink()
-    (hub / "config.json").write_text(json.dumps(config))
+    hub = _with_config(path, tmp_path, layer_types=["mamba", "attention", "mamba"], time_step_limit=[0.0, float("inf")])
+    outs = LLM(str(hub), dtype="float32").generate(PROMPTS[:3], GREEDY)
+    for out in outs:
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
+
+
+def test_qwen3_next_hub_config_without_layer_types(tiny_model, tmp_path) -> None:
+    """Qwen3-Next's hub config gives only full_attention_interval (every 4th layer attends)."""
+    path = tiny_model("qwen3_next")
+    hub = _with_config(path, tmp_path, layer_types=None, full_attention_interval=4)
     outs = LLM(str(hub), dtype="float32").generate(PROMPTS[:3], GREEDY)
     for out in outs:
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
@@ -136,11 +174,16 @@ def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
     assert sorted(llm.engine.block_manager.free_state_slots) == [0, 1]
 
 
-@pytest.mark.parametrize(("groups", "tp"), [(1, 2), (2, 2), pytest.param(1, 4, marks=pytest.mark.slow)])
-def test_tensor_parallel_hybrid_matches_transformers(tiny_model, groups: int, tp: int) -> None:
-    """Heads split over the ranks; B and C split with their groups (2 groups over 2 ranks) or held by
-    every rank of a group (1 group), whose gated norm then sums its squares across ranks."""
-    path = tiny_model("granitemoehybrid", mamba_n_groups=groups)
+@pytest.mark.parametrize(("arch", "overrides", "tp"), [
+    ("granitemoehybrid", {"mamba_n_groups": 1}, 2), ("granitemoehybrid", {}, 2),
+    pytest.param("granitemoehybrid", {"mamba_n_groups": 1}, 4, marks=pytest.mark.slow),
+    ("qwen3_5", {}, 2), ("qwen3_next", {}, 2),
+])
+def test_tensor_parallel_hybrid_matches_transformers(tiny_model, arch: str, overrides: dict, tp: int) -> None:
+    """Mamba: heads split over the ranks; B and C split with their groups (2 groups over 2 ranks) or held
+    by every rank of a group (1 group), whose gated norm then sums its squares across ranks. Gated
+    DeltaNet: key heads split, each rank with their value heads (Qwen3-Next's grouped rows too)."""
+    path = tiny_model(arch, **overrides)
     prompts = [list(range(3, 3 + n)) for n in (5, 17, 30)]
     llm = LLM(str(path), dtype="float32", tensor_parallel_size=tp, block_size=4, max_num_batched_tokens=16)
     for prompt, tokens in zip(prompts, engine_token_ids(llm, prompts, GREEDY)):
