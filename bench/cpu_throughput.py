@@ -8,7 +8,8 @@ Every request has its own random-token prompt (uniform lengths) and the same num
 of output tokens with EOS ignored, so all three do exactly the same useful work;
 the reported figure is useful output tokens per second and the ratios between them.
 
-    python -m bench.cpu_throughput [--arch llama|deepseek_v3|gpt_oss] [--num-seqs 32] [--output-len 32]
+    python -m bench.cpu_throughput [--arch llama|deepseek_v3|gpt_oss|qwen3_5|granitemoehybrid] [--num-seqs 32]
+                                   [--output-len 32]
 
 With --arch deepseek_v3 the model is DeepSeek-V3-shaped (latent attention, grouped sigmoid router,
 shared expert, a dense first layer), and the record adds the KV-cache bytes per token that latent
@@ -44,6 +45,14 @@ SHAPES = {
     # alternating, 16 biased experts with the clamped SwiGLU (4 routed per token).
     "gpt_oss": dict(MODEL_SHAPE, head_dim=64, num_local_experts=16, num_experts_per_tok=4, intermediate_size=192,
                     sliding_window=128, swiglu_limit=7.0),
+    # Hybrids: Qwen3.5's three Gated DeltaNet layers to one gated attention layer (rotary over a quarter of
+    # 64-wide heads; 4 key and 8 value heads of 32 in the linear attention), and Granite 4.0-H's (Micro's
+    # dense) Mamba-2 layers around one attention layer (8 heads of 64, state 64, chunks of 64).
+    "qwen3_5": dict(MODEL_SHAPE, head_dim=64, linear_num_key_heads=4, linear_num_value_heads=8,
+                    linear_key_head_dim=32, linear_value_head_dim=32),
+    "granitemoehybrid": dict(MODEL_SHAPE, layer_types=["mamba", "mamba", "attention", "mamba"], mamba_n_heads=8,
+                             mamba_n_groups=1, mamba_d_state=64, mamba_chunk_size=64, num_local_experts=0,
+                             shared_intermediate_size=768),
 }
 # (layers, attention heads, kv_lora_rank + qk_rope_head_dim, qk head dim, v head dim) of config.json.
 MLA_MODELS = {"DeepSeek-V3 / R1": (61, 128, 576, 192, 128), "DeepSeek-V2-Lite": (27, 16, 576, 192, 128),
@@ -103,7 +112,10 @@ def run_hf_generate(path: str, prompts: list[list[int]], output_len: int, batch_
 def run_hf_generate_batch(path: str, prompts: list[list[int]], output_len: int) -> dict:
     model = load_hf_paged(path, torch.float32)
     config = _hf_config(output_len)
-    model.generate_batch(inputs=[prompts[0]], generation_config=_hf_config(2))
+    try:
+        model.generate_batch(inputs=[prompts[0]], generation_config=_hf_config(2))
+    except ValueError as error:  # its paged cache refuses recurrent layers ("Invalid layer type: linear_attention")
+        return {"output_tokens": 0, "failed": True, "error": str(error)}
     start = time.perf_counter()
     results = model.generate_batch(inputs=prompts, generation_config=config)
     elapsed = time.perf_counter() - start

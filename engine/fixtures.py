@@ -35,7 +35,7 @@ from pagoda.kernels import reference
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
-    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid",
+    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h",
     "qwen3_5", "qwen3_5_moe", "qwen3_next",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -349,6 +349,14 @@ _FAMILIES: dict[str, _Family] = {
                 "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32,
                 "shared_intermediate_size": 48, "position_embedding_type": None, "embedding_multiplier": 6.0,
                 "residual_multiplier": 0.4, "attention_multiplier": 0.1, "logits_scaling": 2.5},
+    ),
+    # Nemotron-H: one mixer per block (Mamba-2, attention without rotary, a squared-ReLU MLP), as its
+    # hybrid_override_pattern lays them out; 8 Mamba heads in 2 groups, chunks of 8 tokens.
+    "nemotron_h": _Family(
+        "nemotron_h", "NemotronHForCausalLM", adds_bos=True, rope_theta=10000.0,
+        config={"layers_block_type": ["linear_attention", "mlp", "full_attention", "mlp", "linear_attention", "mlp"],
+                "mamba_num_heads": 8, "n_groups": 2, "ssm_state_size": 16, "mamba_head_dim": 16, "chunk_size": 8,
+                "head_dim": 16, "intermediate_size": 96, "mlp_bias": True},
     ),
     # Qwen3.5: three Gated DeltaNet layers (2 key heads, 4 value heads) to one gated full-attention layer with
     # rotary over a quarter of each head; the MoE one routes every MLP beside a gated shared expert.

@@ -643,7 +643,8 @@ def load_model_config(
         vocab_size=int(cfg["vocab_size"]),
         hidden_size=hidden,
         intermediate_size=int(cfg["intermediate_size"]),
-        num_layers=int(cfg["num_hidden_layers"]),
+        # Nemotron-H's configs as transformers 5 writes them count the layers only by listing them.
+        num_layers=int(cfg.get("num_hidden_layers") or len(cfg.get("layers_block_type") or ())),
         num_heads=num_heads,
         # Latent attention caches one latent per token, shared by every head: a single "KV head" as wide as it.
         num_kv_heads=1 if mla else int(cfg.get("num_key_value_heads") or num_heads),

@@ -1,10 +1,12 @@
 """Hybrid decoders whose layers are Mamba-2 mixers or attention: IBM Granite 4.0-H (and Granite 4.0's
-dense models, which share its architecture).
+dense models, which share its architecture) and NVIDIA Nemotron-H.
 
-A Mamba layer takes the place of attention inside an otherwise ordinary decoder
-layer (norm, mixer, residual, norm, MLP, residual): the mixer keeps per-sequence
-states instead of KV (engine/layers/mamba.py), and only the attention layers
-take blocks of the paged KV cache.
+In Granite a Mamba layer takes the place of attention inside an otherwise
+ordinary decoder layer (norm, mixer, residual, norm, MLP, residual); Nemotron-H's
+blocks each hold one mixer (Mamba-2, attention or an MLP) between a norm and the
+residual. The mixers keep per-sequence states instead of KV
+(engine/layers/mamba.py), and only the attention layers take blocks of the paged
+KV cache.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import torch
 from torch import nn
 
 from pagoda.engine.attention import AttentionMetadata
+from pagoda.engine.layers.linear import ColumnParallelLinear, RowParallelLinear
 from pagoda.engine.layers.mamba import Mamba2Mixer
+from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.model_config import ModelConfig, mamba_config
-from pagoda.engine.models.llama import DecoderAttention, DecoderMLP
+from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderModel, LlamaForCausalLM
 from pagoda.engine.models.moe import GraniteMoeForCausalLM, SparseMoeBlock
 
 # config.json's names of a layer's kind: transformers 5's, and the hub's older ones.
@@ -70,4 +74,87 @@ class GraniteMoeHybridForCausalLM(GraniteMoeForCausalLM):
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
         for theirs, ours in self._names.items():
             name = name.replace(theirs, ours)
+        return super().checkpoint_target(name)
+
+
+# Nemotron-H's hybrid_override_pattern letters (hub configs) and transformers 5's layers_block_type names.
+_NEMOTRON_PATTERN = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+_NEMOTRON_KINDS = {"linear_attention": "mamba", "full_attention": "attention", "mlp": "mlp", "moe": "moe"}
+
+
+def nemotron_kinds(hf: dict[str, Any]) -> list[str]:
+    """Each block's mixer: "mamba", "attention", "mlp" or "moe"."""
+    if hf.get("layers_block_type"):
+        names, table = hf["layers_block_type"], _NEMOTRON_KINDS
+    else:
+        names, table = list(hf.get("hybrid_override_pattern") or ""), _NEMOTRON_PATTERN
+    if not names or any(n not in table for n in names):
+        raise ValueError(f"Nemotron-H needs layers_block_type or hybrid_override_pattern naming each block "
+                         f"({', '.join(table)}): {names}")
+    return [table[n] for n in names]
+
+
+class ReluSquaredMLP(nn.Module):
+    """Nemotron-H's ungated MLP: down(relu(up(x))^2)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool) -> None:
+        super().__init__()
+        self.up_proj = ColumnParallelLinear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        return self.down_proj(torch.relu(self.up_proj(x)).square())
+
+
+class NemotronHBlock(nn.Module):
+    """norm, then the block's one mixer, whose output joins the residual stream."""
+
+    def __init__(self, hidden_size: int, eps: float, mixer: nn.Module) -> None:
+        super().__init__()
+        self.norm = RMSNorm(hidden_size, eps)
+        self.mixer = mixer
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
+                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        x, residual = self.norm.with_residual(x, residual)
+        return self.mixer(positions, x, meta), residual
+
+
+class NemotronHForCausalLM(LlamaForCausalLM):
+    """NVIDIA Nemotron-H (8B, 47B, 56B) and Nemotron Nano 9B/12B v2: blocks of Mamba-2 (most), attention
+    without rotary (a few) and ungated squared-ReLU MLPs, as `hybrid_override_pattern` lays them out.
+    Checkpoints name the decoder `backbone`, its embeddings `embeddings` and final norm `norm_f`."""
+
+    # Only attention's q/k/v are fused here: the MLP's up_proj stands alone (no gate).
+    packed_modules = {name: target for name, target in LlamaForCausalLM.packed_modules.items()
+                      if target[0] == "qkv_proj"}
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.kinds = nemotron_kinds(cfg.hf_config)
+        if "moe" in self.kinds:
+            raise ValueError("Nemotron-H's mixture-of-experts blocks (Nemotron 3) are not supported: their experts "
+                             "are ungated squared-ReLU MLPs, which the fused MoE kernel does not run")
+        self.mamba = mamba_config(cfg.hf_config)
+        self.eps = float(cfg.hf_config.get("layer_norm_epsilon") or 1e-5)
+        super().__init__(cfg)
+
+    def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
+        model = DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=self._block)
+        model.norm = RMSNorm(cfg.hidden_size, self.eps)
+        return model
+
+    def _block(self, cfg: ModelConfig, layer: int) -> nn.Module:
+        kind = self.kinds[layer]
+        if kind == "mamba":
+            mixer: nn.Module = MambaMixerLayer(cfg.hidden_size, self.mamba)
+        elif kind == "attention":
+            mixer = DecoderAttention(cfg, cfg.attention_bias, False, use_rope=False)
+        else:
+            mixer = ReluSquaredMLP(cfg.hidden_size, cfg.intermediate_size, bool(cfg.hf_config.get("mlp_bias")))
+        return NemotronHBlock(cfg.hidden_size, self.eps, mixer)
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        if name.startswith("backbone."):
+            name = "model." + name.removeprefix("backbone.")
+        name = name.replace("model.embeddings.", "model.embed_tokens.").replace("model.norm_f.", "model.norm.")
         return super().checkpoint_target(name)

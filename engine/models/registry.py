@@ -50,6 +50,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "GptOssForCausalLM": ("pagoda.engine.models.gpt_oss", "GptOssForCausalLM"),
     # Hybrids of Mamba-2 and attention layers.
     "GraniteMoeHybridForCausalLM": ("pagoda.engine.models.hybrid", "GraniteMoeHybridForCausalLM"),
+    "NemotronHForCausalLM": ("pagoda.engine.models.hybrid", "NemotronHForCausalLM"),
     # Gated DeltaNet (linear attention) and gated full attention.
     "Qwen3_5ForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3_5ForCausalLM"),
     "Qwen3_5MoeForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3_5MoeForCausalLM"),
