@@ -350,6 +350,14 @@ _FAMILIES: dict[str, _Family] = {
                 "shared_intermediate_size": 48, "position_embedding_type": None, "embedding_multiplier": 6.0,
                 "residual_multiplier": 0.4, "attention_multiplier": 0.1, "logits_scaling": 2.5},
     ),
+    # Bamba: Mamba-2 in every layer but attn_layer_indices (rotary over half of each head there). Not in
+    # FIXTURE_ARCHS: transformers' cached decoding of Bamba departs from its own full forward pass, so
+    # tests compare with the latter (tests/engine/test_hybrid.py).
+    "bamba": _Family(
+        "bamba", "BambaForCausalLM", adds_bos=True, rope_theta=10000.0,
+        config={"num_hidden_layers": 3, "attn_layer_indices": [1], "mamba_n_heads": 8, "mamba_n_groups": 2,
+                "mamba_d_state": 16, "mamba_d_head": "auto", "mamba_chunk_size": 8, "partial_rotary_factor": 0.5},
+    ),
     # Nemotron-H: one mixer per block (Mamba-2, attention without rotary, a squared-ReLU MLP), as its
     # hybrid_override_pattern lays them out; 8 Mamba heads in 2 groups, chunks of 8 tokens.
     "nemotron_h": _Family(

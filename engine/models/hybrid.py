@@ -1,7 +1,7 @@
 """Hybrid decoders whose layers are Mamba-2 mixers or attention: IBM Granite 4.0-H (and Granite 4.0's
-dense models, which share its architecture) and NVIDIA Nemotron-H.
+dense models, which share its architecture), IBM Bamba and NVIDIA Nemotron-H.
 
-In Granite a Mamba layer takes the place of attention inside an otherwise
+In Granite and Bamba a Mamba layer takes the place of attention inside an otherwise
 ordinary decoder layer (norm, mixer, residual, norm, MLP, residual); Nemotron-H's
 blocks each hold one mixer (Mamba-2, attention or an MLP) between a norm and the
 residual. The mixers keep per-sequence states instead of KV
@@ -73,6 +73,30 @@ class GraniteMoeHybridForCausalLM(GraniteMoeForCausalLM):
 
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
         for theirs, ours in self._names.items():
+            name = name.replace(theirs, ours)
+        return super().checkpoint_target(name)
+
+
+class BambaForCausalLM(LlamaForCausalLM):
+    """IBM Bamba-9B: Llama's layers (SwiGLU MLP `feed_forward`, rotary over part of each head) with Mamba-2
+    in place of attention in every layer but `attn_layer_indices`."""
+
+    _NAMES = {".mamba.": ".self_attn.", ".feed_forward.": ".mlp.", ".pre_ff_layernorm.": ".post_attention_layernorm.",
+              "model.final_layernorm.": "model.norm."}
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        attention = set(cfg.hf_config.get("attn_layer_indices") or ())
+        self.kinds = ["attention" if i in attention else "mamba" for i in range(cfg.num_layers)]
+        self.mamba = mamba_config(cfg.hf_config)
+        super().__init__(cfg)
+
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
+        if self.kinds[layer] == "mamba":
+            return {"attention": MambaMixerLayer(cfg.hidden_size, self.mamba)}
+        return {"attention": DecoderAttention(cfg, cfg.attention_bias, False)}
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        for theirs, ours in self._NAMES.items():
             name = name.replace(theirs, ours)
         return super().checkpoint_target(name)
 

@@ -51,6 +51,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     # Hybrids of Mamba-2 and attention layers.
     "GraniteMoeHybridForCausalLM": ("pagoda.engine.models.hybrid", "GraniteMoeHybridForCausalLM"),
     "NemotronHForCausalLM": ("pagoda.engine.models.hybrid", "NemotronHForCausalLM"),
+    "BambaForCausalLM": ("pagoda.engine.models.hybrid", "BambaForCausalLM"),
     # Gated DeltaNet (linear attention) and gated full attention.
     "Qwen3_5ForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3_5ForCausalLM"),
     "Qwen3_5MoeForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3_5MoeForCausalLM"),

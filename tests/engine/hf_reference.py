@@ -30,6 +30,16 @@ def hf_greedy(path: pathlib.Path, prompt_ids: list[int], max_new_tokens: int) ->
 
 
 @torch.inference_mode()
+def hf_greedy_uncached(path: pathlib.Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation by a full forward pass over the whole sequence for every token: the reference
+    where transformers' own cached decoding of a model is not (Bamba's, in transformers 5.23)."""
+    ids = list(prompt_ids)
+    for _ in range(max_new_tokens):
+        ids.append(int(hf_model(path)(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt_ids):]
+
+
+@torch.inference_mode()
 def hf_logprobs(path: pathlib.Path, token_ids: list[int]) -> torch.Tensor:
     """[len-1, vocab] log-softmax of the next-token logits at every position but the last."""
     logits = hf_model(path)(torch.tensor([token_ids])).logits[0, :-1].float()
