@@ -62,16 +62,20 @@ def route(router_logits: torch.Tensor, top_k: int, renormalize: bool, *, scoring
 
 
 class FusedMoE(nn.Module):
-    """E SwiGLU experts of one layer; forward returns this rank's partial sum (not reduced).
+    """E SwiGLU experts of one layer (or ungated relu(up)^2 ones, `gated` off); forward returns this rank's
+    partial sum (not reduced).
 
     GPT-OSS's experts add a `bias` to both GEMMs (w13_bias [E, 2I/tp], gate then up like w13's rows;
     w2_bias [E, H], held by one rank only unless experts are whole per rank, since every rank's partial
     sums are added) and use the `clamped` SwiGLU."""
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, *, bias: bool = False,
-                 clamped: ClampedSwiglu | None = None) -> None:
+                 clamped: ClampedSwiglu | None = None, gated: bool = True) -> None:
         super().__init__()
         self.clamped = clamped
+        # Ungated experts (Nemotron-H's): w13 holds only each expert's up rows, activated as relu(up)^2.
+        self.gated = gated
+        rows = 2 if gated else 1
         self.num_experts = num_experts
         self.intermediate_size = intermediate_size
         ep = expert_parallel()
@@ -81,7 +85,7 @@ class FusedMoE(nn.Module):
         self.first_expert = tp_rank() * self.local_experts if ep else 0
         self.per_rank = intermediate_size if ep else divide(intermediate_size, tp_size(), "expert intermediate size")
         self.shard_start = 0 if ep else tp_rank() * self.per_rank
-        self.w13 = nn.Parameter(torch.empty(self.local_experts, 2 * self.per_rank, hidden_size), requires_grad=False)
+        self.w13 = nn.Parameter(torch.empty(self.local_experts, rows * self.per_rank, hidden_size), requires_grad=False)
         self.w2 = nn.Parameter(torch.empty(self.local_experts, hidden_size, self.per_rank), requires_grad=False)
         self.w13.weight_loader = self.weight_loader
         self.w2.weight_loader = self.weight_loader
@@ -90,7 +94,7 @@ class FusedMoE(nn.Module):
         self.register_buffer("expert_map", torch.where((ids >= 0) & (ids < self.local_experts), ids, -1) if ep else None)
         self.w13_bias = self.w2_bias = None
         if bias:
-            self.w13_bias = nn.Parameter(torch.empty(self.local_experts, 2 * self.per_rank), requires_grad=False)
+            self.w13_bias = nn.Parameter(torch.empty(self.local_experts, rows * self.per_rank), requires_grad=False)
             self.w2_bias = nn.Parameter(torch.empty(self.local_experts, hidden_size), requires_grad=False)
             self.w13_bias.weight_loader = self.w2_bias.weight_loader = self.weight_loader
 
@@ -121,8 +125,8 @@ class FusedMoE(nn.Module):
             copy_into(param.data, read_full(src) if whole else torch.zeros(param.shape))
         elif part == 2:
             copy_into(param.data, read_shard(src, 2, *(columns or (start, size))))
-        else:  # gate_up: the gate rows, then the up rows, each split across ranks
-            for half in (0, 1):
+        else:  # gate_up: the gate rows, then the up rows, each split across ranks (ungated: up rows only)
+            for half in (0, 1) if self.gated else (0,):
                 rows = read_shard(src, 1, half * self.intermediate_size + start, size)
                 copy_into(param.data.narrow(1, half * size, size), rows)
 
@@ -133,7 +137,8 @@ class FusedMoE(nn.Module):
         if expert == STACKED:
             stack = self._local_stack(src)
             shape, hidden = tuple(source_shape(stack)[1:]), self.w2.shape[1]
-            linear = (2 * self.intermediate_size, hidden) if part == 0 else (hidden, self.intermediate_size)
+            rows = (2 if self.gated else 1) * self.intermediate_size
+            linear = (rows, hidden) if part == 0 else (hidden, self.intermediate_size)
             if len(shape) == 2 and shape != linear and shape == linear[::-1]:  # [experts, in, out]: Qwen3-VL-MoE's
                 stack = read_full(stack).transpose(1, 2)
             self.load_local_stack(param, stack, part)
@@ -144,13 +149,21 @@ class FusedMoE(nn.Module):
         if part == 2:
             copy_into(param.data[expert], read_shard(src, 1, start, size))
         else:
-            copy_into(param.data[expert].narrow(0, part * size, size), read_shard(src, 0, start, size))
+            if not self.gated and part == 0:
+                raise ValueError("these experts are ungated: a checkpoint gate projection has no place in them")
+            offset = part * size if self.gated else 0
+            copy_into(param.data[expert].narrow(0, offset, size), read_shard(src, 0, start, size))
+
+    def _check_gated(self, what: str) -> None:
+        if not self.gated:
+            raise ValueError(f"{what} checkpoints of ungated experts (Nemotron-H's) are not supported")
 
     # (rows, columns) of the FP8 scale blocks once the experts are FP8; None: plain weights.
     fp8_block: tuple[int, int] | None = None
 
     def use_fp8(self, block: tuple[int, int]) -> None:
         """Holds every expert's weights as FP8 with block scales, as the checkpoint stores them."""
+        self._check_gated("FP8")
         self.fp8_block = block
         self.w13 = fp8_weight(self.w13, self.weight_loader)
         self.w2 = fp8_weight(self.w2, self.weight_loader)
@@ -191,6 +204,7 @@ class FusedMoE(nn.Module):
         group scales (MXFP4: gpt-oss). A rank's share of each expert's intermediate columns may split a
         group (gpt-oss's 2880 columns over 4 or 8 ranks, groups of 32): both ranks hold its scales, and
         the down projection's kernel counts this rank's columns from their offset into the first group."""
+        self._check_gated(cfg.method)
         if cfg.act_order or (cfg.codebook and cfg.method != "mxfp4"):
             raise ValueError(f"{cfg.method} experts with {'act-order (desc_act, g_idx)' if cfg.act_order else 'a codebook'}"
                              " are not supported")
@@ -246,7 +260,7 @@ class FusedMoE(nn.Module):
             copy_into(param.data[expert], read_shard(src, 1, *columns))
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        common = dict(expert_map=self.expert_map, clamped=self.clamped,
+        common = dict(expert_map=self.expert_map, clamped=self.clamped, gated=self.gated,
                       biases=None if self.w13_bias is None else (self.w13_bias, self.w2_bias))
         if self.int_quant is not None:
             quant = IntExperts(self.w13_scales, self.w13_zeros, self.w2_scales, self.w2_zeros, self.int_quant.bits,

@@ -17,12 +17,14 @@ import torch
 from torch import nn
 
 from pagoda.engine.attention import AttentionMetadata
-from pagoda.engine.layers.linear import ColumnParallelLinear, RowParallelLinear
+from pagoda.engine.distributed import all_reduce
+from pagoda.engine.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
 from pagoda.engine.layers.mamba import Mamba2Mixer
+from pagoda.engine.layers.moe import FusedMoE, route
 from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.model_config import ModelConfig, mamba_config
 from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderModel, LlamaForCausalLM
-from pagoda.engine.models.moe import GraniteMoeForCausalLM, SparseMoeBlock
+from pagoda.engine.models.moe import GraniteMoeForCausalLM, Router, SparseMoeBlock, _MixtureOfExperts
 
 # config.json's names of a layer's kind: transformers 5's, and the hub's older ones.
 _MAMBA_KINDS = ("linear_attention", "mamba")
@@ -119,35 +121,73 @@ def nemotron_kinds(hf: dict[str, Any]) -> list[str]:
 
 
 class ReluSquaredMLP(nn.Module):
-    """Nemotron-H's ungated MLP: down(relu(up(x))^2)."""
+    """Nemotron-H's ungated MLP: down(relu(up(x))^2); with `reduce_results` off, this rank's partial sum."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, reduce_results: bool = True) -> None:
         super().__init__()
         self.up_proj = ColumnParallelLinear(hidden_size, intermediate_size, bias=bias)
-        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias, reduce_results=reduce_results)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(torch.relu(self.up_proj(x)).square())
+
+
+class NemotronHMoE(nn.Module):
+    """Nemotron 3's mixture of experts: DeepSeek-V3's router (sigmoid scores steered by a correction bias,
+    groups of experts, normalized and scaled weights), ungated squared-ReLU experts, a shared one beside
+    them; where `moe_latent_size` says, the experts work in a smaller latent space between two
+    projections."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hf = cfg.hf_config
+        experts, bias = int(hf["n_routed_experts"]), bool(hf.get("mlp_bias"))
+        self.top_k, self.renormalize = int(hf["num_experts_per_tok"]), bool(hf.get("norm_topk_prob", True))
+        self.groups, self.topk_groups = int(hf.get("n_group") or 1), int(hf.get("topk_group") or 1)
+        self.scaling = float(hf.get("routed_scaling_factor") or 1.0)
+        latent = hf.get("moe_latent_size")
+        if latent and bias:
+            raise ValueError("latent MoE projections with biases are not supported")
+        self.gate = Router(cfg.hidden_size, experts, score_bias=True, fp32=True)
+        self.experts = FusedMoE(experts, int(latent or cfg.hidden_size), int(hf["moe_intermediate_size"]), gated=False)
+        self.shared_experts = ReluSquaredMLP(cfg.hidden_size, int(hf["moe_shared_expert_intermediate_size"]), bias,
+                                             reduce_results=False)
+        self.fc1_latent_proj = ReplicatedLinear(cfg.hidden_size, int(latent)) if latent else None
+        self.fc2_latent_proj = ReplicatedLinear(int(latent), cfg.hidden_size) if latent else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, ids = route(self.gate(x), self.top_k, self.renormalize, scoring="sigmoid", num_groups=self.groups,
+                             topk_groups=self.topk_groups, bias=self.gate.e_score_correction_bias,
+                             scaling=self.scaling)
+        if self.fc1_latent_proj is None:
+            routed = self.experts(x, weights, ids)
+        else:  # a linear map of this rank's partial sum: reduced with the rest
+            routed = self.fc2_latent_proj(self.experts(self.fc1_latent_proj(x), weights, ids))
+        return all_reduce(routed + self.shared_experts(x))
 
 
 class NemotronHBlock(nn.Module):
     """norm, then the block's one mixer, whose output joins the residual stream."""
 
-    def __init__(self, hidden_size: int, eps: float, mixer: nn.Module) -> None:
+    def __init__(self, hidden_size: int, eps: float, mixer: nn.Module, positional: bool) -> None:
         super().__init__()
         self.norm = RMSNorm(hidden_size, eps)
         self.mixer = mixer
+        self.positional = positional  # Mamba and attention take the step's positions and metadata; MLPs do not
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
                 meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
         x, residual = self.norm.with_residual(x, residual)
-        return self.mixer(positions, x, meta), residual
+        return (self.mixer(positions, x, meta) if self.positional else self.mixer(x)), residual
 
 
-class NemotronHForCausalLM(LlamaForCausalLM):
-    """NVIDIA Nemotron-H (8B, 47B, 56B) and Nemotron Nano 9B/12B v2: blocks of Mamba-2 (most), attention
-    without rotary (a few) and ungated squared-ReLU MLPs, as `hybrid_override_pattern` lays them out.
-    Checkpoints name the decoder `backbone`, its embeddings `embeddings` and final norm `norm_f`."""
+class NemotronHForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
+    """NVIDIA Nemotron-H (8B, 47B, 56B), Nemotron Nano 9B/12B v2 and Nemotron 3 (Nano 30B-A3B): blocks of
+    Mamba-2 (most), attention without rotary (a few), ungated squared-ReLU MLPs or mixtures of such
+    experts, as `hybrid_override_pattern` lays them out. Checkpoints name the decoder `backbone`, its
+    embeddings `embeddings` and final norm `norm_f`; MTP layers are skipped."""
+
+    ignored_checkpoint_prefixes: tuple[str, ...] = ("mtp.",)
 
     # Only attention's q/k/v are fused here: the MLP's up_proj stands alone (no gate).
     packed_modules = {name: target for name, target in LlamaForCausalLM.packed_modules.items()
@@ -155,9 +195,6 @@ class NemotronHForCausalLM(LlamaForCausalLM):
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.kinds = nemotron_kinds(cfg.hf_config)
-        if "moe" in self.kinds:
-            raise ValueError("Nemotron-H's mixture-of-experts blocks (Nemotron 3) are not supported: their experts "
-                             "are ungated squared-ReLU MLPs, which the fused MoE kernel does not run")
         self.mamba = mamba_config(cfg.hf_config)
         self.eps = float(cfg.hf_config.get("layer_norm_epsilon") or 1e-5)
         super().__init__(cfg)
@@ -173,9 +210,11 @@ class NemotronHForCausalLM(LlamaForCausalLM):
             mixer: nn.Module = MambaMixerLayer(cfg.hidden_size, self.mamba)
         elif kind == "attention":
             mixer = DecoderAttention(cfg, cfg.attention_bias, False, use_rope=False)
+        elif kind == "moe":
+            mixer = NemotronHMoE(cfg)
         else:
             mixer = ReluSquaredMLP(cfg.hidden_size, cfg.intermediate_size, bool(cfg.hf_config.get("mlp_bias")))
-        return NemotronHBlock(cfg.hidden_size, self.eps, mixer)
+        return NemotronHBlock(cfg.hidden_size, self.eps, mixer, positional=kind in ("mamba", "attention"))
 
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
         if name.startswith("backbone."):

@@ -24,8 +24,8 @@ from pagoda.engine.models.llama import (DecoderMLP, GraniteForCausalLM, LlamaFor
                                         Qwen3ForCausalLM)
 
 # experts.<e>.<projection>.weight (and .weight_scale_inv of FP8 checkpoints, or the integer layout's
-# qweight, scales and zeros): one expert's part.
-_EXPERT = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<expert>\d+)\.(?P<part>\w+)"
+# qweight, scales and zeros): one expert's part, under the layer's `mlp` (Nemotron-H: `mixer`).
+_EXPERT = re.compile(r"^(?P<layer>.*\.(?:mlp|mixer)\.experts)\.(?P<expert>\d+)\.(?P<part>\w+)"
                      r"\.(?P<leaf>weight|weight_scale_inv|qweight|scales|zeros|g_idx)$")
 # Our parameter suffix of each checkpoint leaf (w13<suffix> or w2<suffix>).
 _EXPERT_LEAVES = {"weight": "", "weight_scale_inv": "_scale_inv", "qweight": "_qweight", "scales": "_scales",

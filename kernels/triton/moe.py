@@ -14,7 +14,8 @@ decode step stays capturable in a CUDA graph; tiles past the last expert's
 run see expert -1 and exit.
 
     gate_up[a] = x[a // k] @ w13[e(a)]^T            (first GEMM, rows gathered per token)
-    act        = silu(gate) * up                     (silu_and_mul kernel; GPT-OSS: clamped, with biases)
+    act        = silu(gate) * up                     (silu_and_mul kernel; GPT-OSS: clamped, with biases;
+                                                      ungated experts, Nemotron-H's: relu(up)^2)
     down[a]    = weight[a] * act[a] @ w2[e(a)]^T     (second GEMM, routing weight fused)
     out[t]     = sum over the token's k rows of down (fp32)
 
@@ -168,11 +169,11 @@ def fused_moe(
     w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
     int_experts: IntExperts | None = None, expert_map: torch.Tensor | None = None,
     biases: tuple[torch.Tensor | None, torch.Tensor | None] | None = None, clamped: ClampedSwiglu | None = None,
+    gated: bool = True,
 ) -> torch.Tensor:
     """Same contract as `reference.fused_moe`."""
     tokens, top_k = topk_ids.shape
     hidden = w2.shape[1]
-    inter = w13.shape[1] // 2
     if tokens == 0:
         return torch.empty(0, hidden, dtype=x.dtype, device=x.device)
     if x.stride(-1) != 1 or w13.stride(-1) != 1 or w2.stride(-1) != 1:
@@ -181,7 +182,7 @@ def fused_moe(
     ids = topk_ids if expert_map is None else expert_map[topk_ids]
     sorted_rows, tile_expert = sort_by_expert(ids, w13.shape[0], tiles[0])
     weights = topk_weights.reshape(-1).float().contiguous()
-    gate_up = torch.empty(tokens * top_k, 2 * inter, dtype=x.dtype, device=x.device)
+    gate_up = torch.empty(tokens * top_k, w13.shape[1], dtype=x.dtype, device=x.device)
     act_args: tuple = ()
     down_args: tuple = ()
     if int_experts is not None:
@@ -192,7 +193,10 @@ def fused_moe(
     b13, b2 = biases or (None, None)
     _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles, w13_scale, block, *act_args,
                   bias=b13)
-    act = silu_and_mul(gate_up) if clamped is None else clamped_swiglu_and_mul(gate_up, clamped)
+    if gated:
+        act = silu_and_mul(gate_up) if clamped is None else clamped_swiglu_and_mul(gate_up, clamped)
+    else:  # Nemotron-H's relu(up)^2: one elementwise pass between the two grouped GEMMs
+        act = torch.relu(gate_up).square_()
     # Rows of other ranks' experts are never written: zeros, for the sum over a token's k.
     down = (torch.empty if expert_map is None else torch.zeros)(tokens * top_k, hidden, dtype=x.dtype, device=x.device)
     _grouped_gemm(act, w2, down, sorted_rows, tile_expert, weights, top_k, False, tiles, w2_scale, block, *down_args,

@@ -148,18 +148,23 @@ def test_hub_layer_names_are_read(tiny_model, tmp_path) -> None:
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
 
 
-def test_nemotron_h_hub_config_pattern(tiny_model, tmp_path) -> None:
-    """Nemotron-H's hub configs lay the blocks out as hybrid_override_pattern ("M-*-M-": Mamba, MLP,
-    attention) with num_hidden_layers; a mixture-of-experts block ("E", Nemotron 3) is refused."""
-    path = tiny_model("nemotron_h")
-    hub = _with_config(path, tmp_path, layers_block_type=None, hybrid_override_pattern="M-*-M-", num_hidden_layers=6)
+@pytest.mark.parametrize(("arch", "pattern"), [("nemotron_h", "M-*-M-"), ("nemotron_h_moe", "ME*EME")])
+def test_nemotron_h_hub_config_pattern(tiny_model, tmp_path, arch: str, pattern: str) -> None:
+    """Nemotron-H's hub configs lay the blocks out as hybrid_override_pattern (M: Mamba, -: MLP,
+    *: attention, E: experts) with num_hidden_layers."""
+    path = tiny_model(arch)
+    hub = _with_config(path, tmp_path, layers_block_type=None, hybrid_override_pattern=pattern, num_hidden_layers=6)
     outs = LLM(str(hub), dtype="float32").generate(PROMPTS[:3], GREEDY)
     for out in outs:
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
-    config = json.loads((hub / "config.json").read_text())
-    (hub / "config.json").write_text(json.dumps({**config, "hybrid_override_pattern": "M-*-ME"}))
-    with pytest.raises(ValueError, match="mixture-of-experts blocks"):
-        LLM(str(hub), dtype="float32")
+
+
+def test_nemotron_latent_experts_match_transformers(tiny_model) -> None:
+    """Experts in a latent space (moe_latent_size) between two projections."""
+    path = tiny_model("nemotron_h_moe", moe_latent_size=32)
+    outs = LLM(str(path), dtype="float32", max_num_batched_tokens=7, block_size=4).generate(PROMPTS, GREEDY)
+    for out in outs:
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12), out.prompt
 
 
 def test_qwen3_next_hub_config_without_layer_types(tiny_model, tmp_path) -> None:
@@ -201,7 +206,7 @@ def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
 @pytest.mark.parametrize(("arch", "overrides", "tp"), [
     ("granitemoehybrid", {"mamba_n_groups": 1}, 2), ("granitemoehybrid", {}, 2),
     pytest.param("granitemoehybrid", {"mamba_n_groups": 1}, 4, marks=pytest.mark.slow),
-    ("qwen3_5", {}, 2), ("qwen3_next", {}, 2), ("nemotron_h", {}, 2),
+    ("qwen3_5", {}, 2), ("qwen3_next", {}, 2), ("nemotron_h", {}, 2), ("nemotron_h_moe", {"moe_latent_size": 32}, 2),
 ])
 def test_tensor_parallel_hybrid_matches_transformers(tiny_model, arch: str, overrides: dict, tp: int) -> None:
     """Mamba: heads split over the ranks; B and C split with their groups (2 groups over 2 ranks) or held

@@ -78,6 +78,25 @@ def test_fused_moe_with_biases_and_clamped_swiglu(shape: tuple[int, ...], dtype:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], SHAPES[4]], ids=str)
+def test_fused_moe_of_ungated_experts(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Nemotron-H's experts: w13 holds only up rows, activated as relu(up)^2 (checked token by token
+    against the definition), not SwiGLU over the same rows."""
+    x, w13, w2, weights, ids = _inputs(shape, dtype, seed=sum(shape) + 11)
+    up = w13[:, : w13.shape[1] // 2].contiguous()
+    out = kernels.fused_moe(x, up, w2, weights, ids, gated=False)
+    ref = reference.fused_moe(x, up, w2, weights, ids, gated=False)
+    assert_close(out, ref, rel_tol=_tolerance(dtype))
+    definition = torch.stack([
+        sum(w * (torch.relu(x[t].float() @ up[e].float().t()).square() @ w2[e].float().t())
+            for w, e in zip(weights[t].float(), ids[t].tolist()))
+        for t in range(x.shape[0])])
+    assert_close(ref.float(), definition, rel_tol=_tolerance(dtype))
+    assert not torch.allclose(reference.fused_moe(x, up, w2[..., : up.shape[1] // 2].contiguous(), weights, ids).float(),
+                              ref.float(), atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "block"), [(SHAPES[0], (16, 16)), (SHAPES[3], (32, 24)), (SHAPES[4], (128, 128)),
                                               (SHAPES[3], (1, WHOLE))], ids=str)
 def test_fused_moe_of_fp8_experts_matches_reference(shape: tuple[int, ...], block: tuple[int, int],
