@@ -35,7 +35,7 @@ from pagoda.kernels import reference
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
-    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe",
+    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2",
     "qwen3_5", "qwen3_5_moe", "qwen3_next",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -374,6 +374,12 @@ _FAMILIES: dict[str, _Family] = {
                 "head_dim": 16, "n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                 "moe_shared_expert_intermediate_size": 48, "n_group": 2, "topk_group": 1,
                 "routed_scaling_factor": 1.5},
+    ),
+    # Mamba-2: Mamba-2 blocks only (no attention, no KV cache); 8 heads of 16 in 2 groups, chunks of 8 tokens.
+    "mamba2": _Family(
+        "mamba2", "Mamba2ForCausalLM", adds_bos=True, rope_theta=10000.0,
+        config={"num_heads": 8, "head_dim": 16, "n_groups": 2, "state_size": 16, "chunk_size": 8, "expand": 2,
+                "max_position_embeddings": None},
     ),
     # Qwen3.5: three Gated DeltaNet layers (2 key heads, 4 value heads) to one gated full-attention layer with
     # rotary over a quarter of each head; the MoE one routes every MLP beside a gated shared expert.

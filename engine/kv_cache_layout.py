@@ -66,6 +66,8 @@ def plan_kv_cache(windows: list[int | None], hybrid: bool = True) -> KVCacheLayo
     """The groups of layers whose sliding windows (None: full attention) are `windows`: one group of
     every layer when they all attend alike or not `hybrid` (then as full attention, keeping every
     block); else a group per kind of layer, split into groups as large as the smallest kind."""
+    if not windows:  # no attention layer (Mamba-2): one group of no layers, whose blocks hold nothing
+        return KVCacheLayout((KVCacheGroup((), None),), 0)
     layers = tuple(range(len(windows)))
     kinds = sorted(set(windows), key=lambda w: -1 if w is None else w)
     if not hybrid:  # every layer keeps every block: the plain layout, for all kinds of layers

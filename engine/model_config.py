@@ -438,6 +438,9 @@ def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
                      f"float-quantized, bitsandbytes 4-bit, mxfp4 experts; not yet: {_UNSUPPORTED_QUANT})")
 
 
+# Models whose every layer is recurrent (no attention, no KV cache, no position limit).
+RECURRENT_ARCHITECTURES = ("Mamba2ForCausalLM",)
+
 # Bidirectional encoders (embedding models and cross-encoders), and the RoBERTa family among them, whose
 # positions start past the padding index.
 ENCODER_ARCHITECTURES = ("BertModel", "RobertaModel", "XLMRobertaModel", "BertForSequenceClassification",
@@ -618,14 +621,19 @@ def load_model_config(
         torch_dtype = parse_dtype(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
     else:
         torch_dtype = parse_dtype(dtype)
-    num_heads = int(cfg["num_attention_heads"])
+    # A model without attention (Mamba-2) has no heads and no position limit: its context defaults to
+    # 2048 tokens (vLLM's default where a config names no limit) and may be set to any length.
+    num_heads = int(cfg.get("num_attention_heads") or 1)
     hidden = int(cfg["hidden_size"])
-    max_pos = int(cfg.get("max_position_embeddings", 2048)) - roberta_position_offset(cfg, architecture)
+    unbounded = cfg.get("max_position_embeddings") is None and architecture in RECURRENT_ARCHITECTURES
+    max_pos = int(cfg.get("max_position_embeddings") or 2048) - roberta_position_offset(cfg, architecture)
     rope = _rope_config(cfg)
     if max_model_len is None:
         max_model_len = max_pos
     elif max_model_len < 1:
         raise ValueError(f"max_model_len must be positive, got {max_model_len}")
+    elif max_model_len > max_pos and unbounded:
+        max_pos = max_model_len
     elif max_model_len > max_pos:
         raise ValueError(
             f"max_model_len {max_model_len} exceeds the model's max_position_embeddings {max_pos}"
@@ -642,7 +650,7 @@ def load_model_config(
         dtype=torch_dtype,
         vocab_size=int(cfg["vocab_size"]),
         hidden_size=hidden,
-        intermediate_size=int(cfg["intermediate_size"]),
+        intermediate_size=int(cfg.get("intermediate_size") or 0),
         # Nemotron-H's configs as transformers 5 writes them count the layers only by listing them.
         num_layers=int(cfg.get("num_hidden_layers") or len(cfg.get("layers_block_type") or ())),
         num_heads=num_heads,

@@ -133,6 +133,10 @@ class ModelRunner:
             # An encoder's prompt needs its KV only during the one step it runs in: a step's blocks (each
             # prompt may leave one partly filled, and the pool keeps a null block), not the memory budget.
             return -(-self.config.max_num_batched_tokens // self.block_size) + self.config.max_num_seqs + 1
+        if self.layout.group_size == 0:
+            # No attention layer: blocks hold nothing, and only count tokens. Enough for every sequence at full
+            # length, so no sequence waits for blocks (the recurrent states bound memory instead).
+            return self.config.max_num_seqs * -(-self.model_config.max_model_len // self.block_size) + 1
         if self.device.type == "cuda":
             budget = self._profile_free_gpu_memory()
         else:

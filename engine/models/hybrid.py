@@ -194,10 +194,14 @@ class NemotronHForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
                       if target[0] == "qkv_proj"}
 
     def __init__(self, cfg: ModelConfig) -> None:
-        self.kinds = nemotron_kinds(cfg.hf_config)
+        self.kinds = self.block_kinds(cfg)
         self.mamba = mamba_config(cfg.hf_config)
         self.eps = float(cfg.hf_config.get("layer_norm_epsilon") or 1e-5)
         super().__init__(cfg)
+
+    @staticmethod
+    def block_kinds(cfg: ModelConfig) -> list[str]:
+        return nemotron_kinds(cfg.hf_config)
 
     def build_decoder(self, cfg: ModelConfig, qkv_bias: bool) -> nn.Module:
         model = DecoderModel(cfg, qkv_bias, False, self.make_mlp, make_layer=self._block)
@@ -221,3 +225,12 @@ class NemotronHForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
             name = "model." + name.removeprefix("backbone.")
         name = name.replace("model.embeddings.", "model.embed_tokens.").replace("model.norm_f.", "model.norm.")
         return super().checkpoint_target(name)
+
+
+class Mamba2ForCausalLM(NemotronHForCausalLM):
+    """Mamba-2 (mamba2-130m to 2.7b, Mamba-Codestral-7B): Nemotron-H's block structure with a Mamba-2
+    mixer in every block and no attention, so no KV cache at all."""
+
+    @staticmethod
+    def block_kinds(cfg: ModelConfig) -> list[str]:
+        return ["mamba"] * cfg.num_layers

@@ -52,6 +52,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "GraniteMoeHybridForCausalLM": ("pagoda.engine.models.hybrid", "GraniteMoeHybridForCausalLM"),
     "NemotronHForCausalLM": ("pagoda.engine.models.hybrid", "NemotronHForCausalLM"),
     "BambaForCausalLM": ("pagoda.engine.models.hybrid", "BambaForCausalLM"),
+    "Mamba2ForCausalLM": ("pagoda.engine.models.hybrid", "Mamba2ForCausalLM"),
     # Gated DeltaNet (linear attention) and gated full attention.
     "Qwen3_5ForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3_5ForCausalLM"),
     "Qwen3_5MoeForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3_5MoeForCausalLM"),

@@ -159,6 +159,18 @@ def test_nemotron_h_hub_config_pattern(tiny_model, tmp_path, arch: str, pattern:
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
 
 
+def test_mamba2_has_no_kv_cache_and_no_position_limit(tiny_model) -> None:
+    """Without attention there is no KV cache (blocks only count tokens) and no position limit: the
+    context defaults to 2048 tokens, as vLLM's where a config names none, and may be set past it."""
+    path = tiny_model("mamba2")
+    assert LLM(str(path), dtype="float32").engine.max_model_len == 2048
+    llm = LLM(str(path), dtype="float32", max_model_len=8192, max_num_seqs=4)
+    assert llm.engine.runner.kv_cache.numel() == 0 and llm.engine.max_model_len == 8192
+    prompt = list(range(3, 200))
+    out = llm.generate([{"prompt_token_ids": prompt}], GREEDY)[0]
+    assert out.outputs[0].token_ids == hf_greedy(path, prompt, 12)
+
+
 def test_nemotron_latent_experts_match_transformers(tiny_model) -> None:
     """Experts in a latent space (moe_latent_size) between two projections."""
     path = tiny_model("nemotron_h_moe", moe_latent_size=32)
@@ -207,6 +219,7 @@ def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
     ("granitemoehybrid", {"mamba_n_groups": 1}, 2), ("granitemoehybrid", {}, 2),
     pytest.param("granitemoehybrid", {"mamba_n_groups": 1}, 4, marks=pytest.mark.slow),
     ("qwen3_5", {}, 2), ("qwen3_next", {}, 2), ("nemotron_h", {}, 2), ("nemotron_h_moe", {"moe_latent_size": 32}, 2),
+    ("mamba2", {}, 2),
 ])
 def test_tensor_parallel_hybrid_matches_transformers(tiny_model, arch: str, overrides: dict, tp: int) -> None:
     """Mamba: heads split over the ranks; B and C split with their groups (2 groups over 2 ranks) or held
