@@ -13,11 +13,12 @@ the blocks wholly before what its next query reads, its table keeping the
 reserved NULL_BLOCK in their place (never written, so reads of it are zeros);
 its prefix-cache hits need only the blocks inside the window of the hit.
 
-A model with recurrent layers (Mamba) also keeps a fixed-size state per
-sequence: `state_slots` of them, one held by each sequence from its first
-allocation until its blocks are freed (finished, aborted or preempted). Such a
-state sums up every token before it, so no prefix of it can be shared: the
-engine turns prefix caching off for these models.
+A model with recurrent layers (Mamba-2, Gated DeltaNet) also keeps a fixed-size
+state per sequence (engine/state_cache.py): `state_slots` of them, one held by
+each sequence from its first allocation until its blocks are freed (finished,
+aborted or preempted). A prefix-cache hit for such a model reaches only as deep
+as a snapshot of those states, saved where a prompt's chunk ends at its last
+full block (`snapshot_boundary`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from pagoda.engine.sequence import Sequence
+from pagoda.engine.state_cache import StateCache
 
 # The table entry of a block a sliding-window group gave back: reserved, never handed out, where
 # a group slides (a layout of full-attention groups alone reserves nothing).
@@ -47,7 +49,7 @@ class PrefixCacheStats:
 class BlockManager:
     def __init__(
         self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
-        windows: tuple[int | None, ...] | list[int | None] = (None,), state_slots: int = 0,
+        windows: tuple[int | None, ...] | list[int | None] = (None,), state_slots: int = 0, snapshot_slots: int = 0,
     ) -> None:
         self.windows = list(windows)
         self.null_block = NULL_BLOCK if any(w is not None for w in self.windows) else None
@@ -64,8 +66,8 @@ class BlockManager:
         self.free_blocks: OrderedDict[int, None] = OrderedDict((b, None) for b in range(reserved, num_blocks))
         self.num_usable = num_blocks - reserved
         self.stats = PrefixCacheStats()
-        self.free_state_slots = list(range(state_slots - 1, -1, -1))  # popped from the end: lowest first
-        self.has_state = state_slots > 0
+        self.states = (StateCache(state_slots, snapshot_slots if enable_prefix_caching else 0)
+                       if state_slots else None)
 
     @property
     def num_free_blocks(self) -> int:
@@ -108,14 +110,17 @@ class BlockManager:
         for g, window in enumerate(self.windows):
             if window is None:
                 length = next((i for i, h in enumerate(hashes[:length]) if (g, h) not in self.cached), length)
-        # The longest hit for which every sliding group still caches the blocks inside its window.
-        while length > 0 and not all(
+        # The longest hit for which every sliding group still caches the blocks inside its window (and
+        # recurrent layers have a snapshot of their states at its end).
+        while length > 0 and not (all(
             all((g, h) in self.cached for h in hashes[self._first_needed(g, length * self.block_size) : length])
             for g, window in enumerate(self.windows) if window is not None
-        ):
+        ) and (self.states is None or self.states.snapshot_of(hashes[length - 1]) is not None)):
             length -= 1
         if length == 0:
             return empty
+        if self.states is not None:
+            seq.restore_snapshot = self.states.snapshot_of(hashes[length - 1])
         return [[self.null_block] * (first := self._first_needed(g, length * self.block_size))
                 + [self.cached[g, h] for h in hashes[first:length]] for g in range(len(self.windows))]
 
@@ -145,10 +150,13 @@ class BlockManager:
         revived = len({b for table in hits or () for b in table if b != self.null_block and self.ref_counts[b] == 0})
         if needed + revived > len(self.free_blocks) + released:
             return False
-        if self.has_state and seq.state_slot is None:
-            if not self.free_state_slots:
+        if self.states is not None and seq.state_slot is None:
+            seq.state_slot = self.states.take()
+            if seq.state_slot is None:
                 return False
-            seq.state_slot = self.free_state_slots.pop()
+        if hits and seq.restore_snapshot is not None:  # the hit resumes from the states at its end
+            self.states.restore(seq.restore_snapshot, seq.state_slot)
+        seq.restore_snapshot = None
         seq.block_tables = tables
         for g, idx in enumerate(dropped):
             for i in reversed(idx):
@@ -172,7 +180,18 @@ class BlockManager:
             seq.num_cached_tokens = max(seq.num_cached_tokens, num_computed)
         if self.enable_prefix_caching:
             self._register_full_blocks(seq, num_computed + num_new_tokens)
+            boundary = self.snapshot_boundary(seq)
+            if boundary is not None and num_computed + num_new_tokens == boundary:
+                self.states.save(seq.state_slot, seq.block_hashes[boundary // bs - 1])
         return True
+
+    def snapshot_boundary(self, seq: Sequence) -> int | None:
+        """Where a prompt's recurrent states are saved for the prefix cache: the end of its last full block
+        before its final token (None: no such block, or nothing to save)."""
+        if self.states is None or not self.states.caches_prefixes or seq.wants_prompt_logprobs:
+            return None
+        boundary = (seq.num_prompt_tokens - 1) // self.block_size * self.block_size
+        return boundary or None
 
     def _take_free_block(self) -> int:
         block, _ = self.free_blocks.popitem(last=False)
@@ -218,13 +237,15 @@ class BlockManager:
                     self._release(block)
         seq.block_tables = []
         if seq.state_slot is not None:
-            self.free_state_slots.append(seq.state_slot)
+            self.states.give_back(seq.state_slot)
             seq.state_slot = None
         seq.num_computed_tokens = 0
         seq.num_registered_blocks = 0
 
     def reset_prefix_cache(self) -> None:
-        """Forgets every cached block that no live sequence holds."""
+        """Forgets every cached block that no live sequence holds, and every state snapshot."""
+        if self.states is not None:
+            self.states.reset()
         for key, block in list(self.cached.items()):
             if self.ref_counts[block] == 0:
                 del self.cached[key]

@@ -81,10 +81,11 @@ class LLMEngine:
                 raise ValueError("speculative decoding is not supported for models with Mamba layers: their states "
                                  "cannot be rolled back past rejected drafts")
             # An encoder's keys depend on the tokens after them: a prefix's cached KV is not another prompt's.
-            # A recurrent layer's state sums up its whole prefix, which no block holds: no prefix caching either.
+            # Recurrent layers resume a cached prefix from snapshots of their states (engine/state_cache.py).
             self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
-                                              config.enable_prefix_caching and not self.model_config.encoder
-                                              and not recurrent, layout.windows, self.runner.num_state_slots)
+                                              config.enable_prefix_caching and not self.model_config.encoder,
+                                              layout.windows, self.runner.num_state_slots,
+                                              self.runner.num_snapshot_slots)
             needed = layout.blocks_for(self.model_config.max_model_len, config.max_num_batched_tokens,
                                        config.block_size)
             usable = self.block_manager.num_usable

@@ -21,7 +21,7 @@ from pagoda.engine.distributed import agree_min, tp_size
 from pagoda.engine.draft_model import DraftModel
 from pagoda.engine.kv_cache_layout import plan_kv_cache
 from pagoda.engine.layers.attention import attention_windows, bind_kv_cache, kv_block_bytes
-from pagoda.engine.layers.recurrent import bind_recurrent_state, recurrent_mixers, state_bytes
+from pagoda.engine.layers.recurrent import bind_recurrent_state, copy_states, recurrent_mixers, state_bytes
 from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.classifier import embedding_pool, pool_rows
@@ -76,14 +76,18 @@ class ModelRunner:
         self.eos_token_ids = eos_token_ids
         self.model = build_model(model_config, self.device, config.quantization)
         self.backend = select_backend(self.device)
-        # Recurrent layers (Mamba, Gated DeltaNet): a state slot for each sequence that may run, and one more that the
-        # padding rows of CUDA graphs write; allocated before the KV cache, which takes what they leave.
-        self.num_state_slots = config.max_num_seqs if recurrent_mixers(self.model) else 0
+        # Recurrent layers (Mamba, Gated DeltaNet): a state slot for each sequence that may run, one more that the
+        # padding rows of CUDA graphs write, and as many snapshots for the prefix cache (engine/state_cache.py);
+        # allocated before the KV cache, which takes what they leave.
+        self.mixers = recurrent_mixers(self.model)
+        self.num_state_slots = config.max_num_seqs if self.mixers else 0
+        self.num_snapshot_slots = self.num_state_slots if config.enable_prefix_caching else 0
         self.state_bytes = 0
         if self.num_state_slots:
             ssm_dtype = config.resolve_mamba_ssm_cache_dtype(model_config.dtype, model_config.hf_config)
-            bind_recurrent_state(self.model, self.num_state_slots + 1, model_config.dtype, ssm_dtype, self.device)
-            self.state_bytes = (self.num_state_slots + 1) * state_bytes(self.model, model_config.dtype, ssm_dtype)
+            slots = self.num_state_slots + 1 + self.num_snapshot_slots
+            bind_recurrent_state(self.model, slots, model_config.dtype, ssm_dtype, self.device)
+            self.state_bytes = slots * state_bytes(self.model, model_config.dtype, ssm_dtype)
         # LoRA slots before the KV cache is sized, so the cache takes only what they leave.
         self.lora = (LoRASlots(self.model, config.max_loras, config.max_lora_rank, model_config.dtype, self.device)
                      if config.enable_lora else None)
@@ -263,7 +267,8 @@ class ModelRunner:
         inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows,
                             image_rows=image_rows, image_features=torch.cat(image_features) if image_features else None,
                             key_limits=key_limits or [], rope_positions=[p for stream in rope for p in stream] if rope else [],
-                            state_slots=[seq.state_slot for seq, _ in sched.scheduled] if self.num_state_slots else [])
+                            state_slots=[seq.state_slot for seq, _ in sched.scheduled] if self.num_state_slots else [],
+                            state_restores=sched.state_restores, state_saves=sched.state_saves)
         return inputs, samplers, prompt_chunks, pooled
 
     def _rotary_positions(self, seq: Sequence, start: int, end: int) -> range | list[int]:
@@ -343,6 +348,7 @@ class ModelRunner:
         """Runs the model on a step: float32 logits of its logit rows, and every row's final hidden
         state (every rank runs this)."""
         ids, pos, meta = inputs.to_device(self.device)
+        copy_states(self.mixers, inputs.state_restores)
         if self.lora is not None:
             self.lora.set_mask(inputs.lora_slots)
         # Steps with adapters run eagerly: the decode graphs were captured without them; so do steps with images.
@@ -352,6 +358,7 @@ class ModelRunner:
             hidden = self.model(ids, pos, meta, image_embeds=(rows, inputs.image_features.to(self.device)))
         else:
             hidden = self.model(ids, pos, meta) if eager else self.forward(ids, pos, meta)
+        copy_states(self.mixers, inputs.state_saves)
         if not inputs.logit_rows:
             return None, hidden
         rows = torch.tensor(inputs.logit_rows, dtype=torch.long, device=self.device)

@@ -39,6 +39,10 @@ class SchedulerOutput:
     preempted: list[Sequence] = field(default_factory=list)
     # LoRA adapters of every running sequence, scheduled this step or not: their slots are best kept.
     running_adapters: frozenset[LoRAAdapter] = frozenset()
+    # Recurrent layers' state copies (engine/state_cache.py): (snapshot, slot) restored before the forward
+    # pass, (slot, snapshot) saved after it.
+    state_restores: list[tuple[int, int]] = field(default_factory=list)
+    state_saves: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def num_batched_tokens(self) -> int:
@@ -109,7 +113,7 @@ class Scheduler:
         drafting: list[tuple[Sequence, int, int]] = []  # a draft model's batch: (seq, limit, its place in out)
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = _chunk(seq, seq.num_computed_tokens, min(seq.num_tokens - seq.num_computed_tokens, budget))
+            num_new = self._chunk(seq, seq.num_computed_tokens, min(seq.num_tokens - seq.num_computed_tokens, budget))
             if num_new == 0:  # its next chunk is an image (or an encoder's prompt) that does not fit this step's budget
                 i += 1
                 continue
@@ -160,7 +164,7 @@ class Scheduler:
             hits = self.block_manager.match_prefix(seq) if seq.num_computed_tokens == 0 else None
             num_cached = len(hits[0]) * self.block_manager.block_size if hits else 0
             start = seq.num_computed_tokens + num_cached
-            num_new = _chunk(seq, start, min(seq.num_tokens - start, budget))
+            num_new = self._chunk(seq, start, min(seq.num_tokens - start, budget))
             if num_new == 0 or not self.block_manager.allocate(seq, num_new, hits):
                 break
             self.waiting.popleft()
@@ -173,7 +177,18 @@ class Scheduler:
         self.waiting.extendleft(reversed(passed))
         out.running_adapters = frozenset(adapters)
         out.scheduled.sort(key=lambda item: item[1] != 1)
+        if self.block_manager.states is not None:
+            out.state_restores, out.state_saves = self.block_manager.states.drain()
         return out
+
+    def _chunk(self, seq: Sequence, start: int, count: int) -> int:
+        """`_chunk`'s tokens, ending at seq's snapshot boundary where they would cross it, so that the
+        recurrent layers' states there can be saved for the prefix cache."""
+        count = _chunk(seq, start, count)
+        boundary = self.block_manager.snapshot_boundary(seq)
+        if boundary is not None and start < boundary < start + count:
+            return boundary - start
+        return count
 
     def _draft_limit(self, seq: Sequence, budget: int) -> int:
         """How many speculative drafts a decoding sequence may verify: within its budget, max_tokens and

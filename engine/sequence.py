@@ -61,8 +61,10 @@ class Sequence:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at first schedule
     # One block table per KV-cache group (kv_cache_layout.py); empty while it holds no blocks.
     block_tables: list[list[int]] = field(default_factory=list)
-    # Models with recurrent layers (Mamba): the state slot it holds with its blocks (block_manager.py).
+    # Models with recurrent layers: the state slot it holds with its blocks, and the snapshot its
+    # prefix-cache hit resumes from until its blocks are allocated (block_manager.py).
     state_slot: int | None = None
+    restore_snapshot: int | None = None
     # Hashes of this sequence's full blocks, in order; extended as blocks fill up.
     block_hashes: list[int] = field(default_factory=list)
     num_registered_blocks: int = 0  # leading full blocks already offered to the prefix cache

@@ -17,8 +17,8 @@ import torch
 from pagoda.engine.attention import AttentionMetadata
 
 # num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_logit_rows, num_lora_slots, lora_loads_bytes,
-# num_image_rows, num_key_limits, num_rope_positions, num_state_slots
-_HEADER = 12
+# num_image_rows, num_key_limits, num_rope_positions, num_state_slots, num_state_restores, num_state_saves
+_HEADER = 14
 
 
 @dataclass
@@ -46,8 +46,11 @@ class StepInputs:
     # Multimodal RoPE: every token's (temporal, height, width) positions, the three streams one after
     # another, where a prompt chunk of such a model is in the step (empty otherwise).
     rope_positions: list[int] = field(default_factory=list)
-    # Recurrent layers (Mamba): each sequence's state slot (empty for models without such layers).
+    # Recurrent layers: each sequence's state slot (empty for models without such layers), and the state
+    # copies between slots and prefix-cache snapshots around the forward pass (engine/state_cache.py).
     state_slots: list[int] = field(default_factory=list)
+    state_restores: list[tuple[int, int]] = field(default_factory=list)
+    state_saves: list[tuple[int, int]] = field(default_factory=list)
 
     def to_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         qsl = [0]
@@ -86,7 +89,7 @@ class StepInputs:
         loads = json.dumps(self.lora_loads).encode() if self.lora_loads else b""
         header = [len(self.input_ids), len(self.seq_lens), len(self.slots), max_blocks, self.num_decodes,
                   len(self.logit_rows), len(self.lora_slots), len(loads), len(self.image_rows), len(self.key_limits),
-                  len(self.rope_positions), len(self.state_slots)]
+                  len(self.rope_positions), len(self.state_slots), len(self.state_restores), len(self.state_saves)]
         flat = [*header, *self.input_ids, *self.positions, *self.query_lens, *self.seq_lens]
         for slots, tables in zip(self.slots, self.block_tables):
             flat.extend(slots)
@@ -99,19 +102,26 @@ class StepInputs:
         flat.extend(self.key_limits)
         flat.extend(self.rope_positions)
         flat.extend(self.state_slots)
+        for pairs in (self.state_restores, self.state_saves):
+            for pair in pairs:
+                flat.extend(pair)
         return torch.tensor(flat, dtype=torch.long)
 
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> StepInputs:
         values = packed.tolist()
         num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_rows, num_lora_slots, loads_bytes, \
-            num_image_rows, num_key_limits, num_rope_positions, num_state_slots = values[:_HEADER]
+            num_image_rows, num_key_limits, num_rope_positions, num_state_slots, num_restores, num_saves = values[:_HEADER]
         pos = _HEADER
 
         def take(n: int) -> list[int]:
             nonlocal pos
             pos += n
             return values[pos - n : pos]
+
+        def pairs(n: int) -> list[tuple[int, int]]:
+            flat = take(2 * n)
+            return list(zip(flat[::2], flat[1::2]))
 
         input_ids, positions = take(num_tokens), take(num_tokens)
         query_lens, seq_lens = take(num_seqs), take(num_seqs)
@@ -124,4 +134,4 @@ class StepInputs:
         image_rows = take(num_image_rows)
         return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, rows, lora_slots, loads,
                    image_rows, key_limits=take(num_key_limits), rope_positions=take(num_rope_positions),
-                   state_slots=take(num_state_slots))
+                   state_slots=take(num_state_slots), state_restores=pairs(num_restores), state_saves=pairs(num_saves))

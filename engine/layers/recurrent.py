@@ -119,3 +119,16 @@ def bind_recurrent_state(model: nn.Module, num_slots: int, conv_dtype: torch.dty
         conv, state = _shapes(mixer)
         mixer.conv_state = torch.zeros(num_slots, *conv, dtype=conv_dtype, device=device)
         mixer.state = torch.zeros(num_slots, *state, dtype=state_dtype, device=device)
+
+
+def copy_states(mixers: list[RecurrentMixer], pairs: list[tuple[int, int]]) -> None:
+    """Copies every recurrent layer's states from slot `source` to slot `target` for each (source, target)
+    (prefix-cache snapshots saved and restored, engine/state_cache.py)."""
+    if not pairs:
+        return
+    device = mixers[0].state.device
+    sources = torch.tensor([s for s, _ in pairs], device=device)
+    targets = torch.tensor([t for _, t in pairs], device=device)
+    for mixer in mixers:
+        mixer.conv_state.index_copy_(0, targets, mixer.conv_state[sources])
+        mixer.state.index_copy_(0, targets, mixer.state[sources])

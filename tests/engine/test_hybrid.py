@@ -1,7 +1,7 @@
 """Models with recurrent layers (Mamba-2, Gated DeltaNet): each recurrence's two forms agree, state
-slots live and die with their sequences, and whole models match transformers (every scheduling
-regime is in test_hf_parity's matrix; here the variants, tensor parallelism and the engine's rules
-for such models)."""
+slots live and die with their sequences, prefix-cache hits resume from state snapshots, and whole
+models match transformers (every scheduling regime is in test_hf_parity's matrix; here the variants,
+tensor parallelism and the engine's rules for such models)."""
 
 from __future__ import annotations
 
@@ -188,17 +188,57 @@ def test_qwen3_next_hub_config_without_layer_types(tiny_model, tmp_path) -> None
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
 
 
-def test_prefix_caching_is_off_and_speculation_refused(tiny_model) -> None:
-    """A Mamba layer's state sums up the whole prefix, which no KV block holds: repeated prompts are
-    recomputed (still matching transformers), and drafts that would have to be rolled back are refused."""
-    path = str(tiny_model("granitemoehybrid"))
-    llm = LLM(path, dtype="float32", block_size=4)
-    assert not llm.engine.block_manager.enable_prefix_caching
-    first = llm.generate([PROMPTS[2]], GREEDY)[0].outputs[0].token_ids
-    assert llm.generate([PROMPTS[2]], GREEDY)[0].outputs[0].token_ids == first
-    assert llm.engine.block_manager.stats.hits == 0
+@pytest.mark.parametrize(("arch", "tp"), [("qwen3_5", 1), ("granitemoehybrid", 1), ("mamba2", 1), ("qwen3_5", 2)])
+def test_prefix_cache_resumes_recurrent_states(tiny_model, arch: str, tp: int) -> None:
+    """A prompt's recurrent states at its last full block are kept as a snapshot: a later prompt that
+    extends it (a chat's next turn) or repeats it resumes there, its KV blocks and states both reused,
+    and still matches transformers; without the snapshot's states (a cache whose restores are dropped)
+    the answers differ."""
+    path = tiny_model(arch)
+    first = list(range(3, 40))  # 37 tokens: the snapshot is at 36 (9 blocks of 4)
+    turns = [first, first + [7, 8, 9, 10, 11, 12], first]
+    llm = LLM(str(path), dtype="float32", block_size=4, max_num_batched_tokens=16, tensor_parallel_size=tp)
+    stats = llm.engine.block_manager.stats
+    try:
+        for i, prompt in enumerate(turns):
+            hits = stats.hits
+            out = llm.generate([{"prompt_token_ids": prompt}], GREEDY)[0]
+            assert out.outputs[0].token_ids == hf_greedy(path, prompt, 12)
+            assert stats.hits - hits == (0 if i == 0 else 36)
+    finally:
+        llm.engine.shutdown()
+    if tp > 1:
+        return
+    broken = LLM(str(path), dtype="float32", block_size=4, max_num_batched_tokens=16)
+    broken.engine.block_manager.states.restore = lambda snapshot, slot: None
+    outs = [broken.generate([{"prompt_token_ids": prompt}], GREEDY)[0].outputs[0].token_ids for prompt in turns]
+    assert outs[1] != hf_greedy(path, turns[1], 12) or outs[2] != hf_greedy(path, turns[2], 12)
+
+
+def test_snapshots_are_evicted_least_recently_used_first() -> None:
+    """Snapshot slots follow the live ones; a full pool evicts the least recently used snapshot, and a
+    snapshot saved this step is not readable before the step ran."""
+    from pagoda.engine.state_cache import StateCache
+
+    cache = StateCache(live=2, snapshots=2)
+    cache.save(0, block_hash=11)
+    assert cache.snapshot_of(11) is None  # pending until the step that saves it ran
+    cache.save(1, block_hash=22)
+    assert cache.drain() == ([], [(0, 3), (1, 4)])
+    assert cache.snapshot_of(11) == 3  # now the most recently used
+    cache.save(0, block_hash=33)  # evicts 22's snapshot
+    assert cache.snapshot_of(22) is None and cache.saves == [(0, 4)]
+    cache.drain()
+    assert (cache.snapshot_of(11), cache.snapshot_of(33)) == (3, 4)
+    cache.reset()
+    assert cache.snapshot_of(11) is None and sorted(cache.free_snapshots) == [3, 4]
+
+
+def test_speculation_is_refused(tiny_model) -> None:
+    """Drafts would have to be rolled back out of the recurrent states."""
     with pytest.raises(ValueError, match="speculative decoding is not supported"):
-        LLM(path, dtype="float32", speculative_config={"method": "ngram", "num_speculative_tokens": 2})
+        LLM(str(tiny_model("granitemoehybrid")), dtype="float32",
+            speculative_config={"method": "ngram", "num_speculative_tokens": 2})
 
 
 def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
@@ -212,7 +252,7 @@ def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, n=3)
     samples = llm.generate([PROMPTS[1]], params)[0].outputs
     assert [s.token_ids for s in samples] == [hf_greedy(path, outs[1].prompt_token_ids, 12)] * 3
-    assert sorted(llm.engine.block_manager.free_state_slots) == [0, 1]
+    assert sorted(llm.engine.block_manager.states.free_slots) == [0, 1]
 
 
 @pytest.mark.parametrize(("arch", "overrides", "tp"), [

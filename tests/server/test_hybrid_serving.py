@@ -46,10 +46,10 @@ def test_a_disconnected_stream_frees_its_state_slot(hybrid) -> None:
     response = conn.getresponse()
     assert response.status == 200
     response.readline()  # the first event: the request is running and holds a slot
-    assert len(manager.free_state_slots) == 1
+    assert len(manager.states.free_slots) == 1
     conn.close()
     server.wait_idle()
     deadline = time.monotonic() + 10
-    while len(manager.free_state_slots) != 2 and time.monotonic() < deadline:
+    while len(manager.states.free_slots) != 2 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert sorted(manager.free_state_slots) == [0, 1]
+    assert sorted(manager.states.free_slots) == [0, 1]
