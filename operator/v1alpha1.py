@@ -199,6 +199,9 @@ class EngineSpec(_Model):
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
         None, description="fp8 (fp8_e4m3) or fp8_e5m2: keys and values cached in one byte each, twice the "
         "tokens of a 16-bit cache in the same memory (each value rounded to the format).")
+    mamba_ssm_cache_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="Hybrid models (Qwen3.5, Granite 4.0-H, Nemotron-H): the recurrent layers' states; "
+        "auto is the model config's choice, else the model's dtype.")
     extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list, max_length=64,
         description="More `pagoda serve` arguments, appended verbatim.",

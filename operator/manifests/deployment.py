@@ -56,7 +56,7 @@ def serve_args(engine: EngineSpec, served_name: str, model_dir: str,
                 (flags.LOG_LEVEL, engine.log_level), (flags.SCHEDULING_POLICY, engine.scheduling_policy),
                 (flags.MAX_LORAS, engine.max_loras),
                 (flags.MAX_LORA_RANK, engine.max_lora_rank), (flags.QUANTIZATION, engine.quantization),
-                (flags.KV_CACHE_DTYPE, engine.kv_cache_dtype))
+                (flags.KV_CACHE_DTYPE, engine.kv_cache_dtype), (flags.MAMBA_SSM_CACHE_DTYPE, engine.mamba_ssm_cache_dtype))
     for flag, value in optional:
         if value is not None:
             args += [flag, str(value)]

@@ -21,6 +21,7 @@ def test_every_flag_the_operator_passes_is_one_the_server_defines() -> None:
 
 @pytest.mark.parametrize(("field", "flag"), [("quantization", flags.QUANTIZATION),
                                              ("kv_cache_dtype", flags.KV_CACHE_DTYPE),
+                                             ("mamba_ssm_cache_dtype", flags.MAMBA_SSM_CACHE_DTYPE),
                                              ("scheduling_policy", flags.SCHEDULING_POLICY)])
 def test_the_crd_offers_only_values_the_server_accepts(field: str, flag: str) -> None:
     """An enum of the CRD is the server's choices, or a subset of them (quantization: the ones at load)."""

@@ -51,6 +51,7 @@ SPECS = {
         "engine": {"tensorParallelSize": 2, "enableExpertParallel": True, "maxModelLen": 8192, "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,
                    "blockSize": 16, "maxQueueLen": 100, "dtype": "bfloat16", "enablePrefixCaching": False,
                    "logLevel": "debug", "schedulingPolicy": "priority", "quantization": "fp8", "kvCacheDtype": "fp8",
+                   "mambaSsmCacheDtype": "float32",
                    "speculativeConfig": {"numSpeculativeTokens": 3}, "extraArgs": ["--seed=1"]},
         "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4, "targetQueueDepth": 2.5,
                         "scaleUp": {"stabilizationWindowSeconds": 0,
