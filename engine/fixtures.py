@@ -190,6 +190,13 @@ class _Family:
     harmony: bool = False  # GPT-OSS: harmony's special tokens, chat template and stop tokens
 
 
+# The Qwen3.5 fixtures' layers (Gated DeltaNet and gated attention) and experts.
+_QWEN3_5_LAYERS: dict[str, Any] = {
+    "num_hidden_layers": 4, "head_dim": 32, "partial_rotary_factor": 0.25, "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 24, "linear_conv_kernel_dim": 4}
+_QWEN3_5_EXPERTS: dict[str, Any] = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                    "shared_expert_intermediate_size": 48}
+
 _FAMILIES: dict[str, _Family] = {
     "llama": _Family("llama", "LlamaForCausalLM", adds_bos=True, rope_theta=10000.0),
     "llama3": _Family(
@@ -383,27 +390,14 @@ _FAMILIES: dict[str, _Family] = {
     ),
     # Qwen3.5: three Gated DeltaNet layers (2 key heads, 4 value heads) to one gated full-attention layer with
     # rotary over a quarter of each head; the MoE one routes every MLP beside a gated shared expert.
-    "qwen3_5": _Family(
-        "qwen3_5_text", "Qwen3_5ForCausalLM", adds_bos=False, rope_theta=10000000.0,
-        config={"num_hidden_layers": 4, "head_dim": 32, "partial_rotary_factor": 0.25, "linear_num_key_heads": 2,
-                "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 24,
-                "linear_conv_kernel_dim": 4},
-    ),
-    "qwen3_5_moe": _Family(
-        "qwen3_5_moe_text", "Qwen3_5MoeForCausalLM", adds_bos=False, rope_theta=10000000.0,
-        config={"num_hidden_layers": 4, "head_dim": 32, "partial_rotary_factor": 0.25, "linear_num_key_heads": 2,
-                "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 24,
-                "linear_conv_kernel_dim": 4, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                "shared_expert_intermediate_size": 48},
-    ),
+    "qwen3_5": _Family("qwen3_5_text", "Qwen3_5ForCausalLM", adds_bos=False, rope_theta=10000000.0,
+                       config=_QWEN3_5_LAYERS),
+    "qwen3_5_moe": _Family("qwen3_5_moe_text", "Qwen3_5MoeForCausalLM", adds_bos=False, rope_theta=10000000.0,
+                           config={**_QWEN3_5_LAYERS, **_QWEN3_5_EXPERTS}),
     # Qwen3-Next: the same with the linear attention's projections grouped by key head, a dense first layer.
-    "qwen3_next": _Family(
-        "qwen3_next", "Qwen3NextForCausalLM", adds_bos=False, rope_theta=10000000.0,
-        config={"num_hidden_layers": 4, "head_dim": 32, "partial_rotary_factor": 0.25, "linear_num_key_heads": 2,
-                "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 24,
-                "linear_conv_kernel_dim": 4, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                "shared_expert_intermediate_size": 48, "mlp_only_layers": [0], "intermediate_size": 96},
-    ),
+    "qwen3_next": _Family("qwen3_next", "Qwen3NextForCausalLM", adds_bos=False, rope_theta=10000000.0,
+                          config={**_QWEN3_5_LAYERS, **_QWEN3_5_EXPERTS, "mlp_only_layers": [0],
+                                  "intermediate_size": 96}),
 }
 
 _BASE_CONFIG: dict[str, Any] = {
