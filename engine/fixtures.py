@@ -35,7 +35,7 @@ from pagoda.kernels import reference
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
-    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2",
+    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1",
     "qwen3_5", "qwen3_5_moe", "qwen3_next",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -381,6 +381,17 @@ _FAMILIES: dict[str, _Family] = {
                 "head_dim": 16, "n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                 "moe_shared_expert_intermediate_size": 48, "n_group": 2, "topk_group": 1,
                 "routed_scaling_factor": 1.5},
+    ),
+    # Falcon-H1: Mamba-2 (its gated norm normalizing before the gate) beside attention in every layer, biases
+    # on the projections, and muP multipliers that all differ from 1.
+    "falcon_h1": _Family(
+        "falcon_h1", "FalconH1ForCausalLM", adds_bos=True, rope_theta=10000.0,
+        config={"mamba_n_heads": 8, "mamba_d_ssm": 128, "mamba_n_groups": 2, "mamba_d_state": 16, "mamba_chunk_size": 8,
+                "mamba_rms_norm": True, "mamba_norm_before_gate": True, "projectors_bias": True,
+                "mamba_proj_bias": True, "attention_bias": True, "embedding_multiplier": 2.0,
+                "lm_head_multiplier": 0.6, "mlp_multipliers": [1.5, 0.7], "key_multiplier": 0.8,
+                "attention_in_multiplier": 1.2, "attention_out_multiplier": 0.9,
+                "ssm_multipliers": [0.5, 1.2, 0.9, 1.1, 0.8], "ssm_in_multiplier": 1.3, "ssm_out_multiplier": 0.7},
     ),
     # Mamba-2: Mamba-2 blocks only (no attention, no KV cache); 8 heads of 16 in 2 groups, chunks of 8 tokens.
     "mamba2": _Family(

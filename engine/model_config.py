@@ -121,6 +121,11 @@ class MambaConfig:
     proj_bias: bool
     norm_eps: float
     time_step_limit: tuple[float, float] = (0.0, float("inf"))
+    # How the scan's output meets its gate z: "gated" RMSNorm(y * silu(z)) (Mamba-2's), "norm_then_gate"
+    # RMSNorm(y) * silu(z), or "none": y * silu(z) without a norm (both Falcon-H1's options).
+    gate: str = "gated"
+    # out_proj's bias where a family sets it apart from in_proj's (Falcon-H1's projectors_bias).
+    out_bias: bool | None = None
 
     @property
     def inner(self) -> int:
@@ -336,8 +341,13 @@ def mamba_config(cfg: dict[str, Any]) -> MambaConfig:
 
     num_heads = int(read("num_heads"))
     head_dim = read("head_dim")
-    if head_dim in (None, "auto"):
-        head_dim = int(read("expand")) * int(cfg["hidden_size"]) // num_heads
+    if head_dim in (None, "auto"):  # Falcon-H1 sizes the mixer by mamba_d_ssm, the others by expand
+        head_dim = int(cfg.get("mamba_d_ssm") or int(read("expand")) * int(cfg["hidden_size"])) // num_heads
+    gate = "gated"
+    if cfg.get("mamba_rms_norm") is False:  # Falcon-H1's options
+        gate = "none"
+    elif cfg.get("mamba_norm_before_gate"):
+        gate = "norm_then_gate"
     # transformers writes an infinite limit as {"__float__": "Infinity"}; hub configs as JSON's Infinity.
     limit = [float(v["__float__"]) if isinstance(v, dict) else float(v)
              for v in cfg.get("time_step_limit") or (0.0, float("inf"))]
@@ -345,7 +355,8 @@ def mamba_config(cfg: dict[str, Any]) -> MambaConfig:
                        state_size=int(read("state_size")), conv_kernel=int(read("conv_kernel")),
                        chunk_size=int(read("chunk_size")), conv_bias=bool(read("conv_bias")),
                        proj_bias=bool(read("proj_bias")), norm_eps=float(read("norm_eps") or 1e-5),
-                       time_step_limit=(limit[0], limit[1]))
+                       time_step_limit=(limit[0], limit[1]), gate=gate,
+                       out_bias=bool(cfg["projectors_bias"]) if "projectors_bias" in cfg else None)
 
 
 def _mla_config(cfg: dict[str, Any]) -> MLAConfig | None:

@@ -81,11 +81,13 @@ class MambaInProjection(ColumnParallelLinear):
 
 
 class GatedRMSNorm(nn.Module):
-    """norm(y * silu(z)) per group of heads (Mamba-2's norm_before_gate=False), in float32."""
+    """norm(y * silu(z)) per group of heads (Mamba-2's norm_before_gate=False), or norm(y) * silu(z)
+    (`before_gate`), in float32."""
 
     def __init__(self, cfg: MambaConfig, shard: _Shard) -> None:
         super().__init__()
         self.shard, self.eps = shard, cfg.norm_eps
+        self.before_gate = cfg.gate == "norm_then_gate"
         self.group_size = cfg.inner // cfg.num_groups
         self.num_groups = cfg.num_groups
         self.weight = nn.Parameter(torch.ones(shard.heads * cfg.head_dim), requires_grad=False)
@@ -97,7 +99,7 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         t = y.shape[0]
-        h = y.float() * F.silu(z.float())
+        h = y.float() if self.before_gate else y.float() * F.silu(z.float())
         if self.shard.norm_spans_ranks:  # this rank holds part of one group
             grouped = h.view(t, 1, -1)
             squares = torch.zeros(t, self.num_groups, dtype=torch.float32, device=h.device)
@@ -107,8 +109,8 @@ class GatedRMSNorm(nn.Module):
         else:
             grouped = h.view(t, -1, self.group_size)
             mean = grouped.pow(2).mean(-1, keepdim=True)
-        normed = (grouped * torch.rsqrt(mean + self.eps)).view(t, -1)
-        return (self.weight.float() * normed).to(z.dtype)
+        normed = self.weight.float() * (grouped * torch.rsqrt(mean + self.eps)).view(t, -1)
+        return (normed * F.silu(z.float()) if self.before_gate else normed).to(z.dtype)
 
 
 class Mamba2Mixer(RecurrentMixer):
@@ -125,8 +127,9 @@ class Mamba2Mixer(RecurrentMixer):
             param = nn.Parameter(torch.empty(shard.heads), requires_grad=False)
             param.weight_loader = self._load_heads
             setattr(self, name, param)
-        self.norm = GatedRMSNorm(cfg, shard)
-        self.out_proj = RowParallelLinear(cfg.inner, hidden_size, bias=cfg.proj_bias)
+        self.norm = GatedRMSNorm(cfg, shard) if cfg.gate != "none" else None
+        self.out_proj = RowParallelLinear(cfg.inner, hidden_size,
+                                          bias=cfg.proj_bias if cfg.out_bias is None else cfg.out_bias)
 
     def _load_heads(self, param: nn.Parameter, src: Any) -> None:
         copy_into(param, read_shard(src, 0, self.shard.first_head, self.shard.heads))
@@ -146,8 +149,9 @@ class Mamba2Mixer(RecurrentMixer):
         local = self.in_proj.local
         z, xbc, dt = self.in_proj(x).split([local["z"], self.conv_dim, local["dt"]], dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.cfg.time_step_limit)
-        y = self.recur(xbc, (dt,), meta)
-        return self.out_proj(self.norm(y.view(x.shape[0], -1), z))
+        y = self.recur(xbc, (dt,), meta).view(x.shape[0], -1)
+        gated = (y * F.silu(z.float())).to(z.dtype) if self.norm is None else self.norm(y, z)
+        return self.out_proj(gated)
 
     def _split(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Convolved channels -> x [T, H, P], B and C [T, G, N]."""

@@ -1,10 +1,11 @@
 """Hybrid decoders whose layers are Mamba-2 mixers or attention: IBM Granite 4.0-H (and Granite 4.0's
-dense models, which share its architecture), IBM Bamba and NVIDIA Nemotron-H.
+dense models, which share its architecture), IBM Bamba, NVIDIA Nemotron-H and TII Falcon-H1.
 
 In Granite and Bamba a Mamba layer takes the place of attention inside an otherwise
 ordinary decoder layer (norm, mixer, residual, norm, MLP, residual); Nemotron-H's
 blocks each hold one mixer (Mamba-2, attention or an MLP) between a norm and the
-residual. The mixers keep per-sequence states instead of KV
+residual; Falcon-H1's layers run Mamba-2 and attention side by side. The mixers keep per-sequence
+states instead of KV
 (engine/layers/mamba.py), and only the attention layers take blocks of the paged
 KV cache.
 """
@@ -101,6 +102,76 @@ class BambaForCausalLM(LlamaForCausalLM):
         for theirs, ours in self._NAMES.items():
             name = name.replace(theirs, ours)
         return super().checkpoint_target(name)
+
+
+class ParallelHybridMixer(nn.Module):
+    """Falcon-H1's mixers: Mamba-2 and attention side by side on the same normed input, summed."""
+
+    def __init__(self, mamba: nn.Module, attention: nn.Module) -> None:
+        super().__init__()
+        self.mamba, self.attention = mamba, attention
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        return self.mamba(positions, x, meta) + self.attention(positions, x, meta)
+
+
+class FalconH1ForCausalLM(LlamaForCausalLM):
+    """TII Falcon-H1 (0.5B to 34B): every layer runs Mamba-2 and attention in parallel, then a SwiGLU MLP.
+    Its muP multipliers (on the mixer's input and each part of its projection, on attention's input,
+    keys and output, on the MLP's gate and output, on the LM head) are folded into the weights once
+    loaded, so the forward pass is the plain one; the embedding multiplier is DecoderModel's."""
+
+    _NAMES = ((".self_attn.", ".self_attn.attention."), (".mamba.", ".self_attn.mamba."), (".feed_forward.", ".mlp."),
+              (".pre_ff_layernorm.", ".post_attention_layernorm."), ("model.final_layernorm.", "model.norm."))
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        if cfg.quantization is not None or cfg.hf_config.get("mlp_bias"):
+            raise ValueError("Falcon-H1 checkpoints that are quantized or have MLP biases are not supported")
+        self.mamba = mamba_config(cfg.hf_config)
+        super().__init__(cfg)
+
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
+        return {"attention": ParallelHybridMixer(MambaMixerLayer(cfg.hidden_size, self.mamba),
+                                                 DecoderAttention(cfg, cfg.attention_bias, False))}
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        for theirs, ours in self._NAMES:
+            name = name.replace(theirs, ours)
+        return super().checkpoint_target(name)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden) * float(self.config.hf_config.get("lm_head_multiplier") or 1.0)
+
+    @torch.no_grad()
+    def finish_loading(self) -> None:
+        """Scales each projection's rows (and biases, where the multiplier comes after them) by its multipliers."""
+        hf = self.config.hf_config
+
+        def multiplier(key: str) -> float:
+            return float(hf.get(key) or 1.0)
+
+        ssm = hf.get("ssm_multipliers") or [1.0] * 5
+        gate, down = hf.get("mlp_multipliers") or (1.0, 1.0)
+        for layer in self.model.layers:
+            mamba, attention, mlp = layer.self_attn.mamba, layer.self_attn.attention, layer.mlp
+            for part, scale in zip(mamba.in_proj.part_ids, ssm):
+                _scale_rows(mamba.in_proj, part, float(scale) * multiplier("ssm_in_multiplier"), float(scale))
+            _scale_rows(mamba.out_proj, None, multiplier("ssm_out_multiplier"))
+            for part in ("q", "k", "v"):
+                key = multiplier("key_multiplier") if part == "k" else 1.0
+                _scale_rows(attention.qkv_proj, part, key * multiplier("attention_in_multiplier"), key)
+            _scale_rows(attention.o_proj, None, multiplier("attention_out_multiplier"))
+            _scale_rows(mlp.gate_up_proj, 0, float(gate))
+            _scale_rows(mlp.down_proj, None, float(down))
+
+
+def _scale_rows(linear: nn.Module, part: Any, weight: float, bias: float | None = None) -> None:
+    """Multiplies a projection's rows of `part` (None: all of them) by `weight`, its bias by `bias`
+    (default: `weight`)."""
+    offset, size = linear.rows(part)[:2] if part is not None else (0, linear.weight.shape[0])
+    linear.weight.data[offset : offset + size] *= weight
+    if linear.bias is not None:
+        linear.bias.data[offset : offset + size] *= weight if bias is None else bias
 
 
 # Nemotron-H's hybrid_override_pattern letters (hub configs) and transformers 5's layers_block_type names.
