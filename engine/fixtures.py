@@ -35,7 +35,7 @@ from pagoda.kernels import reference
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
-    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1",
+    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2",
     "qwen3_5", "qwen3_5_moe", "qwen3_next",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -392,6 +392,14 @@ _FAMILIES: dict[str, _Family] = {
                 "lm_head_multiplier": 0.6, "mlp_multipliers": [1.5, 0.7], "key_multiplier": 0.8,
                 "attention_in_multiplier": 1.2, "attention_out_multiplier": 0.9,
                 "ssm_multipliers": [0.5, 1.2, 0.9, 1.1, 0.8], "ssm_in_multiplier": 1.3, "ssm_out_multiplier": 0.7},
+    ),
+    # LFM2: gated short convolutions (3 taps) around an attention layer, the MLP's width auto-adjusted
+    # (2/3 of 192 times 1.25, rounded up to a multiple of 32: 160).
+    "lfm2": _Family(
+        "lfm2", "Lfm2ForCausalLM", adds_bos=True, rope_theta=1000000.0,
+        config={"num_hidden_layers": 3, "layer_types": ["conv", "full_attention", "conv"], "conv_L_cache": 3,
+                "conv_bias": True, "intermediate_size": 192, "block_multiple_of": 32, "block_ffn_dim_multiplier": 1.25,
+                "norm_eps": 1e-5},
     ),
     # Mamba-2: Mamba-2 blocks only (no attention, no KV cache); 8 heads of 16 in 2 groups, chunks of 8 tokens.
     "mamba2": _Family(

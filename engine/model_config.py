@@ -661,7 +661,7 @@ def load_model_config(
         dtype=torch_dtype,
         vocab_size=int(cfg["vocab_size"]),
         hidden_size=hidden,
-        intermediate_size=int(cfg.get("intermediate_size") or 0),
+        intermediate_size=int(cfg.get("intermediate_size") or cfg.get("block_ff_dim") or 0),
         # Nemotron-H's configs as transformers 5 writes them count the layers only by listing them.
         num_layers=int(cfg.get("num_hidden_layers") or len(cfg.get("layers_block_type") or ())),
         num_heads=num_heads,
@@ -672,7 +672,7 @@ def load_model_config(
         max_position_embeddings=max_pos,
         max_model_len=max_model_len,
         rope=rope,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", cfg.get("tie_embedding", False))),
         attention_bias=bool(cfg.get("attention_bias", False)),
         sliding_window=int(sliding) if sliding else None,
         eos_token_ids=_eos_ids(path, cfg),

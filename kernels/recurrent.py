@@ -21,26 +21,26 @@ import torch
 from torch.nn import functional as F
 
 
-def conv_prefill(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor,
-                 bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One sequence's chunk through the depthwise causal convolution and SiLU.
+def conv_prefill(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 silu: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence's chunk through the depthwise causal convolution and SiLU (unless `silu` is off: LFM2's).
 
     x: [L, C] the chunk's inputs; state: [C, K - 1] the inputs before it (zeros at a prompt's start);
     weight: [C, K]. Returns (outputs [L, C], the new state [C, K - 1]: the last K - 1 inputs)."""
     kernel = weight.shape[1]
     history = torch.cat([state.to(x.dtype), x.t()], dim=1)  # [C, K - 1 + L]
-    out = F.conv1d(history.unsqueeze(0), weight.unsqueeze(1), bias, groups=weight.shape[0])[0]
-    return F.silu(out.t()), history[:, history.shape[1] - (kernel - 1):]
+    out = F.conv1d(history.unsqueeze(0), weight.unsqueeze(1), bias, groups=weight.shape[0])[0].t()
+    return F.silu(out) if silu else out, history[:, history.shape[1] - (kernel - 1):]
 
 
-def conv_decode(x: torch.Tensor, states: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def conv_decode(x: torch.Tensor, states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                silu: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per sequence: x [B, C], states [B, C, K - 1] -> (outputs [B, C], new states)."""
     window = torch.cat([states.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # [B, C, K]
     out = (window * weight).sum(-1)
     if bias is not None:
         out = out + bias
-    return F.silu(out), window[..., 1:]
+    return F.silu(out) if silu else out, window[..., 1:]
 
 
 def _per_head(t: torch.Tensor, num_heads: int) -> torch.Tensor:

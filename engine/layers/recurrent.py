@@ -1,7 +1,7 @@
-"""Layers that keep a fixed-size state per sequence instead of a KV cache: Mamba-2 mixers and Gated
-DeltaNet (linear attention), the recurrent layers of hybrid models.
+"""Layers that keep a fixed-size state per sequence instead of a KV cache: Mamba-2 mixers, Gated
+DeltaNet (linear attention) and LFM2's short convolutions, the recurrent layers of hybrid models.
 
-Both run a short depthwise causal convolution, then a recurrence over its
+Each runs a short depthwise causal convolution, then (but LFM2's) a recurrence over its
 outputs (kernels/recurrent.py), so each keeps two states per sequence: the
 convolution's last `kernel - 1` inputs and the recurrence's matrices. They live
 in slots: each running sequence holds one slot (BlockManager assigns it with the
@@ -36,9 +36,9 @@ class RecurrentMixer(nn.Module):
     one token of many sequences, `chunk` for many tokens of one) and call `recur` from their forward."""
 
     def __init__(self, conv_dim: int, conv_kernel: int, conv_bias: bool,
-                 conv_loader: Callable[[nn.Parameter, Any], None]) -> None:
+                 conv_loader: Callable[[nn.Parameter, Any], None], conv_silu: bool = True) -> None:
         super().__init__()
-        self.conv_dim, self.conv_kernel = conv_dim, conv_kernel
+        self.conv_dim, self.conv_kernel, self.conv_silu = conv_dim, conv_kernel, conv_silu
         # The depthwise convolution's weight [conv_dim, K] (checkpoints: [conv_dim, 1, K]) and bias.
         self.conv1d = nn.Module()
         self.conv1d.weight = nn.Parameter(torch.empty(conv_dim, conv_kernel), requires_grad=False)
@@ -74,7 +74,7 @@ class RecurrentMixer(nn.Module):
             # A sequence at its first token (a one-token prompt) starts from zero states, as do graph padding rows.
             carried = meta.seq_lens[:decodes] > 1
             conv, conv_state = recurrent.conv_decode(conv_in[:decodes], self.conv_state[slots] * carried[:, None, None],
-                                                     weight, bias)
+                                                     weight, bias, self.conv_silu)
             self.conv_state.index_copy_(0, slots, conv_state.to(self.conv_state.dtype))
             states = self.state[slots].float() * carried.view(-1, *[1] * (self.state.dim() - 1))
             y, states = self.step(conv, tuple(t[:decodes] for t in inputs), states)
@@ -86,7 +86,7 @@ class RecurrentMixer(nn.Module):
             conv_state, state = self.conv_state[slot], self.state[slot].float()
             if meta.seq_lens_host[i] == n:  # the prompt starts here
                 conv_state, state = torch.zeros_like(conv_state), torch.zeros_like(state)
-            conv, conv_state = recurrent.conv_prefill(conv_in[token : token + n], conv_state, weight, bias)
+            conv, conv_state = recurrent.conv_prefill(conv_in[token : token + n], conv_state, weight, bias, self.conv_silu)
             self.conv_state[slot] = conv_state
             y, state = self.chunk(conv, tuple(t[token : token + n] for t in inputs), state)
             self.state[slot] = state.to(self.state.dtype)

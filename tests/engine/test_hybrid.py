@@ -197,7 +197,8 @@ def test_qwen3_next_hub_config_without_layer_types(tiny_model, tmp_path) -> None
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
 
 
-@pytest.mark.parametrize(("arch", "tp"), [("qwen3_5", 1), ("granitemoehybrid", 1), ("mamba2", 1), ("qwen3_5", 2)])
+@pytest.mark.parametrize(("arch", "tp"), [("qwen3_5", 1), ("granitemoehybrid", 1), ("mamba2", 1), ("lfm2", 1),
+                                          ("qwen3_5", 2)])
 def test_prefix_cache_resumes_recurrent_states(tiny_model, arch: str, tp: int) -> None:
     """A prompt's recurrent states at its last full block are kept as a snapshot: a later prompt that
     extends it (a chat's next turn) or repeats it resumes there, its KV blocks and states both reused,
@@ -268,7 +269,7 @@ def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
     ("granitemoehybrid", {"mamba_n_groups": 1}, 2), ("granitemoehybrid", {}, 2),
     pytest.param("granitemoehybrid", {"mamba_n_groups": 1}, 4, marks=pytest.mark.slow),
     ("qwen3_5", {}, 2), ("qwen3_next", {}, 2), ("nemotron_h", {}, 2), ("nemotron_h_moe", {"moe_latent_size": 32}, 2),
-    ("mamba2", {}, 2), ("falcon_h1", {}, 2),
+    ("mamba2", {}, 2), ("falcon_h1", {}, 2), ("lfm2", {}, 2),
 ])
 def test_tensor_parallel_hybrid_matches_transformers(tiny_model, arch: str, overrides: dict, tp: int) -> None:
     """Mamba: heads split over the ranks; B and C split with their groups (2 groups over 2 ranks) or held
