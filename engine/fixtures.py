@@ -35,7 +35,7 @@ from pagoda.kernels import reference
 FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
-    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2",
+    "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
     "qwen3_5", "qwen3_5_moe", "qwen3_next",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -401,6 +401,13 @@ _FAMILIES: dict[str, _Family] = {
                 "conv_bias": True, "intermediate_size": 192, "block_multiple_of": 32, "block_ffn_dim_multiplier": 1.25,
                 "norm_eps": 1e-5},
     ),
+    # LFM2-MoE: the same layers, a dense first one, then 8 experts (2 a token) routed by sigmoid scores and a bias.
+    "lfm2_moe": _Family(
+        "lfm2_moe", "Lfm2MoeForCausalLM", adds_bos=True, rope_theta=1000000.0,
+        config={"num_hidden_layers": 3, "layer_types": ["conv", "full_attention", "conv"], "conv_L_cache": 3,
+                "intermediate_size": 96, "moe_intermediate_size": 32, "num_dense_layers": 1, "num_experts": 8,
+                "num_experts_per_tok": 2, "use_expert_bias": True, "routed_scaling_factor": 1.5, "norm_eps": 1e-5},
+    ),
     # Mamba-2: Mamba-2 blocks only (no attention, no KV cache); 8 heads of 16 in 2 groups, chunks of 8 tokens.
     "mamba2": _Family(
         "mamba2", "Mamba2ForCausalLM", adds_bos=True, rope_theta=10000.0,
@@ -535,7 +542,7 @@ def build_tiny_model(
             elif name.endswith((".A_log", ".D")):  # recurrent layers' per-head decay (and skip): distinct per head
                 param.uniform_(-0.5, 1.5)
         for name, buffer in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):  # DeepSeek V3's router bias, zero at init
+            if name.endswith(("e_score_correction_bias", "expert_bias")):  # routers' biases, zero at init
                 buffer.uniform_(-0.3, 0.3)
         # Rows past the tokenizer are padding: trained models never pick them, and a
         # zero row keeps their logit at 0, well below the random winners.

@@ -422,6 +422,10 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
         sparse_step=max(1, int(cfg.get("decoder_sparse_step") or 1)),
         dense_layers=tuple(int(i) for i in cfg.get("mlp_only_layers") or ()),
     )
+    if "use_expert_bias" in cfg:  # LFM2-MoE: sigmoid scores steered by an expert bias, dense first layers
+        fields.update(scoring="sigmoid", score_bias=bool(cfg["use_expert_bias"]),
+                      routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
+                      dense_layers=tuple(range(int(cfg.get("num_dense_layers") or 0))))
     return MoEConfig(**{**fields, **_routing(cfg, num_experts)})
 
 

@@ -1,5 +1,7 @@
 """Liquid AI LFM2 (350M to 2.6B): gated short convolutions in most layers, attention (per-head q/k
-RMSNorms, rotary) in the few `layer_types` (or `full_attn_idxs`) names, each followed by a SwiGLU MLP.
+RMSNorms, rotary) in the few `layer_types` (or `full_attn_idxs`) names, each followed by a SwiGLU MLP;
+LFM2-MoE (8B-A1B): the same with experts after its first `num_dense_layers` (sigmoid scores steered by
+an expert bias).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pagoda.engine.layers.norm import RMSNorm
 from pagoda.engine.layers.short_conv import ShortConv
 from pagoda.engine.model_config import ModelConfig
 from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderModel, LlamaForCausalLM
+from pagoda.engine.models.moe import SparseMoeBlock, _MixtureOfExperts
 
 # Checkpoint names -> ours, in this order (attention's out_proj is renamed before the convolution's
 # parts move under self_attn, where LFM2's attention and convolution both sit in our layers).
@@ -19,7 +22,7 @@ _NAMES = ((".self_attn.out_proj.", ".self_attn.o_proj."), (".self_attn.q_layerno
           (".self_attn.k_layernorm.", ".self_attn.k_norm."), (".conv.conv.", ".self_attn.conv1d."),
           (".conv.in_proj.", ".self_attn.in_proj."), (".conv.out_proj.", ".self_attn.out_proj."),
           (".feed_forward.w1.", ".mlp.gate_proj."), (".feed_forward.w3.", ".mlp.up_proj."),
-          (".feed_forward.w2.", ".mlp.down_proj."), (".operator_norm.", ".input_layernorm."),
+          (".feed_forward.w2.", ".mlp.down_proj."), (".feed_forward.", ".mlp."), (".operator_norm.", ".input_layernorm."),
           (".ffn_norm.", ".post_attention_layernorm."), ("model.embedding_norm.", "model.norm."))
 
 
@@ -68,3 +71,16 @@ class Lfm2ForCausalLM(LlamaForCausalLM):
         for theirs, ours in _NAMES:
             name = name.replace(theirs, ours)
         return super().checkpoint_target(name)
+
+
+class Lfm2MoeForCausalLM(_MixtureOfExperts, Lfm2ForCausalLM):
+    @staticmethod
+    def make_mlp(cfg: ModelConfig, layer: int) -> nn.Module:
+        if cfg.moe is not None and cfg.moe.is_sparse(layer):
+            return SparseMoeBlock(cfg)
+        return DecoderMLP(cfg.hidden_size, cfg.intermediate_size)  # LFM2-MoE's dense layers take it as it is
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        """The experts' names as _MixtureOfExperts reads them (under `mlp`), the router's bias on the router."""
+        name = name.replace(".feed_forward.expert_bias", ".mlp.gate.e_score_correction_bias")
+        return super().checkpoint_target(name.replace(".feed_forward.experts.", ".mlp.experts."))

@@ -55,6 +55,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Mamba2ForCausalLM": ("pagoda.engine.models.hybrid", "Mamba2ForCausalLM"),
     "FalconH1ForCausalLM": ("pagoda.engine.models.hybrid", "FalconH1ForCausalLM"),
     "Lfm2ForCausalLM": ("pagoda.engine.models.lfm2", "Lfm2ForCausalLM"),
+    "Lfm2MoeForCausalLM": ("pagoda.engine.models.lfm2", "Lfm2MoeForCausalLM"),
     # Gated DeltaNet (linear attention) and gated full attention.
     "Qwen3_5ForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3_5ForCausalLM"),
     "Qwen3_5MoeForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3_5MoeForCausalLM"),

@@ -269,7 +269,7 @@ def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
     ("granitemoehybrid", {"mamba_n_groups": 1}, 2), ("granitemoehybrid", {}, 2),
     pytest.param("granitemoehybrid", {"mamba_n_groups": 1}, 4, marks=pytest.mark.slow),
     ("qwen3_5", {}, 2), ("qwen3_next", {}, 2), ("nemotron_h", {}, 2), ("nemotron_h_moe", {"moe_latent_size": 32}, 2),
-    ("mamba2", {}, 2), ("falcon_h1", {}, 2), ("lfm2", {}, 2),
+    ("mamba2", {}, 2), ("falcon_h1", {}, 2), ("lfm2", {}, 2), ("lfm2_moe", {}, 2),
 ])
 def test_tensor_parallel_hybrid_matches_transformers(tiny_model, arch: str, overrides: dict, tp: int) -> None:
     """Mamba: heads split over the ranks; B and C split with their groups (2 groups over 2 ranks) or held
