@@ -347,3 +347,32 @@ def int_linear(
     """
     weight = int_dequantize(qweight, scales, zeros, g_idx, bits, group_size, codebook)
     return F.linear(x, weight.to(x.dtype), bias)
+
+
+def gated_delta_decode_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                             states: torch.Tensor, slots: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
+    """One token of each of S sequences through the gated delta rule (kernels/recurrent.py), each sequence's
+    state read from states[slots] (zero where not `carried`: a prompt's first token) and written back in
+    place. q, k: [S, Hk, K]; v: [S, H, V]; g, beta: [S, H]; states: [slots, H, K, V] -> outputs [S, H, V] fp32."""
+    from pagoda.kernels import recurrent
+
+    y, new = recurrent.gated_delta_decode(q, k, v, g, beta, _carried_states(states, slots, carried))
+    states.index_copy_(0, slots, new.to(states.dtype))
+    return y
+
+
+def ssd_decode_slots(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                     D: torch.Tensor, states: torch.Tensor, slots: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
+    """One token of each of S sequences through Mamba-2's selective state update (kernels/recurrent.py), the
+    states read from and written back to states[slots] as in gated_delta_decode_slots. x: [S, H, P];
+    dt: [S, H]; A, D: [H]; B, C: [S, G, N]; states: [slots, H, P, N] -> outputs [S, H, P] fp32."""
+    from pagoda.kernels import recurrent
+
+    y, new = recurrent.ssd_decode(x, dt, A, B, C, D, _carried_states(states, slots, carried))
+    states.index_copy_(0, slots, new.to(states.dtype))
+    return y
+
+
+def _carried_states(states: torch.Tensor, slots: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
+    """states[slots] in fp32, zero for the sequences not `carried`."""
+    return torch.where(carried.view(-1, *[1] * (states.dim() - 1)), states[slots].float(), 0.0)

@@ -25,7 +25,7 @@ from pagoda.engine.layers.linear import ColumnParallelLinear, MergedColumnParall
 from pagoda.engine.layers.recurrent import RecurrentMixer
 from pagoda.engine.layers.weights import copy_into, read_shard
 from pagoda.engine.model_config import LinearAttentionConfig
-from pagoda.kernels import recurrent
+from pagoda.kernels import ops, recurrent
 
 # Tokens per chunk of the delta rule's chunked form (its triangular solve is chunk x chunk per head).
 CHUNK_SIZE = 64
@@ -94,9 +94,9 @@ class GatedDeltaNet(RecurrentMixer):
         return (q.reshape(t, -1, cfg.key_head_dim), k.reshape(t, -1, cfg.key_head_dim),
                 v.reshape(t, -1, cfg.value_head_dim))
 
-    def step(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
-             states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return recurrent.gated_delta_decode(*self._split(conv), *inputs, states)
+    def step(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...], slots: torch.Tensor,
+             carried: torch.Tensor) -> torch.Tensor:
+        return ops.gated_delta_decode_slots(*self._split(conv), *inputs, self.state, slots, carried)
 
     def chunk(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
               state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from pagoda.engine.layers.linear import ColumnParallelLinear, RowParallelLinear,
 from pagoda.engine.layers.recurrent import RecurrentMixer
 from pagoda.engine.layers.weights import copy_into, read_shard
 from pagoda.engine.model_config import MambaConfig
-from pagoda.kernels import recurrent
+from pagoda.kernels import ops, recurrent
 
 
 class _Shard:
@@ -160,10 +160,11 @@ class Mamba2Mixer(RecurrentMixer):
         t = xbc.shape[0]
         return xs.reshape(t, -1, cfg.head_dim), B.reshape(t, -1, cfg.state_size), C.reshape(t, -1, cfg.state_size)
 
-    def step(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
-             states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...], slots: torch.Tensor,
+             carried: torch.Tensor) -> torch.Tensor:
         xs, B, C = self._split(conv)
-        return recurrent.ssd_decode(xs, inputs[0], -torch.exp(self.A_log.float()), B, C, self.D.float(), states)
+        return ops.ssd_decode_slots(xs, inputs[0], -torch.exp(self.A_log.float()), B, C, self.D.float(), self.state,
+                                    slots, carried)
 
     def chunk(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
               state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,10 +27,6 @@ from torch import nn
 from pagoda.engine.attention import AttentionMetadata
 from pagoda.kernels import recurrent
 
-# (convolved channels, per-token inputs, states) -> (outputs, states): a recurrence in either form.
-Recurrence = Callable[[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
 class RecurrentMixer(nn.Module):
     """The state handling both recurrent layers share; subclasses define the recurrence (`step` for
     one token of many sequences, `chunk` for many tokens of one) and call `recur` from their forward."""
@@ -53,9 +49,10 @@ class RecurrentMixer(nn.Module):
         """One sequence's recurrent state on this rank."""
         raise NotImplementedError
 
-    def step(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
-             states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token of each of S sequences: conv [S, C], states [S, *state_shape] float32."""
+    def step(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...], slots: torch.Tensor,
+             carried: torch.Tensor) -> torch.Tensor:
+        """One token of each of S sequences: conv [S, C]; each sequence's state in self.state[slots], read
+        (zero where not `carried`) and updated in place (kernels/ops.py's *_decode_slots)."""
         raise NotImplementedError
 
     def chunk(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
@@ -73,13 +70,10 @@ class RecurrentMixer(nn.Module):
             slots = meta.state_slots[:decodes]
             # A sequence at its first token (a one-token prompt) starts from zero states, as do graph padding rows.
             carried = meta.seq_lens[:decodes] > 1
-            conv, conv_state = recurrent.conv_decode(conv_in[:decodes], self.conv_state[slots] * carried[:, None, None],
-                                                     weight, bias, self.conv_silu)
-            self.conv_state.index_copy_(0, slots, conv_state.to(self.conv_state.dtype))
-            states = self.state[slots].float() * carried.view(-1, *[1] * (self.state.dim() - 1))
-            y, states = self.step(conv, tuple(t[:decodes] for t in inputs), states)
-            self.state.index_copy_(0, slots, states.to(self.state.dtype))
-            outputs.append(y)
+            conv_states = torch.where(carried[:, None, None], self.conv_state[slots], 0.0)
+            conv, conv_states = recurrent.conv_decode(conv_in[:decodes], conv_states, weight, bias, self.conv_silu)
+            self.conv_state.index_copy_(0, slots, conv_states.to(self.conv_state.dtype))
+            outputs.append(self.step(conv, tuple(t[:decodes] for t in inputs), slots, carried))
         token = decodes
         for i in range(decodes, meta.num_seqs):
             n, slot = meta.query_lens_host[i], meta.state_slots_host[i]

@@ -36,11 +36,13 @@ class ShortConv(RecurrentMixer):
     def state_shape(self) -> tuple[int, ...]:
         return (0,)  # none beyond the convolution's
 
-    def step(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
-             states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return conv, states
+    def step(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...], slots: torch.Tensor,
+             carried: torch.Tensor) -> torch.Tensor:
+        return conv
 
-    chunk = step
+    def chunk(self, conv: torch.Tensor, inputs: tuple[torch.Tensor, ...],
+              state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return conv, state
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """(positions unused: the convolution is ordered by itself.)"""

@@ -15,6 +15,7 @@ from pagoda.kernels.triton.moe import fused_moe
 from pagoda.kernels.triton.norm import fused_add_rms_norm, rms_norm
 from pagoda.kernels.triton.paged_decode import paged_attention_decode
 from pagoda.kernels.triton.paged_prefill import paged_attention_prefill, paged_attention_prefill_varlen
+from pagoda.kernels.triton.recurrent import gated_delta_decode_slots, ssd_decode_slots
 from pagoda.kernels.triton.rotary import rotary_embedding
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "fp8_block_linear",
     "fused_add_rms_norm",
     "fused_moe",
+    "gated_delta_decode_slots",
     "gelu_tanh_and_mul",
     "int_linear",
     "paged_attention_decode",
@@ -30,5 +32,6 @@ __all__ = [
     "rms_norm",
     "rotary_embedding",
     "silu_and_mul",
+    "ssd_decode_slots",
     "store_kv_cache",
 ]
