@@ -75,10 +75,12 @@ def test_too_long_a_prompt_is_refused_before_anything_runs(llm: LLM) -> None:
     assert not llm.engine.requests
 
 
-def test_beams_of_a_hybrid_kv_model_equal_transformers(tiny_model) -> None:
+@pytest.mark.parametrize("arch", ["gemma3", "qwen3_5"])
+def test_beams_of_a_hybrid_kv_model_equal_transformers(tiny_model, arch: str) -> None:
     """Gemma 3's sliding layer in a KV group of its own (window 8): beams that fork and share prefix
-    blocks, the sliding group's included, keep transformers' beams."""
-    path = tiny_model("gemma3")
+    blocks, the sliding group's included, keep transformers' beams; so do Qwen3.5's, whose recurrent
+    layers resume each beam from the prompt's state snapshot."""
+    path = tiny_model(arch)
     llm = LLM(str(path), dtype="float32", block_size=4)
     ids = list(range(40, 52))
     result = llm.beam_search([{"prompt_token_ids": ids}], BeamSearchParams(beam_width=3, max_tokens=10,
