@@ -9,6 +9,7 @@ request takes no logits at all: its prompt's last hidden state, normalized.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,8 @@ from pagoda.engine.step_inputs import StepInputs
 
 if TYPE_CHECKING:
     from pagoda.engine.tensor_parallel import TensorParallelGroup
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,17 +80,17 @@ class ModelRunner:
         self.model = build_model(model_config, self.device, config.quantization)
         self.backend = select_backend(self.device)
         # Recurrent layers (Mamba, Gated DeltaNet): a state slot for each sequence that may run, one more that the
-        # padding rows of CUDA graphs write, and as many snapshots for the prefix cache (engine/state_cache.py);
-        # allocated before the KV cache, which takes what they leave.
+        # padding rows of CUDA graphs write, and snapshots for the prefix cache (engine/state_cache.py); allocated
+        # before the KV cache, which takes what they leave.
         self.mixers = recurrent_mixers(self.model)
-        self.num_state_slots = config.max_num_seqs if self.mixers else 0
-        self.num_snapshot_slots = self.num_state_slots if config.enable_prefix_caching else 0
-        self.state_bytes = 0
-        if self.num_state_slots:
+        self.num_state_slots = self.num_snapshot_slots = self.state_bytes = 0
+        if self.mixers:
             ssm_dtype = config.resolve_mamba_ssm_cache_dtype(model_config.dtype, model_config.hf_config)
+            per_slot = state_bytes(self.model, model_config.dtype, ssm_dtype)
+            self.num_state_slots, self.num_snapshot_slots = self._state_slots(per_slot)
             slots = self.num_state_slots + 1 + self.num_snapshot_slots
             bind_recurrent_state(self.model, slots, model_config.dtype, ssm_dtype, self.device)
-            self.state_bytes = slots * state_bytes(self.model, model_config.dtype, ssm_dtype)
+            self.state_bytes = slots * per_slot
         # LoRA slots before the KV cache is sized, so the cache takes only what they leave.
         self.lora = (LoRASlots(self.model, config.max_loras, config.max_lora_rank, model_config.dtype, self.device)
                      if config.enable_lora else None)
@@ -122,6 +125,27 @@ class ModelRunner:
             model_config.max_model_len, self.block_size, len(self.layout.groups),
             self.num_state_slots if self.num_state_slots else None,
         )
+
+    def _state_slots(self, per_slot: int) -> tuple[int, int]:
+        """(live slots, snapshot slots) of the recurrent states: max_num_seqs of each (snapshots only with prefix
+        caching) within half of the memory the cache may use, the KV blocks taking the rest. Where that half
+        holds fewer, fewer sequences run at once (a sequence waits for a slot as for blocks), as vLLM caps a
+        hybrid model's concurrency by its state memory; snapshots get what the live slots leave."""
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            budget = int(total * self.config.gpu_memory_utilization) - torch.cuda.memory_allocated(self.device)
+        else:
+            budget = self.config.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES
+        fit = budget // 2 // per_slot - 1  # past the spare slot
+        caching = self.config.enable_prefix_caching
+        live = agree_min(min(self.config.max_num_seqs, fit // 2 if caching else fit), self.device)
+        if live < 1:
+            raise ValueError(f"one sequence's recurrent states take {per_slot} bytes: half of the cache budget "
+                             f"({budget} bytes) does not hold them; raise the budget")
+        if live < self.config.max_num_seqs:
+            logger.warning("the recurrent states of %d sequences fill half of the cache budget: at most %d run at "
+                           "once (max_num_seqs %d)", live, live, self.config.max_num_seqs)
+        return live, agree_min(min(live, fit - live), self.device) if caching else 0
 
     def _block_bytes(self) -> int:
         """Bytes of one block of K and V over a group's layers, on this rank (the draft model's too)."""

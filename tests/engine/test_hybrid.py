@@ -251,6 +251,20 @@ def test_speculation_is_refused(tiny_model) -> None:
             speculative_config={"method": "ngram", "num_speculative_tokens": 2})
 
 
+def test_state_memory_bounds_concurrency(tiny_model) -> None:
+    """Recurrent states take at most half of the cache budget: a small one holds 4 sequences' states and
+    4 snapshots (of 24 KB each here), so 4 of 7 prompts run at once and the rest wait for a slot."""
+    path = tiny_model("qwen3_5")
+    llm = LLM(str(path), dtype="float32", kv_cache_memory_bytes=512 << 10, max_model_len=256)
+    runner = llm.engine.runner
+    assert (runner.num_state_slots, runner.num_snapshot_slots) == (4, 4)
+    assert runner.state_bytes <= (512 << 10) // 2
+    for out in llm.generate(PROMPTS, GREEDY):
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12), out.prompt
+    with pytest.raises(ValueError, match="recurrent states take"):
+        LLM(str(path), dtype="float32", kv_cache_memory_bytes=32 << 10)
+
+
 def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
     """Two slots for seven prompts (and n=3 samples of one): sequences queue for slots, every one
     starts from zero states whatever its slot held before, and greedy samples agree."""
