@@ -21,8 +21,8 @@ def hf_greedy(path: pathlib.Path, prompt_ids: list[int], max_new_tokens: int) ->
     model = hf_model(path)
     ids = torch.tensor([prompt_ids])
     out = model(ids, use_cache=True)
-    if not hasattr(out, "past_key_values"):  # Mamba-2 returns its own cache_params: recompute instead
-        return hf_greedy_uncached(path, prompt_ids, max_new_tokens)
+    if "past_key_values" not in out.keys():  # Mamba-2 returns its own cache (cache_params; `cache` since
+        return hf_greedy_uncached(path, prompt_ids, max_new_tokens)  # transformers 5.24): recompute instead
     generated: list[int] = []
     for _ in range(max_new_tokens):
         token = int(out.logits[0, -1].argmax())
@@ -35,7 +35,7 @@ def hf_greedy(path: pathlib.Path, prompt_ids: list[int], max_new_tokens: int) ->
 def hf_greedy_uncached(path: pathlib.Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """Greedy continuation by a full forward pass over the whole sequence for every token: the reference
     where transformers' own cached decoding of a model is not (Bamba's, in transformers 5.23), or takes
-    another form (Mamba-2's cache_params)."""
+    another form (Mamba-2's cache, which transformers 5.24 no longer takes back as past_key_values)."""
     ids = list(prompt_ids)
     for _ in range(max_new_tokens):
         ids.append(int(hf_model(path)(torch.tensor([ids])).logits[0, -1].argmax()))
