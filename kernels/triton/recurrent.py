@@ -21,6 +21,13 @@ from pagoda.kernels.triton.launch import block_for
 _BLOCK_V = 32  # value (Mamba: head_dim) columns per program: the grid's third dimension tiles the rest
 
 
+def _output(name: str, shape: tuple[int, int, int], *rows: torch.Tensor) -> torch.Tensor:
+    """A decode step's fp32 output, once every tensor whose rows the kernel walks has unit-stride rows."""
+    if any(t.stride(-1) != 1 for t in rows):
+        raise ValueError(f"{name} needs unit-stride last dimensions")
+    return torch.empty(*shape, dtype=torch.float32, device=rows[0].device)
+
+
 @triton.jit
 def _gated_delta_decode_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, state_ptr, slot_ptr, carried_ptr, out_ptr,
@@ -57,11 +64,9 @@ def gated_delta_decode_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     """Same contract as `reference.gated_delta_decode_slots`."""
     seqs, heads, value_dim = v.shape
     key_dim = q.shape[-1]
-    out = torch.empty(seqs, heads, value_dim, dtype=torch.float32, device=v.device)
+    out = _output("gated_delta_decode_slots", (seqs, heads, value_dim), states, q, k, v)
     if seqs == 0:
         return out
-    if states.stride(-1) != 1 or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
-        raise ValueError("gated_delta_decode_slots needs unit-stride last dimensions")
     g, beta = g.contiguous(), beta.contiguous()
     block_v = min(_BLOCK_V, block_for(value_dim))
     _gated_delta_decode_kernel[(seqs, heads, triton.cdiv(value_dim, block_v))](
@@ -107,11 +112,9 @@ def ssd_decode_slots(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torc
     """Same contract as `reference.ssd_decode_slots`."""
     seqs, heads, head_dim = x.shape
     state_dim = B.shape[-1]
-    out = torch.empty(seqs, heads, head_dim, dtype=torch.float32, device=x.device)
+    out = _output("ssd_decode_slots", (seqs, heads, head_dim), states, x, B, C)
     if seqs == 0:
         return out
-    if states.stride(-1) != 1 or x.stride(-1) != 1 or B.stride(-1) != 1 or C.stride(-1) != 1:
-        raise ValueError("ssd_decode_slots needs unit-stride last dimensions")
     dt, A, D = dt.contiguous(), A.contiguous(), D.contiguous()
     block_p = min(_BLOCK_V, block_for(head_dim))
     _ssd_decode_kernel[(seqs, heads, triton.cdiv(head_dim, block_p))](
