@@ -22,6 +22,9 @@ class _ResidualEntry:
 
 
 class RMSNorm(_ResidualEntry, nn.Module):
+    # The normalized row rounded to the model's dtype before the weight multiplies it (Llama's order).
+    round_normed = True
+
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
@@ -34,16 +37,20 @@ class RMSNorm(_ResidualEntry, nn.Module):
         from pagoda.kernels import ops
 
         if residual is None:
-            return ops.rms_norm(x, self.weight, self.eps)
-        return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+            return ops.rms_norm(x, self.weight, self.eps, self.round_normed)
+        return ops.fused_add_rms_norm(x, residual, self.weight, self.eps, self.round_normed)
 
 
 class GemmaRMSNorm(RMSNorm):
-    """Gemma's RMSNorm scales by (1 + weight): checkpoints store the offset from one, which the
-    loader adds once (in fp32), so the forward pass is the plain kernel's."""
+    """Gemma's (and Qwen3.5's) RMSNorm scales by (1 + weight) in fp32 and rounds once: checkpoints store
+    the offset from one, which the loader adds once into a float32 weight (1 + w is not exact in bf16),
+    so the forward pass is the plain kernel's without its intermediate rounding."""
+
+    round_normed = False
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__(hidden_size, eps)
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=torch.float32), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
 
     @staticmethod

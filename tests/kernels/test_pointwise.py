@@ -34,6 +34,25 @@ def test_rms_norm(dtype: torch.dtype, hidden: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("residual", [False, True])
+def test_rms_norm_with_an_fp32_weight_rounds_once(dtype: torch.dtype, residual: bool) -> None:
+    """Gemma's (1 + weight) norms: an fp32 weight multiplies the unrounded row, the result in x's dtype."""
+    g = _gen(5)
+    x, res = _randn(6, 80, dtype=dtype, g=g), _randn(6, 80, dtype=dtype, g=g)
+    w = torch.rand(80, generator=g).to(DEVICE) + 1.5
+    if residual:
+        out, summed = kernels.fused_add_rms_norm(x, res, w, 1e-6, round_normed=False)
+        ref, ref_summed = reference.fused_add_rms_norm(x, res, w, 1e-6, round_normed=False)
+        assert_close(summed, ref_summed)
+    else:
+        out, ref = kernels.rms_norm(x, w, 1e-6, round_normed=False), reference.rms_norm(x, w, 1e-6, round_normed=False)
+    assert out.dtype == dtype
+    assert_close(out, ref)
+    exact = (x + res if residual else x).float()
+    assert_close(ref, (exact * torch.rsqrt(exact.pow(2).mean(-1, keepdim=True) + 1e-6) * w).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_rms_norm_over_strided_heads(dtype: torch.dtype) -> None:
     """Qwen3's per-head q/k norm gets heads of a fused qkv projection: strided tokens, not viewable as rows."""
     g = _gen(3)
