@@ -101,6 +101,24 @@ def test_reduced_precision_checkpoints_load_and_agree(tiny_model, dtype: str) ->
     assert agree >= len(PROMPTS) - 1
 
 
+def test_bf16_gemma_norms_round_as_transformers(tiny_model) -> None:
+    """Gemma's (1 + weight) norms multiply in fp32 and round once: a bf16 Gemma 3's prompt logprobs are
+    transformers' bf16 ones (rounding (1 + weight) to bf16, or the row before the weight, moves them)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_model("gemma3", dtype="bfloat16")
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).eval()
+    for out in LLM(str(path)).generate(PROMPTS[2:4], params):
+        ids = out.prompt_token_ids
+        with torch.inference_mode():
+            expected = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        ours = [next(iter(p.values())).logprob for p in out.prompt_logprobs[1:]]
+        theirs = [expected[i, ids[i + 1]].item() for i in range(len(ids) - 1)]
+        assert max(abs(a - b) for a, b in zip(ours, theirs)) < 0.05
+
+
 LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.3, 1.7, 2.2, 3.0, 4.0],
             "long_factor": [2.0, 3.0, 5.0, 8.0, 13.0, 21.0]}
 
