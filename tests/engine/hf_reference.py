@@ -21,21 +21,30 @@ def hf_greedy(path: pathlib.Path, prompt_ids: list[int], max_new_tokens: int) ->
     model = hf_model(path)
     ids = torch.tensor([prompt_ids])
     out = model(ids, use_cache=True)
-    if "past_key_values" not in out.keys():  # Mamba-2 returns its own cache (cache_params; `cache` since
-        return hf_greedy_uncached(path, prompt_ids, max_new_tokens)  # transformers 5.24): recompute instead
+    if next_step_cache(out) is None:  # Mamba-2's cache_params before transformers 5.24: recompute instead
+        return hf_greedy_uncached(path, prompt_ids, max_new_tokens)
     generated: list[int] = []
     for _ in range(max_new_tokens):
         token = int(out.logits[0, -1].argmax())
         generated.append(token)
-        out = model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+        out = model(torch.tensor([[token]]), **next_step_cache(out), use_cache=True)
     return generated
+
+
+def next_step_cache(out: Any) -> dict[str, Any] | None:
+    """The keyword handing a forward pass's cache to the next one: `cache` (transformers 5.24 on, every
+    model) or `past_key_values` (before); None where the output holds neither."""
+    for key in ("cache", "past_key_values"):
+        if key in out.keys():
+            return {key: out[key]}
+    return None
 
 
 @torch.inference_mode()
 def hf_greedy_uncached(path: pathlib.Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """Greedy continuation by a full forward pass over the whole sequence for every token: the reference
     where transformers' own cached decoding of a model is not (Bamba's, in transformers 5.23), or takes
-    another form (Mamba-2's cache, which transformers 5.24 no longer takes back as past_key_values)."""
+    another form (Mamba-2's cache_params before transformers 5.24)."""
     ids = list(prompt_ids)
     for _ in range(max_new_tokens):
         ids.append(int(hf_model(path)(torch.tensor([ids])).logits[0, -1].argmax()))

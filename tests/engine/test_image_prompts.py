@@ -23,6 +23,7 @@ from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.multimodal import image_hash, load_image
 from pagoda.engine.sampling_params import SamplingParams
+from tests.engine.hf_reference import next_step_cache
 
 Image = pytest.importorskip("PIL.Image", reason="pillow (the engine extra) reads images")
 
@@ -104,7 +105,7 @@ def hf_greedy(path: pathlib.Path, prompt_ids: list[int], images: list[Image.Imag
     for _ in range(MAX_TOKENS):
         token = int(out.logits[0, -1].argmax())
         generated.append(token)
-        out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+        out = model(input_ids=torch.tensor([[token]]), **next_step_cache(out), use_cache=True)
     return generated
 
 
