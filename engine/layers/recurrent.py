@@ -11,9 +11,10 @@ every slot, and a step's metadata says which slot each sequence reads and writes
 one recomputed after preemption) starts from zero states, whatever the slot held.
 
 A step's decodes (one token each, first in the batch) run as one batched
-recurrence step, their states gathered and written back by slot index without a
-host synchronization, so CUDA graphs capture them; each prompt chunk runs the
-recurrence's chunked form from its sequence's states.
+recurrence step in place on their slots (kernels/ops.py's *_decode_slots: Triton on
+GPU), without a host synchronization, so CUDA graphs capture them; each prompt
+chunk runs the recurrence's chunked form from its sequence's states. Prefix-cache
+snapshots of the states are other slots of the same tensors (engine/state_cache.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from pagoda.engine.attention import AttentionMetadata
 from pagoda.kernels import recurrent
+
 
 class RecurrentMixer(nn.Module):
     """The state handling both recurrent layers share; subclasses define the recurrence (`step` for
