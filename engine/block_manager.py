@@ -18,7 +18,7 @@ state per sequence (engine/state_cache.py): `state_slots` of them, one held by
 each sequence from its first allocation until its blocks are freed (finished,
 aborted or preempted). A prefix-cache hit for such a model reaches only as deep
 as a snapshot of those states, saved where a prompt's chunk ends at its last
-full block (`snapshot_boundary`).
+full block (`snapshot_boundary`) and where a decode completes a block.
 """
 
 from __future__ import annotations
@@ -179,10 +179,12 @@ class BlockManager:
         if hits:
             seq.num_cached_tokens = max(seq.num_cached_tokens, num_computed)
         if self.enable_prefix_caching:
-            self._register_full_blocks(seq, num_computed + num_new_tokens)
+            end = num_computed + num_new_tokens
+            self._register_full_blocks(seq, end)
             boundary = self.snapshot_boundary(seq)
-            if boundary is not None and num_computed + num_new_tokens == boundary:
-                self.states.save(seq.state_slot, seq.block_hashes[boundary // bs - 1])
+            # The prompt's boundary, and every block a decode completes (a chat's next turn repeats the answer).
+            if boundary is not None and (end == boundary or (end > seq.num_prompt_tokens and end % bs == 0)):
+                self.states.save(seq.state_slot, seq.block_hashes[end // bs - 1])
         return True
 
     def snapshot_boundary(self, seq: Sequence) -> int | None:

@@ -7,7 +7,8 @@ slot `live` is the spare one that padding rows of CUDA graphs write.
 Such a state sums up every token before it, so the KV blocks of a cached prefix are not enough
 to resume a sequence: the recurrent layers need their state at the prefix's end. So, where
 prefix caching is on, the states at one block boundary of each prompt (its last full block
-before the final token, where the scheduler ends a prefill chunk) are copied into snapshot slots
+before the final token, where the scheduler ends a prefill chunk), and at every block its
+decoding completes (a chat's next turn repeats the answer), are copied into snapshot slots
 (`live + 1` on), keyed by that block's prefix-cache hash (which chains every token and image
 before it), least recently used evicted first. A later prompt whose cached blocks reach such a
 boundary starts there, its slot's states restored from the snapshot; the blocks past the deepest

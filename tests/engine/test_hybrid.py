@@ -200,21 +200,23 @@ def test_qwen3_next_hub_config_without_layer_types(tiny_model, tmp_path) -> None
 @pytest.mark.parametrize(("arch", "tp"), [("qwen3_5", 1), ("granitemoehybrid", 1), ("mamba2", 1), ("lfm2", 1),
                                           ("qwen3_5", 2)])
 def test_prefix_cache_resumes_recurrent_states(tiny_model, arch: str, tp: int) -> None:
-    """A prompt's recurrent states at its last full block are kept as a snapshot: a later prompt that
-    extends it (a chat's next turn) or repeats it resumes there, its KV blocks and states both reused,
-    and still matches transformers; without the snapshot's states (a cache whose restores are dropped)
-    the answers differ."""
+    """A prompt's recurrent states at its last full block, and at each block its decoding completes, are
+    kept as snapshots: a later prompt that extends the prompt, repeats it, or carries on after its answer
+    (a chat's next turn) resumes at the deepest one, its KV blocks and states both reused, and still
+    matches transformers; without the snapshots' states (a cache whose restores are dropped) the answers
+    differ."""
     path = tiny_model(arch)
     first = list(range(3, 40))  # 37 tokens: the snapshot is at 36 (9 blocks of 4)
-    turns = [first, first + [7, 8, 9, 10, 11, 12], first]
+    answer = hf_greedy(path, first, 12)  # decoding completes blocks at 40 and 48: snapshots there too
+    turns = [first, first + [7, 8, 9, 10, 11, 12], first, first + answer + [7, 8]]
     llm = LLM(str(path), dtype="float32", block_size=4, max_num_batched_tokens=16, tensor_parallel_size=tp)
     stats = llm.engine.block_manager.stats
     try:
-        for i, prompt in enumerate(turns):
+        for prompt, cached in zip(turns, (0, 36, 36, 48)):
             hits = stats.hits
             out = llm.generate([{"prompt_token_ids": prompt}], GREEDY)[0]
             assert out.outputs[0].token_ids == hf_greedy(path, prompt, 12)
-            assert stats.hits - hits == (0 if i == 0 else 36)
+            assert stats.hits - hits == cached
     finally:
         llm.engine.shutdown()
     if tp > 1:
