@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pagoda.engine.attention import select_backend
-from pagoda.engine.layers.attention import bind_kv_cache, kv_block_bytes
+from pagoda.engine.layers.attention import attention_windows, bind_kv_cache, kv_block_bytes, kv_cache_row
 from pagoda.engine.model_config import ModelConfig, load_model_config
 from pagoda.engine.models.loader import build_model
 from pagoda.engine.spec_decode import back_off
@@ -51,13 +51,15 @@ class DraftModel:
 
     def block_bytes(self, block_size: int) -> int:
         """Bytes of one block of the draft's K and V over all its layers."""
-        cfg = self.config
-        return kv_block_bytes(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.cache_dtype, block_size)
+        return kv_block_bytes(self.num_cache_layers, *kv_cache_row(self.model), self.cache_dtype, block_size)
+
+    @property
+    def num_cache_layers(self) -> int:
+        return len(attention_windows(self.model))
 
     def allocate(self, num_blocks: int, block_size: int) -> None:
-        cfg = self.config
         self.block_size = block_size
-        self.kv_cache = torch.zeros(2, cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim,
+        self.kv_cache = torch.zeros(2, self.num_cache_layers, num_blocks, block_size, *kv_cache_row(self.model),
                                     dtype=self.cache_dtype, device=self.device)
         bind_kv_cache(self.model, self.kv_cache, self.backend)
 

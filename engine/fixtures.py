@@ -36,7 +36,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
-    "qwen3_5", "qwen3_5_moe", "qwen3_next",
+    "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -197,6 +197,15 @@ _QWEN3_5_LAYERS: dict[str, Any] = {
 _QWEN3_5_EXPERTS: dict[str, Any] = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                     "shared_expert_intermediate_size": 48}
 
+# The Gemma 4 fixtures' attention: sliding layers (window 8) with 2 heads of 16, global ones with wider heads
+# (32) rotating a quarter of their frequencies (proportional RoPE); logits soft-capped where random weights reach.
+_GEMMA4_ATTENTION: dict[str, Any] = {
+    "head_dim": 16, "global_head_dim": 32, "sliding_window": 8, "hidden_activation": "gelu_pytorch_tanh",
+    "final_logit_softcapping": 3.0, "vocab_size_per_layer_input": MODEL_VOCAB_SIZE,
+    "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                        "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                           "rope_theta": 1000000.0}}}
+
 _FAMILIES: dict[str, _Family] = {
     "llama": _Family("llama", "LlamaForCausalLM", adds_bos=True, rope_theta=10000.0),
     "llama3": _Family(
@@ -242,6 +251,24 @@ _FAMILIES: dict[str, _Family] = {
         config={"head_dim": 32, "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
                 "query_pre_attn_scalar": 24, "hidden_activation": "gelu_pytorch_tanh",
                 "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0},
+    ),
+    # Gemma 4 E2B/E4B-like: per-layer embeddings, the last two layers reading the K/V of the last earlier
+    # layer of their kind (with MLPs twice as wide).
+    "gemma4": _Family(
+        "gemma4_text", "Gemma4ForCausalLM", adds_bos=True, rope_theta=10000.0,
+        config={**_GEMMA4_ATTENTION, "num_hidden_layers": 5,
+                "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention",
+                                "full_attention"],
+                "num_kv_shared_layers": 2, "use_double_wide_mlp": True, "hidden_size_per_layer_input": 8},
+    ),
+    # Gemma 4 26B-A4B-like: routed GeGLU experts beside every dense MLP; global layers with one KV head whose
+    # values are its keys (attention_k_eq_v).
+    "gemma4_moe": _Family(
+        "gemma4_text", "Gemma4ForCausalLM", adds_bos=True, rope_theta=10000.0,
+        config={**_GEMMA4_ATTENTION, "num_hidden_layers": 3,
+                "layer_types": ["sliding_attention", "full_attention", "full_attention"],
+                "attention_k_eq_v": True, "num_global_key_value_heads": 1, "hidden_size_per_layer_input": 0,
+                "enable_moe_block": True, "num_experts": 8, "top_k_experts": 2, "moe_intermediate_size": 32},
     ),
     # GLM-4: q/k/v biases, half the head rotated in interleaved pairs, gate/up stored fused, norms
     # after attention and after the MLP.
@@ -503,7 +530,8 @@ def build_tokenizer(arch: str = "llama") -> Tokenizer:
 def tiny_config(arch: str = "llama", *, tie_word_embeddings: bool = False, **overrides: Any) -> PretrainedConfig:
     """The transformers config of a fixture; `overrides` replace any default (e.g. num_hidden_layers=4)."""
     family = _family(arch)
-    rope = {"rope_type": "default", **(family.rope_scaling or {}), "rope_theta": family.rope_theta}
+    rope = family.config.get("rope_parameters") or {"rope_type": "default", **(family.rope_scaling or {}),
+                                                    "rope_theta": family.rope_theta}
     kwargs = {
         **_BASE_CONFIG,
         **family.config,
@@ -541,9 +569,13 @@ def build_tiny_model(
                 param.uniform_(0.5, 1.5)
             elif name.endswith((".A_log", ".D")):  # recurrent layers' per-head decay (and skip): distinct per head
                 param.uniform_(-0.5, 1.5)
+            elif name.endswith(("router.scale", ".per_expert_scale")):  # Gemma 4's router scales, ones at init
+                param.uniform_(0.5, 1.5)
         for name, buffer in model.named_buffers():
             if name.endswith(("e_score_correction_bias", "expert_bias")):  # routers' biases, zero at init
                 buffer.uniform_(-0.3, 0.3)
+            elif name.endswith(".layer_scalar"):  # Gemma 4's per-layer output scale, one at init
+                buffer.uniform_(0.5, 1.5)
         # Rows past the tokenizer are padding: trained models never pick them, and a
         # zero row keeps their logit at 0, well below the random winners.
         model.get_input_embeddings().weight[TOKENIZER_VOCAB_SIZE:] = 0.0
@@ -559,6 +591,8 @@ def build_tiny_model(
 def _hub_style_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
     """Rewrite transformers 5's `rope_parameters` into the `rope_theta`/`rope_scaling` keys hub checkpoints have."""
     config = dict(config)
+    if config["model_type"].startswith("gemma4"):
+        return _gemma4_hub_config(config, dtype)
     rope = dict(config.pop("rope_parameters"))
     if "sliding_attention" in rope:  # Gemma 3's local layers: hub configs name only their base
         config["rope_local_base_freq"] = rope.pop("sliding_attention")["rope_theta"]
@@ -571,6 +605,18 @@ def _hub_style_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
         # transformers 5 writes Mixtral's name for Qwen3-MoE's expert count; hub checkpoints say num_experts.
         config["num_experts"] = config.pop("num_local_experts")
     # Older checkpoints say torch_dtype, newer ones dtype; loaders read either.
+    config["torch_dtype"] = config["dtype"] = dtype
+    return config
+
+
+def _gemma4_hub_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """Gemma 4's config as hub checkpoints write it: the global layers' shape as `global_head_dim` and
+    `num_global_key_value_heads` (transformers derives its `per_layer_config` from them), rope nested by kind."""
+    per_layer = config.pop("per_layer_config", None) or {}
+    full = next(iter(per_layer.values()), {})
+    config["global_head_dim"] = full.get("head_dim", config["head_dim"])
+    if "num_key_value_heads" in full:
+        config["num_global_key_value_heads"] = full["num_key_value_heads"]
     config["torch_dtype"] = config["dtype"] = dtype
     return config
 
@@ -757,6 +803,8 @@ def make_tiny_llava(out_dir: str | pathlib.Path, seed: int = 0, *, text: dict[st
                 param.uniform_(0.5, 1.5)
             elif name.endswith((".A_log", ".D")):  # recurrent layers' per-head decay (and skip): distinct per head
                 param.uniform_(-0.5, 1.5)
+            elif name.endswith(("router.scale", ".per_expert_scale")):  # Gemma 4's router scales, ones at init
+                param.uniform_(0.5, 1.5)
             elif "vision_tower" in name or "projector" in name:
                 param.normal_(0.0, 0.3)  # large enough that images move the logits
     _save_image_model(model, out_dir)

@@ -404,7 +404,7 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
     num_experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 0)
     if num_experts == 0:
         return None
-    top_k = int(cfg.get("num_experts_per_tok") or 0)
+    top_k = int(cfg.get("num_experts_per_tok") or cfg.get("top_k_experts") or 0)  # the latter: Gemma 4's name
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"num_experts_per_tok must be in 1..{num_experts} (the experts), got {top_k}")
     renormalize = cfg.get("norm_topk_prob")

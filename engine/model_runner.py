@@ -18,10 +18,10 @@ import torch
 from pagoda.engine.attention import select_backend
 from pagoda.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from pagoda.engine.cuda_graphs import decode_forward
-from pagoda.engine.distributed import agree_min, tp_size
+from pagoda.engine.distributed import agree_min
 from pagoda.engine.draft_model import DraftModel
 from pagoda.engine.kv_cache_layout import plan_kv_cache
-from pagoda.engine.layers.attention import attention_windows, bind_kv_cache, kv_block_bytes
+from pagoda.engine.layers.attention import attention_windows, bind_kv_cache, kv_block_bytes, kv_cache_row
 from pagoda.engine.layers.recurrent import bind_recurrent_state, copy_states, recurrent_mixers, state_bytes
 from pagoda.engine.lora import LoRARequest, LoRASlots, read_adapter
 from pagoda.engine.model_config import ModelConfig
@@ -94,8 +94,9 @@ class ModelRunner:
         # LoRA slots before the KV cache is sized, so the cache takes only what they leave.
         self.lora = (LoRASlots(self.model, config.max_loras, config.max_lora_rank, model_config.dtype, self.device)
                      if config.enable_lora else None)
-        # KV heads are split across ranks, or replicated when there are fewer heads than ranks.
-        self.num_kv_heads = max(1, model_config.num_kv_heads // tp_size())
+        # One token's K (or V) in a layer slot, on this rank: the layers' heads (split across ranks, or
+        # replicated when there are fewer heads than ranks) and head size, or one row as wide as the widest.
+        self.kv_row = kv_cache_row(self.model)
         self.kv_cache_dtype = config.resolve_kv_cache_dtype(model_config.dtype)
         spec = config.speculative_config
         # A draft model for speculative decoding: loaded before the KV cache is sized, whose blocks it shares.
@@ -111,7 +112,7 @@ class ModelRunner:
             self.draft.table_group = self.layout.windows.index(None)
         self.num_blocks = self._num_kv_blocks()
         self.kv_cache = torch.zeros(
-            model_config.kv_planes, self.layout.group_size, self.num_blocks, self.block_size, self.num_kv_heads, model_config.head_dim,
+            model_config.kv_planes, self.layout.group_size, self.num_blocks, self.block_size, *self.kv_row,
             dtype=self.kv_cache_dtype, device=self.device,
         )
         bind_kv_cache(self.model, self.kv_cache, self.backend, self.layout)
@@ -150,7 +151,7 @@ class ModelRunner:
     def _block_bytes(self) -> int:
         """Bytes of one block of K and V over a group's layers, on this rank (the draft model's too)."""
         cfg = self.model_config
-        target = kv_block_bytes(self.layout.group_size, self.num_kv_heads, cfg.head_dim, self.kv_cache_dtype,
+        target = kv_block_bytes(self.layout.group_size, *self.kv_row, self.kv_cache_dtype,
                                 self.block_size, cfg.kv_planes)
         return target + (self.draft.block_bytes(self.block_size) if self.draft is not None else 0)
 
@@ -187,8 +188,8 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         n = min(self.config.max_num_batched_tokens, self.model_config.max_model_len)
         one_block_cache = torch.zeros(
-            self.model_config.kv_planes, self.layout.group_size, 1, n, self.num_kv_heads,
-            self.model_config.head_dim, dtype=self.kv_cache_dtype, device=self.device,
+            self.model_config.kv_planes, self.layout.group_size, 1, n, *self.kv_row, dtype=self.kv_cache_dtype,
+            device=self.device,
         )
         bind_kv_cache(self.model, one_block_cache, self.backend, self.layout)
         # One prefill of n tokens in that single block, with logits for as many rows as a step samples.

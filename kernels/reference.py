@@ -92,11 +92,17 @@ def clamped_swiglu_and_mul(x: torch.Tensor, act: ClampedSwiglu) -> torch.Tensor:
     return (up + 1) * (gate * torch.sigmoid(gate * act.alpha))
 
 
-def expert_activation(gate_up: torch.Tensor, clamped: ClampedSwiglu | None, gated: bool) -> torch.Tensor:
-    """An expert's activation of its first GEMM's output: SwiGLU (GPT-OSS's clamped one), or for
-    ungated experts relu(up)^2. Triton's fused_moe dispatches its own kernels by the same rule."""
-    if not gated:
+# Experts' activations: SwiGLU, GeGLU with tanh GELU (Gemma 4's), and ungated relu(up)^2 (Nemotron-H's).
+EXPERT_ACTIVATIONS = ("silu", "gelu_tanh", "relu2")
+
+
+def expert_activation(gate_up: torch.Tensor, clamped: ClampedSwiglu | None, activation: str) -> torch.Tensor:
+    """An expert's activation of its first GEMM's output (see EXPERT_ACTIVATIONS; GPT-OSS's SwiGLU is
+    `clamped`). Triton's fused_moe dispatches its own kernels by the same rule."""
+    if activation == "relu2":
         return torch.relu(gate_up).square()
+    if activation == "gelu_tanh":
+        return gelu_tanh_and_mul(gate_up)
     return silu_and_mul(gate_up) if clamped is None else clamped_swiglu_and_mul(gate_up, clamped)
 
 
@@ -250,9 +256,9 @@ def fused_moe(
     w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
     int_experts: IntExperts | None = None, expert_map: torch.Tensor | None = None,
     biases: tuple[torch.Tensor | None, torch.Tensor | None] | None = None, clamped: ClampedSwiglu | None = None,
-    gated: bool = True,
+    activation: str = "silu",
 ) -> torch.Tensor:
-    """A mixture-of-experts SwiGLU MLP: each token's chosen experts, weighted and summed.
+    """A mixture-of-experts gated MLP: each token's chosen experts, weighted and summed.
 
     x: [T, H]; w13: [E, 2I, H], each expert's gate rows then up rows; w2: [E, H, I];
     topk_weights, topk_ids: [T, k]. Every expert runs once, on the tokens routed to
@@ -262,8 +268,8 @@ def fused_moe(
     (expert parallelism), topk_ids index all experts, the map gives each one's index in w13 and w2, and
     an expert mapped to -1 (another rank's) contributes nothing. `biases` (w13's [E, 2I], w2's [E, H];
     either may be None) are added to each expert's GEMM outputs, the second before the routing weight,
-    and `clamped` replaces SwiGLU by GPT-OSS's clamped one. Experts that are not `gated` (Nemotron-H's) hold
-    only up rows in w13 ([E, I, H]) and activate them as relu(up)^2.
+    and `clamped` replaces SwiGLU by GPT-OSS's clamped one; `activation` "gelu_tanh" makes it GeGLU. Experts
+    activated by "relu2" (Nemotron-H's, ungated) hold only up rows in w13 ([E, I, H]): relu(up)^2.
     """
     b13, b2 = biases or (None, None)
 
@@ -290,7 +296,7 @@ def fused_moe(
         rows = order[start : start + count]
         start += count
         gate_up = F.linear(x[rows // top_k], weight(w13, w13_scale, expert), None if b13 is None else b13[expert])
-        act = expert_activation(gate_up, clamped, gated)
+        act = expert_activation(gate_up, clamped, activation)
         y = F.linear(act, weight(w2, w2_scale, expert), None if b2 is None else b2[expert])
         out.index_add_(0, rows // top_k, y.float() * weights[rows])
     return out.to(x.dtype)

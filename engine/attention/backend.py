@@ -27,10 +27,12 @@ class AttentionBackend(Protocol):
         sliding_window: int | None,
         softcap: float = 0.0,
         sinks: torch.Tensor | None = None,
+        store_kv: bool = True,
     ) -> torch.Tensor:
         """q: [T, Hq, D], k/v: [T, Hkv, D], caches: [blocks, block_size, Hkv, D] -> [T, Hq, D]; logits
         capped to softcap * tanh(logit / softcap) where softcap > 0 (Gemma 2); `sinks` [Hq] fp32: each
-        head's attention-sink logit, a key of value zero in every softmax (GPT-OSS)."""
+        head's attention-sink logit, a key of value zero in every softmax (GPT-OSS). `store_kv` off: k/v are
+        already in the cache (a layer sharing an earlier one's K/V), which only the attention reads."""
         ...
 
 

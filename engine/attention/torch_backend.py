@@ -106,8 +106,10 @@ class TorchAttentionBackend:
         sliding_window: int | None,
         softcap: float = 0.0,
         sinks: torch.Tensor | None = None,
+        store_kv: bool = True,
     ) -> torch.Tensor:
-        ops.store_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        if store_kv:
+            ops.store_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         sink_key = sinks is not None and softcap <= 0  # sinks as one more (zero) key: see _sdpa
         nd = meta.num_decodes

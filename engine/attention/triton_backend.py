@@ -29,10 +29,12 @@ class TritonAttentionBackend:
         sliding_window: int | None,
         softcap: float = 0.0,
         sinks: torch.Tensor | None = None,
+        store_kv: bool = True,
     ) -> torch.Tensor:
         num_tokens = meta.slot_mapping.shape[0]
         # Contract: all new K/V of the layer are in the cache before any attention reads it.
-        store_kv_cache(k[:num_tokens], v[:num_tokens], k_cache, v_cache, meta.slot_mapping)
+        if store_kv:
+            store_kv_cache(k[:num_tokens], v[:num_tokens], k_cache, v_cache, meta.slot_mapping)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         nd = meta.num_decodes
         if nd:

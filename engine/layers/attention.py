@@ -40,6 +40,15 @@ class Attention(nn.Module):
         self.v_scale = 1.0
         self.scaled_cache = False  # whether the bound cache is FP8, which the scales are for
         self.kv_group = 0  # the KV-cache group whose block tables this layer reads (kv_cache_layout.py)
+        # The earlier layer whose cache this one reads instead of keeping its own (see share_kv_of).
+        self.kv_owner: Attention | None = None
+
+    def share_kv_of(self, owner: Attention) -> None:
+        """Read `owner`'s K/V instead of keeping any: Gemma 4's last layers attend over the keys and values
+        an earlier layer of their kind computed, so they take no cache slot, and store nothing (their
+        forward gets the owner's K/V of the step). A plain attribute, not a submodule: `owner` is in the
+        model once."""
+        object.__setattr__(self, "kv_owner", owner)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
@@ -51,7 +60,8 @@ class Attention(nn.Module):
         linear in k), v_scale on the output (a weighted sum of v), so no kernel knows of them."""
         t = q.shape[0]
         meta = meta.for_group(self.kv_group)
-        k_scale, v_scale = (self.k_scale, self.v_scale) if self.scaled_cache else (1.0, 1.0)
+        scales = self.kv_owner if self.kv_owner is not None else self  # a sharing layer's K/V are its owner's, scaled as the owner stored them
+        k_scale, v_scale = (scales.k_scale, scales.v_scale) if self.scaled_cache else (1.0, 1.0)
         if k_scale != 1.0:
             k = k / k_scale
         if v_scale != 1.0:
@@ -67,6 +77,7 @@ class Attention(nn.Module):
             self.sliding_window,
             self.softcap,
             self.sinks,
+            store_kv=self.kv_owner is None,
         )
         out = out.view(t, self.num_heads * self.head_dim)
         return out * v_scale if v_scale != 1.0 else out
@@ -76,19 +87,42 @@ class Attention(nn.Module):
 
 
 def _attention_layers(model: nn.Module) -> list[Attention]:
-    return [m for m in model.modules() if isinstance(m, Attention)]
+    """The attention layers that keep K/V in the cache (not those reading another's), in model order."""
+    return [m for m in model.modules() if isinstance(m, Attention) and m.kv_owner is None]
 
 
 def attention_windows(model: nn.Module) -> list[int | None]:
-    """Each attention layer's sliding window (None: full attention), in model order."""
+    """Each cache-keeping attention layer's sliding window (None: full attention), in model order."""
     return [layer.sliding_window for layer in _attention_layers(model)]
+
+
+def kv_cache_row(model: nn.Module) -> tuple[int, int]:
+    """(heads, dim) of one token's K (or V) in one layer slot of the cache: the layers' own where they
+    all agree; else one head as wide as the widest layer's K, each narrower layer viewing its first
+    entries (Gemma 4's global layers have fewer, wider heads than its sliding ones). A block of the
+    shared pool must hold any group's layers, so each slot is sized for the widest (vLLM pads its
+    page sizes alike)."""
+    shapes = {(layer.num_kv_heads, layer.head_dim) for layer in _attention_layers(model)}
+    if len(shapes) <= 1:
+        return next(iter(shapes), (1, 1))
+    return 1, max(heads * dim for heads, dim in shapes)
+
+
+def _layer_view(plane: torch.Tensor, layer: Attention) -> torch.Tensor:
+    """A layer's [blocks, block_size, heads, dim] view of its slot (`plane`), whose rows may be wider:
+    strided over whole rows, so blocks and tokens still flatten into one slot index."""
+    shape = (layer.num_kv_heads, layer.head_dim)
+    if tuple(plane.shape[-2:]) == shape:
+        return plane
+    return plane.flatten(-2)[..., : shape[0] * shape[1]].unflatten(-1, shape)
 
 
 def bind_kv_cache(model: nn.Module, kv_cache: torch.Tensor, backend: AttentionBackend,
                   layout: KVCacheLayout | None = None) -> int:
     """Hands each layer its group and the views kv_cache[0, slot] (K) and kv_cache[-1, slot] (V) of its
     slot in that group's blocks (`layout`; default: one group, layer i in slot i); returns the layer count.
-    A cache of one plane (latent attention) gives K and V the same view."""
+    A cache of one plane (latent attention) gives K and V the same view; a layer sharing another's K/V
+    gets that one's views and group."""
     layers = _attention_layers(model)
     layout = layout or plan_kv_cache([None] * len(layers))
     if layout.num_layers != len(layers) or kv_cache.shape[1] != layout.group_size:
@@ -96,8 +130,13 @@ def bind_kv_cache(model: nn.Module, kv_cache: torch.Tensor, backend: AttentionBa
                          f"do not fit the model's {len(layers)} layers")
     for i, layer in enumerate(layers):
         layer.kv_group, slot = layout.place(i)
-        layer.k_cache, layer.v_cache, layer.backend = kv_cache[0, slot], kv_cache[-1, slot], backend
-        layer.scaled_cache = kv_cache.dtype in FP8_CACHE_DTYPES
+        layer.k_cache, layer.v_cache = _layer_view(kv_cache[0, slot], layer), _layer_view(kv_cache[-1, slot], layer)
+        layer.backend, layer.scaled_cache = backend, kv_cache.dtype in FP8_CACHE_DTYPES
+    for layer in model.modules():
+        if isinstance(layer, Attention) and layer.kv_owner is not None:
+            owner = layer.kv_owner
+            layer.kv_group, layer.k_cache, layer.v_cache = owner.kv_group, owner.k_cache, owner.v_cache
+            layer.backend, layer.scaled_cache = backend, owner.scaled_cache
     return len(layers)
 
 

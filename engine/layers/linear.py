@@ -144,13 +144,15 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 class QKVParallelLinear(ColumnParallelLinear):
     """The fused q/k/v projection; heads split across ranks, KV heads replicated when fewer than ranks.
     `query_width`: a query head's rows in head_dims (2 where each head's query is followed by its output
-    gate, Qwen3.5's gated attention)."""
-
-    part_ids = ("q", "k", "v")
+    gate, Qwen3.5's gated attention). `parts`: the projections it holds, in order: ("q", "k") where
+    values are the keys (Gemma 4's global layers), ("q",) where K/V come from another layer."""
 
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False,
-                 query_width: int = 1) -> None:
+                 query_width: int = 1, parts: tuple[str, ...] = ("q", "k", "v")) -> None:
+        if parts not in (("q", "k", "v"), ("q", "k"), ("q",)):
+            raise ValueError(f"a QKV projection holds q, k and v, q and k, or q alone; not {parts}")
         tp = tp_size()
+        self.part_ids = parts
         self.head_dim = head_dim
         self.query_width = query_width
         self.num_heads = divide(num_heads, tp, "attention heads")
@@ -161,7 +163,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         else:
             self.num_kv_heads = 1
             self.kv_replicas = divide(tp, num_kv_heads, "tensor_parallel_size over key/value heads")
-        out = (self.num_heads * query_width + 2 * self.num_kv_heads) * head_dim * tp
+        out = (self.num_heads * query_width + (len(parts) - 1) * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, out, bias)
 
     def fused_start(self, part: str) -> int:
@@ -177,6 +179,8 @@ class QKVParallelLinear(ColumnParallelLinear):
         return tp_rank() // self.kv_replicas * self.num_kv_heads
 
     def rows(self, part: str) -> tuple[int, int, int, int]:
+        if part not in self.part_ids:
+            raise ValueError(f"this projection holds {self.part_ids}, not {part!r}")
         q_size = self.num_heads * self.head_dim * self.query_width
         kv_size = self.num_kv_heads * self.head_dim
         start = self.first_head(part) * self.head_dim

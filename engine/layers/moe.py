@@ -27,7 +27,7 @@ from pagoda.engine.layers.int_quant import FP4_VALUES, IntQuantConfig
 from pagoda.engine.layers.linear import divide
 from pagoda.engine.layers.weights import copy_into, read_full, read_shard, source_shape
 from pagoda.kernels import ops
-from pagoda.kernels.reference import ClampedSwiglu, IntExperts
+from pagoda.kernels.reference import EXPERT_ACTIVATIONS, ClampedSwiglu, IntExperts
 
 # Which part of an expert a checkpoint tensor holds, by projection name: 0 gate, 1 up, 2 down.
 EXPERT_PARTS = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, "w2": 2}
@@ -62,19 +62,22 @@ def route(router_logits: torch.Tensor, top_k: int, renormalize: bool, *, scoring
 
 
 class FusedMoE(nn.Module):
-    """E SwiGLU experts of one layer (or ungated relu(up)^2 ones, `gated` off); forward returns this rank's
-    partial sum (not reduced).
+    """E SwiGLU experts of one layer (GeGLU ones with `activation` "gelu_tanh", ungated relu(up)^2 ones with
+    "relu2"); forward returns this rank's partial sum (not reduced).
 
     GPT-OSS's experts add a `bias` to both GEMMs (w13_bias [E, 2I/tp], gate then up like w13's rows;
     w2_bias [E, H], held by one rank only unless experts are whole per rank, since every rank's partial
     sums are added) and use the `clamped` SwiGLU."""
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, *, bias: bool = False,
-                 clamped: ClampedSwiglu | None = None, gated: bool = True) -> None:
+                 clamped: ClampedSwiglu | None = None, activation: str = "silu") -> None:
         super().__init__()
+        if activation not in EXPERT_ACTIVATIONS:
+            raise ValueError(f"expert activation {activation!r} is not supported (supported: {EXPERT_ACTIVATIONS})")
         self.clamped = clamped
+        self.activation = activation
         # Ungated experts (Nemotron-H's): w13 holds only each expert's up rows, activated as relu(up)^2.
-        self.gated = gated
+        self.gated = gated = activation != "relu2"
         rows = 2 if gated else 1
         self.num_experts = num_experts
         self.intermediate_size = intermediate_size
@@ -260,7 +263,7 @@ class FusedMoE(nn.Module):
             copy_into(param.data[expert], read_shard(src, 1, *columns))
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        common = dict(expert_map=self.expert_map, clamped=self.clamped, gated=self.gated,
+        common = dict(expert_map=self.expert_map, clamped=self.clamped, activation=self.activation,
                       biases=None if self.w13_bias is None else (self.w13_bias, self.w2_bias))
         if self.int_quant is not None:
             quant = IntExperts(self.w13_scales, self.w13_zeros, self.w2_scales, self.w2_zeros, self.int_quant.bits,

@@ -41,21 +41,28 @@ class RMSNorm(_ResidualEntry, nn.Module):
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps, self.round_normed)
 
 
-class GemmaRMSNorm(RMSNorm):
-    """Gemma's (and Qwen3.5's) RMSNorm scales by (1 + weight) in fp32 and rounds once: checkpoints store
-    the offset from one, which the loader adds once into a float32 weight (1 + w is not exact in bf16),
-    so the forward pass is the plain kernel's without its intermediate rounding."""
+class Fp32RMSNorm(RMSNorm):
+    """An RMSNorm whose weight stays float32 and scales the normalized row before its one rounding
+    (Gemma 4's): in bf16 a rounded weight, or a rounded row, would shift logits from transformers'."""
 
     round_normed = False
+    offset = 0.0  # added to the checkpoint's weight at load
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__(hidden_size, eps)
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=torch.float32), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
 
-    @staticmethod
-    def weight_loader(param: nn.Parameter, src: Any) -> None:
-        copy_into(param, read_full(src).float() + 1.0)
+    def weight_loader(self, param: nn.Parameter, src: Any) -> None:
+        copy_into(param, read_full(src).float() + self.offset)
+
+
+class GemmaRMSNorm(Fp32RMSNorm):
+    """Gemma's (and Qwen3.5's) RMSNorm scales by (1 + weight) in fp32 and rounds once: checkpoints store
+    the offset from one, which the loader adds once into a float32 weight (1 + w is not exact in bf16),
+    so the forward pass is the plain kernel's without its intermediate rounding."""
+
+    offset = 1.0
 
 
 class ShardedRMSNorm(nn.Module):

@@ -14,7 +14,7 @@ from torch import nn
 
 from pagoda.engine.model_config import LONGROPE, RopeConfig
 
-SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "longrope", "yarn")
+SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "longrope", "proportional", "yarn")
 
 
 def _inv_freq(rotary_dim: int, rope: RopeConfig, max_position: int, long: bool = False) -> torch.Tensor:
@@ -29,6 +29,10 @@ def _inv_freq(rotary_dim: int, rope: RopeConfig, max_position: int, long: bool =
         return inv_freq / float(rope.scaling["factor"])
     if kind == "llama3":
         return _llama3_scale(inv_freq, rope.scaling)
+    if kind == "proportional":  # Gemma 4's global layers: the whole head, its later frequencies zero (unturned)
+        turning = int(rope.partial_rotary_factor * rotary_dim // 2)
+        inv_freq[turning:] = 0.0
+        return inv_freq / float(rope.scaling.get("factor") or 1.0)
     if kind == "yarn":
         return _yarn_scale(inv_freq, rotary_dim, rope, max_position)
     if kind in LONGROPE:  # the short factors, or the long ones (see RotaryEmbedding)
@@ -145,7 +149,10 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.head_dim = head_dim
         self.is_neox = not interleaved
-        self.rotary_dim = int(head_dim * rope.partial_rotary_factor)
+        # Proportional RoPE turns only the first `partial_rotary_factor` of the frequencies, yet pairs
+        # dimensions across the whole head (i with i + head_dim/2), unlike partial rotary's first dims.
+        proportional = rope.scaling_type == "proportional"
+        self.rotary_dim = head_dim if proportional else int(head_dim * rope.partial_rotary_factor)
         table = _cos_sin_table(self.rotary_dim, max_position, num_positions or max_position, rope)
         self.register_buffer("cos_sin_cache", table, persistent=False)
         sections = rope.scaling.get("mrope_section")

@@ -220,7 +220,8 @@ class NemotronHMoE(nn.Module):
         if latent and bias:
             raise ValueError("latent MoE projections with biases are not supported")
         self.gate = Router(cfg.hidden_size, experts, score_bias=True, fp32=True)
-        self.experts = FusedMoE(experts, int(latent or cfg.hidden_size), int(hf["moe_intermediate_size"]), gated=False)
+        self.experts = FusedMoE(experts, int(latent or cfg.hidden_size), int(hf["moe_intermediate_size"]),
+                                activation="relu2")
         self.shared_experts = ReluSquaredMLP(cfg.hidden_size, int(hf["moe_shared_expert_intermediate_size"]), bias,
                                              reduce_results=False)
         self.fc1_latent_proj = ReplicatedLinear(cfg.hidden_size, int(latent)) if latent else None

@@ -20,6 +20,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Phi3ForCausalLM": ("pagoda.engine.models.llama", "Phi3ForCausalLM"),
     "Gemma3ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma3ForCausalLM"),
     "Gemma2ForCausalLM": ("pagoda.engine.models.gemma3", "Gemma2ForCausalLM"),
+    "Gemma4ForCausalLM": ("pagoda.engine.models.gemma4", "Gemma4ForCausalLM"),
+    "Gemma4ForConditionalGeneration": ("pagoda.engine.models.gemma4", "Gemma4ForConditionalGeneration"),
     "GlmForCausalLM": ("pagoda.engine.models.glm", "GlmForCausalLM"),
     "Olmo2ForCausalLM": ("pagoda.engine.models.olmo2", "Olmo2ForCausalLM"),
     "Olmo3ForCausalLM": ("pagoda.engine.models.olmo2", "Olmo2ForCausalLM"),

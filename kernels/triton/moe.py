@@ -15,7 +15,8 @@ run see expert -1 and exit.
 
     gate_up[a] = x[a // k] @ w13[e(a)]^T            (first GEMM, rows gathered per token)
     act        = silu(gate) * up                     (silu_and_mul kernel; GPT-OSS: clamped, with biases;
-                                                      ungated experts, Nemotron-H's: relu(up)^2)
+                                                      Gemma 4: gelu_tanh(gate) * up; ungated experts,
+                                                      Nemotron-H's: relu(up)^2)
     down[a]    = weight[a] * act[a] @ w2[e(a)]^T     (second GEMM, routing weight fused)
     out[t]     = sum over the token's k rows of down (fp32)
 
@@ -33,7 +34,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels.reference import ClampedSwiglu, IntExperts
-from pagoda.kernels.triton.activation import clamped_swiglu_and_mul, silu_and_mul
+from pagoda.kernels.triton.activation import clamped_swiglu_and_mul, gelu_tanh_and_mul, silu_and_mul
 from pagoda.kernels.triton.attention_tile import mma
 from pagoda.kernels.triton.int_gemm import dequantize_tile
 from pagoda.kernels.triton.launch import exact_dot
@@ -169,7 +170,7 @@ def fused_moe(
     w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None, block: tuple[int, int] | None = None,
     int_experts: IntExperts | None = None, expert_map: torch.Tensor | None = None,
     biases: tuple[torch.Tensor | None, torch.Tensor | None] | None = None, clamped: ClampedSwiglu | None = None,
-    gated: bool = True,
+    activation: str = "silu",
 ) -> torch.Tensor:
     """Same contract as `reference.fused_moe`."""
     tokens, top_k = topk_ids.shape
@@ -193,10 +194,12 @@ def fused_moe(
     b13, b2 = biases or (None, None)
     _grouped_gemm(x, w13, gate_up, sorted_rows, tile_expert, weights, top_k, True, tiles, w13_scale, block, *act_args,
                   bias=b13)
-    if gated:
-        act = silu_and_mul(gate_up) if clamped is None else clamped_swiglu_and_mul(gate_up, clamped)
-    else:  # Nemotron-H's relu(up)^2: one elementwise pass between the two grouped GEMMs
+    if activation == "relu2":  # Nemotron-H's relu(up)^2: one elementwise pass between the two grouped GEMMs
         act = torch.relu(gate_up).square_()
+    elif activation == "gelu_tanh":
+        act = gelu_tanh_and_mul(gate_up)
+    else:
+        act = silu_and_mul(gate_up) if clamped is None else clamped_swiglu_and_mul(gate_up, clamped)
     # Rows of other ranks' experts are never written: zeros, for the sum over a token's k.
     down = (torch.empty if expert_map is None else torch.zeros)(tokens * top_k, hidden, dtype=x.dtype, device=x.device)
     _grouped_gemm(act, w2, down, sorted_rows, tile_expert, weights, top_k, False, tiles, w2_scale, block, *down_args,

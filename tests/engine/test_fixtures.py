@@ -30,7 +30,11 @@ def test_tokenizer_files_agree_with_transformers(tiny_model, arch: str) -> None:
 def test_config_is_hub_style_and_read_by_both(tiny_model, arch: str) -> None:
     path = tiny_model(arch)
     cfg = json.loads((path / "config.json").read_text())
-    assert "rope_theta" in cfg and "rope_parameters" not in cfg
+    if arch.startswith("gemma4"):  # released with transformers 5: rope nested by layer kind, global heads named
+        assert set(cfg["rope_parameters"]) == {"sliding_attention", "full_attention"} and "global_head_dim" in cfg
+        assert "per_layer_config" not in cfg
+    else:
+        assert "rope_theta" in cfg and "rope_parameters" not in cfg
     assert AutoConfig.from_pretrained(str(path)).architectures == cfg["architectures"]
     ours = load_model_config(path, "auto", None)
     assert ours.architecture == cfg["architectures"][0]

@@ -84,8 +84,8 @@ def test_fused_moe_of_ungated_experts(shape: tuple[int, ...], dtype: torch.dtype
     against the definition), not SwiGLU over the same rows."""
     x, w13, w2, weights, ids = _inputs(shape, dtype, seed=sum(shape) + 11)
     up = w13[:, : w13.shape[1] // 2].contiguous()
-    out = kernels.fused_moe(x, up, w2, weights, ids, gated=False)
-    ref = reference.fused_moe(x, up, w2, weights, ids, gated=False)
+    out = kernels.fused_moe(x, up, w2, weights, ids, activation="relu2")
+    ref = reference.fused_moe(x, up, w2, weights, ids, activation="relu2")
     assert_close(out, ref, rel_tol=_tolerance(dtype))
     definition = torch.stack([
         sum(w * (torch.relu(x[t].float() @ up[e].float().t()).square() @ w2[e].float().t())
@@ -94,6 +94,26 @@ def test_fused_moe_of_ungated_experts(shape: tuple[int, ...], dtype: torch.dtype
     assert_close(ref.float(), definition, rel_tol=_tolerance(dtype))
     assert not torch.allclose(reference.fused_moe(x, up, w2[..., : up.shape[1] // 2].contiguous(), weights, ids).float(),
                               ref.float(), atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3]], ids=str)
+def test_fused_moe_of_geglu_experts(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Gemma 4's experts: gelu_tanh(gate) * up (checked token by token against the definition), not SwiGLU."""
+    x, w13, w2, weights, ids = _inputs(shape, dtype, seed=sum(shape) + 23)
+    out = kernels.fused_moe(x, w13, w2, weights, ids, activation="gelu_tanh")
+    ref = reference.fused_moe(x, w13, w2, weights, ids, activation="gelu_tanh")
+    assert_close(out, ref, rel_tol=_tolerance(dtype))
+    half = w13.shape[1] // 2
+
+    def expert(t: int, e: int) -> torch.Tensor:
+        gate, up = (x[t].float() @ w13[e].float().t()).split(half)
+        return (torch.nn.functional.gelu(gate, approximate="tanh") * up) @ w2[e].float().t()
+
+    definition = torch.stack([sum(w * expert(t, e) for w, e in zip(weights[t].float(), ids[t].tolist()))
+                              for t in range(x.shape[0])])
+    assert_close(ref.float(), definition, rel_tol=_tolerance(dtype))
+    assert not torch.allclose(reference.fused_moe(x, w13, w2, weights, ids).float(), ref.float(), atol=1e-2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
