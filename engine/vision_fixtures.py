@@ -1,9 +1,12 @@
-"""Random-weight InternVL and Mistral 3 checkpoints for tests, written as transformers writes them,
+"""Random-weight InternVL, Mistral 3 and Gemma 4 checkpoints for tests, written as transformers writes them,
 with a tokenizer and the image processor of each.
 
 InternVL: the qwen2 fixture's language model; the InternViT tower is two layers over 56-pixel tiles
 in patches of 7 (an 8 x 8 grid, pixel-shuffled to 16 features per tile); an image is cut into up to
 4 tiles by its aspect ratio, plus a thumbnail when it is cut.
+
+Gemma 4: the gemma4 fixture's language model (the same weights) beside one-layer vision and audio
+towers, which the engine skips (it serves Gemma 4 as text).
 
 Mistral 3: the mistral fixture's language model; a two-layer Pixtral tower over patches of 4
 pixels merged 2 x 2, images fitted within 64 pixels in multiples of 8 (a row of features per 8
@@ -18,7 +21,8 @@ from typing import Any
 
 import torch
 
-from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE, _save_image_model, _write_json, _write_tokenizer, tiny_config
+from pagoda.engine.fixtures import (TOKENIZER_VOCAB_SIZE, _save_image_model, _write_json, _write_tokenizer,
+                                    build_tiny_model, tiny_config)
 
 # The ids after the trained vocabulary, in this order: the placeholder (one per feature), then <img> and </img>.
 INTERNVL_TOKENS = ("<IMG_CONTEXT>", "<img>", "</img>")
@@ -74,6 +78,35 @@ def make_tiny_mistral3(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
         "size": {"longest_edge": 64}, "do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
         "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": True})
+    return out_dir
+
+
+def make_tiny_gemma4_multimodal(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """A random-weight Gemma4ForConditionalGeneration checkpoint (as google/gemma-4-E2B-it ships, towers
+    shrunk): its language model is `build_tiny_model("gemma4", seed=seed)`'s, so both serve alike."""
+    from transformers import Gemma4AudioConfig, Gemma4Config, Gemma4ForConditionalGeneration, Gemma4VisionConfig
+
+    out_dir = pathlib.Path(out_dir)
+    text = build_tiny_model("gemma4", seed=seed)
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2, head_dim=16, patch_size=4, position_embedding_size=64,
+                                pooling_kernel_size=2)
+    audio = Gemma4AudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              subsampling_conv_channels=[8, 4], output_proj_dims=32)
+    # Multimodal token ids inside the padded vocabulary (the hub's are past its text tokens too); untied,
+    # as the text fixture.
+    ids = dict(zip(("video_token_id", "image_token_id", "boi_token_id", "eoi_token_id", "audio_token_id",
+                    "boa_token_id", "eoa_token_index"), range(TOKENIZER_VOCAB_SIZE + 9, TOKENIZER_VOCAB_SIZE + 16)))
+    config = Gemma4Config(text_config=text.config.to_dict(), vision_config=vision, audio_config=audio,
+                          tie_word_embeddings=False, **ids)
+    config.architectures = ["Gemma4ForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = Gemma4ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.model.language_model.load_state_dict(text.model.state_dict())
+        model.lm_head.weight.copy_(text.lm_head.weight)
+    _save_image_model(model, out_dir)
+    _write_tokenizer(out_dir, "gemma4", text.config.max_position_embeddings)
     return out_dir
 
 
