@@ -59,7 +59,7 @@ class LLMEngine:
         self.model_config = load_model_config(config.model, config.dtype, config.max_model_len)
         self.tokenizer = load_tokenizer(config.tokenizer or config.model)
         self.image_prompts = ImagePrompts(self.model_config, self.tokenizer, config.limit_images_per_prompt,
-                                          config.mm_processor_kwargs)
+                                          config.mm_processor_kwargs, config.max_num_batched_tokens)
         vision = self.model_config.vision
         if vision is not None and vision.bidirectional and config.max_num_batched_tokens < vision.tokens_per_image:
             raise ValueError(f"an image's {vision.tokens_per_image} tokens attend to each other both ways and must be "

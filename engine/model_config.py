@@ -178,7 +178,12 @@ class VisionConfig:
     Pixtral (Mistral 3, "pixtral" tower) reads an image at its own size in patches of `patch_size`,
     merged `spatial_merge` x `spatial_merge` into features; each row of features in the image's run
     is followed by `row_break_id` ([IMG_BREAK]), the last by `last_break_id` ([IMG_END]); its 2-D
-    rotary turns at `rope_theta`."""
+    rotary turns at `rope_theta`.
+
+    Gemma 4 ("gemma4" tower) reads an image at its own aspect ratio, in at most its processor's
+    `max_soft_tokens` features: patches of `patch_size` pooled `spatial_merge` x `spatial_merge` into one
+    feature each (a learned table of `position_embeddings` columns and rows; 2-D rotary at `rope_theta`);
+    the run is wrapped in `begin_id` ... `end_id`, and attends both ways in the sliding layers only."""
 
     tower: str
     hidden_size: int
@@ -215,6 +220,12 @@ class VisionConfig:
     row_break_id: int | None = None
     last_break_id: int | None = None
     rope_theta: float = 10000.0
+    # Gemma 4 ("gemma4" tower): heads of `head_dim` with `kv_heads` KV heads; projections clamped to the
+    # checkpoint's bounds where `clipped`; pooled features shifted and scaled where `standardize`.
+    head_dim: int = 0
+    kv_heads: int = 0
+    clipped: bool = False
+    standardize: bool = False
 
     def feature_width(self, text_hidden: int) -> int:
         """The width of an image token's features: the language model's, once more per DeepStack layer."""
@@ -473,7 +484,8 @@ QWEN_VL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForCondit
                          "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
                          "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
 IMAGE_ARCHITECTURES = ("LlavaForConditionalGeneration", "Gemma3ForConditionalGeneration", *QWEN_VL_ARCHITECTURES,
-                       "InternVLForConditionalGeneration", "Mistral3ForConditionalGeneration")
+                       "InternVLForConditionalGeneration", "Mistral3ForConditionalGeneration",
+                       "Gemma4ForConditionalGeneration")
 
 
 def _qwen_vl_vision(full: Any, architecture: str) -> VisionConfig:
@@ -501,11 +513,13 @@ def _qwen_vl_vision(full: Any, architecture: str) -> VisionConfig:
     )
 
 
-def _vision_config(path: Path, architecture: str) -> VisionConfig:
+def _vision_config(path: Path, architecture: str) -> VisionConfig | None:
     """A multimodal checkpoint's vision settings, with transformers' defaults for what config.json leaves out."""
     from transformers import AutoConfig
 
     full = AutoConfig.from_pretrained(str(path))
+    if architecture == "Gemma4ForConditionalGeneration":
+        return _gemma4_vision(full)
     vision = full.vision_config
     if architecture in QWEN_VL_ARCHITECTURES:
         return _qwen_vl_vision(full, architecture)
@@ -546,6 +560,31 @@ def _token_ids(path: Path, *tokens: str) -> list[int]:
     if None in ids:
         raise ValueError(f"the tokenizer must hold the image tokens {', '.join(tokens)}")
     return ids
+
+
+def _gemma4_vision(full: Any) -> VisionConfig | None:
+    """Gemma 4's vision settings; None for a checkpoint without a vision tower (served as text)."""
+    vision = full.vision_config
+    if vision is None:
+        return None
+    text = full.get_text_config()
+    if text.use_bidirectional_attention not in (None, "vision"):
+        raise ValueError(f"Gemma 4 with use_bidirectional_attention={text.use_bidirectional_attention!r} is not supported")
+    rope = vision.rope_parameters or {}
+    if rope.get("rope_type", "axial") != "axial":
+        raise ValueError(f"Gemma 4's vision tower with rope {rope.get('rope_type')!r} is not supported (supported: axial)")
+    token = int(full.image_token_id)
+    return VisionConfig(
+        tower="gemma4", hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
+        num_layers=vision.num_hidden_layers, num_heads=vision.num_attention_heads, image_size=0,
+        patch_size=vision.patch_size, layer_norm_eps=vision.rms_norm_eps, hidden_act=vision.hidden_activation,
+        tokens_per_image=0, image_token_id=token, placeholder_id=token, begin_id=int(full.boi_token_id),
+        end_id=int(full.eoi_token_id), bidirectional=text.use_bidirectional_attention == "vision",
+        spatial_merge=vision.pooling_kernel_size, position_embeddings=vision.position_embedding_size,
+        rope_theta=float(rope.get("rope_theta", vision.default_theta)), head_dim=vision.head_dim,
+        kv_heads=vision.num_key_value_heads, clipped=bool(vision.use_clipped_linears),
+        standardize=bool(vision.standardize),
+    )
 
 
 def _pixtral_vision(full: Any, path: Path) -> VisionConfig:

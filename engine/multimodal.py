@@ -206,9 +206,10 @@ class ImagePrompts:
     """Expands image placeholders in prompts and makes their pixels, for a model that takes images."""
 
     def __init__(self, model_config: ModelConfig, tokenizer: Any, limit: int | None = None,
-                 processor_kwargs: dict[str, Any] | None = None) -> None:
+                 processor_kwargs: dict[str, Any] | None = None, step_tokens: int | None = None) -> None:
         self.path = model_config.path
         self.limit = limit  # most images per prompt
+        self.step_tokens = step_tokens  # the most tokens one step computes (an image attending both ways: all at once)
         self.processor_kwargs = processor_kwargs or {}
         self.vision: VisionConfig | None = model_config.vision
         self._processor: Any = None
@@ -251,6 +252,8 @@ class ImagePrompts:
             return _pixtral_patches(out["pixel_values"], sizes, v.patch_size, v.spatial_merge)
         if (grids := out.get("image_grid_thw")) is not None:
             return _Processed(out["pixel_values"], grids, (grids.prod(dim=1) // v.spatial_merge**2).tolist())
+        if (soft := out.get("num_soft_tokens_per_image")) is not None:
+            return _gemma4_patches(out["pixel_values"], out["image_position_ids"], [int(n) for n in soft])
         if (tiles := out.get("num_patches")) is not None:
             return _Processed(out["pixel_values"], tiles, (tiles * v.tokens_per_image).tolist())
         return _Processed(out["pixel_values"], None, [v.tokens_per_image] * len(images))
@@ -278,6 +281,10 @@ class ImagePrompts:
         token = v.image_token_id
         loaded = [load_image(image) for image in images]
         processed = self._pixels(loaded, processor_kwargs or {})
+        if v.bidirectional and self.step_tokens is not None and max(processed.lengths) > self.step_tokens:
+            raise ValueError(f"an image of {max(processed.lengths)} tokens attends to itself both ways and must be "
+                             f"computed in one step: more than max_num_batched_tokens ({self.step_tokens}); "
+                             "send a smaller image or lower the image processor's token budget")
         runs = [self._run(length, width) for length, width in
                 zip(processed.lengths, processed.row_widths or [None] * len(loaded))]
         count = token_ids.count(v.placeholder_id)
@@ -336,8 +343,8 @@ def _expanded_offsets(token_ids: list[int], token: int, runs: list[list[int]]) -
 class _Processed(NamedTuple):
     """What the image processor made of a prompt's images: the pixels (per image [3, H, W]; Qwen-VL's and
     Pixtral's patches of every image [patches, 3 * T * P * P]; InternVL's tiles), each image's layout
-    (Qwen-VL's patch grid (temporal, height, width); InternVL's tile count; Pixtral's patch grid
-    (height, width)), each image's run length and, for Pixtral, its features per row."""
+    (Qwen-VL's patch grid (temporal, height, width); InternVL's tile count; Pixtral's and Gemma 4's patch
+    grid (height, width)), each image's run length and, for Pixtral, its features per row."""
 
     pixels: torch.Tensor
     grids: torch.Tensor | None
@@ -358,6 +365,21 @@ def _pixtral_patches(pixels: torch.Tensor, sizes: torch.Tensor, patch: int, merg
         widths.append(columns // merge)
         lengths.append(rows // merge * (columns // merge + 1))
     return _Processed(torch.cat(chunks), torch.tensor(grids), lengths, widths)
+
+
+def _gemma4_patches(pixels: torch.Tensor, positions: torch.Tensor, lengths: list[int]) -> _Processed:
+    """Gemma 4's batch of patches [images, max_patches, 3 * P * P], each image's padded past its own with
+    position (-1, -1) -> every image's real patches (row-major, as its processor lays them) and its grid of
+    (rows, columns) patches, which the tower rebuilds the positions from."""
+    chunks, grids = [], []
+    for image, where in zip(pixels, positions):
+        real = (where >= 0).all(dim=-1)
+        columns, rows = (int(v) + 1 for v in where[real].amax(dim=0).tolist())
+        if int(real.sum()) != rows * columns:
+            raise ValueError("Gemma 4's image processor gave patches that do not fill a grid")
+        chunks.append(image[real])
+        grids.append((rows, columns))
+    return _Processed(torch.cat(chunks), torch.tensor(grids), lengths)
 
 
 def mrope_positions(num_tokens: int, offsets: list[int], grids: torch.Tensor,

@@ -6,7 +6,7 @@ in patches of 7 (an 8 x 8 grid, pixel-shuffled to 16 features per tile); an imag
 4 tiles by its aspect ratio, plus a thumbnail when it is cut.
 
 Gemma 4: the gemma4 fixture's language model (the same weights) beside one-layer vision and audio
-towers, which the engine skips (it serves Gemma 4 as text).
+towers (the engine skips the audio one).
 
 Mistral 3: the mistral fixture's language model; a two-layer Pixtral tower over patches of 4
 pixels merged 2 x 2, images fitted within 64 pixels in multiples of 8 (a row of features per 8
@@ -81,32 +81,52 @@ def make_tiny_mistral3(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
     return out_dir
 
 
-def make_tiny_gemma4_multimodal(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+# Gemma 4's image tokens, with the ids after the trained vocabulary in this order: the soft token (which a
+# prompt also writes, once per image), the begin and the end of an image.
+GEMMA4_IMAGE_TOKENS = ("<|image|>", "<|image>", "<image|>")
+
+
+def make_tiny_gemma4_multimodal(out_dir: str | pathlib.Path, seed: int = 0, *, vision: bool = True) -> pathlib.Path:
     """A random-weight Gemma4ForConditionalGeneration checkpoint (as google/gemma-4-E2B-it ships, towers
-    shrunk): its language model is `build_tiny_model("gemma4", seed=seed)`'s, so both serve alike."""
+    shrunk): its language model is `build_tiny_model("gemma4", seed=seed)`'s, so both read text alike;
+    a one-layer vision tower over patches of 4 pixels pooled 2 x 2, at most 70 features per image (its
+    processor's smallest budget), and a one-layer audio tower (skipped by the engine). `vision` off: no
+    vision tower (served as text)."""
     from transformers import Gemma4AudioConfig, Gemma4Config, Gemma4ForConditionalGeneration, Gemma4VisionConfig
 
     out_dir = pathlib.Path(out_dir)
     text = build_tiny_model("gemma4", seed=seed)
-    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                num_key_value_heads=2, head_dim=16, patch_size=4, position_embedding_size=64,
-                                pooling_kernel_size=2)
+    tower = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               num_key_value_heads=1, head_dim=16, patch_size=4, position_embedding_size=160,
+                               pooling_kernel_size=2, standardize=True) if vision else None
     audio = Gemma4AudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                               subsampling_conv_channels=[8, 4], output_proj_dims=32)
-    # Multimodal token ids inside the padded vocabulary (the hub's are past its text tokens too); untied,
-    # as the text fixture.
-    ids = dict(zip(("video_token_id", "image_token_id", "boi_token_id", "eoi_token_id", "audio_token_id",
-                    "boa_token_id", "eoa_token_index"), range(TOKENIZER_VOCAB_SIZE + 9, TOKENIZER_VOCAB_SIZE + 16)))
-    config = Gemma4Config(text_config=text.config.to_dict(), vision_config=vision, audio_config=audio,
-                          tie_word_embeddings=False, **ids)
+    ids = dict(zip(("image_token_id", "boi_token_id", "eoi_token_id", "video_token_id", "audio_token_id",
+                    "boa_token_id", "eoa_token_index"), range(TOKENIZER_VOCAB_SIZE, TOKENIZER_VOCAB_SIZE + 7)))
+    # Untied, as the text fixture (the hub's are tied).
+    config = Gemma4Config(text_config={**text.config.to_dict(), "use_bidirectional_attention": "vision"},
+                          vision_config=tower, audio_config=audio, tie_word_embeddings=False, **ids)
     config.architectures = ["Gemma4ForConditionalGeneration"]
     torch.manual_seed(seed)
     model = Gemma4ForConditionalGeneration(config).eval()
     with torch.no_grad():
         model.model.language_model.load_state_dict(text.model.state_dict())
         model.lm_head.weight.copy_(text.lm_head.weight)
+        for name, param in model.named_parameters():  # the image side large enough that images move the logits
+            if name.startswith(("model.vision_tower.", "model.embed_vision.")):
+                param.uniform_(0.5, 1.5) if "norm" in name else param.normal_(0.0, 0.3)
+        for name, buffer in model.named_buffers():
+            if name.endswith("std_scale"):
+                buffer.uniform_(0.5, 1.5)
+            elif name.endswith("std_bias"):
+                buffer.normal_(0.0, 0.3)
     _save_image_model(model, out_dir)
-    _write_tokenizer(out_dir, "gemma4", text.config.max_position_embeddings)
+    _write_tokenizer(out_dir, "gemma4", text.config.max_position_embeddings, extra_special=GEMMA4_IMAGE_TOKENS,
+                     image_placeholder=GEMMA4_IMAGE_TOKENS[0])
+    _write_json(out_dir / "preprocessor_config.json", {
+        "image_processor_type": "Gemma4ImageProcessor", "patch_size": 4, "max_soft_tokens": 70,
+        "pooling_kernel_size": 2, "do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": False, "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0], "do_convert_rgb": True})
     return out_dir
 
 

@@ -7,6 +7,7 @@ of the batch and a varlen prefill kernel over the rest.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +40,13 @@ class AttentionMetadata:
 
     def for_group(self, group: int) -> AttentionMetadata:
         return self.groups[group] if self.groups else self
+
+    def causal(self) -> AttentionMetadata:
+        """This (one group's) metadata with every token seeing up to itself, whatever images see past
+        themselves elsewhere (Gemma 4's global layers keep images causal)."""
+        if self.key_limits is None:
+            return self
+        return dataclasses.replace(self, key_limits=None, key_limits_host=None, groups=[])
 
     @property
     def num_seqs(self) -> int:

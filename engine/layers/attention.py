@@ -42,6 +42,9 @@ class Attention(nn.Module):
         self.kv_group = 0  # the KV-cache group whose block tables this layer reads (kv_cache_layout.py)
         # The earlier layer whose cache this one reads instead of keeping its own (see share_kv_of).
         self.kv_owner: Attention | None = None
+        # Whether images' tokens stay causal here though they see past themselves elsewhere (Gemma 4's
+        # global layers).
+        self.causal_only = False
 
     def share_kv_of(self, owner: Attention) -> None:
         """Read `owner`'s K/V instead of keeping any: Gemma 4's last layers attend over the keys and values
@@ -60,6 +63,8 @@ class Attention(nn.Module):
         linear in k), v_scale on the output (a weighted sum of v), so no kernel knows of them."""
         t = q.shape[0]
         meta = meta.for_group(self.kv_group)
+        if self.causal_only:
+            meta = meta.causal()
         scales = self.kv_owner if self.kv_owner is not None else self  # a sharing layer's K/V are its owner's, scaled as the owner stored them
         k_scale, v_scale = (scales.k_scale, scales.v_scale) if self.scaled_cache else (1.0, 1.0)
         if k_scale != 1.0:

@@ -1,5 +1,5 @@
-"""Gemma 4 (text): `Gemma4ForCausalLM`, and the language model of `Gemma4ForConditionalGeneration`
-checkpoints (E2B, E4B, 26B-A4B, 31B), served as text.
+"""Gemma 4: `Gemma4ForCausalLM`, and `Gemma4ForConditionalGeneration` as the hub ships E2B, E4B,
+26B-A4B and 31B: text and images (the vision tower: engine/models/gemma4_vision.py); audio is not served.
 
 Against Gemma 3 it changes most of what a layer holds:
 - sliding and global layers differ in shape: the global ones have wider heads (`global_head_dim`),
@@ -16,7 +16,9 @@ Against Gemma 3 it changes most of what a layer holds:
 - the 26B-A4B's layers run routed experts (GeGLU) beside the dense MLP, each branch normalized on
   its own; its router normalizes and scales its input and scales each expert's weight;
 - norms multiply by their weight (no 1 + w) in fp32, and every layer's output is scaled by its
-  `layer_scalar`.
+  `layer_scalar`;
+- an image's tokens attend to the whole image in the sliding layers, causally in the global ones, and
+  take the padding token's per-layer embedding.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pagoda.engine.layers.rotary import RotaryEmbedding
 from pagoda.engine.model_config import ModelConfig, sliding_rope
 from pagoda.engine.models.gemma3 import FULL, SLIDING, Gemma3ForCausalLM
 from pagoda.engine.models.llama import DecoderMLP
+from pagoda.engine.models.gemma4_vision import Gemma4MultimodalEmbedder, Gemma4VisionTower
 from pagoda.engine.models.vision import multimodal_checkpoint_name
 from pagoda.kernels import ops
 
@@ -122,6 +125,8 @@ class Gemma4Attention(nn.Module):
                               cfg.sliding_window if sliding else None, scale=1.0)
         if owner is not None:
             self.attn.share_kv_of(owner.attn)
+        # An image's tokens attend to one another both ways in the sliding layers only.
+        self.attn.causal_only = not sliding
         self.head_dim = head_dim
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata,
@@ -226,6 +231,7 @@ class Gemma4Model(nn.Module):
         self.per_layer = int(hf.get("hidden_size_per_layer_input") or 0)
         if self.per_layer:
             self.per_layer_vocab = int(hf.get("vocab_size_per_layer_input") or cfg.vocab_size)
+            self.pad_token_id = int(hf.get("pad_token_id") or 0)
             width = cfg.num_layers * self.per_layer
             self.embed_tokens_per_layer = VocabParallelEmbedding(self.per_layer_vocab, width)
             self.per_layer_model_projection = ReplicatedProjection(cfg.hidden_size, width)
@@ -233,16 +239,24 @@ class Gemma4Model(nn.Module):
 
     def per_layer_inputs(self, input_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """[tokens, layers, per_layer]: each token's own vector per layer (ids past the per-layer
-        vocabulary take the padding row's) mixed with a normalized projection of its embedding."""
+        vocabulary, and images' tokens, take the padding token's) mixed with a normalized projection of
+        its embedding (an image token's: its feature)."""
         t, layers = x.shape[0], len(self.layers)
-        ids = torch.where(input_ids < self.per_layer_vocab, input_ids, 0)
+        ids = torch.where(input_ids < self.per_layer_vocab, input_ids, self.pad_token_id)
         own = _scaled(self.embed_tokens_per_layer(ids), self.per_layer**0.5).view(t, layers, self.per_layer)
         projected = self.per_layer_model_projection(x) * self.hidden_size**-0.5
         projected = self.per_layer_projection_norm(projected.view(t, layers, self.per_layer))
         return (projected + own) * 2**-0.5
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`image_embeds` (rows, features): image features in place of those rows' (scaled) embeddings."""
         x = _scaled(self.embed_tokens(input_ids), self.hidden_size**0.5)
+        if image_embeds is not None:
+            rows, features = image_embeds
+            x = x.index_copy(0, rows, features.to(x.dtype))
+            if self.per_layer:
+                input_ids = input_ids.index_fill(0, rows, self.pad_token_id)
         per_layer = self.per_layer_inputs(input_ids, x) if self.per_layer else None
         shared: SharedKV = {}
         for i, layer in enumerate(self.layers):
@@ -256,12 +270,6 @@ class Gemma4ForCausalLM(Gemma3ForCausalLM):
             raise ValueError("use_bidirectional_attention 'all' (Gemma 4 encoders) is not supported")
         return Gemma4Model(cfg)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        if image_embeds is not None:
-            raise ValueError("Gemma 4 is served as text: image inputs are not supported")
-        return self.model(input_ids, positions, meta)
-
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
         """Experts stacked as transformers 5 stores them (`experts.gate_up_proj` [E, 2I, H], `experts.down_proj`)
         go whole into the fused experts; the rest as Llama's (q/k/v and gate/up into their fused projections)."""
@@ -272,11 +280,31 @@ class Gemma4ForCausalLM(Gemma3ForCausalLM):
 
 
 class Gemma4ForConditionalGeneration(Gemma4ForCausalLM):
-    """Gemma 4 as the hub ships it, with vision (and, E2B/E4B, audio) towers: the language model
-    (`model.language_model.*`) is served, the towers and their embedders are skipped at load."""
+    """Gemma 4 as the hub ships it: the language model (`model.language_model.*`) with its vision tower
+    and embedder (engine/models/gemma4_vision.py); the audio tower (E2B, E4B) is skipped at load, and so
+    is the vision side of a checkpoint whose config has none."""
 
-    ignored_checkpoint_prefixes = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
-                                   "model.embed_audio.")
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        skipped = ["model.audio_tower.", "model.embed_audio."]
+        v = cfg.vision
+        if v is None:
+            skipped += ["model.vision_tower.", "model.embed_vision."]
+        else:
+            self.vision_tower = Gemma4VisionTower(v)
+            self.embed_vision = Gemma4MultimodalEmbedder(v.hidden_size, cfg.hidden_size, v.layer_norm_eps)
+        self.ignored_checkpoint_prefixes = tuple(skipped)
+
+    def encode_images(self, pixels: torch.Tensor, grids: torch.Tensor) -> list[torch.Tensor]:
+        """Every image's patches (one after another, [patches, 3 * P * P]) and its (rows, columns) grid
+        -> each image's features in the language model's space [rows * columns / k^2, hidden]."""
+        features, start = [], 0
+        for rows, columns in grids.tolist():
+            patches = pixels[start : start + rows * columns]
+            features.append(self.embed_vision(self.vision_tower.encode(patches, rows, columns)))
+            start += rows * columns
+        return features
 
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
-        return super().checkpoint_target(multimodal_checkpoint_name(name)[0])
+        name, image_side = multimodal_checkpoint_name(name.replace("model.embed_vision.", "embed_vision.", 1))
+        return (name, None) if image_side or name.startswith("embed_vision.") else super().checkpoint_target(name)

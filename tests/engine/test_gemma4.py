@@ -1,7 +1,8 @@
 """Gemma 4: layers that share K/V keep no cache and read their owner's, global layers with wider heads
 view a wider cache row, proportional RoPE and bf16 numerics follow transformers, and the hub's
 multimodal checkpoints serve their language model (greedy parity in every scheduling regime, and under
-tensor parallelism, is in test_hf_parity's and test_tensor_parallel's matrices)."""
+tensor parallelism, is in test_hf_parity's and test_tensor_parallel's matrices; images in
+test_image_prompts.py's)."""
 
 from __future__ import annotations
 
@@ -95,17 +96,22 @@ def test_bf16_prompt_logprobs_track_transformers(tiny_model, arch: str) -> None:
         assert max(abs(a - b) for a, b in zip(ours, theirs)) < 0.05
 
 
-def test_multimodal_checkpoint_serves_its_language_model(tmp_path, tiny_model) -> None:
-    """Gemma4ForConditionalGeneration as the hub ships it: the towers are skipped, the language model
-    (model.language_model.*) answers as transformers' multimodal class does and as the text fixture
-    holding the same weights; an image is refused with a clear error."""
-    path = make_tiny_gemma4_multimodal(tmp_path / "gemma4-mm")
+@pytest.mark.parametrize("vision", [True, False])
+def test_multimodal_checkpoint_serves_its_language_model(tmp_path, tiny_model, vision: bool) -> None:
+    """Gemma4ForConditionalGeneration as the hub ships it: the audio tower is skipped, the language model
+    (model.language_model.*) answers text as transformers' multimodal class does and as the text fixture
+    holding the same weights; a checkpoint without a vision tower refuses an image by name (images:
+    test_image_prompts.py)."""
+    path = make_tiny_gemma4_multimodal(tmp_path / "gemma4-mm", vision=vision)
     llm = LLM(str(path), dtype="float32", block_size=4)
     assert llm.engine.model_config.architecture == "Gemma4ForConditionalGeneration"
+    assert (llm.engine.model_config.vision is not None) == vision
     for out in llm.generate(PROMPTS[:3], GREEDY):
         expected = hf_greedy(path, out.prompt_token_ids, 12)
         assert out.outputs[0].token_ids == expected == hf_greedy(tiny_model("gemma4"), out.prompt_token_ids, 12)
-    from PIL import Image
+    if not vision:
+        from PIL import Image
 
-    with pytest.raises(ValueError, match="takes no images"):
-        llm.generate({"prompt": "Describe <image>", "multi_modal_data": {"image": Image.new("RGB", (8, 8))}}, GREEDY)
+        with pytest.raises(ValueError, match="takes no images"):
+            llm.generate({"prompt": "Describe <|image|>", "multi_modal_data": {"image": Image.new("RGB", (8, 8))}},
+                         GREEDY)

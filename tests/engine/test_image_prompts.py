@@ -1,4 +1,4 @@
-"""Images in prompts (LLaVA, Gemma 3, InternVL, Mistral 3): greedy tokens equal transformers' own model on the same
+"""Images in prompts (LLaVA, Gemma 3, InternVL, Mistral 3, Gemma 4): greedy tokens equal transformers' own model on the same
 weights and pixels, through chunked prefill (which cuts a causal image apart and never a Gemma 3
 image, whose tokens attend to one another both ways), prefix caching (which must tell images apart
 behind identical placeholder tokens), preemption and tensor parallelism; bad image inputs are
@@ -18,7 +18,8 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
 from pagoda.engine.fixtures import IMAGE_TOKEN_ID, make_tiny_gemma3_multimodal, make_tiny_llava
-from pagoda.engine.vision_fixtures import INTERNVL_TOKENS, make_tiny_internvl, make_tiny_mistral3
+from pagoda.engine.vision_fixtures import (GEMMA4_IMAGE_TOKENS, INTERNVL_TOKENS, make_tiny_gemma4_multimodal,
+                                          make_tiny_internvl, make_tiny_mistral3)
 from pagoda.engine.llm import LLM
 from pagoda.engine.model_config import load_model_config
 from pagoda.engine.multimodal import image_hash, load_image
@@ -51,12 +52,15 @@ def models(tmp_path_factory) -> dict[str, ImageModel]:
     gemma3 = make_tiny_gemma3_multimodal(tmp_path_factory.mktemp("gemma3") / "model")
     internvl = make_tiny_internvl(tmp_path_factory.mktemp("internvl") / "model")
     mistral3 = make_tiny_mistral3(tmp_path_factory.mktemp("mistral3") / "model")
+    gemma4 = make_tiny_gemma4_multimodal(tmp_path_factory.mktemp("gemma4") / "model")
     found = {}
     for name, path, placeholder in (("llava", llava, "<image>"), ("gemma3", gemma3, "<start_of_image>"),
-                                    ("internvl", internvl, INTERNVL_TOKENS[0]), ("mistral3", mistral3, "[IMG]")):
+                                    ("internvl", internvl, INTERNVL_TOKENS[0]), ("mistral3", mistral3, "[IMG]"),
+                                    ("gemma4", gemma4, GEMMA4_IMAGE_TOKENS[0])):
         v = load_model_config(path).vision
-        # Mistral 3 reads a picture (40 x 50) at its size: 5 rows of 7 features, 8 pixels each.
-        tokens = v.tokens_per_image or 5 * 7
+        # Mistral 3 reads a picture (40 x 50) at its size: 5 rows of 7 features, 8 pixels each; Gemma 4
+        # resizes it to fill its 70-feature budget in whole pooled patches (56 x 72 pixels: 7 x 9 features).
+        tokens = v.tokens_per_image or (7 * 9 if name == "gemma4" else 5 * 7)
         found[name] = ImageModel(path, placeholder, v.image_token_id, tokens, v.bidirectional)
     return found
 
@@ -97,6 +101,9 @@ def hf_greedy(path: pathlib.Path, prompt_ids: list[int], images: list[Image.Imag
         processed = processor(images=images, return_tensors="pt")
     if model.config.model_type == "gemma3":
         extra["token_type_ids"] = (ids == model.config.image_token_index).long()
+    if model.config.model_type == "gemma4":  # each patch's place, and which tokens attend both ways
+        extra.update(image_position_ids=processed["image_position_ids"],
+                     mm_token_type_ids=(ids == model.config.image_token_id).int())
     if "image_grid_thw" in processed:
         extra.update(image_grid_thw=processed["image_grid_thw"],
                      mm_token_type_ids=(ids == model.config.image_token_id).int())
@@ -118,7 +125,7 @@ REGIMES = {
 }
 
 
-@pytest.mark.parametrize("name", ["llava", "gemma3", "internvl", "mistral3"])
+@pytest.mark.parametrize("name", ["llava", "gemma3", "internvl", "mistral3", "gemma4"])
 @pytest.mark.parametrize("regime", REGIMES)
 def test_greedy_matches_transformers(models: dict[str, ImageModel], name: str, regime: str) -> None:
     model = models[name]
@@ -131,6 +138,12 @@ def test_greedy_matches_transformers(models: dict[str, ImageModel], name: str, r
         options.update(num_kv_blocks=20, max_num_batched_tokens=20, max_model_len=80)
     if name == "mistral3" and "num_kv_blocks" in options:  # longer ones (rows and their breaks): more
         options.update(num_kv_blocks=34, max_num_batched_tokens=20, max_model_len=136)
+    if name == "gemma4" and regime != "default":
+        # Its 63-token images attend both ways in one step: budgets that hold one (and cut the text around
+        # it); longer prompts, in three groups of one layer each (two sliding, one full): more blocks.
+        options.update(max_num_batched_tokens=70)
+        if "num_kv_blocks" in options:
+            options.update(num_kv_blocks=90, max_model_len=176)
     llm = LLM(str(model.path), dtype="float32", **options)
     requests = [(model.prompt(), [picture(0)]), (model.prompt(), [picture(1)]),
                 (model.prompt(2), [picture(2), picture(3)]), (model.prompt(), [picture(0)])]
@@ -159,6 +172,32 @@ def test_gemma3_images_attend_both_ways(models: dict[str, ImageModel]) -> None:
     assert not torch.allclose(causal, both_ways)
     text = llm.tokenizer.decode(out.prompt_token_ids)
     assert "\n\n<start_of_image>" in text and "<end_of_image>\n\n" in text, "Gemma 3's image wrapping"
+
+
+def test_gemma4_images_attend_both_ways_in_sliding_layers_only(models: dict[str, ImageModel]) -> None:
+    """Gemma 4's image tokens see their whole image in the sliding layers, and only what precedes them in
+    the global ones: prompt logprobs equal transformers' (to fp32 rounding); seeing both ways in every
+    layer, or in none, departs from them (greedy tokens alone may not show the former)."""
+    model = models["gemma4"]
+    hf, processor = _hf(model.path)
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+    deviations = {}
+    for both_ways_in_global_layers in (False, True):
+        llm = LLM(str(model.path), dtype="float32")
+        for layer in llm.engine.runner.model.model.layers:
+            if layer.self_attn.kind == "full_attention":
+                layer.self_attn.attn.causal_only = not both_ways_in_global_layers
+        out = llm.generate({"prompt": model.prompt(), "multi_modal_data": {"image": picture(0)}}, params)[0]
+        ids = torch.tensor([out.prompt_token_ids])
+        pixels = processor(images=[picture(0)], return_tensors="pt")
+        with torch.inference_mode():
+            expected = hf(input_ids=ids, pixel_values=pixels["pixel_values"],
+                          image_position_ids=pixels["image_position_ids"],
+                          mm_token_type_ids=(ids == model.image_token_id).int()).logits[0].float().log_softmax(-1)
+        ours = [next(iter(p.values())).logprob for p in out.prompt_logprobs[1:]]
+        deviations[both_ways_in_global_layers] = max(abs(a - expected[i, ids[0, i + 1]].item())
+                                                     for i, a in enumerate(ours))
+    assert deviations[False] < 1e-3 < 1e-2 < deviations[True]
 
 
 def test_internvl_tiles_an_image_by_its_aspect(models: dict[str, ImageModel]) -> None:
@@ -190,8 +229,14 @@ def test_mistral3_rows_end_in_break_tokens(models: dict[str, ImageModel]) -> Non
 
 
 def test_a_bidirectional_image_needs_a_budget_that_holds_it(models: dict[str, ImageModel]) -> None:
+    """Gemma 3's images are all alike: a budget that cannot hold one is refused at start. Gemma 4's are as
+    large as each picture makes them: a request with one the budget cannot hold is refused, not left waiting."""
     with pytest.raises(ValueError, match="max_num_batched_tokens"):
         LLM(str(models["gemma3"].path), dtype="float32", max_num_batched_tokens=8)
+    llm = LLM(str(models["gemma4"].path), dtype="float32", max_num_batched_tokens=32)
+    with pytest.raises(ValueError, match="image of 63 tokens .* max_num_batched_tokens"):
+        llm.generate({"prompt": models["gemma4"].prompt(), "multi_modal_data": {"image": picture(0)}}, GREEDY)
+    assert len(llm.generate("Hello", GREEDY)[0].outputs[0].token_ids) == MAX_TOKENS  # the engine goes on
 
 
 def test_prefix_cache_tells_images_apart(llava: pathlib.Path) -> None:
@@ -266,12 +311,13 @@ def test_a_text_model_refuses_images(tiny_model) -> None:
 
 
 @pytest.mark.parametrize("tp", [2])
-@pytest.mark.parametrize("name", ["llava", "gemma3", "internvl", "mistral3"])
+@pytest.mark.parametrize("name", ["llava", "gemma3", "internvl", "mistral3", "gemma4"])
 def test_tensor_parallel_matches_transformers(models: dict[str, ImageModel], name: str, tp: int) -> None:
     """The driver's vision tower runs; its features reach the workers with the step (and Gemma 3's
     per-token key limits with the packed inputs)."""
     model = models[name]
-    llm = LLM(str(model.path), dtype="float32", tensor_parallel_size=tp, max_num_batched_tokens=20, block_size=4)
+    budget = 70 if name == "gemma4" else 20  # a step holds a whole Gemma 4 image (63 tokens)
+    llm = LLM(str(model.path), dtype="float32", tensor_parallel_size=tp, max_num_batched_tokens=budget, block_size=4)
     try:
         requests = [(model.prompt(), [picture(0)]), (model.prompt(2), [picture(2), picture(3)])]
         outputs = llm.generate([{"prompt": t, "multi_modal_data": {"image": i}} for t, i in requests], GREEDY)
