@@ -90,7 +90,7 @@ def make_tiny_gemma4_multimodal(out_dir: str | pathlib.Path, seed: int = 0, *, v
     """A random-weight Gemma4ForConditionalGeneration checkpoint (as google/gemma-4-E2B-it ships, towers
     shrunk): its language model is `build_tiny_model("gemma4", seed=seed)`'s, so both read text alike;
     a one-layer vision tower over patches of 4 pixels pooled 2 x 2, at most 70 features per image (its
-    processor's smallest budget), and a one-layer audio tower (skipped by the engine). `vision` off: no
+    processor's smallest budget), its projections clamped to bounds that bite, and a one-layer audio tower (skipped by the engine). `vision` off: no
     vision tower (served as text)."""
     from transformers import Gemma4AudioConfig, Gemma4Config, Gemma4ForConditionalGeneration, Gemma4VisionConfig
 
@@ -98,7 +98,7 @@ def make_tiny_gemma4_multimodal(out_dir: str | pathlib.Path, seed: int = 0, *, v
     text = build_tiny_model("gemma4", seed=seed)
     tower = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                num_key_value_heads=1, head_dim=16, patch_size=4, position_embedding_size=160,
-                               pooling_kernel_size=2, standardize=True) if vision else None
+                               pooling_kernel_size=2, standardize=True, use_clipped_linears=True) if vision else None
     audio = Gemma4AudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                               subsampling_conv_channels=[8, 4], output_proj_dims=32)
     ids = dict(zip(("image_token_id", "boi_token_id", "eoi_token_id", "video_token_id", "audio_token_id",
@@ -120,6 +120,10 @@ def make_tiny_gemma4_multimodal(out_dir: str | pathlib.Path, seed: int = 0, *, v
                 buffer.uniform_(0.5, 1.5)
             elif name.endswith("std_bias"):
                 buffer.normal_(0.0, 0.3)
+            elif name.startswith("model.vision_tower.") and name.endswith(("_min", "_max")):
+                # Clipping bounds that bite: inputs within +-1.5, outputs within +-2 (the checkpoint's own).
+                buffer.fill_((1.5 if name.endswith(("input_min", "input_max")) else 2.0)
+                             * (-1 if name.endswith("_min") else 1))
     _save_image_model(model, out_dir)
     _write_tokenizer(out_dir, "gemma4", text.config.max_position_embeddings, extra_special=GEMMA4_IMAGE_TOKENS,
                      image_placeholder=GEMMA4_IMAGE_TOKENS[0])
