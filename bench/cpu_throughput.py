@@ -8,7 +8,7 @@ Every request has its own random-token prompt (uniform lengths) and the same num
 of output tokens with EOS ignored, so all three do exactly the same useful work;
 the reported figure is useful output tokens per second and the ratios between them.
 
-    python -m bench.cpu_throughput [--arch llama|deepseek_v3|gpt_oss|qwen3_5|granitemoehybrid] [--num-seqs 32]
+    python -m bench.cpu_throughput [--arch llama|deepseek_v3|gpt_oss|qwen3_5|granitemoehybrid|gemma4] [--num-seqs 32]
                                    [--output-len 32]
 
 With --arch deepseek_v3 the model is DeepSeek-V3-shaped (latent attention, grouped sigmoid router,
@@ -50,6 +50,11 @@ SHAPES = {
     # dense) Mamba-2 layers around one attention layer (8 heads of 64, state 64, chunks of 64).
     "qwen3_5": dict(MODEL_SHAPE, head_dim=64, linear_num_key_heads=4, linear_num_value_heads=8,
                     linear_key_head_dim=32, linear_value_head_dim=32),
+    # Gemma 4 E2B's structure at that size: sliding (window 128, heads of 32) and global (heads of 64,
+    # proportional RoPE) layers alternating, the last two reading the first two's K/V with double-wide
+    # MLPs, per-layer embeddings of 64 per layer.
+    "gemma4": dict(MODEL_SHAPE, head_dim=32, global_head_dim=64, sliding_window=128, num_kv_shared_layers=2,
+                   layer_types=["sliding_attention", "full_attention"] * 2, hidden_size_per_layer_input=64),
     "granitemoehybrid": dict(MODEL_SHAPE, layer_types=["mamba", "mamba", "attention", "mamba"], mamba_n_heads=8,
                              mamba_n_groups=1, mamba_d_state=64, mamba_chunk_size=64, num_local_experts=0,
                              shared_intermediate_size=768),
@@ -114,7 +119,9 @@ def run_hf_generate_batch(path: str, prompts: list[list[int]], output_len: int) 
     config = _hf_config(output_len)
     try:
         model.generate_batch(inputs=[prompts[0]], generation_config=_hf_config(2))
-    except ValueError as error:  # its paged cache refuses recurrent layers ("Invalid layer type: linear_attention")
+    # Its paged cache refuses recurrent layers ("Invalid layer type: linear_attention") and layers of
+    # different head sizes (Gemma 4: "per-layer attribute ... head_dim", a RuntimeError).
+    except (ValueError, RuntimeError) as error:
         return {"output_tokens": 0, "failed": True, "error": str(error)}
     start = time.perf_counter()
     results = model.generate_batch(inputs=prompts, generation_config=config)

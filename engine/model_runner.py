@@ -370,8 +370,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward_logits(self, inputs: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Runs the model on a step: float32 logits of its logit rows, and every row's final hidden
-        state (every rank runs this)."""
+        """Runs the model on a step: float32 logits of its logit rows, and the final hidden states: every
+        row's, or (a model whose last layers write no K/V, `output_queries`) only the output rows' unless
+        the step pools every row (every rank runs this)."""
         ids, pos, meta = inputs.to_device(self.device)
         copy_states(self.mixers, inputs.state_restores)
         if self.lora is not None:
@@ -386,12 +387,17 @@ class ModelRunner:
         copy_states(self.mixers, inputs.state_saves)
         if not inputs.logit_rows:
             return None, hidden
-        rows = torch.tensor(inputs.logit_rows, dtype=torch.long, device=self.device)
+        logit_rows = inputs.logit_rows
+        if hidden.shape[0] != len(inputs.input_ids):  # the model computed only the output rows, in order
+            at = {row: i for i, row in enumerate(sorted(set(logit_rows)))}
+            logit_rows = [at[row] for row in logit_rows]
+        rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
         return self.model.compute_logits(hidden[rows]).float(), hidden
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> StepResult:
         inputs, samplers, prompt_chunks, pooled = self._build_inputs(sched)
+        inputs.all_rows = bool(pooled)
         if self.lora is not None:
             inputs.lora_slots, loads = self.lora.plan([(seq.lora, n) for seq, n in sched.scheduled],
                                                       sched.running_adapters)

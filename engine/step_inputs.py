@@ -17,8 +17,9 @@ import torch
 from pagoda.engine.attention import AttentionMetadata
 
 # num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_logit_rows, num_lora_slots, lora_loads_bytes,
-# num_image_rows, num_key_limits, num_rope_positions, num_state_slots, num_state_restores, num_state_saves
-_HEADER = 14
+# num_image_rows, num_key_limits, num_rope_positions, num_state_slots, num_state_restores, num_state_saves,
+# all_rows
+_HEADER = 15
 
 
 @dataclass
@@ -51,6 +52,9 @@ class StepInputs:
     state_slots: list[int] = field(default_factory=list)
     state_restores: list[tuple[int, int]] = field(default_factory=list)
     state_saves: list[tuple[int, int]] = field(default_factory=list)
+    # Whether every row's final hidden state is used (an embedding request pools its prompt's), not only
+    # the logit rows'.
+    all_rows: bool = False
 
     def to_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         qsl = [0]
@@ -71,6 +75,9 @@ class StepInputs:
         if self.state_slots:
             common.update(state_slots=torch.tensor(self.state_slots, dtype=torch.long, device=device),
                           state_slots_host=self.state_slots)
+        if not self.all_rows:  # the rows the step reads, once each and in order (AttentionMetadata.output_queries)
+            rows = sorted(set(self.logit_rows))
+            common.update(output_rows=torch.tensor(rows, dtype=torch.long, device=device), output_rows_host=rows)
         metas = [AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
                                    block_tables=torch.tensor(tables, dtype=torch.int32, device=device), **common)
                  for slots, tables in zip(self.slots, self.block_tables)]
@@ -89,7 +96,8 @@ class StepInputs:
         loads = json.dumps(self.lora_loads).encode() if self.lora_loads else b""
         header = [len(self.input_ids), len(self.seq_lens), len(self.slots), max_blocks, self.num_decodes,
                   len(self.logit_rows), len(self.lora_slots), len(loads), len(self.image_rows), len(self.key_limits),
-                  len(self.rope_positions), len(self.state_slots), len(self.state_restores), len(self.state_saves)]
+                  len(self.rope_positions), len(self.state_slots), len(self.state_restores), len(self.state_saves),
+                  int(self.all_rows)]
         flat = [*header, *self.input_ids, *self.positions, *self.query_lens, *self.seq_lens]
         for slots, tables in zip(self.slots, self.block_tables):
             flat.extend(slots)
@@ -111,7 +119,8 @@ class StepInputs:
     def unpack(cls, packed: torch.Tensor) -> StepInputs:
         values = packed.tolist()
         num_tokens, num_seqs, num_groups, max_blocks, num_decodes, num_rows, num_lora_slots, loads_bytes, \
-            num_image_rows, num_key_limits, num_rope_positions, num_state_slots, num_restores, num_saves = values[:_HEADER]
+            num_image_rows, num_key_limits, num_rope_positions, num_state_slots, num_restores, num_saves, \
+            all_rows = values[:_HEADER]
         pos = _HEADER
 
         def take(n: int) -> list[int]:
@@ -134,4 +143,5 @@ class StepInputs:
         image_rows = take(num_image_rows)
         return cls(input_ids, positions, slots, query_lens, seq_lens, tables, num_decodes, rows, lora_slots, loads,
                    image_rows, key_limits=take(num_key_limits), rope_positions=take(num_rope_positions),
-                   state_slots=take(num_state_slots), state_restores=pairs(num_restores), state_saves=pairs(num_saves))
+                   state_slots=take(num_state_slots), state_restores=pairs(num_restores), state_saves=pairs(num_saves),
+                   all_rows=bool(all_rows))

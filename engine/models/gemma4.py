@@ -227,6 +227,8 @@ class Gemma4Model(nn.Module):
             owner = layers[plan.owner].self_attn if plan.owner is not None else None
             layers.append(Gemma4DecoderLayer(cfg, plan, owner))
         self.layers = nn.ModuleList(layers)
+        # The first layer that reads another's K/V (None: every layer keeps its own).
+        self.first_sharing = next((i for i, plan in enumerate(plans) if plan.owner is not None), None)
         self.norm = Fp32RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.per_layer = int(hf.get("hidden_size_per_layer_input") or 0)
         if self.per_layer:
@@ -260,6 +262,15 @@ class Gemma4Model(nn.Module):
         per_layer = self.per_layer_inputs(input_ids, x) if self.per_layer else None
         shared: SharedKV = {}
         for i, layer in enumerate(self.layers):
+            if i == self.first_sharing and (outputs := meta.output_queries()) is not None:
+                # The layers from here write no K/V: only the rows the step reads (its logit rows) go on,
+                # as transformers' generate does for the prompt (vLLM's kv_sharing_fast_prefill).
+                if not outputs.num_seqs:
+                    return self.norm(x[:0])
+                rows, meta = meta.output_rows, outputs
+                x, positions = x[rows], positions[rows]
+                per_layer = None if per_layer is None else per_layer[rows]
+                shared = {kind: (k[rows], v[rows]) for kind, (k, v) in shared.items()}
             x = layer(positions, x, meta, shared, None if per_layer is None else per_layer[:, i])
         return self.norm(x)
 

@@ -46,6 +46,39 @@ def test_layers_sharing_kv_keep_no_cache_and_read_their_owners(tiny_model) -> No
     assert out.outputs[0].token_ids == hf_greedy(tiny_model("gemma4"), out.prompt_token_ids, 12)
 
 
+@pytest.mark.parametrize("speculative", [False, True])
+def test_layers_sharing_kv_compute_only_the_rows_the_step_reads(tiny_model, speculative: bool) -> None:
+    """From the first layer that reads another's K/V on, nothing writes K/V: only the rows whose logits the
+    step takes go on (a finished prompt's last row, every row of a prompt whose logprobs are asked, each
+    decode, a speculative run), and a chunk that samples nothing stops there. Outputs stay transformers',
+    in batches that mix all of these with chunked prefill."""
+    from tests.engine.hf_reference import hf_logprobs
+
+    path = tiny_model("gemma4")
+    spec = {"speculative_config": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 2}} \
+        if speculative else {}
+    llm = LLM(str(path), dtype="float32", block_size=4, max_num_batched_tokens=24, **spec)
+    layers = llm.engine.runner.model.model.layers
+    assert llm.engine.runner.model.model.first_sharing == 3
+    rows_in: dict[int, list[int]] = {0: [], 3: []}  # rows into the first layer, and into the first sharing one
+    for i in rows_in:
+        layers[i].register_forward_pre_hook(lambda _, args, i=i: rows_in[i].append(args[1].shape[0]))
+    logprobs = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, prompt_logprobs=0)
+    outs = llm.generate(PROMPTS[:4], [GREEDY, logprobs, GREEDY, GREEDY])
+    for out in outs:
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, len(out.outputs[0].token_ids))
+    ids = outs[1].prompt_token_ids
+    expected = hf_logprobs(path, ids)
+    ours = [next(iter(p.values())).logprob for p in outs[1].prompt_logprobs[1:]]
+    assert max(abs(a - expected[i, ids[i + 1]].item()) for i, a in enumerate(ours)) < 1e-4
+    # Every prompt row through the first layers; in the sharing ones, the logprob prompt's rows and few others.
+    assert sum(rows_in[0]) >= sum(len(o.prompt_token_ids) - o.num_cached_tokens for o in outs)
+    # (a row per output token, or per proposed token too when speculating; the logprob prompt's every row).
+    per_token = 4 if speculative else 1
+    assert sum(rows_in[3]) <= len(ids) + per_token * sum(len(o.outputs[0].token_ids) for o in outs)
+    assert sum(rows_in[3]) < sum(rows_in[0])
+
+
 def test_global_layers_whose_values_are_their_keys(tiny_model) -> None:
     """gemma4_moe's global layers (attention_k_eq_v): one KV head of 32 and no value rows in the projection."""
     llm = LLM(str(tiny_model("gemma4_moe")), dtype="float32")
