@@ -105,13 +105,15 @@ def test_reduced_precision_checkpoints_load_and_agree(tiny_model, dtype: str) ->
     assert agree >= len(PROMPTS) - 1
 
 
-def test_bf16_gemma_norms_round_as_transformers(tiny_model) -> None:
-    """Gemma's (1 + weight) norms multiply in fp32 and round once: a bf16 Gemma 3's prompt logprobs are
-    transformers' bf16 ones (rounding (1 + weight) to bf16, or the row before the weight, moves them)."""
+@pytest.mark.parametrize("arch", ["gemma3", "gemma4", "gemma4_moe"])
+def test_bf16_gemma_norms_round_as_transformers(tiny_model, arch: str) -> None:
+    """Gemma's norms multiply in fp32 and round once (Gemma 3's by 1 + weight, Gemma 4's by the weight):
+    bf16 prompt logprobs are transformers' bf16 ones (rounding the weight to bf16, or the row before the
+    weight, moves them)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = tiny_model("gemma3", dtype="bfloat16")
+    path = tiny_model(arch, dtype="bfloat16")
     params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).eval()
     for out in LLM(str(path)).generate(PROMPTS[2:4], params):
