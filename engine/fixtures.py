@@ -36,7 +36,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
-    "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe",
+    "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -451,6 +451,14 @@ _FAMILIES: dict[str, _Family] = {
     "qwen3_next": _Family("qwen3_next", "Qwen3NextForCausalLM", adds_bos=False, rope_theta=10000000.0,
                           config={**_QWEN3_5_LAYERS, **_QWEN3_5_EXPERTS, "mlp_only_layers": [0],
                                   "intermediate_size": 96}),
+    # OLMo Hybrid: Gated DeltaNet layers (beta up to 2) around an OLMo 3 attention layer without rotary
+    # (NoPE, as released: rope_theta null).
+    "olmo_hybrid": _Family("olmo_hybrid", "OlmoHybridForCausalLM", adds_bos=False, rope_theta=10000.0,
+                           config={"num_hidden_layers": 4, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+                                   "linear_key_head_dim": 16, "linear_value_head_dim": 24,
+                                   "layer_types": ["linear_attention", "linear_attention", "full_attention",
+                                                   "linear_attention"],
+                                   "rope_parameters": {"rope_type": "default", "rope_theta": None}}),
 }
 
 _BASE_CONFIG: dict[str, Any] = {
@@ -591,8 +599,8 @@ def build_tiny_model(
 def _hub_style_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
     """Rewrite transformers 5's `rope_parameters` into the `rope_theta`/`rope_scaling` keys hub checkpoints have."""
     config = dict(config)
-    if config["model_type"].startswith("gemma4"):
-        return _gemma4_hub_config(config, dtype)
+    if config["model_type"].startswith(_TRANSFORMERS5_FAMILIES):
+        return _transformers5_hub_config(config, dtype)
     rope = dict(config.pop("rope_parameters"))
     if "sliding_attention" in rope:  # Gemma 3's local layers: hub configs name only their base
         config["rope_local_base_freq"] = rope.pop("sliding_attention")["rope_theta"]
@@ -609,16 +617,35 @@ def _hub_style_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
     return config
 
 
-def _gemma4_hub_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
-    """Gemma 4's config as hub checkpoints write it: the global layers' shape as `global_head_dim` and
-    `num_global_key_value_heads` (transformers derives its `per_layer_config` from them), rope nested by kind."""
-    per_layer = config.pop("per_layer_config", None) or {}
-    full = next(iter(per_layer.values()), {})
-    config["global_head_dim"] = full.get("head_dim", config["head_dim"])
-    if "num_key_value_heads" in full:
-        config["num_global_key_value_heads"] = full["num_key_value_heads"]
+# Families released with transformers 5, whose hub configs keep its `rope_parameters`.
+_TRANSFORMERS5_FAMILIES = ("gemma4", "olmo_hybrid")
+
+
+def _transformers5_hub_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """The config as such a hub checkpoint writes it; Gemma 4's global layers' shape as `global_head_dim`
+    and `num_global_key_value_heads` (transformers derives its `per_layer_config` from them)."""
+    if "per_layer_config" in config:
+        full = next(iter(config.pop("per_layer_config").values()), {})
+        config["global_head_dim"] = full.get("head_dim", config["head_dim"])
+        if "num_key_value_heads" in full:
+            config["num_global_key_value_heads"] = full["num_key_value_heads"]
     config["torch_dtype"] = config["dtype"] = dtype
     return config
+
+
+def _split_conv_as_hub(out_dir: pathlib.Path, config: PretrainedConfig) -> None:
+    """OLMo Hybrid's q_conv1d, k_conv1d and v_conv1d as its hub checkpoints hold them, q's and k's channels
+    and v's: transformers saves its fused convolution cut into three near-equal thirds (which it concatenates
+    back as it loads, so either layout reads the same there)."""
+    key = config.linear_num_key_heads * config.linear_key_head_dim
+    sizes = [key, key, config.linear_num_value_heads * config.linear_value_head_dim]
+    for path in sorted(out_dir.glob("*.safetensors")):
+        tensors = load_file(str(path))
+        for name in [n for n in tensors if n.endswith(".linear_attn.q_conv1d.weight")]:
+            stem = name.removesuffix("q_conv1d.weight")
+            fused = torch.cat([tensors[f"{stem}{p}_conv1d.weight"] for p in "qkv"])
+            tensors.update({f"{stem}{p}_conv1d.weight": part.contiguous() for p, part in zip("qkv", fused.split(sizes))})
+        save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
@@ -697,6 +724,8 @@ def make_tiny_model(
         if bars_were_enabled:
             hf_logging.enable_progress_bar()
 
+    if arch == "olmo_hybrid":
+        _split_conv_as_hub(out_dir, model.config)
     config_path = out_dir / "config.json"
     _write_json(config_path, _hub_style_config(json.loads(config_path.read_text()), dtype))
     _write_json(

@@ -299,7 +299,8 @@ def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
     params = dict(params.get("full_attention", params))
     scaling = dict(cfg.get("rope_scaling") or {})
     merged = {**scaling, **params}
-    theta = float(merged.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+    theta = merged.pop("rope_theta", None)  # None also where a NoPE model names none (OLMo Hybrid)
+    theta = float(theta if theta is not None else cfg.get("rope_theta") or 10000.0)
     kind = merged.pop("rope_type", None) or merged.pop("type", None) or "default"
     merged.pop("type", None)
     if kind == "mrope":  # Qwen2-VL's older spelling: plain frequencies, `mrope_section` (kept) splits them

@@ -1,4 +1,4 @@
-"""Gated DeltaNet: the linear-attention layers of Qwen3.5 and Qwen3-Next (GroupedGatedDeltaNet).
+"""Gated DeltaNet: the linear-attention layers of Qwen3.5, Qwen3-Next (GroupedGatedDeltaNet) and OLMo Hybrid.
 
 Each value head keeps a [key dim, value dim] state that decays by a learned,
 input-dependent gate and is corrected toward each new value along its key (the
@@ -36,7 +36,7 @@ class GatedDeltaNet(RecurrentMixer):
     in_proj_zba holds z, b (beta = sigmoid(b)) and a (the decay gate's input), checkpoints' in_proj_z,
     in_proj_b and in_proj_a."""
 
-    def __init__(self, hidden_size: int, cfg: LinearAttentionConfig) -> None:
+    def __init__(self, hidden_size: int, cfg: LinearAttentionConfig, beta_scale: float = 1.0) -> None:
         tp = tp_size()
         key_heads = divide(cfg.num_key_heads, tp, "linear-attention key heads")
         value_heads = divide(cfg.num_value_heads, tp, "linear-attention value heads")
@@ -44,6 +44,8 @@ class GatedDeltaNet(RecurrentMixer):
         self.parts = [key_heads * cfg.key_head_dim] * 2 + [value_heads * cfg.value_head_dim]
         super().__init__(sum(self.parts), cfg.conv_kernel, False, self._load_conv)
         self.cfg, self.key_heads, self.value_heads = cfg, key_heads, value_heads
+        # beta = sigmoid(b) times this: 2 lets the update overshoot (OLMo Hybrid's allow_neg_eigval).
+        self.beta_scale = beta_scale
         self.make_projections(hidden_size, key_dim, value_dim)
         for name in ("A_log", "dt_bias"):
             param = nn.Parameter(torch.empty(value_heads), requires_grad=False)
@@ -66,14 +68,17 @@ class GatedDeltaNet(RecurrentMixer):
     def _load_heads(self, param: nn.Parameter, src: Any) -> None:
         copy_into(param, read_shard(src, 0, tp_rank() * self.value_heads, self.value_heads))
 
-    def _load_conv(self, param: nn.Parameter, src: Any) -> None:
-        """conv1d's weight [conv_dim, 1, K] holds q, k and v's channels, each part's split by heads."""
-        cfg, offset = self.cfg, 0
+    def _load_conv(self, param: nn.Parameter, src: Any, part: int | None = None) -> None:
+        """conv1d's weight [conv_dim, 1, K] holds q, k and v's channels, each part's split by heads; `part`:
+        a checkpoint that stores each part's apart (OLMo Hybrid's q_conv1d, k_conv1d, v_conv1d)."""
+        cfg = self.cfg
         full = [cfg.num_key_heads * cfg.key_head_dim] * 2 + [cfg.num_value_heads * cfg.value_head_dim]
-        for part, size in enumerate(self.parts):
-            rows = read_shard(src, 0, sum(full[:part]) + tp_rank() * size, size)
-            copy_into(param.data.narrow(0, offset, size), rows.reshape(size, *param.shape[1:]))
-            offset += size
+        for index, size in enumerate(self.parts):
+            if part is not None and index != part:
+                continue
+            start = (0 if part is not None else sum(full[:index])) + tp_rank() * size
+            rows = read_shard(src, 0, start, size)
+            copy_into(param.data.narrow(0, sum(self.parts[:index]), size), rows.reshape(size, *param.shape[1:]))
 
     def state_shape(self) -> tuple[int, ...]:
         return self.value_heads, self.cfg.key_head_dim, self.cfg.value_head_dim
@@ -83,7 +88,8 @@ class GatedDeltaNet(RecurrentMixer):
         qkv, z, b, a = self.project(x)
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
         # [T, heads, value dim], rounded to the model's dtype as transformers' kernels return it
-        y = self.recur(qkv, (g, b.float().sigmoid()), meta).to(x.dtype).float()
+        beta = b.float().sigmoid() if self.beta_scale == 1.0 else b.float().sigmoid() * self.beta_scale
+        y = self.recur(qkv, (g, beta), meta).to(x.dtype).float()
         normed = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps)
         normed = (self.norm.weight * normed.to(x.dtype)).float() * F.silu(z.float())
         return self.out_proj(normed.to(x.dtype).view(x.shape[0], -1))

@@ -20,13 +20,14 @@ from pagoda.engine.models.llama import DecoderAttention, DecoderMLP, DecoderMode
 
 class Olmo2DecoderLayer(nn.Module):
     """Post-norm attention then MLP; `qk_norm` across all heads ("whole") or per head (EXAONE 4), and
-    with `kinds` (EXAONE 4's sliding pattern) rotary only in the sliding layers, the global ones NoPE."""
+    with `kinds` (EXAONE 4's sliding pattern) rotary only in the sliding layers, the global ones NoPE
+    (every layer without `use_rope`: OLMo Hybrid's released checkpoints)."""
 
     def __init__(self, cfg: ModelConfig, layer: int, qk_norm: bool | str = "whole",
-                 kinds: list[str] | None = None) -> None:
+                 kinds: list[str] | None = None, use_rope: bool = True) -> None:
         super().__init__()
         window, rope = layer_attention(cfg, layer, kinds)
-        nope = kinds is not None and cfg.sliding_window is not None and window is None
+        nope = not use_rope or (kinds is not None and cfg.sliding_window is not None and window is None)
         self.self_attn = DecoderAttention(cfg, qkv_bias=cfg.attention_bias, qk_norm=qk_norm, rope=rope,
                                           sliding_window=window, use_rope=not nope)
         self.mlp = DecoderMLP(cfg.hidden_size, cfg.intermediate_size)

@@ -62,6 +62,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Qwen3_5ForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3_5ForCausalLM"),
     "Qwen3_5MoeForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3_5MoeForCausalLM"),
     "Qwen3NextForCausalLM": ("pagoda.engine.models.qwen3_5", "Qwen3NextForCausalLM"),
+    "OlmoHybridForCausalLM": ("pagoda.engine.models.olmo_hybrid", "OlmoHybridForCausalLM"),
     # Latent attention (MLA) with experts: DeepSeek V2/V3, R1, Kimi K2.
     "DeepseekV2ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV2ForCausalLM"),
     "DeepseekV3ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV3ForCausalLM"),

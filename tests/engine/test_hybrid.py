@@ -168,6 +168,17 @@ def test_falcon_h1_gate_variants_match_transformers(tiny_model, variant: dict) -
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12), out.prompt
 
 
+@pytest.mark.parametrize("variant", [{"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+                                     {"linear_allow_neg_eigval": False}])
+def test_olmo_hybrid_variants_match_transformers(tiny_model, variant: dict) -> None:
+    """OLMo Hybrid's attention layers with rotary (its released checkpoints have none), and its delta rule
+    with beta = sigmoid(b) (not 2 sigmoid(b))."""
+    path = tiny_model("olmo_hybrid", **variant)
+    outs = LLM(str(path), dtype="float32", max_num_batched_tokens=7, block_size=4).generate(PROMPTS, GREEDY)
+    for out in outs:
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12), out.prompt
+
+
 def test_mamba2_has_no_kv_cache_and_no_position_limit(tiny_model) -> None:
     """Without attention there is no KV cache (blocks only count tokens) and no position limit: the
     context defaults to 2048 tokens, as vLLM's where a config names none, and may be set past it."""
@@ -285,7 +296,7 @@ def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
     ("granitemoehybrid", {"mamba_n_groups": 1}, 2), ("granitemoehybrid", {}, 2),
     pytest.param("granitemoehybrid", {"mamba_n_groups": 1}, 4, marks=pytest.mark.slow),
     ("qwen3_5", {}, 2), ("qwen3_next", {}, 2), ("nemotron_h", {}, 2), ("nemotron_h_moe", {"moe_latent_size": 32}, 2),
-    ("mamba2", {}, 2), ("falcon_h1", {}, 2), ("lfm2", {}, 2), ("lfm2_moe", {}, 2),
+    ("mamba2", {}, 2), ("falcon_h1", {}, 2), ("lfm2", {}, 2), ("lfm2_moe", {}, 2), ("olmo_hybrid", {}, 2),
 ])
 def test_tensor_parallel_hybrid_matches_transformers(tiny_model, arch: str, overrides: dict, tp: int) -> None:
     """Mamba: heads split over the ranks; B and C split with their groups (2 groups over 2 ranks) or held
