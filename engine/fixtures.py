@@ -36,7 +36,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
-    "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid",
+    "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid", "minimax_m2",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -451,6 +451,13 @@ _FAMILIES: dict[str, _Family] = {
     "qwen3_next": _Family("qwen3_next", "Qwen3NextForCausalLM", adds_bos=False, rope_theta=10000000.0,
                           config={**_QWEN3_5_LAYERS, **_QWEN3_5_EXPERTS, "mlp_only_layers": [0],
                                   "intermediate_size": 96}),
+    # MiniMax-M2: whole-projection q/k norms, half of each head rotated (hub configs: rotary_dim), 8 experts
+    # (2 a token) routed by sigmoid scores and a correction bias.
+    "minimax_m2": _Family("minimax_m2", "MiniMaxM2ForCausalLM", adds_bos=False, rope_theta=5000000.0,
+                          config={"head_dim": 32, "num_local_experts": 8, "num_experts_per_tok": 2,
+                                  "intermediate_size": 32,
+                                  "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0,
+                                                      "partial_rotary_factor": 0.5}}),
     # OLMo Hybrid: Gated DeltaNet layers (beta up to 2) around an OLMo 3 attention layer without rotary
     # (NoPE, as released: rope_theta null).
     "olmo_hybrid": _Family("olmo_hybrid", "OlmoHybridForCausalLM", adds_bos=False, rope_theta=10000.0,
@@ -609,6 +616,8 @@ def _hub_style_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
     if "partial_rotary_factor" in rope:  # GLM's and Phi's, a top-level key in hub configs
         config["partial_rotary_factor"] = rope.pop("partial_rotary_factor")
     config["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else rope
+    if config["model_type"] == "minimax_m2":  # its hub configs give the rotated width, not the fraction
+        config["rotary_dim"] = int(config.pop("partial_rotary_factor") * config["head_dim"])
     if config["model_type"].startswith("qwen") and "num_local_experts" in config:
         # transformers 5 writes Mixtral's name for Qwen3-MoE's expert count; hub checkpoints say num_experts.
         config["num_experts"] = config.pop("num_local_experts")

@@ -305,7 +305,10 @@ def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
     merged.pop("type", None)
     if kind == "mrope":  # Qwen2-VL's older spelling: plain frequencies, `mrope_section` (kept) splits them
         kind = "default"
-    partial = float(merged.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
+    partial = merged.pop("partial_rotary_factor", cfg.get("partial_rotary_factor"))
+    if partial is None and cfg.get("rotary_dim") and cfg.get("head_dim"):  # MiniMax-M2's hub configs
+        partial = int(cfg["rotary_dim"]) / int(cfg["head_dim"])
+    partial = float(partial if partial is not None else 1.0)
     if kind in LONGROPE and "original_max_position_embeddings" not in merged:
         merged["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]  # Phi-3 keeps it apart
     if kind == "yarn" and "original_max_position_embeddings" not in merged:
@@ -434,6 +437,8 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
         sparse_step=max(1, int(cfg.get("decoder_sparse_step") or 1)),
         dense_layers=tuple(int(i) for i in cfg.get("mlp_only_layers") or ()),
     )
+    if cfg.get("model_type") == "minimax_m2":  # MiniMax-M2: sigmoid scores steered by a correction bias
+        fields.update(scoring="sigmoid", score_bias=bool(cfg.get("use_routing_bias", True)))
     if "use_expert_bias" in cfg:  # LFM2-MoE: sigmoid scores steered by an expert bias, dense first layers
         fields.update(scoring="sigmoid", score_bias=bool(cfg["use_expert_bias"]),
                       routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),

@@ -126,6 +126,24 @@ class OlmoeForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
     qk_norm = "whole"
 
 
+class MiniMaxM2ForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
+    """MiniMax-M2 and M2.1 (230B-A10B): Llama's pre-norm layers, q and k normalized across all their heads,
+    half of each head rotated (`rotary_dim`), every MLP routed by sigmoid scores steered by a correction
+    bias (the block's `e_score_correction_bias`, the router's here) and renormalized."""
+
+    qk_norm = "whole"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        # Its multi-token-prediction modules, stored as layers after the last: a speculative head not served.
+        extra = int(cfg.hf_config.get("num_mtp_modules") or 0) if cfg.hf_config.get("use_mtp", True) else 0
+        self.ignored_checkpoint_prefixes = tuple(f"model.layers.{cfg.num_layers + i}." for i in range(extra))
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        name = name.replace(".block_sparse_moe.e_score_correction_bias", ".mlp.gate.e_score_correction_bias")
+        return super().checkpoint_target(name.replace(".mlp.e_score_correction_bias", ".mlp.gate.e_score_correction_bias"))
+
+
 class GraniteMoeForCausalLM(_MixtureOfExperts, GraniteForCausalLM):
     """IBM Granite 3.x MoE: Granite's multipliers around Mixtral-like layers, whose checkpoints stack
     each layer's experts (`input_linear` [E, 2I, H], gate rows then up rows; `output_linear`

@@ -47,6 +47,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Qwen2MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen2MoeForCausalLM"),
     "Qwen3MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen3MoeForCausalLM"),
     "OlmoeForCausalLM": ("pagoda.engine.models.moe", "OlmoeForCausalLM"),
+    "MiniMaxM2ForCausalLM": ("pagoda.engine.models.moe", "MiniMaxM2ForCausalLM"),
     "GraniteMoeForCausalLM": ("pagoda.engine.models.moe", "GraniteMoeForCausalLM"),
     "Glm4MoeForCausalLM": ("pagoda.engine.models.moe", "Glm4MoeForCausalLM"),
     "GptOssForCausalLM": ("pagoda.engine.models.gpt_oss", "GptOssForCausalLM"),
