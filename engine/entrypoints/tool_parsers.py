@@ -16,7 +16,9 @@ given back as content, never dropped.
   semicolons; ``mistral`` reads ``[TOOL_CALLS]``; ``glm45`` GLM-4.5's
   ``<tool_call>name<arg_key>..</arg_key><arg_value>..</arg_value></tool_call>``;
   ``deepseek_v3`` DeepSeek-V3/R1/V3.1's and ``kimi_k2`` Kimi K2's tagged call
-  sections. These serve tool_choice "auto".
+  sections; ``qwen3_coder`` Qwen3-Coder's and Qwen3.5's
+  ``<tool_call><function=name><parameter=k>v</parameter></function></tool_call>``; ``minimax_m2``
+  MiniMax-M2's ``<minimax:tool_call><invoke name=..><parameter name=..>``. These serve tool_choice "auto".
 """
 
 from __future__ import annotations
@@ -89,6 +91,17 @@ class ToolCallParser:
     def new_call_id() -> str:
         """The id a call gets in the API (and that the client sends back with its result)."""
         return f"call_{uuid.uuid4().hex[:24]}"
+
+    def _typed(self, name: str, key: str, value: str) -> Any:
+        """A bare-text argument value (GLM-4.5's, Qwen3-Coder's, MiniMax-M2's): as written where the tool's
+        schema declares it a string, else read as JSON, and kept as text where it is not JSON."""
+        properties = (self._schemas.get(name) or {}).get("properties") or {}
+        if (properties.get(key) or {}).get("type") == "string":
+            return value
+        try:
+            return _DECODER.decode(value.strip())
+        except ValueError:
+            return value
 
     def _call(self, name: str, arguments: Any, call_id: str | None = None) -> list[CallPiece]:
         """A complete call as one piece; none once parallel calls are exhausted."""
@@ -388,20 +401,57 @@ class Glm45Parser(HermesParser):
 
     def _decode(self, inner: str) -> tuple[str, Any] | None:
         name = inner.split("<arg_key>", 1)[0].strip()
-        if not name or any(c in name for c in "{}<>\n\""):
+        if not _plain_name(name):
             return None
-        properties = (self._schemas.get(name) or {}).get("properties") or {}
-        arguments: dict[str, Any] = {}
-        for key, value in self._ARGUMENT.findall(inner):
-            key = key.strip()
-            if (properties.get(key) or {}).get("type") == "string":
-                arguments[key] = value
-                continue
-            try:
-                arguments[key] = _DECODER.decode(value.strip())
-            except ValueError:
-                arguments[key] = value
-        return name, arguments
+        return name, {key.strip(): self._typed(name, key.strip(), value) for key, value in self._ARGUMENT.findall(inner)}
+
+
+def _plain_name(name: str) -> bool:
+    """Whether a function name written as bare text is one (not empty, no markup or JSON in it)."""
+    return bool(name) and not any(c in name for c in "{}<>\n\"=")
+
+
+class Qwen3CoderParser(HermesParser):
+    """Qwen3-Coder's and Qwen3.5's calls: inside <tool_call> tags, `<function=name>` then a
+    `<parameter=key>value</parameter>` per argument (values bare, one newline around each trimmed),
+    typed by the tool's schema as GLM-4.5's are."""
+
+    _FUNCTION = re.compile(r"^\s*<function=([^>\n]*)>(.*?)(?:</function>\s*)?$", re.DOTALL)
+    _PARAMETER = re.compile(r"<parameter=([^>\n]*)>(.*?)</parameter>", re.DOTALL)
+
+    def _decode(self, inner: str) -> tuple[str, Any] | None:
+        match = self._FUNCTION.match(inner)
+        if match is None or not _plain_name(name := match[1].strip()):
+            return None
+        return name, {key.strip(): self._typed(name, key.strip(), _trim_newline(value))
+                      for key, value in self._PARAMETER.findall(match[2])}
+
+
+def _trim_newline(value: str) -> str:
+    """A bare value as its template lays it out: one newline after the opening tag and before the closing one."""
+    return value.removeprefix("\n").removesuffix("\n")
+
+
+class MiniMaxM2Parser(HermesParser):
+    """MiniMax-M2's calls: one <minimax:tool_call> block of `<invoke name="...">` elements, each with a
+    `<parameter name="key">value</parameter>` per argument (typed by the tool's schema)."""
+
+    start_tag = "<minimax:tool_call>"
+    end_tag = "</minimax:tool_call>"
+    _INVOKE = re.compile(r'<invoke name="([^"]*)">(.*?)</invoke>', re.DOTALL)
+    _PARAMETER = re.compile(r'<parameter name="([^"]*)">(.*?)</parameter>', re.DOTALL)
+
+    def _block(self, inner: str, closing: str) -> Parsed:
+        invokes = self._INVOKE.findall(inner)
+        if not invokes or self._INVOKE.sub("", inner).strip() or not all(_plain_name(n.strip()) for n, _ in invokes):
+            return Parsed(content=self._content(self.start_tag + inner + closing))
+        self._held_space = ""
+        out = Parsed()
+        for name, body in invokes:
+            name = name.strip()
+            out.calls += self._call(name, {key: self._typed(name, key, _trim_newline(value))
+                                           for key, value in self._PARAMETER.findall(body)})
+        return out
 
 
 class _SectionParser(_TaggedParser):
@@ -513,7 +563,8 @@ def partial_suffix(text: str, tag: str) -> int:
 
 AUTO_PARSERS: dict[str, type[ToolCallParser]] = {
     "hermes": HermesParser, "llama3_json": Llama3JsonParser, "mistral": MistralParser, "glm45": Glm45Parser,
-    "deepseek_v3": DeepSeekV3Parser, "kimi_k2": KimiK2Parser,
+    "deepseek_v3": DeepSeekV3Parser, "kimi_k2": KimiK2Parser, "qwen3_coder": Qwen3CoderParser,
+    "minimax_m2": MiniMaxM2Parser,
 }
 """The parsers tool_choice "auto" can use, by their --tool-call-parser name."""
 
@@ -532,6 +583,10 @@ def detect_tool_parser(chat_template: str | dict[str, str] | None) -> str | None
         return HARMONY_TOOL_PARSER
     if "<arg_key>" in chat_template:
         return "glm45"
+    if "<function=" in chat_template:
+        return "qwen3_coder"
+    if MiniMaxM2Parser.start_tag in chat_template:
+        return "minimax_m2"
     if "<tool_call>" in chat_template:
         return "hermes"
     if DeepSeekV3Parser.CALL_BEGIN in chat_template:

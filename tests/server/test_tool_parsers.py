@@ -14,8 +14,10 @@ from pagoda.engine.entrypoints.tool_parsers import (
     KimiK2Parser,
     JsonArrayParser,
     Llama3JsonParser,
+    MiniMaxM2Parser,
     MistralParser,
     NamedCallParser,
+    Qwen3CoderParser,
     Parsed,
     ToolCallParser,
     detect_tool_parser,
@@ -153,11 +155,48 @@ KIMI = [
      "<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{\"x", []),
 ]
 
+QWEN3_CODER = [
+    ("Checking.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n"
+     "</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=time>\n</function>\n</tool_call>",
+     "Checking.", [("get_weather", {"city": "Paris", "days": 3}), ("time", {})]),
+    # A multi-line value keeps its inner newlines; a JSON object value is read as one.
+    ("<tool_call><function=write><parameter=text>\nline 1\nline 2\n</parameter><parameter=meta>{\"a\": [1]}"
+     "</parameter></function></tool_call>", "", [("write", {"text": "line 1\nline 2", "meta": {"a": [1]}})]),
+    # Not a function block: content as written; cut off before </tool_call>: still read.
+    ("<tool_call>{not a function}</tool_call>", "<tool_call>{not a function}</tool_call>", []),
+    ("<tool_call>\n<function=f>\n<parameter=x>\n1\n</parameter>\n", "", [("f", {"x": 1})]),
+]
+
+MINIMAX_M2 = [
+    ('I\'ll check.\n<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n'
+     '<parameter name="days">3</parameter>\n</invoke>\n<invoke name="time">\n</invoke>\n</minimax:tool_call>',
+     "I'll check.", [("get_weather", {"city": "Paris", "days": 3}), ("time", {})]),
+    ('<minimax:tool_call><invoke name="f"><parameter name="q">a <b> c</parameter></invoke></minimax:tool_call> done',
+     " done", [("f", {"q": "a <b> c"})]),
+    ("<minimax:tool_call>no invoke here</minimax:tool_call>", "<minimax:tool_call>no invoke here</minimax:tool_call>",
+     []),
+]
+
 CASES = [(parser, *case) for parser, cases in ((HermesParser, HERMES), (Llama3JsonParser, LLAMA3),
                                                (JsonArrayParser, JSON_ARRAYS), (MistralParser, MISTRAL),
                                                (Glm45Parser, GLM45), (DeepSeekV3Parser, DEEPSEEK_V3),
-                                               (KimiK2Parser, KIMI))
+                                               (KimiK2Parser, KIMI), (Qwen3CoderParser, QWEN3_CODER),
+                                               (MiniMaxM2Parser, MINIMAX_M2))
          for case in cases]
+
+
+@pytest.mark.parametrize("parser", [Qwen3CoderParser, MiniMaxM2Parser])
+def test_xml_parameters_are_read_by_their_declared_types(parser: type[ToolCallParser]) -> None:
+    """Qwen3-Coder and MiniMax-M2 write values bare, as GLM-4.5 does: a string-typed one stays as written."""
+    if parser is Qwen3CoderParser:
+        text = "<tool_call><function=book><parameter=code>\n123\n</parameter><parameter=seats>\n2\n</parameter>" \
+               "</function></tool_call>"
+    else:
+        text = '<minimax:tool_call><invoke name="book"><parameter name="code">123</parameter>' \
+               '<parameter name="seats">2</parameter></invoke></minimax:tool_call>'
+    schemas = {"book": {"type": "object", "properties": {"code": {"type": "string"}, "seats": {"type": "integer"}}}}
+    assert calls_of(parser(schemas=schemas).parse(text)) == [("book", {"code": "123", "seats": 2})]
+    assert calls_of(parser().parse(text)) == [("book", {"code": 123, "seats": 2})]
 
 
 def test_glm45_reads_arguments_by_their_declared_types() -> None:
@@ -220,4 +259,6 @@ def test_detect_tool_parser(tmp_path) -> None:
     assert detect_tool_parser("{{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type']}}") == \
         "deepseek_v3"
     assert detect_tool_parser("{{ '<|tool_calls_section_begin|>' }}") == "kimi_k2"
+    assert detect_tool_parser("{{- '<tool_call>\\n<function=' + tool_call.name + '>\\n' }}") == "qwen3_coder"
+    assert detect_tool_parser("{{- '<minimax:tool_call>' }}{{ '<invoke name=\"' + tc.name }}") == "minimax_m2"
     assert detect_tool_parser("{{ messages }}") is None and detect_tool_parser(None) is None
