@@ -36,7 +36,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "granite", "gemma2", "gemma3", "glm4", "olmo2",
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
-    "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid", "minimax_m2",
+    "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid", "minimax_m2", "kimi_linear",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -458,6 +458,16 @@ _FAMILIES: dict[str, _Family] = {
                                   "intermediate_size": 32,
                                   "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0,
                                                       "partial_rotary_factor": 0.5}}),
+    # Kimi Linear: Kimi Delta Attention layers (4 heads of 16, a decay per key channel) around a latent-attention
+    # layer without rotary, a dense first MLP then 8 experts (2 a token) behind V3's router and a shared expert.
+    "kimi_linear": _Family(
+        "kimi_linear", "KimiLinearForCausalLM", adds_bos=False, rope_theta=10000.0,
+        config={"num_hidden_layers": 4, "layer_types": ["linear_attention", "linear_attention", "full_attention",
+                                                        "linear_attention"],
+                "mlp_layer_types": ["dense", "sparse", "sparse", "sparse"], "linear_num_heads": 4, "linear_head_dim": 16,
+                "num_key_value_heads": 4, "kv_lora_rank": 32, "q_lora_rank": None, "qk_nope_head_dim": 16,
+                "qk_rope_head_dim": 8, "v_head_dim": 16, "num_local_experts": 8, "num_experts_per_tok": 2,
+                "moe_intermediate_size": 32, "n_shared_experts": 1, "routed_scaling_factor": 2.5}),
     # OLMo Hybrid: Gated DeltaNet layers (beta up to 2) around an OLMo 3 attention layer without rotary
     # (NoPE, as released: rope_theta null).
     "olmo_hybrid": _Family("olmo_hybrid", "OlmoHybridForCausalLM", adds_bos=False, rope_theta=10000.0,

@@ -443,7 +443,14 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
         fields.update(scoring="sigmoid", score_bias=bool(cfg["use_expert_bias"]),
                       routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
                       dense_layers=tuple(range(int(cfg.get("num_dense_layers") or 0))))
-    return MoEConfig(**{**fields, **_routing(cfg, num_experts)})
+    fields.update(_routing(cfg, num_experts))
+    if cfg.get("model_type") == "kimi_linear":  # V3's grouped sigmoid router; `mlp_layer_types` names the dense MLPs
+        kinds = cfg["mlp_layer_types"]
+        fields.update(scoring="sigmoid", score_bias=True, num_groups=int(cfg.get("n_group") or 1),
+                      topk_groups=int(cfg.get("topk_group") or 1), router_fp32=True, shared_expert_gated=False,
+                      routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
+                      dense_layers=tuple(i for i, kind in enumerate(kinds) if kind == "dense"))
+    return MoEConfig(**fields)
 
 
 def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
@@ -645,6 +652,33 @@ def _text_config(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
             "tie_word_embeddings": cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))}
 
 
+# Kimi Linear's config.json names (its own, which transformers keeps) -> the names the engine reads.
+_KIMI_LINEAR_NAMES = {"num_experts": "num_local_experts", "num_experts_per_token": "num_experts_per_tok",
+                      "num_shared_experts": "n_shared_experts", "num_expert_group": "n_group",
+                      "moe_renormalize": "norm_topk_prob", "model_max_length": "max_position_embeddings"}
+
+
+def _kimi_linear_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Kimi Linear's config in the engine's names: its MoE and context keys renamed, and the hub's
+    `linear_attn_config` (1-based `kda_layers` / `full_attn_layers`, the KDA heads) read into
+    `layer_types` and the `linear_*` keys; dense MLPs before `first_k_dense_replace` (default 1)."""
+    cfg = {_KIMI_LINEAR_NAMES.get(key, key): value for key, value in cfg.items()}
+    linear = cfg.get("linear_attn_config") or {}
+    layers = int(cfg["num_hidden_layers"])
+    if not cfg.get("layer_types") and "kda_layers" in linear:
+        full = {int(i) - 1 for i in linear.get("full_attn_layers") or ()}
+        cfg["layer_types"] = ["full_attention" if i in full else "linear_attention" for i in range(layers)]
+    for ours, theirs in (("linear_num_heads", "num_heads"), ("linear_head_dim", "head_dim"),
+                         ("linear_conv_kernel_dim", "short_conv_kernel_size")):
+        if ours not in cfg and theirs in linear:
+            cfg[ours] = linear[theirs]
+    if not cfg.get("mlp_layer_types"):
+        dense = int(cfg.get("first_k_dense_replace") or 1)
+        cfg["mlp_layer_types"] = ["dense" if i < dense else "sparse" for i in range(layers)]
+    cfg.pop("first_k_dense_replace", None)  # not DeepSeek's routing rule: _moe_config reads Kimi's
+    return cfg
+
+
 def _eos_ids(path: Path, cfg: dict[str, Any]) -> tuple[int, ...]:
     """EOS ids come from generation_config.json first (it lists every stop id), then config.json."""
     ids: list[int] = []
@@ -673,6 +707,8 @@ def load_model_config(
     cfg = json.loads(cfg_path.read_text())
     if "text_config" in cfg:
         cfg = _text_config(path, cfg)
+    if cfg.get("model_type") == "kimi_linear":
+        cfg = _kimi_linear_config(cfg)
     archs = cfg.get("architectures") or []
     from pagoda.engine.models.registry import resolve_architecture
 

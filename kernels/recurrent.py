@@ -132,12 +132,41 @@ def gated_delta_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: to
     return torch.cat(outs), state
 
 
+def kda_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                state: torch.Tensor, chunk_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """gated_delta_prefill with a decay per key channel (Kimi Delta Attention): g [L, H, Dk], the state's
+    row c decaying by exp(g_t[c]). The chunk's relative decays exp(G_i - G_j) are per channel, so the
+    key-key and query-key products weigh each channel by its own (a [H, Q, Q, Dk] tensor, formed where
+    j <= i only: exponents never positive, nothing overflows), then the same triangular solve."""
+    num_heads = v.shape[1]
+    q, k = _delta_inputs(q, k, num_heads)
+    v, g, beta = v.float(), g.float(), beta.float()
+    outs = []
+    for s in range(0, v.shape[0], chunk_size):
+        qs, ks, vs = (t[s : s + chunk_size].transpose(0, 1) for t in (q, k, v))  # [H, Q, D]
+        decay = g[s : s + chunk_size].transpose(0, 1).cumsum(1)  # [H, Q, Dk]
+        betas = beta[s : s + chunk_size].t()[..., None]  # [H, Q, 1]
+        n = decay.shape[1]
+        lower = torch.ones(n, n, dtype=torch.bool, device=v.device).tril()
+        between = (decay[:, :, None, :] - decay[:, None, :, :]).masked_fill(~lower[None, :, :, None], float("-inf")).exp()
+        system = (betas * torch.einsum("hic,hjc,hijc->hij", ks, ks, between)).tril(-1) + torch.eye(n, device=v.device)
+        rhs = betas * (vs - (ks * decay.exp()) @ state)
+        deltas = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+        outs.append(((qs * decay.exp()) @ state + torch.einsum("hic,hjc,hijc->hij", qs, ks, between) @ deltas)
+                    .transpose(0, 1))
+        to_end = (decay[:, -1:] - decay).exp()  # [H, Q, Dk]
+        state = decay[:, -1].exp()[..., None] * state + (ks * to_end).transpose(1, 2) @ deltas
+    return torch.cat(outs), state
+
+
 def gated_delta_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                        states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per sequence: q, k [S, Hk, Dk], v [S, H, Dv], g, beta [S, H], states [S, H, Dk, Dv]
-    float32 -> (outputs [S, H, Dv] float32, new states)."""
+    """One token per sequence: q, k [S, Hk, Dk], v [S, H, Dv], g (log decay) [S, H] or, per key channel (Kimi
+    Delta Attention), [S, H, Dk], beta [S, H], states [S, H, Dk, Dv] float32 -> (outputs [S, H, Dv] float32,
+    new states)."""
     q, k = _delta_inputs(q, k, v.shape[1])
-    states = states * g.float().exp()[..., None, None]
+    decay = g.float().exp()
+    states = states * (decay[..., None, None] if g.dim() == 2 else decay[..., None])
     delta = beta.float()[..., None] * (v.float() - torch.einsum("shkv,shk->shv", states, k))
     states = states + k[..., None] * delta[:, :, None, :]
     return torch.einsum("shkv,shk->shv", states, q), states

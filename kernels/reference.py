@@ -362,7 +362,8 @@ def gated_delta_decode_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                              states: torch.Tensor, slots: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
     """One token of each of S sequences through the gated delta rule (kernels/recurrent.py), each sequence's
     state read from states[slots] (zero where not `carried`: a prompt's first token) and written back in
-    place. q, k: [S, Hk, K]; v: [S, H, V]; g, beta: [S, H]; states: [slots, H, K, V] -> outputs [S, H, V] fp32."""
+    place. q, k: [S, Hk, K]; v: [S, H, V]; g: [S, H], or [S, H, K] (a decay per key channel, Kimi Delta
+    Attention); beta: [S, H]; states: [slots, H, K, V] -> outputs [S, H, V] fp32."""
     from pagoda.kernels import recurrent
 
     y, new = recurrent.gated_delta_decode(q, k, v, g, beta, _carried_states(states, slots, carried))

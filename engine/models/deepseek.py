@@ -51,7 +51,7 @@ def mla_softmax_scale(mla: MLAConfig, rope: RopeConfig) -> float:
 class MLAAttention(nn.Module):
     """Multi-head latent attention over a cache of latents (see the module docstring)."""
 
-    def __init__(self, cfg: ModelConfig, rotary_interleaved: bool) -> None:
+    def __init__(self, cfg: ModelConfig, rotary_interleaved: bool, use_rope: bool = True) -> None:
         super().__init__()
         mla = cfg.mla
         assert mla is not None
@@ -70,8 +70,10 @@ class MLAAttention(nn.Module):
         self.kv_a_layernorm = RMSNorm(self.rank, _LATENT_NORM_EPS)
         self.kv_b_proj = ColumnParallelLinear(self.rank, cfg.num_heads * (self.nope_dim + self.v_dim))
         self.o_proj = RowParallelLinear(cfg.num_heads * self.v_dim, cfg.hidden_size, bias=cfg.attention_bias)
+        # None: Kimi Linear's latent attention, whose shared key part is not rotated (positions come from its
+        # linear-attention layers).
         self.rotary_emb = RotaryEmbedding(self.rope_dim, cfg.max_position_embeddings, cfg.rope, cfg.max_model_len,
-                                          rotary_interleaved)
+                                          rotary_interleaved) if use_rope else None
         self.attn = Attention(self.num_heads, 1, mla.latent_dim, scale=mla_softmax_scale(mla, cfg.rope))
         # Per head: W_UK [heads, nope, rank] and W_UV^T [heads, rank, v], from kv_b_proj once it is loaded.
         self.register_buffer("w_uk", None, persistent=False)
@@ -93,7 +95,9 @@ class MLAAttention(nn.Module):
         q_nope, q_pe = q.view(t, self.num_heads, -1).split([self.nope_dim, self.rope_dim], dim=-1)
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope_dim], dim=-1)
         latent = self.kv_a_layernorm(latent.contiguous())
-        q_pe, k_pe = self.rotary_emb(positions, q_pe.contiguous(), k_pe.reshape(t, 1, self.rope_dim).contiguous())
+        k_pe = k_pe.reshape(t, 1, self.rope_dim)
+        if self.rotary_emb is not None:
+            q_pe, k_pe = self.rotary_emb(positions, q_pe.contiguous(), k_pe.contiguous())
         # Each head's query in latent space: [heads, T, nope] @ [heads, nope, rank].
         q_latent = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)
         query = torch.cat([q_latent, q_pe], dim=-1).reshape(t, -1)

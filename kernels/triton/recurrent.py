@@ -31,7 +31,7 @@ def _output(name: str, shape: tuple[int, int, int], *rows: torch.Tensor) -> torc
 @triton.jit
 def _gated_delta_decode_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, state_ptr, slot_ptr, carried_ptr, out_ptr,
-    stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_gs, stride_bs,
+    stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_gs, stride_gh, stride_gk, stride_bs,
     stride_slot, stride_head, stride_key, stride_os, stride_oh,
     key_dim, value_dim, group, scale,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -46,13 +46,14 @@ def _gated_delta_decode_kernel(
     q = q * tl.rsqrt(tl.sum(q * q, axis=0) + 1e-6) * scale
     k = k * tl.rsqrt(tl.sum(k * k, axis=0) + 1e-6)
     v = tl.load(v_ptr + seq * stride_vs + head * stride_vh + values, mask=value_mask, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + seq * stride_gs + head).to(tl.float32)
+    # The log decay of each key row of the state: one per head (stride_gk 0) or one per key channel (KDA).
+    g = tl.load(g_ptr + seq * stride_gs + head * stride_gh + keys * stride_gk, mask=key_mask, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + seq * stride_bs + head).to(tl.float32)
     slot = tl.load(slot_ptr + seq)
     tile = state_ptr + slot * stride_slot + head * stride_head + keys[:, None] * stride_key + values[None, :]
     mask = key_mask[:, None] & value_mask[None, :]
     state = tl.load(tile, mask=mask, other=0.0).to(tl.float32)
-    state = tl.where(tl.load(carried_ptr + seq) != 0, state, 0.0) * tl.exp(g)
+    state = tl.where(tl.load(carried_ptr + seq) != 0, state, 0.0) * tl.exp(g)[:, None]
     delta = beta * (v - tl.sum(state * k[:, None], axis=0))
     state = state + k[:, None] * delta[None, :]
     tl.store(tile, state.to(state_ptr.dtype.element_ty), mask=mask)
@@ -68,10 +69,12 @@ def gated_delta_decode_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if seqs == 0:
         return out
     g, beta = g.contiguous(), beta.contiguous()
+    per_channel = g.dim() == 3
     block_v = min(_BLOCK_V, block_for(value_dim))
     _gated_delta_decode_kernel[(seqs, heads, triton.cdiv(value_dim, block_v))](
         q, k, v, g, beta, states, slots, carried, out,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), g.stride(0), beta.stride(0),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), g.stride(0), g.stride(1),
+        g.stride(2) if per_channel else 0, beta.stride(0),
         states.stride(0), states.stride(1), states.stride(2), out.stride(0), out.stride(1),
         key_dim, value_dim, heads // q.shape[1], key_dim**-0.5,
         BLOCK_K=block_for(key_dim), BLOCK_V=block_v, num_warps=4,

@@ -65,6 +65,29 @@ def test_chunked_delta_rule_equals_the_recurrence(length: int, chunk: int, key_h
     torch.testing.assert_close(final, states[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(("length", "chunk"), [(1, 4), (9, 4), (16, 8), (21, 32)])
+def test_chunked_kimi_delta_rule_equals_the_recurrence(length: int, chunk: int) -> None:
+    """kda_prefill (a decay per key channel) from a non-zero state equals the token-by-token rule; with
+    strong decays (up to e^-6 a token) the chunk's relative decays stay finite."""
+    torch.manual_seed(length)
+    heads, key_dim = 3, 8
+    q, k, v = torch.randn(length, heads, key_dim), torch.randn(length, heads, key_dim), torch.randn(length, heads, 6)
+    g, beta = -torch.rand(length, heads, key_dim) * 6, torch.rand(length, heads) * 2
+    state = torch.randn(heads, key_dim, 6)
+    y, final = recurrent.kda_prefill(q, k, v, g, beta, state, chunk)
+    states, ys = state[None], []
+    for t in range(length):
+        out, states = recurrent.gated_delta_decode(q[t : t + 1], k[t : t + 1], v[t : t + 1], g[t : t + 1],
+                                                   beta[t : t + 1], states)
+        ys.append(out[0])
+    torch.testing.assert_close(y, torch.stack(ys), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(final, states[0], rtol=1e-4, atol=1e-4)
+    # Per-channel decays that are all alike are Gated DeltaNet's per-head decay.
+    same, _ = recurrent.kda_prefill(q, k, v, g[..., :1].expand_as(g), beta, state, chunk)
+    torch.testing.assert_close(same, recurrent.gated_delta_prefill(q, k, v, g[..., 0], beta, state, chunk)[0],
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_causal_conv_prefill_equals_decode_steps() -> None:
     """A chunk through conv_prefill from a carried state equals one conv_decode step per token."""
     torch.manual_seed(0)
@@ -208,6 +231,20 @@ def test_qwen3_next_hub_config_without_layer_types(tiny_model, tmp_path) -> None
         assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
 
 
+def test_kimi_linear_hub_config(tiny_model, tmp_path) -> None:
+    """Kimi Linear's hub config names its layers in `linear_attn_config` (1-based kda_layers and
+    full_attn_layers, the KDA heads) and its dense MLPs by first_k_dense_replace."""
+    path = tiny_model("kimi_linear")
+    linear = {"kda_layers": [1, 2, 4], "full_attn_layers": [3], "num_heads": 4, "head_dim": 16,
+              "short_conv_kernel_size": 4}
+    hub = _with_config(path, tmp_path, layer_types=None, mlp_layer_types=None, linear_num_heads=None,
+                       linear_head_dim=None, linear_conv_kernel_dim=None, linear_attn_config=linear,
+                       first_k_dense_replace=1)
+    outs = LLM(str(hub), dtype="float32").generate(PROMPTS[:3], GREEDY)
+    for out in outs:
+        assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
+
+
 @pytest.mark.parametrize(("arch", "tp"), [("qwen3_5", 1), ("granitemoehybrid", 1), ("mamba2", 1), ("lfm2", 1),
                                           ("qwen3_5", 2)])
 def test_prefix_cache_resumes_recurrent_states(tiny_model, arch: str, tp: int) -> None:
@@ -297,6 +334,7 @@ def test_more_requests_than_slots_and_parallel_samples(tiny_model) -> None:
     pytest.param("granitemoehybrid", {"mamba_n_groups": 1}, 4, marks=pytest.mark.slow),
     ("qwen3_5", {}, 2), ("qwen3_next", {}, 2), ("nemotron_h", {}, 2), ("nemotron_h_moe", {"moe_latent_size": 32}, 2),
     ("mamba2", {}, 2), ("falcon_h1", {}, 2), ("lfm2", {}, 2), ("lfm2_moe", {}, 2), ("olmo_hybrid", {}, 2),
+    ("kimi_linear", {}, 2),
 ])
 def test_tensor_parallel_hybrid_matches_transformers(tiny_model, arch: str, overrides: dict, tp: int) -> None:
     """Mamba: heads split over the ranks; B and C split with their groups (2 groups over 2 ranks) or held

@@ -42,7 +42,7 @@ def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("arch", ["llama3", "gemma3", "deepseek_v3", "nemotron_h_moe", "gemma4",
                                   *(pytest.param(arch, marks=SLOW) for arch in
                                     ("qwen3", "gemma2", "qwen2_moe", "gpt_oss", "qwen3_5", "granitemoehybrid",
-                                     "gemma4_moe"))])
+                                     "gemma4_moe", "kimi_linear"))])
 def test_greedy_matches_hf_on_triton_kernels(arch: str, tiny_model, triton_everywhere: None) -> None:
     path = tiny_model(arch)
     # A token budget of 7 chunks the prompts, so steps mix decodes with prefill chunks and prefix hits.

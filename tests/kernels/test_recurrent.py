@@ -39,16 +39,19 @@ def _check(out: torch.Tensor, ref: torch.Tensor, states: torch.Tensor, expected:
 
 
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("seqs", "key_heads", "heads", "key_dim", "value_dim"),
-                         [(1, 1, 1, 16, 16), (3, 2, 4, 80, 48), (5, 4, 4, 128, 64), (2, 1, 3, 8, 40)])
+@pytest.mark.parametrize(("seqs", "key_heads", "heads", "key_dim", "value_dim", "per_channel"),
+                         [(1, 1, 1, 16, 16, False), (3, 2, 4, 80, 48, False), (5, 4, 4, 128, 64, False),
+                          (2, 1, 3, 8, 40, False), (3, 4, 4, 16, 16, True), (2, 2, 2, 80, 48, True)])
 def test_gated_delta_decode_slots(seqs: int, key_heads: int, heads: int, key_dim: int, value_dim: int,
-                                  state_dtype: torch.dtype) -> None:
+                                  per_channel: bool, state_dtype: torch.dtype) -> None:
+    """Gated DeltaNet's decay per head, and Kimi Delta Attention's per key channel ([S, H, K])."""
     g = torch.Generator().manual_seed(seqs * 100 + heads)
     total = seqs + 3
     slots, carried = _slots(seqs, total, g)
     q, k = (torch.randn(seqs, key_heads, key_dim, generator=g).to(DEVICE) for _ in range(2))
     v = torch.randn(seqs, heads, value_dim, generator=g).to(DEVICE)
-    decay, beta = (-torch.rand(seqs, heads, generator=g)).to(DEVICE), torch.rand(seqs, heads, generator=g).to(DEVICE)
+    decay = -torch.rand(seqs, heads, *((key_dim,) if per_channel else ()), generator=g).to(DEVICE) * 2
+    beta = torch.rand(seqs, heads, generator=g).to(DEVICE)
     states = _states(total, (heads, key_dim, value_dim), state_dtype, slots, carried, g)
     expected, untouched = states.clone(), states.clone()
     ref = reference.gated_delta_decode_slots(q, k, v, decay, beta, expected, slots, carried)
