@@ -17,6 +17,8 @@ Everything accumulates in float32.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch.nn import functional as F
 
@@ -99,6 +101,21 @@ def _delta_inputs(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> tuple[tor
     return _l2_normalized(q) * q.shape[-1] ** -0.5, _l2_normalized(k)
 
 
+def _delta_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                  chunk_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The delta rule's inputs chunk by chunk, per head first: q, k (per value head, normalized), v
+    [H, Q, D]; the cumulative log decay from the chunk's start [H, Q] (or [H, Q, Dk] per key channel);
+    beta [H, Q, 1]; and the causal mask [Q, Q]."""
+    q, k = _delta_inputs(q, k, v.shape[1])
+    v, g, beta = v.float(), g.float(), beta.float()
+    for s in range(0, v.shape[0], chunk_size):
+        qs, ks, vs = (t[s : s + chunk_size].transpose(0, 1) for t in (q, k, v))
+        decay = g[s : s + chunk_size].transpose(0, 1).cumsum(1)
+        n = decay.shape[1]
+        yield qs, ks, vs, decay, beta[s : s + chunk_size].t()[..., None], torch.ones(n, n, dtype=torch.bool,
+                                                                                      device=v.device).tril()
+
+
 def gated_delta_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                         state: torch.Tensor, chunk_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """One sequence's chunk of tokens through the gated delta rule (Gated DeltaNet's linear attention).
@@ -112,16 +129,9 @@ def gated_delta_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: to
     A_ij = beta_i exp(G_i - G_j) k_i . k_j for j < i (G: the cumulative log decay), solved at once;
     then o_i = exp(G_i) S0^T q_i + sum_{j <= i} exp(G_i - G_j) (q_i . k_j) d_j and the chunk's last
     state follows. Returns (outputs [L, H, Dv] float32, the state after the last token)."""
-    num_heads = v.shape[1]
-    q, k = _delta_inputs(q, k, num_heads)
-    v, g, beta = v.float(), g.float(), beta.float()
     outs = []
-    for s in range(0, v.shape[0], chunk_size):
-        qs, ks, vs = (t[s : s + chunk_size].transpose(0, 1) for t in (q, k, v))  # [H, Q, D]
-        decay = g[s : s + chunk_size].t().cumsum(-1)  # [H, Q]
-        betas = beta[s : s + chunk_size].t()[..., None]  # [H, Q, 1]
+    for qs, ks, vs, decay, betas, lower in _delta_chunks(q, k, v, g, beta, chunk_size):
         n = decay.shape[1]
-        lower = torch.ones(n, n, dtype=torch.bool, device=v.device).tril()
         between = (decay[:, :, None] - decay[:, None, :]).masked_fill(~lower, float("-inf")).exp()  # [H, Q, Q]
         system = (betas * (ks @ ks.transpose(1, 2)) * between).tril(-1) + torch.eye(n, device=v.device)
         rhs = betas * (vs - decay.exp()[..., None] * (ks @ state))
@@ -138,16 +148,9 @@ def kda_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tens
     row c decaying by exp(g_t[c]). The chunk's relative decays exp(G_i - G_j) are per channel, so the
     key-key and query-key products weigh each channel by its own (a [H, Q, Q, Dk] tensor, formed where
     j <= i only: exponents never positive, nothing overflows), then the same triangular solve."""
-    num_heads = v.shape[1]
-    q, k = _delta_inputs(q, k, num_heads)
-    v, g, beta = v.float(), g.float(), beta.float()
     outs = []
-    for s in range(0, v.shape[0], chunk_size):
-        qs, ks, vs = (t[s : s + chunk_size].transpose(0, 1) for t in (q, k, v))  # [H, Q, D]
-        decay = g[s : s + chunk_size].transpose(0, 1).cumsum(1)  # [H, Q, Dk]
-        betas = beta[s : s + chunk_size].t()[..., None]  # [H, Q, 1]
+    for qs, ks, vs, decay, betas, lower in _delta_chunks(q, k, v, g, beta, chunk_size):
         n = decay.shape[1]
-        lower = torch.ones(n, n, dtype=torch.bool, device=v.device).tril()
         between = (decay[:, :, None, :] - decay[:, None, :, :]).masked_fill(~lower[None, :, :, None], float("-inf")).exp()
         system = (betas * torch.einsum("hic,hjc,hijc->hij", ks, ks, between)).tril(-1) + torch.eye(n, device=v.device)
         rhs = betas * (vs - (ks * decay.exp()) @ state)

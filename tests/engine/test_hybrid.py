@@ -46,6 +46,18 @@ def test_chunked_scan_equals_the_recurrence(length: int, chunk: int) -> None:
     torch.testing.assert_close(final, state[0], rtol=1e-4, atol=1e-4)
 
 
+def _check_stepwise(chunked: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    g: torch.Tensor, beta: torch.Tensor, state: torch.Tensor) -> None:
+    """A chunked form's (outputs, final state) equal the token-by-token delta rule's (gated_delta_decode)."""
+    states, ys = state[None], []
+    for t in range(v.shape[0]):
+        out, states = recurrent.gated_delta_decode(q[t : t + 1], k[t : t + 1], v[t : t + 1], g[t : t + 1],
+                                                   beta[t : t + 1], states)
+        ys.append(out[0])
+    torch.testing.assert_close(chunked[0], torch.stack(ys), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(chunked[1], states[0], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(("length", "chunk", "key_heads"), [(1, 4, 2), (9, 4, 2), (16, 8, 4), (21, 64, 1)])
 def test_chunked_delta_rule_equals_the_recurrence(length: int, chunk: int, key_heads: int) -> None:
     """gated_delta_prefill (a triangular solve per chunk) from a non-zero state equals the token-by-token
@@ -55,14 +67,7 @@ def test_chunked_delta_rule_equals_the_recurrence(length: int, chunk: int, key_h
     q, k = torch.randn(length, key_heads, 8), torch.randn(length, key_heads, 8)
     v, g, beta = torch.randn(length, heads, 6), -torch.rand(length, heads), torch.rand(length, heads)
     state = torch.randn(heads, 8, 6)
-    y, final = recurrent.gated_delta_prefill(q, k, v, g, beta, state, chunk)
-    states, ys = state[None], []
-    for t in range(length):
-        out, states = recurrent.gated_delta_decode(q[t : t + 1], k[t : t + 1], v[t : t + 1], g[t : t + 1],
-                                                   beta[t : t + 1], states)
-        ys.append(out[0])
-    torch.testing.assert_close(y, torch.stack(ys), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(final, states[0], rtol=1e-4, atol=1e-4)
+    _check_stepwise(recurrent.gated_delta_prefill(q, k, v, g, beta, state, chunk), q, k, v, g, beta, state)
 
 
 @pytest.mark.parametrize(("length", "chunk"), [(1, 4), (9, 4), (16, 8), (21, 32)])
@@ -74,14 +79,7 @@ def test_chunked_kimi_delta_rule_equals_the_recurrence(length: int, chunk: int) 
     q, k, v = torch.randn(length, heads, key_dim), torch.randn(length, heads, key_dim), torch.randn(length, heads, 6)
     g, beta = -torch.rand(length, heads, key_dim) * 6, torch.rand(length, heads) * 2
     state = torch.randn(heads, key_dim, 6)
-    y, final = recurrent.kda_prefill(q, k, v, g, beta, state, chunk)
-    states, ys = state[None], []
-    for t in range(length):
-        out, states = recurrent.gated_delta_decode(q[t : t + 1], k[t : t + 1], v[t : t + 1], g[t : t + 1],
-                                                   beta[t : t + 1], states)
-        ys.append(out[0])
-    torch.testing.assert_close(y, torch.stack(ys), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(final, states[0], rtol=1e-4, atol=1e-4)
+    _check_stepwise(recurrent.kda_prefill(q, k, v, g, beta, state, chunk), q, k, v, g, beta, state)
     # Per-channel decays that are all alike are Gated DeltaNet's per-head decay.
     same, _ = recurrent.kda_prefill(q, k, v, g[..., :1].expand_as(g), beta, state, chunk)
     torch.testing.assert_close(same, recurrent.gated_delta_prefill(q, k, v, g[..., 0], beta, state, chunk)[0],
