@@ -397,11 +397,12 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> StepResult:
         inputs, samplers, prompt_chunks, pooled = self._build_inputs(sched)
-        inputs.all_rows = bool(pooled)
         if self.lora is not None:
             inputs.lora_slots, loads = self.lora.plan([(seq.lora, n) for seq, n in sched.scheduled],
                                                       sched.running_adapters)
             inputs.lora_loads = [(slot, adapter.name, adapter.path) for slot, adapter in loads]
+        # Every row goes through every layer where a request pools them, or adapters are masked per row.
+        inputs.all_rows = bool(pooled) or bool(inputs.lora_slots)
         if self.tp_group is not None:
             self.tp_group.broadcast(inputs)
         logits, hidden = self.forward_logits(inputs)

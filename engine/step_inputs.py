@@ -52,8 +52,8 @@ class StepInputs:
     state_slots: list[int] = field(default_factory=list)
     state_restores: list[tuple[int, int]] = field(default_factory=list)
     state_saves: list[tuple[int, int]] = field(default_factory=list)
-    # Whether every row's final hidden state is used (an embedding request pools its prompt's), not only
-    # the logit rows'.
+    # Whether every row must run every layer (an embedding request pools its prompt's rows; LoRA masks
+    # adapters row by row), not only the logit rows past layers that write no K/V.
     all_rows: bool = False
 
     def to_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:

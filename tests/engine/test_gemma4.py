@@ -130,3 +130,18 @@ def test_multimodal_checkpoint_serves_its_language_model(tmp_path, tiny_model, v
         with pytest.raises(ValueError, match="takes no images"):
             llm.generate({"prompt": "Describe <|image|>", "multi_modal_data": {"image": Image.new("RGB", (8, 8))}},
                          GREEDY)
+
+
+def test_adapters_run_every_row_through_the_sharing_layers(tiny_model, tmp_path) -> None:
+    """LoRA masks adapters row by row, so steps with an adapter keep every row past the first sharing
+    layer: serving an adapter on Gemma 4 equals serving its weights merged (the sharing layers' MLPs
+    here as wide as the others', so one adapter fits every layer)."""
+    from pagoda.engine.fixtures import make_tiny_lora
+    from pagoda.engine.lora import LoRARequest
+    from tests.engine.test_lora import assert_same, merge, run
+
+    base = tiny_model("gemma4", use_double_wide_mlp=False)
+    adapter = make_tiny_lora(base, tmp_path / "adapter", rank=4, targets=("gate_proj", "up_proj", "down_proj"), seed=1)
+    merged = merge(base, adapter, tmp_path / "merged")
+    llm = LLM(str(base), dtype="float32", block_size=4, enable_lora=True, max_loras=1, max_lora_rank=4)
+    assert_same(run(llm, LoRARequest("a", str(adapter))), run(LLM(str(merged), dtype="float32", block_size=4), None))
