@@ -1,6 +1,6 @@
 """Reading a chat reply as it streams: reasoning, then content and tool calls.
 
-Reasoning models (Qwen3, DeepSeek-R1, QwQ) think inside <think>...</think>
+Reasoning models (Qwen3, DeepSeek-R1, QwQ, MiniMax-M2, GLM-4.5) think inside <think>...</think>
 before they answer. With --reasoning-parser, that text leaves the content and
 is returned apart, as vLLM does (`reasoning`, and its older name
 `reasoning_content`); what follows the thinking goes through the tool-call
@@ -17,8 +17,8 @@ from pagoda.engine.entrypoints.tool_parsers import CallPiece, ToolCallParser, pa
 THINK_START = "<think>"
 THINK_END = "</think>"
 
-REASONING_PARSERS = ("qwen3", "deepseek_r1")
-"""--reasoning-parser names; both families write the same tags, so one reader serves them."""
+REASONING_PARSERS = ("qwen3", "deepseek_r1", "minimax_m2", "glm45")
+"""--reasoning-parser names (vLLM's); these families all write the same tags, so one reader serves them."""
 
 
 def think_tokens(vocab: dict[str, int]) -> tuple[int, int] | None:
