@@ -37,6 +37,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
     "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid", "minimax_m2", "kimi_linear",
+    "glm4_moe_lite",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -362,6 +363,15 @@ _FAMILIES: dict[str, _Family] = {
                 "v_head_dim": 16, "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
                 "moe_intermediate_size": 32, "first_k_dense_replace": 1, "n_group": 4, "topk_group": 2,
                 "routed_scaling_factor": 2.5, "norm_topk_prob": True, "num_nextn_predict_layers": 0},
+    ),
+    # GLM-4.7-Flash: DeepSeek-V3's layers (latent attention, interleaved rotary, V3's router in 2 groups, a
+    # shared expert), the dense MLPs listed in mlp_layer_types.
+    "glm4_moe_lite": _Family(
+        "glm4_moe_lite", "Glm4MoeLiteForCausalLM", adds_bos=False, rope_theta=10000.0,
+        config={"num_key_value_heads": 4, "q_lora_rank": 24, "kv_lora_rank": 32, "qk_nope_head_dim": 16,
+                "qk_rope_head_dim": 8, "v_head_dim": 16, "n_routed_experts": 8, "num_experts_per_tok": 2,
+                "n_shared_experts": 1, "moe_intermediate_size": 32, "n_group": 2, "topk_group": 1,
+                "routed_scaling_factor": 1.8, "mlp_layer_types": ["dense", "sparse"]},
     ),
     # GPT-OSS: attention sinks, sliding (window 8) and full layers alternating, q/k/v/o biases, YaRN
     # (not truncated), experts with biases and a clamped SwiGLU whose limit the fixture's activations

@@ -387,13 +387,13 @@ def _mla_config(cfg: dict[str, Any]) -> MLAConfig | None:
 # DeepSeek's routing rules (config.json's topk_method) and what each reads.
 _TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 # Families whose configs may leave the rule out (transformers writes none) and mean V3's.
-_NOAUX_TC_MODELS = ("deepseek_v3", "glm4_moe")
+_NOAUX_TC_MODELS = ("deepseek_v3", "glm4_moe", "glm4_moe_lite")
 
 
 def _routing(cfg: dict[str, Any], num_experts: int) -> dict[str, Any]:
-    """MoEConfig's router fields of a DeepSeek-style config (first_k_dense_replace marks one);
-    ValueError for a routing rule the engine does not know."""
-    if "first_k_dense_replace" not in cfg:
+    """MoEConfig's router fields of a DeepSeek-style config (first_k_dense_replace marks one, or the family:
+    GLM-4.7-Flash's list `mlp_layer_types` instead); ValueError for a routing rule the engine does not know."""
+    if "first_k_dense_replace" not in cfg and cfg.get("model_type") not in _NOAUX_TC_MODELS:
         return {}
     method = cfg.get("topk_method") or ("noaux_tc" if cfg.get("model_type") in _NOAUX_TC_MODELS else "greedy")
     scoring = cfg.get("scoring_func") or ("sigmoid" if method == "noaux_tc" else "softmax")
@@ -404,13 +404,17 @@ def _routing(cfg: dict[str, Any], num_experts: int) -> dict[str, Any]:
     groups = int(cfg.get("n_group") or 1) if grouped else 1
     if num_experts % groups:
         raise ValueError(f"n_group {groups} does not divide the {num_experts} experts")
-    moe_layers = range(int(cfg["first_k_dense_replace"]), int(cfg["num_hidden_layers"]))
-    freq = max(1, int(cfg.get("moe_layer_freq") or 1))
+    layers = int(cfg["num_hidden_layers"])
+    if cfg.get("mlp_layer_types") and "first_k_dense_replace" not in cfg:  # GLM-4.7-Flash's configs list them
+        dense = tuple(i for i, kind in enumerate(cfg["mlp_layer_types"]) if kind == "dense")
+    else:
+        moe_layers = range(int(cfg.get("first_k_dense_replace") or 0), layers)
+        freq = max(1, int(cfg.get("moe_layer_freq") or 1))
+        dense = tuple(i for i in range(layers) if i not in moe_layers or i % freq)
     return dict(
         scoring=scoring, num_groups=groups, topk_groups=int(cfg.get("topk_group") or 1) if grouped else 1,
         score_bias=method == "noaux_tc", routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
-        shared_expert_gated=False, router_fp32=True,
-        dense_layers=tuple(i for i in range(int(cfg["num_hidden_layers"])) if i not in moe_layers or i % freq),
+        shared_expert_gated=False, router_fp32=True, dense_layers=dense,
     )
 
 

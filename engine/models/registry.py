@@ -67,6 +67,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     # Latent attention (MLA) with experts: DeepSeek V2/V3, R1, Kimi K2.
     "DeepseekV2ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV2ForCausalLM"),
     "DeepseekV3ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV3ForCausalLM"),
+    "Glm4MoeLiteForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV3ForCausalLM"),
     "KimiLinearForCausalLM": ("pagoda.engine.models.kimi_linear", "KimiLinearForCausalLM"),
     # Bidirectional encoders: embedding models and cross-encoders.
     "BertModel": ("pagoda.engine.models.bert", "BertModel"),
