@@ -37,7 +37,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
     "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid", "minimax_m2", "kimi_linear",
-    "glm4_moe_lite",
+    "glm4_moe_lite", "mimo_v2_flash",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -373,6 +373,21 @@ _FAMILIES: dict[str, _Family] = {
                 "n_shared_experts": 1, "moe_intermediate_size": 32, "n_group": 2, "topk_group": 1,
                 "routed_scaling_factor": 1.8, "mlp_layer_types": ["dense", "sparse"]},
     ),
+    # MiMo-V2-Flash: a global layer, then sliding ones (window 8) with twice the KV heads and sinks; query/key
+    # heads of 24, value heads of 16, a third of each rotated (each kind at its own base); values scaled; V3's
+    # router over 8 experts in 2 groups after a dense first MLP.
+    "mimo_v2_flash": _Family(
+        "mimo_v2_flash", "MiMoV2FlashForCausalLM", adds_bos=False, rope_theta=10000.0,
+        config={"num_hidden_layers": 3, "head_dim": 24, "v_head_dim": 16, "num_key_value_heads": 1,
+                "sliding_window": 8, "layer_types": ["full_attention", "sliding_attention", "sliding_attention"],
+                "mlp_layer_types": ["dense", "sparse", "sparse"], "n_routed_experts": 8, "num_experts_per_tok": 2,
+                "moe_intermediate_size": 32, "n_group": 2, "topk_group": 1, "routed_scaling_factor": 1.5,
+                "attention_value_scale": 0.7,
+                "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 500000.0,
+                                                       "partial_rotary_factor": 0.334},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0,
+                                                          "partial_rotary_factor": 0.334}}},
+    ),
     # GPT-OSS: attention sinks, sliding (window 8) and full layers alternating, q/k/v/o biases, YaRN
     # (not truncated), experts with biases and a clamped SwiGLU whose limit the fixture's activations
     # reach (1 where the real models say 7).
@@ -647,7 +662,7 @@ def _hub_style_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
 
 
 # Families released with transformers 5, whose hub configs keep its `rope_parameters`.
-_TRANSFORMERS5_FAMILIES = ("gemma4", "olmo_hybrid")
+_TRANSFORMERS5_FAMILIES = ("gemma4", "olmo_hybrid", "mimo_v2_flash")
 
 
 def _transformers5_hub_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:

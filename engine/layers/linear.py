@@ -148,12 +148,14 @@ class QKVParallelLinear(ColumnParallelLinear):
     values are the keys (Gemma 4's global layers), ("q",) where K/V come from another layer."""
 
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False,
-                 query_width: int = 1, parts: tuple[str, ...] = ("q", "k", "v")) -> None:
+                 query_width: int = 1, parts: tuple[str, ...] = ("q", "k", "v"), value_head_dim: int | None = None) -> None:
         if parts not in (("q", "k", "v"), ("q", "k"), ("q",)):
             raise ValueError(f"a QKV projection holds q, k and v, q and k, or q alone; not {parts}")
         tp = tp_size()
         self.part_ids = parts
         self.head_dim = head_dim
+        # Value heads narrower than query/key heads (MiMo-V2-Flash: 128 against 192).
+        self.value_head_dim = value_head_dim or head_dim
         self.query_width = query_width
         self.num_heads = divide(num_heads, tp, "attention heads")
         self.total_kv_heads = num_kv_heads
@@ -163,7 +165,8 @@ class QKVParallelLinear(ColumnParallelLinear):
         else:
             self.num_kv_heads = 1
             self.kv_replicas = divide(tp, num_kv_heads, "tensor_parallel_size over key/value heads")
-        out = (self.num_heads * query_width + (len(parts) - 1) * self.num_kv_heads) * head_dim * tp
+        kv_width = (head_dim if "k" in parts else 0) + (self.value_head_dim if "v" in parts else 0)
+        out = (self.num_heads * query_width * head_dim + self.num_kv_heads * kv_width) * tp
         super().__init__(hidden_size, out, bias)
 
     def fused_start(self, part: str) -> int:
@@ -182,12 +185,12 @@ class QKVParallelLinear(ColumnParallelLinear):
         if part not in self.part_ids:
             raise ValueError(f"this projection holds {self.part_ids}, not {part!r}")
         q_size = self.num_heads * self.head_dim * self.query_width
-        kv_size = self.num_kv_heads * self.head_dim
-        start = self.first_head(part) * self.head_dim
+        k_size = self.num_kv_heads * self.head_dim
         if part == "q":
-            return 0, q_size, start * self.query_width, q_size * tp_size()
-        offset = q_size if part == "k" else q_size + kv_size
-        return offset, kv_size, start, self.total_kv_heads * self.head_dim
+            return 0, q_size, self.first_head(part) * self.head_dim * self.query_width, q_size * tp_size()
+        width = self.head_dim if part == "k" else self.value_head_dim
+        offset = q_size if part == "k" else q_size + k_size
+        return offset, self.num_kv_heads * width, self.first_head(part) * width, self.total_kv_heads * width
 
 
 class RowParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):

@@ -68,6 +68,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "DeepseekV2ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV2ForCausalLM"),
     "DeepseekV3ForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV3ForCausalLM"),
     "Glm4MoeLiteForCausalLM": ("pagoda.engine.models.deepseek", "DeepseekV3ForCausalLM"),
+    "MiMoV2FlashForCausalLM": ("pagoda.engine.models.mimo_v2", "MiMoV2FlashForCausalLM"),
     "KimiLinearForCausalLM": ("pagoda.engine.models.kimi_linear", "KimiLinearForCausalLM"),
     # Bidirectional encoders: embedding models and cross-encoders.
     "BertModel": ("pagoda.engine.models.bert", "BertModel"),

@@ -49,7 +49,7 @@ def test_greedy_matches_transformers(tiny_model, arch: str, regime: str) -> None
         # Their sliding and full layers take blocks of one layer each (kv_cache_layout.py): the same
         # memory is twice the blocks, and one more is the sliding group's null block.
         options["num_kv_blocks"] = 2 * options["num_kv_blocks"] + 1
-    if arch in ("gemma4", "gemma4_moe") and "num_kv_blocks" in options:
+    if arch in ("gemma4", "gemma4_moe", "mimo_v2_flash") and "num_kv_blocks" in options:
         # Three groups of one layer each (two sliding and one full, or one and two): thrice the blocks (a
         # few more, so one sequence of max_model_len fits and the others still outgrow the pool).
         options["num_kv_blocks"] = 3 * options["num_kv_blocks"] + 4
