@@ -420,15 +420,18 @@ def _routing(cfg: dict[str, Any], num_experts: int) -> dict[str, Any]:
 
 def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
     """The mixture-of-experts settings, or None for a dense model."""
-    num_experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 0)
+    num_experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts")
+                      or cfg.get("moe_num_experts") or 0)
     if num_experts == 0:
         return None
-    top_k = int(cfg.get("num_experts_per_tok") or cfg.get("top_k_experts") or 0)  # the latter: Gemma 4's name
+    # Gemma 4's and ERNIE 4.5's names after the usual one.
+    top_k = int(cfg.get("num_experts_per_tok") or cfg.get("top_k_experts") or cfg.get("moe_k") or 0)
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"num_experts_per_tok must be in 1..{num_experts} (the experts), got {top_k}")
     renormalize = cfg.get("norm_topk_prob")
     expert_size = int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"])
-    shared = int(cfg.get("shared_expert_intermediate_size") or 0) or expert_size * int(cfg.get("n_shared_experts") or 0)
+    shared = int(cfg.get("shared_expert_intermediate_size") or 0) or expert_size * int(
+        cfg.get("n_shared_experts") or cfg.get("moe_num_shared_experts") or 0)
     # Granite 4.0's shared MLP: an always-on expert without a gate.
     ungated = int(cfg.get("shared_intermediate_size") or 0)
     fields: dict[str, Any] = dict(
@@ -441,6 +444,13 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
         sparse_step=max(1, int(cfg.get("decoder_sparse_step") or 1)),
         dense_layers=tuple(int(i) for i in cfg.get("mlp_only_layers") or ()),
     )
+    if cfg.get("model_type") == "ernie4_5_moe":  # softmax scores steered by a bias; experts every interval-th layer
+        layers = int(cfg["num_hidden_layers"])
+        start, interval = int(cfg.get("moe_layer_start_index", 1)), int(cfg.get("moe_layer_interval") or 1)
+        end = int(cfg.get("moe_layer_end_index", -1))
+        end = layers - 1 if end == -1 else end
+        fields.update(score_bias=True, router_fp32=True, shared_expert_gated=False,
+                      dense_layers=tuple(i for i in range(layers) if (i + 1) % interval or not start <= i <= end))
     if cfg.get("model_type") == "minimax_m2":  # MiniMax-M2: sigmoid scores steered by a correction bias
         fields.update(scoring="sigmoid", score_bias=bool(cfg.get("use_routing_bias", True)))
     if "use_expert_bias" in cfg:  # LFM2-MoE: sigmoid scores steered by an expert bias, dense first layers

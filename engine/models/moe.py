@@ -19,9 +19,10 @@ from torch import nn
 from pagoda.engine.distributed import all_reduce
 from pagoda.engine.layers.linear import ReplicatedLinear
 from pagoda.engine.layers.moe import EXPERT_PARTS, STACKED, FusedMoE, route
+from pagoda.engine.layers.weights import copy_into, read_full
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.llama import (DecoderMLP, GraniteForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM,
-                                        Qwen3ForCausalLM)
+from pagoda.engine.models.llama import (DecoderMLP, Ernie45ForCausalLM, GraniteForCausalLM, LlamaForCausalLM,
+                                        Qwen2ForCausalLM, Qwen3ForCausalLM)
 
 # experts.<e>.<projection>.weight (and .weight_scale_inv of FP8 checkpoints, or the integer layout's
 # qweight, scales and zeros): one expert's part, under the layer's `mlp` (Nemotron-H: `mixer`).
@@ -43,6 +44,12 @@ class Router(ReplicatedLinear):
         self.fp32 = fp32
         self.e_score_correction_bias = (nn.Parameter(torch.empty(num_experts, dtype=torch.float32), requires_grad=False)
                                         if score_bias else None)
+        if score_bias:  # ERNIE 4.5 stores it [1, experts]
+            self.e_score_correction_bias.weight_loader = self._load_bias
+
+    @staticmethod
+    def _load_bias(param: nn.Parameter, src: Any) -> None:
+        copy_into(param, read_full(src).reshape(param.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x.float(), self.weight.float()) if self.fp32 else super().forward(x)
@@ -124,6 +131,16 @@ class OlmoeForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
     MLP routed, without renormalizing the top-k weights."""
 
     qk_norm = "whole"
+
+
+class Ernie45MoeForCausalLM(_MixtureOfExperts, Ernie45ForCausalLM):
+    """ERNIE 4.5 MoE (21B-A3B, 300B-A47B): ERNIE 4.5's layers (interleaved rotary) with experts every
+    `moe_layer_interval`-th layer from `moe_layer_start_index`, routed by softmax scores whose choice a
+    correction bias steers (stored as `moe_statics`), beside always-on shared experts."""
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        return super().checkpoint_target(name.replace(".moe_statics.e_score_correction_bias", ".e_score_correction_bias")
+                                         .replace(".mlp.e_score_correction_bias", ".mlp.gate.e_score_correction_bias"))
 
 
 class MiniMaxM2ForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
