@@ -37,7 +37,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
     "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid", "minimax_m2", "kimi_linear",
-    "glm4_moe_lite", "mimo_v2_flash", "ernie4_5_moe",
+    "glm4_moe_lite", "mimo_v2_flash", "ernie4_5_moe", "dots1",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -379,6 +379,14 @@ _FAMILIES: dict[str, _Family] = {
         "ernie4_5_moe", "Ernie4_5_MoeForCausalLM", adds_bos=True, rope_theta=500000.0,
         config={"num_hidden_layers": 3, "moe_num_experts": 8, "moe_k": 2, "moe_intermediate_size": 32,
                 "moe_num_shared_experts": 1, "moe_layer_start_index": 1},
+    ),
+    # dots.llm1: Qwen3's attention, a dense first layer, then 8 experts in 2 groups behind V3's router and a
+    # shared expert.
+    "dots1": _Family(
+        "dots1", "Dots1ForCausalLM", adds_bos=False, rope_theta=10000.0,
+        config={"head_dim": 32, "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
+                "moe_intermediate_size": 32, "first_k_dense_replace": 1, "n_group": 2, "topk_group": 1,
+                "routed_scaling_factor": 2.5, "norm_topk_prob": True},
     ),
     # MiMo-V2-Flash: a global layer, then sliding ones (window 8) with twice the KV heads and sinks; query/key
     # heads of 24, value heads of 16, a third of each rotated (each kind at its own base); values scaled; V3's

@@ -387,7 +387,7 @@ def _mla_config(cfg: dict[str, Any]) -> MLAConfig | None:
 # DeepSeek's routing rules (config.json's topk_method) and what each reads.
 _TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 # Families whose configs may leave the rule out (transformers writes none) and mean V3's.
-_NOAUX_TC_MODELS = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "mimo_v2_flash")
+_NOAUX_TC_MODELS = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "mimo_v2_flash", "dots1")
 
 
 def _routing(cfg: dict[str, Any], num_experts: int) -> dict[str, Any]:

@@ -133,6 +133,11 @@ class OlmoeForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
     qk_norm = "whole"
 
 
+class Dots1ForCausalLM(_MixtureOfExperts, Qwen3ForCausalLM):
+    """rednote's dots.llm1 (142B-A14B): Qwen3's attention (per-head q/k norms) with DeepSeek-V3's experts
+    (sigmoid router steered by a correction bias, expert groups, shared experts, dense first layers)."""
+
+
 class Ernie45MoeForCausalLM(_MixtureOfExperts, Ernie45ForCausalLM):
     """ERNIE 4.5 MoE (21B-A3B, 300B-A47B): ERNIE 4.5's layers (interleaved rotary) with experts every
     `moe_layer_interval`-th layer from `moe_layer_start_index`, routed by softmax scores whose choice a

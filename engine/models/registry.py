@@ -48,6 +48,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "Qwen3MoeForCausalLM": ("pagoda.engine.models.moe", "Qwen3MoeForCausalLM"),
     "OlmoeForCausalLM": ("pagoda.engine.models.moe", "OlmoeForCausalLM"),
     "Ernie4_5_MoeForCausalLM": ("pagoda.engine.models.moe", "Ernie45MoeForCausalLM"),
+    "Dots1ForCausalLM": ("pagoda.engine.models.moe", "Dots1ForCausalLM"),
     "MiniMaxM2ForCausalLM": ("pagoda.engine.models.moe", "MiniMaxM2ForCausalLM"),
     "GraniteMoeForCausalLM": ("pagoda.engine.models.moe", "GraniteMoeForCausalLM"),
     "Glm4MoeForCausalLM": ("pagoda.engine.models.moe", "Glm4MoeForCausalLM"),
