@@ -8,7 +8,8 @@ Every request has its own random-token prompt (uniform lengths) and the same num
 of output tokens with EOS ignored, so all three do exactly the same useful work;
 the reported figure is useful output tokens per second and the ratios between them.
 
-    python -m bench.cpu_throughput [--arch llama|deepseek_v3|gpt_oss|qwen3_5|granitemoehybrid|gemma4] [--num-seqs 32]
+    python -m bench.cpu_throughput [--arch llama|deepseek_v3|gpt_oss|qwen3_5|granitemoehybrid|gemma4|kimi_linear|
+                                           olmo_hybrid|minimax_m2] [--num-seqs 32]
                                    [--output-len 32]
 
 With --arch deepseek_v3 the model is DeepSeek-V3-shaped (latent attention, grouped sigmoid router,
@@ -55,6 +56,22 @@ SHAPES = {
     # MLPs, per-layer embeddings of 64 per layer.
     "gemma4": dict(MODEL_SHAPE, head_dim=32, global_head_dim=64, sliding_window=128, num_kv_shared_layers=2,
                    layer_types=["sliding_attention", "full_attention"] * 2, hidden_size_per_layer_input=64),
+    # Kimi Linear's: three KDA layers (4 heads of 64, a decay per key channel) to one NoPE latent attention layer
+    # (64-wide latent), 16 experts (4 a token) behind V3's router and a shared expert after a dense first MLP.
+    "kimi_linear": dict(MODEL_SHAPE, layer_types=["linear_attention", "linear_attention", "full_attention",
+                                                  "linear_attention"], linear_num_heads=4, linear_head_dim=64,
+                        num_key_value_heads=8, kv_lora_rank=64, q_lora_rank=None, qk_nope_head_dim=32,
+                        qk_rope_head_dim=16, v_head_dim=32,
+                        num_local_experts=16, num_experts_per_tok=4, moe_intermediate_size=192, n_shared_experts=1,
+                        mlp_layer_types=["dense", "sparse", "sparse", "sparse"]),
+    # OLMo Hybrid's: Gated DeltaNet layers (4 key and 8 value heads of 32) around one NoPE attention layer.
+    "olmo_hybrid": dict(MODEL_SHAPE, layer_types=["linear_attention", "linear_attention", "full_attention",
+                                                  "linear_attention"], linear_num_key_heads=4,
+                        linear_num_value_heads=8, linear_key_head_dim=32, linear_value_head_dim=32,
+                        rope_parameters={"rope_type": "default", "rope_theta": None}),
+    # MiniMax-M2's: whole-projection q/k norms, half of each 64-wide head rotated, 16 experts (4 a token).
+    "minimax_m2": dict(MODEL_SHAPE, head_dim=64, num_local_experts=16, num_experts_per_tok=4, intermediate_size=192,
+                       rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "partial_rotary_factor": 0.5}),
     "granitemoehybrid": dict(MODEL_SHAPE, layer_types=["mamba", "mamba", "attention", "mamba"], mamba_n_heads=8,
                              mamba_n_groups=1, mamba_d_state=64, mamba_chunk_size=64, num_local_experts=0,
                              shared_intermediate_size=768),
