@@ -37,7 +37,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
     "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid", "minimax_m2", "kimi_linear",
-    "glm4_moe_lite", "mimo_v2_flash", "ernie4_5_moe", "dots1",
+    "glm4_moe_lite", "mimo_v2_flash", "ernie4_5_moe", "dots1", "hunyuan_v1_dense", "hunyuan_v1_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -388,6 +388,15 @@ _FAMILIES: dict[str, _Family] = {
                 "moe_intermediate_size": 32, "first_k_dense_replace": 1, "n_group": 2, "topk_group": 1,
                 "routed_scaling_factor": 2.5, "norm_topk_prob": True},
     ),
+    # Hunyuan: per-head q/k norms after the rotation, NTK-alpha rotary; the MoE one routes every MLP (8 experts,
+    # 2 a token) beside a shared MLP.
+    "hunyuan_v1_dense": _Family(
+        "hunyuan_v1_dense", "HunYuanDenseV1ForCausalLM", adds_bos=True, rope_theta=10000.0,
+        rope_scaling={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0}, config={"head_dim": 32}),
+    "hunyuan_v1_moe": _Family(
+        "hunyuan_v1_moe", "HunYuanMoEV1ForCausalLM", adds_bos=True, rope_theta=10000.0,
+        rope_scaling={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0},
+        config={"head_dim": 32, "num_experts": 8, "moe_topk": 2, "intermediate_size": 48}),
     # MiMo-V2-Flash: a global layer, then sliding ones (window 8) with twice the KV heads and sinks; query/key
     # heads of 24, value heads of 16, a third of each rotated (each kind at its own base); values scaled; V3's
     # router over 8 experts in 2 groups after a dense first MLP.

@@ -424,8 +424,8 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
                       or cfg.get("moe_num_experts") or 0)
     if num_experts == 0:
         return None
-    # Gemma 4's and ERNIE 4.5's names after the usual one.
-    top_k = int(cfg.get("num_experts_per_tok") or cfg.get("top_k_experts") or cfg.get("moe_k") or 0)
+    # Gemma 4's, ERNIE 4.5's and Hunyuan's names after the usual one.
+    top_k = int(cfg.get("num_experts_per_tok") or cfg.get("top_k_experts") or cfg.get("moe_k") or cfg.get("moe_topk") or 0)
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"num_experts_per_tok must be in 1..{num_experts} (the experts), got {top_k}")
     renormalize = cfg.get("norm_topk_prob")
@@ -444,6 +444,8 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
         sparse_step=max(1, int(cfg.get("decoder_sparse_step") or 1)),
         dense_layers=tuple(int(i) for i in cfg.get("mlp_only_layers") or ()),
     )
+    if cfg.get("model_type") == "hunyuan_v1_moe":  # an ungated shared MLP as wide as the experts; fp32 router
+        fields.update(shared_expert_intermediate_size=expert_size, shared_expert_gated=False, router_fp32=True)
     if cfg.get("model_type") == "ernie4_5_moe":  # softmax scores steered by a bias; experts every interval-th layer
         layers = int(cfg["num_hidden_layers"])
         start, interval = int(cfg.get("moe_layer_start_index", 1)), int(cfg.get("moe_layer_interval") or 1)

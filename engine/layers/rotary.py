@@ -14,16 +14,21 @@ from torch import nn
 
 from pagoda.engine.model_config import LONGROPE, RopeConfig
 
-SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "longrope", "proportional", "yarn")
+SUPPORTED_ROPE_SCALING = ("default", "dynamic", "linear", "llama3", "longrope", "proportional", "yarn")
 
 
 def _inv_freq(rotary_dim: int, rope: RopeConfig, max_position: int, long: bool = False) -> torch.Tensor:
     # float32 throughout, as the reference implementations compute it: a
     # float64 table would be "more exact" yet disagree with every checkpoint's
     # training-time numerics at long positions.
-    inv_freq = 1.0 / (rope.theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
     kind = rope.scaling_type
-    if kind == "default":
+    theta = rope.theta
+    if kind == "dynamic":  # Hunyuan's NTK-alpha: a fixed `alpha` stretches the base, whatever the length
+        if rope.scaling.get("alpha") is None:
+            raise ValueError("rope scaling 'dynamic' (length-dependent NTK) is not supported; with a fixed alpha it is")
+        theta = theta * float(rope.scaling["alpha"]) ** (rotary_dim / (rotary_dim - 2))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+    if kind in ("default", "dynamic"):
         return inv_freq
     if kind == "linear":
         return inv_freq / float(rope.scaling["factor"])

@@ -33,9 +33,10 @@ class DecoderAttention(nn.Module):
         self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool | str, *, rope: RopeConfig | None = None,
         sliding_window: int | None = None, scale: float | None = None, norm: type[RMSNorm] = RMSNorm,
         softcap: float = 0.0, rotary_interleaved: bool = False, o_bias: bool | None = None, use_rope: bool = True,
-        sinks: bool = False, output_gate: bool = False,
+        sinks: bool = False, output_gate: bool = False, norm_after_rope: bool = False,
     ) -> None:
         super().__init__()
+        self.norm_after_rope = norm_after_rope  # Hunyuan normalizes q and k once they are rotated
         # output_gate: each head's query is followed in q_proj by a gate, sigmoid(gate) scaling the head's output.
         self.output_gate = output_gate
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias,
@@ -71,10 +72,13 @@ class DecoderAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.reshape(t, -1, self.head_dim)
         k = k.reshape(t, -1, self.head_dim)
-        if self.q_norm is not None and not self.qk_norm_whole:
+        per_head = self.q_norm is not None and not self.qk_norm_whole
+        if per_head and not self.norm_after_rope:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary_emb is not None:
             q, k = self.rotary_emb(positions, q, k)
+        if per_head and self.norm_after_rope:
+            q, k = self.q_norm(q), self.k_norm(k)
         out = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.contiguous(), meta)
         if self.output_gate:
             out = out * torch.sigmoid(gate.reshape(t, -1))
@@ -121,13 +125,14 @@ class DecoderLayer(nn.Module):
                  residual_multiplier: float = 1.0, attention_scale: float | None = None, *,
                  norm: Callable[[int, float], nn.Module] = RMSNorm, eps: float | None = None,
                  o_bias: bool | None = None, use_rope: bool = True, layer: int = 0,
-                 rotary_interleaved: bool = False, attention: nn.Module | None = None, sinks: bool = False) -> None:
+                 rotary_interleaved: bool = False, attention: nn.Module | None = None, sinks: bool = False,
+                 norm_after_rope: bool = False) -> None:
         super().__init__()
         if attention is None:
             window, rope = layer_attention(cfg, layer)
             attention = DecoderAttention(cfg, qkv_bias, qk_norm, rope=rope, sliding_window=window, scale=attention_scale,
                                          o_bias=o_bias, use_rope=use_rope, rotary_interleaved=rotary_interleaved,
-                                         sinks=sinks)
+                                         sinks=sinks, norm_after_rope=norm_after_rope)
         self.self_attn = attention
         self.mlp = mlp
         self.residual_multiplier = residual_multiplier
@@ -289,6 +294,20 @@ class Ernie45ForCausalLM(LlamaForCausalLM):
         if cfg.hf_config.get("use_bias"):
             raise ValueError("ERNIE 4.5 checkpoints with use_bias are not supported")
         return {"rotary_interleaved": True}
+
+
+class HunYuanDenseV1ForCausalLM(LlamaForCausalLM):
+    """Tencent Hunyuan (dense: Hunyuan-0.5B to 7B): Llama with per-head q/k norms applied after the rotation
+    (`query_layernorm`, `key_layernorm`) and NTK-alpha rotary (rope type "dynamic" with a fixed `alpha`)."""
+
+    qk_norm = True
+
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
+        return {"norm_after_rope": True}
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        name = name.replace(".self_attn.query_layernorm.", ".self_attn.q_norm.")
+        return super().checkpoint_target(name.replace(".self_attn.key_layernorm.", ".self_attn.k_norm."))
 
 
 class GraniteForCausalLM(LlamaForCausalLM):

@@ -21,8 +21,8 @@ from pagoda.engine.layers.linear import ReplicatedLinear
 from pagoda.engine.layers.moe import EXPERT_PARTS, STACKED, FusedMoE, route
 from pagoda.engine.layers.weights import copy_into, read_full
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.llama import (DecoderMLP, Ernie45ForCausalLM, GraniteForCausalLM, LlamaForCausalLM,
-                                        Qwen2ForCausalLM, Qwen3ForCausalLM)
+from pagoda.engine.models.llama import (DecoderMLP, Ernie45ForCausalLM, GraniteForCausalLM, HunYuanDenseV1ForCausalLM,
+                                        LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)
 
 # experts.<e>.<projection>.weight (and .weight_scale_inv of FP8 checkpoints, or the integer layout's
 # qweight, scales and zeros): one expert's part, under the layer's `mlp` (Nemotron-H: `mixer`).
@@ -131,6 +131,15 @@ class OlmoeForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
     MLP routed, without renormalizing the top-k weights."""
 
     qk_norm = "whole"
+
+
+class HunYuanMoEV1ForCausalLM(_MixtureOfExperts, HunYuanDenseV1ForCausalLM):
+    """Hunyuan-A13B: Hunyuan's attention, every MLP routed (softmax, `moe_topk`, router `gate.wg` in fp32) beside
+    an always-on `shared_mlp` as wide as the experts."""
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        return super().checkpoint_target(name.replace(".mlp.gate.wg.", ".mlp.gate.").replace(".mlp.shared_mlp.",
+                                                                                            ".mlp.shared_expert."))
 
 
 class Dots1ForCausalLM(_MixtureOfExperts, Qwen3ForCausalLM):
