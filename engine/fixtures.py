@@ -37,7 +37,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "starcoder2", "cohere", "cohere2", "smollm3", "ministral", "olmo3", "mixtral", "olmoe", "granitemoe", "qwen2_moe",
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
     "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid", "minimax_m2", "kimi_linear",
-    "glm4_moe_lite", "mimo_v2_flash", "ernie4_5_moe", "dots1", "hunyuan_v1_dense", "hunyuan_v1_moe",
+    "glm4_moe_lite", "mimo_v2_flash", "ernie4_5_moe", "dots1", "hunyuan_v1_dense", "hunyuan_v1_moe", "apertus",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -397,6 +397,11 @@ _FAMILIES: dict[str, _Family] = {
         "hunyuan_v1_moe", "HunYuanMoEV1ForCausalLM", adds_bos=True, rope_theta=10000.0,
         rope_scaling={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0},
         config={"head_dim": 32, "num_experts": 8, "moe_topk": 2, "intermediate_size": 48}),
+    # Apertus: per-head q/k norms, an ungated xIELU MLP (its learned parameters randomized), Llama 3 rotary.
+    "apertus": _Family("apertus", "ApertusForCausalLM", adds_bos=True, rope_theta=12000000.0,
+                       rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+                       config={"head_dim": 32}),
     # MiMo-V2-Flash: a global layer, then sliding ones (window 8) with twice the KV heads and sinks; query/key
     # heads of 24, value heads of 16, a third of each rotated (each kind at its own base); values scaled; V3's
     # router over 8 experts in 2 groups after a dense first MLP.
@@ -645,6 +650,8 @@ def build_tiny_model(
                 param.uniform_(-0.5, 1.5)
             elif name.endswith(("router.scale", ".per_expert_scale")):  # Gemma 4's router scales, ones at init
                 param.uniform_(0.5, 1.5)
+            elif name.endswith((".act_fn.alpha_p", ".act_fn.alpha_n")):  # Apertus's xIELU, alike in every layer at init
+                param.uniform_(-0.5, 1.0)
         for name, buffer in model.named_buffers():
             if name.endswith(("e_score_correction_bias", "expert_bias")):  # routers' biases, zero at init
                 buffer.uniform_(-0.3, 0.3)
@@ -902,6 +909,8 @@ def make_tiny_llava(out_dir: str | pathlib.Path, seed: int = 0, *, text: dict[st
                 param.uniform_(-0.5, 1.5)
             elif name.endswith(("router.scale", ".per_expert_scale")):  # Gemma 4's router scales, ones at init
                 param.uniform_(0.5, 1.5)
+            elif name.endswith((".act_fn.alpha_p", ".act_fn.alpha_n")):  # Apertus's xIELU, alike in every layer at init
+                param.uniform_(-0.5, 1.0)
             elif "vision_tower" in name or "projector" in name:
                 param.normal_(0.0, 0.3)  # large enough that images move the logits
     _save_image_model(model, out_dir)

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from pagoda.engine.attention import AttentionMetadata
-from pagoda.engine.layers.activation import SiluAndMul
+from pagoda.engine.layers.activation import SiluAndMul, XIeLU
 from pagoda.engine.layers.attention import Attention
 from pagoda.engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from pagoda.engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagoda.engine.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear,
+                                        RowParallelLinear)
 from pagoda.engine.layers.norm import RMSNorm, ShardedRMSNorm
 from pagoda.engine.layers.rotary import RotaryEmbedding
 from pagoda.engine.model_config import ModelConfig, RopeConfig, sliding_rope
@@ -308,6 +309,38 @@ class HunYuanDenseV1ForCausalLM(LlamaForCausalLM):
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
         name = name.replace(".self_attn.query_layernorm.", ".self_attn.q_norm.")
         return super().checkpoint_target(name.replace(".self_attn.key_layernorm.", ".self_attn.k_norm."))
+
+
+class ApertusMLP(nn.Module):
+    """Apertus's ungated MLP: down(xielu(up(x)))."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.up_proj = ColumnParallelLinear(hidden_size, intermediate_size)
+        self.act_fn = XIeLU()
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(x)))
+
+
+class ApertusForCausalLM(LlamaForCausalLM):
+    """Swiss AI's Apertus (8B, 70B): Llama with per-head q/k norms, and an ungated xIELU MLP; its norms
+    are named `attention_layernorm` and `feedforward_layernorm`."""
+
+    qk_norm = True
+    # Its MLP has no gate: up_proj is a projection of its own.
+    packed_modules = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
+
+    @staticmethod
+    def make_mlp(cfg: ModelConfig, layer: int) -> nn.Module:
+        if cfg.hf_config.get("hidden_act", "xielu") != "xielu":
+            raise ValueError(f"Apertus with hidden_act {cfg.hf_config['hidden_act']!r} is not supported (supported: xielu)")
+        return ApertusMLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        name = name.replace(".attention_layernorm.", ".input_layernorm.")
+        return super().checkpoint_target(name.replace(".feedforward_layernorm.", ".post_attention_layernorm."))
 
 
 class GraniteForCausalLM(LlamaForCausalLM):

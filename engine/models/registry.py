@@ -17,6 +17,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "SmolLM3ForCausalLM": ("pagoda.engine.models.llama", "SmolLM3ForCausalLM"),
     "SeedOssForCausalLM": ("pagoda.engine.models.llama", "SeedOssForCausalLM"),
     "Ernie4_5ForCausalLM": ("pagoda.engine.models.llama", "Ernie45ForCausalLM"),
+    "ApertusForCausalLM": ("pagoda.engine.models.llama", "ApertusForCausalLM"),
     "HunYuanDenseV1ForCausalLM": ("pagoda.engine.models.llama", "HunYuanDenseV1ForCausalLM"),
     "HunYuanMoEV1ForCausalLM": ("pagoda.engine.models.moe", "HunYuanMoEV1ForCausalLM"),
     "Phi3ForCausalLM": ("pagoda.engine.models.llama", "Phi3ForCausalLM"),
