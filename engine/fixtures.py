@@ -38,6 +38,7 @@ FIXTURE_ARCHS: tuple[str, ...] = (
     "qwen3_moe", "glm4_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoehybrid", "nemotron_h", "nemotron_h_moe", "mamba2", "falcon_h1", "lfm2", "lfm2_moe",
     "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_moe", "olmo_hybrid", "minimax_m2", "kimi_linear",
     "glm4_moe_lite", "mimo_v2_flash", "ernie4_5_moe", "dots1", "hunyuan_v1_dense", "hunyuan_v1_moe", "apertus",
+    "exaone_moe",
 )
 FIXTURE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 
@@ -402,6 +403,13 @@ _FAMILIES: dict[str, _Family] = {
                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
                        config={"head_dim": 32}),
+    # K-EXAONE: EXAONE 4's attention (sliding window 8 with rotary on layers 0-2, a NoPE global layer 3), a dense
+    # first MLP, then 8 experts (2 a token) behind V3's router and a shared expert.
+    "exaone_moe": _Family(
+        "exaone_moe", "ExaoneMoeForCausalLM", adds_bos=False, rope_theta=10000.0,
+        config={"num_hidden_layers": 4, "head_dim": 32, "sliding_window": 8, "sliding_window_pattern": 4,
+                "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "num_shared_experts": 1,
+                "first_k_dense_replace": 1, "routed_scaling_factor": 2.5}),
     # MiMo-V2-Flash: a global layer, then sliding ones (window 8) with twice the KV heads and sinks; query/key
     # heads of 24, value heads of 16, a third of each rotated (each kind at its own base); values scaled; V3's
     # router over 8 experts in 2 groups after a dense first MLP.

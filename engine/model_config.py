@@ -387,7 +387,7 @@ def _mla_config(cfg: dict[str, Any]) -> MLAConfig | None:
 # DeepSeek's routing rules (config.json's topk_method) and what each reads.
 _TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 # Families whose configs may leave the rule out (transformers writes none) and mean V3's.
-_NOAUX_TC_MODELS = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "mimo_v2_flash", "dots1")
+_NOAUX_TC_MODELS = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "mimo_v2_flash", "dots1", "exaone_moe")
 
 
 def _routing(cfg: dict[str, Any], num_experts: int) -> dict[str, Any]:
@@ -431,7 +431,7 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
     renormalize = cfg.get("norm_topk_prob")
     expert_size = int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"])
     shared = int(cfg.get("shared_expert_intermediate_size") or 0) or expert_size * int(
-        cfg.get("n_shared_experts") or cfg.get("moe_num_shared_experts") or 0)
+        cfg.get("n_shared_experts") or cfg.get("moe_num_shared_experts") or cfg.get("num_shared_experts") or 0)
     # Granite 4.0's shared MLP: an always-on expert without a gate.
     ungated = int(cfg.get("shared_intermediate_size") or 0)
     fields: dict[str, Any] = dict(

@@ -21,8 +21,10 @@ from pagoda.engine.layers.linear import ReplicatedLinear
 from pagoda.engine.layers.moe import EXPERT_PARTS, STACKED, FusedMoE, route
 from pagoda.engine.layers.weights import copy_into, read_full
 from pagoda.engine.model_config import ModelConfig
-from pagoda.engine.models.llama import (DecoderMLP, Ernie45ForCausalLM, GraniteForCausalLM, HunYuanDenseV1ForCausalLM,
-                                        LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)
+from pagoda.engine.models.llama import (DecoderAttention, DecoderMLP, Ernie45ForCausalLM, GraniteForCausalLM,
+                                        HunYuanDenseV1ForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
+                                        layer_attention)
+from pagoda.engine.models.olmo2 import exaone_layer_types
 
 # experts.<e>.<projection>.weight (and .weight_scale_inv of FP8 checkpoints, or the integer layout's
 # qweight, scales and zeros): one expert's part, under the layer's `mlp` (Nemotron-H: `mixer`).
@@ -140,6 +142,23 @@ class HunYuanMoEV1ForCausalLM(_MixtureOfExperts, HunYuanDenseV1ForCausalLM):
     def checkpoint_target(self, name: str) -> tuple[str, Any]:
         return super().checkpoint_target(name.replace(".mlp.gate.wg.", ".mlp.gate.").replace(".mlp.shared_mlp.",
                                                                                             ".mlp.shared_expert."))
+
+
+class ExaoneMoeForCausalLM(_MixtureOfExperts, LlamaForCausalLM):
+    """LG's K-EXAONE (236B-A23B): pre-norm layers with EXAONE 4's attention (per-head q/k norms; with a
+    sliding window, three local layers with rotary to one global layer without) and DeepSeek-V3's experts
+    (sigmoid router steered by a correction bias, a shared expert, dense first layers); MTP skipped."""
+
+    ignored_checkpoint_prefixes: tuple[str, ...] = ("mtp.", "model.mtp.")
+
+    def layer_options(self, cfg: ModelConfig, layer: int) -> dict[str, Any]:
+        kinds = exaone_layer_types(cfg) if cfg.sliding_window is not None else None
+        window, rope = layer_attention(cfg, layer, kinds)
+        return {"attention": DecoderAttention(cfg, cfg.attention_bias, True, rope=rope, sliding_window=window,
+                                              use_rope=kinds is None or window is not None)}
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any]:
+        return super().checkpoint_target(name.replace(".mlp.e_score_correction_bias", ".mlp.gate.e_score_correction_bias"))
 
 
 class Dots1ForCausalLM(_MixtureOfExperts, Qwen3ForCausalLM):

@@ -52,6 +52,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "OlmoeForCausalLM": ("pagoda.engine.models.moe", "OlmoeForCausalLM"),
     "Ernie4_5_MoeForCausalLM": ("pagoda.engine.models.moe", "Ernie45MoeForCausalLM"),
     "Dots1ForCausalLM": ("pagoda.engine.models.moe", "Dots1ForCausalLM"),
+    "ExaoneMoeForCausalLM": ("pagoda.engine.models.moe", "ExaoneMoeForCausalLM"),
     "MiniMaxM2ForCausalLM": ("pagoda.engine.models.moe", "MiniMaxM2ForCausalLM"),
     "GraniteMoeForCausalLM": ("pagoda.engine.models.moe", "GraniteMoeForCausalLM"),
     "Glm4MoeForCausalLM": ("pagoda.engine.models.moe", "Glm4MoeForCausalLM"),

@@ -53,6 +53,10 @@ def test_greedy_matches_transformers(tiny_model, arch: str, regime: str) -> None
         # Three groups of one layer each (two sliding and one full, or one and two): thrice the blocks (a
         # few more, so one sequence of max_model_len fits and the others still outgrow the pool).
         options["num_kv_blocks"] = 3 * options["num_kv_blocks"] + 4
+    if arch == "exaone_moe" and "num_kv_blocks" in options:
+        # Four groups of one layer each (three sliding, one full): the blocks one sequence of max_model_len
+        # needs, and a few more, so the others outgrow the pool.
+        options["num_kv_blocks"] = 88
     if arch == "starcoder2" and "num_kv_blocks" in options:
         # Every layer slides (window 8): a sequence holds at most 5 blocks in steps of 8 tokens, so
         # preemption needs a pool that small (6 blocks and the null block).
