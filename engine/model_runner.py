@@ -389,7 +389,7 @@ class ModelRunner:
             return None, hidden
         logit_rows = inputs.logit_rows
         if hidden.shape[0] != len(inputs.input_ids):  # the model computed only the output rows, in order
-            at = {row: i for i, row in enumerate(sorted(set(logit_rows)))}
+            at = {row: i for i, row in enumerate(meta.output_rows_host)}
             logit_rows = [at[row] for row in logit_rows]
         rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
         return self.model.compute_logits(hidden[rows]).float(), hidden

@@ -76,8 +76,7 @@ class StepInputs:
             common.update(state_slots=torch.tensor(self.state_slots, dtype=torch.long, device=device),
                           state_slots_host=self.state_slots)
         if not self.all_rows:  # the rows the step reads, once each and in order (AttentionMetadata.output_queries)
-            rows = sorted(set(self.logit_rows))
-            common.update(output_rows=torch.tensor(rows, dtype=torch.long, device=device), output_rows_host=rows)
+            common.update(output_rows_host=sorted(set(self.logit_rows)))
         metas = [AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
                                    block_tables=torch.tensor(tables, dtype=torch.int32, device=device), **common)
                  for slots, tables in zip(self.slots, self.block_tables)]

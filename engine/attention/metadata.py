@@ -34,9 +34,8 @@ class AttentionMetadata:
     # for models without such layers.
     state_slots: torch.Tensor | None = None
     state_slots_host: list[int] | None = None
-    # The rows whose final hidden states the step uses (its logit rows), where the runner lets a model
-    # compute only those past layers that write no K/V (see output_queries); None: every row.
-    output_rows: torch.Tensor | None = None
+    # The rows whose final hidden states the step uses (its logit rows, ascending, once each), where the
+    # runner lets a model compute only those past layers that write no K/V (see output_queries); None: every row.
     output_rows_host: list[int] | None = None
     # With several KV-cache groups, each group's metadata (its own slot mapping and block tables, the
     # rest shared), the first being this one; empty with one group.
@@ -52,12 +51,12 @@ class AttentionMetadata:
             return self
         return dataclasses.replace(self, key_limits=None, key_limits_host=None, groups=[])
 
-    def output_queries(self) -> AttentionMetadata | None:
-        """This step with only its output rows as queries, for layers that write no K/V (Gemma 4's layers
-        sharing an earlier one's): nothing later reads the other rows' states there. Each sequence keeps
-        the output rows at the end of its new tokens (the last, a speculative run, or a whole prompt
-        whose logprobs it returns) and a sequence without any leaves the batch; its keys are unchanged.
-        None where the output rows are every row or not such suffixes (nothing to save, or no rule)."""
+    def output_queries(self) -> tuple[AttentionMetadata, torch.Tensor] | None:
+        """This step with only its output rows as queries, and those rows' indices, for layers that write no
+        K/V (Gemma 4's layers sharing an earlier one's): nothing later reads the other rows' states there.
+        Each sequence keeps the output rows at the end of its new tokens (the last, a speculative run, or a
+        whole prompt whose logprobs it returns) and a sequence without any leaves the batch; its keys are
+        unchanged. None where the output rows are every row or not such suffixes (nothing to save, or no rule)."""
         rows = self.output_rows_host
         if rows is None or len(rows) == len(self.slot_mapping):
             return None
@@ -72,6 +71,7 @@ class AttentionMetadata:
         lens = [kept[i] for i in seqs]
         device = self.slot_mapping.device
         index = torch.tensor(seqs, dtype=torch.long, device=device)
+        row_index = torch.tensor(rows, dtype=torch.long, device=device)
         starts = [0]
         for n in lens:
             starts.append(starts[-1] + n)
@@ -79,19 +79,19 @@ class AttentionMetadata:
 
         def reduced(meta: AttentionMetadata) -> AttentionMetadata:
             return AttentionMetadata(
-                slot_mapping=meta.slot_mapping[self.output_rows], query_start_loc=torch.tensor(starts, dtype=torch.int32,
-                                                                                               device=device),
+                slot_mapping=meta.slot_mapping[row_index],
+                query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
                 seq_lens=meta.seq_lens[index], block_tables=meta.block_tables[index],
                 num_decodes=sum(1 for i in seqs if i < meta.num_decodes), max_query_len=max(lens, default=0),
                 max_seq_len=max(seq_lens_host, default=0), query_lens_host=lens, seq_lens_host=seq_lens_host,
-                key_limits=None if meta.key_limits is None else meta.key_limits[self.output_rows],
+                key_limits=None if meta.key_limits is None else meta.key_limits[row_index],
                 key_limits_host=None if meta.key_limits_host is None else [meta.key_limits_host[r] for r in rows],
                 state_slots=None if meta.state_slots is None else meta.state_slots[index],
                 state_slots_host=None if meta.state_slots_host is None else [meta.state_slots_host[i] for i in seqs])
 
         base = reduced(self)
         base.groups = [base if group is self else reduced(group) for group in self.groups]
-        return base
+        return base, row_index
 
     @property
     def num_seqs(self) -> int:

@@ -265,9 +265,9 @@ class Gemma4Model(nn.Module):
             if i == self.first_sharing and (outputs := meta.output_queries()) is not None:
                 # The layers from here write no K/V: only the rows the step reads (its logit rows) go on,
                 # as transformers' generate does for the prompt (vLLM's kv_sharing_fast_prefill).
-                if not outputs.num_seqs:
+                meta, rows = outputs
+                if not meta.num_seqs:
                     return self.norm(x[:0])
-                rows, meta = meta.output_rows, outputs
                 x, positions = x[rows], positions[rows]
                 per_layer = None if per_layer is None else per_layer[rows]
                 shared = {kind: (k[rows], v[rows]) for kind, (k, v) in shared.items()}
