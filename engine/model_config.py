@@ -387,12 +387,15 @@ def _mla_config(cfg: dict[str, Any]) -> MLAConfig | None:
 # DeepSeek's routing rules (config.json's topk_method) and what each reads.
 _TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 # Families whose configs may leave the rule out (transformers writes none) and mean V3's.
-_NOAUX_TC_MODELS = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "mimo_v2_flash", "dots1", "exaone_moe")
+_NOAUX_TC_MODELS = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "mimo_v2_flash", "dots1", "exaone_moe",
+                    "kimi_linear")
 
 
 def _routing(cfg: dict[str, Any], num_experts: int) -> dict[str, Any]:
-    """MoEConfig's router fields of a DeepSeek-style config (first_k_dense_replace marks one, or the family:
-    GLM-4.7-Flash's list `mlp_layer_types` instead); ValueError for a routing rule the engine does not know."""
+    """MoEConfig's router fields of a DeepSeek-style config (first_k_dense_replace marks one, or the family);
+    its dense MLPs as `mlp_layer_types` lists them where it does (GLM-4.7-Flash, Kimi Linear: transformers
+    gives the list precedence), else the first `first_k_dense_replace`; ValueError for a routing rule the
+    engine does not know."""
     if "first_k_dense_replace" not in cfg and cfg.get("model_type") not in _NOAUX_TC_MODELS:
         return {}
     method = cfg.get("topk_method") or ("noaux_tc" if cfg.get("model_type") in _NOAUX_TC_MODELS else "greedy")
@@ -405,7 +408,7 @@ def _routing(cfg: dict[str, Any], num_experts: int) -> dict[str, Any]:
     if num_experts % groups:
         raise ValueError(f"n_group {groups} does not divide the {num_experts} experts")
     layers = int(cfg["num_hidden_layers"])
-    if cfg.get("mlp_layer_types") and "first_k_dense_replace" not in cfg:  # GLM-4.7-Flash's configs list them
+    if cfg.get("mlp_layer_types"):
         dense = tuple(i for i, kind in enumerate(cfg["mlp_layer_types"]) if kind == "dense")
     else:
         moe_layers = range(int(cfg.get("first_k_dense_replace") or 0), layers)
@@ -459,14 +462,7 @@ def _moe_config(cfg: dict[str, Any]) -> MoEConfig | None:
         fields.update(scoring="sigmoid", score_bias=bool(cfg["use_expert_bias"]),
                       routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
                       dense_layers=tuple(range(int(cfg.get("num_dense_layers") or 0))))
-    fields.update(_routing(cfg, num_experts))
-    if cfg.get("model_type") == "kimi_linear":  # V3's grouped sigmoid router; `mlp_layer_types` names the dense MLPs
-        kinds = cfg["mlp_layer_types"]
-        fields.update(scoring="sigmoid", score_bias=True, num_groups=int(cfg.get("n_group") or 1),
-                      topk_groups=int(cfg.get("topk_group") or 1), router_fp32=True, shared_expert_gated=False,
-                      routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
-                      dense_layers=tuple(i for i, kind in enumerate(kinds) if kind == "dense"))
-    return MoEConfig(**fields)
+    return MoEConfig(**{**fields, **_routing(cfg, num_experts)})
 
 
 def _quantization(cfg: dict[str, Any]) -> Fp8Config | IntQuantConfig | None:
@@ -691,7 +687,6 @@ def _kimi_linear_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if not cfg.get("mlp_layer_types"):
         dense = int(cfg.get("first_k_dense_replace") or 1)
         cfg["mlp_layer_types"] = ["dense" if i < dense else "sparse" for i in range(layers)]
-    cfg.pop("first_k_dense_replace", None)  # not DeepSeek's routing rule: _moe_config reads Kimi's
     return cfg
 
 
