@@ -66,7 +66,8 @@ class GatedDeltaNet(RecurrentMixer):
         return self.in_proj_qkv(x), z.reshape(x.shape[0], -1, self.cfg.value_head_dim), b, a
 
     def _load_heads(self, param: nn.Parameter, src: Any) -> None:
-        copy_into(param, read_shard(src, 0, tp_rank() * self.value_heads, self.value_heads))
+        """This rank's share of a per-head (or, KDA's, per-channel) vector: its rows of the checkpoint's."""
+        copy_into(param, read_shard(src, 0, tp_rank() * param.shape[0], param.shape[0]))
 
     def _load_conv(self, param: nn.Parameter, src: Any, part: int | None = None) -> None:
         """conv1d's weight [conv_dim, 1, K] holds q, k and v's channels, each part's split by heads; `part`:

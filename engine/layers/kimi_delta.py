@@ -21,7 +21,7 @@ from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.distributed import tp_rank
 from pagoda.engine.layers.gated_delta import GatedDeltaNet
 from pagoda.engine.layers.linear import ColumnParallelLinear, MergedColumnParallelLinear, ReplicatedProjection
-from pagoda.engine.layers.weights import copy_into, read_full, read_shard
+from pagoda.engine.layers.weights import copy_into, read_full
 from pagoda.engine.model_config import LinearAttentionConfig
 from pagoda.kernels import recurrent
 
@@ -38,7 +38,7 @@ class KimiDeltaAttention(GatedDeltaNet):
         super().__init__(hidden_size, cfg)
         width = self.value_heads * cfg.key_head_dim
         self.dt_bias = nn.Parameter(torch.empty(width, dtype=torch.float32), requires_grad=False)
-        self.dt_bias.weight_loader = self._load_channels
+        self.dt_bias.weight_loader = self._load_heads
         self.A_log.weight_loader = self._load_head_rates
         self.norm.weight = nn.Parameter(torch.ones(cfg.value_head_dim, dtype=torch.float32), requires_grad=False)
 
@@ -50,9 +50,6 @@ class KimiDeltaAttention(GatedDeltaNet):
         self.b_proj = ColumnParallelLinear(hidden_size, self.cfg.num_value_heads)
         self.g_a_proj = ReplicatedProjection(hidden_size, self.cfg.value_head_dim)
         self.g_b_proj = ColumnParallelLinear(self.cfg.value_head_dim, value_dim)
-
-    def _load_channels(self, param: nn.Parameter, src: Any) -> None:
-        copy_into(param, read_shard(src, 0, tp_rank() * param.shape[0], param.shape[0]))
 
     def _load_head_rates(self, param: nn.Parameter, src: Any) -> None:
         """A_log, stored [1, 1, heads, 1]: this rank's heads."""
