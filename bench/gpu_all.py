@@ -24,7 +24,9 @@ an H100; split the parts over several calls where a call is limited to 10.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -40,14 +42,26 @@ LOGS = pathlib.Path(tempfile.mkdtemp(prefix="pagoda-gpu-"))
 _PYTEST = "import sys, bench.gpu_import, pytest; sys.exit(pytest.main(sys.argv[1:]))"
 
 
+def _checkout_env() -> dict[str, str]:
+    """The environment with a sitecustomize that maps the checkout under `pagoda` in every Python process the
+    tests start (pytest-xdist workers, tensor-parallel ranks, the tests' own subprocesses), not only in ours."""
+    site = LOGS / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport bench.gpu_import\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
 def _pytest(name: str, paths: list[str]) -> dict:
     """Runs pytest (with pagoda importable from the bare checkout) and summarises its junit report."""
     xml = LOGS / f"gpu_{name}.xml"
     log = LOGS / f"gpu_{name}.log"
     start = time.perf_counter()
+    # Kernel compiles and the Hugging Face references are CPU work: spread them over worker processes.
+    workers = ["-n", "8"] if importlib.util.find_spec("xdist") else []
     with log.open("w") as f:
-        proc = subprocess.run([sys.executable, "-c", _PYTEST, "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *paths],
-                              cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run([sys.executable, "-c", _PYTEST, "-q", "-p", "no:cacheprovider", *workers,
+                               f"--junitxml={xml}", *paths],
+                              cwd=ROOT, env=_checkout_env(), stdout=f, stderr=subprocess.STDOUT)
     suite = ET.parse(xml).getroot().find("testsuite") if xml.exists() else None
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")} if suite is not None else {}
     print(f"{name}: exit {proc.returncode}, {counts}, {time.perf_counter() - start:.0f}s; log in {log}")

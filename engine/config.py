@@ -42,7 +42,8 @@ class EngineConfig:
     # (kv_cache_layout.py); True keeps every layer's blocks for the whole sequence (vLLM's flag).
     disable_hybrid_kv_cache_manager: bool = False
     gpu_memory_utilization: float = 0.9
-    # CPU has no device memory to profile: the KV cache gets this explicit byte budget.
+    # The KV cache's byte budget (recurrent states included). Required in effect on CPU, which has no device
+    # memory to profile (default 1 GiB); on CUDA it replaces profiling against gpu_memory_utilization.
     kv_cache_memory_bytes: int | None = None
     # Fixes the number of KV blocks outright (tests use it to force preemption).
     num_kv_blocks: int | None = None

@@ -244,7 +244,10 @@ _FAMILIES: dict[str, _Family] = {
     "gemma3": _Family(
         "gemma3_text", "Gemma3ForCausalLM", adds_bos=True, rope_theta=1000000.0,
         config={"head_dim": 32, "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
-                "query_pre_attn_scalar": 24, "hidden_activation": "gelu_pytorch_tanh", "rope_local_base_freq": 20000.0},
+                "query_pre_attn_scalar": 24, "hidden_activation": "gelu_pytorch_tanh",
+                # Per layer type, the form every transformers 5 release takes (older 5.x reject the flat one).
+                "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}}},
     ),
     # Gemma 2: sliding and global layers alternating (window 8), no q/k norms, and logits soft-capped
     # hard (caps of 2 and 3: random weights' logits reach past them, so an engine that skips a cap fails).

@@ -132,7 +132,7 @@ class ModelRunner:
         caching) within half of the memory the cache may use, the KV blocks taking the rest. Where that half
         holds fewer, fewer sequences run at once (a sequence waits for a slot as for blocks), as vLLM caps a
         hybrid model's concurrency by its state memory; snapshots get what the live slots leave."""
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.config.kv_cache_memory_bytes is None:
             total = torch.cuda.get_device_properties(self.device).total_memory
             budget = int(total * self.config.gpu_memory_utilization) - torch.cuda.memory_allocated(self.device)
         else:
@@ -166,9 +166,10 @@ class ModelRunner:
             # No attention layer: blocks hold nothing, and only count tokens. Enough for every sequence at full
             # length, so no sequence waits for blocks (the recurrent states bound memory instead).
             return self.config.max_num_seqs * -(-self.model_config.max_model_len // self.block_size) + 1
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.config.kv_cache_memory_bytes is None:
             budget = self._profile_free_gpu_memory()
         else:
+            # An explicit budget (on CUDA it replaces profiling against gpu_memory_utilization, as in vLLM).
             # Recurrent states share the budget (as vLLM's hybrid models' states share its KV pool).
             budget = (self.config.kv_cache_memory_bytes or DEFAULT_CPU_KV_CACHE_BYTES) - self.state_bytes
             if budget <= 0:

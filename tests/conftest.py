@@ -28,6 +28,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.skip(reason=f"tp={tp} needs {tp} GPUs, this machine has {gpus}"))
 
 
+@pytest.fixture(autouse=True)
+def _bounded_gpu_kv_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA, an LLM built without a KV budget gets the CPU default instead of profiling 90 % of the GPU: a
+    tiny model would otherwise get millions of blocks, and GPU tests run side by side in several workers."""
+    if not torch.cuda.is_available():
+        return
+    import dataclasses
+
+    from pagoda.engine import llm
+    from pagoda.engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+
+    @dataclasses.dataclass
+    class BoundedConfig(EngineConfig):
+        kv_cache_memory_bytes: int | None = DEFAULT_CPU_KV_CACHE_BYTES
+
+    monkeypatch.setattr(llm, "EngineConfig", BoundedConfig)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., pathlib.Path]:
     """tiny_model(arch, **make_tiny_model kwargs) -> model directory, cached per argument set."""

@@ -19,6 +19,14 @@ def block_for(n: int, minimum: int = 1) -> int:
     return max(minimum, triton.next_power_of_2(n))
 
 
+def key_tile(block_n: int) -> int:
+    """An attention kernel's key tile, checked: it is the reduction extent of the p @ v dot, and compiled
+    tl.dot takes no extent under 16 (the interpreter takes any, so the CPU suite alone would not say)."""
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two of at least 16, got {block_n}")
+    return block_n
+
+
 def interpreting() -> bool:
     """True when kernels run under TRITON_INTERPRET (numpy on the CPU), as in the CPU test suite."""
     return bool(triton.knobs.runtime.interpret)

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels.triton.attention_tile import LOG2E, NEG_LARGE, attend_range, check_layout, finish, initial_state
-from pagoda.kernels.triton.launch import WIDEST_FULL_TILE_DIM, block_for, exact_dot, num_sms
+from pagoda.kernels.triton.launch import WIDEST_FULL_TILE_DIM, block_for, exact_dot, key_tile, num_sms
 
 # A split shorter than this spends more on its partial and the merge than it saves.
 MIN_TOKENS_PER_SPLIT = 256
@@ -157,7 +157,7 @@ def paged_attention_decode(
         part_ml = torch.empty(batch, num_q_heads, num_splits, 2, dtype=torch.float32, device=q.device)
     block_d = block_for(head_dim)
     wide = block_d > WIDEST_FULL_TILE_DIM
-    block_n = block_n or (16 if wide else 64)
+    block_n = key_tile(block_n or (16 if wide else 64))
     num_warps = num_warps or (8 if wide else 4)
     _decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part_acc, part_ml, out if sinks is None else sinks,

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels.triton.attention_tile import LOG2E, attend_range, check_layout, finish, initial_state
-from pagoda.kernels.triton.launch import WIDEST_FULL_TILE_DIM, block_for, exact_dot
+from pagoda.kernels.triton.launch import WIDEST_FULL_TILE_DIM, block_for, exact_dot, key_tile
 
 
 @triton.jit
@@ -135,7 +135,7 @@ def paged_attention_prefill_varlen(
     default_tile = 16 if wide else 32 if q.dtype == torch.float32 or head_dim > 128 else 64
     num_warps = num_warps or (8 if wide else 4)
     block_m = max(block_m or default_tile, block_for(group, 16))
-    block_n = block_n or default_tile
+    block_n = key_tile(block_n or default_tile)
     tokens = block_m // group
     if num_seqs == 0 or max_query_len == 0:
         return out

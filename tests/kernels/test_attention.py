@@ -218,7 +218,7 @@ def _check_softmax_variant(batch: PagedBatch, q: torch.Tensor, scale: float, win
     ref = batch.finite()
     for splits in (1, 3):
         got = kernels.paged_attention_decode(decode_q, batch.k_cache, batch.v_cache, *args, num_splits=splits,
-                                             block_n=8, **variant)
+                                             block_n=16, **variant)
         assert_close(got, reference.paged_attention_decode(decode_q, ref.k_cache, ref.v_cache, *args, **variant))
 
 
@@ -264,7 +264,7 @@ def test_prefill_with_key_limits(window: int | None, dtype: torch.dtype) -> None
     scale = 32**-0.5
     out = kernels.paged_attention_prefill_varlen(
         q, batch.k_cache, batch.v_cache, batch.block_tables, starts, batch.seq_lens_tensor(), max(q_lens), scale,
-        window, block_m=16, block_n=8, key_limits=key_limits)
+        window, block_m=16, block_n=16, key_limits=key_limits)
     ref, parts, start = batch.finite(), [], 0
     for i, (q_len, seq_len) in enumerate(zip(q_lens, seq_lens)):
         parts.append(reference.paged_attention_prefill(q[start:start + q_len], ref.k_cache, ref.v_cache,
