@@ -47,7 +47,7 @@ def _checkout_env() -> dict[str, str]:
     tests start (pytest-xdist workers, tensor-parallel ranks, the tests' own subprocesses), not only in ours."""
     site = LOGS / "site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport bench.gpu_import\n")
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.append({str(ROOT)!r})\nimport bench.gpu_import\n")
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
 
 
@@ -59,9 +59,10 @@ def _pytest(name: str, paths: list[str]) -> dict:
     # Kernel compiles and the Hugging Face references are CPU work: spread them over worker processes.
     workers = ["-n", "8"] if importlib.util.find_spec("xdist") else []
     with log.open("w") as f:
-        proc = subprocess.run([sys.executable, "-c", _PYTEST, "-q", "-p", "no:cacheprovider", *workers,
-                               f"--junitxml={xml}", *paths],
-                              cwd=ROOT, env=_checkout_env(), stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run([sys.executable, "-c", _PYTEST, "-q", "-p", "no:cacheprovider", "-p", "bench.gpu_test_log",
+                               *workers, f"--junitxml={xml}", *paths],
+                              cwd=ROOT, env={**_checkout_env(), "PAGODA_TEST_LOG": str(LOGS / f"gpu_{name}.jsonl")},
+                              stdout=f, stderr=subprocess.STDOUT)
     suite = ET.parse(xml).getroot().find("testsuite") if xml.exists() else None
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")} if suite is not None else {}
     print(f"{name}: exit {proc.returncode}, {counts}, {time.perf_counter() - start:.0f}s; log in {log}")
@@ -114,7 +115,7 @@ def main() -> None:
         print(f"=== {part} done in {time.perf_counter() - start:.0f}s", flush=True)
     if args.copy_to:
         args.copy_to.mkdir(parents=True, exist_ok=True)
-        for path in [*sorted(RESULTS.glob("gpu_*.json")), *sorted(LOGS.glob("*.log"))]:
+        for path in [*sorted(RESULTS.glob("gpu_*.json")), *sorted(LOGS.glob("*.log")), *sorted(LOGS.glob("*.jsonl"))]:
             shutil.copy(path, args.copy_to / path.name)
 
 

@@ -18,7 +18,7 @@ from pagoda.engine.lora import LoRARequest
 from pagoda.engine.multimodal import conversation_images
 from pagoda.engine.outputs import ClassificationOutput, RequestOutput, ScoringOutput
 from pagoda.engine.pooling import label_names, label_probs, pairs, relevances, score_texts
-from pagoda.engine.sampling_params import SamplingParams
+from pagoda.engine.sampling_params import RequestOutputKind, SamplingParams
 from pagoda.engine.tokenizer import apply_chat_template
 
 Message = dict[str, Any]
@@ -60,7 +60,9 @@ class LLM:
         for lora in set(loras) - {None}:
             self.engine.add_lora(lora)  # a bad adapter is refused before anything is queued
         request_ids = [f"offline-{next(self._request_ids)}" for _ in prompts]
-        for request_id, prompt, params, lora in zip(request_ids, tokenized, params_list, loras):
+        # Only final outputs are returned: the steps in between build none (vLLM's LLM does the same).
+        final_only = [dataclasses.replace(p, output_kind=RequestOutputKind.FINAL_ONLY) for p in params_list]
+        for request_id, prompt, params, lora in zip(request_ids, tokenized, final_only, loras):
             self.engine.add_request(request_id, prompt, params, lora_request=lora)
         return self._run(request_ids)
 

@@ -25,7 +25,7 @@ from pagoda.engine.multimodal import ImageInputs, ImagePrompts
 from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagoda.engine.pooling import label_names
-from pagoda.engine.sampling_params import SamplingParams, sampling_defaults
+from pagoda.engine.sampling_params import RequestOutputKind, SamplingParams, sampling_defaults
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.sequence import FinishReason, Sequence
 from pagoda.engine.structured_output import Grammar, GrammarCompiler, Thinking
@@ -51,6 +51,12 @@ class _Request:
     @property
     def finished(self) -> bool:
         return all(s.is_finished for s in self.seqs)
+
+    @property
+    def reports_every_step(self) -> bool:
+        """Whether a step that advances the request makes an output: cumulative requests, and final-only
+        ones with stop strings, which the output processor finds in text it makes step by step."""
+        return self.params.output_kind is RequestOutputKind.CUMULATIVE or bool(self.params.stop)
 
 
 class LLMEngine:
@@ -378,7 +384,7 @@ class LLMEngine:
             if reason is not None:
                 self.scheduler.finish(seq, reason)
             touched[seq.request_id] = self.requests[seq.request_id]
-        return [self._make_output(req, now) for req in touched.values()]
+        return [self._make_output(req, now) for req in touched.values() if req.reports_every_step or req.finished]
 
     def _record_prompt_logprobs(self, result: StepResult) -> None:
         for seq, chunk in result.prompt_logprobs:

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "LLM": "pagoda.engine.llm",
     "SamplingParams": "pagoda.engine.sampling_params",
+    "RequestOutputKind": "pagoda.engine.sampling_params",
     "RequestOutput": "pagoda.engine.outputs",
     "CompletionOutput": "pagoda.engine.outputs",
 }

@@ -6,7 +6,7 @@ import pytest
 
 from pagoda.engine.fixtures import EOS_TOKEN_ID
 from pagoda.engine.llm import LLM
-from pagoda.engine.sampling_params import SamplingParams
+from pagoda.engine.sampling_params import RequestOutputKind, SamplingParams
 from pagoda.engine.tokenizer import bad_word_sequences
 from tests.engine.hf_reference import hf_greedy, hf_logprobs
 
@@ -177,6 +177,36 @@ def test_streamed_deltas_add_up_to_the_text(llm: LLM) -> None:
     text = final.outputs[0].text
     assert "".join(deltas) == text
     assert text == llm.tokenizer.decode(final.outputs[0].token_ids, skip_special_tokens=True)
+
+
+def _outputs_per_step(llm: LLM, params: SamplingParams, prompt: str) -> list[list]:
+    llm.engine.add_request("k", prompt, params)
+    steps = []
+    while llm.engine.has_unfinished_requests():
+        steps.append(llm.engine.step())
+    return steps
+
+
+def test_final_only_requests_make_one_output(llm: LLM) -> None:
+    """FINAL_ONLY: no output until the request ends, then the same completion a cumulative request ends with
+    (n > 1 included); with stop strings the text is still made step by step, so they still stop it."""
+    cumulative = SamplingParams(n=2, temperature=1.0, seed=3, max_tokens=12, ignore_eos=True)
+    final_only = SamplingParams(n=2, temperature=1.0, seed=3, max_tokens=12, ignore_eos=True,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+    every = _outputs_per_step(llm, cumulative, PROMPTS[0])
+    steps = _outputs_per_step(llm, final_only, PROMPTS[0])
+    assert len(steps) == len(every) and all(len(outs) == 1 for outs in every)
+    assert [len(outs) for outs in steps] == [0] * (len(steps) - 1) + [1]
+    last, want = steps[-1][0], every[-1][0]
+    assert last.finished and [(c.token_ids, c.text) for c in last.outputs] == [(c.token_ids, c.text) for c in want.outputs]
+    text, _ = _greedy_text(llm, PROMPTS[1])
+    stop = text[10:14]
+    stopped = _outputs_per_step(llm, SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop=stop,
+                                                    output_kind=RequestOutputKind.FINAL_ONLY), PROMPTS[1])
+    assert stopped[-1][-1].outputs[0].text == text[: text.index(stop)]
+    _assert_idle(llm)
+    with pytest.raises(ValueError, match="output_kind"):
+        SamplingParams(output_kind=1)
 
 
 def test_stop_string_text_is_never_streamed(llm: LLM) -> None:
