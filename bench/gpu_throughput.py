@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from bench.common import load_hf_paged
+from bench.common import Timers, load_hf_paged
 from bench.gpu_env import device_facts, record
 from bench.gpu_models import DEFAULT_MODELS, MODEL_SHAPES, build_model_dir, describe
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE
@@ -83,6 +83,7 @@ def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int], adapters
                  lora_request=per_prompt[:2] if per_prompt else None)
     llm.engine.block_manager.reset_prefix_cache()
     params = [SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True) for n in outputs]
+    timers = _time_step_phases(llm)
     torch.cuda.synchronize()
     start = time.perf_counter()
     results = llm.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=per_prompt)
@@ -91,7 +92,23 @@ def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int], adapters
     return _result(generated, seconds, num_seqs=len(prompts), requested_tokens=sum(outputs),
                    engine={"max_num_seqs": 256, "max_num_batched_tokens": 16384, "num_kv_blocks": llm.engine.runner.num_blocks,
                            "cuda_graphs": isinstance(llm.engine.runner.forward, DecodeCudaGraphs),
-                           "lora_adapters": adapters, "lora_rank": LORA_RANK if adapters else None})
+                           "lora_adapters": adapters, "lora_rank": LORA_RANK if adapters else None},
+                   steps=timers.calls["step"], step_phases_s=dict(timers.seconds))
+
+
+def _time_step_phases(llm: Any) -> Timers:
+    """Host wall time of each phase of the engine's steps. The GPU runs asynchronously until the sampler
+    reads the sampled tokens back, so `sample` holds the wait for the forward pass: a large `sample` and
+    small others say the run is GPU-bound; the others (scheduling, inputs, the launches, output handling:
+    `step` minus the rest) are the host time a faster GPU step would expose."""
+    timers = Timers()
+    engine, runner = llm.engine, llm.engine.runner
+    engine.scheduler.schedule = timers.wrap("schedule", engine.scheduler.schedule)
+    runner._build_inputs = timers.wrap("build_inputs", runner._build_inputs)
+    runner.forward_logits = timers.wrap("launch_forward", runner.forward_logits)
+    runner._sample = timers.wrap("sample", runner._sample)
+    engine.step = timers.wrap("step", engine.step)
+    return timers
 
 
 def _hf_config(max_new_tokens: int, min_new_tokens: int = 0) -> Any:
@@ -202,6 +219,9 @@ def main() -> None:
             if pagoda and rate:
                 result["pagoda_speedup"] = pagoda / rate
             print(f"{system:18s} " + (f"{rate:9.0f} tok/s  pagoda is {pagoda / rate:.2f}x" if rate and pagoda else str(result)))
+            if result.get("steps"):
+                print(" " * 19 + ", ".join(f"{phase} {1e3 * s / result['steps']:.2f}"
+                                           for phase, s in result["step_phases_s"].items()) + " ms per step")
         record(f"gpu_throughput_{name}", {
             "device_facts": device_facts(),
             "workload": {"name": "nano-vllm", "num_seqs": args.num_seqs, "hf_num_seqs": args.hf_num_seqs,

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 
 from pagoda.engine.sampling_params import SamplingParams
+from pagoda.kernels import ops
 
 
 @dataclass
@@ -241,6 +242,7 @@ class Sampler:
         governs it)."""
         self._seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._host_generator: torch.Generator | None = None
 
     def _shared_generator(self, device: torch.device) -> torch.Generator | None:
         if self._seed is None:
@@ -251,6 +253,13 @@ class Sampler:
             generator.manual_seed(self._seed)
             self._generators[device] = generator
         return generator
+
+    def _noise_seed(self) -> int:
+        """A fresh seed for gumbel_sample's counter-based noise, from a host generator seeded like the
+        shared one (torch's default CPU generator when unseeded): no device round trip."""
+        if self._seed is not None and self._host_generator is None:
+            self._host_generator = torch.Generator().manual_seed(self._seed)
+        return int(torch.randint(2**31 - 1, (1,), generator=self._host_generator))
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         if logits.dim() != 2 or logits.shape[0] != len(rows):
@@ -277,6 +286,10 @@ class Sampler:
     ) -> torch.Tensor:
         """Tokens of the random rows, in ``batch.random`` order."""
         params = [rows[i].params for i in batch.random]
+        if not batch.generators and not any(p.needs_truncation for p in params):
+            # Plain temperature sampling of unseeded rows (the common case): one pass over the logits.
+            temperatures = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=x.device)
+            return ops.gumbel_sample(x, random, temperatures, self._noise_seed())
         temperature = _column([p.temperature for p in params], x)
         scaled = x.index_select(0, random).div_(temperature)  # a copy: x may be the caller's
 

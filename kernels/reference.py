@@ -399,3 +399,13 @@ def ssd_decode_slots(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torc
 def _carried_states(states: torch.Tensor, slots: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
     """states[slots] in fp32, zero for the sequences not `carried`."""
     return torch.where(carried.view(-1, *[1] * (states.dim() - 1)), states[slots].float(), 0.0)
+
+
+def gumbel_sample(logits: torch.Tensor, rows: torch.Tensor, temperatures: torch.Tensor, seed: int) -> torch.Tensor:
+    """A token of each of `rows` of logits [R, V] drawn from softmax(logits[row] / temperature), by the
+    Gumbel-max trick, the noise drawn from a generator seeded with `seed`; int64 [len(rows)]. The Triton
+    kernel draws the same distribution from its own counter-based stream (not the same tokens)."""
+    generator = torch.Generator(device=logits.device).manual_seed(seed)
+    scaled = logits.index_select(0, rows).float() / temperatures.float().unsqueeze(1)
+    u = torch.rand(scaled.shape, generator=generator, device=logits.device)
+    return scaled.sub_(u.log_().neg_().log_()).argmax(dim=-1)

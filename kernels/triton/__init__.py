@@ -17,6 +17,7 @@ from pagoda.kernels.triton.paged_decode import paged_attention_decode
 from pagoda.kernels.triton.paged_prefill import paged_attention_prefill, paged_attention_prefill_varlen
 from pagoda.kernels.triton.recurrent import gated_delta_decode_slots, ssd_decode_slots
 from pagoda.kernels.triton.rotary import rotary_embedding
+from pagoda.kernels.triton.sampling import gumbel_sample
 
 __all__ = [
     "clamped_swiglu_and_mul",
@@ -25,6 +26,7 @@ __all__ = [
     "fused_moe",
     "gated_delta_decode_slots",
     "gelu_tanh_and_mul",
+    "gumbel_sample",
     "int_linear",
     "paged_attention_decode",
     "paged_attention_prefill",
