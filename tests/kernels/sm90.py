@@ -32,7 +32,7 @@ import pagoda.kernels.triton as kernels
 from pagoda.engine.layers.fp8 import WHOLE
 from pagoda.kernels.reference import ClampedSwiglu, IntExperts
 from pagoda.kernels.triton import (activation, fp8_linear, int_gemm, kv_cache, moe, norm, paged_decode, paged_prefill,
-                                   rotary)
+                                   rotary, sampling)
 
 TARGET = GPUTarget("cuda", 90, 32)
 _POINTER = {torch.float8_e4m3fn: "*fp8e4nv", torch.float8_e5m2: "*fp8e5", torch.uint8: "*u8", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}
@@ -94,7 +94,8 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
     records: list = []
     modules = {activation: "_act_and_mul_kernel", kv_cache: "_store_kv_kernel", norm: "_rms_norm_kernel",
                paged_decode: "_decode_kernel", rotary: "_rotary_kernel", paged_prefill: "_prefill_kernel",
-               moe: "_moe_gemm_kernel", fp8_linear: "_fp8_linear_kernel", int_gemm: "_int_linear_kernel"}
+               moe: "_moe_gemm_kernel", fp8_linear: "_fp8_linear_kernel", int_gemm: "_int_linear_kernel",
+               sampling: "_gumbel_argmax_kernel"}
     originals = {m: getattr(m, n) for m, n in modules.items()}
     originals[paged_decode, "merge"] = paged_decode._merge_kernel
     for module, name in modules.items():
@@ -162,6 +163,8 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
         call("fused_add_rms_norm", lambda: kernels.fused_add_rms_norm(x, x, w, 1e-6))
         call("silu_and_mul", lambda: kernels.silu_and_mul(torch.empty(4, 2 * 8192, dtype=torch.bfloat16)))
         call("gelu_tanh_and_mul", lambda: kernels.gelu_tanh_and_mul(torch.empty(4, 2 * 6912, dtype=torch.bfloat16)))
+        # Temperature sampling over Qwen3's 151936-token vocabulary.
+        call("gumbel_sample", lambda: kernels.gumbel_sample(torch.empty(256, 151936), torch.arange(256), torch.ones(256), 1))
         # Llama-3-8B's down projection in FP8 blocks of 128, at decode and prefill tile sizes.
         for tokens in (1, 64):
             call(f"fp8_linear-t{tokens}", lambda: kernels.fp8_block_linear(
