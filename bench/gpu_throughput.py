@@ -7,6 +7,8 @@ random bf16 weights. Systems, each in its own process (pagoda takes most of
 the GPU memory for its KV cache):
 
 - pagoda: the offline LLM (Triton kernels, CUDA graphs, continuous batching);
+- pagoda_async: the same with async scheduling (each step launched before the
+  previous one's tokens are read back: host work overlaps the GPU's);
 - hf_generate: `generate` on static, left-padded batches, each running to
   its longest request (the classic serving loop of the PagedAttention paper);
 - hf_generate_batch: transformers' continuous batching (paged cache), each
@@ -42,7 +44,7 @@ from bench.gpu_env import device_facts, record
 from bench.gpu_models import DEFAULT_MODELS, MODEL_SHAPES, build_model_dir, describe
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE
 
-SYSTEMS = ("pagoda", "hf_generate", "hf_generate_batch", "pagoda_lora")
+SYSTEMS = ("pagoda", "pagoda_async", "hf_generate", "hf_generate_batch", "pagoda_lora")
 LORA_ADAPTERS = 4
 LORA_RANK = 16
 TEMPERATURE = 0.6
@@ -62,7 +64,8 @@ def _result(useful: int, seconds: float, **extra: Any) -> dict[str, Any]:
             "output_tokens_per_s": useful / seconds, **extra}
 
 
-def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int], adapters: int = 0) -> dict[str, Any]:
+def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int], adapters: int = 0,
+               async_scheduling: bool = False) -> dict[str, Any]:
     from pagoda.engine.cuda_graphs import DecodeCudaGraphs
     from pagoda.engine.fixtures import LORA_ATTENTION_TARGETS, LORA_TARGETS, make_tiny_lora
     from pagoda.engine.llm import LLM
@@ -72,7 +75,7 @@ def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int], adapters
 
     lora_kwargs = {"enable_lora": True, "max_loras": adapters, "max_lora_rank": LORA_RANK} if adapters else {}
     llm = LLM(path, dtype="bfloat16", max_model_len=MAX_MODEL_LEN, max_num_seqs=256, max_num_batched_tokens=16384,
-              **lora_kwargs)
+              async_scheduling=async_scheduling, **lora_kwargs)
     # Experts take no adapters: on MoE models they adapt the attention projections only.
     targets = LORA_ATTENTION_TARGETS if load_model_config(path).moe else LORA_TARGETS
     loras = [LoRARequest(f"lora{i}", str(make_tiny_lora(path, pathlib.Path(path).parent / f"lora{i}", rank=LORA_RANK,
@@ -92,7 +95,8 @@ def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int], adapters
     return _result(generated, seconds, num_seqs=len(prompts), requested_tokens=sum(outputs),
                    engine={"max_num_seqs": 256, "max_num_batched_tokens": 16384, "num_kv_blocks": llm.engine.runner.num_blocks,
                            "cuda_graphs": isinstance(llm.engine.runner.forward, DecodeCudaGraphs),
-                           "lora_adapters": adapters, "lora_rank": LORA_RANK if adapters else None},
+                           "lora_adapters": adapters, "lora_rank": LORA_RANK if adapters else None,
+                           "async_scheduling": llm.engine.async_scheduling},
                    steps=timers.calls["step"], step_phases_s=dict(timers.seconds))
 
 
@@ -176,6 +180,7 @@ def _run_one(args: argparse.Namespace) -> None:
         prompts, outputs = prompts[: args.hf_num_seqs], outputs[: args.hf_num_seqs]
     runners = {
         "pagoda": lambda: run_pagoda(args.model_dir, prompts, outputs),
+        "pagoda_async": lambda: run_pagoda(args.model_dir, prompts, outputs, async_scheduling=True),
         "pagoda_lora": lambda: run_pagoda(args.model_dir, prompts, outputs, adapters=LORA_ADAPTERS),
         "hf_generate": lambda: run_hf_generate(args.model_dir, prompts, outputs, args.hf_batch_size),
         "hf_generate_batch": lambda: run_hf_generate_batch(args.model_dir, prompts, outputs),

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pagoda.engine.sequence import Sequence
+from pagoda.engine.sequence import PENDING_TOKEN, Sequence
 from pagoda.engine.state_cache import StateCache
 
 # The table entry of a block a sliding-window group gave back: reserved, never handed out, where
@@ -91,6 +91,8 @@ class BlockManager:
         for i in range(len(hashes), num_tokens // bs):
             parent = hashes[-1] if hashes else seq.cache_salt
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            if seq.num_pending and PENDING_TOKEN in tokens:
+                break  # a token still in flight: the block is hashed once its value arrives
             images = seq.images.block_key(i * bs, (i + 1) * bs) if seq.images is not None else ()
             hashes.append(hash((parent, tokens, images) if images else (parent, tokens)))
 
@@ -225,7 +227,7 @@ class BlockManager:
         reading, so a sequence hitting these blocks in the same batch sees them.
         """
         self._update_hashes(seq, num_tokens)
-        num_full = num_tokens // self.block_size
+        num_full = min(num_tokens // self.block_size, len(seq.block_hashes))
         for i in range(seq.num_registered_blocks, num_full):
             h = seq.block_hashes[i]
             for g, table in enumerate(seq.block_tables):

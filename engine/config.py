@@ -42,6 +42,9 @@ class EngineConfig:
     # (kv_cache_layout.py); True keeps every layer's blocks for the whole sequence (vLLM's flag).
     disable_hybrid_kv_cache_manager: bool = False
     gpu_memory_utilization: float = 0.9
+    # vLLM's --async-scheduling: launch each step before the previous one's tokens are read back, so the
+    # host's scheduling and input preparation overlap the GPU's forward pass (LLMEngine.core_step).
+    async_scheduling: bool = False
     # The KV cache's byte budget (recurrent states included). Required in effect on CPU, which has no device
     # memory to profile (default 1 GiB); on CUDA it replaces profiling against gpu_memory_utilization.
     kv_cache_memory_bytes: int | None = None

@@ -20,13 +20,13 @@ from pagoda.engine.config import EngineConfig
 from pagoda.engine.draft_model import DraftModelProposer
 from pagoda.engine.lora import LoRAAdapter, LoRARequest, read_adapter
 from pagoda.engine.model_config import load_model_config
-from pagoda.engine.model_runner import ModelRunner, StepResult
+from pagoda.engine.model_runner import InFlightStep, ModelRunner, StepResult
 from pagoda.engine.multimodal import ImageInputs, ImagePrompts
 from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagoda.engine.pooling import label_names
 from pagoda.engine.sampling_params import RequestOutputKind, SamplingParams, sampling_defaults
-from pagoda.engine.scheduler import Scheduler
+from pagoda.engine.scheduler import Scheduler, SchedulerOutput
 from pagoda.engine.sequence import FinishReason, Sequence
 from pagoda.engine.structured_output import Grammar, GrammarCompiler, Thinking
 from pagoda.engine.spec_decode import NgramProposer, SpecDecodeStats
@@ -47,6 +47,9 @@ class _Request:
     arrival_time: float
     prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     finished_time: float | None = None
+    # Whether its steps may run ahead of their tokens (async scheduling): nothing it samples or reports
+    # needs its tokens on the host before the next step (see LLMEngine._overlaps).
+    overlaps: bool = False
 
     @property
     def finished(self) -> bool:
@@ -116,6 +119,13 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_loras, config.scheduling_policy, proposer, self.model_config.max_model_len)
         self.spec_stats = SpecDecodeStats()
+        # Async scheduling: where no part of a step needs the previous step's tokens on the host (no
+        # tensor-parallel workers fed host lists, drafts, recurrent-state snapshots keyed by block
+        # hashes, adapter plans); per request, see _overlaps.
+        self.async_scheduling = (config.async_scheduling and self.tp_group is None and proposer is None
+                                 and not self.runner.num_state_slots and self.runner.lora is None
+                                 and not self.model_config.encoder)
+        self.in_flight: InFlightStep | None = None
         self.loras: dict[str, LoRAAdapter] = {}  # the adapters served, by name
         self.requests: dict[str, _Request] = {}
         # Text and stop strings, applied to the core's token-level outputs (see step()).
@@ -285,10 +295,18 @@ class LLMEngine:
             banned = bad_word_sequences(self.tokenizer, params.bad_words)
             for seq in seqs:
                 seq.bad_words = banned
-        self.requests[request_id] = _Request(request_id, text, token_ids, params, seqs, arrival)
+        self.requests[request_id] = _Request(request_id, text, token_ids, params, seqs, arrival,
+                                             overlaps=not embed and self._overlaps(params))
         self.output_processor.add_request(request_id, token_ids, params)
         for seq in seqs:
             self.scheduler.add(seq)
+
+    @staticmethod
+    def _overlaps(params: SamplingParams) -> bool:
+        """Whether a request's next step can be built before its last token is on the host: not where
+        sampling reads its history (penalties, bad words, a grammar) or reports logprobs."""
+        return not (params.needs_penalties or params.bad_words or params.structured_output is not None
+                    or params.logprobs is not None or params.prompt_logprobs is not None)
 
     def _new_sequence(
         self, request_id: str, index: int, token_ids: list[int], params: SamplingParams, arrival: float
@@ -347,14 +365,20 @@ class LLMEngine:
         return self._make_output(req, time.monotonic()) if req.finished else None
 
     def core_step(self) -> list[RequestOutput]:
-        """Runs one scheduled step; a token-level output (no text yet) for every request that advanced."""
+        """Runs one scheduled step; a token-level output (no text yet) for every request that advanced.
+
+        With async scheduling (and while every request allows it), a step is launched before the previous
+        one's tokens are read back, and the outputs returned are the previous step's: the host schedules,
+        prepares and launches while the GPU computes, instead of in turn."""
+        if self.async_scheduling and all(req.overlaps for req in self.requests.values()):
+            return self._overlapped_step()
+        if self.in_flight is not None:  # a request that needs its tokens on the host: finish the step in flight
+            step, self.in_flight = self.in_flight, None
+            return self._apply_result(self.runner.collect(step))
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
-        now = time.monotonic()
-        for seq, _ in sched.scheduled:
-            if seq.first_scheduled_time is None:
-                seq.first_scheduled_time = now
+        self._mark_scheduled(sched)
         result = self.runner.execute(sched)
         for seq, n in sched.scheduled:
             # A speculative sequence computed its last real token and the drafts it kept.
@@ -363,6 +387,32 @@ class LLMEngine:
             self.spec_stats.record(len(seq.spec_token_ids), accepted)
             self.scheduler.proposer.record(seq, accepted)
             seq.spec_token_ids = []
+        return self._apply_result(result)
+
+    def _overlapped_step(self) -> list[RequestOutput]:
+        """Launches the next step (its sequences' last tokens may be the step in flight's placeholders), then
+        collects the step in flight: its tokens replace their placeholders, and its outputs are returned."""
+        sched = self.scheduler.schedule()
+        launched = None
+        if not sched.is_empty:
+            self._mark_scheduled(sched)
+            launched = self.runner.launch(sched, self.in_flight)
+            for seq, n in sched.scheduled:
+                seq.num_computed_tokens += n
+            for seq in launched.samplers:
+                seq.append_pending()
+        previous, self.in_flight = self.in_flight, launched
+        return self._apply_result(self.runner.collect(previous)) if previous is not None else []
+
+    @staticmethod
+    def _mark_scheduled(sched: SchedulerOutput) -> None:
+        now = time.monotonic()
+        for seq, _ in sched.scheduled:
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = now
+
+    def _apply_result(self, result: StepResult) -> list[RequestOutput]:
+        """A step's tokens and embeddings onto their sequences, stop checks, and the outputs to report."""
         touched: dict[str, _Request] = {}
         self._record_prompt_logprobs(result)
         now = time.monotonic()
@@ -373,7 +423,10 @@ class LLMEngine:
         for seq, token, logprob, top in result.sampled:
             if seq.is_finished:  # a speculative sequence that stopped before its last kept token
                 continue
-            seq.append_token(token)
+            if seq.num_pending:
+                seq.resolve_pending(token)
+            else:
+                seq.append_token(token)
             if seq.first_token_time is None:
                 seq.first_token_time = now
             if seq.params.logprobs is not None:
@@ -415,12 +468,13 @@ class LLMEngine:
             seq.stop_reason = None
             return FinishReason.STOP
         is_eos = not params.ignore_eos and token in self.eos_token_ids
-        if (is_eos or token in params.stop_token_ids) and seq.num_output_tokens >= params.min_tokens:
+        generated = seq.num_known_output_tokens  # a later step's placeholder is no token yet
+        if (is_eos or token in params.stop_token_ids) and generated >= params.min_tokens:
             seq.stop_reason = None if is_eos else token
             return FinishReason.STOP
-        if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
+        if params.max_tokens is not None and generated >= params.max_tokens:
             return FinishReason.LENGTH
-        if seq.num_tokens >= self.max_model_len:
+        if seq.num_tokens - seq.num_pending >= self.max_model_len:
             return FinishReason.LENGTH
         return None
 
@@ -438,7 +492,7 @@ class LLMEngine:
                     index=seq.index,
                     text="",  # filled by the output processor
                     # Snapshots: a consumer on another thread (the server) must not see later tokens.
-                    token_ids=list(seq.output_token_ids),
+                    token_ids=seq.output_token_ids[: seq.num_known_output_tokens],
                     cumulative_logprob=seq.cumulative_logprob if wants_logprobs else None,
                     logprobs=list(seq.output_logprobs) if wants_logprobs else None,
                     finish_reason=seq.finish_reason.value if done else None,

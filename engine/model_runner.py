@@ -31,7 +31,7 @@ from pagoda.engine.sampler import Sampler, SamplingRow, banned_next_tokens, toke
 from pagoda.engine.scheduler import SchedulerOutput
 from pagoda.engine.sequence import Sequence
 from pagoda.engine.spec_decode import accept
-from pagoda.engine.step_inputs import StepInputs
+from pagoda.engine.step_inputs import StepInputs, device_tensor
 
 if TYPE_CHECKING:
     from pagoda.engine.tensor_parallel import TensorParallelGroup
@@ -59,6 +59,17 @@ class StepResult:
     # Speculative sequences: how many of their drafts were kept (their kept drafts and the token
     # after them are their entries in `sampled`, in order).
     accepted: dict[Sequence, int] = field(default_factory=dict)
+
+
+@dataclass
+class InFlightStep:
+    """A step launched without waiting for its tokens (async scheduling): they stay on the device, where
+    the next step reads its placeholders' values, while a copy to the host completes behind `ready`."""
+
+    samplers: list[Sequence]  # the sequences that sample, in the order of `tokens`
+    tokens: torch.Tensor  # [len(samplers)] on the device
+    host_tokens: torch.Tensor  # the same, arriving in (pinned) host memory
+    ready: torch.cuda.Event | None  # recorded after the copy; None on the CPU, where it is done already
 
 
 class ModelRunner:
@@ -370,18 +381,24 @@ class ModelRunner:
         return entries, accepted
 
     @torch.inference_mode()
-    def forward_logits(self, inputs: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def forward_logits(
+        self, inputs: StepInputs, pending: tuple[list[int], list[int], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Runs the model on a step: float32 logits of its logit rows, and the final hidden states: every
         row's, or (a model whose last layers write no K/V, `output_queries`) only the output rows' unless
-        the step pools every row (every rank runs this)."""
+        the step pools every row (every rank runs this). `pending` (rows, indices, tokens): input rows
+        holding placeholders take tokens[index] from the step in flight, on the device."""
         ids, pos, meta = inputs.to_device(self.device)
+        if pending is not None:
+            rows, indices, tokens = pending
+            ids[device_tensor(rows, torch.long, self.device)] = tokens[device_tensor(indices, torch.long, self.device)]
         copy_states(self.mixers, inputs.state_restores)
         if self.lora is not None:
             self.lora.set_mask(inputs.lora_slots)
         # Steps with adapters run eagerly: the decode graphs were captured without them; so do steps with images.
         eager = self.lora is not None and self.lora.mask is not None
         if inputs.image_rows:
-            rows = torch.tensor(inputs.image_rows, dtype=torch.long, device=self.device)
+            rows = device_tensor(inputs.image_rows, torch.long, self.device)
             hidden = self.model(ids, pos, meta, image_embeds=(rows, inputs.image_features.to(self.device)))
         else:
             hidden = self.model(ids, pos, meta) if eager else self.forward(ids, pos, meta)
@@ -392,7 +409,7 @@ class ModelRunner:
         if hidden.shape[0] != len(inputs.input_ids):  # the model computed only the output rows, in order
             at = {row: i for i, row in enumerate(meta.output_rows_host)}
             logit_rows = [at[row] for row in logit_rows]
-        rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
+        rows = device_tensor(logit_rows, torch.long, self.device)
         return self.model.compute_logits(hidden[rows]).float(), hidden
 
     @torch.inference_mode()
@@ -423,6 +440,43 @@ class ModelRunner:
         if samplers:
             sampled, accepted = self._sample(logits[row:], samplers)
         return StepResult(sampled, prompt_lp, embeddings, accepted)
+
+    @torch.inference_mode()
+    def launch(self, sched: SchedulerOutput, after: InFlightStep | None) -> InFlightStep:
+        """Starts a step without waiting for the one in flight (`after`) nor for its own tokens: a sequence
+        whose last token is still `after`'s placeholder reads it on the device. Only steps that need no
+        token history on the host come here (no penalties, grammars, logprobs, pooling, drafts:
+        LLMEngine.async_scheduling), so sampling needs nothing read back either."""
+        inputs, samplers, _, _ = self._build_inputs(sched)
+        pending = None
+        if after is not None:
+            index = {id(seq): i for i, seq in enumerate(after.samplers)}
+            rows, indices, offset = [], [], 0
+            for seq, n in sched.scheduled:
+                if seq.num_pending:  # one new token: the placeholder
+                    rows.append(offset)
+                    indices.append(index[id(seq)])
+                offset += n
+            pending = (rows, indices, after.tokens) if rows else None
+        logits, _ = self.forward_logits(inputs, pending)
+        rows = [self._sampling_row(seq) for seq in samplers]
+        tokens = self.sampler.sample_tokens(logits, rows) if samplers else torch.empty(0, dtype=torch.long)
+        if tokens.is_cuda:
+            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            host.copy_(tokens, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        else:
+            host, ready = tokens, None
+        return InFlightStep(samplers, tokens, host, ready)
+
+    @staticmethod
+    def collect(step: InFlightStep) -> StepResult:
+        """A launched step's tokens, once they are on the host."""
+        if step.ready is not None:
+            step.ready.synchronize()
+        sampled = [(seq, token, None, None) for seq, token in zip(step.samplers, step.host_tokens.tolist())]
+        return StepResult(sampled, [])
 
     def _prompt_logprobs(self, seq: Sequence, start: int, logits: torch.Tensor) -> PromptLogprobs:
         """Logprob of prompt token p + 1 given tokens up to p, for the chunk's positions p >= start."""

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 
 from pagoda.engine.sampling_params import SamplingParams
+from pagoda.engine.step_inputs import device_tensor
 from pagoda.kernels import ops
 
 
@@ -132,7 +133,7 @@ def _flat_token_indices(
 
 def _column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     """Per-row parameters as an [R, 1] column that broadcasts over the vocab."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(1)
+    return device_tensor(values, like.dtype, like.device).unsqueeze(1)
 
 
 def _apply_penalties(
@@ -140,7 +141,7 @@ def _apply_penalties(
 ) -> None:
     """Repetition (prompt + output tokens), presence and frequency (output
     tokens) penalties, in place on rows ``idx`` of ``x``."""
-    index = torch.tensor(idx, device=x.device)
+    index = device_tensor(idx, torch.long, x.device)
     sub = x.index_select(0, index)
     params = [rows[i].params for i in idx]
 
@@ -178,7 +179,7 @@ def _adjust(logits: torch.Tensor, rows: Sequence[SamplingRow], batch: _Batch) ->
         allowed = unpack_bitmask(words, x.shape[-1])
         x.index_copy_(0, index, x.index_select(0, index).masked_fill(~allowed, float("-inf")))
     if batch.only[0]:
-        r, t = (torch.tensor(v, device=device) for v in batch.only)
+        r, t = (device_tensor(v, torch.long, device) for v in batch.only)
         keep = torch.zeros_like(x, dtype=torch.bool)
         keep[r, t] = True
         index = torch.unique(r)
@@ -186,13 +187,13 @@ def _adjust(logits: torch.Tensor, rows: Sequence[SamplingRow], batch: _Batch) ->
     if batch.bias[0]:
         r, t, v = batch.bias
         x.index_put_(
-            (torch.tensor(r, device=device), torch.tensor(t, device=device)),
-            torch.tensor(v, dtype=x.dtype, device=device),
+            (device_tensor(r, torch.long, device), device_tensor(t, torch.long, device)),
+            device_tensor(v, x.dtype, device),
             accumulate=True,
         )
     if batch.suppressed[0]:
         r, t = batch.suppressed
-        x[torch.tensor(r, device=device), torch.tensor(t, device=device)] = float("-inf")
+        x[device_tensor(r, torch.long, device), device_tensor(t, torch.long, device)] = float("-inf")
     if batch.penalized:
         _apply_penalties(x, rows, batch.penalized)
     return x
@@ -267,19 +268,27 @@ class Sampler:
                 f"logits must be [num_rows={len(rows)}, vocab], got {tuple(logits.shape)}"
             )
         batch = _Batch(rows)
-        x = _adjust(logits, rows, batch)
-        if not batch.random:
-            tokens = x.argmax(dim=-1)
-        else:
-            tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
-            if batch.greedy:
-                greedy = torch.tensor(batch.greedy, device=x.device)
-                tokens[greedy] = x.index_select(0, greedy).argmax(dim=-1)
-            random = torch.tensor(batch.random, device=x.device)
-            tokens[random] = self._sample(x, rows, batch, random)
+        tokens = self._tokens(logits, rows, batch)
         token_ids = tokens.tolist()
         logprobs, top_logprobs = _requested_logprobs(logits, rows, batch, tokens)
         return SamplerOutput(token_ids, logprobs, top_logprobs)
+
+    def sample_tokens(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """The tokens alone, left on the logits' device (no logprobs, nothing read back): what a step
+        launched ahead of its predecessor's results samples (async scheduling)."""
+        return self._tokens(logits, rows, _Batch(rows))
+
+    def _tokens(self, logits: torch.Tensor, rows: list[SamplingRow], batch: _Batch) -> torch.Tensor:
+        x = _adjust(logits, rows, batch)
+        if not batch.random:
+            return x.argmax(dim=-1)
+        tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
+        if batch.greedy:
+            greedy = device_tensor(batch.greedy, torch.long, x.device)
+            tokens[greedy] = x.index_select(0, greedy).argmax(dim=-1)
+        random = device_tensor(batch.random, torch.long, x.device)
+        tokens[random] = self._sample(x, rows, batch, random)
+        return tokens
 
     def _sample(
         self, x: torch.Tensor, rows: Sequence[SamplingRow], batch: _Batch, random: torch.Tensor
@@ -288,14 +297,14 @@ class Sampler:
         params = [rows[i].params for i in batch.random]
         if not batch.generators and not any(p.needs_truncation for p in params):
             # Plain temperature sampling of unseeded rows (the common case): one pass over the logits.
-            temperatures = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=x.device)
+            temperatures = device_tensor([p.temperature for p in params], torch.float32, x.device)
             return ops.gumbel_sample(x, random, temperatures, self._noise_seed())
         temperature = _column([p.temperature for p in params], x)
         scaled = x.index_select(0, random).div_(temperature)  # a copy: x may be the caller's
 
         truncated = [j for j, p in enumerate(params) if p.needs_truncation]
         if truncated:
-            index = torch.tensor(truncated, device=x.device)
+            index = device_tensor(truncated, torch.long, x.device)
             sub = scaled.index_select(0, index)
             _truncate_(sub, [params[j] for j in truncated])
             scaled.index_copy_(0, index, sub)
@@ -324,7 +333,7 @@ def _requested_logprobs(
     if not batch.logprob_rows:
         return logprobs, top_logprobs
     wanted = [rows[i].params.logprobs for i in batch.logprob_rows]
-    index = torch.tensor(batch.logprob_rows, device=logits.device)
+    index = device_tensor(batch.logprob_rows, torch.long, logits.device)
     values, tops = token_logprobs(
         logits.index_select(0, index), tokens.index_select(0, index), max(wanted)
     )

@@ -113,6 +113,9 @@ class Scheduler:
         drafting: list[tuple[Sequence, int, int]] = []  # a draft model's batch: (seq, limit, its place in out)
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.num_pending and self._at_limit(seq):  # ends once its token in flight arrives (async scheduling)
+                i += 1
+                continue
             num_new = self._chunk(seq, seq.num_computed_tokens, min(seq.num_tokens - seq.num_computed_tokens, budget))
             if num_new == 0:  # its next chunk is an image (or an encoder's prompt) that does not fit this step's budget
                 i += 1
@@ -201,6 +204,11 @@ class Scheduler:
             limit = min(limit, seq.params.max_tokens - seq.num_output_tokens - 1)
         return min(limit, self.proposer.num_speculative_tokens)
 
+    def _at_limit(self, seq: Sequence) -> bool:
+        """Whether seq's tokens, those in flight counted, already reach max_tokens or the context limit."""
+        max_tokens = seq.params.max_tokens
+        return (max_tokens is not None and seq.num_output_tokens >= max_tokens) or seq.num_tokens >= self.max_model_len
+
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
         seq.spec_token_ids = []
@@ -219,5 +227,6 @@ class Scheduler:
         else:
             self.waiting.remove(seq)
         self.block_manager.free(seq)
+        seq.drop_pending()
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason

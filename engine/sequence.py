@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from pagoda.engine.structured_output import Grammar
 
 
+# Stands for a token a step in flight has not returned yet (async scheduling); never a real token id.
+PENDING_TOKEN = -1
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -84,6 +88,10 @@ class Sequence:
     # sequence's length when it last drafted.
     draft_computed: int = 0
     draft_base: int = 0
+    # Async scheduling: output tokens a step in flight is computing, held by PENDING_TOKEN placeholders at
+    # the end of token_ids / output_token_ids until the step's results arrive (at most two: the step
+    # being collected and the one launched after it).
+    num_pending: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -111,3 +119,27 @@ class Sequence:
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
         self.output_token_ids.append(token_id)
+
+    def append_pending(self) -> None:
+        """A placeholder for the token a launched step samples: counted as the next token by the scheduler
+        (whose next step feeds it, read on the device from the step in flight) before its value is known."""
+        self.append_token(PENDING_TOKEN)
+        self.num_pending += 1
+
+    def resolve_pending(self, token_id: int) -> None:
+        """The oldest placeholder's value, from its step's results."""
+        i = len(self.output_token_ids) - self.num_pending
+        self.output_token_ids[i] = self.token_ids[self.num_prompt_tokens + i] = token_id
+        self.num_pending -= 1
+
+    def drop_pending(self) -> None:
+        """Removes the placeholders of steps whose tokens come after the sequence ended."""
+        for _ in range(self.num_pending):
+            self.token_ids.pop()
+            self.output_token_ids.pop()
+        self.num_pending = 0
+
+    @property
+    def num_known_output_tokens(self) -> int:
+        """Output tokens whose values have arrived (placeholders excluded)."""
+        return len(self.output_token_ids) - self.num_pending

@@ -10,6 +10,7 @@ build its device tensors itself.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,13 +24,18 @@ from pagoda.engine.attention import AttentionMetadata
 _HEADER = 15
 
 
-_NUMPY_DTYPES = {torch.int32: np.int32, torch.long: np.int64}
+_NUMPY_DTYPES = {torch.int32: np.int32, torch.long: np.int64, torch.float32: np.float32}
 
 
-def _device_tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host list as a device tensor, through numpy: a third of torch.tensor's time on long lists (a step's
-    slots, a batch's block tables), which the engine pays every step before the GPU has any work."""
-    return torch.from_numpy(np.array(values, dtype=_NUMPY_DTYPES[dtype])).to(device)
+def device_tensor(values: Sequence[int | float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list as a tensor on `device`. Through numpy: a third of torch.tensor's time on long lists (a
+    step's slots, a batch's block tables), paid every step before the GPU has work. To a GPU from pinned
+    memory, without waiting: a blocking copy first waits for every kernel already queued, which async
+    scheduling keeps queued while it prepares the next step."""
+    host = torch.from_numpy(np.array(values, dtype=_NUMPY_DTYPES[dtype]))
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -71,8 +77,8 @@ class StepInputs:
         for q in self.query_lens:
             qsl.append(qsl[-1] + q)
         common = dict(
-            query_start_loc=_device_tensor(qsl, torch.int32, device),
-            seq_lens=_device_tensor(self.seq_lens, torch.int32, device),
+            query_start_loc=device_tensor(qsl, torch.int32, device),
+            seq_lens=device_tensor(self.seq_lens, torch.int32, device),
             num_decodes=self.num_decodes,
             max_query_len=max(self.query_lens),
             max_seq_len=max(self.seq_lens),
@@ -80,21 +86,21 @@ class StepInputs:
             seq_lens_host=self.seq_lens,
         )
         if self.key_limits:
-            common.update(key_limits=_device_tensor(self.key_limits, torch.int32, device),
+            common.update(key_limits=device_tensor(self.key_limits, torch.int32, device),
                           key_limits_host=self.key_limits)
         if self.state_slots:
-            common.update(state_slots=_device_tensor(self.state_slots, torch.long, device),
+            common.update(state_slots=device_tensor(self.state_slots, torch.long, device),
                           state_slots_host=self.state_slots)
         if not self.all_rows:  # the rows the step reads, once each and in order (AttentionMetadata.output_queries)
             common.update(output_rows_host=sorted(set(self.logit_rows)))
-        metas = [AttentionMetadata(slot_mapping=_device_tensor(slots, torch.long, device),
-                                   block_tables=_device_tensor(tables, torch.int32, device), **common)
+        metas = [AttentionMetadata(slot_mapping=device_tensor(slots, torch.long, device),
+                                   block_tables=device_tensor(tables, torch.int32, device), **common)
                  for slots, tables in zip(self.slots, self.block_tables)]
         meta = metas[0]
         if len(metas) > 1:
             meta.groups = metas
-        ids = _device_tensor(self.input_ids, torch.long, device)
-        pos = _device_tensor(self.rope_positions or self.positions, torch.long, device)
+        ids = device_tensor(self.input_ids, torch.long, device)
+        pos = device_tensor(self.rope_positions or self.positions, torch.long, device)
         if self.rope_positions:
             pos = pos.view(3, -1)
         return ids, pos, meta

@@ -181,6 +181,8 @@ FLAGS: tuple[_Flag, ...] = (
           dest=_ENGINE + "disable_hybrid_kv_cache_manager"),
     _Flag("gpu-memory-utilization", float, "fraction of GPU memory for weights and KV cache",
           dest=_ENGINE + "gpu_memory_utilization"),
+    _Flag("async-scheduling", _parse_bool, "launch each step before the previous one's tokens are read back, "
+          "overlapping the host's scheduling with the GPU's forward pass", dest=_ENGINE + "async_scheduling"),
     _Flag("tensor-parallel-size", int, "GPUs to shard the model over", dest=_ENGINE + "tensor_parallel_size"),
     _Flag("enable-expert-parallel", _parse_bool, "MoE layers: each tensor-parallel rank holds whole experts "
           "(E / tensor-parallel-size of them) instead of a slice of every expert", dest=_ENGINE + "enable_expert_parallel"),
