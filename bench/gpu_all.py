@@ -5,8 +5,9 @@
 Parts, in order (default: all):
   tests             tests/kernels natively on the GPU, then the engine's HF parity
                     tests (now on CUDA: Triton kernels and decode CUDA graphs end to end),
-                    FP8 and GPTQ/AWQ/compressed-tensors checkpoints included, and the sampler's
-                    CUDA tests (the Triton temperature sampler); each test's outcome is logged as it
+                    FP8 and GPTQ/AWQ/compressed-tensors checkpoints included, the sampler's CUDA
+                    tests (the Triton temperature sampler) and async scheduling (events, pinned
+                    copies, placeholders read on the device); each test's outcome is logged as it
                     ends (gpu_*.jsonl), so a run cut at the device's time limit still says what failed
   decode_attention  bench.gpu_decode_attention --sweep
   decode_step       bench.gpu_decode_step
@@ -83,7 +84,8 @@ def run_tests() -> None:
                                                        "tests/engine/test_image_prompts.py", "tests/engine/test_gpt_oss.py",
                                                        "tests/engine/test_encoders.py", "tests/engine/test_qwen_vl.py",
                                                        "tests/engine/test_gemma4.py", "tests/engine/test_hybrid.py",
-                                                       "tests/engine/test_sampler.py"]),
+                                                       "tests/engine/test_sampler.py",
+                                                       "tests/engine/test_async_scheduling.py"]),
     }
     (RESULTS / "gpu_tests.json").write_text(json.dumps(summary, indent=2) + "\n")
 
