@@ -10,7 +10,7 @@ the random model can follow for the whole length), side by side: the cost of
 the per-step token masks (filled in `sampling_rows`, applied in `sample`,
 advanced in `stop_check`).
 
-    python -m bench.engine_overhead [--num-seqs 256] [--output-len 64]
+    python -m bench.engine_overhead [--num-seqs 256] [--prompt-len 512] [--output-len 128]
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ NEAR_ZERO_MODEL = dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-seqs", type=int, default=256)
-    parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=512)
+    parser.add_argument("--output-len", type=int, default=128)
     args = parser.parse_args()
     rng = random.Random(0)
     prompts = [{"prompt_token_ids": [rng.randrange(5, TOKENIZER_VOCAB_SIZE) for _ in range(args.prompt_len)]} for _ in range(args.num_seqs)]
