@@ -144,16 +144,13 @@ class BlockManager:
         num_hit = len(hits[0]) if hits else 0
         num_computed = seq.num_computed_tokens + num_hit * bs
         length = _cdiv(num_computed + num_new_tokens + num_lookahead, bs)
-        # Every step of every sequence comes here: the window and hit terms are skipped where they cannot apply.
+        # Every step of every sequence comes here: the window term is skipped where no group has a window.
         dropped = [[i for i in range(self._first_needed(g, num_computed))
                     if i < len(table) and table[i] != self.null_block]
                    for g, table in enumerate(tables)] if self.null_block is not None else ()
         released = sum(1 for g, idx in enumerate(dropped) for i in idx if self.ref_counts[tables[g][i]] == 1)
-        if hits:
-            needed = sum(max(0, length - len(table) - len(hits[g])) for g, table in enumerate(tables))
-            revived = len({b for table in hits for b in table if b != self.null_block and self.ref_counts[b] == 0})
-        else:
-            needed, revived = sum(max(0, length - len(table)) for table in tables), 0
+        needed = sum(max(0, length - len(table) - (len(hits[g]) if hits else 0)) for g, table in enumerate(tables))
+        revived = len({b for table in hits or () for b in table if b != self.null_block and self.ref_counts[b] == 0})
         if needed + revived > len(self.free_blocks) + released:
             return False
         if self.states is not None and seq.state_slot is None:

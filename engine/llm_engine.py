@@ -468,15 +468,11 @@ class LLMEngine:
             seq.stop_reason = None
             return FinishReason.STOP
         is_eos = not params.ignore_eos and token in self.eos_token_ids
-        generated = seq.num_known_output_tokens  # a later step's placeholder is no token yet
-        if (is_eos or token in params.stop_token_ids) and generated >= params.min_tokens:
+        # A later step's placeholder is no token yet.
+        if (is_eos or token in params.stop_token_ids) and seq.num_known_output_tokens >= params.min_tokens:
             seq.stop_reason = None if is_eos else token
             return FinishReason.STOP
-        if params.max_tokens is not None and generated >= params.max_tokens:
-            return FinishReason.LENGTH
-        if seq.num_tokens - seq.num_pending >= self.max_model_len:
-            return FinishReason.LENGTH
-        return None
+        return FinishReason.LENGTH if seq.at_length_limit(self.max_model_len) else None
 
     def _make_output(self, req: _Request, now: float) -> RequestOutput:
         finished = req.finished

@@ -113,7 +113,8 @@ class Scheduler:
         drafting: list[tuple[Sequence, int, int]] = []  # a draft model's batch: (seq, limit, its place in out)
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            if seq.num_pending and self._at_limit(seq):  # ends once its token in flight arrives (async scheduling)
+            if seq.num_pending and seq.at_length_limit(self.max_model_len, counting_pending=True):
+                # It ends once its token in flight arrives (async scheduling).
                 i += 1
                 continue
             num_new = self._chunk(seq, seq.num_computed_tokens, min(seq.num_tokens - seq.num_computed_tokens, budget))
@@ -203,11 +204,6 @@ class Scheduler:
         if seq.params.max_tokens is not None:
             limit = min(limit, seq.params.max_tokens - seq.num_output_tokens - 1)
         return min(limit, self.proposer.num_speculative_tokens)
-
-    def _at_limit(self, seq: Sequence) -> bool:
-        """Whether seq's tokens, those in flight counted, already reach max_tokens or the context limit."""
-        max_tokens = seq.params.max_tokens
-        return (max_tokens is not None and seq.num_output_tokens >= max_tokens) or seq.num_tokens >= self.max_model_len
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

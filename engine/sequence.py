@@ -143,3 +143,11 @@ class Sequence:
     def num_known_output_tokens(self) -> int:
         """Output tokens whose values have arrived (placeholders excluded)."""
         return len(self.output_token_ids) - self.num_pending
+
+    def at_length_limit(self, max_model_len: int, counting_pending: bool = False) -> bool:
+        """Whether its tokens reach max_tokens or the context limit: the tokens that have arrived (a stop
+        check), or those in flight too (whether a further step could add any)."""
+        uncounted = 0 if counting_pending else self.num_pending
+        max_tokens = self.params.max_tokens
+        return ((max_tokens is not None and len(self.output_token_ids) - uncounted >= max_tokens)
+                or len(self.token_ids) - uncounted >= max_model_len)
