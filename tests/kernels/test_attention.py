@@ -222,6 +222,21 @@ def _check_softmax_variant(batch: PagedBatch, q: torch.Tensor, scale: float, win
         assert_close(got, reference.paged_attention_decode(decode_q, ref.k_cache, ref.v_cache, *args, **variant))
 
 
+@pytest.mark.parametrize("block_n", [8, 48])
+def test_key_tiles_below_16_or_not_powers_of_two_are_refused(block_n: int) -> None:
+    """Compiled tl.dot takes no reduction extent under 16 (the interpreter would): refused up front."""
+    batch = make_paged_batch([20], kv_heads=1, head_dim=32, block_size=4, dtype=torch.float32, device=DEVICE,
+                             g=torch.Generator().manual_seed(0))
+    q = _q(1, 2, 32, torch.float32, torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="block_n must be a power of two of at least 16"):
+        kernels.paged_attention_decode(q, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens_tensor(),
+                                       20, 0.1, block_n=block_n)
+    starts = torch.tensor([0, 1], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="block_n must be a power of two of at least 16"):
+        kernels.paged_attention_prefill_varlen(q, batch.k_cache, batch.v_cache, batch.block_tables, starts,
+                                               batch.seq_lens_tensor(), 1, 0.1, block_n=block_n)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_latent_attention_shape_with_the_wide_tiles(dtype: torch.dtype) -> None:
     """DeepSeek's absorbed latent attention: 16 query heads over one 576-wide KV head whose value is
