@@ -12,6 +12,11 @@ floor no implementation beats; target: within 1.4x of it. Reported:
 At batch 1, 64 and 256 it also times forward, LM head and sampler apart, to
 show that sampling, which stays in PyTorch, is not on the critical path.
 
+Last, untimed: PROFILE_STEPS batch-1 steps (forward + LM head) under
+torch.profiler, replayed from the graph and launched eagerly ("profile":
+bench/gpu_profile.py): each kernel's GPU time and share, kernels per step, and
+how much of the step the GPU was busy, i.e. what keeps the step off its floor.
+
     python -m bench.gpu_decode_step
 """
 
@@ -21,11 +26,13 @@ import pathlib
 import random
 import tempfile
 import time
+from typing import Any
 
 import torch
 
 from bench.gpu_env import bench_ms, copy_bandwidth, device_facts, record
 from bench.gpu_models import build_model_dir, describe
+from bench.gpu_profile import format_profile, profile_steps
 from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.cuda_graphs import DecodeCudaGraphs
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE
@@ -36,6 +43,7 @@ from pagoda.engine.sampling_params import SamplingParams
 MODEL = "llama-3.2-1b"
 CONTEXT = 512
 BATCHES = [1, 64, 256]
+PROFILE_STEPS = 20
 
 
 def _decode_meta(batch: int, context: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
@@ -59,6 +67,19 @@ def _timed_generate(llm: LLM, prompt: list[int], max_tokens: int) -> float:
     start = time.perf_counter()
     llm.generate([{"prompt_token_ids": prompt}], params)
     return time.perf_counter() - start
+
+
+def _profile_batch_one(runner: Any, graphs: DecodeCudaGraphs) -> dict[str, dict[str, Any]]:
+    """Batch-1 decode steps (forward and LM head) under the profiler, from the graph and eagerly: after every
+    timing, since a profiler, once started, may leave launches slower."""
+    ids, pos, meta = _decode_meta(1, CONTEXT, runner.block_size)
+    graphs.inputs.fill(ids, pos, meta, 1)
+    hidden = graphs.outputs[1]
+    model = runner.model
+    return {
+        "graph": profile_steps(lambda: (graphs.graphs[1].replay(), model.compute_logits(hidden)), PROFILE_STEPS),
+        "eager": profile_steps(lambda: model.compute_logits(model(ids, pos, meta)), PROFILE_STEPS),
+    }
 
 
 @torch.inference_mode()
@@ -103,6 +124,9 @@ def main() -> None:
     print(f"weights {weight_bytes / 1e9:.2f} GB, copy {copy_bw / 1e12:.2f} TB/s -> floor {floor_ms:.3f} ms")
     print(f"batch-1 decode step on the GPU {step_gpu_ms:.3f} ms = {step_gpu_ms / floor_ms:.2f}x floor (target <= 1.4x); "
           f"whole engine step {engine_step_ms:.3f} ms = {engine_step_ms / floor_ms:.2f}x")
+    profile = _profile_batch_one(runner, graphs)
+    for mode, summary in profile.items():
+        print(f"batch-1 step, {mode}: " + format_profile(summary))
     record("gpu_decode_step", {
         "device_facts": device_facts(),
         "model": describe(MODEL),
@@ -116,6 +140,7 @@ def main() -> None:
         "engine_step_over_floor": engine_step_ms / floor_ms,
         "target": "gpu_step_over_floor <= 1.4",
         "per_batch": per_batch,
+        "profile": profile,
     })
 
 

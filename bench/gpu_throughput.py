@@ -18,7 +18,11 @@ the GPU memory for its KV cache):
   the batch at once): what serving adapters costs.
 
 Only requested tokens count as output, so all systems do the same useful
-work. Hugging Face runs the first --hf-num-seqs requests of the same
+work. After its timed run, each pagoda system queues the workload again, steps
+until every request is decoding (a full batch), and records --profile-steps
+steps under torch.profiler (bench/gpu_profile.py) as "profile": kernels by GPU
+time, kernels per step, the GPU-busy fraction and the host ops; the timed run
+is not profiled. Hugging Face runs the first --hf-num-seqs requests of the same
 workload (its full run would not fit a lease); rates are per second either
 way. Targets: >= 24x hf_generate and >= 3x hf_generate_batch.
 
@@ -42,6 +46,7 @@ import torch
 from bench.common import Timers, load_hf_paged
 from bench.gpu_env import device_facts, record
 from bench.gpu_models import DEFAULT_MODELS, MODEL_SHAPES, build_model_dir, describe
+from bench.gpu_profile import format_profile, profile_steps
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE
 
 SYSTEMS = ("pagoda", "pagoda_async", "hf_generate", "hf_generate_batch", "pagoda_lora")
@@ -49,6 +54,7 @@ LORA_ADAPTERS = 4
 LORA_RANK = 16
 TEMPERATURE = 0.6
 MAX_MODEL_LEN = 4096
+PROFILE_WARMUP_STEPS = 100  # at most, to reach a full batch of decodes before the profiled steps
 
 
 def workload(num_seqs: int, seed: int = 0) -> tuple[list[list[int]], list[int]]:
@@ -65,7 +71,7 @@ def _result(useful: int, seconds: float, **extra: Any) -> dict[str, Any]:
 
 
 def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int], adapters: int = 0,
-               async_scheduling: bool = False) -> dict[str, Any]:
+               async_scheduling: bool = False, profiled_steps: int = 0) -> dict[str, Any]:
     from pagoda.engine.cuda_graphs import DecodeCudaGraphs
     from pagoda.engine.fixtures import LORA_ATTENTION_TARGETS, LORA_TARGETS, make_tiny_lora
     from pagoda.engine.llm import LLM
@@ -92,12 +98,40 @@ def run_pagoda(path: str, prompts: list[list[int]], outputs: list[int], adapters
     results = llm.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=per_prompt)
     seconds = time.perf_counter() - start
     generated = sum(len(r.outputs[0].token_ids) for r in results)
-    return _result(generated, seconds, num_seqs=len(prompts), requested_tokens=sum(outputs),
-                   engine={"max_num_seqs": 256, "max_num_batched_tokens": 16384, "num_kv_blocks": llm.engine.runner.num_blocks,
-                           "cuda_graphs": isinstance(llm.engine.runner.forward, DecodeCudaGraphs),
-                           "lora_adapters": adapters, "lora_rank": LORA_RANK if adapters else None,
-                           "async_scheduling": llm.engine.async_scheduling},
-                   steps=timers.calls["step"], step_phases_s=dict(timers.seconds))
+    result = _result(generated, seconds, num_seqs=len(prompts), requested_tokens=sum(outputs),
+                     engine={"max_num_seqs": 256, "max_num_batched_tokens": 16384, "num_kv_blocks": llm.engine.runner.num_blocks,
+                             "cuda_graphs": isinstance(llm.engine.runner.forward, DecodeCudaGraphs),
+                             "lora_adapters": adapters, "lora_rank": LORA_RANK if adapters else None,
+                             "async_scheduling": llm.engine.async_scheduling},
+                     steps=timers.calls["step"], step_phases_s=dict(timers.seconds))
+    if profiled_steps:
+        result["profile"] = _profile_full_batch(llm, prompts, outputs, per_prompt, profiled_steps)
+    return result
+
+
+def _profile_full_batch(llm: Any, prompts: list[list[int]], outputs: list[int], loras: list[Any] | None,
+                        steps: int) -> dict[str, Any]:
+    """`steps` engine steps under the profiler, once the workload, queued again, is all decoding: the steady
+    state most of the timed run's steps are in, without profiling (and slowing) the timed run itself. The
+    requests are aborted afterwards. Its wall time per step is the profiled one, longer than the timed run's."""
+    from pagoda.engine.sampling_params import RequestOutputKind, SamplingParams
+
+    engine = llm.engine
+    ids = [f"profile-{i}" for i in range(len(prompts))]
+    for i, (request_id, prompt, n) in enumerate(zip(ids, prompts, outputs)):
+        # Final outputs only, as LLM.generate asks in the timed run: no per-step outputs to build.
+        params = SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        engine.add_request(request_id, {"prompt_token_ids": prompt}, params, lora_request=loras[i] if loras else None)
+    scheduler = engine.scheduler
+    for _ in range(PROFILE_WARMUP_STEPS):
+        if not scheduler.waiting and all(seq.num_output_tokens for seq in scheduler.running):
+            break
+        engine.step()
+    summary = {"batch": len(scheduler.running), **profile_steps(engine.step, steps)}
+    for request_id in ids:
+        engine.abort_request(request_id)
+    return summary
 
 
 def _time_step_phases(llm: Any) -> Timers:
@@ -179,9 +213,11 @@ def _run_one(args: argparse.Namespace) -> None:
     if args.system.startswith("hf_"):
         prompts, outputs = prompts[: args.hf_num_seqs], outputs[: args.hf_num_seqs]
     runners = {
-        "pagoda": lambda: run_pagoda(args.model_dir, prompts, outputs),
-        "pagoda_async": lambda: run_pagoda(args.model_dir, prompts, outputs, async_scheduling=True),
-        "pagoda_lora": lambda: run_pagoda(args.model_dir, prompts, outputs, adapters=LORA_ADAPTERS),
+        "pagoda": lambda: run_pagoda(args.model_dir, prompts, outputs, profiled_steps=args.profile_steps),
+        "pagoda_async": lambda: run_pagoda(args.model_dir, prompts, outputs, async_scheduling=True,
+                                           profiled_steps=args.profile_steps),
+        "pagoda_lora": lambda: run_pagoda(args.model_dir, prompts, outputs, adapters=LORA_ADAPTERS,
+                                          profiled_steps=args.profile_steps),
         "hf_generate": lambda: run_hf_generate(args.model_dir, prompts, outputs, args.hf_batch_size),
         "hf_generate_batch": lambda: run_hf_generate_batch(args.model_dir, prompts, outputs),
     }
@@ -191,7 +227,7 @@ def _run_one(args: argparse.Namespace) -> None:
 def _spawn(system: str, model_dir: pathlib.Path, out: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.gpu_throughput", "--system", system, "--model-dir", str(model_dir),
            "--out", str(out), "--num-seqs", str(args.num_seqs), "--hf-num-seqs", str(args.hf_num_seqs),
-           "--hf-batch-size", str(args.hf_batch_size)]
+           "--hf-batch-size", str(args.hf_batch_size), "--profile-steps", str(args.profile_steps)]
     proc = subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1])
     if proc.returncode != 0 or not out.exists():
         return {"error": f"exit status {proc.returncode}"}
@@ -205,6 +241,8 @@ def main() -> None:
     parser.add_argument("--num-seqs", type=int, default=256)
     parser.add_argument("--hf-num-seqs", type=int, default=64)
     parser.add_argument("--hf-batch-size", type=int, default=64)
+    parser.add_argument("--profile-steps", type=int, default=20,
+                        help="pagoda steps profiled at full batch after the timed run (0: none)")
     # Internal: run one system in this process and write its result to --out.
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -227,6 +265,8 @@ def main() -> None:
             if result.get("steps"):
                 print(" " * 19 + ", ".join(f"{phase} {1e3 * s / result['steps']:.2f}"
                                            for phase, s in result["step_phases_s"].items()) + " ms per step")
+            if result.get("profile"):
+                print(f"{'':19s}at batch {result['profile']['batch']}, " + format_profile(result["profile"]))
         record(f"gpu_throughput_{name}", {
             "device_facts": device_facts(),
             "workload": {"name": "nano-vllm", "num_seqs": args.num_seqs, "hf_num_seqs": args.hf_num_seqs,
