@@ -138,6 +138,41 @@ def store_kv_cache(
         cache.view(-1, *cache.shape[2:]).index_copy_(0, slot_mapping, new)
 
 
+@dataclass(frozen=True)
+class QKNorm:
+    """Per-head RMSNorms of q and k before rotation (Qwen3's, Gemma 3's): their weights [head_dim], their
+    epsilon, and whether the normalized row is rounded before the weight multiplies it (rms_norm)."""
+
+    q_weight: torch.Tensor
+    k_weight: torch.Tensor
+    eps: float
+    round_normed: bool = True
+
+
+def rotate_and_store_kv(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    rotary_dim: int,
+    is_neox: bool,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    qk_norm: QKNorm | None = None,
+) -> torch.Tensor:
+    """What an attention layer does between its qkv projection and its attention, in one op: q and k
+    through their per-head norms (`qk_norm`) and the rotation, k and v into their cache slots (slot -1:
+    nowhere). Returns the rotated q [T, Hq, D]."""
+    if qk_norm is not None:
+        q = rms_norm(q, qk_norm.q_weight, qk_norm.eps, qk_norm.round_normed)
+        k = rms_norm(k, qk_norm.k_weight, qk_norm.eps, qk_norm.round_normed)
+    q, k = rotary_embedding(positions, q, k, cos_sin_cache, rotary_dim, is_neox)
+    store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    return q
+
+
 def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
     """The first `length` cached tokens of sequences, in order: [B, length, Hkv, D]."""
     block_size = cache.shape[1]

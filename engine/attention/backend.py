@@ -18,8 +18,8 @@ class AttentionBackend(Protocol):
     def forward(
         self,
         q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
@@ -32,7 +32,8 @@ class AttentionBackend(Protocol):
         """q: [T, Hq, D], k/v: [T, Hkv, D], caches: [blocks, block_size, Hkv, D] -> [T, Hq, D]; logits
         capped to softcap * tanh(logit / softcap) where softcap > 0 (Gemma 2); `sinks` [Hq] fp32: each
         head's attention-sink logit, a key of value zero in every softmax (GPT-OSS). `store_kv` off: k/v are
-        already in the cache (a layer sharing an earlier one's K/V), which only the attention reads."""
+        already in the cache (a layer sharing an earlier one's K/V, or one whose rotate_and_store wrote them:
+        k and v are then None), which only the attention reads."""
         ...
 
 

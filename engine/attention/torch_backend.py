@@ -97,8 +97,8 @@ class TorchAttentionBackend:
     def forward(
         self,
         q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
@@ -137,7 +137,8 @@ class TorchAttentionBackend:
                 q_limit = torch.tensor(limits, device=q.device)[:, None]
             # A wholly new context attends over its fresh K/V, unless the cache holds them rounded (FP8),
             # which is what every later step will see.
-            if q_len == seq_len and k_cache.dtype == q.dtype and q_limit is None:
+            # (No k and v: they were stored with the rotation, and are read back.)
+            if q_len == seq_len and k is not None and k_cache.dtype == q.dtype and q_limit is None:
                 ki = k[start : start + q_len].transpose(0, 1)[None]
                 vi = v[start : start + q_len].transpose(0, 1)[None]
                 if sink_key:

@@ -8,8 +8,9 @@ from torch import nn
 from pagoda.engine.attention import AttentionBackend, AttentionMetadata
 from pagoda.engine.distributed import tp_rank
 from pagoda.engine.kv_cache_layout import KVCacheLayout, plan_kv_cache
+from pagoda.engine.layers.rotary import RotaryEmbedding
 from pagoda.engine.layers.weights import copy_into, read_shard
-from pagoda.kernels.reference import FP8_CACHE_DTYPES
+from pagoda.kernels.reference import FP8_CACHE_DTYPES, QKNorm
 
 
 class Attention(nn.Module):
@@ -53,10 +54,35 @@ class Attention(nn.Module):
         model once."""
         object.__setattr__(self, "kv_owner", owner)
 
-    def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    @property
+    def _scales(self) -> tuple[float, float]:
+        """(k_scale, v_scale) of the cache this layer reads: a sharing layer's K/V are its owner's, scaled
+        as the owner stored them; (1, 1) but for a scaled FP8 cache."""
+        scales = self.kv_owner if self.kv_owner is not None else self
+        return (scales.k_scale, scales.v_scale) if self.scaled_cache else (1.0, 1.0)
+
+    @property
+    def stores_rotated(self) -> bool:
+        """Whether rotate_and_store may write this layer's K/V: it keeps its own, and unscaled."""
+        return self.kv_owner is None and self._scales == (1.0, 1.0)
+
+    def rotate_and_store(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: RotaryEmbedding,
+        qk_norm: QKNorm | None, meta: AttentionMetadata,
     ) -> torch.Tensor:
-        """q: [T, Hq*D], k/v: [T, Hkv*D] -> [T, Hq*D].
+        """q, k, v [T, H, D] (views of the projection) through the per-head norms and `rotary`, k and v into
+        the cache, in one op (a layer's kernel count matters at decode sizes): the rotated q, to pass
+        to forward with no k or v. Only where stores_rotated."""
+        from pagoda.kernels import ops
+
+        table, rows = rotary.table_rows(positions)
+        return ops.rotate_and_store_kv(rows, q, k, v, table, rotary.rotary_dim, rotary.is_neox, self.k_cache,
+                                       self.v_cache, meta.for_group(self.kv_group).slot_mapping, qk_norm)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """q: [T, Hq*D], k/v: [T, Hkv*D] -> [T, Hq*D]; no k and v: rotate_and_store has stored them.
 
         With a scaled FP8 cache, K and V are divided by their scales before they are stored, and
         the scales come back as factors outside the kernels: k_scale in the softmax scale (q.k is
@@ -65,16 +91,14 @@ class Attention(nn.Module):
         meta = meta.for_group(self.kv_group)
         if self.causal_only:
             meta = meta.causal()
-        scales = self.kv_owner if self.kv_owner is not None else self  # a sharing layer's K/V are its owner's, scaled as the owner stored them
-        k_scale, v_scale = (scales.k_scale, scales.v_scale) if self.scaled_cache else (1.0, 1.0)
-        if k_scale != 1.0:
-            k = k / k_scale
-        if v_scale != 1.0:
-            v = v / v_scale
+        k_scale, v_scale = self._scales
+        if k is not None:
+            k = (k / k_scale if k_scale != 1.0 else k).view(t, self.num_kv_heads, self.head_dim)
+            v = (v / v_scale if v_scale != 1.0 else v).view(t, self.num_kv_heads, self.head_dim)
         out = self.backend.forward(
             q.view(t, self.num_heads, self.head_dim),
-            k.view(t, self.num_kv_heads, self.head_dim),
-            v.view(t, self.num_kv_heads, self.head_dim),
+            k,
+            v,
             self.k_cache,
             self.v_cache,
             meta,
@@ -82,7 +106,7 @@ class Attention(nn.Module):
             self.sliding_window,
             self.softcap,
             self.sinks,
-            store_kv=self.kv_owner is None,
+            store_kv=self.kv_owner is None and k is not None,
         )
         out = out.view(t, self.num_heads * self.head_dim)
         return out * v_scale if v_scale != 1.0 else out

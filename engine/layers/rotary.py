@@ -172,16 +172,21 @@ class RotaryEmbedding(nn.Module):
         with multimodal RoPE."""
         from pagoda.kernels import ops
 
-        table = self.cos_sin_cache
-        if positions.dim() == 2:
-            if self.mrope_streams is None:
-                raise ValueError("three positions per token need a model with multimodal RoPE (mrope_section)")
-            # Each token's own row: every column taken from the position stream its frequency follows.
-            rows = table[positions]  # [3, tokens, rotary_dim]
-            streams = self.mrope_streams.expand(1, rows.shape[1], -1)
-            table = rows.gather(0, streams)[0]
-            positions = torch.arange(table.shape[0], device=table.device)
-        return ops.rotary_embedding(positions, q, k, table, self.rotary_dim, self.is_neox)
+        table, rows = self.table_rows(positions)
+        return ops.rotary_embedding(rows, q, k, table, self.rotary_dim, self.is_neox)
+
+    def table_rows(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos/sin table, each token's row in it): the model's table and the positions themselves; with
+        three positions per token, a table of each token's own row and the tokens' indices."""
+        if positions.dim() == 1:
+            return self.cos_sin_cache, positions
+        if self.mrope_streams is None:
+            raise ValueError("three positions per token need a model with multimodal RoPE (mrope_section)")
+        # Each token's own row: every column taken from the position stream its frequency follows.
+        rows = self.cos_sin_cache[positions]  # [3, tokens, rotary_dim]
+        streams = self.mrope_streams.expand(1, rows.shape[1], -1)
+        table = rows.gather(0, streams)[0]
+        return table, torch.arange(table.shape[0], device=table.device)
 
 
 def _mrope_streams(sections: list[int], rotary_dim: int, interleaved: bool = False) -> torch.Tensor:

@@ -23,6 +23,7 @@ from pagoda.engine.layers.linear import (ColumnParallelLinear, MergedColumnParal
 from pagoda.engine.layers.norm import RMSNorm, ShardedRMSNorm
 from pagoda.engine.layers.rotary import RotaryEmbedding
 from pagoda.engine.model_config import ModelConfig, RopeConfig, sliding_rope
+from pagoda.kernels.reference import QKNorm
 
 
 class DecoderAttention(nn.Module):
@@ -74,13 +75,21 @@ class DecoderAttention(nn.Module):
         q = q.reshape(t, -1, self.head_dim)
         k = k.reshape(t, -1, self.head_dim)
         per_head = self.q_norm is not None and not self.qk_norm_whole
-        if per_head and not self.norm_after_rope:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.rotary_emb is not None:
-            q, k = self.rotary_emb(positions, q, k)
-        if per_head and self.norm_after_rope:
-            q, k = self.q_norm(q), self.k_norm(k)
-        out = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.contiguous(), meta)
+        # One op from projection to cache where it can do the norms (RMSNorms before the rotation).
+        fused_norms = not per_head or (isinstance(self.q_norm, RMSNorm) and not self.norm_after_rope)
+        if self.rotary_emb is not None and fused_norms and self.attn.stores_rotated:
+            qk_norm = (QKNorm(self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, self.q_norm.round_normed)
+                       if per_head else None)
+            q = self.attn.rotate_and_store(positions, q, k, v.view(t, -1, self.head_dim), self.rotary_emb, qk_norm, meta)
+            out = self.attn(q.view(t, -1), None, None, meta)
+        else:
+            if per_head and not self.norm_after_rope:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if self.rotary_emb is not None:
+                q, k = self.rotary_emb(positions, q, k)
+            if per_head and self.norm_after_rope:
+                q, k = self.q_norm(q), self.k_norm(k)
+            out = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.contiguous(), meta)
         if self.output_gate:
             out = out * torch.sigmoid(gate.reshape(t, -1))
         return self.o_proj(out)

@@ -16,7 +16,7 @@ from pagoda.kernels.triton.norm import fused_add_rms_norm, rms_norm
 from pagoda.kernels.triton.paged_decode import paged_attention_decode
 from pagoda.kernels.triton.paged_prefill import paged_attention_prefill, paged_attention_prefill_varlen
 from pagoda.kernels.triton.recurrent import gated_delta_decode_slots, ssd_decode_slots
-from pagoda.kernels.triton.rotary import rotary_embedding
+from pagoda.kernels.triton.rotary import rotary_embedding, rotate_and_store_kv
 from pagoda.kernels.triton.sampling import gumbel_sample
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "paged_attention_prefill_varlen",
     "rms_norm",
     "rotary_embedding",
+    "rotate_and_store_kv",
     "silu_and_mul",
     "ssd_decode_slots",
     "store_kv_cache",

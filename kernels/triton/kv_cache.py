@@ -21,7 +21,7 @@ from pagoda.kernels.triton.launch import block_for
 
 
 @functools.cache
-def _fp8_grid(dtype: torch.dtype) -> tuple[int, int]:
+def fp8_grid(dtype: torch.dtype) -> tuple[int, int]:
     """(mantissa bits, smallest normal exponent) of an FP8 cache dtype, (0, 0) for any other."""
     if not cache_limit(dtype):
         return 0, 0
@@ -47,6 +47,16 @@ def _round_to_fp8(x, MANTISSA: tl.constexpr, MIN_EXP: tl.constexpr):
 
 
 @triton.jit
+def to_cache_values(x, LIMIT: tl.constexpr, MANTISSA: tl.constexpr, MIN_EXP: tl.constexpr):
+    """x as a cache of that FP8 format (MANTISSA > 0, from fp8_grid) holds it: saturated to its range (a
+    cast beyond it gives NaN), then rounded; any other cache takes x as it is (in fp32: the caller casts)."""
+    x = x.to(tl.float32)
+    if MANTISSA:
+        x = _round_to_fp8(tl.clamp(x, -LIMIT, LIMIT), MANTISSA, MIN_EXP)
+    return x
+
+
+@triton.jit
 def _store_kv_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,
@@ -63,11 +73,8 @@ def _store_kv_kernel(
         dst = (slot // block_size) * stride_cb + (slot % block_size) * stride_ct + heads * stride_ch + dims
         k = tl.load(k_ptr + t * stride_kt + heads * stride_kh + dims, mask=mask)
         v = tl.load(v_ptr + t * stride_vt + heads * stride_vh + dims, mask=mask)
-        if MANTISSA:  # an FP8 cache: saturate to its range (a cast beyond it gives NaN), then round
-            k = _round_to_fp8(tl.clamp(k.to(tl.float32), -LIMIT, LIMIT), MANTISSA, MIN_EXP)
-            v = _round_to_fp8(tl.clamp(v.to(tl.float32), -LIMIT, LIMIT), MANTISSA, MIN_EXP)
-        tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
-        tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(k_cache_ptr + dst, to_cache_values(k, LIMIT, MANTISSA, MIN_EXP).to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_cache_ptr + dst, to_cache_values(v, LIMIT, MANTISSA, MIN_EXP).to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
 def store_kv_cache(
@@ -80,7 +87,7 @@ def store_kv_cache(
         k, v = k.contiguous(), v.contiguous()
     num_tokens = slot_mapping.shape[0]
     _, block_size, num_heads, head_dim = k_cache.shape
-    mantissa, min_exp = _fp8_grid(k_cache.dtype)
+    mantissa, min_exp = fp8_grid(k_cache.dtype)
     if num_tokens:
         _store_kv_kernel[(num_tokens,)](
             k, v, k_cache, v_cache, slot_mapping,

@@ -30,7 +30,7 @@ from triton.compiler import ASTSource
 
 import pagoda.kernels.triton as kernels
 from pagoda.engine.layers.fp8 import WHOLE
-from pagoda.kernels.reference import ClampedSwiglu, IntExperts
+from pagoda.kernels.reference import ClampedSwiglu, IntExperts, QKNorm
 from pagoda.kernels.triton import (activation, fp8_linear, int_gemm, kv_cache, moe, norm, paged_decode, paged_prefill,
                                    rotary, sampling)
 
@@ -157,6 +157,14 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
         call("prefill-fp8cache", lambda: kernels.paged_attention_prefill_varlen(
             q, cache, cache, tables, torch.arange(5, dtype=torch.int32), lens, 1, 0.1))
         call("store-fp8cache", lambda: kernels.store_kv_cache(q[:, :8], q[:, :8], cache, cache, lens.long()))
+        call("rotate_and_store-fp8cache", lambda: kernels.rotate_and_store_kv(
+            lens.long(), q, q[:, :8], q[:, :8], torch.empty(64, 128), 128, True, cache, cache, lens.long()))
+        # Qwen3-0.6B's per-head q/k norms fused in (16 query heads over 8 KV heads of 128).
+        qwen = torch.empty(8, 16, 8, 128, dtype=torch.bfloat16)
+        q5, norm_w = torch.empty(4, 16, 128, dtype=torch.bfloat16), torch.empty(128, dtype=torch.bfloat16)
+        call("rotate_and_store-qk_norm", lambda: kernels.rotate_and_store_kv(
+            lens.long(), q5, q5[:, :8], q5[:, :8], torch.empty(64, 128), 128, True, qwen, qwen, lens.long(),
+            QKNorm(norm_w, norm_w, 1e-6)))
         x = torch.empty(4, 2048, dtype=torch.bfloat16)
         w = torch.empty(2048, dtype=torch.bfloat16)
         call("rms_norm", lambda: kernels.rms_norm(x, w, 1e-6))

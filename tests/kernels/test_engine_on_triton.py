@@ -32,8 +32,9 @@ MAX_TOKENS = 4
 
 @pytest.fixture
 def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul", "store_kv_cache", "fused_moe",
-                 "fp8_block_linear", "int_linear", "gelu_tanh_and_mul", "gated_delta_decode_slots", "ssd_decode_slots"):
+    for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "rotate_and_store_kv", "silu_and_mul",
+                 "store_kv_cache", "fused_moe", "fp8_block_linear", "int_linear", "gelu_tanh_and_mul",
+                 "gated_delta_decode_slots", "ssd_decode_slots"):
         monkeypatch.setattr(ops, name, getattr(kernels, name))
     monkeypatch.setattr(model_runner, "select_backend", lambda device: TritonAttentionBackend())
 

@@ -28,8 +28,8 @@ def test_cpu_tensors_run_the_reference_and_never_load_triton() -> None:
 
 
 def test_entry_points_keep_the_reference_signatures() -> None:
-    for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul", "store_kv_cache",
-                 "paged_attention_decode", "paged_attention_prefill"):
+    for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "rotate_and_store_kv", "silu_and_mul",
+                 "store_kv_cache", "paged_attention_decode", "paged_attention_prefill"):
         op = getattr(ops, name)
         assert op.__wrapped__ is getattr(reference, name) and op.__doc__ == getattr(reference, name).__doc__
     x = torch.randn(2, 8)

@@ -10,7 +10,7 @@ from pagoda.engine.layers.rotary import RotaryEmbedding
 from pagoda.engine.model_config import RopeConfig
 from pagoda.kernels import reference
 from tests.kernels.conftest import DEVICE
-from tests.kernels.numerics import assert_close
+from tests.kernels.numerics import assert_close, chain_tolerance
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 pytestmark = pytest.mark.usefixtures("poisoned")
@@ -106,10 +106,7 @@ LLAMA3 = RopeConfig(
     {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 512},
 )
 
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
-@pytest.mark.parametrize(
+ROTARY_SHAPES = pytest.mark.parametrize(
     ("head_dim", "heads", "rope", "partial"),
     [
         (32, (4, 2), RopeConfig(), 1.0),
@@ -119,6 +116,11 @@ LLAMA3 = RopeConfig(
     ],
     ids=["d32", "d64-llama3", "d80-partial", "d128-llama3"],
 )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+@ROTARY_SHAPES
 def test_rotary(dtype: torch.dtype, is_neox: bool, head_dim: int, heads: tuple[int, int], rope: RopeConfig, partial: float) -> None:
     g = _gen(head_dim + is_neox)
     hq, hkv = heads
@@ -142,6 +144,85 @@ def test_rotary_layouts_differ() -> None:
     neox = kernels.rotary_embedding(positions, q, k, table, rotary_dim, True)[0]
     gptj = kernels.rotary_embedding(positions, q, k, table, rotary_dim, False)[0]
     assert not torch.allclose(neox, gptj)
+
+
+def _projection(tokens: int, hq: int, hkv: int, head_dim: int, dtype: torch.dtype, g: torch.Generator,
+                gated: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k and v as a model hands them over: strided views into one fused qkv projection (with `gated`,
+    Qwen3.5's query heads interleaved with their gates, so even the heads are strided)."""
+    width = (2 if gated else 1) * hq * head_dim
+    qkv = _randn(tokens, width + 2 * hkv * head_dim, dtype=dtype, g=g)
+    q = qkv[:, :width].view(tokens, hq, -1)[..., :head_dim]
+    k = qkv[:, width : width + hkv * head_dim].view(tokens, hkv, head_dim)
+    v = qkv[:, width + hkv * head_dim :].view(tokens, hkv, head_dim)
+    return q, k, v
+
+
+def _qk_norm(kind: str, head_dim: int, dtype: torch.dtype, g: torch.Generator) -> reference.QKNorm | None:
+    """No norm; Qwen3's (weights in the model dtype, the normalized row rounded first); Gemma's (fp32
+    weights around 1, one rounding)."""
+    if kind == "none":
+        return None
+    weight_dtype = dtype if kind == "rounded" else torch.float32
+    q_w, k_w = ((torch.rand(head_dim, generator=g) + 0.5).to(DEVICE, weight_dtype) for _ in range(2))
+    return reference.QKNorm(q_w, k_w, 1e-6, round_normed=kind == "rounded")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+@pytest.mark.parametrize("norm", ["none", "rounded", "fp32"])
+@ROTARY_SHAPES
+def test_rotate_and_store_kv(dtype: torch.dtype, is_neox: bool, norm: str, head_dim: int, heads: tuple[int, int],
+                             rope: RopeConfig, partial: float) -> None:
+    """The fused norm + rotary + store against the three ops it replaces: q returned, k (rotated) and v
+    in their slots, a padding row's slot (-1) and every other slot left untouched."""
+    g = _gen(head_dim + 2 * is_neox + len(norm))
+    hq, hkv = heads
+    tokens, num_blocks, block_size = 7, 5, 4
+    table, rotary_dim = _rope_table(head_dim, rope, partial)
+    q, k, v = _projection(tokens, hq, hkv, head_dim, dtype, g, gated=norm == "fp32")
+    qk_norm = _qk_norm(norm, head_dim, dtype, g)
+    positions = torch.randint(0, table.shape[0], (tokens,), generator=g).to(DEVICE)
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:tokens]
+    slots[2] = -1
+    slots = slots.to(DEVICE)
+    cache = torch.full((2, num_blocks, block_size, hkv, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    ref = cache.clone()
+    q_out = kernels.rotate_and_store_kv(positions, q, k, v, table, rotary_dim, is_neox, cache[0], cache[1], slots, qk_norm)
+    q_ref = reference.rotate_and_store_kv(positions, q, k, v, table, rotary_dim, is_neox, ref[0], ref[1], slots, qk_norm)
+    assert_close(q_out, q_ref, rel_tol=chain_tolerance(dtype))
+    assert torch.equal(cache.isnan(), ref.isnan())
+    written = ~ref.isnan()
+    assert_close(cache[written], ref[written], rel_tol=chain_tolerance(dtype))
+    assert torch.equal(cache[1][written[1]], ref[1][written[1]])  # v is copied, not computed
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+def test_rotate_and_store_kv_into_fp8(cache_dtype: torch.dtype) -> None:
+    """An FP8 cache gets the rotated k and the v saturated and rounded as store_kv_cache would store them."""
+    g = _gen(11)
+    tokens, hq, hkv, head_dim = 6, 4, 2, 32
+    table, rotary_dim = _rope_table(head_dim, RopeConfig())
+    q, k, v = _projection(tokens, hq, hkv, head_dim, torch.float32, g)
+    k.mul_(300.0)  # past e4m3's largest value: saturated, not NaN
+    positions = torch.randint(0, table.shape[0], (tokens,), generator=g).to(DEVICE)
+    slots = torch.randperm(16, generator=g)[:tokens].to(DEVICE)
+    cache = torch.zeros(2, 4, 4, hkv, head_dim, dtype=cache_dtype, device=DEVICE)
+    kernels.rotate_and_store_kv(positions, q, k, v, table, rotary_dim, True, cache[0], cache[1], slots)
+    _, k_rotated = reference.rotary_embedding(positions, q, k, table, rotary_dim, True)
+    ref = torch.zeros_like(cache)
+    reference.store_kv_cache(k_rotated, v, ref[0], ref[1], slots)
+    assert not cache.float().isnan().any()
+    assert torch.equal(cache.float(), ref.float())
+
+
+def test_rotate_and_store_kv_refuses_mismatched_rows() -> None:
+    q, k, v = (torch.zeros(3, 2, 32, device=DEVICE) for _ in range(3))
+    table, rotary_dim = _rope_table(32, RopeConfig())
+    cache = torch.zeros(2, 2, 4, 2, 32, device=DEVICE)
+    with pytest.raises(ValueError, match="one row per token"):
+        kernels.rotate_and_store_kv(torch.zeros(3, dtype=torch.long, device=DEVICE), q, k, v, table, rotary_dim, True,
+                                    cache[0], cache[1], torch.zeros(2, dtype=torch.long, device=DEVICE))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
