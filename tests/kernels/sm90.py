@@ -119,6 +119,8 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
             call(f"decode-split-{tag}", lambda: kernels.paged_attention_decode(
                 q, cache, cache, tables, lens, 32, 0.1, window, num_splits=4))
             call(f"decode-{tag}", lambda: kernels.paged_attention_decode(q, cache, cache, tables, lens, 32, 0.1, num_splits=1))
+            call(f"decode-merge-kernel-{tag}", lambda: kernels.paged_attention_decode(
+                q, cache, cache, tables, lens, 32, 0.1, window, num_splits=4, fused_merge=False))
             starts = torch.arange(5, dtype=torch.int32)
             call(f"prefill-{tag}", lambda: kernels.paged_attention_prefill_varlen(
                 q, cache, cache, tables, starts, lens, 1, 0.1, window))

@@ -17,6 +17,7 @@ import torch
 
 import pagoda.kernels.triton as kernels
 from pagoda.kernels import reference
+from pagoda.kernels.triton import paged_decode
 from tests.kernels.conftest import DEVICE
 from tests.kernels.numerics import assert_close
 from tests.kernels.paged import PagedBatch, make_paged_batch
@@ -52,6 +53,27 @@ def test_decode(group: int, head_dim: int, dtype: torch.dtype, block_size: int, 
     out = kernels.paged_attention_decode(q, batch.k_cache, batch.v_cache, *args, num_splits=num_splits, block_n=16)
     ref = batch.finite()
     assert_close(out, reference.paged_attention_decode(q, ref.k_cache, ref.v_cache, *args))
+
+
+@pytest.mark.parametrize("fused_merge", [True, False], ids=["merged-by-last-split", "merge-kernel"])
+@pytest.mark.parametrize("group", [1, 4, 7])
+def test_decode_split_merges(group: int, fused_merge: bool) -> None:
+    """Both merges of the split partials against the reference; the fused one leaves every arrival counter
+    back at zero (the next launch, or graph replay, counts from there), so a second launch agrees exactly."""
+    g = torch.Generator().manual_seed(group)
+    lens = [70, 33, 1, 129, 16]
+    batch = make_paged_batch(lens, kv_heads=2, head_dim=64, block_size=8, dtype=torch.bfloat16, device=DEVICE, g=g,
+                             shared_prefix_blocks=1)
+    q = _q(len(lens), 2 * group, 64, torch.bfloat16, g)
+    args = (batch.block_tables, batch.seq_lens_tensor(), max(lens), 0.125)
+    first = kernels.paged_attention_decode(q, batch.k_cache, batch.v_cache, *args, num_splits=5, block_n=16,
+                                           fused_merge=fused_merge)
+    ref = batch.finite()
+    assert_close(first, reference.paged_attention_decode(q, ref.k_cache, ref.v_cache, *args))
+    assert not bool(paged_decode._arrival_counters(q.device).any())
+    again = kernels.paged_attention_decode(q, batch.k_cache, batch.v_cache, *args, num_splits=5, block_n=16,
+                                           fused_merge=fused_merge)
+    assert torch.equal(first, again)
 
 
 @pytest.mark.parametrize("num_splits", [1, 3])
