@@ -47,6 +47,9 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 def _arrival_counters(device: torch.device) -> torch.Tensor:
     if device not in _COUNTERS:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            # Zeroed inside a capture, they would live in the graph's pool and be zeroed by its replays.
+            raise RuntimeError("the first split decode launch on a device must run before any CUDA graph capture")
         _COUNTERS[device] = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
     return _COUNTERS[device]
 
