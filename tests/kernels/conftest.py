@@ -34,3 +34,19 @@ def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(empty(*a, **kw)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(empty_like(*a, **kw)))
+
+
+@pytest.fixture
+def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine on the Triton kernels on a CPU: the ops only dispatch CUDA tensors to Triton, so route them there
+    by hand, and select the Triton attention backend."""
+    import pagoda.kernels.triton as kernels
+    from pagoda.engine import model_runner
+    from pagoda.engine.attention.triton_backend import TritonAttentionBackend
+    from pagoda.kernels import ops
+
+    for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "rotate_and_store_kv", "silu_and_mul",
+                 "store_kv_cache", "fused_moe", "fp8_block_linear", "int_linear", "gelu_tanh_and_mul",
+                 "gated_delta_decode_slots", "ssd_decode_slots"):
+        monkeypatch.setattr(ops, name, getattr(kernels, name))
+    monkeypatch.setattr(model_runner, "select_backend", lambda device: TritonAttentionBackend())

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-import pagoda.kernels.triton as kernels
-from pagoda.engine import model_runner
-from pagoda.engine.attention.triton_backend import TritonAttentionBackend
 from pagoda.engine.fixtures import make_fp8_model
 from pagoda.engine.int_quant_fixtures import make_bnb_model, make_int_quant_model, make_mxfp4_model
 from pagoda.engine.llm import LLM
 from pagoda.engine.sampling_params import SamplingParams
-from pagoda.kernels import ops
 from tests.engine.hf_reference import hf_greedy
 from tests.kernels.conftest import ON_GPU
 
@@ -28,15 +24,6 @@ SLOW = pytest.mark.slow
 SHARED = "The quick brown fox jumps over the lazy dog. Hello, my name is"
 PROMPTS = [SHARED + " Pagoda", "Once upon a time", SHARED + " tea"]
 MAX_TOKENS = 4
-
-
-@pytest.fixture
-def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "rotate_and_store_kv", "silu_and_mul",
-                 "store_kv_cache", "fused_moe", "fp8_block_linear", "int_linear", "gelu_tanh_and_mul",
-                 "gated_delta_decode_slots", "ssd_decode_slots"):
-        monkeypatch.setattr(ops, name, getattr(kernels, name))
-    monkeypatch.setattr(model_runner, "select_backend", lambda device: TritonAttentionBackend())
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the engine selects Triton itself (tests/engine)")
