@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
+
 from pagoda.engine.sequence import PENDING_TOKEN, Sequence
 from pagoda.engine.state_cache import StateCache
 
@@ -44,6 +46,43 @@ class PrefixCacheStats:
 
     queries: int = 0
     hits: int = 0
+
+
+class _TableRows:
+    """Every held block table mirrored into a row of a zero-padded int32 array, one array per group, so a
+    step's padded tables are one gather: converting the tables' lists element by element cost about as
+    much as the rest of preparing a decode step. A row is written when its table changes (an allocation
+    that takes or gives back blocks, not most decode steps) and cleared when its sequence frees them."""
+
+    def __init__(self, num_groups: int) -> None:
+        self.arrays = [np.zeros((0, 0), dtype=np.int32) for _ in range(num_groups)]
+        self.row_of: dict[Sequence, int] = {}
+        self.free_rows: list[int] = []
+
+    def write(self, seq: Sequence) -> None:
+        row = self.row_of.get(seq)
+        if row is None:  # every row below len(row_of) is held when none is free
+            row = self.row_of[seq] = self.free_rows.pop() if self.free_rows else len(self.row_of)
+        length = len(seq.block_tables[0])
+        rows, width = self.arrays[0].shape
+        if row >= rows or length > width:  # grown by doubling: rarely, and the copy is paid once
+            shape = (rows if row < rows else 2 * row + 2, width if length <= width else max(length, 2 * width))
+            self.arrays = [_grown(array, shape) for array in self.arrays]
+        for array, table in zip(self.arrays, seq.block_tables):
+            array[row, :length] = table
+
+    def clear(self, seq: Sequence) -> None:
+        row = self.row_of.pop(seq, None)
+        if row is not None:
+            for array in self.arrays:
+                array[row] = 0
+            self.free_rows.append(row)
+
+
+def _grown(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    grown = np.zeros(shape, dtype=array.dtype)
+    grown[: array.shape[0], : array.shape[1]] = array
+    return grown
 
 
 class BlockManager:
@@ -68,6 +107,7 @@ class BlockManager:
         self.stats = PrefixCacheStats()
         self.states = (StateCache(state_slots, snapshot_slots if enable_prefix_caching else 0)
                        if state_slots else None)
+        self.table_rows = _TableRows(len(self.windows))
 
     @property
     def num_free_blocks(self) -> int:
@@ -140,6 +180,10 @@ class BlockManager:
         """
         bs = self.block_size
         hits = computed_blocks if computed_blocks and computed_blocks[0] else None
+        if hits is None and self._holds_room(seq, num_new_tokens + num_lookahead):
+            if self.enable_prefix_caching:
+                self._register_full_blocks(seq, seq.num_computed_tokens + num_new_tokens)
+            return True
         tables = seq.block_tables or [[] for _ in self.windows]
         num_hit = len(hits[0]) if hits else 0
         num_computed = seq.num_computed_tokens + num_hit * bs
@@ -175,6 +219,7 @@ class BlockManager:
         for table in tables:
             while len(table) < length:
                 table.append(self._take_free_block())
+        self.table_rows.write(seq)
         if self.enable_prefix_caching and seq.num_computed_tokens == 0:
             self.stats.queries += seq.num_tokens
             self.stats.hits += num_hit * bs
@@ -189,6 +234,15 @@ class BlockManager:
             if boundary is not None and (end == boundary or (end > seq.num_prompt_tokens and end % bs == 0)):
                 self.states.save(seq.state_slot, seq.block_hashes[end // bs - 1])
         return True
+
+    def _holds_room(self, seq: Sequence, num_tokens: int) -> bool:
+        """Whether seq's blocks already hold num_tokens more tokens and allocating would change nothing else:
+        no group slides (no block to give back), no recurrent state to take or save, its first allocation
+        (which the prefix-cache stats count) behind it. Most decode steps: only the blocks they fill are
+        left to register. Every group's table has the same length (each allocation extends all alike)."""
+        tables = seq.block_tables
+        return (self.null_block is None and self.states is None and seq.num_computed_tokens > 0 and bool(tables)
+                and len(tables[0]) * self.block_size >= seq.num_computed_tokens + num_tokens)
 
     def snapshot_boundary(self, seq: Sequence) -> int | None:
         """Where a prompt's recurrent states are saved for the prefix cache: the end of its last full block
@@ -223,6 +277,8 @@ class BlockManager:
         Safe within the step: attention backends write every new K/V before
         reading, so a sequence hitting these blocks in the same batch sees them.
         """
+        if num_tokens // self.block_size <= seq.num_registered_blocks:
+            return  # no block newly full (most decode steps): every full block is hashed and registered already
         self._update_hashes(seq, num_tokens)
         num_full = min(num_tokens // self.block_size, len(seq.block_hashes))
         for i in range(seq.num_registered_blocks, num_full):
@@ -241,11 +297,19 @@ class BlockManager:
                 if block != self.null_block:
                     self._release(block)
         seq.block_tables = []
+        self.table_rows.clear(seq)
         if seq.state_slot is not None:
             self.states.give_back(seq.state_slot)
             seq.state_slot = None
         seq.num_computed_tokens = 0
         seq.num_registered_blocks = 0
+
+    def padded_tables(self, seqs: list[Sequence]) -> list[np.ndarray]:
+        """Per group, the block tables of seqs (each holding blocks) in their order: [len(seqs), the longest
+        table's length] int32, zeros past each table's end."""
+        rows = [self.table_rows.row_of[seq] for seq in seqs]
+        width = max(len(seq.block_tables[0]) for seq in seqs)
+        return [array[rows, :width] for array in self.table_rows.arrays]
 
     def reset_prefix_cache(self) -> None:
         """Forgets every cached block that no live sequence holds, and every state snapshot."""

@@ -414,12 +414,14 @@ class LLMEngine:
     def _apply_result(self, result: StepResult) -> list[RequestOutput]:
         """A step's tokens and embeddings onto their sequences, stop checks, and the outputs to report."""
         touched: dict[str, _Request] = {}
+        ended: set[str] = set()  # requests with a sequence that finished now: the only ones that can be finished
         self._record_prompt_logprobs(result)
         now = time.monotonic()
         for seq, embedding in result.embeddings:
             seq.embedding, seq.first_token_time = embedding, now
             self.scheduler.finish(seq, FinishReason.STOP)
             touched[seq.request_id] = self.requests[seq.request_id]
+            ended.add(seq.request_id)
         for seq, token, logprob, top in result.sampled:
             if seq.is_finished:  # a speculative sequence that stopped before its last kept token
                 continue
@@ -436,8 +438,10 @@ class LLMEngine:
             reason = self._check_stop(seq, token)
             if reason is not None:
                 self.scheduler.finish(seq, reason)
+                ended.add(seq.request_id)
             touched[seq.request_id] = self.requests[seq.request_id]
-        return [self._make_output(req, now) for req in touched.values() if req.reports_every_step or req.finished]
+        return [self._make_output(req, now) for request_id, req in touched.items()
+                if req.reports_every_step or (request_id in ended and req.finished)]
 
     def _record_prompt_logprobs(self, result: StepResult) -> None:
         for seq, chunk in result.prompt_logprobs:

@@ -298,10 +298,8 @@ class ModelRunner:
             elif end == seq.num_tokens:
                 sample_rows.append(offset + n - 1)
                 samplers.append(seq)
-        width = max(len(seq.block_tables[0]) for seq, _ in sched.scheduled)
-        tables = [[seq.block_tables[g] + [0] * (width - len(seq.block_tables[g])) for seq, _ in sched.scheduled]
-                  for g in groups]
-        inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, tables, num_decodes, prompt_rows + sample_rows,
+        inputs = StepInputs(ids, positions, slots, query_lens, seq_lens, sched.block_tables, num_decodes,
+                            prompt_rows + sample_rows,
                             image_rows=image_rows, image_features=torch.cat(image_features) if image_features else None,
                             key_limits=key_limits or [], rope_positions=[p for stream in rope for p in stream] if rope else [],
                             state_slots=[seq.state_slot for seq, _ in sched.scheduled] if self.num_state_slots else [],
@@ -356,6 +354,9 @@ class ModelRunner:
         A speculative sequence samples every position as plain decoding would have (history and
         min_tokens counting the drafts before it); a seeded one's generator is then set to where
         plain decoding would leave it: one draw per kept token, not one per position."""
+        if not any(seq.spec_token_ids for seq in samplers):  # most steps: one row per sequence, its token its entry
+            out = self.sampler(logits, [self._sampling_row(seq) for seq in samplers])
+            return list(zip(samplers, out.token_ids, out.logprobs, out.top_logprobs)), {}
         rows: list[SamplingRow] = []
         for seq in samplers:
             drafts = seq.spec_token_ids

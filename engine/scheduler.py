@@ -21,6 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pagoda.engine.block_manager import BlockManager
 from pagoda.engine.config import SCHEDULING_POLICIES
 from pagoda.engine.sequence import FinishReason, Sequence, SequenceStatus
@@ -43,6 +45,9 @@ class SchedulerOutput:
     # pass, (slot, snapshot) saved after it.
     state_restores: list[tuple[int, int]] = field(default_factory=list)
     state_saves: list[tuple[int, int]] = field(default_factory=list)
+    # Per KV-cache group, the scheduled sequences' block tables in `scheduled`'s order, zero-padded to one
+    # width (BlockManager.padded_tables).
+    block_tables: list[np.ndarray] = field(default_factory=list)
 
     @property
     def num_batched_tokens(self) -> int:
@@ -181,6 +186,8 @@ class Scheduler:
         self.waiting.extendleft(reversed(passed))
         out.running_adapters = frozenset(adapters)
         out.scheduled.sort(key=lambda item: item[1] != 1)
+        if out.scheduled:
+            out.block_tables = self.block_manager.padded_tables([seq for seq, _ in out.scheduled])
         if self.block_manager.states is not None:
             out.state_restores, out.state_saves = self.block_manager.states.drain()
         return out

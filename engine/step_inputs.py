@@ -45,7 +45,8 @@ class StepInputs:
     slots: list[list[int]]  # per KV-cache group, each token's slot in that group's blocks
     query_lens: list[int]
     seq_lens: list[int]
-    block_tables: list[list[list[int]]]  # per KV-cache group, each sequence's table, all padded to one width
+    # Per KV-cache group, each sequence's table, all padded to one width: [num_seqs, width] (an array, or lists).
+    block_tables: list[np.ndarray | list[list[int]]]
     num_decodes: int
     # Rows of the step's hidden states whose logits are needed: sampling rows and
     # prompt-logprob rows, in the order the runner consumes them.
@@ -107,7 +108,7 @@ class StepInputs:
 
     def pack(self) -> torch.Tensor:
         """One flat int64 CPU tensor: a header of sizes, then every list."""
-        max_blocks = len(self.block_tables[0][0]) if self.block_tables[0] else 0
+        max_blocks = len(self.block_tables[0][0]) if len(self.block_tables[0]) else 0
         loads = json.dumps(self.lora_loads).encode() if self.lora_loads else b""
         header = [len(self.input_ids), len(self.seq_lens), len(self.slots), max_blocks, self.num_decodes,
                   len(self.logit_rows), len(self.lora_slots), len(loads), len(self.image_rows), len(self.key_limits),
@@ -116,8 +117,7 @@ class StepInputs:
         flat = [*header, *self.input_ids, *self.positions, *self.query_lens, *self.seq_lens]
         for slots, tables in zip(self.slots, self.block_tables):
             flat.extend(slots)
-            for row in tables:
-                flat.extend(row)
+            flat.extend(np.asarray(tables, dtype=np.int64).ravel().tolist())
         flat.extend(self.logit_rows)
         flat.extend(self.lora_slots)
         flat.extend(loads)
