@@ -77,12 +77,17 @@ def _store_kv_kernel(
         tl.store(v_cache_ptr + dst, to_cache_values(v, LIMIT, MANTISSA, MIN_EXP).to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
+def check_cache_pair(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """The store kernels address K and V with one set of strides, elements of a head side by side."""
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1:
+        raise ValueError("K and V caches must share one layout with contiguous head dims")
+
+
 def store_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """k, v: [T, Hkv, D] (rows may be strided); caches: [num_blocks, block_size, Hkv, D]; slot -1 = skip."""
-    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1:
-        raise ValueError("K and V caches must share one layout with contiguous head dims")
+    check_cache_pair(k_cache, v_cache)
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()
     num_tokens = slot_mapping.shape[0]

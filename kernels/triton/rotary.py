@@ -17,14 +17,12 @@ batch sizes each of those is a launch of a few microseconds moving a few kilobyt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from pagoda.kernels.reference import QKNorm, cache_limit
-from pagoda.kernels.triton.kv_cache import fp8_grid, to_cache_values
+from pagoda.kernels.triton.kv_cache import check_cache_pair, fp8_grid, to_cache_values
 from pagoda.kernels.triton.launch import block_for
 
 
@@ -132,18 +130,10 @@ def _rotary_kernel(
                      to_cache_values(v, LIMIT, MANTISSA, MIN_EXP).to(v_out_ptr.dtype.element_ty), mask=mask)
 
 
-@dataclass(frozen=True)
-class _Launch:
-    """The launch facts both entry points share."""
-
-    num_q_heads: int
-    num_k_heads: int
-    head_dim: int
-    half: int
-
-    def blocks(self) -> dict[str, int]:
-        return dict(BLOCK_QH=block_for(self.num_q_heads), BLOCK_KH=block_for(self.num_k_heads),
-                    BLOCK_HALF=block_for(self.half), BLOCK_D=block_for(self.head_dim))
+def _tiles(q: torch.Tensor, k: torch.Tensor, rotary_dim: int) -> dict[str, int]:
+    """The kernel's tile sizes for q [T, Hq, D] and k [T, Hkv, D]."""
+    return dict(BLOCK_QH=block_for(q.shape[1]), BLOCK_KH=block_for(k.shape[1]), BLOCK_HALF=block_for(rotary_dim // 2),
+                BLOCK_D=block_for(q.shape[2]))
 
 
 def _unit_stride(*tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -163,14 +153,13 @@ def rotary_embedding(
     q, k, cos_sin_cache = _unit_stride(q, k, cos_sin_cache)
     num_tokens, num_q_heads, head_dim = q.shape
     q_out, k_out = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    facts = _Launch(num_q_heads, k.shape[1], head_dim, rotary_dim // 2)
     if num_tokens:
         _rotary_kernel[(num_tokens,)](
             positions, q, k, k, cos_sin_cache, q_out, k_out, k_out, positions, q, q,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), 0, 0, cos_sin_cache.stride(0),
-            0, k_out.stride(0), k_out.stride(1), 1, num_q_heads, k.shape[1], head_dim, facts.half, 0.0,
+            0, k_out.stride(0), k_out.stride(1), 1, num_q_heads, k.shape[1], head_dim, rotary_dim // 2, 0.0,
             IS_NEOX=is_neox, HAS_NORM=False, ROUND_NORMED=False, STORE_KV=False, LIMIT=0.0, MANTISSA=0, MIN_EXP=0,
-            **facts.blocks(), num_warps=4,
+            **_tiles(q, k, rotary_dim), num_warps=4,
         )
     return q_out, k_out
 
@@ -190,8 +179,7 @@ def rotate_and_store_kv(
 ) -> torch.Tensor:
     """`reference.rotate_and_store_kv` in one launch: q/k/v [T, H, D] views (strided tokens and heads, as
     sliced from a fused qkv projection); caches [num_blocks, block_size, Hkv, D]; the rotated q returned."""
-    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1:
-        raise ValueError("K and V caches must share one layout with contiguous head dims")
+    check_cache_pair(k_cache, v_cache)
     q, k, v, cos_sin_cache = _unit_stride(q, k, v, cos_sin_cache)
     num_tokens, num_q_heads, head_dim = q.shape
     if not num_tokens == k.shape[0] == v.shape[0] == slot_mapping.shape[0]:
@@ -200,7 +188,6 @@ def rotate_and_store_kv(
     if qk_norm is not None and qk_norm.round_normed and qk_norm.q_weight.dtype != q.dtype:
         raise ValueError("a norm that rounds its normalized rows needs a weight in the model's dtype")
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    facts = _Launch(num_q_heads, k.shape[1], head_dim, rotary_dim // 2)
     mantissa, min_exp = fp8_grid(k_cache.dtype)
     weights = (qk_norm.q_weight, qk_norm.k_weight) if qk_norm is not None else (q, q)
     if num_tokens:
@@ -208,9 +195,9 @@ def rotate_and_store_kv(
             positions, q, k, v, cos_sin_cache, q_out, k_cache, v_cache, slot_mapping, *weights,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos_sin_cache.stride(0),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.shape[1], num_q_heads, k.shape[1],
-            head_dim, facts.half, qk_norm.eps if qk_norm is not None else 0.0,
+            head_dim, rotary_dim // 2, qk_norm.eps if qk_norm is not None else 0.0,
             IS_NEOX=is_neox, HAS_NORM=qk_norm is not None, ROUND_NORMED=qk_norm is not None and qk_norm.round_normed,
             STORE_KV=True, LIMIT=cache_limit(k_cache.dtype), MANTISSA=mantissa, MIN_EXP=min_exp,
-            **facts.blocks(), num_warps=4,
+            **_tiles(q, k, rotary_dim), num_warps=4,
         )
     return q_out
