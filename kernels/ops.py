@@ -40,6 +40,7 @@ def _dispatch(name: str) -> Callable[..., Any]:
 
 rms_norm = _dispatch("rms_norm")
 fused_add_rms_norm = _dispatch("fused_add_rms_norm")
+fused_linear = _dispatch("fused_linear")
 rotary_embedding = _dispatch("rotary_embedding")
 silu_and_mul = _dispatch("silu_and_mul")
 gelu_tanh_and_mul = _dispatch("gelu_tanh_and_mul")

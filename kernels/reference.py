@@ -33,6 +33,37 @@ def fused_add_rms_norm(
     return rms_norm(residual, weight, eps, round_normed), residual
 
 
+@dataclass(frozen=True)
+class RowNorm:
+    """An RMSNorm of a GEMM's input rows (rms_norm's weight, epsilon and rounding order)."""
+
+    weight: torch.Tensor
+    eps: float
+    round_normed: bool = True
+
+
+# The rows the Triton kernel of fused_linear holds in one pass over the weight (tl.dot's smallest row tile):
+# the most a caller should send it, since each further tile of rows reads the whole weight again.
+FUSED_LINEAR_ROWS = 16
+
+
+def fused_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, norm: RowNorm | None = None,
+    gated: bool = False, residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A linear layer with what surrounds it in a decoder layer: y = a @ W^T (+ bias) (+ residual), where
+    a is rms_norm(x) with a `norm` (x: [.., K], the residual stream), silu(x[.., :K]) * x[.., K:] when
+    `gated` (x: [.., 2K], the gate_up projection's output), else x. Rounded as the separate ops round."""
+    if norm is not None and gated:
+        raise ValueError("a fused linear takes a norm or the gated activation as its input, not both")
+    if norm is not None:
+        x = rms_norm(x, norm.weight, norm.eps, norm.round_normed)
+    elif gated:
+        x = silu_and_mul(x)
+    y = F.linear(x, weight, bias)
+    return y if residual is None else y + residual
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int, is_neox: bool) -> torch.Tensor:
     """Rotates pairs (x1, x2) of the first rotary_dim elements: (i, i + half) for neox, (2i, 2i + 1) for gpt-j."""
     rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]

@@ -19,6 +19,8 @@ from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
 from pagoda.engine.layers.fp8 import Fp8Capable, block_span, read_scales
 from pagoda.engine.layers.int_quant import IntQuantCapable, IntQuantConfig, load_whole
 from pagoda.engine.layers.weights import copy_into, read_full, read_shard
+from pagoda.kernels import ops
+from pagoda.kernels.reference import RowNorm
 
 if TYPE_CHECKING:
     from pagoda.engine.lora import LayerLoRA, Part
@@ -116,6 +118,15 @@ class ColumnParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(x, self.bias)
         return y if self.lora is None else self.lora.apply(x, y)
+
+    @property
+    def fuses_edges(self) -> bool:
+        """Whether `normed` can run: one GEMM over a plain weight (not FP8, not integers), no adapter adding to it."""
+        return self.fp8_block is None and self.int_quant is None and self.lora is None
+
+    def normed(self, x: torch.Tensor, norm: RowNorm) -> torch.Tensor:
+        """self(norm(x)) with the norm inside the GEMM (decode sizes: one launch fewer)."""
+        return ops.fused_linear(x, self.weight, self.bias, norm=norm)
 
 
 class ReplicatedProjection(ColumnParallelLinear):
@@ -255,6 +266,17 @@ class RowParallelLinear(IntQuantCapable, Fp8Capable, nn.Module):
 
     def _bias_loader(self, param: nn.Parameter, src: Any) -> None:
         copy_into(param, read_shard(src, 0, 0, param.shape[0]))
+
+    @property
+    def fuses_edges(self) -> bool:
+        """Whether `added_to` can run: a plain weight (not FP8, not integers), no adapter, no bias, and the
+        whole sum on this rank (no all-reduce between the GEMM and the residual add)."""
+        return (self.fp8_block is None and self.int_quant is None and self.lora is None and self.bias is None
+                and self.reduce_results and tp_size() == 1)
+
+    def added_to(self, x: torch.Tensor, residual: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        """residual + self(x), or + self(silu_and_mul(x)) when `gated`, in one GEMM (decode sizes)."""
+        return ops.fused_linear(x, self.weight, gated=gated, residual=residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(x, None)

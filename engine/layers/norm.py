@@ -9,6 +9,7 @@ from torch import nn
 
 from pagoda.engine.distributed import all_reduce, tp_rank, tp_size
 from pagoda.engine.layers.weights import copy_into, read_full, read_shard
+from pagoda.kernels.reference import RowNorm
 
 
 class _ResidualEntry:
@@ -39,6 +40,10 @@ class RMSNorm(_ResidualEntry, nn.Module):
         if residual is None:
             return ops.rms_norm(x, self.weight, self.eps, self.round_normed)
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps, self.round_normed)
+
+    def row_norm(self) -> RowNorm:
+        """This norm as the prologue of the projection that consumes its rows (ops.fused_linear)."""
+        return RowNorm(self.weight, self.eps, self.round_normed)
 
 
 class Fp32RMSNorm(RMSNorm):

@@ -9,6 +9,7 @@ TRITON_INTERPRET when a kernel is decorated.
 
 from pagoda.kernels.triton.activation import clamped_swiglu_and_mul, gelu_tanh_and_mul, silu_and_mul
 from pagoda.kernels.triton.fp8_linear import fp8_block_linear
+from pagoda.kernels.triton.skinny_gemm import fused_linear
 from pagoda.kernels.triton.int_gemm import int_linear
 from pagoda.kernels.triton.kv_cache import store_kv_cache
 from pagoda.kernels.triton.moe import fused_moe
@@ -23,6 +24,7 @@ __all__ = [
     "clamped_swiglu_and_mul",
     "fp8_block_linear",
     "fused_add_rms_norm",
+    "fused_linear",
     "fused_moe",
     "gated_delta_decode_slots",
     "gelu_tanh_and_mul",

@@ -45,7 +45,7 @@ def triton_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     from pagoda.engine.attention.triton_backend import TritonAttentionBackend
     from pagoda.kernels import ops
 
-    for name in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "rotate_and_store_kv", "silu_and_mul",
+    for name in ("rms_norm", "fused_add_rms_norm", "fused_linear", "rotary_embedding", "rotate_and_store_kv", "silu_and_mul",
                  "store_kv_cache", "fused_moe", "fp8_block_linear", "int_linear", "gelu_tanh_and_mul",
                  "gated_delta_decode_slots", "ssd_decode_slots"):
         monkeypatch.setattr(ops, name, getattr(kernels, name))

@@ -30,9 +30,9 @@ from triton.compiler import ASTSource
 
 import pagoda.kernels.triton as kernels
 from pagoda.engine.layers.fp8 import WHOLE
-from pagoda.kernels.reference import ClampedSwiglu, IntExperts, QKNorm
-from pagoda.kernels.triton import (activation, fp8_linear, int_gemm, kv_cache, moe, norm, paged_decode, paged_prefill,
-                                   rotary, sampling)
+from pagoda.kernels.reference import ClampedSwiglu, IntExperts, QKNorm, RowNorm
+from pagoda.kernels.triton import (activation, fp8_linear, int_gemm, kv_cache, moe, norm, paged_decode,
+                                   paged_prefill, rotary, sampling, skinny_gemm)
 
 TARGET = GPUTarget("cuda", 90, 32)
 _POINTER = {torch.float8_e4m3fn: "*fp8e4nv", torch.float8_e5m2: "*fp8e5", torch.uint8: "*u8", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}
@@ -95,7 +95,7 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
     modules = {activation: "_act_and_mul_kernel", kv_cache: "_store_kv_kernel", norm: "_rms_norm_kernel",
                paged_decode: "_decode_kernel", rotary: "_rotary_kernel", paged_prefill: "_prefill_kernel",
                moe: "_moe_gemm_kernel", fp8_linear: "_fp8_linear_kernel", int_gemm: "_int_linear_kernel",
-               sampling: "_gumbel_argmax_kernel"}
+               sampling: "_gumbel_argmax_kernel", skinny_gemm: "_fused_linear_kernel"}
     originals = {m: getattr(m, n) for m, n in modules.items()}
     originals[paged_decode, "merge"] = paged_decode._merge_kernel
     for module, name in modules.items():
@@ -173,6 +173,18 @@ def representative_launches() -> list[tuple[str, triton.JITFunction, tuple, dict
         call("fused_add_rms_norm", lambda: kernels.fused_add_rms_norm(x, x, w, 1e-6))
         call("silu_and_mul", lambda: kernels.silu_and_mul(torch.empty(4, 2 * 8192, dtype=torch.bfloat16)))
         call("gelu_tanh_and_mul", lambda: kernels.gelu_tanh_and_mul(torch.empty(4, 2 * 6912, dtype=torch.bfloat16)))
+        # Llama-3.2-1B's four projections at decode sizes, each with what surrounds it in the layer.
+        for dtype in (torch.bfloat16, torch.float32):
+            tag = str(dtype).removeprefix("torch.")
+            rows = torch.empty(16, 2048, dtype=dtype)
+            norm_w = RowNorm(torch.empty(2048, dtype=dtype), 1e-5)
+            call(f"fused_linear-qkv-{tag}", lambda: kernels.fused_linear(
+                rows, torch.empty(3072, 2048, dtype=dtype), torch.empty(3072, dtype=dtype), norm=norm_w))
+            call(f"fused_linear-o-{tag}", lambda: kernels.fused_linear(
+                rows, torch.empty(2048, 2048, dtype=dtype), residual=rows))
+            call(f"fused_linear-down-{tag}", lambda: kernels.fused_linear(
+                torch.empty(1, 16384, dtype=dtype), torch.empty(2048, 8192, dtype=dtype), gated=True,
+                residual=rows[:1]))
         # Temperature sampling over Qwen3's 151936-token vocabulary.
         call("gumbel_sample", lambda: kernels.gumbel_sample(torch.empty(256, 151936), torch.arange(256), torch.ones(256), 1))
         # Llama-3-8B's down projection in FP8 blocks of 128, at decode and prefill tile sizes.
