@@ -11,6 +11,8 @@ Parts, in order (default: all):
                     ends (gpu_*.jsonl), so a run cut at the device's time limit still says what failed
   decode_attention  bench.gpu_decode_attention --sweep
   decode_step       bench.gpu_decode_step
+  fused_linear      bench.gpu_fused_linear --sweep (the decode GEMM with its layer's norms, activation
+                    and residual adds folded in, against cuBLAS, per projection)
   moe               bench.gpu_moe (the fused MoE kernel on Qwen3-30B-A3B and Mixtral layers)
   fp8               bench.gpu_weight_only fp8 and fp8_channel (the FP8 weight GEMM, block and
                     per-channel scales, against cuBLAS bf16)
@@ -40,7 +42,7 @@ import xml.etree.ElementTree as ET
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PARTS = ("tests", "decode_attention", "decode_step", "moe", "fp8", "int4", "throughput")
+PARTS = ("tests", "decode_attention", "decode_step", "fused_linear", "moe", "fp8", "int4", "throughput")
 LOGS = pathlib.Path(tempfile.mkdtemp(prefix="pagoda-gpu-"))
 _PYTEST = "import sys, bench.gpu_import, pytest; sys.exit(pytest.main(sys.argv[1:]))"
 
@@ -109,6 +111,7 @@ def main() -> None:
         "tests": run_tests,
         "decode_attention": lambda: _module("bench.gpu_decode_attention", "--sweep"),
         "decode_step": lambda: _module("bench.gpu_decode_step"),
+        "fused_linear": lambda: _module("bench.gpu_fused_linear", "--sweep"),
         "moe": lambda: _module("bench.gpu_moe"),
         "fp8": lambda: (_module("bench.gpu_weight_only", "fp8"), _module("bench.gpu_weight_only", "fp8_channel")),
         "int4": lambda: (_module("bench.gpu_weight_only", "int4"), _module("bench.gpu_weight_only", "nf4")),

@@ -12,6 +12,12 @@ floor no implementation beats; target: within 1.4x of it. Reported:
 At batch 1, 64 and 256 it also times forward, LM head and sampler apart, to
 show that sampling, which stays in PyTorch, is not on the critical path.
 
+At batch 1, 4 and 16 ("folding"): the decode graph with each layer's norms,
+SiLU-and-mul and residual adds folded into its projections' GEMMs (the
+engine's default up to 16 rows, ops.fused_linear) against one captured with
+folding off (DecoderLayer.fused_rows = 0: nine launches per layer, cuBLAS
+GEMMs), and how far their outputs differ.
+
 Last, untimed: PROFILE_STEPS batch-1 steps (forward + LM head) under
 torch.profiler, replayed from the graph and launched eagerly ("profile":
 bench/gpu_profile.py): each kernel's GPU time and share, kernels per step, and
@@ -37,12 +43,14 @@ from pagoda.engine.attention import AttentionMetadata
 from pagoda.engine.cuda_graphs import DecodeCudaGraphs
 from pagoda.engine.fixtures import TOKENIZER_VOCAB_SIZE
 from pagoda.engine.llm import LLM
+from pagoda.engine.models.llama import DecoderLayer
 from pagoda.engine.sampler import SamplingRow
 from pagoda.engine.sampling_params import SamplingParams
 
 MODEL = "llama-3.2-1b"
 CONTEXT = 512
 BATCHES = [1, 64, 256]
+FOLD_BATCHES = [1, 4, 16]
 PROFILE_STEPS = 20
 
 
@@ -80,6 +88,35 @@ def _profile_batch_one(runner: Any, graphs: DecodeCudaGraphs) -> dict[str, dict[
         "graph": profile_steps(lambda: (graphs.graphs[1].replay(), model.compute_logits(hidden)), PROFILE_STEPS),
         "eager": profile_steps(lambda: model.compute_logits(model(ids, pos, meta)), PROFILE_STEPS),
     }
+
+
+def _folding(runner: Any) -> list[dict[str, Any]]:
+    """Graph replay times of small decode batches with the layers' edges folded into their GEMMs and not."""
+    max_len = runner.model_config.max_model_len
+    captured = {}
+    default = DecoderLayer.fused_rows
+    for folded in (True, False):
+        DecoderLayer.fused_rows = default if folded else 0  # read while the graphs are captured
+        try:
+            captured[folded] = DecodeCudaGraphs(runner.model, FOLD_BATCHES[-1], -(-max_len // runner.block_size),
+                                                max_len, torch.device("cuda"))
+        finally:
+            DecoderLayer.fused_rows = default
+    rows = []
+    for batch in FOLD_BATCHES:
+        ids, pos, meta = _decode_meta(batch, CONTEXT, runner.block_size)
+        ms, hidden = {}, {}
+        for folded, graphs in captured.items():
+            graphs.inputs.fill(ids, pos, meta, batch)
+            ms[folded] = bench_ms(graphs.graphs[batch].replay)
+            graphs.graphs[batch].replay()
+            hidden[folded] = graphs.outputs[batch].float().clone()
+        diff = (hidden[True] - hidden[False]).norm() / hidden[False].norm()
+        rows.append({"batch": batch, "folded_graph_ms": ms[True], "unfolded_graph_ms": ms[False],
+                     "folded_over_unfolded": ms[True] / ms[False], "relative_difference": float(diff)})
+        print(f"batch {batch:>2}: folded {ms[True]:.3f} ms, unfolded {ms[False]:.3f} ms "
+              f"({ms[True] / ms[False]:.2f}x), outputs differ by {float(diff):.2e} (relative)")
+    return rows
 
 
 @torch.inference_mode()
@@ -124,6 +161,7 @@ def main() -> None:
     print(f"weights {weight_bytes / 1e9:.2f} GB, copy {copy_bw / 1e12:.2f} TB/s -> floor {floor_ms:.3f} ms")
     print(f"batch-1 decode step on the GPU {step_gpu_ms:.3f} ms = {step_gpu_ms / floor_ms:.2f}x floor (target <= 1.4x); "
           f"whole engine step {engine_step_ms:.3f} ms = {engine_step_ms / floor_ms:.2f}x")
+    folding = _folding(runner)
     profile = _profile_batch_one(runner, graphs)
     for mode, summary in profile.items():
         print(f"batch-1 step, {mode}: " + format_profile(summary))
@@ -140,6 +178,7 @@ def main() -> None:
         "engine_step_over_floor": engine_step_ms / floor_ms,
         "target": "gpu_step_over_floor <= 1.4",
         "per_batch": per_batch,
+        "folding": folding,
         "profile": profile,
     })
 

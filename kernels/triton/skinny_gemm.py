@@ -24,6 +24,8 @@ it would need a second pass (or atomics) to sum partials and round them once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -84,6 +86,16 @@ def _fused_linear_kernel(
     tl.store(out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :], y, mask=out_mask)
 
 
+@dataclass(frozen=True)
+class LinearTiles:
+    """Launch settings: columns per program, K per loop step, warps, pipeline stages."""
+
+    block_n: int = 16
+    block_k: int = 256
+    num_warps: int = 4
+    num_stages: int = 4
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """t as [rows, last dim] with unit stride along the last dim (copies only when it must)."""
     t2 = t.reshape(-1, t.shape[-1])
@@ -92,9 +104,9 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 def fused_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, norm: RowNorm | None = None,
-    gated: bool = False, residual: torch.Tensor | None = None,
+    gated: bool = False, residual: torch.Tensor | None = None, *, tiles: LinearTiles = LinearTiles(),
 ) -> torch.Tensor:
-    """Same contract as `reference.fused_linear`."""
+    """Same contract as `reference.fused_linear`; `tiles`: the launch settings (bench.gpu_fused_linear sweeps them)."""
     n, k = weight.shape
     if norm is not None and gated:
         raise ValueError("a fused linear takes a norm or the gated activation as its input, not both")
@@ -112,13 +124,14 @@ def fused_linear(
             raise ValueError(f"residual {tuple(residual.shape)}/{residual.dtype} does not match the output "
                              f"{(*x.shape[:-1], n)}/{x.dtype}")
         r2 = _rows(residual)
-    block_k = min(256, block_for(k, 16))
+    block_k = min(tiles.block_k, block_for(k, 16))
     if m and n:
-        _fused_linear_kernel[(triton.cdiv(m, ROW_TILE), triton.cdiv(n, 16))](
+        _fused_linear_kernel[(triton.cdiv(m, ROW_TILE), triton.cdiv(n, tiles.block_n))](
             x2, weight, bias if bias is not None else out, norm.weight if norm is not None else out, r2, out,
             m, n, k, x2.stride(0), weight.stride(0), r2.stride(0), out.stride(0), norm.eps if norm is not None else 0.0,
             NORM=norm is not None, ROUND_NORMED=norm is not None and norm.round_normed, GATED=gated,
             HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, EXACT=exact_dot(x.dtype),
-            BLOCK_M=ROW_TILE, BLOCK_N=16, BLOCK_K=block_k, num_warps=4, num_stages=4,
+            BLOCK_M=ROW_TILE, BLOCK_N=tiles.block_n, BLOCK_K=block_k, num_warps=tiles.num_warps,
+            num_stages=tiles.num_stages,
         )
     return out.view(*x.shape[:-1], n)

@@ -9,6 +9,7 @@ import torch
 import pagoda.kernels.triton as kernels
 from pagoda.kernels import reference
 from pagoda.kernels.reference import RowNorm
+from pagoda.kernels.triton.skinny_gemm import LinearTiles
 from tests.kernels.conftest import DEVICE
 from tests.kernels.numerics import assert_close, chain_tolerance
 
@@ -51,6 +52,13 @@ def test_fused_linear_matches_reference(shape: tuple[int, int, int], edge: str, 
     out = kernels.fused_linear(x, weight, **options)
     # A norm or activation before the GEMM and a residual after it chain three or four roundings.
     assert_close(out, reference.fused_linear(x, weight, **options), chain_tolerance(dtype))
+
+
+@pytest.mark.parametrize("tiles", [LinearTiles(32, 64, 4, 2), LinearTiles(64, 512, 8, 3)], ids=str)
+def test_fused_linear_under_other_tiles(tiles: LinearTiles) -> None:
+    """The settings bench.gpu_fused_linear sweeps compute the same: narrow and wide K steps, more columns."""
+    x, weight, options = _inputs("gated_residual", 5, 72, 600, torch.float32)
+    assert_close(kernels.fused_linear(x, weight, **options, tiles=tiles), reference.fused_linear(x, weight, **options))
 
 
 def test_fused_linear_of_3d_rows_and_a_strided_input() -> None:
