@@ -56,16 +56,17 @@ def _case(edge: str, m: int, n: int, k: int) -> tuple[dict[str, Any], Callable[[
     args: dict[str, Any] = {"x": x, "weight": weight}
     if edge == "norm":
         args["norm"] = RowNorm(torch.rand(k, **bf16) + 0.5, 1e-6)
-        residual = torch.randn(m, k, **bf16)
-        # Before: the previous layer's residual add and this norm in one kernel, then the GEMM.
-        unfused = lambda: torch.nn.functional.linear(fused_add_rms_norm(x, residual, args["norm"].weight, 1e-6)[0],  # noqa: E731
-                                                     weight)
+        residual, norm_weight = torch.randn(m, k, **bf16), args["norm"].weight
+
+        def unfused() -> torch.Tensor:  # before: the residual add and this norm in one kernel, then the GEMM
+            return torch.nn.functional.linear(fused_add_rms_norm(x, residual, norm_weight, 1e-6)[0], weight)
     else:
         args["residual"] = torch.randn(m, n, **bf16)
         args["gated"] = edge.startswith("gated")
         act = silu_and_mul if args["gated"] else (lambda rows: rows)
-        # Before: the residual add rode on the next norm's kernel (counted with the norm edges), so only the GEMM.
-        unfused = lambda: torch.nn.functional.linear(act(x), weight)  # noqa: E731
+
+        def unfused() -> torch.Tensor:  # before: the add rode on the next norm's kernel (counted there), so the GEMM
+            return torch.nn.functional.linear(act(x), weight)
     moved = (n * k + x.numel() + m * n * (2 if "residual" in args else 1)) * 2
     return args, unfused, moved
 
@@ -93,13 +94,15 @@ def main() -> None:
                     row["sweep"] = _sweep(args)
                     row["best"] = min(row["sweep"], key=lambda r: r["ms"] or float("inf"))
                 rows_out.append(row)
-                print(f"{model} {name:>12} m={m:>2}: fused {fused_ms:.4f} ms ({row['bandwidth_fraction']:.0%} of copy bw), "
-                      f"cublas {row['cublas_ms']:.4f}, unfused {row['unfused_ms']:.4f}"
+                print(f"{model} {name:>12} m={m:>2}: fused {fused_ms:.4f} ms "
+                      f"({row['bandwidth_fraction']:.0%} of copy bw), cublas {row['cublas_ms']:.4f}, "
+                      f"unfused {row['unfused_ms']:.4f}"
                       + (f"; best {row['best']}" if "best" in row else ""))
     record("gpu_fused_linear", {
         "device_facts": device_facts(),
         "copy_bytes_per_s": copy_bw,
-        "workload": {"projections": PROJECTIONS, "rows": ROWS, "dtype": "bfloat16", "default_tiles": vars(LinearTiles())},
+        "workload": {"projections": PROJECTIONS, "rows": ROWS, "dtype": "bfloat16",
+                     "default_tiles": vars(LinearTiles())},
         "target": "fused_ms <= cublas_ms, bandwidth_fraction >= 0.8 on gate_up and down",
         "rows": rows_out,
     })
