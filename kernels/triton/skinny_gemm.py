@@ -4,7 +4,7 @@ In a decode step of a small batch every kernel is short: the GEMMs stream
 the weights, and the ops between them (the residual add and RMSNorm before
 qkv and gate_up, SiLU-and-mul before down) move a few kilobytes yet each
 costs a launch and a ramp of a few microseconds inside the step's graph,
-about a third of a 1B model's step at batch 1 (kernels/NOTES.md). Here they
+about a quarter of a 1B model's step at batch 1 (kernels/NOTES.md). Here they
 ride on the GEMM that consumes or produces their rows:
 
 - a norm prologue: every program first sums the squares of its rows (read
