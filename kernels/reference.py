@@ -47,6 +47,13 @@ class RowNorm:
 FUSED_LINEAR_ROWS = 16
 
 
+def check_linear_edges(norm: RowNorm | None, gated: bool) -> None:
+    """fused_linear's input goes through a norm (the residual stream) or the gated activation (gate_up's
+    output), at most one of them."""
+    if norm is not None and gated:
+        raise ValueError("a fused linear takes a norm or the gated activation as its input, not both")
+
+
 def fused_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, norm: RowNorm | None = None,
     gated: bool = False, residual: torch.Tensor | None = None,
@@ -54,8 +61,7 @@ def fused_linear(
     """A linear layer with what surrounds it in a decoder layer: y = a @ W^T (+ bias) (+ residual), where
     a is rms_norm(x) with a `norm` (x: [.., K], the residual stream), silu(x[.., :K]) * x[.., K:] when
     `gated` (x: [.., 2K], the gate_up projection's output), else x. Rounded as the separate ops round."""
-    if norm is not None and gated:
-        raise ValueError("a fused linear takes a norm or the gated activation as its input, not both")
+    check_linear_edges(norm, gated)
     if norm is not None:
         x = rms_norm(x, norm.weight, norm.eps, norm.round_normed)
     elif gated:

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels.reference import ClampedSwiglu
-from pagoda.kernels.triton.launch import block_for
+from pagoda.kernels.triton.launch import as_rows, block_for
 
 _MAX_BLOCK = 1024
 # The activation a launch applies to the gate.
@@ -44,9 +44,7 @@ def _act_and_mul_kernel(x_ptr, out_ptr, stride_x, d, alpha, limit, ACT: tl.const
 
 def _act_and_mul(x: torch.Tensor, act: int, clamped: ClampedSwiglu | None = None) -> torch.Tensor:
     d = x.shape[-1] // 2
-    x2 = x.reshape(-1, 2 * d)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = as_rows(x, 2 * d)
     out = torch.empty(*x.shape[:-1], d, dtype=x.dtype, device=x.device)
     block = min(_MAX_BLOCK, block_for(d))
     if x2.shape[0] and d:

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels.triton.attention_tile import mma
-from pagoda.kernels.triton.launch import exact_dot
+from pagoda.kernels.triton.launch import as_rows, exact_dot
 
 
 @triton.jit
@@ -55,9 +55,7 @@ def fp8_block_linear(
 ) -> torch.Tensor:
     """Same contract as `reference.fp8_block_linear`."""
     n, k = weight.shape
-    x2 = x.reshape(-1, k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = as_rows(x, k)
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     # Decode-sized batches: thin row tiles, wide K steps; larger batches: square-ish tiles.

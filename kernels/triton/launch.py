@@ -51,6 +51,12 @@ def num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def as_rows(x: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """x as [rows, width] (default: its last dim) with unit stride along the rows; copies only when it must."""
+    x2 = x.reshape(-1, x.shape[-1] if width is None else width)
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
 def as_3d(x: torch.Tensor) -> torch.Tensor:
     """x as a [outer, inner, last dim] view with unit stride along the last dim; copies only when unavoidable.
 

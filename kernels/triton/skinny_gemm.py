@@ -31,9 +31,9 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels.reference import FUSED_LINEAR_ROWS as ROW_TILE
-from pagoda.kernels.reference import RowNorm
+from pagoda.kernels.reference import RowNorm, check_linear_edges
 from pagoda.kernels.triton.attention_tile import mma
-from pagoda.kernels.triton.launch import block_for, exact_dot
+from pagoda.kernels.triton.launch import as_rows, block_for, exact_dot
 
 
 @triton.jit
@@ -96,26 +96,19 @@ class LinearTiles:
     num_stages: int = 4
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """t as [rows, last dim] with unit stride along the last dim (copies only when it must)."""
-    t2 = t.reshape(-1, t.shape[-1])
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
-
-
 def fused_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, norm: RowNorm | None = None,
     gated: bool = False, residual: torch.Tensor | None = None, *, tiles: LinearTiles = LinearTiles(),
 ) -> torch.Tensor:
     """Same contract as `reference.fused_linear`; `tiles`: the launch settings (bench.gpu_fused_linear sweeps them)."""
     n, k = weight.shape
-    if norm is not None and gated:
-        raise ValueError("a fused linear takes a norm or the gated activation as its input, not both")
+    check_linear_edges(norm, gated)
     if x.shape[-1] != (2 * k if gated else k) or weight.dtype != x.dtype or weight.stride(-1) != 1:
         raise ValueError(f"x {tuple(x.shape)}/{x.dtype} does not feed a weight {tuple(weight.shape)}/{weight.dtype}"
                          f"{' through the gated activation' if gated else ''}")
     if norm is not None and norm.round_normed and norm.weight.dtype != x.dtype:
         raise ValueError(f"a rounding norm's weight must be in the model dtype {x.dtype}, not {norm.weight.dtype}")
-    x2 = _rows(x)
+    x2 = as_rows(x)
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     r2 = out
@@ -123,7 +116,7 @@ def fused_linear(
         if residual.shape[:-1] != x.shape[:-1] or residual.shape[-1] != n or residual.dtype != x.dtype:
             raise ValueError(f"residual {tuple(residual.shape)}/{residual.dtype} does not match the output "
                              f"{(*x.shape[:-1], n)}/{x.dtype}")
-        r2 = _rows(residual)
+        r2 = as_rows(residual)
     block_k = min(tiles.block_k, block_for(k, 16))
     if m and n:
         _fused_linear_kernel[(triton.cdiv(m, ROW_TILE), triton.cdiv(n, tiles.block_n))](
